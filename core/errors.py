@@ -1,0 +1,39 @@
+"""One error taxonomy, decided at the edge.
+
+The module that talks to a system (LibreOffice, a server, a file) turns its failures into one of
+these classes. Callers decide what to do by class, never by message text.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UmstiegError", "ConfigError", "TransientError", "ItemError", "FatalError"]
+
+
+class UmstiegError(Exception):
+    """Base of every error umstieg raises on purpose."""
+
+
+class ConfigError(UmstiegError):
+    """The configuration or the environment is wrong: stop before any data moves.
+
+    The message says what to change, in words a person can act on.
+    """
+
+
+class TransientError(UmstiegError):
+    """A failure that may go away by itself: retry with backoff.
+
+    `retry_after` (seconds) is set when the other side said how long to wait.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ItemError(UmstiegError):
+    """One item cannot be processed: record it on the item, skip it, go on with the batch."""
+
+
+class FatalError(UmstiegError):
+    """The run cannot go on (a dead dependency, a full disk): stop the batch cleanly."""

@@ -1,0 +1,65 @@
+"""Settings shared by the faces and the flows.
+
+Values come from keyword arguments, then `UMSTIEG_*` environment variables, then the defaults
+below. Department files (a later layer) validate into the same models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+__all__ = ["ConversionSettings", "RemoteWorker"]
+
+
+class RemoteWorker(BaseModel):
+    """A unoserver already running on another host that joins the pool."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @classmethod
+    def parse(cls, text: str) -> "RemoteWorker":
+        """Read `host:port` (IPv6 hosts in brackets: `[::1]:2003`)."""
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"remote worker {text!r}: expected host:port, e.g. 10.0.0.5:2003")
+        return cls(host=host.strip("[]"), port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"UMSTIEG_{name}", default)
+
+
+class ConversionSettings(BaseModel):
+    """How the LibreOffice converter pool runs."""
+
+    workers: int = Field(default_factory=lambda: int(_env("WORKERS") or os.cpu_count() or 1), ge=0,
+                         description="local LibreOffice workers (0 = remote workers only)")
+    timeout: float = Field(default_factory=lambda: float(_env("TIMEOUT", "120")), gt=0,
+                           description="seconds one document may take before its worker is killed")
+    recycle_after: int = Field(default_factory=lambda: int(_env("RECYCLE_AFTER", "200")), ge=1,
+                               description="conversions after which a worker is replaced, to bound memory")
+    startup_timeout: float = Field(default=90.0, gt=0,
+                                   description="seconds a new worker may take to answer")
+    remote: list[RemoteWorker] = Field(default_factory=lambda: [
+        RemoteWorker.parse(x) for x in (_env("REMOTE_WORKERS", "") or "").split(",") if x.strip()
+    ])
+    soffice: str = Field(default_factory=lambda: _env("SOFFICE", "soffice") or "soffice",
+                         description="LibreOffice executable")
+    runtime_dir: Path | None = Field(default=None,
+                                     description="where worker profiles live (default: a temporary directory)")
+
+    @field_validator("remote", mode="before")
+    @classmethod
+    def _parse_remote(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [RemoteWorker.parse(v) if isinstance(v, str) else v for v in value]
+        return value

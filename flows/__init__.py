@@ -1,0 +1,1 @@
+"""Prefect flows (assess, migrate, rerun, delta) built on sources, converters, sinks and reports."""

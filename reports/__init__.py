@@ -1,0 +1,1 @@
+"""Fidelity measurement, pre-migration risk scan, aggregation and report rendering."""

@@ -1,0 +1,1 @@
+"""One module per target protocol or system (webdav, caldav, carddav, imap, localdir, s3)."""

@@ -1,0 +1,3 @@
+from umstieg.cli import app
+
+app()
