@@ -52,7 +52,7 @@ class ConversionSettings(BaseModel):
     ])
     soffice: str = Field(default_factory=lambda: _env("SOFFICE", "soffice") or "soffice",
                          description="LibreOffice executable")
-    runtime_dir: Path | None = Field(default=None,
+    runtime_dir: Path | None = Field(default_factory=lambda: Path(p) if (p := _env("RUNTIME_DIR")) else None,
                                      description="where worker profiles live (default: a temporary directory)")
 
     @field_validator("remote", mode="before")

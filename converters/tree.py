@@ -1,0 +1,169 @@
+"""Convert a folder tree: mirror it under an output folder, one result line per document.
+
+Resumable: `results.jsonl` in the output folder records every document with the sha256 of the
+bytes it was converted from; run again on the same folders, a document whose bytes and output
+are unchanged is not converted again. Lines are appended as documents finish (a crash loses
+nothing already done), and the file is rewritten with one line per document at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.outcomes import Outcome
+from converters.pool import ConverterPool, atomic_copy, sha256_of
+from converters.result import ConversionResult
+
+__all__ = ["TreeSummary", "convert_tree", "plan_tree", "RESULTS_NAME"]
+
+RESULTS_NAME = "results.jsonl"
+
+
+@dataclass
+class TreeSummary:
+    """What a tree conversion did, for the summary table and the exit code."""
+
+    total: int = 0
+    skipped: int = 0                                   # already converted from the same bytes
+    by_outcome: Counter = field(default_factory=Counter)
+    by_format: Counter = field(default_factory=Counter)   # (format, outcome) -> count
+    input_bytes: int = 0
+    seconds: float = 0.0
+    results_path: Path | None = None
+
+    @property
+    def failed(self) -> int:
+        """Documents that need attention: encrypted, unreadable, timed out or crashed."""
+        return sum(n for outcome, n in self.by_outcome.items() if Outcome(outcome).failed)
+
+
+@dataclass(frozen=True)
+class _Job:
+    src: Path
+    rel: str          # path relative to the source root, POSIX style: the document's identity
+    out_dir: Path
+    stem: str
+
+
+def plan_tree(src: Path, out: Path) -> list[_Job]:
+    """Every file under `src` with where its output goes; `out` is left out if it lies inside.
+
+    Output names are `<stem>.<odf ext>`; when two files in one folder share a stem
+    (`report.doc`, `report.docx`), each keeps its full name (`report.doc.odt`) so none
+    overwrites another.
+    """
+    src, out = src.resolve(), out.resolve()
+    jobs: list[_Job] = []
+    for dirpath, dirnames, filenames in os.walk(src):          # does not follow directory links
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() != out)
+        files = sorted(f for f in filenames if (here / f).is_file())
+        stems = Counter(Path(f).stem for f in files)
+        rel_dir = here.relative_to(src)
+        for name in files:
+            stem = Path(name).stem if stems[Path(name).stem] == 1 else name
+            jobs.append(_Job(here / name, (rel_dir / name).as_posix(), out / rel_dir, stem))
+    return jobs
+
+
+def _load_results(path: Path) -> dict[str, dict]:
+    """The last record per document in an existing results file (torn last line ignored)."""
+    records: dict[str, dict] = {}
+    if not path.exists():
+        return records
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                records[record["path"]] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    return records
+
+
+def _already_done(record: dict | None, sha256: str) -> bool:
+    return bool(record and record.get("sha256") == sha256
+                and Outcome(record.get("outcome")).ok
+                and record.get("output") and Path(record["output"]).exists())
+
+
+def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported: bool = False,
+                 on_start: Callable[[int], None] | None = None,
+                 on_result: Callable[[ConversionResult, bool], None] | None = None) -> TreeSummary:
+    """Convert every document under `src` into the mirrored tree under `out`.
+
+    `on_start(total)` is called once the tree is listed; `on_result(result, skipped)` once per
+    document. Unsupported files are copied unchanged when `copy_unsupported` is set.
+    """
+    started = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / RESULTS_NAME
+    previous = _load_results(results_path)
+    jobs = plan_tree(src, out)
+    summary = TreeSummary(total=len(jobs), results_path=results_path)
+    if on_start:
+        on_start(len(jobs))
+    latest: dict[str, dict] = dict(previous)
+    by_source: dict[str, _Job] = {str(j.src): j for j in jobs}
+
+    def record(result: ConversionResult, job: _Job, skipped: bool) -> None:
+        summary.by_outcome[result.outcome.value] += 1
+        summary.by_format[(result.format or "other", result.outcome.value)] += 1
+        summary.input_bytes += result.input_bytes or 0
+        if on_result:
+            on_result(result, skipped)
+
+    def todo() -> Iterator[tuple]:
+        for job in jobs:
+            try:
+                digest = sha256_of(job.src)
+            except OSError:
+                digest = None                  # the pool reports why it cannot read the file
+            prior = previous.get(job.rel)
+            if digest and _already_done(prior, digest):
+                summary.skipped += 1
+                record(_from_record(prior, job), job, True)
+                continue
+            yield (job.src, job.out_dir, job.stem, digest)
+
+    with open(results_path, "a", encoding="utf-8") as log:
+        for result in pool.convert_many(todo()):
+            job = by_source[result.source]
+            if result.outcome is Outcome.UNSUPPORTED and copy_unsupported:
+                target = job.out_dir / job.src.name
+                atomic_copy(job.src, target)
+                result.output, result.output_bytes = str(target), target.stat().st_size
+                result.message += "; copied unchanged"
+            line = {"path": job.rel, **result.to_json(), "finished": time.time()}
+            log.write(json.dumps(line, ensure_ascii=False) + "\n")
+            log.flush()
+            latest[job.rel] = line
+            record(result, job, False)
+
+    # one line per document: rewrite atomically in source order
+    order = {j.rel: i for i, j in enumerate(jobs)}
+    tmp = results_path.with_name(f".{RESULTS_NAME}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rel in sorted(latest, key=lambda r: (order.get(r, len(order)), r)):
+            f.write(json.dumps(latest[rel], ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, results_path)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _from_record(record: dict, job: _Job) -> ConversionResult:
+    """A result standing for a document converted by an earlier run."""
+    return ConversionResult(source=str(job.src), outcome=Outcome(record["outcome"]),
+                            message="already converted from the same bytes by an earlier run",
+                            output=record.get("output"), format=record.get("format"),
+                            target=record.get("target"), input_bytes=record.get("input_bytes"),
+                            output_bytes=record.get("output_bytes"), sha256=record.get("sha256"),
+                            worker=record.get("worker"))

@@ -1,0 +1,196 @@
+"""The program each local LibreOffice worker runs: unoserver's XML-RPC server, hardened.
+
+Started by the pool as `python -m converters.worker ...` in a process group of its own; it starts
+one `soffice` with its own user profile and UNO port, and serves unoserver's XML-RPC API on its
+own port, so unoserver's client talks to it unchanged.
+
+What it changes in unoserver 3.7, and why:
+- Every document is loaded with `Hidden=True`: with LibreOffice 7.4.7, unoserver's visible load
+  crashes LibreOffice (signal 6) on every .xlsx; hidden loading avoids it (and is faster).
+- Every document is loaded with `MacroExecutionMode=NEVER_EXECUTE` and `UpdateDocMode=NO_UPDATE`,
+  and the profile forbids macros and points every network access at a dead proxy: documents are
+  untrusted, LibreOffice must neither run their code nor fetch what they link.
+- unoserver's own start-up sleeps a fixed 7 s; here LibreOffice is started directly and the
+  server binds as soon as the UNO bridge answers.
+- The worker exits as soon as LibreOffice dies or the pool that started it goes away, so the pool
+  can treat "process gone" as "worker dead" and no `soffice` outlives its pool.
+
+This module must run under a Python that can `import uno` (Debian's /usr/bin/python3, or a venv
+made from it with --system-site-packages); it is never imported by the pool itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("umstieg.worker")
+
+# com.sun.star.document.MacroExecMode.NEVER_EXECUTE and UpdateDocMode.NO_UPDATE
+_NEVER_EXECUTE = 0
+_NO_UPDATE = 0
+
+# A port on loopback where nothing listens: LibreOffice's HTTP/FTP access goes there and fails.
+DEAD_PROXY_PORT = 9
+
+_REGISTRY = """<?xml version="1.0" encoding="UTF-8"?>
+<oor:items xmlns:oor="http://openoffice.org/2001/registry" xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+{items}
+</oor:items>
+"""
+
+
+def _item(path: str, name: str, type_: str, value: str) -> str:
+    return (f'<item oor:path="{path}"><prop oor:name="{name}" oor:op="fuse">'
+            f'<value>{value}</value></prop></item>')
+
+
+#: Profile settings written before LibreOffice first starts (registrymodifications.xcu).
+PROFILE_SETTINGS = [
+    # macros: highest security level and execution disabled altogether
+    ("/org.openoffice.Office.Common/Security/Scripting", "MacroSecurityLevel", "int", "3"),
+    ("/org.openoffice.Office.Common/Security/Scripting", "DisableMacrosExecution", "boolean", "true"),
+    ("/org.openoffice.Office.Common/Security/Scripting", "BlockUntrustedRefererLinks", "boolean", "true"),
+    # links: never update links to other files or the web while loading
+    ("/org.openoffice.Office.Writer/Content/Update", "Link", "int", "2"),
+    ("/org.openoffice.Office.Calc/Content/Update", "Link", "int", "1"),
+    # network: every HTTP/HTTPS/FTP access goes through a proxy that does not exist, no bypass
+    ("/org.openoffice.Inet/Settings", "ooInetProxyType", "int", "1"),
+    ("/org.openoffice.Inet/Settings", "ooInetHTTPProxyName", "string", "127.0.0.1"),
+    ("/org.openoffice.Inet/Settings", "ooInetHTTPProxyPort", "int", str(DEAD_PROXY_PORT)),
+    ("/org.openoffice.Inet/Settings", "ooInetHTTPSProxyName", "string", "127.0.0.1"),
+    ("/org.openoffice.Inet/Settings", "ooInetHTTPSProxyPort", "int", str(DEAD_PROXY_PORT)),
+    ("/org.openoffice.Inet/Settings", "ooInetFTPProxyName", "string", "127.0.0.1"),
+    ("/org.openoffice.Inet/Settings", "ooInetFTPProxyPort", "int", str(DEAD_PROXY_PORT)),
+    ("/org.openoffice.Inet/Settings", "ooInetNoProxy", "string", ""),
+    # no update checks, no crash reporter, no recovery data: a worker is disposable
+    ("/org.openoffice.Office.Jobs/Jobs/org.openoffice.Office.Jobs:Job['UpdateCheck']/Arguments",
+     "AutoCheckEnabled", "boolean", "false"),
+    ("/org.openoffice.Office.Recovery/RecoveryInfo", "Enabled", "boolean", "false"),
+    ("/org.openoffice.Office.Recovery/AutoSave", "Enabled", "boolean", "false"),
+    ("/org.openoffice.Office.Common/Misc", "UseLocking", "boolean", "false"),
+]
+
+
+def prepare_profile(profile: Path) -> None:
+    """Create a LibreOffice user profile with umstieg's security settings, if not there yet."""
+    user = profile / "user"
+    user.mkdir(parents=True, exist_ok=True)
+    xcu = user / "registrymodifications.xcu"
+    if not xcu.exists():
+        items = "\n".join(_item(*s) for s in PROFILE_SETTINGS)
+        xcu.write_text(_REGISTRY.format(items=items), encoding="utf-8")
+
+
+def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for LibreOffice: proxies dead, no bypass, no desktop integration."""
+    env = dict(os.environ if base is None else base)
+    dead = f"http://127.0.0.1:{DEAD_PROXY_PORT}"
+    for name in ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy"):
+        env[name] = env[name.upper()] = dead
+    env["no_proxy"] = env["NO_PROXY"] = ""
+    env["SAL_USE_VCLPLUGIN"] = "svp"          # headless rendering, no X display needed
+    env.pop("DISPLAY", None)
+    return env
+
+
+def _harden_converter() -> None:
+    """Make unoserver's converter load every document hidden, without macros or link updates."""
+    import uno  # noqa: F401  (installs the import hook for com.sun.star)
+    from com.sun.star.beans import PropertyValue  # type: ignore[import-not-found]
+    from unoserver import converter
+
+    class _HiddenDesktop:
+        """Wraps the UNO desktop so every load gets umstieg's load properties."""
+
+        def __init__(self, desktop):
+            self._desktop = desktop
+
+        def loadComponentFromURL(self, url, frame, flags, props):  # noqa: N802 (UNO's name)
+            names = {p.Name for p in props}
+            extra = tuple(PropertyValue(Name=n, Value=v) for n, v in (
+                ("Hidden", True),
+                ("MacroExecutionMode", _NEVER_EXECUTE),
+                ("UpdateDocMode", _NO_UPDATE),
+                ("RepairPackage", False),
+            ) if n not in names)
+            return self._desktop.loadComponentFromURL(url, frame, flags, tuple(props) + extra)
+
+        def __getattr__(self, name):
+            return getattr(self._desktop, name)
+
+    base = converter.UnoConverter
+
+    class HardenedConverter(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.desktop = _HiddenDesktop(self.desktop)
+
+    converter.UnoConverter = HardenedConverter
+
+
+def _watch(lo: subprocess.Popen, parent: int, server) -> None:
+    """Exit as soon as LibreOffice dies or the pool that started this worker is gone."""
+    while True:
+        if lo.poll() is not None:
+            log.warning("LibreOffice exited with %s; worker exits", lo.returncode)
+            break
+        if os.getppid() != parent:
+            log.warning("pool process %s is gone; worker exits", parent)
+            break
+        time.sleep(0.2)
+    _kill_group_and_exit(3)
+
+
+def _kill_group_and_exit(code: int) -> None:
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)   # LibreOffice (oosplash, soffice.bin) and us
+    finally:
+        os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m converters.worker")
+    parser.add_argument("--port", type=int, required=True, help="XML-RPC port (unoserver's API)")
+    parser.add_argument("--uno-port", type=int, required=True, help="LibreOffice's UNO socket port")
+    parser.add_argument("--profile", type=Path, required=True, help="LibreOffice user profile directory")
+    parser.add_argument("--soffice", default="soffice")
+    parser.add_argument("--interface", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="worker %(process)d: %(message)s")
+    logging.getLogger("unoserver").setLevel(logging.WARNING)
+
+    _harden_converter()
+    from unoserver.server import UnoServer
+
+    prepare_profile(args.profile)
+    server = UnoServer(interface=args.interface, port=str(args.port), uno_interface="127.0.0.1",
+                       uno_port=str(args.uno_port), user_installation=args.profile.as_uri())
+    cmd = [args.soffice, "--headless", "--invisible", "--nocrashreport", "--nodefault", "--nologo",
+           "--nofirststartwizard", "--norestore", "--nolockcheck",
+           f"-env:UserInstallation={args.profile.as_uri()}",
+           f"--accept=socket,host=127.0.0.1,port={args.uno_port},tcpNoDelay=1;urp;StarOffice.ComponentContext"]
+    server.libreoffice_process = subprocess.Popen(cmd, env=worker_environment(),
+                                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+    def stop(signum, frame):
+        _kill_group_and_exit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    threading.Thread(target=_watch, args=(server.libreoffice_process, os.getppid(), server),
+                     daemon=True, name="watch").start()
+    server.serve()          # returns only if LibreOffice never answered
+    _kill_group_and_exit(2)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

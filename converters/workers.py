@@ -1,0 +1,331 @@
+"""LibreOffice workers as the pool sees them: local processes it owns, or remote unoservers.
+
+A local worker is `python -m converters.worker` in a process group of its own (LibreOffice's
+launcher and soffice.bin inherit it), so one `killpg` removes every process of that worker: the
+pid file unoserver writes names the launcher, not the worker, and killing it alone orphans
+soffice.bin with its port still bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from xmlrpc.client import Fault, ServerProxy
+
+import psutil
+from unoserver.client import UnoClient
+
+from core.errors import ConfigError
+
+__all__ = ["Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerTimeout",
+           "ConversionRefused", "live_worker_groups", "kill_all_workers"]
+
+log = logging.getLogger("umstieg.converters")
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: How long a remote worker that failed stays out of the pool before it is tried again.
+REMOTE_COOLDOWN = 60.0
+
+# Every local worker's process group, so that exit paths (atexit, signals) can remove them all.
+_GROUPS: set[int] = set()
+_GROUPS_LOCK = threading.Lock()
+
+
+def live_worker_groups() -> set[int]:
+    """Process groups of local workers started by this process and not yet killed."""
+    with _GROUPS_LOCK:
+        return set(_GROUPS)
+
+
+def kill_all_workers() -> None:
+    """Kill every local worker this process started (used on exit and on signals)."""
+    for pgid in live_worker_groups():
+        _killpg(pgid)
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    with _GROUPS_LOCK:
+        _GROUPS.discard(pgid)
+
+
+class WorkerDied(Exception):
+    """The worker's LibreOffice is gone (crashed, killed, or the remote stopped answering)."""
+
+
+class WorkerTimeout(Exception):
+    """The conversion did not finish in time; the worker has been killed."""
+
+
+class ConversionRefused(Exception):
+    """LibreOffice answered, but could not load or export this document."""
+
+
+class _Client(UnoClient):
+    """unoserver's client, asking the server's info() once per worker instead of once per call.
+
+    The stock client also retries a dead server for ~40 s; the pool supervises liveness itself.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._info = None
+
+    def _connect(self, proxy, retries=1, sleep=0):
+        if self._info is None:
+            self._info = super()._connect(proxy, retries=1, sleep=0)
+        return self._info
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    """One place where LibreOffice converts documents, one at a time."""
+
+    id: str
+    conversions: int = 0
+    remote: bool = False
+
+    def convert(self, src: Path, dst: Path, import_filter: str, export_filter: str, timeout: float) -> None:
+        """Convert `src` into `dst` (an ODF path), or raise WorkerDied / WorkerTimeout / ConversionRefused."""
+        client = self._client()
+        error: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.convert(inpath=str(src), outpath=str(dst), filtername=export_filter,
+                               infiltername=import_filter)
+            except BaseException as exc:  # noqa: BLE001 - reported to the supervising thread
+                error.append(exc)
+
+        # unoserver's client has no timeout: the call runs in a thread the pool can abandon.
+        thread = threading.Thread(target=call, daemon=True, name=f"convert-{self.id}")
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            self.kill()
+            thread.join(5)
+            raise WorkerTimeout(f"no answer after {timeout:g} s")
+        self.conversions += 1
+        if not error:
+            return
+        exc = error[0]
+        if not self.alive():
+            raise WorkerDied(f"LibreOffice died while converting ({_short(exc)})") from exc
+        if isinstance(exc, Fault):
+            raise ConversionRefused(_fault_message(exc)) from exc
+        if isinstance(exc, (OSError, ConnectionError)):
+            # the connection broke but the process still looks alive: treat as dead
+            self.kill()
+            raise WorkerDied(f"connection to the worker broke ({_short(exc)})") from exc
+        raise ConversionRefused(_short(exc)) from exc
+
+    def ready(self) -> bool:
+        """Whether the pool may hand this worker a document now."""
+        return True
+
+    def _client(self) -> UnoClient:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def rss(self) -> int:
+        """Resident memory of the worker's LibreOffice, in bytes (0 when unknown)."""
+        return 0
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def _fault_message(fault: Fault) -> str:
+    """The useful last line of a LibreOffice error relayed by unoserver."""
+    text = str(fault.faultString or "").strip()
+    # unoserver relays "<class 'X'>:message"; keep the message, drop the class repr
+    if ">:" in text:
+        text = text.split(">:", 1)[1]
+    return (text.strip().splitlines() or ["LibreOffice refused the document"])[-1][:300]
+
+
+class LocalWorker(Worker):
+    """A LibreOffice worker this pool starts, owns and kills."""
+
+    def __init__(self, slot: int, generation: int, runtime_dir: Path, soffice: str,
+                 python: str, startup_timeout: float) -> None:
+        self.id = f"w{slot}.{generation}"
+        self.slot = slot
+        self.profile = runtime_dir / f"profile-w{slot}"
+        self.log_path = runtime_dir / f"worker-w{slot}.log"
+        self.soffice = soffice
+        self.python = python
+        self.startup_timeout = startup_timeout
+        self.conversions = 0
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start the worker and wait until it answers, or raise WorkerDied."""
+        last: Exception | None = None
+        for _ in range(3):          # a port taken between probing and binding: try other ports
+            self.port, uno_port = _free_port(), _free_port()
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+            with open(self.log_path, "ab") as logfile:
+                self.process = subprocess.Popen(
+                    [self.python, "-m", "converters.worker", "--port", str(self.port),
+                     "--uno-port", str(uno_port), "--profile", str(self.profile), "--soffice", self.soffice],
+                    stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
+                    start_new_session=True, cwd=str(self.profile.parent))
+            with _GROUPS_LOCK:
+                _GROUPS.add(self.process.pid)
+            try:
+                self._wait_ready()
+                return
+            except WorkerDied as exc:
+                last = exc
+                self.kill()
+                shutil.rmtree(self.profile, ignore_errors=True)   # a broken profile must not stay
+        raise WorkerDied(f"worker {self.id} did not start: {last}; see {self.log_path}")
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        proxy = ServerProxy(f"http://127.0.0.1:{self.port}", allow_none=True)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise WorkerDied(f"exited with status {self.process.returncode} during start-up")
+            try:
+                proxy.info()
+                return
+            except (OSError, Fault):
+                time.sleep(0.1)
+        raise WorkerDied(f"no answer within {self.startup_timeout:g} s")
+
+    def _client(self) -> UnoClient:
+        if not hasattr(self, "_uno") or self._uno.port != str(self.port):
+            self._uno = _Client(server="127.0.0.1", port=str(self.port), host_location="local")
+        return self._uno
+
+    def alive(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            return False
+        return bool(self._office_processes())
+
+    def _office_processes(self) -> list[psutil.Process]:
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        return [p for p in children if _is_office(p)]
+
+    def office_pid(self) -> int | None:
+        """The pid of this worker's soffice.bin (the process that does the work)."""
+        procs = self._office_processes()
+        return procs[-1].pid if procs else None
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        _killpg(self.process.pid)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            log.warning("worker %s did not exit after SIGKILL", self.id)
+
+    def rss(self) -> int:
+        total = 0
+        for p in self._office_processes():
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+
+def _is_office(p: psutil.Process) -> bool:
+    try:
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return p.name().startswith(("soffice", "oosplash"))
+    except psutil.Error:
+        return False
+
+
+class RemoteWorkerHandle(Worker):
+    """A unoserver on another host: the pool sends it documents but cannot kill or recycle it."""
+
+    remote = True
+
+    def __init__(self, host: str, port: int) -> None:
+        self.id = f"{host}:{port}"
+        self.host, self.port = host, port
+        self.conversions = 0
+        self._uno = _Client(server=host, port=str(port), host_location="remote")
+        self._down_since: float | None = None
+
+    def start(self) -> None:
+        if not self.alive():
+            raise WorkerDied(f"remote worker {self.id} does not answer")
+
+    def alive(self) -> bool:
+        try:
+            ServerProxy(f"http://{self.host}:{self.port}", allow_none=True).info()
+            return True
+        except (OSError, Fault):
+            return False
+
+    def _client(self) -> UnoClient:
+        return self._uno
+
+    def ready(self) -> bool:
+        """False while cooling down after a failure; then true again once it answers."""
+        if self._down_since is None:
+            return True
+        if time.monotonic() - self._down_since < REMOTE_COOLDOWN:
+            return False
+        if self.alive():
+            self._down_since = None
+            return True
+        self._down_since = time.monotonic()
+        return False
+
+    def kill(self) -> None:
+        """A remote worker cannot be killed from here; the pool stops using it for a while."""
+        self._down_since = time.monotonic()
+
+
+def find_worker_python() -> str:
+    """A Python that can import both `uno` and unoserver, for running local workers."""
+    candidates = [os.environ.get("UMSTIEG_WORKER_PYTHON"), sys.executable, "/usr/bin/python3"]
+    for python in filter(None, candidates):
+        try:
+            ok = subprocess.run([python, "-c", "import uno, unoserver.server"], capture_output=True,
+                                timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return python
+    raise ConfigError(
+        "no Python here can import LibreOffice's `uno` module together with unoserver. "
+        "Run bin/setup (it installs python3-uno and builds .venv from /usr/bin/python3 with "
+        "--system-site-packages), or set UMSTIEG_WORKER_PYTHON to such an interpreter.")

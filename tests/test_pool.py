@@ -1,0 +1,342 @@
+"""The converter pool against real LibreOffice workers: outcomes, supervision, hardening."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import make_docx, make_mixed_set, make_pptx, make_xlsx, processes_using, runtime_dir
+from converters.odf import check_package
+from converters.pool import ConverterPool
+from converters.workers import LocalWorker
+from core.outcomes import Outcome
+from core.settings import ConversionSettings
+
+
+def odf_mimetype(path: Path) -> str:
+    with zipfile.ZipFile(path) as z:
+        return z.read("mimetype").decode()
+
+
+# ----------------------------------------------------------------------------- outcomes
+@pytest.mark.parametrize("make, ext, target, mimetype", [
+    (make_docx, "docx", "odt", "application/vnd.oasis.opendocument.text"),
+    (make_xlsx, "xlsx", "ods", "application/vnd.oasis.opendocument.spreadsheet"),
+    (make_pptx, "pptx", "odp", "application/vnd.oasis.opendocument.presentation"),
+])
+def test_office_files_become_valid_odf(pool, tmp_path, make, ext, target, mimetype):
+    src = make(tmp_path / f"in.{ext}")
+    result = pool.convert(src, tmp_path / "out")
+    assert result.outcome is Outcome.CONVERTED, result.message
+    out = Path(result.output)
+    assert out == tmp_path / "out" / f"in.{target}"
+    assert check_package(out) == []
+    assert odf_mimetype(out) == mimetype
+    assert result.format == ext and result.target == target
+    assert result.attempts == 1 and result.worker.startswith("w")
+    assert result.input_bytes == src.stat().st_size and result.output_bytes == out.stat().st_size
+    assert len(result.sha256) == 64
+
+
+def test_converted_text_survives(pool, tmp_path):
+    import docx
+    d = docx.Document()
+    d.add_paragraph("Grüße aus dem Bürgeramt – Straße № 7")
+    d.save(tmp_path / "t.docx")
+    result = pool.convert(tmp_path / "t.docx", tmp_path)
+    content = zipfile.ZipFile(result.output).read("content.xml").decode()
+    assert "Grüße aus dem Bürgeramt – Straße № 7" in content
+
+
+def test_wrong_extension_is_converted_by_content(pool, tmp_path):
+    src = make_xlsx(tmp_path / "budget.xlsx")
+    lying = tmp_path / "budget.docx"
+    src.rename(lying)
+    result = pool.convert(lying, tmp_path / "out")
+    assert result.outcome is Outcome.CONVERTED
+    assert result.format == "xlsx"
+    assert Path(result.output).suffix == ".ods"
+    assert odf_mimetype(Path(result.output)) == "application/vnd.oasis.opendocument.spreadsheet"
+
+
+@pytest.mark.parametrize("name, data, outcome", [
+    ("random.docx", os.urandom(4096), Outcome.UNREADABLE),
+    ("empty.xlsx", b"", Outcome.UNREADABLE),
+    ("text.doc", b"Dies ist kein Word-Dokument.\n" * 20, Outcome.UNREADABLE),
+    ("photo.jpg", b"\xff\xd8\xff\xe0" + os.urandom(200), Outcome.UNSUPPORTED),
+    ("notes.txt", b"plain text", Outcome.UNSUPPORTED),
+])
+def test_bad_input_costs_no_libreoffice_call(pool, tmp_path, name, data, outcome):
+    (tmp_path / name).write_bytes(data)
+    before = sum(w.conversions for w in pool.workers())
+    result = pool.convert(tmp_path / name, tmp_path / "out")
+    assert result.outcome is outcome
+    assert result.attempts == 0
+    assert result.message
+    assert sum(w.conversions for w in pool.workers()) == before
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_truncated_docx_is_unreadable(pool, tmp_path):
+    src = make_docx(tmp_path / "whole.docx", paragraphs=50)
+    data = src.read_bytes()
+    (tmp_path / "cut.docx").write_bytes(data[: len(data) // 2])
+    result = pool.convert(tmp_path / "cut.docx", tmp_path / "out")
+    assert result.outcome is Outcome.UNREADABLE and result.attempts == 0
+
+
+def test_encrypted_ooxml_is_reported_without_libreoffice(pool, tmp_path):
+    msoffcrypto = pytest.importorskip("msoffcrypto")
+    from msoffcrypto.format.ooxml import OOXMLFile
+    plain = make_docx(tmp_path / "plain.docx")
+    with open(plain, "rb") as f, open(tmp_path / "secret.docx", "wb") as out:
+        OOXMLFile(f).encrypt("geheim", out)
+    result = pool.convert(tmp_path / "secret.docx", tmp_path / "out")
+    assert result.outcome is Outcome.ENCRYPTED
+    assert result.attempts == 0
+
+
+def test_odf_passes_through_after_a_validity_check(pool, tmp_path):
+    from odf.opendocument import OpenDocumentText
+    from odf.text import P
+    doc = OpenDocumentText()
+    doc.text.addElement(P(text="schon offen"))
+    doc.save(str(tmp_path / "open.odt"))
+    result = pool.convert(tmp_path / "open.odt", tmp_path / "out")
+    assert result.outcome is Outcome.PASSTHROUGH and result.attempts == 0
+    assert Path(result.output).read_bytes() == (tmp_path / "open.odt").read_bytes()
+
+    broken = tmp_path / "broken.odt"
+    with zipfile.ZipFile(tmp_path / "open.odt") as zin, zipfile.ZipFile(broken, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            zout.writestr(item, data[:-40] if item.filename == "content.xml" else data)
+    result = pool.convert(broken, tmp_path / "out")
+    assert result.outcome is Outcome.UNREADABLE
+    assert not (tmp_path / "out" / "broken.odt").exists()
+
+
+def test_hostile_names_convert(pool, tmp_path):
+    names = ["Bericht #1 (final) 100%.docx", "ümlaut & ‘quotes’ ; rm -rf.docx", "-leading-dash.docx",
+             "with\nnewline.docx", "日本語の文書.docx"]
+    for name in names:
+        src = make_docx(tmp_path / name)
+        result = pool.convert(src, tmp_path / "out")
+        assert result.outcome is Outcome.CONVERTED, (name, result.message)
+        assert Path(result.output).name == Path(name).stem + ".odt"
+
+
+def test_output_is_atomic(pool, tmp_path):
+    """While LibreOffice writes, the final name either does not exist or is a complete package."""
+    src = make_docx(tmp_path / "big.docx", paragraphs=3000)
+    out = tmp_path / "out"
+    out.mkdir()
+    final = out / "big.odt"
+    seen_incomplete, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            if final.exists() and check_package(final):
+                seen_incomplete.append(True)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = pool.convert(src, out)
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.outcome is Outcome.CONVERTED
+    assert not seen_incomplete
+    assert sorted(p.name for p in out.iterdir()) == ["big.odt"]     # no partial file left behind
+
+
+# ----------------------------------------------------------------------------- supervision
+def _healthy(pool: ConverterPool, n: int) -> bool:
+    workers = pool.workers()
+    return len(workers) == n and all(w.alive() for w in workers)
+
+
+def test_kill_9_of_a_worker_loses_nothing(tmp_path):
+    docs = make_mixed_set(tmp_path / "in", 24)
+    settings = ConversionSettings(workers=2, timeout=60, runtime_dir=runtime_dir("kill9"))
+    results = []
+    with ConverterPool(settings) as pool:
+        killed = []
+
+        def killer():
+            # wait until conversions are under way, then kill one worker's soffice.bin mid-batch
+            while len(results) < 4:
+                time.sleep(0.01)
+            worker = next(w for w in pool.workers() if isinstance(w, LocalWorker))
+            pid = worker.office_pid()
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        for r in pool.convert_many((d, tmp_path / "out", None) for d in docs):
+            results.append(r)
+        t.join()
+        assert killed
+        assert pool.restarts >= 1
+        assert _healthy(pool, 2)
+    sources = [r.source for r in results]
+    assert sorted(sources) == sorted(str(d) for d in docs)          # each exactly once
+    assert all(r.outcome is Outcome.CONVERTED for r in results), [(r.source, r.message) for r in results]
+    assert any(r.attempts == 2 and r.history for r in results)      # the victim was retried
+    outputs = sorted((tmp_path / "out").iterdir())
+    assert len(outputs) == 24 and all(check_package(p) == [] for p in outputs)
+
+
+def test_timeout_kills_and_replaces_the_worker(tmp_path):
+    slow = make_docx(tmp_path / "slow.docx", paragraphs=6000)
+    quick = make_docx(tmp_path / "quick.docx")
+    settings = ConversionSettings(workers=1, timeout=0.5, runtime_dir=runtime_dir("timeout"))
+    with ConverterPool(settings) as pool:
+        first = pool.workers()[0]
+        result = pool.convert(slow, tmp_path / "out")
+        assert result.outcome is Outcome.TIMEOUT
+        assert result.attempts == 2 and len(result.history) == 2
+        assert "0.5 s" in result.message
+        assert not first.alive()
+        assert pool.restarts == 2
+        assert _healthy(pool, 1) and pool.workers()[0] is not first
+        assert not (tmp_path / "out" / "slow.odt").exists()
+        assert not list((tmp_path / "out").glob(".*partial*"))
+        pool.settings.timeout = 60
+        assert pool.convert(quick, tmp_path / "out").outcome is Outcome.CONVERTED
+
+
+def test_workers_are_recycled(tmp_path):
+    docs = make_mixed_set(tmp_path / "in", 7)
+    settings = ConversionSettings(workers=1, recycle_after=3, runtime_dir=runtime_dir("recycle"))
+    with ConverterPool(settings) as pool:
+        results = [pool.convert(d, tmp_path / "out") for d in docs]
+        assert pool.recycled == 2
+        assert _healthy(pool, 1)
+    assert [r.worker for r in results] == ["w1.1"] * 3 + ["w1.2"] * 3 + ["w1.3"]
+    assert all(r.outcome is Outcome.CONVERTED for r in results)
+
+
+def test_remote_worker_joins_the_pool(tmp_path):
+    """A unoserver started elsewhere (here: on loopback) serves a pool with no local worker."""
+    from converters.workers import _free_port
+    port, uno_port = _free_port(), _free_port()
+    profile = runtime_dir("remote") / "profile"
+    proc = subprocess.Popen([sys.executable, "-m", "converters.worker", "--port", str(port),
+                             "--uno-port", str(uno_port), "--profile", str(profile)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        settings = ConversionSettings(workers=0, remote=[f"127.0.0.1:{port}"], startup_timeout=60)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pool = ConverterPool(settings).start()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        with pool:
+            result = pool.convert(make_xlsx(tmp_path / "r.xlsx"), tmp_path / "out")
+        assert result.outcome is Outcome.CONVERTED
+        assert result.worker == f"127.0.0.1:{port}"
+        assert check_package(Path(result.output)) == []
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# ----------------------------------------------------------------------------- hardening
+class _CountingHandler(BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def _answer(self):
+        type(self).hits.append(f"{self.command} {self.path}")
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(_PNG)
+
+    do_GET = do_HEAD = do_OPTIONS = do_PROPFIND = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+# a valid 1x1 PNG
+_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                     "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2a3"
+                     "3a2a0000000049454e44ae426082")
+
+
+def _docx_linking_image(path: Path, url: str) -> Path:
+    """A docx whose only picture is linked (not embedded) from `url`."""
+    import docx
+    import io
+    d = docx.Document()
+    d.add_paragraph("linked picture below")
+    d.add_picture(io.BytesIO(_PNG))
+    tmp = path.with_suffix(".embedded.docx")
+    d.save(tmp)
+    with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.startswith("word/media/"):
+                continue
+            if item.filename == "word/_rels/document.xml.rels":
+                import re
+                data = re.sub(rb'Target="media/[^"]+"', f'Target="{url}" TargetMode="External"'.encode(), data)
+            if item.filename == "word/document.xml":
+                data = data.replace(b"r:embed=", b"r:link=")
+            zout.writestr(item, data)
+    tmp.unlink()
+    return path
+
+
+@pytest.fixture
+def counting_server():
+    _CountingHandler.hits = []
+    server = HTTPServer(("127.0.0.1", 0), _CountingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def test_no_remote_resource_is_fetched(pool, tmp_path, counting_server, env_without_proxy):
+    url = f"http://127.0.0.1:{counting_server.server_address[1]}/picture.png"
+    src = _docx_linking_image(tmp_path / "linked.docx", url)
+
+    result = pool.convert(src, tmp_path / "out")
+    time.sleep(1.0)                       # give any late, asynchronous fetch time to arrive
+    assert result.outcome is Outcome.CONVERTED
+    assert _CountingHandler.hits == []
+    assert url.encode() in zipfile.ZipFile(result.output).read("content.xml")   # the link is kept
+
+    # Control: plain LibreOffice does fetch it, so the fixture really tests something.
+    subprocess.run(["soffice", "--headless", f"-env:UserInstallation={(tmp_path / 'plain').as_uri()}",
+                    "--convert-to", "odt", "--outdir", str(tmp_path / "plain-out"), str(src)],
+                   env=env_without_proxy, capture_output=True, timeout=120)
+    assert _CountingHandler.hits, "plain soffice did not fetch the linked image: the fixture proves nothing"
+
+
+def test_closed_pool_leaves_no_process(tmp_path):
+    rt = runtime_dir("closing")
+    with ConverterPool(ConversionSettings(workers=2, runtime_dir=rt)) as pool:
+        assert pool.convert(make_docx(tmp_path / "a.docx"), tmp_path).outcome is Outcome.CONVERTED
+        assert len(processes_using(str(rt))) >= 4        # 2 x (worker, soffice launcher/bin)
+    time.sleep(0.5)
+    assert processes_using(str(rt)) == []
