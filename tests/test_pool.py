@@ -276,10 +276,20 @@ class _CountingHandler(BaseHTTPRequestHandler):
         pass
 
 
-# a valid 1x1 PNG
-_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                     "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2a3"
-                     "3a2a0000000049454e44ae426082")
+def _png(width: int = 8, height: int = 8) -> bytes:
+    """A valid grey PNG, built with zlib (no imaging library needed)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+_PNG = _png()
 
 
 def _docx_linking_image(path: Path, url: str) -> Path:
