@@ -58,6 +58,18 @@ def _partial_path(dst: Path) -> Path:
     return dst.with_name(f".{uuid.uuid4().hex[:12]}.umstieg-partial{dst.suffix}")
 
 
+def _staging_dir(dst: Path) -> Path:
+    """A private, hidden folder beside `dst` for one LibreOffice attempt.
+
+    LibreOffice writes its own temporary files next to the file it stores; a worker killed
+    mid-export leaves them behind. Storing into a folder of its own lets the pool remove all
+    of it, whatever happened, while the final rename stays on one file system.
+    """
+    staging = dst.parent / f".umstieg-{uuid.uuid4().hex[:12]}"
+    staging.mkdir(parents=True)
+    return staging
+
+
 def _publish(tmp: Path, dst: Path) -> None:
     """Make a finished temporary file visible under its final name, durably and atomically."""
     fd = os.open(tmp, os.O_RDONLY)
@@ -260,7 +272,8 @@ class ConverterPool:
         failures: list[Outcome] = []
         while True:
             worker = self._acquire()
-            tmp = _partial_path(dst)
+            staging = _staging_dir(dst)
+            tmp = staging / f"document.{fmt.target}"
             result.attempts += 1
             result.worker = worker.id
             try:
@@ -293,7 +306,7 @@ class ConverterPool:
                     result.message += f" on a fresh worker after a {failures[-1].value}"
                 return
             finally:
-                tmp.unlink(missing_ok=True)
+                shutil.rmtree(staging, ignore_errors=True)
             if len(failures) >= 2:
                 result.outcome = failures[-1]
                 what = "did not finish within" if result.outcome is Outcome.TIMEOUT else "crashed LibreOffice"

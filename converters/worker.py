@@ -5,8 +5,11 @@ one `soffice` with its own user profile and UNO port, and serves unoserver's XML
 own port, so unoserver's client talks to it unchanged.
 
 What it changes in unoserver 3.7, and why:
-- Every document is loaded with `Hidden=True`: with LibreOffice 7.4.7, unoserver's visible load
-  crashes LibreOffice (signal 6) on every .xlsx; hidden loading avoids it (and is faster).
+- Every document is loaded without a view: into a bare document model when the import filter is
+  known (the pool always names it), hidden otherwise. With LibreOffice 7.4.7, unoserver's visible
+  load crashes LibreOffice (signal 6) on every .xlsx, and even a hidden view crashes it on Word
+  documents with comments (the comment windows are built asynchronously while unoserver's thread
+  is still loading); a document model with no view avoids both, and is faster.
 - Every document is loaded with `MacroExecutionMode=NEVER_EXECUTE` and `UpdateDocMode=NO_UPDATE`,
   and the profile forbids macros and points every network access at a dead proxy: documents are
   untrusted, LibreOffice must neither run their code nor fetch what they link.
@@ -108,20 +111,34 @@ def _harden_converter() -> None:
     from unoserver import converter
 
     class _HiddenDesktop:
-        """Wraps the UNO desktop so every load gets umstieg's load properties."""
+        """Wraps the UNO desktop so that every load is safe, and viewless where possible."""
 
-        def __init__(self, desktop):
-            self._desktop = desktop
+        def __init__(self, desktop, service_manager, context, filters):
+            self._desktop, self._sm, self._ctx, self._filters = desktop, service_manager, context, filters
 
         def loadComponentFromURL(self, url, frame, flags, props):  # noqa: N802 (UNO's name)
             names = {p.Name for p in props}
-            extra = tuple(PropertyValue(Name=n, Value=v) for n, v in (
+            props = tuple(props) + tuple(PropertyValue(Name=n, Value=v) for n, v in (
                 ("Hidden", True),
                 ("MacroExecutionMode", _NEVER_EXECUTE),
                 ("UpdateDocMode", _NO_UPDATE),
-                ("RepairPackage", False),
             ) if n not in names)
-            return self._desktop.loadComponentFromURL(url, frame, flags, tuple(props) + extra)
+            service = self._document_service(props)
+            if service is None:
+                return self._desktop.loadComponentFromURL(url, frame, flags, props)
+            # Load into a bare document model, with no frame and no view: with LibreOffice 7.4, a
+            # view's asynchronous set-up (comment windows in Writer) crashes soffice when the
+            # document is loaded from another thread, as unoserver does; ODF export needs no view.
+            document = self._sm.createInstanceWithContext(service, self._ctx)
+            document.load(props + (PropertyValue(Name="URL", Value=url),))
+            return document
+
+        def _document_service(self, props):
+            name = next((p.Value for p in props if p.Name == "FilterName"), None)
+            if not name or not self._filters.hasByName(name):
+                return None
+            info = {p.Name: p.Value for p in self._filters.getByName(name)}
+            return info.get("DocumentService") or None
 
         def __getattr__(self, name):
             return getattr(self._desktop, name)
@@ -131,7 +148,7 @@ def _harden_converter() -> None:
     class HardenedConverter(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.desktop = _HiddenDesktop(self.desktop)
+            self.desktop = _HiddenDesktop(self.desktop, self.service, self.context, self.filter_service)
 
     converter.UnoConverter = HardenedConverter
 
@@ -168,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("unoserver").setLevel(logging.WARNING)
 
     _harden_converter()
+    import xmlrpc.server
     from unoserver.server import UnoServer
+
+    # one log line per XML-RPC request is noise in the worker log
+    xmlrpc.server.SimpleXMLRPCRequestHandler.log_request = lambda self, *a, **k: None
 
     prepare_profile(args.profile)
     server = UnoServer(interface=args.interface, port=str(args.port), uno_interface="127.0.0.1",

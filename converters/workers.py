@@ -109,8 +109,10 @@ class Worker:
 
         def call() -> None:
             try:
+                # update_index=False: keep tables of contents as the author's Office computed
+                # them; LibreOffice's page numbers would differ, and updating costs time.
                 client.convert(inpath=str(src), outpath=str(dst), filtername=export_filter,
-                               infiltername=import_filter)
+                               infiltername=import_filter, update_index=False)
             except BaseException as exc:  # noqa: BLE001 - reported to the supervising thread
                 error.append(exc)
 
@@ -129,6 +131,10 @@ class Worker:
         if not self.alive():
             raise WorkerDied(f"LibreOffice died while converting ({_short(exc)})") from exc
         if isinstance(exc, Fault):
+            if _BRIDGE_GONE in str(exc.faultString):
+                # LibreOffice went away during the call; its process may not be reaped yet
+                self.kill()
+                raise WorkerDied(f"LibreOffice died while converting ({_fault_message(exc)})") from exc
             raise ConversionRefused(_fault_message(exc)) from exc
         if isinstance(exc, (OSError, ConnectionError)):
             # the connection broke but the process still looks alive: treat as dead
@@ -152,6 +158,10 @@ class Worker:
     def rss(self) -> int:
         """Resident memory of the worker's LibreOffice, in bytes (0 when unknown)."""
         return 0
+
+
+#: The UNO exception class unoserver relays when LibreOffice's end of the bridge is gone.
+_BRIDGE_GONE = "com.sun.star.lang.DisposedException"
 
 
 def _short(exc: BaseException) -> str:
@@ -229,7 +239,7 @@ class LocalWorker(Worker):
     def alive(self) -> bool:
         if self.process is None or self.process.poll() is not None:
             return False
-        return bool(self._office_processes())
+        return self.office_pid() is not None
 
     def _office_processes(self) -> list[psutil.Process]:
         try:
@@ -239,9 +249,14 @@ class LocalWorker(Worker):
         return [p for p in children if _is_office(p)]
 
     def office_pid(self) -> int | None:
-        """The pid of this worker's soffice.bin (the process that does the work)."""
-        procs = self._office_processes()
-        return procs[-1].pid if procs else None
+        """The pid of this worker's live soffice.bin (the process that does the work), if any."""
+        for p in self._office_processes():
+            try:
+                if p.name() == "soffice.bin":
+                    return p.pid
+            except psutil.Error:
+                continue
+        return None
 
     def kill(self) -> None:
         if self.process is None:

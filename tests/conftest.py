@@ -59,7 +59,7 @@ def pool():
     from converters.pool import ConverterPool
     from core.settings import ConversionSettings
 
-    with ConverterPool(ConversionSettings(workers=2, timeout=90, runtime_dir=runtime_dir("shared"))) as p:
+    with ConverterPool(ConversionSettings(workers=2, timeout=150, runtime_dir=runtime_dir("shared"))) as p:
         yield p
 
 

@@ -57,6 +57,19 @@ def test_converted_text_survives(pool, tmp_path):
     assert "Grüße aus dem Bürgeramt – Straße № 7" in content
 
 
+def test_word_comments_survive(pool, tmp_path):
+    """Comments crashed LibreOffice 7.4 when loaded into a view from unoserver's thread."""
+    import docx
+    d = docx.Document()
+    para = d.add_paragraph("Der Antrag ist fristgerecht eingegangen.")
+    d.add_comment(para.runs, text="Bitte Datum prüfen", author="Referat IT", initials="RI")
+    d.save(tmp_path / "kommentiert.docx")
+    result = pool.convert(tmp_path / "kommentiert.docx", tmp_path / "out")
+    assert result.outcome is Outcome.CONVERTED, result.message
+    content = zipfile.ZipFile(result.output).read("content.xml").decode()
+    assert "office:annotation" in content and "Bitte Datum prüfen" in content
+
+
 def test_wrong_extension_is_converted_by_content(pool, tmp_path):
     src = make_xlsx(tmp_path / "budget.xlsx")
     lying = tmp_path / "budget.docx"
@@ -133,6 +146,22 @@ def test_hostile_names_convert(pool, tmp_path):
         result = pool.convert(src, tmp_path / "out")
         assert result.outcome is Outcome.CONVERTED, (name, result.message)
         assert Path(result.output).name == Path(name).stem + ".odt"
+
+
+def test_sources_are_never_written(pool, tmp_path):
+    """No lock file, no temporary file, no changed time stamp in the folder being migrated."""
+    src_dir = tmp_path / "share"
+    make_mixed_set(src_dir, 3)
+    import docx
+    d = docx.Document()
+    d.add_paragraph("Text mit Kommentar")
+    d.save(src_dir / "commented.docx")
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in src_dir.iterdir()}
+    for p in sorted(src_dir.iterdir()):
+        assert pool.convert(p, tmp_path / "out").outcome is Outcome.CONVERTED
+    time.sleep(0.5)
+    after = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in src_dir.iterdir()}
+    assert after == before
 
 
 def test_output_is_atomic(pool, tmp_path):
@@ -213,7 +242,7 @@ def test_timeout_kills_and_replaces_the_worker(tmp_path):
         assert pool.restarts == 2
         assert _healthy(pool, 1) and pool.workers()[0] is not first
         assert not (tmp_path / "out" / "slow.odt").exists()
-        assert not list((tmp_path / "out").glob(".*partial*"))
+        assert list((tmp_path / "out").iterdir()) == []            # no staging or partial file left
         pool.settings.timeout = 60
         assert pool.convert(quick, tmp_path / "out").outcome is Outcome.CONVERTED
 
