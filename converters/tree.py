@@ -120,7 +120,9 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
             on_result(result, skipped)
 
     def todo() -> Iterator[tuple]:
-        for job in jobs:
+        # Largest first: a big document started last would leave the other workers idle
+        # while it finishes (longest-processing-time-first scheduling).
+        for job in sorted(jobs, key=_size, reverse=True):
             try:
                 digest = sha256_of(job.src)
             except OSError:
@@ -157,6 +159,13 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
     os.replace(tmp, results_path)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _size(job: _Job) -> int:
+    try:
+        return job.src.stat().st_size
+    except OSError:
+        return 0
 
 
 def _from_record(record: dict, job: _Job) -> ConversionResult:

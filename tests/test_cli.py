@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import make_docx, make_mixed_set, processes_using, runtime_dir
+from conftest import processes_using, runtime_dir
+from docgen import make_docx, make_mixed_set
 
 ROOT = Path(__file__).resolve().parents[1]
 UMSTIEG = [sys.executable, "-m", "umstieg"]

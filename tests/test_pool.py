@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_docx, make_mixed_set, make_pptx, make_xlsx, processes_using, runtime_dir
+from conftest import processes_using, runtime_dir
+from docgen import make_docx, make_mixed_set, make_pptx, make_xlsx
 from converters.odf import check_package
 from converters.pool import ConverterPool
 from converters.workers import LocalWorker
