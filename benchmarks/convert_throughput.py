@@ -112,13 +112,16 @@ def run_set(name: str, files, workers: int, sample_a: int, workdir: Path) -> dic
     a, a_n, a_s = bench_soffice(files, workdir, sample_a)
     print(f"(a) soffice --convert-to per file : {a:6.2f} docs/s  ({a_n} docs in {a_s:.1f} s)", flush=True)
 
-    pool, startup1 = start_pool(1, workdir / "rt1", timeout=300)
+    # (b) and (c) each on a fresh 1-worker pool, so that neither inherits the other's LibreOffice
+    pool, _ = start_pool(1, workdir / "rt-b", timeout=300)
     with pool:
         b, b_s = bench_raw_client(pool, files, workdir)
-        print(f"(b) raw unoserver client, 1 worker : {b:6.2f} docs/s  ({b_s:.1f} s)", flush=True)
+    print(f"(b) raw unoserver client, 1 worker : {b:6.2f} docs/s  ({b_s:.1f} s)", flush=True)
+    pool, startup1 = start_pool(1, workdir / "rt-c", timeout=300)
+    with pool:
         c, c_s, c_out = bench_pool(pool, files, workdir, "c")
-        print(f"(c) pool, 1 worker                 : {c:6.2f} docs/s  ({c_s:.1f} s; start-up {startup1:.1f} s; "
-              f"{c_out})", flush=True)
+    print(f"(c) pool, 1 worker                 : {c:6.2f} docs/s  ({c_s:.1f} s; start-up {startup1:.1f} s; "
+          f"{c_out})", flush=True)
     pool, startupn = start_pool(workers, workdir / "rtn", timeout=300)
     with pool:
         d, d_s, d_out = bench_pool(pool, files, workdir, "d")
@@ -133,7 +136,8 @@ def run_set(name: str, files, workers: int, sample_a: int, workdir: Path) -> dic
 
 def run_rss(files, workers: int, conversions: int, workdir: Path) -> dict:
     """Worker RSS along `conversions` conversions, with recycling (default 200) and without."""
-    print(f"\n== worker memory over {conversions} conversions, {workers} worker(s) ==", flush=True)
+    print(f"\n== worker memory over {conversions} conversions of {len(files)} documents in rotation, "
+          f"{workers} worker(s) ==", flush=True)
     out: dict = {}
     for label, recycle in (("recycle after 200", 200), ("no recycling", 10 ** 9)):
         pool, _ = start_pool(workers, workdir / f"rt-rss-{recycle}", recycle_after=recycle)
@@ -177,14 +181,17 @@ def main() -> None:
         generated = convertible(make_mixed_set(work / "generated", args.generated))
         results["sets"].append(run_set(f"generated ({args.generated} small docx/xlsx/pptx)", generated,
                                        args.workers, args.sample_a, work / "g"))
+        corpus = []
         if CORPUS.is_dir():
             files = sorted(p for d in ("documents", "spreadsheets", "presentations")
                            for p in (CORPUS / d).iterdir() if p.is_file() and p.name not in args.skip)
+            corpus = convertible(files)
             results["sets"].append(run_set(f"corpus ({CORPUS}, without {', '.join(args.skip)})",
-                                           convertible(files), args.workers, args.sample_a, work / "c"))
+                                           corpus, args.workers, args.sample_a, work / "c"))
         else:
             print(f"\n(corpus set skipped: {CORPUS} not found)")
-        results["rss"] = run_rss(generated, args.workers, args.rss_conversions, work / "r")
+        # real documents make LibreOffice's memory grow; small generated ones hardly do
+        results["rss"] = run_rss(corpus or generated, args.workers, args.rss_conversions, work / "r")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from core.errors import ConfigError, FatalError
@@ -78,6 +78,11 @@ def _publish(tmp: Path, dst: Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, dst)
+    fd = os.open(dst.parent, os.O_RDONLY)     # make the rename itself durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
@@ -112,6 +117,9 @@ class ConverterPool:
         self._owned_runtime: tempfile.TemporaryDirectory | None = None
         self._runtime: Path | None = None
         self._python: str | None = None
+        self._spares: dict[int, tuple[LocalWorker, Future]] = {}   # slot -> successor being started
+        self._maintenance = ThreadPoolExecutor(max_workers=max(1, self.settings.workers),
+                                               thread_name_prefix="recycle")
         self.restarts = 0          # workers replaced after a crash or timeout
         self.recycled = 0          # workers replaced after `recycle_after` conversions
         self.peak_rss = 0          # highest LibreOffice RSS seen on one worker, in bytes
@@ -166,8 +174,10 @@ class ConverterPool:
         """Stop every local worker and remove their profiles."""
         self._closed = True
         with self._lock:
-            workers = list(self._workers.values())
+            workers = list(self._workers.values()) + [spare for spare, _ in self._spares.values()]
             self._workers.clear()
+            self._spares.clear()
+        self._maintenance.shutdown(wait=False, cancel_futures=True)
         for w in workers:
             if isinstance(w, LocalWorker):
                 w.kill()
@@ -334,26 +344,79 @@ class ConverterPool:
     def _release(self, worker: Worker) -> None:
         if isinstance(worker, LocalWorker):
             self.peak_rss = max(self.peak_rss, worker.rss())
+            if worker.conversions >= self.settings.recycle_after - self._spare_lead:
+                self._start_spare(worker.slot)
             if worker.conversions >= self.settings.recycle_after:
-                self._replace(worker, "recycle")
+                self._recycle(worker)
                 return
         self._idle.put(worker)
 
+    @property
+    def _spare_lead(self) -> int:
+        """How many conversions before recycling the successor starts (~2 s of small documents)."""
+        return max(1, min(20, self.settings.recycle_after // 10))
+
+    def _start_spare(self, slot: int) -> None:
+        """Start the successor of a worker about to be recycled, in the background.
+
+        It gets the slot's other profile, so the two never share one, and it is warm by the
+        time its predecessor retires: recycling costs no waiting.
+        """
+        with self._lock:
+            if slot in self._spares or self._closed:
+                return
+            spare = self._new_local(slot)
+            self._spares[slot] = (spare, self._maintenance.submit(spare.start))
+
+    def _recycle(self, worker: LocalWorker) -> None:
+        """Retire a worker that has done its conversions; its warm successor takes the slot."""
+        self.recycled += 1
+        with self._lock:
+            spare, starting = self._spares.pop(worker.slot, (None, None))
+
+        def swap() -> None:
+            worker.kill()
+            try:
+                if starting is None:
+                    raise WorkerDied("no successor was started")
+                starting.result()
+            except Exception as exc:  # noqa: BLE001 - the slot falls back to a plain restart
+                log.warning("successor of %s did not start (%s); restarting the slot", worker.id, exc)
+                self._replace(worker, "recycle")
+                return
+            self._install(spare)
+
+        if self._closed:
+            worker.kill()
+            return
+        self._maintenance.submit(swap)
+
+    def _install(self, fresh: LocalWorker) -> None:
+        """Make a started worker its slot's current worker and hand it documents."""
+        with self._lock:
+            if self._closed:
+                fresh.kill()
+                return
+            self._workers[f"w{fresh.slot}"] = fresh
+        self._idle.put(fresh)
+
     def _replace(self, worker: Worker, why: str) -> None:
-        """Kill a worker and put a fresh one in its slot (remote workers cool down instead)."""
+        """Kill a worker and start a fresh one in its slot (remote workers cool down instead)."""
         if isinstance(worker, RemoteWorkerHandle):
             worker.kill()
             self._idle.put(worker)
             return
         worker.kill()
-        if why == "recycle":
-            self.recycled += 1
-        else:
+        if why != "recycle":
             self.restarts += 1
             shutil.rmtree(worker.profile, ignore_errors=True)   # a crash may leave it corrupt
         if self._closed:
             return
         log.info("replacing worker %s (%s)", worker.id, why)
+        with self._lock:
+            spare, starting = self._spares.pop(worker.slot, (None, None))
+        if spare is not None:                     # a successor was warming up: drop it
+            spare.kill()
         try:
             fresh = self._new_local(worker.slot)
             fresh.start()
@@ -362,12 +425,7 @@ class ConverterPool:
             with self._lock:
                 self._workers.pop(f"w{worker.slot}", None)
             return
-        with self._lock:
-            if self._closed:
-                fresh.kill()
-                return
-            self._workers[f"w{worker.slot}"] = fresh
-        self._idle.put(fresh)
+        self._install(fresh)
 
 
 _HANDLERS_INSTALLED = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -103,6 +104,7 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
     """
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out)
     results_path = out / RESULTS_NAME
     previous = _load_results(results_path)
     jobs = plan_tree(src, out)
@@ -159,6 +161,16 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
     os.replace(tmp, results_path)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove staging folders a killed run left behind (the pool names them `.umstieg-<id>`).
+
+    Only one run may write to an output folder at a time: results.jsonl is its record.
+    """
+    for staging in out.rglob(".umstieg-*"):
+        if staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _size(job: _Job) -> int:

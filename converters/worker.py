@@ -105,12 +105,12 @@ def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _harden_converter() -> None:
-    """Make unoserver's converter load every document hidden, without macros or link updates."""
+    """Make unoserver's converter load every document without a view, macros or link updates."""
     import uno  # noqa: F401  (installs the import hook for com.sun.star)
     from com.sun.star.beans import PropertyValue  # type: ignore[import-not-found]
     from unoserver import converter
 
-    class _HiddenDesktop:
+    class _SafeDesktop:
         """Wraps the UNO desktop so that every load is safe, and viewless where possible."""
 
         def __init__(self, desktop, service_manager, context, filters):
@@ -130,7 +130,11 @@ def _harden_converter() -> None:
             # view's asynchronous set-up (comment windows in Writer) crashes soffice when the
             # document is loaded from another thread, as unoserver does; ODF export needs no view.
             document = self._sm.createInstanceWithContext(service, self._ctx)
-            document.load(props + (PropertyValue(Name="URL", Value=url),))
+            try:
+                document.load(props + (PropertyValue(Name="URL", Value=url),))
+            except Exception:
+                document.dispose()          # a failed load must not leave a model in memory
+                raise
             return document
 
         def _document_service(self, props):
@@ -148,18 +152,18 @@ def _harden_converter() -> None:
     class HardenedConverter(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.desktop = _HiddenDesktop(self.desktop, self.service, self.context, self.filter_service)
+            self.desktop = _SafeDesktop(self.desktop, self.service, self.context, self.filter_service)
 
     converter.UnoConverter = HardenedConverter
 
 
-def _watch(lo: subprocess.Popen, parent: int, server) -> None:
-    """Exit as soon as LibreOffice dies or the pool that started this worker is gone."""
+def _watch(lo: subprocess.Popen, parent: int | None) -> None:
+    """Exit as soon as LibreOffice dies or the pool that started this worker (if any) is gone."""
     while True:
         if lo.poll() is not None:
             log.warning("LibreOffice exited with %s; worker exits", lo.returncode)
             break
-        if os.getppid() != parent:
+        if parent is not None and os.getppid() != parent:
             log.warning("pool process %s is gone; worker exits", parent)
             break
         time.sleep(0.2)
@@ -179,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uno-port", type=int, required=True, help="LibreOffice's UNO socket port")
     parser.add_argument("--profile", type=Path, required=True, help="LibreOffice user profile directory")
     parser.add_argument("--soffice", default="soffice")
-    parser.add_argument("--interface", default="127.0.0.1")
+    parser.add_argument("--interface", default="127.0.0.1",
+                        help="address the XML-RPC server listens on (0.0.0.0 for a remote worker)")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process (the pool) is gone; left out for a standalone worker")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="worker %(process)d: %(message)s")
     logging.getLogger("unoserver").setLevel(logging.WARNING)
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stop)
-    threading.Thread(target=_watch, args=(server.libreoffice_process, os.getppid(), server),
+    threading.Thread(target=_watch, args=(server.libreoffice_process, args.parent_pid),
                      daemon=True, name="watch").start()
     server.serve()          # returns only if LibreOffice never answered
     _kill_group_and_exit(2)

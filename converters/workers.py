@@ -185,14 +185,19 @@ class LocalWorker(Worker):
                  python: str, startup_timeout: float) -> None:
         self.id = f"w{slot}.{generation}"
         self.slot = slot
-        self.profile = runtime_dir / f"profile-w{slot}"
+        # two profiles per slot, alternating by generation: a successor warms up on one while
+        # its predecessor still converts on the other
+        self.profile = runtime_dir / f"profile-w{slot}{'ab'[generation % 2]}"
         self.log_path = runtime_dir / f"worker-w{slot}.log"
+        self._office: psutil.Process | None = None
         self.soffice = soffice
         self.python = python
         self.startup_timeout = startup_timeout
         self.conversions = 0
         self.port = 0
         self.process: subprocess.Popen | None = None
+        self._stopped = False                 # set by kill(): a start in progress must give up
+        self._proc_lock = threading.Lock()
 
     def start(self) -> None:
         """Start the worker and wait until it answers, or raise WorkerDied."""
@@ -201,20 +206,23 @@ class LocalWorker(Worker):
             self.port, uno_port = _free_port(), _free_port()
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
-            with open(self.log_path, "ab") as logfile:
+            with self._proc_lock, open(self.log_path, "ab") as logfile:
+                if self._stopped:
+                    raise WorkerDied(f"worker {self.id} was stopped while starting")
                 self.process = subprocess.Popen(
                     [self.python, "-m", "converters.worker", "--port", str(self.port),
-                     "--uno-port", str(uno_port), "--profile", str(self.profile), "--soffice", self.soffice],
+                     "--uno-port", str(uno_port), "--profile", str(self.profile), "--soffice", self.soffice,
+                     "--parent-pid", str(os.getpid())],
                     stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,
                     start_new_session=True, cwd=str(self.profile.parent))
-            with _GROUPS_LOCK:
-                _GROUPS.add(self.process.pid)
+                with _GROUPS_LOCK:
+                    _GROUPS.add(self.process.pid)
             try:
                 self._wait_ready()
                 return
             except WorkerDied as exc:
                 last = exc
-                self.kill()
+                self._terminate()
                 shutil.rmtree(self.profile, ignore_errors=True)   # a broken profile must not stay
         raise WorkerDied(f"worker {self.id} did not start: {last}; see {self.log_path}")
 
@@ -259,22 +267,32 @@ class LocalWorker(Worker):
         return None
 
     def kill(self) -> None:
-        if self.process is None:
+        """Kill the worker for good; a start still in progress gives up."""
+        with self._proc_lock:
+            self._stopped = True
+        self._terminate()
+
+    def _terminate(self) -> None:
+        with self._proc_lock:
+            process = self.process
+        if process is None:
             return
-        _killpg(self.process.pid)
+        _killpg(process.pid)
         try:
-            self.process.wait(10)
+            process.wait(10)
         except subprocess.TimeoutExpired:
             log.warning("worker %s did not exit after SIGKILL", self.id)
 
     def rss(self) -> int:
-        total = 0
-        for p in self._office_processes():
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
+        """RSS of soffice.bin (the launcher's is a few MB and constant)."""
+        try:
+            if self._office is None:
+                pid = self.office_pid()
+                self._office = psutil.Process(pid) if pid else None
+            return self._office.memory_info().rss if self._office else 0
+        except psutil.Error:
+            self._office = None
+            return 0
 
 
 def _is_office(p: psutil.Process) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
-__all__ = ["ConversionSettings", "RemoteWorker"]
+__all__ = ["ConversionSettings", "RemoteWorker", "usable_cpus"]
 
 
 class RemoteWorker(BaseModel):
@@ -32,6 +32,14 @@ class RemoteWorker(BaseModel):
         return f"{self.host}:{self.port}"
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (not the host's count, which containers often report)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:          # not on Linux
+        return os.cpu_count() or 1
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"UMSTIEG_{name}", default)
 
@@ -39,7 +47,7 @@ def _env(name: str, default: str | None = None) -> str | None:
 class ConversionSettings(BaseModel):
     """How the LibreOffice converter pool runs."""
 
-    workers: int = Field(default_factory=lambda: int(_env("WORKERS") or os.cpu_count() or 1), ge=0,
+    workers: int = Field(default_factory=lambda: int(_env("WORKERS") or usable_cpus()), ge=0,
                          description="local LibreOffice workers (0 = remote workers only)")
     timeout: float = Field(default_factory=lambda: float(_env("TIMEOUT", "120")), gt=0,
                            description="seconds one document may take before its worker is killed")

@@ -52,3 +52,60 @@ def make_mixed_set(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+
+
+def make_odt_with_onload_macro(path: Path, marker: Path) -> Path:
+    """An ODT whose Basic macro, bound to the document's load event, writes `marker`.
+
+    If LibreOffice ever runs it, `marker` appears: the test's evidence.
+    """
+    import zipfile
+    office = "urn:oasis:names:tc:opendocument:xmlns:office:1.0"
+    content = f"""<?xml version="1.0" encoding="UTF-8"?>
+<office:document-content xmlns:office="{office}" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"
+ xmlns:script="urn:oasis:names:tc:opendocument:xmlns:script:1.0" xmlns:xlink="http://www.w3.org/1999/xlink"
+ xmlns:ooo="http://openoffice.org/2004/office" office:version="1.3">
+<office:scripts><office:event-listeners>
+<script:event-listener script:language="ooo:script" script:event-name="dom:load"
+ xlink:href="vnd.sun.star.script:Standard.Module1.OnLoad?language=Basic&amp;location=document" xlink:type="simple"/>
+</office:event-listeners></office:scripts>
+<office:body><office:text><text:p>Dieses Dokument enthält ein Makro.</text:p></office:text></office:body>
+</office:document-content>"""
+    module = f"""<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE script:module PUBLIC "-//OpenOffice.org//DTD OfficeDocument 1.0//EN" "module.dtd">
+<script:module xmlns:script="http://openoffice.org/2000/script" script:name="Module1" script:language="StarBasic">
+Sub OnLoad
+  Dim n As Integer
+  n = FreeFile
+  Open "{marker}" For Output As #n
+  Print #n, "macro ran"
+  Close #n
+End Sub
+</script:module>"""
+    library = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE library:library PUBLIC "-//OpenOffice.org//DTD OfficeDocument 1.0//EN" "library.dtd">
+<library:library xmlns:library="http://openoffice.org/2000/library" library:name="Standard" library:readonly="false" library:passwordprotected="false">
+ <library:element library:name="Module1"/>
+</library:library>"""
+    container = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE library:libraries PUBLIC "-//OpenOffice.org//DTD OfficeDocument 1.0//EN" "libraries.dtd">
+<library:libraries xmlns:library="http://openoffice.org/2000/library" xmlns:xlink="http://www.w3.org/1999/xlink">
+ <library:library library:name="Standard" library:link="false"/>
+</library:libraries>"""
+    styles = f'<?xml version="1.0" encoding="UTF-8"?><office:document-styles xmlns:office="{office}" office:version="1.3"/>'
+    manifest = """<?xml version="1.0" encoding="UTF-8"?>
+<manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0" manifest:version="1.3">
+ <manifest:file-entry manifest:full-path="/" manifest:media-type="application/vnd.oasis.opendocument.text"/>
+ <manifest:file-entry manifest:full-path="content.xml" manifest:media-type="text/xml"/>
+ <manifest:file-entry manifest:full-path="styles.xml" manifest:media-type="text/xml"/>
+ <manifest:file-entry manifest:full-path="Basic/script-lc.xml" manifest:media-type="text/xml"/>
+ <manifest:file-entry manifest:full-path="Basic/Standard/script-lb.xml" manifest:media-type="text/xml"/>
+ <manifest:file-entry manifest:full-path="Basic/Standard/Module1.xml" manifest:media-type="text/xml"/>
+</manifest:manifest>"""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(zipfile.ZipInfo("mimetype"), "application/vnd.oasis.opendocument.text")
+        for name, data in (("content.xml", content), ("styles.xml", styles), ("Basic/script-lc.xml", container),
+                           ("Basic/Standard/script-lb.xml", library), ("Basic/Standard/Module1.xml", module),
+                           ("META-INF/manifest.xml", manifest)):
+            z.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
+    return path

@@ -229,6 +229,38 @@ def test_kill_9_of_a_worker_loses_nothing(tmp_path):
     assert len(outputs) == 24 and all(check_package(p) == [] for p in outputs)
 
 
+def test_a_document_that_kills_libreoffice_twice_is_crashed(tmp_path):
+    """Each attempt's LibreOffice dies mid-conversion: retried once on a fresh worker, then `crashed`."""
+    heavy = make_docx(tmp_path / "heavy.docx", paragraphs=20000)
+    settings = ConversionSettings(workers=1, timeout=120, runtime_dir=runtime_dir("crash"))
+    with ConverterPool(settings) as pool:
+        victims = []
+
+        def killer():
+            seen = None
+            while len(victims) < 2:
+                worker = pool.workers()[0] if pool.workers() else None
+                if worker is not None and worker.id != seen and worker.alive():
+                    seen = worker.id
+                    time.sleep(0.3)                    # the conversion is under way by now
+                    pid = worker.office_pid()
+                    if pid:
+                        os.kill(pid, signal.SIGKILL)
+                        victims.append(worker.id)
+                time.sleep(0.01)
+
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        result = pool.convert(heavy, tmp_path / "out")
+        t.join(30)
+        assert victims == ["w1.1", "w1.2"]
+        assert result.outcome is Outcome.CRASHED, result.message
+        assert result.attempts == 2 and [h.split(":")[0] for h in result.history] == victims
+        assert _healthy(pool, 1) and pool.workers()[0].id == "w1.3"
+        assert list((tmp_path / "out").iterdir()) == []
+        assert pool.convert(make_docx(tmp_path / "next.docx"), tmp_path / "out").outcome is Outcome.CONVERTED
+
+
 def test_timeout_kills_and_replaces_the_worker(tmp_path):
     slow = make_docx(tmp_path / "slow.docx", paragraphs=6000)
     quick = make_docx(tmp_path / "quick.docx")
