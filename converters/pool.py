@@ -243,7 +243,9 @@ class ConverterPool:
         Interrupted (Ctrl-C, SIGTERM), it closes the pool at once rather than wait for the
         documents in flight: nothing is half-written, and those documents simply have no result.
         """
-        threads = max(1, self.size)
+        # Two threads per worker: while one sniffs, hashes, checks and publishes a document, the
+        # other already has the worker converting the next; LibreOffice never waits for Python.
+        threads = 2 * max(1, self.size)
         ex = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="convert")
         pending: set = set()
         try:

@@ -78,7 +78,24 @@ def protocol_odt(path: Path) -> None:
     doc.save(str(path))
 
 
+def department_homes(root: Path) -> None:
+    """Home folders of the example department (deployments/buergeramt.yaml)."""
+    anna = root / "anna.schmidt"
+    ben = root / "ben.mueller"
+    (anna / "Projekte").mkdir(parents=True, exist_ok=True)
+    (ben / "Haushalt").mkdir(parents=True, exist_ok=True)
+    letter(anna / "Anschreiben.docx")
+    slides(anna / "Projekte" / "Pilot.pptx")
+    (anna / "Projekte" / "Notizen.txt").write_text("Termine mit dem Referat IT abstimmen.\n", encoding="utf-8")
+    budget(ben / "Haushalt" / "Haushalt 2027.xlsx")
+    protocol_odt(ben / "Protokoll.odt")
+    (ben / "Memo.rtf").write_text(
+        r"{\rtf1\ansi\deff0{\fonttbl{\f0 Liberation Serif;}}\f0\fs24 {\b Memo:} Umzug im Januar.\par}",
+        encoding="ascii")
+
+
 def main() -> None:
+    department_homes(HERE.parent / "department" / "home")
     HERE.mkdir(parents=True, exist_ok=True)
     (HERE / "Referat IT").mkdir(exist_ok=True)
     letter(HERE / "Anschreiben.docx")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import processes_using, runtime_dir
-from docgen import make_docx, make_mixed_set, make_pptx, make_xlsx
+from docgen import make_docx, make_mixed_set, make_odt_with_onload_macro, make_pptx, make_xlsx
 from converters.odf import check_package
 from converters.pool import ConverterPool
 from converters.workers import LocalWorker
@@ -412,3 +412,33 @@ def test_closed_pool_leaves_no_process(tmp_path):
         assert len(processes_using(str(rt))) >= 4        # 2 x (worker, soffice launcher/bin)
     time.sleep(0.5)
     assert processes_using(str(rt)) == []
+
+
+def test_document_macros_never_run(tmp_path, env_without_proxy):
+    """A Basic macro bound to the document's load event does not run in a worker.
+
+    The pool passes ODF through without LibreOffice, so the worker is driven directly here: it is
+    the worker's hardening (profile and load properties) that stops macros, whatever the format.
+    """
+    marker = tmp_path / "macro-ran.txt"
+    src = make_odt_with_onload_macro(tmp_path / "makro.odt", marker)
+    worker = LocalWorker(9, 1, runtime_dir("macro"), "soffice", sys.executable, 60)
+    worker.start()
+    try:
+        worker.convert(src, tmp_path / "out.odt", "writer8", "writer8", 60)
+    finally:
+        worker.kill()
+    assert (tmp_path / "out.odt").is_file()
+    assert not marker.exists()
+
+    # Control: LibreOffice with macro security off does run it, so the fixture proves something.
+    profile = tmp_path / "lax-profile"
+    (profile / "user").mkdir(parents=True)
+    (profile / "user" / "registrymodifications.xcu").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><oor:items xmlns:oor="http://openoffice.org/2001/registry">'
+        '<item oor:path="/org.openoffice.Office.Common/Security/Scripting">'
+        '<prop oor:name="MacroSecurityLevel" oor:op="fuse"><value>0</value></prop></item></oor:items>')
+    subprocess.run(["soffice", "--headless", f"-env:UserInstallation={profile.as_uri()}", "--convert-to", "pdf",
+                    "--outdir", str(tmp_path / "lax-out"), str(src)],
+                   env=env_without_proxy, capture_output=True, timeout=120)
+    assert marker.exists(), "LibreOffice with macros allowed did not run the macro: the fixture proves nothing"

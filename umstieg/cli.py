@@ -1,23 +1,17 @@
-"""The `umstieg` command line."""
+"""The `umstieg` command line: the Typer app; each command lives in umstieg/commands/."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from core.errors import ConfigError, FatalError
-from core.outcomes import Outcome
-from core.settings import ConversionSettings
+from umstieg.commands import department
+from umstieg.commands.convert import convert
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Move a public administration from Microsoft to open source, and prove nothing was lost.")
-console = Console(stderr=True)
 
 
 @app.callback()
@@ -26,96 +20,8 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what t
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
-def convert(
-    src: Path = typer.Argument(..., exists=True, file_okay=False, help="folder of Office documents"),
-    out: Path = typer.Argument(..., file_okay=False, help="folder for the ODF copies (mirrors SRC)"),
-    workers: int = typer.Option(None, "--workers", "-w", min=0,
-                                help="local LibreOffice workers [default: CPU cores]"),
-    timeout: float = typer.Option(None, "--timeout", "-t", min=1, help="seconds per document [default: 120]"),
-    recycle_after: int = typer.Option(None, "--recycle-after", min=1,
-                                      help="conversions before a worker is replaced [default: 200]"),
-    remote: list[str] = typer.Option([], "--remote", help="a remote unoserver (host:port); repeatable"),
-    copy_unsupported: bool = typer.Option(False, "--copy-unsupported",
-                                          help="copy files that are not Office documents unchanged"),
-) -> None:
-    """Convert every Office document under SRC to OpenDocument under OUT.
-
-    Resumable: run it again and documents already converted from the same bytes are skipped.
-    Writes OUT/results.jsonl (one line per document); exits with 1 when any document failed.
-    """
-    from converters.pool import ConverterPool
-    from converters.tree import convert_tree
-
-    overrides = {k: v for k, v in dict(workers=workers, timeout=timeout, recycle_after=recycle_after).items()
-                 if v is not None}
-    if remote:
-        overrides["remote"] = remote
-    try:
-        settings = ConversionSettings(**overrides)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-
-    progress = Progress(TextColumn("[bold]converting"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                        TextColumn("{task.fields[last]}"), console=console, transient=False)
-    task = None
-    done_fresh = [0]
-
-    def on_start(total: int) -> None:
-        nonlocal task
-        task = progress.add_task("convert", total=total, rate="", last="")
-
-    def on_result(result, skipped: bool) -> None:
-        if not skipped:
-            done_fresh[0] += 1
-        elapsed = progress.tasks[task].elapsed or 0.0
-        rate = f"{done_fresh[0] / elapsed:.1f} docs/s" if elapsed > 0 and done_fresh[0] else ""
-        name = Path(result.source).name
-        last = f"{result.outcome.value}: {name[:40]}"
-        progress.update(task, advance=1, rate=rate, last=last)
-
-    try:
-        with console.status(f"starting {settings.workers} LibreOffice worker(s)"
-                            + (f" and {len(settings.remote)} remote" if settings.remote else "")):
-            pool = ConverterPool(settings).start()
-        with pool, progress:
-            summary = convert_tree(pool, src, out, copy_unsupported=copy_unsupported,
-                                   on_start=on_start, on_result=on_result)
-    except (ConfigError, FatalError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/yellow] every document finished so far is recorded; "
-                      "run the same command again to resume")
-        raise typer.Exit(130) from None
-
-    _print_summary(summary, pool)
-    console.print(f"ODF copies under [bold]{out}[/bold]; one line per document in "
-                  f"[bold]{summary.results_path}[/bold]")
-    if summary.failed:
-        console.print(f"[red]{summary.failed} document(s) failed[/red] (see the outcome column and results.jsonl)")
-        raise typer.Exit(1)
-
-
-def _print_summary(summary, pool) -> None:
-    outcomes = [o.value for o in Outcome if summary.by_outcome.get(o.value)]
-    table = Table(title="Documents by format and outcome", show_footer=True)
-    table.add_column("format", footer="all")
-    for outcome in outcomes:
-        table.add_column(outcome, justify="right", footer=str(summary.by_outcome[outcome]))
-    table.add_column("total", justify="right", footer=str(summary.total))
-    formats = sorted({fmt for fmt, _ in summary.by_format})
-    for fmt in formats:
-        counts = [summary.by_format.get((fmt, o), 0) for o in outcomes]
-        table.add_row(fmt, *[str(c) if c else "" for c in counts], str(sum(counts)))
-    console.print(table)
-    fresh = summary.total - summary.skipped
-    rate = fresh / summary.seconds if summary.seconds else 0.0
-    console.print(f"{summary.total} document(s), {summary.skipped} already converted earlier, "
-                  f"{fresh} processed in {summary.seconds:.1f} s ({rate:.2f} docs/s); "
-                  f"worker restarts {pool.restarts}, recycled {pool.recycled}, "
-                  f"peak worker memory {pool.peak_rss / 2**20:.0f} MiB")
+app.command()(convert)
+department.register(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

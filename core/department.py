@@ -1,0 +1,274 @@
+"""A department's migration, as a YAML file validated before anything moves.
+
+Errors name the file, the line, the field and what was expected, all at once, so that a person
+can fix the file in one go. Secrets are never written in the file: a field that needs one holds
+a reference (`env:NAME` or `prefect-secret:BLOCK`), resolved only when used and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from datetime import time as dtime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
+
+from core.errors import ConfigError
+
+__all__ = ["Department", "User", "FolderSource", "LocalDirTarget", "Conversion", "KeepOriginal",
+           "Schedule", "Limits", "Cluster", "SecretRef", "load_department"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(str):
+    """A reference to a secret: `env:NAME` or `prefect-secret:BLOCK`; never the secret itself."""
+
+    _PATTERN = re.compile(r"^(env|prefect-secret):[A-Za-z0-9_.\-/]+$")
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        from pydantic_core import core_schema
+        return core_schema.no_info_after_validator_function(cls._check, core_schema.str_schema())
+
+    @classmethod
+    def _check(cls, value: str) -> "SecretRef":
+        if not cls._PATTERN.match(value):
+            raise ValueError("a secret must be a reference, `env:NAME` or `prefect-secret:BLOCK`, "
+                             "never the secret itself")
+        return cls(value)
+
+    def resolve(self) -> SecretStr:
+        """The secret's value, wrapped so that it is never printed by accident."""
+        kind, _, name = self.partition(":")
+        if kind == "env":
+            if name not in os.environ:
+                raise ConfigError(f"the secret {self} is not set: export {name} before running")
+            return SecretStr(os.environ[name])
+        from prefect.blocks.system import Secret
+        try:
+            return SecretStr(Secret.load(name).get())
+        except ValueError as exc:
+            raise ConfigError(f"the Prefect Secret block {name!r} does not exist") from exc
+
+
+class User(_Model):
+    """One person: who they are at the source, and who they become at the target."""
+
+    source: str = Field(min_length=1, description="login at the source (also their folder name)")
+    target: str = Field(min_length=1, description="login at the target")
+    folder: str | None = Field(default=None, description="their folder under a source's root, if not `source`")
+
+    @field_validator("source", "target", "folder")
+    @classmethod
+    def _no_path_tricks(cls, value: str | None) -> str | None:
+        if value is not None and (value in (".", "..") or "/" in value or "\\" in value or "\0" in value):
+            raise ValueError("must be a plain name (no '/', '\\', '.' or '..')")
+        return value
+
+
+class FolderSource(_Model):
+    """A folder tree on this machine (or a mounted share) with one sub-folder per user."""
+
+    type: Literal["folder"] = "folder"
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    root: Path
+
+
+class LocalDirTarget(_Model):
+    """A local directory tree laid out per user: `<root>/<target login>/<path>`."""
+
+    type: Literal["localdir"] = "localdir"
+    root: Path
+
+
+class KeepOriginal(StrEnum):
+    """Whether the Office original travels beside its ODF copy."""
+
+    NEVER = "never"
+    ALWAYS = "always"
+    BELOW_SCORE = "below_score"
+
+
+class Conversion(_Model):
+    """How Office documents are converted on the way."""
+
+    enabled: bool = True
+    workers: int | None = Field(default=None, ge=1, description="local LibreOffice workers (default: CPU cores)")
+    timeout: float = Field(default=120, gt=0)
+    recycle_after: int = Field(default=200, ge=1)
+    keep_original: KeepOriginal = KeepOriginal.BELOW_SCORE
+    keep_original_below: int = Field(default=90, ge=0, le=100,
+                                     description="with below_score: keep the original when fidelity is below this")
+    originals_folder: str | None = Field(default=None,
+                                         description="sub-folder for kept originals (default: beside the ODF copy)")
+    fidelity: list[Literal["structural", "visual"]] = Field(default_factory=lambda: ["structural"])
+
+
+class Schedule(_Model):
+    """When the department's deployment runs (for `prefect deploy`)."""
+
+    cron: str | None = None
+    timezone: str = "Europe/Berlin"
+    window_start: dtime | None = Field(default=None, description="runs start no earlier than this")
+    window_end: dtime | None = Field(default=None, description="and no later than this")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from exc
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("a cron schedule has five fields: minute hour day-of-month month day-of-week")
+        return value
+
+
+class Limits(_Model):
+    """Concurrency limits, applied as Prefect tag limits when a server is configured."""
+
+    converter: int = Field(default=0, ge=0, description="documents converting at once (0 = number of workers)")
+    source: int = Field(default=4, ge=1, description="chunks reading from one source host at once")
+    target: int = Field(default=4, ge=1, description="chunks writing to one target host at once")
+    chunk_size: int = Field(default=50, ge=1, le=5000, description="items per Prefect task")
+
+
+class Cluster(_Model):
+    """An existing Dask cluster to run conversion chunks on."""
+
+    address: str = Field(pattern=r"^(tcp|tls|inproc)://.+")
+
+
+class Department(_Model):
+    """One department's migration."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    description: str = ""
+    ledger: str | None = Field(default=None, description="SQLAlchemy URL (default: SQLite in work_dir)")
+    ledger_password: SecretRef | None = Field(default=None, description="for a PostgreSQL ledger")
+    work_dir: Path = Field(description="staging area, ledger (by default) and reports")
+    users: list[User] = Field(min_length=1)
+    sources: list[Annotated[FolderSource, Field(discriminator="type")]] = Field(min_length=1)
+    target: Annotated[LocalDirTarget, Field(discriminator="type")]
+    conversion: Conversion = Conversion()
+    schedule: Schedule = Schedule()
+    limits: Limits = Limits()
+    cluster: Cluster | None = None
+    delete_at_target: bool = Field(default=False,
+                                   description="remove target copies of items deleted at the source")
+    allow_merge: list[str] = Field(default_factory=list,
+                                   description="target logins that several source users may map to")
+    source_file: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _identity_map(self) -> "Department":
+        problems = []
+        sources = Counter(u.source for u in self.users)
+        for login, n in sources.items():
+            if n > 1:
+                problems.append(f"source user {login!r} is listed {n} times")
+        targets = Counter(u.target for u in self.users)
+        for login, n in targets.items():
+            if n > 1 and login not in self.allow_merge:
+                problems.append(f"target user {login!r} receives {n} source users; list it in allow_merge "
+                                "if these accounts are really to be merged")
+        names = Counter(s.name for s in self.sources)
+        for name, n in names.items():
+            if n > 1:
+                problems.append(f"source name {name!r} is used {n} times")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def user(self, source_login: str) -> User:
+        """The user with this source login."""
+        for u in self.users:
+            if u.source == source_login:
+                return u
+        raise KeyError(source_login)
+
+    @property
+    def ledger_url(self) -> str:
+        """Where the ledger lives (the password, if any, is added when connecting)."""
+        return self.ledger or f"sqlite:///{(self.work_dir / 'ledger.sqlite').resolve()}"
+
+
+def _resolve_relative(data: dict, base: Path) -> dict:
+    """Paths in the file are relative to the file's folder, not to wherever umstieg runs."""
+    def fix(value):
+        p = Path(os.path.expanduser(str(value)))
+        return str(p if p.is_absolute() else (base / p).resolve())
+    if isinstance(data.get("work_dir"), str):
+        data["work_dir"] = fix(data["work_dir"])
+    for src in data.get("sources") or []:
+        if isinstance(src, dict) and isinstance(src.get("root"), str):
+            src["root"] = fix(src["root"])
+    if isinstance(data.get("target"), dict) and isinstance(data["target"].get("root"), str):
+        data["target"]["root"] = fix(data["target"]["root"])
+    return data
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """The line (1-based) in the YAML file where the value at `loc` is, or its nearest parent."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            match = node.value[key]
+        else:
+            match = None
+        if match is None:
+            break
+        node = match
+        line = node.start_mark.line + 1
+    return line
+
+
+def load_department(path: Path | str) -> Department:
+    """Read and validate a department file, or raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the department file: {exc.strerror}") from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a department file is a YAML mapping (name:, users:, sources:, target:, …)")
+    data = _resolve_relative(data, path.resolve().parent)
+    try:
+        return Department(**data, source_file=path.resolve())
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x in ("folder", "localdir")))
+            field = ".".join(str(x) for x in loc) or "(file)"
+            line = _line_of(root, loc)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                msg = "is required"
+            elif err["type"] == "extra_forbidden":
+                msg = "is not a known setting (check the spelling)"
+            lines.append(f"{path}:{line or 1}: {field}: {msg}")
+        raise ConfigError("the department file has problems:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,227 @@
+"""The ledger: one row per item, one state per step, in one transaction per step.
+
+Every step of an item (extract, convert, load, verify) records its effect and its new state in a
+single commit, after the effect is durable: a crash at any point leaves each item in the last
+state it really reached, so a rerun resumes it without losing or duplicating anything.
+
+SQLite (a file) is the embedded default; PostgreSQL (by URL) is the ledger for teams and for
+many machines. The schema is managed by alembic (core/migrations), from the first release on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
+                        Text, UniqueConstraint, create_engine, event, func, select, update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "now"]
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class State(StrEnum):
+    """Where an item is on its way; `failed` and `skipped` carry a typed reason."""
+
+    DISCOVERED = "discovered"
+    EXTRACTED = "extracted"
+    CONVERTED = "converted"
+    LOADED = "loaded"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    @property
+    def done(self) -> bool:
+        return self in (State.VERIFIED, State.SKIPPED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One execution of a flow (assess, migrate, rerun) for a department."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    department: Mapped[str] = mapped_column(String(200), index=True)
+    flow: Mapped[str] = mapped_column(String(40))
+    started: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(20), default="running")    # running / completed / failed
+    prefect_flow_run: Mapped[str | None] = mapped_column(String(64))
+    summary: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Batch(Base):
+    """A chunk of items of one user processed by one Prefect task."""
+
+    __tablename__ = "batches"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    owner: Mapped[str] = mapped_column(String(300))
+    number: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    started: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    worker_host: Mapped[str | None] = mapped_column(String(200))
+
+
+class Item(Base):
+    """Everything the ledger knows about one item."""
+
+    __tablename__ = "items"
+    __table_args__ = (UniqueConstraint("department", "source", "key", name="uq_item_identity"),
+                      Index("ix_items_department_state", "department", "state"),
+                      Index("ix_items_department_owner", "department", "owner"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    department: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(2000))
+    kind: Mapped[str] = mapped_column(String(20))
+    owner: Mapped[str] = mapped_column(String(300))          # source login
+    target_owner: Mapped[str] = mapped_column(String(300))   # target login
+    location: Mapped[str] = mapped_column(String(2000))      # path / folder at the source
+    target_stem: Mapped[str] = mapped_column(String(2000))   # path at the target, without the ODF extension
+    version: Mapped[str] = mapped_column(String(200))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default=State.DISCOVERED.value)
+    reason: Mapped[str | None] = mapped_column(String(60))   # error class of failed / skipped
+    message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    removed_at_source: Mapped[bool] = mapped_column(Boolean, default=False)
+    change: Mapped[str | None] = mapped_column(String(20))   # new / changed / unchanged, last discovery
+    discovered: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+    seconds: Mapped[dict | None] = mapped_column(JSON)        # step -> seconds spent
+    staged_path: Mapped[str | None] = mapped_column(Text)     # extracted bytes in the work dir
+    converted_path: Mapped[str | None] = mapped_column(Text)
+    conversion: Mapped[str | None] = mapped_column(String(20))   # the converter's outcome
+    fidelity_score: Mapped[float | None] = mapped_column(Float)
+    fidelity_verdict: Mapped[str | None] = mapped_column(String(20))
+    target_ref: Mapped[str | None] = mapped_column(Text)        # where it is at the target
+    target_digest: Mapped[str | None] = mapped_column(String(64))
+    original_ref: Mapped[str | None] = mapped_column(Text)      # the kept Office original, if any
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")        # readers never block the writer
+    cur.execute("PRAGMA synchronous=FULL")        # a committed step survives a power cut
+    cur.execute("PRAGMA busy_timeout=60000")      # several processes share the file
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Ledger:
+    """Access to one ledger database; safe to use from many threads (one session per call)."""
+
+    def __init__(self, url: str, password: str | None = None) -> None:
+        from sqlalchemy.engine import make_url
+        u = make_url(url)
+        if password is not None:
+            u = u.set(password=password)
+        self.url = u
+        if u.get_backend_name() == "sqlite" and u.database:
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(u, pool_pre_ping=True, future=True)
+        if u.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:                      # never show a password
+        return f"Ledger({self.url.render_as_string(hide_password=True)})"
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version (alembic upgrade head)."""
+        from alembic import command
+        from alembic.config import Config
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed at the end of the block (rolled back on error)."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ----------------------------------------------------------------- runs and batches
+    def start_run(self, department: str, flow: str, prefect_flow_run: str | None = None) -> int:
+        with self.session() as s:
+            run = Run(department=department, flow=flow, prefect_flow_run=prefect_flow_run)
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def note_run(self, run_id: int, **facts) -> None:
+        """Add facts (e.g. how many items the run will process) to a running run's summary."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            run.summary = {**(run.summary or {}), **facts}
+
+    def finish_run(self, run_id: int, status: str, summary: dict | None = None) -> None:
+        with self.session() as s:
+            s.execute(update(Run).where(Run.id == run_id).values(finished=now(), status=status, summary=summary))
+
+    def start_batch(self, run_id: int, owner: str, number: int, size: int, host: str | None) -> int:
+        with self.session() as s:
+            batch = Batch(run_id=run_id, owner=owner, number=number, size=size, worker_host=host)
+            s.add(batch)
+            s.flush()
+            return batch.id
+
+    def finish_batch(self, batch_id: int, status: str) -> None:
+        with self.session() as s:
+            s.execute(update(Batch).where(Batch.id == batch_id).values(finished=now(), status=status))
+
+    # ----------------------------------------------------------------- items
+    def items(self, ids: Sequence[int]) -> list[Item]:
+        with self.session() as s:
+            return list(s.scalars(select(Item).where(Item.id.in_(ids)).order_by(Item.id)))
+
+    def item(self, item_id: int) -> Item:
+        with self.session() as s:
+            return s.get(Item, item_id)
+
+    def record(self, item_id: int, **values) -> None:
+        """Record one step's outcome for one item, atomically."""
+        seconds = values.pop("step_seconds", None)
+        with self.session() as s:
+            item = s.get(Item, item_id)
+            for name, value in values.items():
+                setattr(item, name, value.value if isinstance(value, StrEnum) else value)
+            if seconds:
+                item.seconds = {**(item.seconds or {}), **seconds}
+
+    def fail(self, item_id: int, reason: str, message: str, step: str) -> None:
+        """Mark an item failed with a typed reason; the batch goes on."""
+        self.record(item_id, state=State.FAILED, reason=reason, message=f"{step}: {message}"[:4000])
+
+    def counts(self, department: str, by: Iterable[str] = ("state",)) -> list[tuple]:
+        """Item counts grouped by the given columns (aggregated in SQL)."""
+        cols = [getattr(Item, c) for c in by]
+        with self.session() as s:
+            q = (select(*cols, func.count(Item.id), func.coalesce(func.sum(Item.size), 0))
+                 .where(Item.department == department).group_by(*cols).order_by(*cols))
+            return [tuple(r) for r in s.execute(q)]

@@ -1,0 +1,326 @@
+"""The steps every item goes through: discover → extract → convert → load → verify.
+
+Each step records its effect and the item's new state in one ledger commit, after the effect is
+durable. A crash between an effect and its commit only means the step is done again on the next
+run, and every step is idempotent: extraction overwrites the staged copy, conversion writes
+atomically, loading finds identical content already at the target and does not write it twice.
+
+Plain Python, called by the Prefect tasks in flows/migrate.py, so that a step can be reasoned
+about (and tested) without an orchestrator.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy import select, update
+
+from core.department import Department, KeepOriginal
+from core.errors import FatalError, ItemError, TransientError
+from core.items import Kind
+from core.ledger import Item, Ledger, State, now
+from core.outcomes import Outcome
+from flows import runtime
+from sinks.localdir import LocalDir, sha256_file
+from sources.fileshare import FolderShare, odf_stem
+
+__all__ = ["Discovery", "discover", "process_chunk", "pending_items", "select_failed", "reset_for_rerun",
+           "source_of", "target_of"]
+
+log = logging.getLogger("umstieg.flows")
+
+#: Conversion outcomes after which the original travels unchanged but a person should look at it.
+_NEEDS_A_PERSON = {Outcome.ENCRYPTED, Outcome.UNREADABLE}
+
+
+def source_of(dept: Department, name: str) -> FolderShare:
+    cfg = next(s for s in dept.sources if s.name == name)
+    return FolderShare(cfg)
+
+
+def target_of(dept: Department) -> LocalDir:
+    return LocalDir(dept.target)
+
+
+@dataclass
+class Discovery:
+    """What one discovery pass found, per user: the delta against the ledger."""
+
+    new: Counter = field(default_factory=Counter)
+    changed: Counter = field(default_factory=Counter)
+    unchanged: Counter = field(default_factory=Counter)
+    removed: Counter = field(default_factory=Counter)
+    todo: dict[str, list[int]] = field(default_factory=dict)     # owner -> item ids to process
+
+    def as_dict(self) -> dict:
+        return {k: dict(getattr(self, k)) for k in ("new", "changed", "unchanged", "removed")}
+
+
+def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | None = None) -> Discovery:
+    """List every source for every (selected) user and bring the ledger up to date with it.
+
+    New items are added, changed items (another source version) go back to `discovered`,
+    items gone from the source are marked `removed_at_source` (and removed at the target only
+    when the department says so).
+    """
+    found = Discovery()
+    users = [u for u in dept.users if owners is None or u.source in owners]
+    for user in users:
+        todo: list[int] = []
+        for src_cfg in dept.sources:
+            source = FolderShare(src_cfg)
+            refs = list(source.discover(user.source, user.folder or user.source))
+            siblings = Counter((str(PurePosixPath(r.location).parent), PurePosixPath(r.location).stem)
+                               for r in refs)
+            seen: set[str] = set()
+            with ledger.session() as s:
+                known = {i.key: i for i in s.scalars(select(Item).where(
+                    Item.department == dept.name, Item.source == source.name, Item.owner == user.source))}
+                for ref in refs:
+                    seen.add(ref.key)
+                    item = known.get(ref.key)
+                    if item is None:
+                        item = Item(department=dept.name, source=ref.source, key=ref.key, kind=ref.kind.value,
+                                    owner=user.source, target_owner=user.target, location=ref.location,
+                                    target_stem=odf_stem(ref.location, siblings),
+                                    version=ref.version, size=ref.size, state=State.DISCOVERED.value,
+                                    change="new", run_id=run_id)
+                        s.add(item)
+                        found.new[user.source] += 1
+                    elif item.version != ref.version or item.removed_at_source:
+                        item.version, item.size, item.change = ref.version, ref.size, "changed"
+                        item.state, item.reason, item.message = State.DISCOVERED.value, None, None
+                        item.removed_at_source, item.run_id = False, run_id
+                        item.target_owner = user.target
+                        found.changed[user.source] += 1
+                    else:
+                        item.change = "unchanged"
+                        found.unchanged[user.source] += 1
+                gone = [i for k, i in known.items() if k not in seen and not i.removed_at_source]
+                for item in gone:
+                    item.removed_at_source, item.change = True, "removed"
+                    found.removed[user.source] += 1
+                s.flush()
+            if gone and dept.delete_at_target:
+                sink = target_of(dept)
+                for item in gone:
+                    for ref in (item.target_ref, item.original_ref):
+                        if ref:
+                            sink.remove(ref)
+                    ledger.record(item.id, state=State.SKIPPED, reason="removed_at_source",
+                                  message="deleted at the source; removed at the target as configured")
+        todo = pending_items(ledger, dept.name, user.source)
+        if todo:
+            found.todo[user.source] = todo
+    return found
+
+
+def pending_items(ledger: Ledger, department: str, owner: str) -> list[int]:
+    """Items of one user that still have steps to do (not done, not failed, not removed)."""
+    with ledger.session() as s:
+        return list(s.scalars(select(Item.id).where(
+            Item.department == department, Item.owner == owner, Item.removed_at_source.is_(False),
+            Item.state.in_([State.DISCOVERED, State.EXTRACTED, State.CONVERTED, State.LOADED])).order_by(Item.id)))
+
+
+def select_failed(ledger: Ledger, department: str, batch: int | None = None, error_class: str | None = None,
+                  owner: str | None = None) -> list[Item]:
+    """Failed items matching every given filter."""
+    q = select(Item).where(Item.department == department, Item.state == State.FAILED)
+    if batch is not None:
+        q = q.where(Item.batch_id == batch)
+    if error_class is not None:
+        q = q.where(Item.reason == error_class)
+    if owner is not None:
+        q = q.where(Item.owner == owner)
+    with ledger.session() as s:
+        return list(s.scalars(q.order_by(Item.id)))
+
+
+def reset_for_rerun(ledger: Ledger, ids: list[int], run_id: int) -> None:
+    """Put failed items back at the start of their way (nothing else is touched)."""
+    with ledger.session() as s:
+        s.execute(update(Item).where(Item.id.in_(ids), Item.state == State.FAILED).values(
+            state=State.DISCOVERED.value, reason=None, message=None, run_id=run_id, updated=now()))
+
+
+# ------------------------------------------------------------------------------------- chunks
+def process_chunk(dept_file: str, run_id: int, owner: str, number: int, item_ids: list[int]) -> dict:
+    """Take a chunk of one user's items as far as they go; returns counts by final state.
+
+    Item errors are recorded on the item and the chunk goes on; a FatalError (target full, no
+    LibreOffice left) stops the chunk, leaving every item in the last state it really reached.
+    """
+    dept = runtime.department(dept_file)
+    ledger = runtime.ledger(dept)
+    batch = ledger.start_batch(run_id, owner, number, len(item_ids), socket.gethostname())
+    counts: Counter = Counter()
+    status = "completed"
+    try:
+        for item in ledger.items(item_ids):
+            counts[_process_item(dept, ledger, item, batch)] += 1
+    except FatalError:
+        status = "failed"
+        raise
+    finally:
+        ledger.finish_batch(batch, status)
+    return dict(counts)
+
+
+def _staging(dept: Department, item: Item) -> Path:
+    return dept.work_dir / "staging" / str(item.id)
+
+
+def _process_item(dept: Department, ledger: Ledger, item: Item, batch: int) -> str:
+    state = State(item.state)
+    ledger.record(item.id, batch_id=batch, attempts=item.attempts + 1)
+    step = "extract"
+    try:
+        if state is State.DISCOVERED:
+            item = _extract(dept, ledger, item)
+            state = State.EXTRACTED
+        if state is State.EXTRACTED:
+            step = "convert"
+            item = _convert(dept, ledger, item)
+            state = State.CONVERTED
+        if state is State.CONVERTED:
+            step = "load"
+            item = _load(dept, ledger, item)
+            state = State.LOADED
+        if state is State.LOADED:
+            step = "verify"
+            state = _verify(dept, ledger, item)
+    except ItemError as exc:
+        ledger.fail(item.id, _reason_of(exc, step), str(exc), step)
+        return State.FAILED.value
+    except TransientError as exc:
+        ledger.fail(item.id, "transient", str(exc), step)
+        return State.FAILED.value
+    return state.value
+
+
+def _reason_of(exc: ItemError, step: str) -> str:
+    return getattr(exc, "reason", None) or f"{step}_error"
+
+
+class _ConversionFailed(ItemError):
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.reason = f"conversion_{outcome.value}"
+
+
+def _extract(dept: Department, ledger: Ledger, item: Item) -> Item:
+    started = time.monotonic()
+    source = source_of(dept, item.source)
+    user = dept.user(item.owner)
+    staged = _staging(dept, item) / "source" / PurePosixPath(item.location).name
+    if staged.parent.exists():
+        shutil.rmtree(staged.parent)
+    size, mtime = source.extract(user.folder or user.source, item.location, staged)
+    digest = sha256_file(staged)
+    ledger.record(item.id, state=State.EXTRACTED, sha256=digest, size=size, staged_path=str(staged),
+                  step_seconds={"extract": round(time.monotonic() - started, 4)})
+    item.state, item.sha256, item.size, item.staged_path = State.EXTRACTED.value, digest, size, str(staged)
+    item.seconds = {**(item.seconds or {}), "extract": time.monotonic() - started}
+    return item
+
+
+def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
+    started = time.monotonic()
+    staged = Path(item.staged_path or "")
+    if not staged.is_file():                   # the staging area was cleaned: extract again
+        item = _extract(dept, ledger, item)
+        staged = Path(item.staged_path)
+    converted, outcome, message = None, None, None
+    if dept.conversion.enabled:
+        out_dir = _staging(dept, item) / "converted"
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        result = runtime.converter_pool(dept).convert(staged, out_dir, sha256=item.sha256)
+        outcome, message = result.outcome, result.message
+        if outcome in (Outcome.TIMEOUT, Outcome.CRASHED):
+            raise _ConversionFailed(outcome, message)
+        if outcome is Outcome.CONVERTED:
+            converted = result.output
+    ledger.record(item.id, state=State.CONVERTED, converted_path=converted,
+                  conversion=outcome.value if outcome else None,
+                  message=message if outcome in _NEEDS_A_PERSON else None,
+                  step_seconds={"convert": round(time.monotonic() - started, 4)})
+    item.state, item.converted_path = State.CONVERTED.value, converted
+    item.conversion = outcome.value if outcome else None
+    return item
+
+
+def _target_names(item: Item) -> tuple[str, str | None]:
+    """(path of the copy that lands, path of the Office original if it may travel beside it)."""
+    if not item.converted_path:
+        return item.location, None
+    return item.target_stem + Path(item.converted_path).suffix, item.location
+
+
+def _keep_original(dept: Department, item: Item) -> bool:
+    policy = dept.conversion.keep_original
+    if policy is KeepOriginal.ALWAYS:
+        return True
+    if policy is KeepOriginal.NEVER:
+        return False
+    score = item.fidelity_score
+    return score is None or score < dept.conversion.keep_original_below
+
+
+def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
+    started = time.monotonic()
+    sink = target_of(dept)
+    rel, original_rel = _target_names(item)
+    payload = Path(item.converted_path or item.staged_path or "")
+    if not payload.is_file():                  # staging lost (cleaned, other machine): redo
+        ledger.record(item.id, state=State.DISCOVERED)
+        item.state = State.DISCOVERED.value
+        item = _convert(dept, ledger, _extract(dept, ledger, item))
+        rel, original_rel = _target_names(item)
+        payload = Path(item.converted_path or item.staged_path)
+    digest = item.sha256 if not item.converted_path else sha256_file(payload)
+    mtime = _source_mtime(item)
+    ref = sink.find(item.target_owner, rel, digest) or sink.put(item.target_owner, rel, payload, mtime)
+    original_ref = None
+    if item.converted_path and original_rel and _keep_original(dept, item):
+        if dept.conversion.originals_folder:
+            p = PurePosixPath(original_rel)
+            original_rel = str(p.parent / dept.conversion.originals_folder / p.name)
+        original_ref = (sink.find(item.target_owner, original_rel, item.sha256)
+                        or sink.put(item.target_owner, original_rel, Path(item.staged_path), mtime))
+    ledger.record(item.id, state=State.LOADED, target_ref=ref, target_digest=digest, original_ref=original_ref,
+                  step_seconds={"load": round(time.monotonic() - started, 4)})
+    item.state, item.target_ref, item.target_digest, item.original_ref = State.LOADED.value, ref, digest, original_ref
+    return item
+
+
+def _source_mtime(item: Item) -> float | None:
+    try:
+        return int(item.version.split(":")[0]) / 1e9
+    except (ValueError, IndexError):
+        return None
+
+
+class _VerifyFailed(ItemError):
+    reason = "verify_mismatch"
+
+
+def _verify(dept: Department, ledger: Ledger, item: Item) -> State:
+    started = time.monotonic()
+    sink = target_of(dept)
+    problem = sink.verify(item.target_ref, item.target_digest)
+    if problem is None and item.original_ref:
+        problem = sink.verify(item.original_ref, item.sha256)
+    if problem:
+        raise _VerifyFailed(problem)
+    ledger.record(item.id, state=State.VERIFIED, staged_path=None, converted_path=None,
+                  step_seconds={"verify": round(time.monotonic() - started, 4)})
+    shutil.rmtree(_staging(dept, item), ignore_errors=True)   # staged bytes are no longer needed
+    return State.VERIFIED

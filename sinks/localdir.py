@@ -1,0 +1,91 @@
+"""A local directory tree as the target, laid out per user: `<root>/<target login>/<path>`.
+
+The embedded default target; later sinks (Nextcloud/OX WebDAV, S3) offer the same operations.
+Writes are atomic (temporary name, fsync, rename), so a crash never leaves a half-written file
+under a real name, and putting the same bytes twice leaves one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from core.department import LocalDirTarget
+from core.errors import FatalError, ItemError
+
+__all__ = ["LocalDir", "sha256_file"]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class LocalDir:
+    """The local directory target."""
+
+    config: LocalDirTarget
+
+    def check(self, owners: list[str]) -> list[str]:
+        root = self.config.root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return [f"target folder {root} cannot be created: {exc.strerror}"]
+        if not os.access(root, os.W_OK | os.X_OK):
+            return [f"target folder {root} is not writable"]
+        return []
+
+    def _path(self, owner: str, rel: str) -> Path:
+        parts = PurePosixPath(rel).parts
+        if any(p in ("..", "") for p in parts) or PurePosixPath(rel).is_absolute():
+            raise ItemError(f"refusing a target path outside the user's folder: {rel!r}")
+        return self.config.root / owner / Path(*parts)
+
+    def find(self, owner: str, rel: str, digest: str) -> str | None:
+        """The target reference if this exact content is already there (create-only reruns)."""
+        path = self._path(owner, rel)
+        if path.is_file() and sha256_file(path) == digest:
+            return str(path)
+        return None
+
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None) -> str:
+        """Write `src` as `<owner>/<rel>`, atomically; returns the target reference."""
+        dst = self._path(owner, rel)
+        tmp = dst.with_name(f".{uuid.uuid4().hex[:12]}.umstieg-partial")
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp)
+            if mtime is not None:
+                os.utime(tmp, (mtime, mtime))
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, dst)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno == 28:                      # ENOSPC: nothing else will fit either
+                raise FatalError(f"the target is full: {exc.strerror}") from exc
+            raise ItemError(f"cannot write {dst}: {exc.strerror or exc}") from exc
+        return str(dst)
+
+    def verify(self, ref: str, digest: str) -> str | None:
+        """None when the target holds exactly these bytes; otherwise what is wrong."""
+        path = Path(ref)
+        if not path.is_file():
+            return f"{ref} is missing at the target"
+        actual = sha256_file(path)
+        return None if actual == digest else f"{ref} differs at the target (sha256 {actual[:12]}…)"
+
+    def remove(self, ref: str) -> None:
+        Path(ref).unlink(missing_ok=True)

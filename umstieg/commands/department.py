@@ -1,0 +1,204 @@
+"""Department commands: run (migrate), assess, status, rerun, report, deployments."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.errors import ConfigError, FatalError
+from umstieg.console import console
+
+__all__ = ["register"]
+
+DeptFile = typer.Argument(..., exists=True, dir_okay=False, help="the department file (YAML)")
+
+
+def _quiet_prefect() -> None:
+    """Prefect's own logs and telemetry stay out of the operator's terminal (unless -v)."""
+    import logging
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if logging.getLogger().level > logging.INFO:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+
+
+def _load(department_file: Path):
+    from core.department import load_department
+    try:
+        return load_department(department_file)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _watch_progress(dept, stop: threading.Event) -> None:
+    """Show this run's progress from the ledger (works whatever runs the chunks: threads or Dask)."""
+    from sqlalchemy import func, select
+    from core.ledger import Batch, Item, Ledger, Run, State
+    ledger = Ledger(dept.ledger_url)
+    progress = Progress(TextColumn(f"[bold]{dept.name}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+    task = None
+    run_id = None
+    try:
+        with progress:
+            while True:
+                stopping = stop.wait(0.5)
+                try:
+                    with ledger.session() as s:
+                        run = s.scalars(select(Run).where(Run.department == dept.name, Run.status == "running")
+                                        .order_by(Run.id.desc()).limit(1)).first()
+                        if run is None and run_id is not None:          # it has just finished
+                            run = s.get(Run, run_id)
+                        if run is None or (run.summary or {}).get("todo") is None:
+                            if stopping:
+                                break
+                            continue
+                        run_id, total = run.id, run.summary["todo"]
+                        rows = dict(s.execute(select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
+                                              .where(Batch.run_id == run_id).group_by(Item.state)).all())
+                except Exception:  # noqa: BLE001 - the ledger may not exist yet
+                    if stopping:
+                        break
+                    continue
+                finished = sum(rows.get(s.value, 0) for s in (State.VERIFIED, State.FAILED, State.SKIPPED))
+                detail = f"verified {rows.get('verified', 0)}, failed {rows.get('failed', 0)}"
+                if task is None:
+                    task = progress.add_task("run", total=total, detail=detail)
+                progress.update(task, completed=min(finished, total), total=total, detail=detail)
+                if stopping:
+                    break
+    finally:
+        ledger.close()
+
+
+def _print_summary(summary: dict) -> None:
+    from core.ledger import State
+    states = [s.value for s in State if any(row[s.value] for row in summary["users"])]
+    table = Table(title=f"{summary['department']}: items by user and state")
+    table.add_column("user")
+    for s in states:
+        table.add_column(s, justify="right")
+    table.add_column("total", justify="right")
+    for row in summary["users"]:
+        table.add_row(row["user"], *[str(row[s]) if row[s] else "" for s in states], str(row["total"]))
+    console.print(table)
+    if summary.get("failures"):
+        failures = Table(title="failures by class")
+        failures.add_column("class")
+        failures.add_column("items", justify="right")
+        failures.add_column("example")
+        for reason, f in summary["failures"].items():
+            failures.add_row(reason, str(f["count"]), (f["example"] or "")[:100])
+        console.print(failures)
+
+
+def _run_flow(dept, call) -> dict:
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_progress, args=(dept, stop), daemon=True)
+    watcher.start()
+    try:
+        return call()
+    except (ConfigError, FatalError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    finally:
+        stop.set()
+        watcher.join(5)
+
+
+def run(department_file: Path = DeptFile,
+        user: list[str] = typer.Option([], "--user", "-u", help="only this source user; repeatable")) -> None:
+    """Migrate a department on this machine (the embedded default: no Prefect server needed).
+
+    Run it again for the delta pass: only new and changed items move.
+    """
+    dept = _load(department_file)
+    _quiet_prefect()
+    from flows.migrate import migrate
+    summary = _run_flow(dept, lambda: migrate(str(department_file), users=user or None))
+    _print_summary(summary)
+    console.print(f"Report: [bold]{summary['report']}[/bold]; target: [bold]{dept.target.root}[/bold]")
+    failed = summary["totals"].get("failed", 0)
+    if failed:
+        console.print(f"[red]{failed} item(s) failed[/red]: fix the cause, then `umstieg rerun {department_file}`")
+        raise typer.Exit(1)
+
+
+def rerun(department_file: Path = DeptFile,
+          batch: int = typer.Option(None, help="only items last processed in this batch"),
+          error_class: str = typer.Option(None, "--error-class", "-e", help="only failures of this class"),
+          user: str = typer.Option(None, "--user", "-u", help="only this source user")) -> None:
+    """Retry exactly the failed items that match the filters; nothing else runs."""
+    dept = _load(department_file)
+    _quiet_prefect()
+    from flows.migrate import rerun as rerun_flow
+    summary = _run_flow(dept, lambda: rerun_flow(str(department_file), batch=batch, error_class=error_class,
+                                                 user=user))
+    console.print(f"{summary['delta'].get('rerun', 0)} failed item(s) retried")
+    _print_summary(summary)
+    if summary["totals"].get("failed", 0):
+        raise typer.Exit(1)
+
+
+def status(department_file: Path = DeptFile,
+           as_json: bool = typer.Option(False, "--json", help="print the status as JSON")) -> None:
+    """Progress by user and state, failures by class, from the ledger."""
+    dept = _load(department_file)
+    from core.ledger import Ledger
+    from reports.migration import department_status
+    ledger = Ledger(dept.ledger_url)
+    try:
+        ledger.migrate()
+        summary = department_status(dept, ledger)
+    finally:
+        ledger.close()
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    _print_summary(summary)
+    if summary["last_run"]:
+        r = summary["last_run"]
+        console.print(f"last run {r['id']} ({r['flow']}): {r['status']}, started {r['started']}")
+
+
+def report(department_file: Path = DeptFile) -> None:
+    """Write the department's report from the ledger now and say where it is."""
+    dept = _load(department_file)
+    from core.ledger import Ledger
+    from reports.migration import department_status, write_run_report
+    ledger = Ledger(dept.ledger_url)
+    try:
+        ledger.migrate()
+        summary = department_status(dept, ledger)
+    finally:
+        ledger.close()
+    from datetime import datetime, timezone
+    summary.update(run=0, delta={}, seconds=0, finished=datetime.now(timezone.utc).isoformat())
+    path = write_run_report(dept, summary)
+    console.print(f"Report: [bold]{path}[/bold]")
+
+
+def assess(department_file: Path = DeptFile) -> None:
+    """Inventory the department's sources (nothing moves) and estimate the conversion time."""
+    dept = _load(department_file)
+    _quiet_prefect()
+    from flows.migrate import assess as assess_flow
+    result = assess_flow(str(department_file))
+    for problem in result["problems"]:
+        console.print(f"[yellow]problem:[/yellow] {problem}")
+    console.print(f"{result['items']} item(s), {result['bytes'] / 2**20:.1f} MiB, "
+                  f"{result['office_documents']} Office document(s); estimated conversion time "
+                  f"{result['estimated_conversion_seconds']:.0f} s ({result['estimate_basis']})")
+    console.print(f"Assessment: [bold]{result['report']}[/bold]")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (run, assess, status, rerun, report):
+        app.command()(command)
