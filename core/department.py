@@ -23,7 +23,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, 
 from core.errors import ConfigError
 
 __all__ = ["Department", "User", "FolderSource", "LocalDirTarget", "Conversion", "KeepOriginal",
-           "Schedule", "Limits", "Cluster", "SecretRef", "load_department"]
+           "Schedule", "Limits", "Cluster", "SecretRef", "load_department", "identity_problems"]
 
 
 class _Model(BaseModel):
@@ -177,20 +177,9 @@ class Department(_Model):
 
     @model_validator(mode="after")
     def _identity_map(self) -> "Department":
-        problems = []
-        sources = Counter(u.source for u in self.users)
-        for login, n in sources.items():
-            if n > 1:
-                problems.append(f"source user {login!r} is listed {n} times")
-        targets = Counter(u.target for u in self.users)
-        for login, n in targets.items():
-            if n > 1 and login not in self.allow_merge:
-                problems.append(f"target user {login!r} receives {n} source users; list it in allow_merge "
-                                "if these accounts are really to be merged")
-        names = Counter(s.name for s in self.sources)
-        for name, n in names.items():
-            if n > 1:
-                problems.append(f"source name {name!r} is used {n} times")
+        problems = identity_problems([(u.source, u.target) for u in self.users], self.allow_merge)
+        problems += [f"source name {name!r} is used {n} times"
+                     for name, n in Counter(s.name for s in self.sources).items() if n > 1]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -206,6 +195,17 @@ class Department(_Model):
     def ledger_url(self) -> str:
         """Where the ledger lives (the password, if any, is added when connecting)."""
         return self.ledger or f"sqlite:///{(self.work_dir / 'ledger.sqlite').resolve()}"
+
+
+def identity_problems(pairs: list[tuple[str, str]], allow_merge: list[str]) -> list[str]:
+    """What is wrong with an identity map (source login, target login): a message must never
+    land in the wrong mailbox, so duplicates are errors unless a merge is declared."""
+    problems = [f"source user {login!r} is listed {n} times"
+                for login, n in Counter(src for src, _ in pairs).items() if n > 1]
+    problems += [f"target user {login!r} receives {n} source users; list it in allow_merge "
+                 "if these accounts are really to be merged"
+                 for login, n in Counter(tgt for _, tgt in pairs).items() if n > 1 and login not in allow_merge]
+    return problems
 
 
 def _resolve_relative(data: dict, base: Path) -> dict:
@@ -271,4 +271,10 @@ def load_department(path: Path | str) -> Department:
             elif err["type"] == "extra_forbidden":
                 msg = "is not a known setting (check the spelling)"
             lines.append(f"{path}:{line or 1}: {field}: {msg}")
+        if not any(err["loc"][:1] == ("users",) or err["loc"] == () for err in exc.errors()):
+            # field errors stop pydantic before the identity map is checked: check it anyway
+            users = data.get("users") if isinstance(data.get("users"), list) else []
+            pairs = [(str(u.get("source")), str(u.get("target"))) for u in users if isinstance(u, dict)]
+            merge = data.get("allow_merge") if isinstance(data.get("allow_merge"), list) else []
+            lines += [f"{path}:{_line_of(root, ('users',)) or 1}: users: {p}" for p in identity_problems(pairs, merge)]
         raise ConfigError("the department file has problems:\n  " + "\n  ".join(lines)) from None

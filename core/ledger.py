@@ -181,8 +181,11 @@ class Ledger:
             run.summary = {**(run.summary or {}), **facts}
 
     def finish_run(self, run_id: int, status: str, summary: dict | None = None) -> None:
+        """Close a run; `summary` is added to what the run already noted."""
         with self.session() as s:
-            s.execute(update(Run).where(Run.id == run_id).values(finished=now(), status=status, summary=summary))
+            run = s.get(Run, run_id)
+            run.finished, run.status = now(), status
+            run.summary = {**(run.summary or {}), **(summary or {})}
 
     def start_batch(self, run_id: int, owner: str, number: int, size: int, host: str | None) -> int:
         with self.session() as s:

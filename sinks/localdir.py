@@ -7,6 +7,7 @@ under a real name, and putting the same bytes twice leaves one file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -73,7 +74,8 @@ class LocalDir:
                 os.close(fd)
             os.replace(tmp, dst)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):        # the folder itself may be what is wrong
+                tmp.unlink(missing_ok=True)
             if exc.errno == 28:                      # ENOSPC: nothing else will fit either
                 raise FatalError(f"the target is full: {exc.strerror}") from exc
             raise ItemError(f"cannot write {dst}: {exc.strerror or exc}") from exc

@@ -15,6 +15,12 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 # can prove that no LibreOffice process of ours survived.
 RUNTIME_BASE = Path(tempfile.mkdtemp(prefix="umstieg-test-runtime-"))
 
+# Prefect: an ephemeral server with its own database per test session, quiet, no telemetry.
+os.environ["PREFECT_HOME"] = str(RUNTIME_BASE / "prefect-home")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+
 
 def processes_using(marker: str) -> list[psutil.Process]:
     """Live (non-zombie) processes whose command line mentions `marker`."""

@@ -109,3 +109,26 @@ End Sub
                            ("META-INF/manifest.xml", manifest)):
             z.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
     return path
+
+
+def make_heavy_docx(path: Path, paragraphs: int) -> Path:
+    """A docx with many paragraphs, written as raw XML (python-docx adds paragraphs in O(n)).
+
+    LibreOffice needs roughly 1.5 s per 10 000 paragraphs here: a reliable slow document.
+    """
+    import zipfile
+    small = path.with_suffix(".seed.docx")
+    make_docx(small, paragraphs=1)
+    para = ("<w:p><w:r><w:t>Absatz {i}: Der Antrag wurde fristgerecht gestellt und wird "
+            "von der Behörde geprüft.</w:t></w:r></w:p>")
+    body = "".join(para.format(i=i) for i in range(paragraphs))
+    with zipfile.ZipFile(small) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "word/document.xml":
+                text = data.decode("utf-8")
+                text = text.replace("<w:body>", "<w:body>" + body, 1)
+                data = text.encode("utf-8")
+            zout.writestr(item, data)
+    small.unlink()
+    return path

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import processes_using, runtime_dir
-from docgen import make_docx, make_mixed_set, make_odt_with_onload_macro, make_pptx, make_xlsx
+from docgen import make_docx, make_heavy_docx, make_mixed_set, make_odt_with_onload_macro, make_pptx, make_xlsx
 from converters.odf import check_package
 from converters.pool import ConverterPool
 from converters.workers import LocalWorker
@@ -167,7 +167,7 @@ def test_sources_are_never_written(pool, tmp_path):
 
 def test_output_is_atomic(pool, tmp_path):
     """While LibreOffice writes, the final name either does not exist or is a complete package."""
-    src = make_docx(tmp_path / "big.docx", paragraphs=3000)
+    src = make_heavy_docx(tmp_path / "big.docx", paragraphs=5000)
     out = tmp_path / "out"
     out.mkdir()
     final = out / "big.odt"
@@ -231,7 +231,7 @@ def test_kill_9_of_a_worker_loses_nothing(tmp_path):
 
 def test_a_document_that_kills_libreoffice_twice_is_crashed(tmp_path):
     """Each attempt's LibreOffice dies mid-conversion: retried once on a fresh worker, then `crashed`."""
-    heavy = make_docx(tmp_path / "heavy.docx", paragraphs=20000)
+    heavy = make_heavy_docx(tmp_path / "heavy.docx", paragraphs=20000)
     settings = ConversionSettings(workers=1, timeout=120, runtime_dir=runtime_dir("crash"))
     with ConverterPool(settings) as pool:
         victims = []
@@ -262,15 +262,15 @@ def test_a_document_that_kills_libreoffice_twice_is_crashed(tmp_path):
 
 
 def test_timeout_kills_and_replaces_the_worker(tmp_path):
-    slow = make_docx(tmp_path / "slow.docx", paragraphs=6000)
+    slow = make_heavy_docx(tmp_path / "slow.docx", paragraphs=20000)
     quick = make_docx(tmp_path / "quick.docx")
-    settings = ConversionSettings(workers=1, timeout=0.5, runtime_dir=runtime_dir("timeout"))
+    settings = ConversionSettings(workers=1, timeout=1.5, runtime_dir=runtime_dir("timeout"))
     with ConverterPool(settings) as pool:
         first = pool.workers()[0]
         result = pool.convert(slow, tmp_path / "out")
         assert result.outcome is Outcome.TIMEOUT
         assert result.attempts == 2 and len(result.history) == 2
-        assert "0.5 s" in result.message
+        assert "1.5 s" in result.message
         assert not first.alive()
         assert pool.restarts == 2
         assert _healthy(pool, 1) and pool.workers()[0] is not first

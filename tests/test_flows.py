@@ -1,0 +1,264 @@
+"""Department migrations end to end: real Prefect (ephemeral), real LibreOffice, real ledgers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import CORPUS, processes_using
+from docgen import make_docx, make_heavy_docx, make_mixed_set
+
+UMSTIEG = [sys.executable, "-m", "umstieg"]
+
+# A few real files from the corpus join the generated ones when the corpus is there.
+CORPUS_PICKS = ["documents/testWORD_features.docx", "spreadsheets/testEXCEL_charts.xlsx",
+                "presentations/testPPT_comment.pptx", "documents/testWORD_protected_passtika.docx",
+                "documents/testRTFJapanese.rtf"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_department(tmp_path: Path, users=("anna", "ben"), docs_per_user=6, **overrides) -> Path:
+    """A department file over generated home folders (and a few corpus files for the first user)."""
+    home = tmp_path / "home"
+    for i, user in enumerate(users):
+        make_mixed_set(home / user / "Ablage", docs_per_user)
+        (home / user / "notes.txt").write_text(f"Notizen von {user}\n", encoding="utf-8")
+        if i == 0 and CORPUS.is_dir():
+            for rel in CORPUS_PICKS:
+                if (CORPUS / rel).exists():
+                    shutil.copy(CORPUS / rel, home / user / Path(rel).name)
+    config = {
+        "name": "testamt",
+        "work_dir": str(tmp_path / "work"),
+        "users": [{"source": u, "target": f"t-{u}"} for u in users],
+        "sources": [{"name": "homes", "type": "folder", "root": str(home)}],
+        "target": {"type": "localdir", "root": str(tmp_path / "target")},
+        "conversion": {"workers": 2, "timeout": 120, "keep_original": "never"},
+        "limits": {"chunk_size": 4},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = tmp_path / "department.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def target_files(tmp_path: Path) -> list[Path]:
+    return sorted(p for p in (tmp_path / "target").rglob("*") if p.is_file())
+
+
+def ledger_rows(dept_file: Path) -> list[dict]:
+    from core.department import load_department
+    from core.ledger import Item, Ledger
+    from sqlalchemy import select
+    dept = load_department(dept_file)
+    ledger = Ledger(dept.ledger_url)
+    try:
+        with ledger.session() as s:
+            return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "target_ref",
+                                                  "target_digest", "conversion", "change", "removed_at_source",
+                                                  "batch_id")}
+                    for i in s.scalars(select(Item).order_by(Item.id))]
+    finally:
+        ledger.close()
+
+
+def assert_target_matches_ledger(dept_file: Path, tmp_path: Path) -> list[dict]:
+    """Every verified item is at the target exactly once with its digest; nothing else is there."""
+    rows = ledger_rows(dept_file)
+    verified = [r for r in rows if r["state"] == "verified"]
+    refs = [r["target_ref"] for r in verified]
+    assert len(refs) == len(set(refs)), "two items share one target file"
+    assert sorted(Path(r) for r in refs) == target_files(tmp_path)
+    for r in verified:
+        assert sha(Path(r["target_ref"])) == r["target_digest"]
+    return rows
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_runtime_pools():
+    yield
+    from flows import runtime
+    runtime.close_all()
+
+
+def test_a_department_migrates_end_to_end(tmp_path):
+    from flows.migrate import migrate
+    dept_file = make_department(tmp_path)
+    summary = migrate(str(dept_file))
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    sources = sorted(p for p in (tmp_path / "home").rglob("*") if p.is_file())
+    assert len(rows) == len(sources)
+    for r in rows:
+        assert r["state"] == "verified" or r["reason"], r
+    assert all(r["state"] == "verified" for r in rows)
+    # Office files became ODF under the target login; text stayed text; one copy each
+    anna = tmp_path / "target" / "t-anna"
+    assert (anna / "Ablage" / "doc000.odt").is_file() and (anna / "Ablage" / "doc001.ods").is_file()
+    assert (anna / "notes.txt").read_text(encoding="utf-8") == "Notizen von anna\n"
+    assert not (anna / "Ablage" / "doc000.docx").exists()          # keep_original: never
+    if CORPUS.is_dir():
+        encrypted = next(r for r in rows if r["location"] == "testWORD_protected_passtika.docx")
+        assert encrypted["conversion"] == "encrypted" and encrypted["state"] == "verified"
+        assert (anna / "testWORD_protected_passtika.docx").is_file()   # moved unconverted, not lost
+    assert summary["totals"] == {"verified": len(rows)}
+    report = Path(summary["report"])
+    assert report.is_file() and "testamt" in report.read_text(encoding="utf-8")
+
+
+def test_delta_moves_only_new_and_changed_items(tmp_path):
+    from flows.migrate import migrate
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=6)
+    migrate(str(dept_file))
+    before = {r["location"]: r for r in ledger_rows(dept_file)}
+    untouched = tmp_path / "target" / "t-anna" / "Ablage" / "doc001.ods"
+    untouched_mtime = untouched.stat().st_mtime_ns
+
+    home = tmp_path / "home" / "anna" / "Ablage"
+    make_docx(home / "doc000.docx", paragraphs=7, seed=1234)           # changed
+    os.utime(home / "doc000.docx", (time.time() + 5, time.time() + 5))
+    make_docx(home / "neu.docx", seed=77)                               # new
+    (home / "doc002.pptx").unlink()                                     # deleted at the source
+    summary = migrate(str(dept_file))
+
+    after = {r["location"]: r for r in ledger_rows(dept_file)}
+    assert after["Ablage/doc000.docx"]["change"] == "changed"
+    assert after["Ablage/neu.docx"]["change"] == "new"
+    assert after["Ablage/doc002.pptx"]["removed_at_source"] is True
+    assert summary["delta"]["new"] == {"anna": 1} and summary["delta"]["changed"] == {"anna": 1}
+    assert summary["delta"]["removed"] == {"anna": 1}
+    assert summary["this_run"] == {"verified": 2}                      # only those two moved
+    assert untouched.stat().st_mtime_ns == untouched_mtime
+    assert after["Ablage/doc000.docx"]["target_digest"] != before["Ablage/doc000.docx"]["target_digest"]
+    # deleted at the source: reported, but kept at the target (delete_at_target is off)
+    assert (tmp_path / "target" / "t-anna" / "Ablage" / "doc002.odp").is_file()
+    assert summary["removed_at_source"] == 1
+
+
+def test_failures_are_recorded_and_rerun_retries_only_them(tmp_path):
+    from flows.migrate import migrate, rerun
+    slow = tmp_path / "home" / "anna" / "gross.docx"
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=3,
+                                conversion={"timeout": 5})
+    make_heavy_docx(slow, paragraphs=80000)           # ~12 s of LibreOffice: times out twice
+    # ben's target folder is blocked by a file: every write for ben fails
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "t-ben").write_text("in the way")
+    summary = migrate(str(dept_file))
+    rows = {(r["owner"], r["location"]): r for r in ledger_rows(dept_file)}
+    assert rows[("anna", "gross.docx")]["state"] == "failed"
+    assert rows[("anna", "gross.docx")]["reason"] == "conversion_timeout"
+    ben = [r for (owner, _), r in rows.items() if owner == "ben"]
+    assert ben and all(r["state"] == "failed" and r["reason"] == "load_error" for r in ben)
+    assert summary["failures"]["load_error"]["count"] == len(ben)
+    others = [r for (owner, loc), r in rows.items() if owner == "anna" and loc != "gross.docx"]
+    assert all(r["state"] == "verified" for r in others)                # the batch went on
+
+    # fix one cause, rerun that class only: the timeout item stays failed and untouched
+    (tmp_path / "target" / "t-ben").unlink()
+    verified_before = {k: r["batch_id"] for k, r in rows.items() if r["state"] == "verified"}
+    summary = rerun(str(dept_file), error_class="load_error")
+    assert summary["delta"] == {"rerun": len(ben)}
+    rows = {(r["owner"], r["location"]): r for r in ledger_rows(dept_file)}
+    assert all(rows[k]["state"] == "verified" for k in rows if k[0] == "ben")
+    assert rows[("anna", "gross.docx")]["state"] == "failed"
+    assert {k: rows[k]["batch_id"] for k in verified_before} == verified_before   # not run again
+
+    # fix the other cause (a longer timeout), rerun everything failed
+    cfg = yaml.safe_load(dept_file.read_text())
+    cfg["conversion"]["timeout"] = 120
+    dept_file.write_text(yaml.safe_dump(cfg))
+    rerun(str(dept_file))
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    assert all(r["state"] == "verified" for r in rows)
+
+
+def test_a_bad_department_file_names_the_field_and_runs_nothing(tmp_path):
+    dept_file = make_department(tmp_path)
+    cfg = yaml.safe_load(dept_file.read_text())
+    cfg["users"].append({"source": "anna", "target": "t-anna2"})     # duplicate source
+    cfg["conversion"]["timeout"] = "soon"
+    cfg["conversion"]["wokers"] = 3
+    dept_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = subprocess.run(UMSTIEG + ["run", str(dept_file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    err = " ".join(result.stderr.split())
+    assert "conversion.timeout" in err and "conversion.wokers" in err and "not a known setting" in err
+    assert "'anna' is listed 2 times" in err
+    assert f"{dept_file}:" in err                                        # file and line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "target").exists()
+
+
+def test_secrets_must_be_references(tmp_path):
+    from core.department import load_department
+    from core.errors import ConfigError
+    dept_file = make_department(tmp_path, ledger="postgresql+psycopg://umstieg@localhost/ledger",
+                                ledger_password="hunter2")
+    with pytest.raises(ConfigError) as exc:
+        load_department(dept_file)
+    assert "ledger_password" in str(exc.value) and "hunter2" not in str(exc.value)
+
+
+def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=15)
+    rt = tmp_path / "rt"
+    env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(rt))
+    proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:                                   # wait until some items are verified, then kill
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        try:
+            verified = sum(r["state"] == "verified" for r in ledger_rows(dept_file))
+        except Exception:                         # noqa: BLE001 - ledger not created yet
+            verified = 0
+        if verified >= 5:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)
+    assert processes_using(str(rt)) == []          # its LibreOffice workers ended themselves
+    rows = ledger_rows(dept_file)
+    assert any(r["state"] != "verified" for r in rows)       # it really was cut off mid-run
+
+    result = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    sources = [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    assert len(rows) == len(sources) and all(r["state"] == "verified" for r in rows)
+    assert not list((tmp_path / "target").rglob(".*partial*"))
+
+
+def test_status_and_report_commands(tmp_path):
+    from flows.migrate import migrate
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=3)
+    migrate(str(dept_file))
+    result = subprocess.run(UMSTIEG + ["status", str(dept_file), "--json"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    n = len([p for p in (tmp_path / "home").rglob("*") if p.is_file()])
+    assert status["totals"] == {"verified": n}
+    assert status["users"][0]["user"] == "anna" and status["users"][0]["verified"] == n
+    result = subprocess.run(UMSTIEG + ["report", str(dept_file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Report:" in result.stderr
