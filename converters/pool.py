@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from core.errors import ConfigError, FatalError
+from core.errors import ConfigError, FatalError, ItemError
 from core.outcomes import Outcome
 from core.settings import ConversionSettings
 from converters.formats import OfficeFormat
@@ -132,12 +132,13 @@ class ConverterPool:
         if self.settings.workers and not shutil.which(self.settings.soffice):
             raise ConfigError(f"LibreOffice ({self.settings.soffice}) is not installed or not on PATH: "
                               "run bin/setup, or set UMSTIEG_SOFFICE to its path")
+        # A folder of this pool's own for profiles and logs: several pools (Dask workers, two
+        # commands) may share one runtime_dir, and two LibreOffices must never share a profile.
         if self.settings.runtime_dir:
-            self._runtime = Path(self.settings.runtime_dir)
-            self._runtime.mkdir(parents=True, exist_ok=True)
-        else:
-            self._owned_runtime = tempfile.TemporaryDirectory(prefix="umstieg-pool-")
-            self._runtime = Path(self._owned_runtime.name)
+            Path(self.settings.runtime_dir).mkdir(parents=True, exist_ok=True)
+        self._owned_runtime = tempfile.TemporaryDirectory(prefix=f"pool-{os.getpid()}-",
+                                                          dir=self.settings.runtime_dir)
+        self._runtime = Path(self._owned_runtime.name)
         if self.settings.workers:
             self._python = find_worker_python()
         _install_signal_handlers()
@@ -325,6 +326,43 @@ class ConverterPool:
                 limit = f" {self.settings.timeout:g} s" if result.outcome is Outcome.TIMEOUT else ""
                 result.message = f"{what}{limit} twice, on two fresh workers"
                 return
+
+    def render_pdf(self, src: Path, dst: Path, fmt: OfficeFormat, pages: int | None = None) -> None:
+        """Render a document (Office or ODF, of format `fmt`) to the PDF `dst` on a worker.
+
+        Used by the visual fidelity check, which compares page images of a source and its ODF
+        output. Supervised like a conversion: a hang or a crash kills and replaces the worker and
+        the render is tried once more. `pages` limits the export to the first pages (a large
+        workbook would otherwise print thousands). Raises ItemError when it cannot be rendered.
+        """
+        family = fmt.family.value
+        export = {"text": "writer_pdf_Export", "spreadsheet": "calc_pdf_Export",
+                  "presentation": "impress_pdf_Export"}[family]
+        import_filter = fmt.import_filter or fmt.export_filter    # ODF: writer8, calc8, impress8 (templates too)
+        options = [f"PageRange=1-{pages}"] if pages else []
+        failures = 0
+        while True:
+            worker = self._acquire()
+            staging = _staging_dir(Path(dst))
+            tmp = staging / "render.pdf"
+            try:
+                worker.convert(Path(src), tmp, import_filter, export, self.settings.timeout, filter_options=options)
+            except (WorkerTimeout, WorkerDied) as exc:
+                failures += 1
+                self._replace(worker, "timeout" if isinstance(exc, WorkerTimeout) else "crash")
+                if failures >= 2:
+                    raise ItemError(f"LibreOffice could not render {Path(src).name} to PDF: {exc}") from exc
+            except ConversionRefused as exc:
+                self._release(worker)
+                raise ItemError(f"LibreOffice could not render {Path(src).name} to PDF: {exc}") from exc
+            else:
+                self._release(worker)
+                if not tmp.exists():
+                    raise ItemError(f"LibreOffice wrote no PDF for {Path(src).name}")
+                os.replace(tmp, dst)
+                return
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
     # ----------------------------------------------------------------- supervision
     def _acquire(self) -> Worker:

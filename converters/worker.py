@@ -76,6 +76,12 @@ PROFILE_SETTINGS = [
     # no update checks, no crash reporter, no recovery data: a worker is disposable
     ("/org.openoffice.Office.Jobs/Jobs/org.openoffice.Office.Jobs:Job['UpdateCheck']/Arguments",
      "AutoCheckEnabled", "boolean", "false"),
+    # Excel workbooks: recalculate every formula on load (0 = always; LibreOffice's default, 1, keeps
+    # Excel's cached results), so the ODS holds the values LibreOffice computes and the fidelity
+    # check can compare them with the values Excel stored.
+    ("/org.openoffice.Office.Calc/Formula/Load", "OOXMLRecalcMode", "int", "0"),
+    # Writer: comments not shown in views (a PDF render needs a view; see _SafeDesktop)
+    ("/org.openoffice.Office.Writer/Content/Display", "Note", "boolean", "false"),
     ("/org.openoffice.Office.Recovery/RecoveryInfo", "Enabled", "boolean", "false"),
     ("/org.openoffice.Office.Recovery/AutoSave", "Enabled", "boolean", "false"),
     ("/org.openoffice.Office.Common/Misc", "UseLocking", "boolean", "false"),
@@ -90,6 +96,13 @@ def prepare_profile(profile: Path) -> None:
     if not xcu.exists():
         items = "\n".join(_item(*s) for s in PROFILE_SETTINGS)
         xcu.write_text(_REGISTRY.format(items=items), encoding="utf-8")
+        return
+    # A profile kept from an earlier version (UMSTIEG_RUNTIME_DIR): add the settings it lacks.
+    text = xcu.read_text(encoding="utf-8", errors="replace")
+    missing = [s for s in PROFILE_SETTINGS if f'oor:path="{s[0]}"><prop oor:name="{s[1]}"' not in text]
+    if missing and "</oor:items>" in text:
+        items = "\n".join(_item(*s) for s in missing)
+        xcu.write_text(text.replace("</oor:items>", items + "\n</oor:items>", 1), encoding="utf-8")
 
 
 def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -102,6 +115,11 @@ def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env["SAL_USE_VCLPLUGIN"] = "svp"          # headless rendering, no X display needed
     env.pop("DISPLAY", None)
     return env
+
+
+_WRITER = "com.sun.star.text.TextDocument"
+# Set while the current thread renders a PDF: Writer needs a layout, hence a view, to print.
+_RENDERING = threading.local()
 
 
 def _harden_converter() -> None:
@@ -135,7 +153,29 @@ def _harden_converter() -> None:
             except Exception:
                 document.dispose()          # a failed load must not leave a model in memory
                 raise
+            if service == _WRITER and getattr(_RENDERING, "pdf", False):
+                return self._with_view(document)
             return document
+
+        def _with_view(self, document):
+            """A hidden view on a Writer model, which PDF export needs (it prints from a layout).
+
+            The view is attached only after the comments are removed from the model: a view's
+            comment windows are what crash LibreOffice 7.4 when built from unoserver's thread, and
+            comments are not printed anyway.
+            """
+            fields = document.getTextFields().createEnumeration()
+            comments = []
+            while fields.hasMoreElements():
+                field = fields.nextElement()
+                if field.supportsService("com.sun.star.text.textfield.Annotation"):
+                    comments.append(field)
+            for field in comments:
+                field.dispose()
+            log.warning("render: removed %d comment(s)", len(comments))
+            viewed = self._desktop.loadComponentFromURL("private:object", "_blank", 0, (
+                PropertyValue(Name="Model", Value=document), PropertyValue(Name="Hidden", Value=True)))
+            return viewed or document
 
         def _document_service(self, props):
             name = next((p.Value for p in props if p.Name == "FilterName"), None)
@@ -153,6 +193,14 @@ def _harden_converter() -> None:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.desktop = _SafeDesktop(self.desktop, self.service, self.context, self.filter_service)
+
+        def convert(self, inpath=None, indata=None, outpath=None, convert_to=None, filtername=None,
+                    *args, **kwargs):
+            _RENDERING.pdf = bool(filtername) and filtername.endswith("_pdf_Export")
+            try:
+                return super().convert(inpath, indata, outpath, convert_to, filtername, *args, **kwargs)
+            finally:
+                _RENDERING.pdf = False
 
     converter.UnoConverter = HardenedConverter
 

@@ -102,8 +102,12 @@ class Worker:
     conversions: int = 0
     remote: bool = False
 
-    def convert(self, src: Path, dst: Path, import_filter: str, export_filter: str, timeout: float) -> None:
-        """Convert `src` into `dst` (an ODF path), or raise WorkerDied / WorkerTimeout / ConversionRefused."""
+    def convert(self, src: Path, dst: Path, import_filter: str, export_filter: str, timeout: float,
+                filter_options: list[str] | None = None) -> None:
+        """Convert `src` into `dst` (an ODF path, or a PDF for rendering), or raise WorkerDied / WorkerTimeout / ConversionRefused.
+
+        `filter_options` ("Name=Value") go to the export filter, e.g. "PageRange=1-12" for PDF.
+        """
         client = self._client()
         error: list[BaseException] = []
 
@@ -112,6 +116,7 @@ class Worker:
                 # update_index=False: keep tables of contents as the author's Office computed
                 # them; LibreOffice's page numbers would differ, and updating costs time.
                 client.convert(inpath=str(src), outpath=str(dst), filtername=export_filter,
+                               filter_options=list(filter_options or []),
                                infiltername=import_filter, update_index=False)
             except BaseException as exc:  # noqa: BLE001 - reported to the supervising thread
                 error.append(exc)

@@ -76,7 +76,7 @@ class Batch(Base):
     started: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(20), default="running")
-    worker_host: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(200))      # host/pid that processed it
 
 
 class Item(Base):
@@ -187,9 +187,9 @@ class Ledger:
             run.finished, run.status = now(), status
             run.summary = {**(run.summary or {}), **(summary or {})}
 
-    def start_batch(self, run_id: int, owner: str, number: int, size: int, host: str | None) -> int:
+    def start_batch(self, run_id: int, owner: str, number: int, size: int, worker: str | None) -> int:
         with self.session() as s:
-            batch = Batch(run_id=run_id, owner=owner, number=number, size=size, worker_host=host)
+            batch = Batch(run_id=run_id, owner=owner, number=number, size=size, worker=worker)
             s.add(batch)
             s.flush()
             return batch.id

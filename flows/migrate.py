@@ -82,23 +82,27 @@ def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
     progress = create_progress_artifact(progress=0.0, description=f"{dept.name}: items processed")
     tags = [f"converter:{socket.gethostname()}", f"target:{dept.target.root}"] + \
         [f"source:{s.name}" for s in dept.sources]
-    futures = [chunk_task.with_options(tags=tags).submit(dept_file, run_id, owner, n, ids)
-               for owner, n, ids in chunks]
     counts: Counter = Counter()
     done_items = 0
-    pending = list(zip(futures, chunks))
-    while pending:
-        done, _ = wait([f for f, _ in pending], timeout=2)
-        still = []
-        for fut, chunk in pending:
-            if fut in done:
-                counts.update(fut.result())
-                done_items += len(chunk[2])
-            else:
-                still.append((fut, chunk))
-        pending = still
-        if total:
-            update_progress_artifact(progress, progress=100.0 * done_items / total)
+    # The department decides where chunks run (threads here, or its Dask cluster), so the runner
+    # is chosen now, not when the flow was decorated.
+    with task_runner_for(dept) as runner:
+        task_ = chunk_task.with_options(tags=tags)
+        pending = [(runner.submit(task_, parameters=dict(dept_file=dept_file, run_id=run_id, owner=owner,
+                                                         number=n, item_ids=ids)), ids)
+                   for owner, n, ids in chunks]
+        while pending:
+            done, _ = wait([f for f, _ in pending], timeout=2)
+            still = []
+            for fut, ids in pending:
+                if fut in done:
+                    counts.update(fut.result())
+                    done_items += len(ids)
+                else:
+                    still.append((fut, ids))
+            pending = still
+            if total:
+                update_progress_artifact(progress, progress=100.0 * done_items / total)
     return counts
 
 

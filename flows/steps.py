@@ -12,6 +12,7 @@ about (and tested) without an orchestrator.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import time
@@ -159,7 +160,7 @@ def process_chunk(dept_file: str, run_id: int, owner: str, number: int, item_ids
     """
     dept = runtime.department(dept_file)
     ledger = runtime.ledger(dept)
-    batch = ledger.start_batch(run_id, owner, number, len(item_ids), socket.gethostname())
+    batch = ledger.start_batch(run_id, owner, number, len(item_ids), f"{socket.gethostname()}/{os.getpid()}")
     counts: Counter = Counter()
     status = "completed"
     try:

@@ -35,7 +35,10 @@ def processes_using(marker: str) -> list[psutil.Process]:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    leftovers = processes_using(str(RUNTIME_BASE))
+    import time
+    deadline = time.monotonic() + 5          # workers whose pool just died end themselves in < 1 s
+    while (leftovers := processes_using(str(RUNTIME_BASE))) and time.monotonic() < deadline:
+        time.sleep(0.2)
     if leftovers:
         for p in leftovers:
             p.kill()
@@ -72,3 +75,94 @@ def pool():
 def env_without_proxy():
     """A copy of the environment with no proxy variables (for control runs of plain soffice)."""
     return {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+
+# ----------------------------------------------------------------------- real servers on loopback
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the `postgres` system user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server from Debian's package, started for the session on a loopback port."""
+    import glob
+    import shutil
+    import subprocess
+    import time
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    assert bindirs, "PostgreSQL is not installed: run bin/setup"
+    bindir = Path(bindirs[-1])
+    # not under pytest's tmp dirs: they are private to root, and the server runs as `postgres`
+    base = Path(tempfile.mkdtemp(prefix="umstieg-test-pg-"))
+    data = base / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(data, "postgres")
+    port = _free_port()
+    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                                 "--no-sync"]), check=True, capture_output=True)
+    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                                 f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
+                   check=True, capture_output=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "PostgreSQL did not start"
+            time.sleep(0.2)
+        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "ledger"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/ledger"
+    finally:
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A Dask scheduler and two single-process workers on loopback, started for the session."""
+    import subprocess
+    import sys
+    import time
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(RUNTIME_BASE / "dask"))
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1",
+                 "--nthreads", "2", "--no-dashboard", "--host", "127.0.0.1", "--no-nanny"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    if len(client.scheduler_info()["workers"]) == 2:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the Dask cluster did not come up"
+            time.sleep(0.5)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -262,3 +262,35 @@ def test_status_and_report_commands(tmp_path):
     assert status["users"][0]["user"] == "anna" and status["users"][0]["verified"] == n
     result = subprocess.run(UMSTIEG + ["report", str(dept_file)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "Report:" in result.stderr
+
+
+def test_the_same_migration_on_a_postgresql_ledger(tmp_path, postgres_url):
+    from flows.migrate import migrate
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=4, ledger=postgres_url,
+                                name="pgamt")
+    summary = migrate(str(dept_file))
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    assert all(r["state"] == "verified" for r in rows)
+    assert summary["totals"] == {"verified": len(rows)}
+    assert not (tmp_path / "work" / "ledger.sqlite").exists()          # it really used PostgreSQL
+    again = migrate(str(dept_file))                                     # delta pass: nothing to do
+    assert again["this_run"] == {} and sum(again["delta"]["unchanged"].values()) == len(rows)
+
+
+def test_the_same_migration_on_a_dask_cluster(tmp_path, dask_cluster):
+    """Chunks run in two Dask worker processes, each with its own LibreOffice pool."""
+    from flows.migrate import migrate
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=6, name="daskamt",
+                                cluster={"address": dask_cluster}, conversion={"workers": 1})
+    summary = migrate(str(dept_file))
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    assert all(r["state"] == "verified" for r in rows)
+    assert summary["totals"] == {"verified": len(rows)}
+    from core.department import load_department
+    from core.ledger import Batch, Ledger
+    from sqlalchemy import select
+    ledger = Ledger(load_department(dept_file).ledger_url)
+    with ledger.session() as s:
+        pids = {b.worker for b in s.scalars(select(Batch))}
+    ledger.close()
+    assert len(pids) == 2 and f"/{os.getpid()}" not in " ".join(pids), f"chunks ran in {pids}, not in both Dask workers (pytest is {os.getpid()})"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 17:43:41.930071
+Create Date: 2026-11-23 17:52:43.080164
 """
 from alembic import op
 import sqlalchemy as sa
@@ -39,7 +39,7 @@ def upgrade() -> None:
     sa.Column('started', sa.DateTime(timezone=True), nullable=False),
     sa.Column('finished', sa.DateTime(timezone=True), nullable=True),
     sa.Column('status', sa.String(length=20), nullable=False),
-    sa.Column('worker_host', sa.String(length=200), nullable=True),
+    sa.Column('worker', sa.String(length=200), nullable=True),
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ),
     sa.PrimaryKeyConstraint('id')
     )

@@ -1,0 +1,258 @@
+"""Fidelity of one conversion: what the ODF output kept of its source, as a score and a verdict.
+
+Three tiers, cheapest first:
+1. **structure** — both files read by format-specific readers (reports.wordprocessing,
+   reports.spreadsheets, reports.presentations, reports.legacy) and compared check by check
+   (reports.compare);
+2. **package** — the output is a valid ODF package (converters.odf);
+3. **visual** — both rendered to page images by LibreOffice and compared page by page
+   (reports.visual); it costs two more LibreOffice calls, so by default it runs only on documents
+   the structural tier flags (verdict review or broken) and on a sample of the others.
+
+Never raises for a bad document: a check that cannot be made is recorded with its reason
+(`status: "failed"`), and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from converters.formats import FORMATS, Family, OfficeFormat
+from converters.odf import check_package
+from converters.result import ConversionResult
+from core.outcomes import Outcome
+from reports.compare import Check, compare
+from reports.facts import Facts
+from reports.legacy import NotReadable, read_doc, read_ppt, read_rtf, read_wordml
+from reports.presentations import read_odp, read_pptx
+from reports.scoring import FidelitySettings, Verdict, verdict_for
+from reports.spreadsheets import read_ods, read_xls, read_xlsx
+from reports.text import similarity
+from reports.wordprocessing import read_docx, read_odt
+
+__all__ = ["FidelityRecord", "Status", "assess", "make_assessor", "read_facts", "Renderer", "SOURCE_RENDER_NOTE"]
+
+log = logging.getLogger("umstieg.reports")
+
+#: Renders a document (source or ODF) to PDF on a LibreOffice worker: render(path, pdf, format, pages).
+Renderer = Callable[[Path, Path, OfficeFormat, int], None]
+
+SOURCE_RENDER_NOTE = ("The source's page images are LibreOffice's reading of the file, not how Microsoft Office "
+                      "shows it: they show what LibreOffice's ODF export changed, not differences to Word, "
+                      "Excel or PowerPoint.")
+
+_READERS: dict[str, Callable[..., Facts]] = {
+    "docx": read_docx, "docm": read_docx, "dotx": read_docx, "dotm": read_docx,
+    "doc": read_doc, "dot": read_doc, "rtf": read_rtf, "wordml": read_wordml,
+    "xlsx": read_xlsx, "xlsm": read_xlsx, "xltx": read_xlsx, "xltm": read_xlsx,
+    "xls": read_xls, "xlt": read_xls,
+    "pptx": read_pptx, "pptm": read_pptx, "ppsx": read_pptx, "ppsm": read_pptx, "potx": read_pptx,
+    "potm": read_pptx, "ppt": read_ppt, "pps": read_ppt, "pot": read_ppt,
+    "odt": read_odt, "ott": read_odt, "ods": read_ods, "ots": read_ods, "odp": read_odp, "otp": read_odp,
+}
+_ODF_READERS = {Family.TEXT: read_odt, Family.SPREADSHEET: read_ods, Family.PRESENTATION: read_odp}
+
+
+class Status:
+    """Whether a fidelity record holds a measurement."""
+
+    ASSESSED = "assessed"           # score and verdict are set
+    FAILED = "failed"               # measuring failed: `reason` says why; the conversion itself stands
+    NOT_ASSESSED = "not_assessed"   # nothing to measure: the document was not converted
+
+
+@dataclass
+class FidelityRecord:
+    """The machine-readable fidelity of one document (the `fidelity` key of results.jsonl)."""
+
+    status: str
+    score: float | None = None
+    verdict: Verdict | None = None
+    checks: list[Check] = field(default_factory=list)
+    reason: str | None = None
+    reader: str | None = None                   # which readers compared it, e.g. "ooxml-word/odf-text"
+    notes: list[str] = field(default_factory=list)
+    visual: dict | None = None
+    risks: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    text_similarity: float | None = None        # share of the source's words the output holds (Dice)
+    source_words: int = 0
+
+    @property
+    def deductions(self) -> list[Check]:
+        return [c for c in self.checks if c.points > 0]
+
+    def to_json(self) -> dict:
+        data: dict = {"status": self.status, "score": self.score,
+                      "verdict": self.verdict.value if self.verdict else None,
+                      "deductions": [{"check": c.name, "points": round(c.points, 2), "detail": c.detail}
+                                     for c in sorted(self.deductions, key=lambda c: -c.points)]}
+        if self.reason:
+            data["reason"] = self.reason
+        if self.checks:
+            data["checks"] = [c.to_json() for c in self.checks]
+        if self.text_similarity is not None:
+            data["text_similarity"] = round(self.text_similarity, 4)
+        for key in ("reader", "visual"):
+            if getattr(self, key):
+                data[key] = getattr(self, key)
+        if self.notes:
+            data["notes"] = self.notes
+        if self.risks:
+            data["risks"] = self.risks
+        data["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
+        return data
+
+
+def read_facts(path: Path, fmt: OfficeFormat, settings: FidelitySettings | None = None) -> Facts:
+    """What the reader for `fmt` measures in `path` (raises NotReadable or the reader's error)."""
+    reader = _READERS.get(fmt.name)
+    if reader is None:
+        raise NotReadable(f"no reader for {fmt.description}")
+    if fmt.family is Family.SPREADSHEET:
+        return reader(path, max_rows=(settings or FidelitySettings()).max_rows)
+    return reader(path)
+
+
+def assess(source: Path, output: Path, fmt: OfficeFormat, settings: FidelitySettings | None = None, *,
+           render: Renderer | None = None, visual: bool | None = None, thumbs: Path | None = None,
+           key: str | None = None) -> FidelityRecord:
+    """Compare `source` (of format `fmt`) with its ODF `output`.
+
+    `render` enables the visual tier; `visual` forces it on or off (default: as settings say, from
+    the structural verdict). Thumbnails of the first pages go to `thumbs` as `<key>-source.png`
+    and `<key>-output.png`.
+    """
+    settings = settings or FidelitySettings()
+    record = FidelityRecord(status=Status.ASSESSED)
+    started = time.perf_counter()
+    try:
+        _structural(source, output, fmt, settings, record)
+    except Exception as exc:  # noqa: BLE001 - a failed measurement must not stop the batch
+        log.debug("fidelity of %s failed:\n%s", source, traceback.format_exc())
+        record.status = Status.FAILED
+        record.reason = f"the structural check failed: {type(exc).__name__}: {_short(exc)}"
+        record.seconds["structural"] = time.perf_counter() - started
+        return record
+    record.seconds["structural"] = time.perf_counter() - started
+    _judge(record, settings, fmt.family)
+
+    if render is not None and _wants_visual(record, settings, visual, key or str(source)):
+        from reports.visual import visual_checks
+
+        started = time.perf_counter()
+        try:
+            checks, info = visual_checks(source, output, fmt, render, settings, thumbs=thumbs,
+                                         key=key or hashlib.sha256(str(source).encode()).hexdigest()[:16])
+            record.checks += checks
+            record.visual = info
+        except Exception as exc:  # noqa: BLE001 - the structural result stands without the pictures
+            record.visual = {"status": "failed", "reason": f"{type(exc).__name__}: {_short(exc)}"}
+        record.seconds["visual"] = time.perf_counter() - started
+        _judge(record, settings, fmt.family)
+    return record
+
+
+def _structural(source: Path, output: Path, fmt: OfficeFormat, settings: FidelitySettings,
+                record: FidelityRecord) -> None:
+    problems = check_package(output)
+    package = Check("package", "—", "valid" if not problems else "invalid")
+    if problems:
+        package.points = settings.weight("package")
+        package.detail = "the ODF package is invalid: " + "; ".join(problems[:3])
+        record.checks.append(package)
+        return
+    record.checks.append(package)
+    out_facts = _ODF_READERS[fmt.family](output, **({"max_rows": settings.max_rows}
+                                                     if fmt.family is Family.SPREADSHEET else {}))
+    try:
+        src_facts = read_facts(source, fmt, settings)
+    except Exception as exc:  # noqa: BLE001 - a source the reader cannot read is a gap, not a failure
+        reason = str(exc) if isinstance(exc, NotReadable) else f"{type(exc).__name__}: {_short(exc)}"
+        record.checks.append(Check("not_measured", "unread", out_facts.reader,
+                                   settings.weight("not_measured"),
+                                   f"the source could not be read for comparison ({reason}): look at it"))
+        record.reader = f"-/{out_facts.reader}"
+        return
+    record.reader = f"{src_facts.reader}/{out_facts.reader}"
+    record.notes += src_facts.notes
+    record.checks += compare(src_facts, out_facts, settings)
+    record.text_similarity = similarity(src_facts.text, out_facts.text)
+    record.source_words = src_facts.text.word_count
+
+
+def _judge(record: FidelityRecord, settings: FidelitySettings, family: Family) -> None:
+    lost = sum(c.points for c in record.checks)
+    record.score = round(max(0.0, 100.0 - lost), 1)
+    broken = any(c.name == "package" and c.points for c in record.checks)
+    if (family is not Family.SPREADSHEET and record.source_words >= 20
+            and record.text_similarity is not None and record.text_similarity < 0.5):
+        broken = True
+    record.verdict = verdict_for(record.score, len(record.deductions), settings, broken=broken)
+
+
+def _wants_visual(record: FidelityRecord, settings: FidelitySettings, forced: bool | None, key: str) -> bool:
+    if forced is not None:
+        return forced
+    if settings.visual == "none":
+        return False
+    if settings.visual == "all":
+        return True
+    if record.verdict in (Verdict.REVIEW, Verdict.BROKEN):
+        return True
+    if settings.visual_sample > 0:
+        # deterministic: the same document is sampled again on a rerun
+        bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return bucket < settings.visual_sample
+    return False
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def make_assessor(settings: FidelitySettings | None = None, *, render: Renderer | None = None,
+                  thumbs: Path | None = None,
+                  risks: Callable[[Path], list[str]] | None = None) -> Callable[[ConversionResult], dict | None]:
+    """The `assess(result) -> dict | None` callback `convert_tree` calls for each document.
+
+    Converted documents are measured; documents passed through unchanged are identical by
+    definition; documents that were not converted get no score, only their risk flags; files
+    that are not Office documents get no fidelity record at all (None).
+    """
+    settings = settings or FidelitySettings()
+    if risks is None:
+        from reports.risk import risk_flags as risks
+
+    def assess_result(result: ConversionResult) -> dict | None:
+        if result.format is None or result.format not in FORMATS:
+            return None
+        fmt = FORMATS[result.format]
+        flags: list[str] = []
+        started = time.perf_counter()
+        try:
+            flags = risks(Path(result.source))
+        except Exception as exc:  # noqa: BLE001 - risk flags are a bonus here; the scan reports failures
+            log.debug("risk flags of %s: %s", result.source, exc)
+        risk_seconds = time.perf_counter() - started
+        if result.outcome is Outcome.PASSTHROUGH:
+            record = FidelityRecord(status=Status.ASSESSED, score=100.0, verdict=Verdict.IDENTICAL,
+                                    notes=["already OpenDocument: copied unchanged"])
+        elif result.outcome is not Outcome.CONVERTED or not result.output:
+            record = FidelityRecord(status=Status.NOT_ASSESSED, reason=f"not converted ({result.outcome.value})")
+        else:
+            key = (result.sha256 or hashlib.sha256(result.source.encode()).hexdigest())[:16]
+            record = assess(Path(result.source), Path(result.output), fmt, settings, render=render,
+                            thumbs=thumbs, key=key)
+        record.risks = flags
+        record.seconds["risks"] = risk_seconds
+        return record.to_json()
+
+    return assess_result
