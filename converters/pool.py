@@ -331,38 +331,34 @@ class ConverterPool:
         """Render a document (Office or ODF, of format `fmt`) to the PDF `dst` on a worker.
 
         Used by the visual fidelity check, which compares page images of a source and its ODF
-        output. Supervised like a conversion: a hang or a crash kills and replaces the worker and
-        the render is tried once more. `pages` limits the export to the first pages (a large
-        workbook would otherwise print thousands). Raises ItemError when it cannot be rendered.
+        output. Supervised like a conversion: a hang or a crash kills and replaces the worker, but
+        the render is not tried again (a render is optional, and what crashes once crashes
+        again). `pages` limits the export to the first pages (a large workbook would otherwise
+        print thousands). Raises ItemError when it cannot be rendered.
         """
         family = fmt.family.value
         export = {"text": "writer_pdf_Export", "spreadsheet": "calc_pdf_Export",
                   "presentation": "impress_pdf_Export"}[family]
         import_filter = fmt.import_filter or fmt.export_filter    # ODF: writer8, calc8, impress8 (templates too)
         options = [f"PageRange=1-{pages}"] if pages else []
-        failures = 0
-        while True:
-            worker = self._acquire()
-            staging = _staging_dir(Path(dst))
-            tmp = staging / "render.pdf"
-            try:
-                worker.convert(Path(src), tmp, import_filter, export, self.settings.timeout, filter_options=options)
-            except (WorkerTimeout, WorkerDied) as exc:
-                failures += 1
-                self._replace(worker, "timeout" if isinstance(exc, WorkerTimeout) else "crash")
-                if failures >= 2:
-                    raise ItemError(f"LibreOffice could not render {Path(src).name} to PDF: {exc}") from exc
-            except ConversionRefused as exc:
-                self._release(worker)
-                raise ItemError(f"LibreOffice could not render {Path(src).name} to PDF: {exc}") from exc
-            else:
-                self._release(worker)
-                if not tmp.exists():
-                    raise ItemError(f"LibreOffice wrote no PDF for {Path(src).name}")
-                os.replace(tmp, dst)
-                return
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+        worker = self._acquire()
+        staging = _staging_dir(Path(dst))
+        tmp = staging / "render.pdf"
+        try:
+            worker.convert(Path(src), tmp, import_filter, export, self.settings.timeout, filter_options=options)
+        except (WorkerTimeout, WorkerDied) as exc:
+            self._replace(worker, "timeout" if isinstance(exc, WorkerTimeout) else "crash")
+            raise ItemError(f"LibreOffice could not render {Path(src).name} to PDF: {exc}") from exc
+        except ConversionRefused as exc:
+            self._release(worker)
+            raise ItemError(f"LibreOffice could not render {Path(src).name} to PDF: {exc}") from exc
+        else:
+            self._release(worker)
+            if not tmp.exists():
+                raise ItemError(f"LibreOffice wrote no PDF for {Path(src).name}")
+            os.replace(tmp, dst)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     # ----------------------------------------------------------------- supervision
     def _acquire(self) -> Worker:

@@ -161,8 +161,10 @@ def _harden_converter() -> None:
             """A hidden view on a Writer model, which PDF export needs (it prints from a layout).
 
             The view is attached only after the comments are removed from the model: a view's
-            comment windows are what crash LibreOffice 7.4 when built from unoserver's thread, and
-            comments are not printed anyway.
+            comment windows need UI files that LibreOffice's -nogui packages do not ship, and
+            building one aborts soffice (comments are not printed anyway). Comments anchored to a
+            text range can survive this removal: the visual fidelity check therefore also renders
+            copies without comments.
             """
             fields = document.getTextFields().createEnumeration()
             comments = []
@@ -172,7 +174,6 @@ def _harden_converter() -> None:
                     comments.append(field)
             for field in comments:
                 field.dispose()
-            log.warning("render: removed %d comment(s)", len(comments))
             viewed = self._desktop.loadComponentFromURL("private:object", "_blank", 0, (
                 PropertyValue(Name="Model", Value=document), PropertyValue(Name="Hidden", Value=True)))
             return viewed or document

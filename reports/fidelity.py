@@ -83,6 +83,7 @@ class FidelityRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     text_similarity: float | None = None        # share of the source's words the output holds (Dice)
     source_words: int = 0
+    source_comments: int | None = field(default=None, repr=False)   # for the visual tier's safety rule
 
     @property
     def deductions(self) -> list[Check]:
@@ -149,7 +150,8 @@ def assess(source: Path, output: Path, fmt: OfficeFormat, settings: FidelitySett
         started = time.perf_counter()
         try:
             checks, info = visual_checks(source, output, fmt, render, settings, thumbs=thumbs,
-                                         key=key or hashlib.sha256(str(source).encode()).hexdigest()[:16])
+                                         key=key or hashlib.sha256(str(source).encode()).hexdigest()[:16],
+                                         comments=record.source_comments)
             record.checks += checks
             record.visual = info
         except Exception as exc:  # noqa: BLE001 - the structural result stands without the pictures
@@ -183,6 +185,7 @@ def _structural(source: Path, output: Path, fmt: OfficeFormat, settings: Fidelit
     record.reader = f"{src_facts.reader}/{out_facts.reader}"
     record.notes += src_facts.notes
     record.checks += compare(src_facts, out_facts, settings)
+    record.source_comments = src_facts.counts.get("comments")
     record.text_similarity = similarity(src_facts.text, out_facts.text)
     record.source_words = src_facts.text.word_count
 

@@ -294,3 +294,47 @@ def test_the_same_migration_on_a_dask_cluster(tmp_path, dask_cluster):
         pids = {b.worker for b in s.scalars(select(Batch))}
     ledger.close()
     assert len(pids) == 2 and f"/{os.getpid()}" not in " ".join(pids), f"chunks ran in {pids}, not in both Dask workers (pytest is {os.getpid()})"
+
+
+def test_teams_deploy_departments_to_a_prefect_server(tmp_path):
+    """`umstieg deployments` → `prefect deploy --all` on a real Prefect server → a process worker runs it."""
+    import urllib.request
+    from conftest import _free_port
+    root = Path(__file__).resolve().parents[1]
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=3,
+                                schedule={"cron": "0 22 * * 1-5", "timezone": "Europe/Berlin"})
+    port = _free_port()
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"),
+               PREFECT_API_URL=f"http://127.0.0.1:{port}/api", UMSTIEG_HOME=str(root))
+    prefect = [str(Path(sys.executable).parent / "prefect")]
+    server = subprocess.Popen(prefect + ["server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "Prefect server did not start"
+                time.sleep(0.5)
+
+        def cli(*args, timeout=180):
+            result = subprocess.run(list(args), env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
+            assert result.returncode == 0, result.stdout + result.stderr
+            return result.stdout
+
+        prefect_yaml = tmp_path / "prefect.yaml"
+        cli(*UMSTIEG, "deployments", str(dept_file), "--out", str(prefect_yaml))
+        cli(*prefect, "work-pool", "create", "umstieg", "--type", "process")
+        cli(*prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_yaml))
+        listing = cli(*prefect, "deployment", "inspect", "umstieg-migrate/testamt")
+        assert "0 22 * * 1-5" in listing and "Europe/Berlin" in listing and str(dept_file) in listing
+
+        cli(*prefect, "deployment", "run", "umstieg-migrate/testamt")
+        cli(*prefect, "worker", "start", "--pool", "umstieg", "--run-once", timeout=300)
+        rows = assert_target_matches_ledger(dept_file, tmp_path)
+        assert rows and all(r["state"] == "verified" for r in rows)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
