@@ -14,6 +14,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class TreeSummary:
     input_bytes: int = 0
     seconds: float = 0.0
     results_path: Path | None = None
+    by_verdict: Counter = field(default_factory=Counter)  # fidelity verdict (or status) -> count
 
     @property
     def failed(self) -> int:
@@ -96,11 +98,17 @@ def _already_done(record: dict | None, sha256: str) -> bool:
 
 def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported: bool = False,
                  on_start: Callable[[int], None] | None = None,
-                 on_result: Callable[[ConversionResult, bool], None] | None = None) -> TreeSummary:
+                 on_result: Callable[[ConversionResult, bool], None] | None = None,
+                 assess: Callable[[ConversionResult], dict | None] | None = None) -> TreeSummary:
     """Convert every document under `src` into the mirrored tree under `out`.
 
     `on_start(total)` is called once the tree is listed; `on_result(result, skipped)` once per
     document. Unsupported files are copied unchanged when `copy_unsupported` is set.
+
+    `assess(result)`, when given, measures each finished document (the fidelity check, which
+    the command passes in: converters never import reports); its answer is stored under the key
+    `fidelity` of the document's line. It runs on as many threads as the pool has workers, beside
+    the conversions; documents converted by an earlier run without it are measured too.
     """
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -114,12 +122,51 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
     latest: dict[str, dict] = dict(previous)
     by_source: dict[str, _Job] = {str(j.src): j for j in jobs}
 
-    def record(result: ConversionResult, job: _Job, skipped: bool) -> None:
+    def record(result: ConversionResult, job: _Job, skipped: bool, fidelity: dict | None = None) -> None:
         summary.by_outcome[result.outcome.value] += 1
         summary.by_format[(result.format or "other", result.outcome.value)] += 1
         summary.input_bytes += result.input_bytes or 0
+        if fidelity:
+            summary.by_verdict[fidelity.get("verdict") or fidelity.get("status") or "unknown"] += 1
         if on_result:
             on_result(result, skipped)
+
+    assessor = ThreadPoolExecutor(max_workers=max(1, pool.size), thread_name_prefix="fidelity") if assess else None
+    waiting: dict[Future, tuple] = {}
+
+    def measured(result: ConversionResult) -> dict | None:
+        try:
+            return assess(result)
+        except Exception as exc:  # noqa: BLE001 - a failed measurement must not stop the batch
+            return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:300], "score": None,
+                    "verdict": None, "deductions": []}
+
+    def finish(line: dict, result: ConversionResult, job: _Job, skipped: bool, fidelity: dict | None) -> None:
+        if fidelity is not None:
+            line["fidelity"] = fidelity
+        if not skipped or fidelity is not None:
+            log.write(json.dumps(line, ensure_ascii=False) + "\n")
+            log.flush()
+        latest[job.rel] = line
+        record(result, job, skipped, line.get("fidelity"))
+
+    def drain(block: bool) -> None:
+        if not waiting:
+            return
+        done = wait(waiting, return_when=FIRST_COMPLETED).done if block else [f for f in waiting if f.done()]
+        for future in done:
+            line, result, job, skipped = waiting.pop(future)
+            finish(line, result, job, skipped, future.result())
+
+    def settle(line: dict, result: ConversionResult, job: _Job, skipped: bool) -> None:
+        """Record a finished document, after measuring it when an assessor is set."""
+        if assessor is None or (skipped and line.get("fidelity")):
+            finish(line, result, job, skipped, None)
+            return
+        waiting[assessor.submit(measured, result)] = (line, result, job, skipped)
+        while len(waiting) > 4 * max(1, pool.size):      # back-pressure: do not run ahead of fidelity
+            drain(block=True)
+        drain(block=False)
 
     def todo() -> Iterator[tuple]:
         # Largest first: a big document started last would leave the other workers idle
@@ -132,23 +179,26 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
             prior = previous.get(job.rel)
             if digest and _already_done(prior, digest):
                 summary.skipped += 1
-                record(_from_record(prior, job), job, True)
+                settle(dict(prior), _from_record(prior, job), job, True)
                 continue
             yield (job.src, job.out_dir, job.stem, digest)
 
     with open(results_path, "a", encoding="utf-8") as log:
-        for result in pool.convert_many(todo()):
-            job = by_source[result.source]
-            if result.outcome is Outcome.UNSUPPORTED and copy_unsupported:
-                target = job.out_dir / job.src.name
-                atomic_copy(job.src, target)
-                result.output, result.output_bytes = str(target), target.stat().st_size
-                result.message += "; copied unchanged"
-            line = {"path": job.rel, **result.to_json(), "finished": time.time()}
-            log.write(json.dumps(line, ensure_ascii=False) + "\n")
-            log.flush()
-            latest[job.rel] = line
-            record(result, job, False)
+        try:
+            for result in pool.convert_many(todo()):
+                job = by_source[result.source]
+                if result.outcome is Outcome.UNSUPPORTED and copy_unsupported:
+                    target = job.out_dir / job.src.name
+                    atomic_copy(job.src, target)
+                    result.output, result.output_bytes = str(target), target.stat().st_size
+                    result.message += "; copied unchanged"
+                line = {"path": job.rel, **result.to_json(), "finished": time.time()}
+                settle(line, result, job, False)
+            while waiting:
+                drain(block=True)
+        finally:
+            if assessor is not None:
+                assessor.shutdown(wait=not waiting, cancel_futures=True)
 
     # one line per document: rewrite atomically in source order
     order = {j.rel: i for i, j in enumerate(jobs)}

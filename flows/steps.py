@@ -180,7 +180,7 @@ def _staging(dept: Department, item: Item) -> Path:
 
 def _process_item(dept: Department, ledger: Ledger, item: Item, batch: int) -> str:
     state = State(item.state)
-    ledger.record(item.id, batch_id=batch, attempts=item.attempts + 1)
+    item.batch_id, item.attempts = batch, item.attempts + 1      # recorded with the first step's commit
     step = "extract"
     try:
         if state is State.DISCOVERED:
@@ -198,10 +198,10 @@ def _process_item(dept: Department, ledger: Ledger, item: Item, batch: int) -> s
             step = "verify"
             state = _verify(dept, ledger, item)
     except ItemError as exc:
-        ledger.fail(item.id, _reason_of(exc, step), str(exc), step)
+        ledger.fail(item.id, _reason_of(exc, step), str(exc), step, batch_id=batch, attempts=item.attempts)
         return State.FAILED.value
     except TransientError as exc:
-        ledger.fail(item.id, "transient", str(exc), step)
+        ledger.fail(item.id, "transient", str(exc), step, batch_id=batch, attempts=item.attempts)
         return State.FAILED.value
     return state.value
 
@@ -226,6 +226,7 @@ def _extract(dept: Department, ledger: Ledger, item: Item) -> Item:
     size, mtime = source.extract(user.folder or user.source, item.location, staged)
     digest = sha256_file(staged)
     ledger.record(item.id, state=State.EXTRACTED, sha256=digest, size=size, staged_path=str(staged),
+                  batch_id=item.batch_id, attempts=item.attempts,
                   step_seconds={"extract": round(time.monotonic() - started, 4)})
     item.state, item.sha256, item.size, item.staged_path = State.EXTRACTED.value, digest, size, str(staged)
     item.seconds = {**(item.seconds or {}), "extract": time.monotonic() - started}
@@ -250,6 +251,7 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
         if outcome is Outcome.CONVERTED:
             converted = result.output
     ledger.record(item.id, state=State.CONVERTED, converted_path=converted,
+                  batch_id=item.batch_id, attempts=item.attempts,
                   conversion=outcome.value if outcome else None,
                   message=message if outcome in _NEEDS_A_PERSON else None,
                   step_seconds={"convert": round(time.monotonic() - started, 4)})
@@ -297,6 +299,7 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
         original_ref = (sink.find(item.target_owner, original_rel, item.sha256)
                         or sink.put(item.target_owner, original_rel, Path(item.staged_path), mtime))
     ledger.record(item.id, state=State.LOADED, target_ref=ref, target_digest=digest, original_ref=original_ref,
+                  batch_id=item.batch_id, attempts=item.attempts,
                   step_seconds={"load": round(time.monotonic() - started, 4)})
     item.state, item.target_ref, item.target_digest, item.original_ref = State.LOADED.value, ref, digest, original_ref
     return item
@@ -322,6 +325,7 @@ def _verify(dept: Department, ledger: Ledger, item: Item) -> State:
     if problem:
         raise _VerifyFailed(problem)
     ledger.record(item.id, state=State.VERIFIED, staged_path=None, converted_path=None,
+                  batch_id=item.batch_id, attempts=item.attempts,
                   step_seconds={"verify": round(time.monotonic() - started, 4)})
     shutil.rmtree(_staging(dept, item), ignore_errors=True)   # staged bytes are no longer needed
     return State.VERIFIED

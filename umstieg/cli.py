@@ -9,6 +9,7 @@ import typer
 
 from umstieg.commands import department
 from umstieg.commands.convert import convert
+from umstieg.commands.scan import scan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Move a public administration from Microsoft to open source, and prove nothing was lost.")
@@ -21,6 +22,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what t
 
 
 app.command()(convert)
+app.command()(scan)
 department.register(app)
 
 

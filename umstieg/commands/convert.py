@@ -27,11 +27,19 @@ def convert(
     remote: list[str] = typer.Option([], "--remote", help="a remote unoserver (host:port); repeatable"),
     copy_unsupported: bool = typer.Option(False, "--copy-unsupported",
                                           help="copy files that are not Office documents unchanged"),
+    fidelity: bool = typer.Option(True, "--fidelity/--no-fidelity",
+                                  help="measure what each conversion kept and lost, and write the fidelity report"),
+    visual: str = typer.Option(None, "--visual",
+                               help="page-image comparison for: none, flagged (review/broken), all "
+                                    "[default: flagged]"),
+    visual_sample: float = typer.Option(None, "--visual-sample", min=0.0, max=1.0,
+                                        help="share of the other documents that get the page-image comparison too"),
 ) -> None:
     """Convert every Office document under SRC to OpenDocument under OUT.
 
     Resumable: run it again and documents already converted from the same bytes are skipped.
-    Writes OUT/results.jsonl (one line per document); exits with 1 when any document failed.
+    Writes OUT/results.jsonl (one line per document, with its fidelity) and the fidelity report
+    (OUT/fidelity.html, .ods, .csv); exits with 1 when any document failed.
     """
     from converters.pool import ConverterPool
     from converters.tree import convert_tree
@@ -44,6 +52,15 @@ def convert(
         settings = ConversionSettings(**overrides)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    fidelity_settings = None
+    if fidelity:
+        from reports.scoring import FidelitySettings
+
+        try:
+            fidelity_settings = FidelitySettings(**{k: v for k, v in dict(visual=visual, visual_sample=visual_sample).items()
+                                                    if v is not None})
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
 
     progress = Progress(TextColumn("[bold]converting"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
@@ -68,9 +85,15 @@ def convert(
         with console.status(f"starting {settings.workers} LibreOffice worker(s)"
                             + (f" and {len(settings.remote)} remote" if settings.remote else "")):
             pool = ConverterPool(settings).start()
+        assess = None
+        if fidelity_settings is not None:
+            from reports.batch import THUMBS_DIR
+            from reports.fidelity import make_assessor
+
+            assess = make_assessor(fidelity_settings, render=pool.render_pdf, thumbs=out / THUMBS_DIR)
         with pool, progress:
             summary = convert_tree(pool, src, out, copy_unsupported=copy_unsupported,
-                                   on_start=on_start, on_result=on_result)
+                                   on_start=on_start, on_result=on_result, assess=assess)
     except (ConfigError, FatalError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -82,6 +105,8 @@ def convert(
     _print_summary(summary, pool)
     console.print(f"ODF copies under [bold]{out}[/bold]; one line per document in "
                   f"[bold]{summary.results_path}[/bold]")
+    if fidelity_settings is not None:
+        _print_fidelity(summary, out)
     if summary.failed:
         console.print(f"[red]{summary.failed} document(s) failed[/red] (see the outcome column and results.jsonl)")
         raise typer.Exit(1)
@@ -105,3 +130,23 @@ def _print_summary(summary, pool) -> None:
                   f"{fresh} processed in {summary.seconds:.1f} s ({rate:.2f} docs/s); "
                   f"worker restarts {pool.restarts}, recycled {pool.recycled}, "
                   f"peak worker memory {pool.peak_rss / 2**20:.0f} MiB")
+
+
+def _print_fidelity(summary, out: Path) -> None:
+    """Verdict counts of this run and where the batch report is."""
+    from reports.batch import write_fidelity_report
+
+    order = ["identical", "minor", "review", "broken", "failed", "not_assessed"]
+    counts = summary.by_verdict
+    if counts:
+        table = Table(title="Fidelity (what each conversion kept)")
+        for verdict in [v for v in order if counts.get(v)] + sorted(set(counts) - set(order)):
+            table.add_column(verdict.replace("_", " "), justify="right")
+        table.add_row(*[str(counts[v]) for v in [v for v in order if counts.get(v)] + sorted(set(counts) - set(order))])
+        console.print(table)
+    try:
+        paths = write_fidelity_report(out, summary.results_path)
+    except Exception as exc:  # noqa: BLE001 - the conversions stand; say why the report is missing
+        console.print(f"[yellow]fidelity report not written:[/yellow] {type(exc).__name__}: {exc}")
+        return
+    console.print("fidelity report: " + ", ".join(f"[bold]{p}[/bold]" for p in paths.values()))

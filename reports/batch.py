@@ -1,0 +1,158 @@
+"""Per-batch fidelity: results.jsonl as tables (pandas), written as CSV, ODS and a self-contained HTML report.
+
+The tables are what a project manager filters and sorts: one row per document (verdict, score,
+the deduction that cost most, text similarity, pages, risk flags), the deductions one per row,
+and the verdicts by format. The ODS is written by pandas with odfpy, so it opens in LibreOffice
+Calc with one sheet per table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from converters.formats import FORMATS
+from reports.compare import LABELS
+
+__all__ = ["load_records", "fidelity_table", "deduction_table", "verdicts_by_format", "write_fidelity_report",
+           "REPORT_NAMES", "THUMBS_DIR", "VERDICT_ORDER"]
+
+#: Files the batch report writes next to results.jsonl.
+REPORT_NAMES = {"csv": "fidelity.csv", "ods": "fidelity.ods", "html": "fidelity.html"}
+#: Folder (under OUT) with the first-page thumbnails of the visual check.
+THUMBS_DIR = ".fidelity-thumbs"
+VERDICT_ORDER = ["identical", "minor", "review", "broken", "failed", "not_assessed"]
+
+_COLUMNS = ["path", "format", "family", "outcome", "verdict", "score", "deductions", "main_deduction",
+            "text_similarity", "pages_source", "pages_output", "mean_ssim", "risks", "input_bytes",
+            "convert_seconds", "fidelity_seconds", "reason"]
+
+
+def load_records(results: Path) -> list[dict]:
+    """Lines of a results.jsonl (the last line per document wins; a torn line is skipped)."""
+    records: dict[str, dict] = {}
+    with open(results, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+                records[record["path"]] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    return list(records.values())
+
+
+def _row(record: dict) -> dict:
+    fidelity = record.get("fidelity") or {}
+    deductions = fidelity.get("deductions") or []
+    visual = fidelity.get("visual") or {}
+    seconds = fidelity.get("seconds") or {}
+    fmt = FORMATS.get(record.get("format") or "")
+    main = deductions[0] if deductions else None
+    return {
+        "path": record.get("path"),
+        "format": record.get("format") or "other",
+        "family": fmt.family.value if fmt else "other",
+        "outcome": record.get("outcome"),
+        "verdict": fidelity.get("verdict") or fidelity.get("status"),
+        "score": fidelity.get("score"),
+        "deductions": len(deductions),
+        "main_deduction": f"{LABELS.get(main['check'], main['check'])}: {main['detail']}" if main else "",
+        "text_similarity": fidelity.get("text_similarity"),
+        "pages_source": visual.get("pages_source"),
+        "pages_output": visual.get("pages_output"),
+        "mean_ssim": visual.get("mean_ssim"),
+        "risks": ", ".join(fidelity.get("risks") or []),
+        "input_bytes": record.get("input_bytes"),
+        "convert_seconds": record.get("seconds"),
+        "fidelity_seconds": round(sum(v for k, v in seconds.items()), 3) if seconds else None,
+        "reason": fidelity.get("reason") or (record.get("message") if not fidelity else ""),
+    }
+
+
+def fidelity_table(records: list[dict]) -> pd.DataFrame:
+    """One row per Office document that has a fidelity record, worst first."""
+    rows = [_row(r) for r in records if r.get("fidelity")]
+    table = pd.DataFrame(rows, columns=_COLUMNS)
+    if not table.empty:
+        rank = {v: i for i, v in enumerate(["broken", "review", "failed", "minor", "identical", "not_assessed"])}
+        table["_rank"] = table["verdict"].map(lambda v: rank.get(v, 9))
+        table = table.sort_values(["_rank", "score", "path"], na_position="last").drop(columns="_rank")
+    return table.reset_index(drop=True)
+
+
+def deduction_table(records: list[dict]) -> pd.DataFrame:
+    """One row per deduction: which document lost what, and how many points it cost."""
+    rows = []
+    for record in records:
+        for d in (record.get("fidelity") or {}).get("deductions") or []:
+            rows.append({"path": record.get("path"), "format": record.get("format"), "check": d["check"],
+                         "label": LABELS.get(d["check"], d["check"]), "points": d["points"], "detail": d["detail"]})
+    return pd.DataFrame(rows, columns=["path", "format", "check", "label", "points", "detail"])
+
+
+def verdicts_by_format(table: pd.DataFrame) -> pd.DataFrame:
+    """Documents per format (rows) and verdict (columns), with totals."""
+    if table.empty:
+        return pd.DataFrame()
+    crosstab = pd.crosstab(table["format"], table["verdict"])
+    columns = [v for v in VERDICT_ORDER if v in crosstab.columns]
+    crosstab = crosstab[columns]
+    crosstab["total"] = crosstab.sum(axis=1)
+    crosstab.loc["all"] = crosstab.sum(axis=0)
+    return crosstab
+
+
+def top_deductions(deductions: pd.DataFrame) -> pd.DataFrame:
+    """Checks by how many documents lost points on them, with the points lost in total."""
+    if deductions.empty:
+        return pd.DataFrame(columns=["label", "documents", "points"])
+    grouped = deductions.groupby(["check", "label"]).agg(documents=("path", "nunique"), points=("points", "sum"))
+    return grouped.reset_index().sort_values(["documents", "points"], ascending=False).reset_index(drop=True)
+
+
+def top_risks(records: list[dict]) -> Counter:
+    counts: Counter = Counter()
+    for record in records:
+        counts.update((record.get("fidelity") or {}).get("risks") or [])
+    return counts
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")       # same extension: pandas picks writers by it
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_fidelity_report(out: Path, results: Path | None = None) -> dict[str, Path]:
+    """Write fidelity.csv, fidelity.ods and fidelity.html into `out` from its results.jsonl."""
+    from reports.html import fidelity_html
+
+    results = results or out / "results.jsonl"
+    records = load_records(results)
+    table = fidelity_table(records)
+    deductions = deduction_table(records)
+    by_format = verdicts_by_format(table)
+    paths = {kind: out / name for kind, name in REPORT_NAMES.items()}
+    _atomic(paths["csv"], lambda p: table.to_csv(p, index=False))
+
+    def write_ods(p: Path) -> None:
+        with pd.ExcelWriter(p, engine="odf") as writer:
+            table.to_excel(writer, sheet_name="Documents", index=False)
+            (by_format if not by_format.empty else pd.DataFrame({"verdict": []})).to_excel(
+                writer, sheet_name="Verdicts by format")
+            top_deductions(deductions).to_excel(writer, sheet_name="Top deductions", index=False)
+            deductions.to_excel(writer, sheet_name="Deductions", index=False)
+
+    _atomic(paths["ods"], write_ods)
+    html = fidelity_html(records, table, deductions, by_format, top_deductions(deductions), top_risks(records),
+                         thumbs=out / THUMBS_DIR)
+    _atomic(paths["html"], lambda p: p.write_text(html, encoding="utf-8"))
+    return paths
