@@ -175,4 +175,4 @@ def assess(department_file: str) -> dict:
     from reports.migration import write_assessment
     dept = runtime.department(str(Path(department_file).resolve()))
     problems = check_department(dept)
-    return write_assessment(dept, problems)
+    return write_assessment(dept, problems, runtime.ledger(dept))

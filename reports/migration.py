@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import func, select
 
 from core.department import Department
-from core.ledger import Item, Ledger, Run, State
+from core.ledger import Batch, Item, Ledger, Run, State
 
 __all__ = ["run_summary", "write_run_report", "department_status", "write_assessment", "reports_dir"]
 
@@ -69,9 +69,13 @@ def run_summary(dept: Department, ledger: Ledger, run_id: int, delta: dict, seco
     """What one run did and where the department stands after it."""
     status = department_status(dept, ledger)
     with ledger.session() as s:
-        this_run = dict(s.execute(select(Item.state, func.count(Item.id)).where(
-            Item.department == dept.name, Item.run_id == run_id).group_by(Item.state)).all())
-    return {**status, "run": run_id, "delta": delta, "this_run": this_run, "seconds": round(seconds, 2),
+        this_run = dict(s.execute(select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
+                                  .where(Item.department == dept.name, Batch.run_id == run_id)
+                                  .group_by(Item.state)).all())
+        converted = s.scalar(select(func.count(Item.id)).join(Batch, Item.batch_id == Batch.id).where(
+            Item.department == dept.name, Batch.run_id == run_id, Item.conversion == "converted")) or 0
+    return {**status, "run": run_id, "delta": delta, "this_run": this_run, "this_run_converted": converted,
+            "seconds": round(seconds, 2),
             "finished": datetime.now(timezone.utc).isoformat()}
 
 
@@ -115,7 +119,16 @@ def write_run_report(dept: Department, summary: dict) -> Path:
     return path
 
 
-def write_assessment(dept: Department, problems: list[str]) -> dict:
+def measured_rate(dept: Department, ledger: Ledger) -> float | None:
+    """Documents converted per second by this department's completed runs, if any converted."""
+    with ledger.session() as s:
+        runs = s.scalars(select(Run).where(Run.department == dept.name, Run.status == "completed")).all()
+    converted = sum((r.summary or {}).get("this_run_converted", 0) for r in runs)
+    seconds = sum((r.summary or {}).get("seconds", 0) for r in runs if (r.summary or {}).get("this_run_converted"))
+    return converted / seconds if converted and seconds else None
+
+
+def write_assessment(dept: Department, problems: list[str], ledger: Ledger | None = None) -> dict:
     """Inventory of every source (counts and sizes by format per user) and a duration estimate."""
     from sources.fileshare import FolderShare
     by_format: Counter = Counter()
@@ -136,12 +149,18 @@ def write_assessment(dept: Department, problems: list[str]) -> dict:
                 per_user[user.source] += 1
     documents = sum(n for ext, n in by_format.items() if ext in office)
     workers = dept.conversion.workers or 1
-    estimate = documents / (DEFAULT_DOCS_PER_SECOND_PER_WORKER * workers)
+    rate, basis = DEFAULT_DOCS_PER_SECOND_PER_WORKER * workers, \
+        f"{DEFAULT_DOCS_PER_SECOND_PER_WORKER} documents/s per worker × {workers} worker(s) (no run measured yet)"
+    if ledger is not None:
+        measured = measured_rate(dept, ledger)
+        if measured:
+            rate, basis = measured, f"{measured:.2f} documents/s measured by this department's runs"
+    estimate = documents / rate
     result = {"department": dept.name, "problems": problems, "items": sum(by_format.values()),
               "bytes": sum(bytes_by_format.values()), "office_documents": documents,
               "by_format": {k: {"items": by_format[k], "bytes": bytes_by_format[k]} for k in sorted(by_format)},
               "by_user": dict(per_user), "estimated_conversion_seconds": round(estimate, 1),
-              "estimate_basis": f"{DEFAULT_DOCS_PER_SECOND_PER_WORKER} documents/s per worker × {workers} worker(s)"}
+              "estimate_basis": basis}
     out = reports_dir(dept)
     (out / "assessment.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     result["report"] = str(out / "assessment.json")

@@ -338,3 +338,18 @@ def test_teams_deploy_departments_to_a_prefect_server(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+
+
+def test_assess_inventories_without_moving_and_learns_the_rate(tmp_path):
+    from flows.migrate import assess, migrate
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=3)
+    first = assess(str(dept_file))
+    assert not (tmp_path / "target").exists() or not any((tmp_path / "target").iterdir())
+    per_user = {u: len([p for p in (tmp_path / "home" / u).rglob("*") if p.is_file()]) for u in ("anna", "ben")}
+    assert first["by_user"] == per_user and first["items"] == sum(per_user.values())
+    assert first["by_format"]["docx"]["items"] >= 2 and first["by_format"]["txt"]["items"] == 2
+    assert "no run measured yet" in first["estimate_basis"]
+    assert Path(first["report"]).is_file()
+    migrate(str(dept_file))
+    second = assess(str(dept_file))
+    assert "measured" in second["estimate_basis"] and second["estimated_conversion_seconds"] > 0
