@@ -31,7 +31,7 @@ from flows import runtime
 from sinks.localdir import LocalDir, sha256_file
 from sources.fileshare import FolderShare, odf_stem
 
-__all__ = ["Discovery", "discover", "process_chunk", "pending_items", "select_failed", "reset_for_rerun",
+__all__ = ["Discovery", "discover", "process_chunk", "with_retries", "pending_items", "select_failed", "reset_for_rerun",
            "source_of", "target_of"]
 
 log = logging.getLogger("umstieg.flows")
@@ -178,13 +178,32 @@ def _staging(dept: Department, item: Item) -> Path:
     return dept.work_dir / "staging" / str(item.id)
 
 
+#: Waits before the retries of a step that failed transiently (a server said "not now").
+RETRY_WAITS = (2.0, 10.0, 30.0)
+
+
+def with_retries(step, *args, waits=RETRY_WAITS, sleep=time.sleep):
+    """Run `step(*args)`, retrying on TransientError after each wait (or the server's Retry-After).
+
+    Throttling and 5xx answers are normal in a migration, not errors: only when they persist does
+    the item fail, with the class `transient`, to be rerun later.
+    """
+    for wait in (*waits, None):
+        try:
+            return step(*args)
+        except TransientError as exc:
+            if wait is None:
+                raise
+            sleep(exc.retry_after if exc.retry_after is not None else wait)
+
+
 def _process_item(dept: Department, ledger: Ledger, item: Item, batch: int) -> str:
     state = State(item.state)
     item.batch_id, item.attempts = batch, item.attempts + 1      # recorded with the first step's commit
     step = "extract"
     try:
         if state is State.DISCOVERED:
-            item = _extract(dept, ledger, item)
+            item = with_retries(_extract, dept, ledger, item)
             state = State.EXTRACTED
         if state is State.EXTRACTED:
             step = "convert"
@@ -192,11 +211,11 @@ def _process_item(dept: Department, ledger: Ledger, item: Item, batch: int) -> s
             state = State.CONVERTED
         if state is State.CONVERTED:
             step = "load"
-            item = _load(dept, ledger, item)
+            item = with_retries(_load, dept, ledger, item)
             state = State.LOADED
         if state is State.LOADED:
             step = "verify"
-            state = _verify(dept, ledger, item)
+            state = with_retries(_verify, dept, ledger, item)
     except ItemError as exc:
         ledger.fail(item.id, _reason_of(exc, step), str(exc), step, batch_id=batch, attempts=item.attempts)
         return State.FAILED.value

@@ -1,0 +1,66 @@
+"""Item steps that need no server: transient retries, target names, identity checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from core.department import identity_problems
+from core.errors import TransientError
+from flows.steps import with_retries
+from sources.fileshare import odf_stem
+
+
+def test_transient_failures_are_retried_with_the_servers_wait():
+    calls, waits = [], []
+
+    def flaky(x):
+        calls.append(x)
+        if len(calls) == 1:
+            raise TransientError("429 too many requests", retry_after=7)
+        if len(calls) == 2:
+            raise TransientError("503")
+        return "ok"
+
+    assert with_retries(flaky, 1, waits=(1.0, 2.0, 4.0), sleep=waits.append) == "ok"
+    assert calls == [1, 1, 1] and waits == [7, 2.0]
+
+
+def test_persistent_transient_failures_end_as_failures():
+    waits = []
+
+    def down():
+        raise TransientError("503")
+
+    with pytest.raises(TransientError):
+        with_retries(down, waits=(1.0, 2.0), sleep=waits.append)
+    assert waits == [1.0, 2.0]
+
+
+def test_other_errors_are_not_retried():
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError):
+        with_retries(broken, sleep=lambda s: None)
+    assert calls == [1]
+
+
+def test_odf_names_never_collide():
+    listing = ["a/Bericht.doc", "a/Bericht.docx", "a/Plan.xlsx", "b/Bericht.docx"]
+    siblings = Counter((loc.rsplit("/", 1)[0], loc.rsplit("/", 1)[1].rsplit(".", 1)[0]) for loc in listing)
+    stems = [odf_stem(loc, siblings) for loc in listing]
+    assert stems == ["a/Bericht.doc", "a/Bericht.docx", "a/Plan", "b/Bericht"]
+    assert len(set(stems)) == len(stems)
+
+
+def test_identity_map_problems():
+    assert identity_problems([("a", "x"), ("b", "y")], []) == []
+    assert identity_problems([("a", "x"), ("a", "y")], []) == ["source user 'a' is listed 2 times"]
+    problems = identity_problems([("a", "x"), ("b", "x")], [])
+    assert len(problems) == 1 and "target user 'x' receives 2 source users" in problems[0]
+    assert identity_problems([("a", "x"), ("b", "x")], ["x"]) == []
