@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from core.department import Department, KeepOriginal
 from core.errors import FatalError, ItemError, TransientError
-from core.items import Kind
+from core.plugins import Sink, Source
 from core.ledger import Item, Ledger, State, now
 from core.outcomes import Outcome
 from flows import runtime
@@ -40,12 +40,14 @@ log = logging.getLogger("umstieg.flows")
 _NEEDS_A_PERSON = {Outcome.ENCRYPTED, Outcome.UNREADABLE}
 
 
-def source_of(dept: Department, name: str) -> FolderShare:
+def source_of(dept: Department, name: str) -> Source:
+    """The source module for the configured source called `name` (dispatch on its `type`)."""
     cfg = next(s for s in dept.sources if s.name == name)
     return FolderShare(cfg)
 
 
-def target_of(dept: Department) -> LocalDir:
+def target_of(dept: Department) -> Sink:
+    """The sink module for the department's target (dispatch on its `type`)."""
     return LocalDir(dept.target)
 
 
@@ -75,7 +77,7 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
     for user in users:
         todo: list[int] = []
         for src_cfg in dept.sources:
-            source = FolderShare(src_cfg)
+            source = source_of(dept, src_cfg.name)
             refs = list(source.discover(user.source, user.folder or user.source))
             siblings = Counter((str(PurePosixPath(r.location).parent), PurePosixPath(r.location).stem)
                                for r in refs)
