@@ -112,6 +112,7 @@ class Item(Base):
     conversion: Mapped[str | None] = mapped_column(String(20))   # the converter's outcome
     fidelity_score: Mapped[float | None] = mapped_column(Float)
     fidelity_verdict: Mapped[str | None] = mapped_column(String(20))
+    fidelity: Mapped[dict | None] = mapped_column(JSON)          # the whole fidelity record
     target_ref: Mapped[str | None] = mapped_column(Text)        # where it is at the target
     target_digest: Mapped[str | None] = mapped_column(String(64))
     original_ref: Mapped[str | None] = mapped_column(Text)      # the kept Office original, if any

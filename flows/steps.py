@@ -260,7 +260,7 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
     if not staged.is_file():                   # the staging area was cleaned: extract again
         item = _extract(dept, ledger, item)
         staged = Path(item.staged_path)
-    converted, outcome, message = None, None, None
+    converted, outcome, message, fidelity = None, None, None, None
     if dept.conversion.enabled:
         out_dir = _staging(dept, item) / "converted"
         if out_dir.exists():
@@ -271,14 +271,27 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
             raise _ConversionFailed(outcome, message)
         if outcome is Outcome.CONVERTED:
             converted = result.output
+            if "structural" in dept.conversion.fidelity:
+                fidelity = _fidelity(staged, Path(converted), result.format)
     ledger.record(item.id, state=State.CONVERTED, converted_path=converted,
+                  fidelity=fidelity, fidelity_score=(fidelity or {}).get("score"),
+                  fidelity_verdict=(fidelity or {}).get("verdict"),
                   batch_id=item.batch_id, attempts=item.attempts,
                   conversion=outcome.value if outcome else None,
                   message=message if outcome in _NEEDS_A_PERSON else None,
                   step_seconds={"convert": round(time.monotonic() - started, 4)})
     item.state, item.converted_path = State.CONVERTED.value, converted
     item.conversion = outcome.value if outcome else None
+    item.fidelity_score = (fidelity or {}).get("score")
     return item
+
+
+def _fidelity(source: Path, output: Path, fmt_name: str) -> dict | None:
+    """The structural fidelity record of one conversion (what `keep_original: below_score` reads)."""
+    from converters.formats import FORMATS
+    from reports.fidelity import assess
+    record = assess(source, output, FORMATS[fmt_name]).to_json()
+    return record if record.get("score") is not None else {**record, "score": None}
 
 
 def _target_names(item: Item) -> tuple[str, str | None]:

@@ -52,6 +52,7 @@ LABELS: dict[str, str] = {
     "sheets": "sheets", "sheet_names": "sheet names and order", "hidden_sheets": "hidden sheets",
     "values": "cell values", "formulas": "formulas", "recalculated": "recalculated formula values",
     "new_errors": "new error cells", "used_range": "used range", "merged": "merged cells",
+    "pivot_values": "pivot table cells", "rows_compared": "rows compared",
     "validations": "data validations", "conditional_formats": "conditional formats",
     "autofilters": "autofilters", "pivot_tables": "pivot tables", "names": "defined names",
     "protected": "protected sheets", "structure_protected": "workbook structure protection",
@@ -156,12 +157,13 @@ def _text_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Che
 
 
 def _metadata_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Check]:
-    lost = [key for key, value in src.metadata.items()
-            if key != "modified" and (out.metadata.get(key) or "").strip() != value.strip()]
-    check = Check("metadata", ", ".join(sorted(src.metadata)) or "none",
-                  ", ".join(sorted(k for k in src.metadata if k not in lost)) or "none")
+    # The modification date is the conversion's own; the producing application is not carried over by design.
+    kept_keys = [k for k in ("title", "subject", "author", "created") if src.metadata.get(k)]
+    lost = [key for key in kept_keys if (out.metadata.get(key) or "").strip() != src.metadata[key].strip()]
+    check = Check("metadata", ", ".join(kept_keys) or "none",
+                  ", ".join(k for k in kept_keys if k not in lost) or "none")
     if lost:
-        check.points = _points(settings.weight("metadata"), len(lost) / max(1, len(src.metadata)))
+        check.points = _points(settings.weight("metadata"), len(lost) / max(1, len(kept_keys)))
         check.detail = "metadata not carried over: " + ", ".join(
             f"{k} ({src.metadata[k]!r} became {out.metadata.get(k)!r})" for k in lost)
     return [check]
@@ -261,6 +263,8 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
     checks.append(check)
 
     formulas_known = src.reader != "xls-xlrd"
+    trusted = src.cached_values is None
+    pivots = Tally()
     values = Tally()
     formulas = Tally()
     recalc = Tally()
@@ -272,11 +276,17 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
         if twin is None:
             continue
         truncated = truncated or sheet.truncated or twin.truncated
-        if sheet.used_range != twin.used_range:
+        if sheet.used_range != twin.used_range and not (sheet.pivot_ranges or twin.pivot_ranges):
             ranges.append(f"{sheet.name}: {_range(sheet.used_range)} became {_range(twin.used_range)}")
         formula_cells = sheet.formulas if formulas_known else twin.formulas
+        # pivot output as Excel laid it out and as LibreOffice lays it out anew (page fields above it too)
+        pivot_areas = [(max(0, r1 - 3), c1, r2, c2) for r1, c1, r2, c2 in sheet.pivot_ranges + twin.pivot_ranges]
         for pos in set(sheet.cells) | set(twin.cells) | set(formula_cells):
             a, b = sheet.cells.get(pos), twin.cells.get(pos)
+            if pivot_areas and any(r1 <= pos[0] <= r2 and c1 <= pos[1] <= c2 for r1, c1, r2, c2 in pivot_areas):
+                # LibreOffice lays out a pivot table's output itself: compared on its own
+                pivots.add(same_value(a, b), f"{sheet.name}!{_a1(pos)}: {_show(a)} → {_show(b)}")
+                continue
             if pos in formula_cells:
                 if formulas_known:
                     formulas.add(pos in twin.formulas, f"{sheet.name}!{_a1(pos)}")
@@ -284,7 +294,7 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
                 if VOLATILE.search(text):
                     volatile += 1
                     continue
-                if pos in sheet.uncached:
+                if pos in sheet.uncached or not trusted:
                     uncached += 1
                     continue
                 recalc.add(same_value(a, b), f"{sheet.name}!{_a1(pos)}: {_show(a)} → {_show(b)}")
@@ -308,7 +318,9 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
     checks.append(check)
     check = Check("recalculated", recalc.total, recalc.ok)
     notes = []
-    if uncached:
+    if uncached and not trusted:
+        notes.append(f"{uncached} formula value(s) not compared: the source was {src.cached_values}")
+    elif uncached:
         notes.append(f"{uncached} formula(s) had no value stored by Excel")
     if volatile:
         notes.append(f"{volatile} volatile formula(s) (NOW, TODAY, RAND …) not compared")
@@ -319,6 +331,13 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
     if notes:
         check.detail = "; ".join(filter(None, [check.detail] + notes))
     checks.append(check)
+    if pivots.total:
+        check = Check("pivot_values", pivots.total, pivots.ok)
+        if pivots.bad:
+            check.points = _points(settings.weight("pivot_values"), pivots.bad / pivots.total * 2)
+            check.detail = (f"{pivots.bad} of {pivots.total} cells of pivot tables differ (LibreOffice lays pivot "
+                            "tables out anew): " + ", ".join(pivots.examples))
+        checks.append(check)
     check = Check("new_errors", 0, len(new_errors))
     if new_errors:
         check.points = min(settings.weight("new_errors"), 3.0 * len(new_errors))

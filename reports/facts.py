@@ -54,6 +54,7 @@ class SheetFacts:
     uncached: set[tuple[int, int]] = field(default_factory=set)        # formula cells without a stored value
     counts: dict[str, int] = field(default_factory=dict)                # merged, validations, comments, …
     truncated: bool = False                                             # stopped reading at the row limit
+    pivot_ranges: list[tuple[int, int, int, int]] = field(default_factory=list)  # (row1, col1, row2, col2) of pivot output
 
     @property
     def used_range(self) -> tuple[int, int]:
@@ -92,4 +93,5 @@ class Facts:
     slides: list[SlideFacts] | None = None
     metadata: dict[str, str] = field(default_factory=dict)    # title, subject, author, created, modified
     date1904: bool = False                              # spreadsheets: serial dates count from 1904
+    cached_values: str | None = None                    # spreadsheets: why stored formula values cannot be trusted
     notes: list[str] = field(default_factory=list)      # what the reader could not measure, and why

@@ -34,7 +34,7 @@ from reports.facts import Facts, SlideFacts, TableFacts
 from reports.text import TextBag, bag
 
 __all__ = ["read_doc", "read_ppt", "read_rtf", "read_wordml", "ole_metadata", "NotReadable",
-           "ppt_records", "PPT_VBA_INFO"]
+           "ppt_records", "PPT_VBA_INFO", "biff_sheets"]
 
 
 class NotReadable(ValueError):
@@ -54,14 +54,16 @@ def ole_metadata(path: Path) -> dict[str, str]:
     def text(value) -> str | None:
         if isinstance(value, bytes):
             value = value.decode("cp1252", "replace")
-        value = value.strip("\x00 ").strip() if isinstance(value, str) else None
+        # a string property ends at its first NUL (some producers leave garbage after it)
+        value = value.split("\x00", 1)[0].strip() if isinstance(value, str) else None
         return value or None
 
     def moment(value) -> str | None:
         return value.strftime("%Y-%m-%dT%H:%M") if isinstance(value, datetime) and value.year > 1601 else None
 
     found = {"title": text(meta.title), "subject": text(meta.subject), "author": text(meta.author),
-             "created": moment(meta.create_time), "modified": moment(meta.last_saved_time)}
+             "created": moment(meta.create_time), "modified": moment(meta.last_saved_time),
+             "application": text(meta.creating_application)}
     return {k: v for k, v in found.items() if v}
 
 
@@ -73,10 +75,46 @@ def _u32(data: bytes, pos: int) -> int:
     return struct.unpack_from("<I", data, pos)[0]
 
 
+def biff_sheets(path: Path) -> list[tuple[str, bool, str]]:
+    """(name, hidden, kind) of every sheet of an Excel 97-2003 / 5.0 workbook, in order (BOUNDSHEET records).
+
+    kind is "worksheet", "macro" (XLM), "chart" or "vba". Empty when the stream cannot be read.
+    """
+    import olefile
+
+    try:
+        with olefile.OleFileIO(str(path)) as ole:
+            name = "Workbook" if ole.exists("Workbook") else "Book"
+            data = ole.openstream(name).read()
+    except Exception:  # noqa: BLE001 - callers fall back to what their library read
+        return []
+    kinds = {0x00: "worksheet", 0x01: "macro", 0x02: "chart", 0x06: "vba"}
+    biff8 = len(data) >= 8 and struct.unpack_from("<H", data, 4)[0] == 0x0600
+    sheets = []
+    pos = 0
+    while pos + 4 <= len(data):
+        rec, size = struct.unpack_from("<HH", data, pos)
+        body = data[pos + 4:pos + 4 + size]
+        if rec == 0x0085 and len(body) >= 8:
+            cch = body[6]
+            if biff8:
+                wide = body[7] & 0x01
+                raw = body[8:8 + cch * (2 if wide else 1)]
+                text = raw.decode("utf-16-le" if wide else "latin-1", "replace")
+            else:
+                text = body[7:7 + cch].decode("cp1252", "replace")
+            sheets.append((text, bool(body[4] & 0x03), kinds.get(body[5], "worksheet")))
+        elif rec == 0x000A:              # EOF of the workbook globals
+            break
+        pos += 4 + size
+    return sheets
+
+
 # ============================================================================ Word 97-2003 =====
 
 _FIELD_ELSEWHERE = {"HYPERLINK", "TOC", "PAGEREF", "XE", "TC", "INDEX", "RD", "?", "SHAPE", "EMBED",
-                    "ADDIN", "BIBLIOGRAPHY", "CITATION", "INCLUDEPICTURE", "LINK", "TA", "TOA"}
+                    "BIBLIOGRAPHY", "INCLUDEPICTURE", "TA", "TOA"}
+_PAGE_FIELDS = {"PAGE", "NUMPAGES", "SECTIONPAGES"}
 _STORIES = ("main", "footnotes", "headers", "macros", "comments", "endnotes", "text boxes", "header text boxes")
 
 
@@ -108,6 +146,8 @@ class _WordText:
             if stack and stack[-1][0] == "code":
                 stack[-1][1].append(ch)
                 continue
+            if any(_keyword("".join(code)) in _PAGE_FIELDS for state, code in stack if state == "result"):
+                continue                                # the page being printed, not text
             if ch == "\x01":
                 if count:
                     embedded = stack and _keyword("".join(stack[-1][1])) == "EMBED"
@@ -197,7 +237,6 @@ def read_doc(path: Path) -> Facts:
     c["paragraphs"] = sum(1 for p in paragraphs if p.strip())
     c["images_inline"] = reader.pictures
     c["objects"] = reader.objects
-    c["fields"] = sum(n for k, n in reader.fields.items() if k not in _FIELD_ELSEWHERE)
     c["hyperlinks"] = reader.fields.get("HYPERLINK", 0)
     c["footnotes"] = max(0, (pair(2)[1] - 4) // 6)          # PlcffndRef: CPs + 2-byte FRDs
     c["endnotes"] = max(0, (pair(46)[1] - 4) // 6)          # PlcfendRef
@@ -211,13 +250,15 @@ def read_doc(path: Path) -> Facts:
     for story, part in (("footnotes", "footnotes and endnotes"), ("endnotes", "footnotes and endnotes"),
                         ("comments", "comments"), ("headers", "headers and footers"),
                         ("text boxes", "text boxes")):
-        cleaned = other.clean(stories[story], count=False)
-        part_bag = facts.parts.setdefault(part, TextBag())
-        part_bag.add(cleaned)
-        if story != "text boxes":            # text boxes' text is anchored in the main text's count
-            facts.text.add(cleaned)
-    facts.parts["text boxes"] = facts.parts.get("text boxes", TextBag())
+        cleaned = (reader if story == "headers" else other).clean(stories[story], count=story == "headers")
+        facts.parts.setdefault(part, TextBag()).add(cleaned)
+        facts.text.add(cleaned)
+    header_boxes = other.clean(stories["header text boxes"], count=False)
+    facts.parts["headers and footers"].add(header_boxes)
+    facts.text.add(header_boxes)
+    c["fields"] = sum(n for k, n in reader.fields.items() if k not in _FIELD_ELSEWHERE)   # main text and headers
     facts.metadata = ole_metadata(path)
+    facts.metadata.pop("application", None)
     return facts
 
 
@@ -368,7 +409,12 @@ _RTF_SKIP = {b"fonttbl", b"colortbl", b"stylesheet", b"info", b"pict", b"themeda
              b"atnauthor", b"atntime", b"atnref", b"atndate", b"template", b"userprops", b"docvar",
              b"wgrffmtfilter", b"passwordhash", b"listpicture", b"sp", b"sn", b"sv", b"blipuid", b"ftnsep",
              b"ftnsepc", b"aftnsep", b"aftnsepc", b"falt", b"panose", b"fname", b"oldcprops", b"oldpprops",
-             b"oldsprops", b"oldtprops", b"formfield", b"ffname", b"ffdeftext", b"xe", b"tc"}
+             b"oldsprops", b"oldtprops", b"formfield", b"ffname", b"ffdeftext", b"xe", b"tc",
+             b"listtext", b"pntext", b"pntxta", b"pntxtb"}
+# \fcharset values and the code pages their 8-bit text is in
+_RTF_CHARSETS = {0: None, 1: None, 2: None, 77: "mac_roman", 128: "cp932", 129: "cp949", 130: "johab",
+                 134: "gbk", 136: "big5", 161: "cp1253", 162: "cp1254", 163: "cp1258", 177: "cp1255",
+                 178: "cp1256", 186: "cp1257", 204: "cp1251", 222: "cp874", 238: "cp1250", 255: "cp437"}
 _RTF_CHARS = {b"par": "\n", b"line": "\n", b"tab": "\t", b"cell": "\n", b"row": "\n", b"sect": "\n",
               b"page": "\n", b"emdash": "\u2014", b"endash": "\u2013", b"bullet": "\u2022", b"lquote": "\u2018",
               b"rquote": "\u2019", b"ldblquote": "\u201c", b"rdblquote": "\u201d", b"emspace": " ",
@@ -396,8 +442,9 @@ def read_rtf(path: Path) -> Facts:
     fields: Counter = Counter()
     body: list[str] = []
     parts: dict[str, list[str]] = {}
-    # group state: (skip, uc, part, field instruction collector or None)
-    state = {"skip": False, "uc": 1, "part": None, "inst": None, "first": True}
+    fonts: dict[int, str] = {}              # font number -> code page of its 8-bit text
+    # group state: skip, uc, part, field instruction collector, current code page …
+    state = {"skip": False, "uc": 1, "part": None, "inst": None, "first": True, "cp": codepage}
     stack: list[dict] = []
     pending = bytearray()
     skip_chars = 0
@@ -409,7 +456,7 @@ def read_rtf(path: Path) -> Facts:
 
     def flush() -> None:
         if pending:
-            emit(bytes(pending).decode(codepage, "replace"))
+            emit(bytes(pending).decode(state["cp"], "replace"))
             pending.clear()
 
     for m in _RTF_TOKEN.finditer(data):
@@ -429,10 +476,14 @@ def read_rtf(path: Path) -> Facts:
             skip_chars = 0
             continue
         if brace == b"}":
+            keyword = None
             if state["inst"] is not None and (not stack or stack[-1]["inst"] is None):
-                fields[_keyword(bytes(state["inst"]).decode("latin-1", "replace"))] += 1
+                keyword = _keyword(bytes(state["inst"]).decode("latin-1", "replace"))
+                fields[keyword] += 1
             if stack:
                 state = stack.pop()
+            if keyword is not None:
+                state["field"] = keyword          # the \fldrslt group that follows shows its result
             continue
         first, state["first"] = state["first"], False
         if symbol is not None:
@@ -447,13 +498,25 @@ def read_rtf(path: Path) -> Facts:
                 emit(symbol.decode())
             continue
         if word is not None:
+            if word == b"fonttbl":
+                state["fonttbl"] = True
+            elif word == b"f" and arg is not None:
+                if state.get("fonttbl"):
+                    state["defining"] = int(arg)
+                else:
+                    state["cp"] = fonts.get(int(arg)) or codepage
+            elif word == b"fcharset" and arg is not None and state.get("fonttbl") and "defining" in state:
+                charset = _RTF_CHARSETS.get(int(arg))
+                if charset:
+                    fonts[state["defining"]] = charset
+            elif word == b"object":
+                state["in_object"] = True
             if word == b"fldinst":
                 state["inst"] = bytearray()
                 state["skip"] = True
                 continue
-            if word in (b"pict",):
-                if not any(s.get("nonshp") for s in stack) and not state.get("nonshp"):
-                    counts["images"] += 1
+            if word == b"pict" and not state.get("nonshp") and not state.get("in_object"):
+                counts["images"] += 1                  # (a picture in an object is its preview)
             if word == b"nonshppict":
                 state["nonshp"] = True
             if word == b"object":
@@ -467,6 +530,8 @@ def read_rtf(path: Path) -> Facts:
                 counts["endnotes"] += 1
             if word == b"annotation":
                 counts["comments"] += 1
+            if word == b"fldrslt" and state.get("field") in _PAGE_FIELDS:
+                state["skip"] = True                   # the page being printed, not text
             if word in _RTF_PARTS:
                 state["part"] = _RTF_PARTS[word]
                 state["skip"] = False

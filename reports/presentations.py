@@ -47,7 +47,18 @@ def _p(tag: str) -> str:
 
 
 def _paragraph_texts(el: etree._Element) -> list[str]:
-    return ["".join(t.text or "" for t in p.iter(f"{{{_A}}}t")) for p in el.iter(f"{{{_A}}}p")]
+    """Text of each paragraph; line breaks kept, date fields left out (they show the day of viewing)."""
+    texts = []
+    for p in el.iter(f"{{{_A}}}p"):
+        parts = []
+        for child in p:
+            tag = child.tag
+            if tag == f"{{{_A}}}r" or (tag == f"{{{_A}}}fld" and not (child.get("type") or "").startswith("datetime")):
+                parts.append("".join(t.text or "" for t in child.iter(f"{{{_A}}}t")))
+            elif tag == f"{{{_A}}}br":
+                parts.append("\n")
+        texts.append("".join(parts))
+    return texts
 
 
 def _pptx_shapes(tree: etree._Element, shapes: dict[str, int], pkg: Ooxml, part: str, text: TextBag) -> None:
@@ -172,6 +183,11 @@ _ODP_ANIMATIONS = {_n("anim", t) for t in ("animate", "set", "animateMotion", "a
                                            "animateTransform", "command")}
 
 
+# nested paragraphs are collected on their own; date and time fields show the day of viewing
+_NOT_TEXT = {_n("text", "p"), _n("text", "h"), _n("text", "date"), _n("text", "time"),
+             _n("presentation", "date-time")}
+
+
 def _odf_paragraphs(el: etree._Element) -> list[str]:
     texts = []
     for p in el.iter(_n("text", "p"), _n("text", "h")):
@@ -189,7 +205,7 @@ def _collect(el: etree._Element, parts: list[str]) -> None:
             parts.append(" " * int(child.get(_n("text", "c"), "1") or 1))
         elif child.tag in (_n("text", "tab"), _n("text", "line-break")):
             parts.append(" ")
-        elif child.tag not in (_n("text", "p"), _n("text", "h")):
+        elif child.tag not in _NOT_TEXT:
             _collect(child, parts)
         if child.tail:
             parts.append(child.tail)

@@ -47,7 +47,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     # spreadsheets
     "sheets": 40, "sheet_names": 5, "hidden_sheets": 3, "values": 40, "formulas": 30,
     "recalculated": 30, "new_errors": 20, "used_range": 5, "merged": 5, "validations": 5,
-    "conditional_formats": 5, "autofilters": 3, "pivot_tables": 15,
+    "conditional_formats": 5, "autofilters": 3, "pivot_tables": 15, "pivot_values": 10,
     "names": 5, "protected": 3, "structure_protected": 2,
     # presentations
     "slides": 30, "slide_text": 20, "hidden_slides": 3, "pictures": 15, "media": 10, "smartart": 0,

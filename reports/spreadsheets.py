@@ -26,7 +26,7 @@ from lxml import etree
 
 from converters.formats import Family
 from reports.facts import Facts, SheetFacts, Value
-from reports.legacy import ole_metadata
+from reports.legacy import biff_sheets, ole_metadata
 from reports.package import (ODF_NS, OdfPackage, Ooxml, PartTooBig, odf_metadata, ooxml_metadata,
                              parse_xml)
 from reports.text import bag
@@ -90,6 +90,17 @@ def _attr(el: etree._Element, local: str) -> str | None:
         if key == local or key.endswith("}" + local):
             return value
     return None
+
+
+def _area(ref: str | None) -> tuple[int, int, int, int] | None:
+    """(row1, col1, row2, col2), 0-based, of an A1-style range such as "A3:E20"."""
+    if not ref:
+        return None
+    ends = [(_CELL_REF.match(part.strip())) for part in ref.split(":")]
+    if not all(ends):
+        return None
+    (c1, r1), (c2, r2) = ((_col_index(m.group(1)), int(m.group(2)) - 1) for m in (ends[0], ends[-1]))
+    return (min(r1, r2), min(c1, c2), max(r1, r2), max(c1, c2))
 
 
 def _shared_strings(pkg: Ooxml, main: str) -> list[str]:
@@ -215,7 +226,16 @@ def _read_xlsx_sheet(pkg: Ooxml, part: str, sheet: SheetFacts, strings: list[str
     for drawing in pkg.related(part, "drawing"):
         charts += len(pkg.related(drawing, "chart"))
     counts["charts"] = charts
-    counts["pivot_tables"] = len(pkg.related(part, "pivotTable"))
+    pivots = pkg.related(part, "pivotTable")
+    counts["pivot_tables"] = len(pivots)
+    for pivot in pivots:
+        try:
+            location = next((el for el in pkg.xml(pivot) if _local(el) == "location"), None)
+        except (etree.XMLSyntaxError, PartTooBig):
+            continue
+        area = _area(location.get("ref") if location is not None else None)
+        if area:
+            sheet.pivot_ranges.append(area)
     for table in pkg.related(part, "table"):
         try:
             if any(_local(el) == "autoFilter" for el in pkg.xml(table)):
@@ -359,6 +379,7 @@ def read_ods(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
             raise ValueError("no content.xml")
         sheet: SheetFacts | None = None
         row = 0
+        pivot_targets: list[str] = []
         wanted = [_t("style", "style"), _TABLE, _ROW, _t("table", "null-date"), _t("table", "named-range"),
                   _t("table", "named-expression"), _t("table", "content-validation"),
                   _t("table", "database-range"), _t("table", "data-pilot-table"),
@@ -369,7 +390,11 @@ def read_ods(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
                 tag = el.tag
                 if event == "start":
                     if tag == _TABLE and el.getparent() is not None and el.getparent().tag == _t("office", "spreadsheet"):
-                        sheet = SheetFacts(name=el.get(_t("table", "name")) or "",
+                        name = el.get(_t("table", "name")) or ""
+                        if name.startswith("'") and "'#" in name:
+                            sheet = None       # LibreOffice's cache of an external reference, not a sheet
+                            continue
+                        sheet = SheetFacts(name=name,
                                            hidden=el.get(_t("table", "style-name")) in hidden_styles)
                         sheet.counts.update(merged=0, conditional_formats=0, comments=0, hyperlinks=0,
                                             protected=int(el.get(_t("table", "protected")) == "true"))
@@ -405,15 +430,25 @@ def read_ods(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
                         pass
                     facts.date1904 = epoch.year == 1904
                 elif tag in (_t("table", "named-range"), _t("table", "named-expression")):
-                    counts["names"] += 1
+                    # Excel's built-in names (print areas, filter ranges) are not counted on either side
+                    if not (el.get(_t("table", "name")) or "").startswith(("Excel_BuiltIn_", "_xlnm.")):
+                        counts["names"] += 1
                 elif tag == _t("table", "content-validation"):
                     counts["validations"] += 1
                 elif tag == _t("table", "database-range"):
                     counts["autofilters"] += el.get(_t("table", "display-filter-buttons")) == "true"
                 elif tag == _t("table", "data-pilot-table"):
                     counts["pivot_tables"] += 1
+                    pivot_targets.append(el.get(_t("table", "target-range-address")) or "")
                 elif tag == _t("calcext", "conditional-format") and sheet is not None:
                     sheet.counts["conditional_formats"] += 1
+        by_name = {s.name: s for s in facts.sheets}
+        for address in pivot_targets:
+            match = re.match(r"^'?(.*?)'?\.\$?([A-Z]+)\$?(\d+):(?:'?.*?'?)?\.\$?([A-Z]+)\$?(\d+)$", address)
+            if match and match.group(1).replace("''", "'") in by_name:
+                c1, r1, c2, r2 = (_col_index(match.group(2)), int(match.group(3)) - 1,
+                                  _col_index(match.group(4)), int(match.group(5)) - 1)
+                by_name[match.group(1).replace("''", "'")].pivot_ranges.append((r1, c1, r2, c2))
         counts["charts"] = sum(1 for path_, media in pkg.media_types.items()
                                if media.endswith("opendocument.chart") and path_.rstrip("/").count("/") == 0)
         facts.metadata = odf_metadata(pkg)
@@ -473,9 +508,11 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
         facts.date1904 = bool(book.datemode)
         facts.sheets = []
         errors = xlrd.error_text_from_code
+        worksheets = {}
         for index in range(book.nsheets):
             xs = book.sheet_by_index(index)
             sheet = SheetFacts(name=xs.name, hidden=bool(xs.visibility))
+            worksheets[xs.name] = sheet
             for r in range(min(xs.nrows, max_rows)):
                 for c, cell in enumerate(xs.row(r)):
                     kind = cell.ctype
@@ -491,15 +528,28 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
             sheet.counts["merged"] = len(xs.merged_cells)
             sheet.counts["comments"] = len(getattr(xs, "cell_note_map", {}) or {})
             sheet.counts["hyperlinks"] = len(getattr(xs, "hyperlink_list", []) or [])
-            facts.sheets.append(sheet)
             book.unload_sheet(index)
+        # xlrd lists worksheets only: chart sheets (and their places) come from the BOUNDSHEET records
+        order = biff_sheets(path)
+        for name, hidden, kind in order:
+            if name in worksheets:
+                facts.sheets.append(worksheets.pop(name))
+            elif kind == "chart":
+                facts.sheets.append(SheetFacts(name=name, hidden=hidden, counts={"charts": 1}))
+        facts.sheets += list(worksheets.values())
         facts.counts["names"] = sum(1 for n in book.name_obj_list if not n.builtin)
         for key in ("merged", "comments", "hyperlinks"):
-            facts.counts[key] = sum(s.counts[key] for s in facts.sheets)
+            facts.counts[key] = sum(s.counts.get(key, 0) for s in facts.sheets)
         facts.counts["sheets"] = len(facts.sheets)
         facts.counts["hidden_sheets"] = sum(1 for s in facts.sheets if s.hidden)
         facts.text = bag(*(v[1] for s in facts.sheets for v in s.cells.values() if v[0] == "s"))
         facts.metadata = ole_metadata(path)
+        application = facts.metadata.pop("application", "")
+        if "excel" not in application.lower():
+            # Other writers (JExcelAPI, Apache POI …) often store 0 or nothing as a formula's value
+            facts.cached_values = (f"written by {application}" if application else
+                                   "written by a program that does not say which") + \
+                ": its stored formula values are not Excel's"
     finally:
         book.release_resources()
     return facts

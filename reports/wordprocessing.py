@@ -62,10 +62,15 @@ _TWIP_MM = 25.4 / 1440
 
 # ============================================================================ OOXML (docx) ======
 
+#: Fields whose shown value is the page being printed: left out of text on both sides.
+PAGE_FIELDS = {"PAGE", "NUMPAGES", "SECTIONPAGES"}
+
+
 class _Paragraphs:
     """Text of paragraphs collected while walking a tree: one list of strings per paragraph."""
 
     def __init__(self) -> None:
+        self.fields: list[list] = []          # open complex fields: [instruction parts, keyword or None]
         self.texts: list[str] = []
         self.tables: list[list] = []          # text of the tables being walked (nested ones too)
         self.table_texts: list[str] = []      # text of every table, in document (pre-)order
@@ -90,8 +95,23 @@ def _docx_walk(el: etree._Element, paras: _Paragraphs, current: list[str] | None
         paras.finish(mine)
         return
     if tag == _w("t"):
-        if current is not None and el.text:
+        if current is not None and el.text and not any(f[1] in PAGE_FIELDS for f in paras.fields):
             current.append(el.text)
+        return
+    if tag == _w("fldChar"):
+        kind = el.get(_w("fldCharType"))
+        if kind == "begin":
+            paras.fields.append([[], None])
+        elif kind == "separate" and paras.fields:
+            paras.fields[-1][1] = _field_keyword("".join(paras.fields[-1][0]))
+        elif kind == "end" and paras.fields:
+            paras.fields.pop()
+        return
+    if tag == _w("instrText"):
+        if paras.fields:
+            paras.fields[-1][0].append(el.text or "")
+        return
+    if tag == _w("fldSimple") and _field_keyword(el.get(_w("instr")) or "") in PAGE_FIELDS:
         return
     if tag in (_w("tab"), _w("br"), _w("cr")):
         if current is not None:
@@ -101,7 +121,7 @@ def _docx_walk(el: etree._Element, paras: _Paragraphs, current: list[str] | None
         if current is not None:
             current.append("-")
         return
-    if tag in (_w("moveFrom"), _w("delText"), _w("instrText"), _w("del"), _w("rPr"), _w("pPr")):
+    if tag in (_w("moveFrom"), _w("delText"), _w("del"), _w("rPr"), _w("pPr")):
         return
     if tag == _w("tbl"):
         table: list[str] = []
@@ -271,7 +291,7 @@ def _field_keyword(instr: str) -> str:
 
 #: Field kinds not compared as "fields": they become other things in ODF (links, indexes, plain text).
 _FIELD_ELSEWHERE = {"HYPERLINK", "TOC", "PAGEREF", "XE", "TC", "INDEX", "RD", "?", "SHAPE", "EMBED",
-                    "ADDIN", "BIBLIOGRAPHY", "CITATION", "INCLUDEPICTURE", "LINK", "TA", "TOA"}
+                    "BIBLIOGRAPHY", "INCLUDEPICTURE", "TA", "TOA"}
 
 
 def _mm(twips: str | None) -> float | None:
@@ -374,7 +394,7 @@ def read_docx(path: Path) -> Facts:
             else:
                 inline += 1
         c["images"], c["images_inline"], c["images_floating"] = inline + floating, inline, floating
-        c["objects"] = sum(1 for _ in body.iter(_w("object")))
+        c["objects"] = sum(1 for el in body.iter(_w("object")) if el.find(_w("control")) is None)
         c["charts"] = sum(1 for _ in body.iter(f"{{{_C}}}chart"))
         c["equations"] = sum(1 for m in body.iter(f"{{{_M}}}oMath")
                              if next(m.iterancestors(f"{{{_M}}}oMath"), None) is None)
@@ -410,7 +430,10 @@ def read_docx(path: Path) -> Facts:
                     fields.update(_docx_fields(pkg.xml(part)))
                 except (etree.XMLSyntaxError, PartTooBig):
                     pass
-        c["fields"] = sum(n for k, n in fields.items() if k not in _FIELD_ELSEWHERE)
+        # Plain-text, list and date content controls become input fields and drop-downs in ODF.
+        controls = sum(1 for pr in body.iter(_w("sdtPr")) if any(
+            pr.find(_w(kind)) is not None for kind in ("text", "dropDownList", "comboBox", "date")))
+        c["fields"] = sum(n for k, n in fields.items() if k not in _FIELD_ELSEWHERE) + controls
 
         # notes, comments, SmartArt: parts of their own in OOXML
         notes = TextBag()
@@ -460,6 +483,8 @@ _TEXT_P, _TEXT_H = _ns("text", "p"), _ns("text", "h")
 _SKIP_ODF = {_ns("text", "tracked-changes"), _ns("text", "note-citation"), _ns("svg", "title"),
              _ns("svg", "desc"), _ns("office", "forms"), _ns("dc", "creator"), _ns("dc", "date"),
              _ns("meta", "date-string"), _ns("office", "annotation-end"), _ns("text", "sequence-decls"),
+             _ns("loext", "sender-initials"), _ns("meta", "creator-initials"),
+             _ns("text", "page-number"), _ns("text", "page-count"),
              _ns("text", "variable-decls"), _ns("text", "user-field-decls"), _ns("text", "dde-connection-decls"),
              _ns("office", "event-listeners")}
 _SKIP_SUFFIX = "-source"           # text:table-of-content-source and other index templates
@@ -523,7 +548,7 @@ class _OdfWalk:
             if el.text and tag not in (_ns("text", "note"), _ns("office", "annotation")):
                 current.append(el.text)
         table = None
-        if tag == _ns("table", "table"):
+        if tag == _ns("table", "table") and where in ("body", "box"):
             table = []
             self.tables.append(table)
             index = len(self.table_texts)
@@ -572,6 +597,40 @@ def _odf_own_cols(table: etree._Element) -> int:
     return cols
 
 
+def _drop_textbox_twins(root: etree._Element | None) -> int:
+    """Remove the shape LibreOffice writes beside each Word text box; returns how many.
+
+    LibreOffice 7.4 stores a DrawingML text box as a text frame (draw:frame/draw:text-box) and,
+    next to it, a custom shape holding a copy of the same text: one object for a person, so it
+    is counted once.
+    """
+    if root is None:
+        return 0
+    twins = 0
+    for shape in list(root.iter(_ns("draw", "custom-shape"))):
+        frame = shape.getprevious()
+        if frame is None or frame.tag != _ns("draw", "frame") or frame.find(_ns("draw", "text-box")) is None:
+            continue
+        box_text = " ".join("".join(frame.find(_ns("draw", "text-box")).itertext()).split())
+        shape_text = " ".join("".join(t for p in shape.iter(_TEXT_P, _TEXT_H) for t in p.itertext()).split())
+        if box_text == shape_text:
+            _remove_keep_tail(shape)
+            twins += 1
+    return twins
+
+
+def _remove_keep_tail(el: etree._Element) -> None:
+    """Remove an element from its tree, keeping the text that follows it."""
+    parent = el.getparent()
+    if el.tail:
+        previous = el.getprevious()
+        if previous is not None:
+            previous.tail = (previous.tail or "") + el.tail
+        else:
+            parent.text = (parent.text or "") + el.tail
+    parent.remove(el)
+
+
 def odf_length_mm(value: str | None) -> float | None:
     """An ODF length ("21.001cm", "8.5in", "595pt") in millimetres."""
     match = re.match(r"^\s*(-?[\d.]+)\s*(cm|mm|in|pt|pc|px)?\s*$", value or "")
@@ -604,7 +663,9 @@ def _odt_page(content: etree._Element, styles: etree._Element | None, body: etre
         return None, sections
     layouts = {pl.get(_ns("style", "name")): pl for pl in styles.iter(_ns("style", "page-layout"))}
     masters = {mp.get(_ns("style", "name")): mp for mp in styles.iter(_ns("style", "master-page"))}
-    master = masters.get(first_master) or next(iter(masters.values()), None)
+    master = masters.get(first_master)
+    if master is None:
+        master = next(iter(masters.values()), None)
     if master is None:
         return None, sections
     layout = layouts.get(master.get(_ns("style", "page-layout-name")))
@@ -663,19 +724,27 @@ def read_odt(path: Path) -> Facts:
         c["changes"] = kinds["insertion"] + kinds["deletion"]
         c["format_changes"] = kinds["format-change"]
 
+        _drop_textbox_twins(body)
+        _drop_textbox_twins(styles)
         walk = _OdfWalk()
         walk.walk(body, None, "body")
         facts.text = bag(*walk.all)
+        # Word keeps notes and comments in parts of their own: count them, then leave them (and the
+        # deleted text of tracked changes) out of what the body's counts see.
+        notes = Counter(n.get(_ns("text", "note-class"), "footnote") for n in body.iter(_ns("text", "note")))
+        c["footnotes"], c["endnotes"] = notes["footnote"], notes["endnote"]
+        c["comments"] = sum(1 for _ in body.iter(_ns("office", "annotation")))
+        for el in list(body.iter(_ns("text", "note"), _ns("office", "annotation"), _ns("text", "tracked-changes"))):
+            if el.getparent() is not None:
+                _remove_keep_tail(el)
         c["paragraphs"] = sum(1 for t in walk.body if t.strip())
         headings: Counter = Counter()
         for h in body.iter(_TEXT_H):
-            if next(h.iterancestors(_ns("text", "note"), _ns("office", "annotation")), None) is None:
-                headings[_int(h.get(_ns("text", "outline-level")), 1) or 1] += 1
+            headings[_int(h.get(_ns("text", "outline-level")), 1) or 1] += 1
         facts.headings = dict(headings)
         c["headings"] = sum(headings.values())
         c["lists"] = sum(1 for p in body.iter(_TEXT_P)
-                         if p.getparent().tag in (_ns("text", "list-item"), _ns("text", "list-header"))
-                         and next(p.iterancestors(_ns("text", "note"), _ns("office", "annotation")), None) is None)
+                         if p.getparent().tag in (_ns("text", "list-item"), _ns("text", "list-header")))
         facts.tables = []
         for index, tbl in enumerate(body.iter(_ns("table", "table"))):
             text = walk.table_texts[index] if index < len(walk.table_texts) else ""
@@ -705,9 +774,6 @@ def read_odt(path: Path) -> Facts:
         c["objects"], c["charts"], c["equations"] = objects, charts, equations
         c["text_boxes"] = sum(1 for _ in body.iter(_ns("draw", "text-box")))
         c["shapes"] = sum(1 for _ in body.iter(*_ODF_SHAPES))
-        notes = Counter(n.get(_ns("text", "note-class"), "footnote") for n in body.iter(_ns("text", "note")))
-        c["footnotes"], c["endnotes"] = notes["footnote"], notes["endnote"]
-        c["comments"] = sum(1 for _ in body.iter(_ns("office", "annotation")))
         c["bookmarks"] = sum(1 for el in body.iter(_ns("text", "bookmark"), _ns("text", "bookmark-start"))
                              if el.get(_ns("text", "name")) != "_GoBack")
         c["hyperlinks"] = sum(1 for _ in body.iter(_ns("text", "a")))

@@ -64,6 +64,7 @@ def target_files(tmp_path: Path) -> list[Path]:
 
 
 def ledger_rows(dept_file: Path) -> list[dict]:
+    """The ledger's items as dicts (the columns the tests look at)."""
     from core.department import load_department
     from core.ledger import Item, Ledger
     from sqlalchemy import select
@@ -73,7 +74,7 @@ def ledger_rows(dept_file: Path) -> list[dict]:
         with ledger.session() as s:
             return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "target_ref",
                                                   "target_digest", "conversion", "change", "removed_at_source",
-                                                  "batch_id")}
+                                                  "batch_id", "fidelity_verdict", "fidelity_score", "original_ref")}
                     for i in s.scalars(select(Item).order_by(Item.id))]
     finally:
         ledger.close()
@@ -118,8 +119,40 @@ def test_a_department_migrates_end_to_end(tmp_path):
         assert encrypted["conversion"] == "encrypted" and encrypted["state"] == "verified"
         assert (anna / "testWORD_protected_passtika.docx").is_file()   # moved unconverted, not lost
     assert summary["totals"] == {"verified": len(rows)}
+    converted = [r for r in rows if r["conversion"] == "converted"]
+    assert converted and all(r["fidelity_verdict"] in ("identical", "minor", "review", "broken")
+                             and 0 <= r["fidelity_score"] <= 100 for r in converted)
     report = Path(summary["report"])
     assert report.is_file() and "testamt" in report.read_text(encoding="utf-8")
+
+
+def test_originals_travel_by_fidelity_policy(tmp_path):
+    """keep_original: the Office original travels beside its ODF copy as the policy says."""
+    from flows.migrate import migrate
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=3,
+                                conversion={"keep_original": "always", "originals_folder": "Originale"})
+    migrate(str(dept_file))
+    rows = assert_target_matches_ledger_with_originals(dept_file, tmp_path)
+    converted = [r for r in rows if r["conversion"] == "converted"]
+    assert converted and all(r["original_ref"] for r in converted)
+    for r in converted:
+        assert Path(r["original_ref"]).parent.name == "Originale"
+        assert sha(Path(r["original_ref"])) == sha(tmp_path / "home" / "anna" / r["location"])
+
+    below = make_department(tmp_path / "below", users=("anna",), docs_per_user=6,
+                            conversion={"keep_original": "below_score", "keep_original_below": 100})
+    migrate(str(below))
+    rows = assert_target_matches_ledger_with_originals(below, tmp_path / "below")
+    converted = [r for r in rows if r["conversion"] == "converted"]
+    assert converted and all((r["original_ref"] is not None) == (r["fidelity_score"] < 100) for r in converted)
+
+
+def assert_target_matches_ledger_with_originals(dept_file: Path, tmp_path: Path) -> list[dict]:
+    rows = ledger_rows(dept_file)
+    expected = sorted([Path(r["target_ref"]) for r in rows] + [Path(r["original_ref"]) for r in rows
+                                                                  if r["original_ref"]])
+    assert expected == target_files(tmp_path)
+    return rows
 
 
 def test_delta_moves_only_new_and_changed_items(tmp_path):

@@ -64,3 +64,30 @@ def test_identity_map_problems():
     problems = identity_problems([("a", "x"), ("b", "x")], [])
     assert len(problems) == 1 and "target user 'x' receives 2 source users" in problems[0]
     assert identity_problems([("a", "x"), ("b", "x")], ["x"]) == []
+
+
+def test_ledger_schema_migrates_forward_keeping_rows(tmp_path):
+    """A ledger written by the first schema opens with the newest one, rows intact."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+    from core.ledger import MIGRATIONS, Ledger
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO items (department, source, key, kind, owner, target_owner, location, "
+                          "target_stem, version, state, attempts, removed_at_source, discovered, updated) VALUES "
+                          "('d', 's', 'k', 'file', 'o', 't', 'a.docx', 'a', '1:2', 'verified', 1, 0, "
+                          "'2026-01-01', '2026-01-01')"))
+    engine.dispose()
+    ledger = Ledger(url)
+    ledger.migrate()
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        row = conn.execute(text("SELECT key, state, fidelity FROM items")).one()
+    assert tuple(row) == ("k", "verified", None)
+    ledger.close()
