@@ -22,7 +22,8 @@ from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, 
 
 from core.errors import ConfigError
 
-__all__ = ["Department", "User", "FolderSource", "LocalDirTarget", "Conversion", "KeepOriginal",
+__all__ = ["Department", "User", "FolderSource", "LocalDirTarget", "NextcloudTarget", "OXDriveTarget",
+           "Conversion", "KeepOriginal",
            "Schedule", "Limits", "Cluster", "SecretRef", "load_department", "identity_problems"]
 
 
@@ -89,6 +90,81 @@ class LocalDirTarget(_Model):
 
     type: Literal["localdir"] = "localdir"
     root: Path
+
+
+_MiB = 1024 * 1024
+
+
+class _WebDavTarget(_Model):
+    """What every WebDAV target needs: where it is, who logs in, how long to wait, which TLS."""
+
+    url: str = Field(pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$",
+                     description="the server's address (no user, no query)")
+    username: str | None = Field(default=None, min_length=1,
+                                 description="a service account that writes every user's files")
+    password: SecretRef | None = Field(default=None, description="the service account's (app) password")
+    app_passwords: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description="target login -> that user's app password (files go to the user's own account)")
+    folder: str | None = Field(
+        default=None,
+        description="where each user's files land below the account's root; `{user}` is the target login "
+                    "(default: `{user}` for the service account, the account's root otherwise)")
+    timeout: float = Field(default=60, gt=0, description="seconds to wait for the server before retrying")
+    verify_tls: bool = True
+    ca_file: Path | None = Field(default=None, description="a CA bundle (PEM) to trust instead of the system's")
+
+    @field_validator("folder")
+    @classmethod
+    def _plain_folder(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or any(p in (".", "..") for p in value.split("/"))):
+            raise ValueError("must be a relative path without '.' or '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self):
+        problems = []
+        if (self.username is None) != (self.password is None):
+            problems.append("username and password go together (a service account and its app password)")
+        elif self.username is None and not self.app_passwords:
+            problems.append("needs credentials: username and password (a service account), "
+                            "or app_passwords (one per target user)")
+        if self.username is not None and self.folder is not None and "{user}" not in self.folder:
+            problems.append("with a service account, folder must contain {user}: "
+                            "otherwise every user's files would land in one folder")
+        if self.ca_file is not None and not self.verify_tls:
+            problems.append("ca_file and verify_tls: false contradict each other")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def root(self) -> str:
+        """What names this target in concurrency tags (`target:<root>`) and messages."""
+        return self.url.rstrip("/")
+
+
+class NextcloudTarget(_WebDavTarget):
+    """Nextcloud files over WebDAV: `<url>/remote.php/dav/files/<account>/<folder>/<path>`."""
+
+    type: Literal["nextcloud"] = "nextcloud"
+    chunk_threshold: int = Field(default=64 * _MiB, ge=0,
+                                 description="files of this size (bytes) and larger go up in chunks")
+    chunk_size: int = Field(default=64 * _MiB, ge=5 * _MiB, le=5 * 1024 * _MiB,
+                            description="bytes per chunk (Nextcloud: 5 MiB to 5 GiB)")
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if "/remote.php" in value:
+            raise ValueError("is the Nextcloud's address without /remote.php/… (e.g. https://cloud.example.org)")
+        return value
+
+
+class OXDriveTarget(_WebDavTarget):
+    """OX Drive (Open-Xchange) over WebDAV: `<url>/<folder>/<path>`, plain PUTs."""
+
+    type: Literal["oxdrive"] = "oxdrive"
 
 
 class KeepOriginal(StrEnum):
@@ -164,7 +240,7 @@ class Department(_Model):
     work_dir: Path = Field(description="staging area, ledger (by default) and reports")
     users: list[User] = Field(min_length=1)
     sources: list[Annotated[FolderSource, Field(discriminator="type")]] = Field(min_length=1)
-    target: Annotated[LocalDirTarget, Field(discriminator="type")]
+    target: Annotated[LocalDirTarget | NextcloudTarget | OXDriveTarget, Field(discriminator="type")]
     conversion: Conversion = Conversion()
     schedule: Schedule = Schedule()
     limits: Limits = Limits()
@@ -218,8 +294,9 @@ def _resolve_relative(data: dict, base: Path) -> dict:
     for src in data.get("sources") or []:
         if isinstance(src, dict) and isinstance(src.get("root"), str):
             src["root"] = fix(src["root"])
-    if isinstance(data.get("target"), dict) and isinstance(data["target"].get("root"), str):
-        data["target"]["root"] = fix(data["target"]["root"])
+    for key in ("root", "ca_file"):
+        if isinstance(data.get("target"), dict) and isinstance(data["target"].get(key), str):
+            data["target"][key] = fix(data["target"][key])
     return data
 
 
@@ -262,7 +339,8 @@ def load_department(path: Path | str) -> Department:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x in ("folder", "localdir")))
+            loc = tuple(x for x in err["loc"]
+                        if not (isinstance(x, str) and x in ("folder", "localdir", "nextcloud", "oxdrive")))
             field = ".".join(str(x) for x in loc) or "(file)"
             line = _line_of(root, loc)
             msg = err["msg"].removeprefix("Value error, ")

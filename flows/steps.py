@@ -48,6 +48,9 @@ def source_of(dept: Department, name: str) -> Source:
 
 def target_of(dept: Department) -> Sink:
     """The sink module for the department's target (dispatch on its `type`)."""
+    if dept.target.type in ("nextcloud", "oxdrive"):
+        from sinks.webdav import sink_for          # httpx only when a WebDAV target is configured
+        return sink_for(dept.target)
     return LocalDir(dept.target)
 
 

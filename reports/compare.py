@@ -262,7 +262,7 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
         check.detail = f"hidden sheets {sorted(a_hidden)} became {sorted(b_hidden)}"
     checks.append(check)
 
-    formulas_known = src.reader != "xls-xlrd"
+    formulas_known = src.reader not in ("xls-xlrd", "xlsb-pyxlsb")     # those readers see values only
     trusted = src.cached_values is None
     pivots = Tally()
     values = Tally()

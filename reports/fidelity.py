@@ -32,7 +32,7 @@ from reports.facts import Facts
 from reports.legacy import NotReadable, read_doc, read_ppt, read_rtf, read_wordml
 from reports.presentations import read_odp, read_pptx
 from reports.scoring import FidelitySettings, Verdict, verdict_for
-from reports.spreadsheets import read_ods, read_xls, read_xlsx
+from reports.spreadsheets import read_ods, read_xls, read_xlsb, read_xlsx
 from reports.text import similarity
 from reports.wordprocessing import read_docx, read_odt
 
@@ -51,7 +51,7 @@ _READERS: dict[str, Callable[..., Facts]] = {
     "docx": read_docx, "docm": read_docx, "dotx": read_docx, "dotm": read_docx,
     "doc": read_doc, "dot": read_doc, "rtf": read_rtf, "wordml": read_wordml,
     "xlsx": read_xlsx, "xlsm": read_xlsx, "xltx": read_xlsx, "xltm": read_xlsx,
-    "xls": read_xls, "xlt": read_xls,
+    "xls": read_xls, "xlt": read_xls, "xlsb": read_xlsb,
     "pptx": read_pptx, "pptm": read_pptx, "ppsx": read_pptx, "ppsm": read_pptx, "potx": read_pptx,
     "potm": read_pptx, "ppt": read_ppt, "pps": read_ppt, "pot": read_ppt,
     "odt": read_odt, "ott": read_odt, "ods": read_ods, "ots": read_ods, "odp": read_odp, "otp": read_odp,

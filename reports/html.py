@@ -37,7 +37,7 @@ table{border-collapse:collapse;font-size:12px;width:100%}th,td{border-bottom:1px
 text-align:left;vertical-align:top}th{background:#fafafa}td.num{text-align:right;white-space:nowrap}
 .badge{border-radius:3px;padding:1px 6px;color:#fff;font-size:11px;white-space:nowrap}
 .charts{display:flex;flex-wrap:wrap;gap:24px}.chart{flex:1 1 560px}
-img.thumb{border:1px solid #ccc;width:150px;margin-right:4px}.path{word-break:break-all}
+img.thumb{border:1px solid #ccc;width:130px;margin-right:4px}td.thumbs{white-space:nowrap}.path{word-break:break-all}
 """
 
 
@@ -194,7 +194,7 @@ def fidelity_html(records: list[dict], table: pd.DataFrame, deductions: pd.DataF
                  if visual.get("pages_source") is not None else _e(visual.get("reason", "")))
         body.append(f"<tr><td class='path'>{_e(row['path'])}<br><span class='sub'>{_e(row['format'])}</span></td>"
                     f"<td>{_badge(row['verdict'])}</td><td class='num'>{row['score']:g}</td><td><ul>{lost}</ul></td>"
-                    f"<td>{pages}</td><td>{_thumb(thumbs, pics.get('source'))}{_thumb(thumbs, pics.get('output'))}</td></tr>")
+                    f"<td>{pages}</td><td class='thumbs'>{_thumb(thumbs, pics.get('source'))}{_thumb(thumbs, pics.get('output'))}</td></tr>")
     body.append("</table>")
 
     body.append("<h2>All documents</h2><table><tr><th>document</th><th>format</th><th>verdict</th><th>score</th>"

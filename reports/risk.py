@@ -74,6 +74,7 @@ RISK_FLAGS: dict[str, RiskFlag] = {
 }
 
 _LEVEL_ORDER = {"person": 0, "review": 1, "info": 2}
+_LEGACY_BINARY = {"doc", "dot", "xls", "xlt", "ppt", "pps", "pot"}
 
 #: Functions Excel writes with the _xlfn. prefix that LibreOffice 7.4 does not implement.
 NEWER_EXCEL_FUNCTIONS = frozenset("""
@@ -201,7 +202,7 @@ def inspect(path: Path, *, root: Path | None = None, oversize: int = DEFAULT_OVE
     if fmt is not None:
         if fmt.template:
             flags.add("template")
-        if sniffed.container == "ole":
+        if fmt.name in _LEGACY_BINARY:
             flags.add("legacy_binary")
     if fmt is not None and sniffed.outcome is None:
         try:

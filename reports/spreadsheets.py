@@ -31,7 +31,7 @@ from reports.package import (ODF_NS, OdfPackage, Ooxml, PartTooBig, odf_metadata
                              parse_xml)
 from reports.text import bag
 
-__all__ = ["read_xlsx", "read_ods", "read_xls", "same_value", "VOLATILE", "DEFAULT_MAX_ROWS"]
+__all__ = ["read_xlsx", "read_ods", "read_xls", "read_xlsb", "same_value", "VOLATILE", "DEFAULT_MAX_ROWS"]
 
 DEFAULT_MAX_ROWS = 100_000
 
@@ -460,30 +460,48 @@ def read_ods(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
     return facts
 
 
+_REPEAT_COLS, _REPEAT_ROWS = _t("table", "number-columns-repeated"), _t("table", "number-rows-repeated")
+_SPAN_COLS, _SPAN_ROWS = _t("table", "number-columns-spanned"), _t("table", "number-rows-spanned")
+_VALUE_TYPE, _FORMULA = _t("office", "value-type"), _t("table", "formula")
+_ANNOTATION, _LINK, _P = _t("office", "annotation"), _t("text", "a"), _t("text", "p")
+
+
 def _ods_row(el: etree._Element, sheet: SheetFacts, row: int, repeat: int, epoch: datetime,
              max_rows: int) -> None:
+    """Record one row's cells (hot loop: attribute names are module constants)."""
     col = 0
     rows = range(row, min(row + min(repeat, _REPEAT_CAP), max_rows))
+    cells, formulas, counts = sheet.cells, sheet.formulas, sheet.counts
     for cell in el:
-        if cell.tag not in (_CELL, _COVERED):
+        tag = cell.tag
+        if tag != _CELL and tag != _COVERED:
             continue
-        span = int(cell.get(_t("table", "number-columns-repeated")) or 1)
-        if cell.tag == _CELL and (len(cell) or cell.get(_t("office", "value-type")) or cell.get(_t("table", "formula"))):
-            formula = cell.get(_t("table", "formula"))
+        get = cell.get
+        span = int(get(_REPEAT_COLS) or 1)
+        if tag == _CELL and (len(cell) or get(_VALUE_TYPE) or get(_FORMULA)):
+            formula = get(_FORMULA)
             value = _ods_value(cell, epoch)
-            annotations = sum(1 for a in cell if a.tag == _t("office", "annotation"))
-            links = sum(1 for _ in cell.iter(_t("text", "a")))
-            merged = int(cell.get(_t("table", "number-columns-spanned")) or 1) > 1 or \
-                int(cell.get(_t("table", "number-rows-spanned")) or 1) > 1
+            if value is not None and _empty(value):
+                value = None
+            annotations = links = 0
+            for child in cell:
+                if child.tag == _ANNOTATION:
+                    annotations += 1
+                elif len(child):                     # a paragraph with markup: maybe a hyperlink
+                    links += sum(1 for _ in child.iter(_LINK))
+            merged = (get(_SPAN_COLS) or "1") != "1" or (get(_SPAN_ROWS) or "1") != "1"
+            columns = range(col, col + min(span, _REPEAT_CAP))
             for r in rows:
-                for c in range(col, col + min(span, _REPEAT_CAP)):
-                    if value is not None and not _empty(value):
-                        sheet.cells[(r, c)] = value
+                for c in columns:
+                    if value is not None:
+                        cells[(r, c)] = value
                     if formula is not None:
-                        sheet.formulas[(r, c)] = formula
-                    sheet.counts["comments"] += annotations
-                    sheet.counts["hyperlinks"] += links
-                    sheet.counts["merged"] += merged
+                        formulas[(r, c)] = formula
+            n = len(rows) * len(columns)
+            if annotations or links or merged:
+                counts["comments"] += annotations * n
+                counts["hyperlinks"] += links * n
+                counts["merged"] += int(merged) * n
         col += span
 
 
@@ -552,4 +570,48 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
                 ": its stored formula values are not Excel's"
     finally:
         book.release_resources()
+    return facts
+
+
+# ============================================================================ xlsb (pyxlsb) ====
+
+def read_xlsb(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
+    """Facts of an Excel binary workbook (xlsb), as far as pyxlsb reads it: sheets and cell values.
+
+    Like xls, which cells hold formulas is taken from the ODF output; the stored values are
+    Excel's (only Excel writes xlsb), so recalculated values are compared.
+    """
+    from pyxlsb import open_workbook
+
+    facts = Facts(Family.SPREADSHEET, "xlsb-pyxlsb")
+    facts.notes.append("xlsb: formulas, merged cells, comments, charts and the like are not read from the source "
+                       "(pyxlsb reads values only)")
+    facts.sheets = []
+    with open_workbook(str(path)) as book:
+        for name in book.sheets:
+            sheet = SheetFacts(name=name)
+            with book.get_sheet(name) as xs:
+                for row in xs.rows(sparse=True):
+                    for cell in row:
+                        if cell.r >= max_rows:
+                            sheet.truncated = True
+                            break
+                        value = cell.v
+                        if value is None or value == "":
+                            continue
+                        if isinstance(value, bool):
+                            sheet.cells[(cell.r, cell.c)] = ("b", value)
+                        elif isinstance(value, (int, float)):
+                            sheet.cells[(cell.r, cell.c)] = ("n", float(value))
+                        elif isinstance(value, str):
+                            sheet.cells[(cell.r, cell.c)] = ("s", _text(value))
+                        else:
+                            sheet.cells[(cell.r, cell.c)] = ("e", str(value))
+                    if sheet.truncated:
+                        break
+            facts.sheets.append(sheet)
+    facts.counts["sheets"] = len(facts.sheets)
+    facts.text = bag(*(v[1] for s in facts.sheets for v in s.cells.values() if v[0] == "s"))
+    with zipfile.ZipFile(path) as zf:
+        facts.metadata = ooxml_metadata(Ooxml(zf))
     return facts

@@ -129,14 +129,50 @@ def postgres_url():
 
 
 @pytest.fixture(scope="session")
-def dask_cluster():
+def prefect_server():
+    """A real Prefect server (its own database) on a loopback port: its API URL.
+
+    Needed wherever tasks run in other processes (Dask workers, Prefect workers): they report to
+    it, since an embedded server lives only inside the process that started it.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(RUNTIME_BASE / "prefect-server-home"))
+    prefect = str(Path(sys.executable).parent / "prefect")
+    server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the Prefect server did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(prefect_server):
     """A Dask scheduler and two single-process workers on loopback, started for the session."""
     import subprocess
     import sys
     import time
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(RUNTIME_BASE / "dask"))
+    env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(RUNTIME_BASE / "dask"), PREFECT_API_URL=prefect_server)
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs = [subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]

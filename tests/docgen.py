@@ -64,7 +64,8 @@ def make_odt_with_onload_macro(path: Path, marker: Path) -> Path:
     content = f"""<?xml version="1.0" encoding="UTF-8"?>
 <office:document-content xmlns:office="{office}" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"
  xmlns:script="urn:oasis:names:tc:opendocument:xmlns:script:1.0" xmlns:xlink="http://www.w3.org/1999/xlink"
- xmlns:ooo="http://openoffice.org/2004/office" office:version="1.3">
+ xmlns:ooo="http://openoffice.org/2004/office" xmlns:dom="http://www.w3.org/2001/xml-events"
+ office:version="1.3">
 <office:scripts><office:event-listeners>
 <script:event-listener script:language="ooo:script" script:event-name="dom:load"
  xlink:href="vnd.sun.star.script:Standard.Module1.OnLoad?language=Basic&amp;location=document" xlink:type="simple"/>
@@ -131,4 +132,112 @@ def make_heavy_docx(path: Path, paragraphs: int) -> Path:
                 data = text.encode("utf-8")
             zout.writestr(item, data)
     small.unlink()
+    return path
+
+
+# --- documents with known content, for the fidelity tests -----------------------------------------
+
+def _png(color: tuple[int, int, int], size: tuple[int, int] = (120, 80)) -> bytes:
+    import io
+
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_fidelity_docx(path: Path) -> Path:
+    """A Word document with exactly 3 tables, 2 pictures, 1 footnote and 1 comment.
+
+    python-docx writes the tables, pictures and comment; it has no footnote API, so the footnote
+    part, its relationship, content type and reference are added to the package afterwards.
+    """
+    import io
+    import zipfile
+
+    import docx
+    from docx.shared import Inches
+    d = docx.Document()
+    d.add_heading("Bescheid über den Antrag", level=1)
+    intro = d.add_paragraph("Sehr geehrte Damen und Herren, wir bestätigen den Eingang Ihres Antrags.")
+    d.add_comment(intro.runs, text="Bitte Datum prüfen", author="Sachbearbeitung", initials="SB")
+    for t in range(3):
+        d.add_paragraph(f"Tabelle {t + 1}: Übersicht der Fristen")
+        table = d.add_table(rows=2 + t, cols=3)
+        for r, row in enumerate(table.rows):
+            for c, cell in enumerate(row.cells):
+                cell.text = f"Zelle {t + 1}.{r + 1}.{c + 1}"
+    d.add_picture(io.BytesIO(_png((200, 30, 30))), width=Inches(1.2))
+    d.add_paragraph("Zwischen den Bildern steht ein Absatz mit Text.")
+    d.add_picture(io.BytesIO(_png((30, 30, 200))), width=Inches(1.2))
+    d.add_paragraph("Der Bescheid ergeht gebührenfrei. FUSSNOTE_HIER")
+    tmp = path.with_suffix(".tmp.docx")
+    d.save(tmp)
+
+    w = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    footnotes = (f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:footnotes xmlns:w="{w}">'
+                 '<w:footnote w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:footnote>'
+                 '<w:footnote w:type="continuationSeparator" w:id="0"><w:p><w:r><w:continuationSeparator/></w:r></w:p></w:footnote>'
+                 '<w:footnote w:id="1"><w:p><w:r><w:footnoteRef/></w:r><w:r><w:t xml:space="preserve"> Gemäß Verwaltungskostengesetz.</w:t></w:r></w:p></w:footnote>'
+                 '</w:footnotes>')
+    reference = '</w:t></w:r><w:r><w:footnoteReference w:id="1"/></w:r><w:r><w:t>'
+    with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "word/document.xml":
+                data = data.decode("utf-8").replace(" FUSSNOTE_HIER", "", 1).replace(
+                    "gebührenfrei.</w:t>", "gebührenfrei." + reference + "</w:t>", 1).encode("utf-8")
+            elif item.filename == "word/_rels/document.xml.rels":
+                data = data.decode("utf-8").replace("</Relationships>", (
+                    '<Relationship Id="rIdFootnotes" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+                    'relationships/footnotes" Target="footnotes.xml"/></Relationships>')).encode("utf-8")
+            elif item.filename == "[Content_Types].xml":
+                data = data.decode("utf-8").replace("</Types>", (
+                    '<Override PartName="/word/footnotes.xml" ContentType="application/vnd.openxmlformats-'
+                    'officedocument.wordprocessingml.footnotes+xml"/></Types>')).encode("utf-8")
+            zout.writestr(item, data)
+        zout.writestr("word/footnotes.xml", footnotes)
+    tmp.unlink()
+    return path
+
+
+def make_xlsx_with_cached_values(path: Path, wrong: bool = False) -> Path:
+    """A workbook whose formulas carry cached values, as Excel stores them.
+
+    openpyxl writes formulas without their values (it does not calculate), so the values are
+    added to the sheet afterwards: A3 = A1*A2 (6), A4 = SUM(A1:A2) (5), A5 = A1&"x" ("2x"),
+    A6 = A1>A2 (FALSE). With `wrong`, A3's stored value is 7: a value LibreOffice will not compute.
+    """
+    import re
+    import zipfile
+    from datetime import date
+
+    import openpyxl
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Haushalt"
+    ws["A1"], ws["A2"] = 2, 3
+    ws["A3"], ws["A4"], ws["A5"], ws["A6"] = "=A1*A2", "=SUM(A1:A2)", '=A1&"x"', "=A1>A2"
+    ws["B1"], ws["B2"], ws["C1"] = "Posten", date(2027, 1, 31), True
+    ws.merge_cells("D1:E1")
+    ws["D1"] = "Zusammengefasst"
+    tmp = path.with_suffix(".tmp.xlsx")
+    wb.save(tmp)
+    cached = {"A3": ("", "7" if wrong else "6"), "A4": ("", "5"), "A5": ("str", "2x"), "A6": ("b", "0")}
+    with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                text = data.decode("utf-8")
+                for ref, (kind, value) in cached.items():
+                    t_attr = f' t="{kind}"' if kind else ""
+
+                    def with_value(m, ref=ref, t_attr=t_attr, value=value):
+                        attrs = re.sub(r' t="[^"]*"', "", m.group(1))
+                        return f'<c r="{ref}"{attrs}{t_attr}><f>{m.group(2)}</f><v>{value}</v></c>'
+
+                    text = re.sub(rf'<c r="{ref}"([^>]*)><f>(.*?)</f>(<v>.*?</v>|<v/>)?</c>', with_value, text)
+                data = text.encode("utf-8")
+            zout.writestr(item, data)
+    tmp.unlink()
     return path

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from conftest import processes_using, runtime_dir
-from docgen import make_docx, make_mixed_set
+from docgen import make_docx, make_heavy_docx, make_mixed_set
 
 ROOT = Path(__file__).resolve().parents[1]
 UMSTIEG = [sys.executable, "-m", "umstieg"]
@@ -94,6 +94,8 @@ def test_same_stem_in_one_folder_does_not_overwrite(tmp_path):
 def test_sigterm_and_ctrl_c_leave_no_libreoffice_behind(tmp_path):
     src = tmp_path / "src"
     make_mixed_set(src, 40)
+    for i in range(6):          # converted first (largest first): the run is still busy when signalled
+        make_heavy_docx(src / f"gross{i}.docx", paragraphs=15000 + i)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         rt = runtime_dir(f"cli-{sig.name}")
         out = tmp_path / f"out-{sig.name}"
@@ -119,7 +121,7 @@ def test_sigterm_and_ctrl_c_leave_no_libreoffice_behind(tmp_path):
         rerun = subprocess.run(UMSTIEG + ["convert", str(src), str(out), "--workers", "2"], env=env,
                                capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr
-        assert len(records(out)) == 40
+        assert len(records(out)) == 46
         assert not list(out.glob("**/.umstieg-*"))              # stale staging folders removed
 
 

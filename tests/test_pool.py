@@ -438,7 +438,16 @@ def test_document_macros_never_run(tmp_path, env_without_proxy):
         '<?xml version="1.0" encoding="UTF-8"?><oor:items xmlns:oor="http://openoffice.org/2001/registry">'
         '<item oor:path="/org.openoffice.Office.Common/Security/Scripting">'
         '<prop oor:name="MacroSecurityLevel" oor:op="fuse"><value>0</value></prop></item></oor:items>')
-    subprocess.run(["soffice", "--headless", f"-env:UserInstallation={profile.as_uri()}", "--convert-to", "pdf",
-                    "--outdir", str(tmp_path / "lax-out"), str(src)],
-                   env=env_without_proxy, capture_output=True, timeout=120)
+    # opened (not converted: a conversion may close the document before the load event's macro
+    # gets its turn), then waited for
+    lax = subprocess.Popen(["soffice", "--headless", "--norestore", f"-env:UserInstallation={profile.as_uri()}",
+                            str(src)], env=env_without_proxy, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists() and time.monotonic() < deadline and lax.poll() is None:
+            time.sleep(0.2)
+    finally:
+        os.killpg(lax.pid, signal.SIGKILL)
+        lax.wait()
     assert marker.exists(), "LibreOffice with macros allowed did not run the macro: the fixture proves nothing"

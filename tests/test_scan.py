@@ -1,0 +1,138 @@
+"""The pre-migration risk scan: flags from the files' bytes, the planning table, nothing converted."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from docgen import make_docx, make_fidelity_docx, make_xlsx
+from reports.risk import RISK_FLAGS, FontCatalog, inspect
+from reports.scan import scan_tree
+
+# Files of the corpus that carry macros (NOTES.md, "Macro-enabled"), checked to hold a VBA
+# project or Basic library. testEXCEL_macro_enabled_template.xltm and pivot.xlsm have the
+# macro-enabled type but no project: they are not macro-bearing.
+MACRO_FILES = {
+    "documents/testWORD_macros.doc": "macros_vba", "documents/testWORD_macros.docm": "macros_vba",
+    "spreadsheets/testEXCEL_macro.xls": "macros_vba", "spreadsheets/testEXCEL_macro.xlsm": "macros_vba",
+    "spreadsheets/vba+comments.xlsm": "macros_vba", "presentations/testPPT_macros.ppt": "macros_vba",
+    "presentations/testPPT_macros.pptm": "macros_vba", "presentations/act-props.pptm": "macros_vba",
+    "spreadsheets/testODSMacro.ods": "macros_basic", "presentations/testODPMacro.odp": "macros_basic",
+}
+NO_MACROS = {"spreadsheets/pivot.xlsm", "spreadsheets/testEXCEL_macro_enabled_template.xltm",
+             "documents/testComment.docx", "presentations/testComment.ppt", "spreadsheets/testComment.xls"}
+ENCRYPTED = {
+    "documents/testWORD_protected_passtika.docx": "encrypted", "documents/protected_normal_case.docx": "encrypted",
+    "spreadsheets/testEXCEL_protected_passtika_2.xlsx": "encrypted", "spreadsheets/pass_protected.xlsx": "encrypted",
+    "spreadsheets/pass_protected.xlsb": "encrypted", "presentations/testPPT_protected_passtika.pptx": "encrypted",
+    "presentations/testPPT_protected_passtika.ppt": "encrypted", "spreadsheets/testEXCEL_protected_passtika.xls": "encrypted",
+    "documents/testODTEncrypted.odt": "encrypted", "spreadsheets/pass_protected.ods": "encrypted",
+    "documents/testWORD_protected_drm.doc": "irm",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus_scan(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scan")
+    summary = scan_tree(corpus, out, jobs=4)
+    records = {json.loads(line)["path"]: json.loads(line) for line in (out / "scan.jsonl").read_text().splitlines()}
+    return summary, records, out
+
+
+@pytest.mark.corpus
+def test_macro_bearing_corpus_files_are_flagged(corpus_scan):
+    _, records, _ = corpus_scan
+    for path, flag in MACRO_FILES.items():
+        assert flag in records[path]["flags"], (path, records[path]["flags"])
+        assert records[path]["category"] == "person"
+    for path in NO_MACROS:
+        assert not {"macros_vba", "macros_xlm", "macros_basic"} & set(records[path]["flags"]), path
+    assert "macros_autorun" in records["spreadsheets/vba+comments.xlsm"]["flags"]   # Workbook_Open
+
+
+@pytest.mark.corpus
+def test_encrypted_corpus_files_are_flagged(corpus_scan):
+    _, records, _ = corpus_scan
+    for path, flag in ENCRYPTED.items():
+        assert flag in records[path]["flags"], (path, records[path]["flags"])
+        assert records[path]["category"] == "person"
+    assert "encrypted" not in records["spreadsheets/protectedSheets.xlsx"]["flags"]   # sheet protection only
+
+
+@pytest.mark.corpus
+def test_corpus_scan_writes_the_planning_table(corpus_scan, corpus):
+    summary, records, out = corpus_scan
+    files = [p for p in corpus.rglob("*") if p.is_file()]
+    assert summary.files == len(files) == len(records)
+    for record in records.values():
+        assert {"path", "format", "size", "flags"} <= set(record) and isinstance(record["flags"], list)
+        assert all(flag in RISK_FLAGS for flag in record["flags"])
+    assert records["documents/testComment.docx"]["format"] == "docx"
+    assert "legacy_binary" in records["documents/testComment.doc"]["flags"]
+    assert "smartart" in records["documents/testWORD_diagramData.docx"]["flags"]
+    assert "pivot_tables" in records["spreadsheets/pivots.xlsx"]["flags"]
+    assert "digital_signature" in records["documents/testWORD_signed.docx"]["flags"]
+    assert records["mail/tika/testPST.pst"]["category"] == "other"
+    csv = pd.read_csv(out / "scan.csv")
+    assert len(csv) == len(records) and list(csv["category"])[0] == "person"     # person first
+    ods = pd.read_excel(out / "scan.ods", sheet_name=None, engine="odf")
+    assert set(ods) == {"Files", "By format", "Flags"} and len(ods["Files"]) == len(records)
+    page = (out / "scan.html").read_text()
+    assert "need a person" in page and "testWORD_macros.docm" in page and "<script" not in page
+
+
+def test_scan_flags_generated_risks_and_is_read_only(tmp_path):
+    src = tmp_path / "share"
+    (src / "Referat").mkdir(parents=True)
+    make_docx(src / "Referat" / "plain.docx")
+    make_fidelity_docx(src / "Referat" / "commented.docx")
+    newer = make_xlsx(src / "newer.xlsx")
+    with zipfile.ZipFile(newer, "a") as z:                 # a formula only Excel 365 knows
+        sheet = z.read("xl/worksheets/sheet1.xml").decode()
+        z.writestr("xl/worksheets/sheet2.xml", sheet.replace("<f>A1*2</f>", "<f>_xlfn.XLOOKUP(A1,B1:B5,C1:C5)</f>"))
+    (src / "notes.txt").write_text("kein Office-Dokument")
+    (src / "big.rtf").write_bytes(b"{\\rtf1\\ansi " + b"x" * 300_000 + b"}")
+    template = src / "Vorlage.dotx"
+    with zipfile.ZipFile(src / "Referat" / "plain.docx") as zin, zipfile.ZipFile(template, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "[Content_Types].xml":
+                data = data.replace(b"wordprocessingml.document.main", b"wordprocessingml.template.main")
+            zout.writestr(info, data)
+    before = {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
+
+    out = tmp_path / "scan"
+    summary = scan_tree(src, out, jobs=2, oversize=200_000)
+    records = {json.loads(line)["path"]: json.loads(line) for line in (out / "scan.jsonl").read_text().splitlines()}
+    assert set(records) == {"Referat/plain.docx", "Referat/commented.docx", "newer.xlsx", "notes.txt", "big.rtf",
+                            "Vorlage.dotx"}
+    assert records["Referat/plain.docx"]["category"] == "clean"
+    assert "comments" in records["Referat/commented.docx"]["flags"]
+    assert "newer_functions" in records["newer.xlsx"]["flags"]
+    assert records["newer.xlsx"]["details"]["newer_functions"] == ["XLOOKUP"]
+    assert records["notes.txt"]["category"] == "other" and records["notes.txt"]["flags"] == []
+    assert "oversized" in records["big.rtf"]["flags"]
+    assert "template" in records["Vorlage.dotx"]["flags"] and records["Vorlage.dotx"]["format"] == "dotx"
+    assert summary.by_category["other"] == 1
+    assert before == {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}    # nothing touched
+    assert not list(src.rglob("*.odt"))
+
+
+def test_fonts_without_a_metric_compatible_substitute():
+    if FontCatalog.installed() is None:
+        pytest.skip("fc-list is not available")
+    assert FontCatalog.missing({"Calibri", "Arial", "Times New Roman", "Wingdings", "+mn-lt"}) == []
+    assert FontCatalog.missing({"Fantasie Grotesk Pro"}) == ["Fantasie Grotesk Pro"]
+    assert FontCatalog.missing({"Fantasie Grotesk Pro;Arial;sans-serif"}) == []
+
+
+def test_an_unreadable_file_is_a_finding_not_a_crash(tmp_path):
+    broken = tmp_path / "kaputt.docx"
+    broken.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    report = inspect(broken)
+    assert report.flags == ["unreadable"] and report.category == "person"
+    assert inspect(Path(__file__)).category == "other"
