@@ -242,8 +242,11 @@ class _ConversionFailed(ItemError):
 
 def _extract(dept: Department, ledger: Ledger, item: Item) -> Item:
     started = time.monotonic()
-    source = source_of(dept, item.source)
-    user = dept.user(item.owner)
+    try:
+        source = source_of(dept, item.source)
+        user = dept.user(item.owner)
+    except (KeyError, StopIteration) as exc:
+        raise ItemError(f"source {item.source!r} or user {item.owner!r} is no longer in the department file") from exc
     staged = _staging(dept, item) / "source" / PurePosixPath(item.location).name
     if staged.parent.exists():
         shutil.rmtree(staged.parent)

@@ -136,7 +136,7 @@ def _blocks(src: Path, offset: int, length: int, digest=None) -> Iterator[bytes]
             f.seek(offset)
             left = length
             while left > 0:
-                block = f.read(min(BLOCK, left))
+                block = f.read(left)
                 if not block:
                     raise ItemError(f"{src.name} became shorter while it was being sent")
                 if digest is not None:
