@@ -100,8 +100,11 @@ def test_sigterm_and_ctrl_c_leave_no_libreoffice_behind(tmp_path):
         rt = runtime_dir(f"cli-{sig.name}")
         out = tmp_path / f"out-{sig.name}"
         env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(rt))
+        # a shell without job control (CI) starts background jobs with SIGINT ignored, and Python
+        # then keeps ignoring it: give the child the default disposition, as a terminal would
         proc = subprocess.Popen(UMSTIEG + ["convert", str(src), str(out), "--workers", "2"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while not ((out / "results.jsonl").exists() and (out / "results.jsonl").read_text().count("\n") >= 3):
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
