@@ -379,10 +379,12 @@ class ConverterPool:
 
     def _release(self, worker: Worker) -> None:
         if isinstance(worker, LocalWorker):
-            self.peak_rss = max(self.peak_rss, worker.rss())
+            rss = worker.rss()
+            self.peak_rss = max(self.peak_rss, rss)
+            too_big = rss > self.settings.recycle_above_mb * 2**20      # real documents grow it fast
             if worker.conversions >= self.settings.recycle_after - self._spare_lead:
                 self._start_spare(worker.slot)
-            if worker.conversions >= self.settings.recycle_after:
+            if worker.conversions >= self.settings.recycle_after or too_big:
                 self._recycle(worker)
                 return
         self._idle.put(worker)

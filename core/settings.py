@@ -53,6 +53,8 @@ class ConversionSettings(BaseModel):
                            description="seconds one document may take before its worker is killed")
     recycle_after: int = Field(default_factory=lambda: int(_env("RECYCLE_AFTER", "200")), ge=1,
                                description="conversions after which a worker is replaced, to bound memory")
+    recycle_above_mb: int = Field(default_factory=lambda: int(_env("RECYCLE_ABOVE_MB", "1024")), ge=1,
+                                  description="a worker whose LibreOffice grows beyond this (MiB) is replaced")
     startup_timeout: float = Field(default=90.0, gt=0,
                                    description="seconds a new worker may take to answer")
     remote: list[RemoteWorker] = Field(default_factory=lambda: [

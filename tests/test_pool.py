@@ -291,6 +291,20 @@ def test_workers_are_recycled(tmp_path):
     assert all(r.outcome is Outcome.CONVERTED for r in results)
 
 
+def test_workers_that_grow_too_big_are_recycled(tmp_path):
+    docs = make_mixed_set(tmp_path / "in", 3)
+    settings = ConversionSettings(workers=1, recycle_above_mb=1, runtime_dir=runtime_dir("recycle-rss"))
+    with ConverterPool(settings) as pool:
+        results = [pool.convert(d, tmp_path / "out") for d in docs]
+        assert pool.recycled == 3
+        deadline = time.monotonic() + 60                  # the last swap happens in the background
+        while not _healthy(pool, 1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _healthy(pool, 1) and pool.workers()[0].id == "w1.4"
+    assert [r.worker for r in results] == ["w1.1", "w1.2", "w1.3"]
+    assert all(r.outcome is Outcome.CONVERTED for r in results)
+
+
 def test_remote_worker_joins_the_pool(tmp_path):
     """A unoserver started elsewhere (here: on loopback) serves a pool with no local worker."""
     from converters.workers import _free_port
