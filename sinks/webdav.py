@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -67,6 +68,8 @@ CHUNK_WAITS = (1.0, 5.0, 15.0)
 #: Assembling a chunked upload takes the server time in proportion to the size: MOVE waits
 #: `timeout` plus this long per byte (20 MiB/s).
 ASSEMBLY_SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
+#: How long `check` waits, at most, each time a busy server (429, 503, …) asks it to come back.
+CHECK_WAITS = (1.0, 3.0, 10.0)
 
 _DAV = "{DAV:}"
 _OC = "{http://owncloud.org/ns}"
@@ -118,6 +121,16 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    """Whether `kind` is somewhere in the chain of causes of `exc` (httpx wraps httpcore's wrapper)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kind):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _server_message(resp: httpx.Response) -> str:
     """The reason a Sabre/Nextcloud error body gives (`<s:message>`), short; else ''."""
     try:
@@ -136,7 +149,7 @@ def _blocks(src: Path, offset: int, length: int, digest=None) -> Iterator[bytes]
             f.seek(offset)
             left = length
             while left > 0:
-                block = f.read(left)
+                block = f.read(min(BLOCK, left))
                 if not block:
                     raise ItemError(f"{src.name} became shorter while it was being sent")
                 if digest is not None:
@@ -145,6 +158,16 @@ def _blocks(src: Path, offset: int, length: int, digest=None) -> Iterator[bytes]
                 yield block
     except OSError as exc:
         raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
+
+
+class _NoDigest:
+    """Stands in for a hash object when the digest is known already."""
+
+    def update(self, data: bytes) -> None:
+        pass
+
+    def copy(self) -> "_NoDigest":
+        return self
 
 
 def _sha256_of(src: Path) -> str:
@@ -168,8 +191,10 @@ class WebDav:
         self._prefix = parts.path                     # path of `url` on the server, no trailing '/'
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._mkcol_lock = threading.Lock()
         self._folders: set[tuple[str, str]] = set()   # (account, dav path) known to exist
         self._secrets: dict[str, SecretStr] = {}
+        self._expected: OrderedDict[tuple[str, str], str] = OrderedDict()   # see put
         if config.ca_file is not None:
             verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(config.ca_file))
         else:
@@ -227,12 +252,12 @@ class WebDav:
         return user, "/" + path
 
     # ----------------------------------------------------------------------- requests
-    def _request(self, method: str, user: str, dav_path: str | None = None, *, url: str | None = None,
-                 owner: str | None = None, ok: tuple[int, ...] = (200, 201, 204, 207),
-                 headers: dict | None = None, content=None, timeout: float | None = None) -> httpx.Response:
+    def _request(self, method: str, user: str, dav_path: str, *, owner: str | None = None,
+                 ok: tuple[int, ...] = (200, 201, 204, 207), headers: dict | None = None, content=None,
+                 timeout: float | None = None) -> httpx.Response:
         """One request as `user`; a failure becomes the taxonomy's class (see the module doc)."""
-        url = url or self._url(dav_path)
-        what = f"{method} {dav_path or url}"
+        url = self._url(dav_path)
+        what = f"{method} {dav_path}"
         extra = {"timeout": httpx.Timeout(timeout, connect=min(timeout, 15.0))} if timeout else {}
         try:
             resp = self._client.request(method, url, headers=headers, content=content,
@@ -288,22 +313,29 @@ class WebDav:
 
     # ----------------------------------------------------------------------- folders
     def _ensure_folders(self, user: str, dav_path: str, *, owner: str) -> None:
-        """Create every missing folder above `dav_path` (once per process: they are remembered)."""
+        """Create every missing folder above `dav_path` (once per process: they are remembered).
+
+        One thread at a time makes folders: two MKCOLs of one folder at once make some servers
+        answer 500 (wsgidav) or 423 (Nextcloud's locks). Threads whose folders exist never wait.
+        """
         root = self._root(user)
         parts = dav_path[len(root):].strip("/").split("/")[:-1]
-        current = root
-        for part in parts:
-            current = f"{current}/{part}"
-            with self._lock:
-                if (user, current) in self._folders:
-                    continue
-            resp = self._request("MKCOL", user, current, owner=owner, ok=(201, 405))
-            if resp.status_code == 405:               # already there (or a file in the way: PUT says so)
-                prop = self._propfind(user, current, ("d:resourcetype",))
-                if prop is None or prop.find(f"{_DAV}resourcetype/{_DAV}collection") is None:
-                    raise ItemError(f"cannot create folder {current}: something else is in the way")
-            with self._lock:
-                self._folders.add((user, current))
+        wanted = [f"{root}/{'/'.join(parts[:k])}" for k in range(1, len(parts) + 1)]
+        with self._lock:
+            if all((user, f) in self._folders for f in wanted):
+                return
+        with self._mkcol_lock:
+            for current in wanted:
+                with self._lock:
+                    if (user, current) in self._folders:
+                        continue
+                resp = self._request("MKCOL", user, current, owner=owner, ok=(201, 405))
+                if resp.status_code == 405:           # already there (or a file in the way)
+                    prop = self._propfind(user, current, ("d:resourcetype",))
+                    if prop is None or prop.find(f"{_DAV}resourcetype/{_DAV}collection") is None:
+                        raise ItemError(f"cannot create folder {current}: something else is in the way")
+                with self._lock:
+                    self._folders.add((user, current))
 
     def _forget_folders(self, user: str) -> None:
         with self._lock:
@@ -332,12 +364,13 @@ class WebDav:
         password = self._password(acct.user).get_secret_value()
         root = self._root(acct.user)
         path = "/".join(p for p in (root, acct.base) if p)
+        waits = list(CHECK_WAITS)
         while True:
             try:
                 resp = self._client.request("PROPFIND", self._url(path + "/"), headers={"Depth": "0"},
                                             auth=(acct.user, password))
             except httpx.ConnectError as exc:
-                if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError):
+                if _caused_by(exc, ssl.SSLError):
                     raise _Unreachable("its TLS certificate is not trusted (set ca_file to the CA that signed "
                                        "it, as a PEM file)") from None
                 raise _Unreachable(f"cannot connect ({type(exc).__name__}): is the url right and the server up?") \
@@ -349,6 +382,10 @@ class WebDav:
             if resp.status_code == 404 and path != root:
                 path = path.rsplit("/", 1)[0]         # not made yet: put will make it
                 continue
+            if resp.status_code in _TRANSIENT_STATUS and waits:
+                asked, wait = _retry_after(resp), waits.pop(0)
+                self._sleep(min(asked if asked is not None else wait, wait))
+                continue                              # busy for a moment is not a reason to stop
             break
         if resp.status_code == 401:
             return [f"account {acct.user!r} was refused (HTTP 401): check its (app) password"]
@@ -357,6 +394,16 @@ class WebDav:
         if resp.status_code != 207:
             return [f"account {acct.user!r} cannot read {path}/ (HTTP {resp.status_code} {resp.reason_phrase})"]
         return self._check_more(acct, path)
+
+    def _patiently(self, step, *args):
+        """`step(*args)` for `check`, asked again a few times while the server says "not now"."""
+        for wait in (*CHECK_WAITS, None):
+            try:
+                return step(*args)
+            except TransientError as exc:
+                if wait is None:
+                    raise
+                self._sleep(min(exc.retry_after if exc.retry_after is not None else wait, wait))
 
     def _check_more(self, acct: _Account, folder: str) -> list[str]:
         """What a specific server can check besides the user's folder (`folder`, which exists)."""
@@ -368,13 +415,29 @@ class WebDav:
         path = self._dav_path(acct, rel)
         prop = self._propfind(acct.user, path, self._find_props())
         if prop is None or prop.find(f"{_DAV}resourcetype/{_DAV}collection") is not None:
+            self._expect(owner, rel, digest)
             return None
         stored = self._stored_sha256(prop)
         if stored is not None:
             same = stored == digest.lower()
         else:
             same = self._download_sha256(acct.user, path, owner) == digest.lower()
-        return self._ref(acct.user, path) if same else None
+        if same:
+            return self._ref(acct.user, path)
+        self._expect(owner, rel, digest)
+        return None
+
+    def _expect(self, owner: str, rel: str, digest: str) -> None:
+        """Remember the sha256 `find` was given: the load step puts exactly those bytes next."""
+        with self._lock:
+            self._expected[(owner, rel)] = digest.lower()
+            self._expected.move_to_end((owner, rel))
+            while len(self._expected) > 4096:      # finds never followed by a put do not pile up
+                self._expected.popitem(last=False)
+
+    def _expected_digest(self, owner: str, rel: str) -> str | None:
+        with self._lock:
+            return self._expected.pop((owner, rel), None)
 
     def _find_props(self) -> tuple[str, ...]:
         return ("d:resourcetype", "d:getcontentlength")
@@ -404,30 +467,39 @@ class WebDav:
                 from None
         return digest.hexdigest()
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None) -> str:
-        """Send the local file `src` as `owner`/`rel` (name mapped if need be); returns the reference."""
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, digest: str | None = None) -> str:
+        """Send the local file `src` as `owner`/`rel` (name mapped if need be); returns the reference.
+
+        `digest`, the sha256 of `src`, spares hashing the file again where the server wants a
+        checksum (Nextcloud). The load step asks `find` first with that digest and then puts the
+        same file: without `digest`, the one `find` was just given for `owner`/`rel` is used, and
+        the file is hashed only when there is none. A wrong digest cannot pass unnoticed: it only
+        becomes the file's stored checksum, and `verify` downloads and hashes the file itself.
+        """
         acct = self._account(owner)
         path = self._dav_path(acct, rel)
+        digest = (digest or self._expected_digest(owner, rel) or "").lower() or None
         try:
             size = src.stat().st_size
         except OSError as exc:
             raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
         try:
             self._ensure_folders(acct.user, path, owner=owner)
-            self._upload(acct, path, src, size, mtime)
+            self._upload(acct, path, src, size, mtime, digest)
         except _Missing:
             # a folder we remembered is gone (deleted at the target meanwhile): make it again, once
             self._forget_folders(acct.user)
             self._ensure_folders(acct.user, path, owner=owner)
-            self._upload(acct, path, src, size, mtime)
+            self._upload(acct, path, src, size, mtime, digest)
         return self._ref(acct.user, path)
 
-    def _upload(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None) -> None:
-        headers = {"Content-Length": str(size), **self._put_headers(src, mtime)}
+    def _upload(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None,
+                digest: str | None) -> None:
+        headers = {"Content-Length": str(size), **self._put_headers(src, mtime, digest)}
         self._request("PUT", acct.user, dav_path, owner=acct.owner, headers=headers,
                       content=_blocks(src, 0, size))
 
-    def _put_headers(self, src: Path, mtime: float | None) -> dict[str, str]:
+    def _put_headers(self, src: Path, mtime: float | None, digest: str | None) -> dict[str, str]:
         return {}
 
     def verify(self, ref: str, digest: str) -> str | None:
@@ -445,6 +517,18 @@ class WebDav:
 
     def close(self) -> None:
         self._client.close()
+
+
+    def _again(self, what: str, step):
+        """`step()`, repeated after CHUNK_WAITS (or the server's Retry-After) while it fails transiently."""
+        for wait in (*CHUNK_WAITS, None):
+            try:
+                return step()
+            except TransientError as exc:
+                if wait is None:
+                    raise
+                log.info("%s: %s; trying again", what, exc)
+                self._sleep(exc.retry_after if exc.retry_after is not None else wait)
 
 
 class OXDrive(WebDav):
@@ -471,14 +555,15 @@ class Nextcloud(WebDav):
     def _check_more(self, acct: _Account, folder: str) -> list[str]:
         problems = []
         try:
-            free = self._propfind(acct.user, folder, ("d:quota-available-bytes",))
+            free = self._patiently(self._propfind, acct.user, folder, ("d:quota-available-bytes",))
         except (TransientError, ItemError):
             free = None
         text = free.findtext(f"{_DAV}quota-available-bytes") if free is not None else None
         if text is not None and text.strip() == "0":
             problems.append(f"account {acct.user!r} has no space left (its quota is used up)")
         try:
-            self._request("PROPFIND", acct.user, self._uploads(acct.user), headers={"Depth": "0"}, ok=(207,))
+            self._patiently(lambda: self._request("PROPFIND", acct.user, self._uploads(acct.user),
+                                                  headers={"Depth": "0"}, ok=(207,)))
         except (TransientError, ItemError, FatalError) as exc:
             problems.append(f"chunked uploads are not available for {acct.user!r} ({exc}); "
                             f"files of {self.config.chunk_threshold} bytes or more would fail")
@@ -495,42 +580,42 @@ class Nextcloud(WebDav):
                     return value.lower()
         return None
 
-    def _put_headers(self, src: Path, mtime: float | None) -> dict[str, str]:
-        headers = {"OC-Checksum": f"SHA256:{_sha256_of(src)}"}
+    def _put_headers(self, src: Path, mtime: float | None, digest: str | None) -> dict[str, str]:
+        headers = {"OC-Checksum": f"SHA256:{digest or _sha256_of(src)}"}
         if mtime is not None:
             headers["X-OC-MTime"] = str(int(mtime))
         return headers
 
-    def _upload(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None) -> None:
+    def _upload(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None,
+                digest: str | None) -> None:
         if size < self.config.chunk_threshold or size == 0:
-            return super()._upload(acct, dav_path, src, size, mtime)
-        self._upload_chunked(acct, dav_path, src, size, mtime)
+            return super()._upload(acct, dav_path, src, size, mtime, digest)
+        self._upload_chunked(acct, dav_path, src, size, mtime, digest)
 
-    def _upload_chunked(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None) -> None:
-        """Chunked upload v2; the chunks are hashed on the way, so the file is read once."""
+    def _upload_chunked(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None,
+                        known: str | None) -> None:
+        """Chunked upload v2; without a known digest the chunks are hashed on the way (one read)."""
         user = acct.user
         folder = f"{self._uploads(user)}/umstieg-{uuid.uuid4().hex}"
         destination = self._url(dav_path)
         common = {"Destination": destination, "OC-Total-Length": str(size)}
         chunk = max(self.config.chunk_size, math.ceil(size / 10000))     # at most 10000 chunks
-        digest = hashlib.sha256()
-        self._request("MKCOL", user, folder, owner=acct.owner, headers={"Destination": destination}, ok=(201,))
+        digest = _NoDigest() if known else hashlib.sha256()
+        # a lost answer to this MKCOL makes its repetition answer 405: the folder is there then
+        self._again(f"starting the upload of {dav_path}", lambda: self._request(
+            "MKCOL", user, folder, owner=acct.owner, headers={"Destination": destination}, ok=(201, 405)))
         try:
             for number, offset in enumerate(range(0, size, chunk), start=1):
                 length = min(chunk, size - offset)
-                for wait in (*CHUNK_WAITS, None):
+
+                def send_chunk(number=number, offset=offset, length=length):
                     attempt = digest.copy()
-                    try:
-                        self._request("PUT", user, f"{folder}/{number:05d}", owner=acct.owner,
-                                      headers={**common, "Content-Length": str(length)},
-                                      content=_blocks(src, offset, length, attempt))
-                        break
-                    except TransientError as exc:
-                        if wait is None:
-                            raise
-                        self._sleep(exc.retry_after if exc.retry_after is not None else wait)
-                digest = attempt
-            headers = {**common, "OC-Checksum": f"SHA256:{digest.hexdigest()}"}
+                    self._request("PUT", user, f"{folder}/{number:05d}", owner=acct.owner,
+                                  headers={**common, "Content-Length": str(length)},
+                                  content=_blocks(src, offset, length, attempt))
+                    return attempt
+                digest = self._again(f"chunk {number} of {dav_path}", send_chunk)
+            headers = {**common, "OC-Checksum": f"SHA256:{known or digest.hexdigest()}"}
             if mtime is not None:
                 headers["X-OC-MTime"] = str(int(mtime))
             self._request("MOVE", user, f"{folder}/.file", owner=acct.owner, headers=headers,

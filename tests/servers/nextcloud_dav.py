@@ -43,6 +43,7 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 import uuid
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -103,8 +104,10 @@ class Fault:
     path_contains: str = ""
     every: int = 1
     times: int | None = None
+    once_per_path: bool = False            # never twice on one path: retries of a request get through
     seen: int = field(default=0, init=False)
     hits: int = field(default=0, init=False)
+    hit_paths: set = field(default_factory=set, init=False)
 
     def matches(self, method: str, path: str) -> bool:
         return (not self.methods or method in self.methods) and self.path_contains in path
@@ -123,14 +126,18 @@ class NextcloudDav:
     """The server: storage under `root`, `users` = {name: password}, `quotas` = {name: bytes}."""
 
     def __init__(self, root: Path, users: dict[str, str], quotas: dict[str, int] | None = None,
-                 sparse: bool = False, windows_compatible: bool = True) -> None:
+                 sparse: bool = False, windows_compatible: bool = True,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.root = Path(root)
+        self.tls = tls                          # (certificate, key) PEM files: serve https
         self.users = dict(users)
         self.quotas = dict(quotas or {})
         self.sparse = sparse
         self.windows_compatible = windows_compatible
         self.faults: list[Fault] = []
         self.log: list[dict] = []
+        self.errors: list[str] = []             # this server's own bugs (answered 500): tests expect none
+        self.errors: list[str] = []             # bugs of this server (answered 500): a test should see none
         self.lock = threading.RLock()
         self.checksums: dict[str, str] = {}     # files path -> OC-Checksum as sent
         self.uploads: dict[str, str] = {}       # upload folder -> destination (files path)
@@ -151,12 +158,17 @@ class NextcloudDav:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, port: int = 0) -> "NextcloudDav":
         handler = type("Handler", (_Handler,), {"dav": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
+        if self.tls:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, self.tls))
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="nextcloud-dav", daemon=True)
         self._thread.start()
@@ -197,16 +209,18 @@ class NextcloudDav:
     def fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
             for f in self.faults:
-                if f.matches(method, path):
+                if f.matches(method, path) and not (f.once_per_path and path in f.hit_paths):
                     f.seen += 1
                     if f.seen % f.every == 0 and (f.times is None or f.hits < f.times):
                         f.hits += 1
+                        f.hit_paths.add(path)
                         return f
         return None
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True      # headers and body go out as two writes: no 40 ms delayed-ACK stall
     dav: NextcloudDav
     server_version = "NextcloudDavTestServer"
 
@@ -244,10 +258,12 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, body = self._route(path)
         except _Reply as reply:
             self._drain()
-            status, headers, body = reply.status, {**reply.headers, "Content-Type": "application/xml; charset=utf-8"}, (
-                '<?xml version="1.0" encoding="utf-8"?>\n<d:error xmlns:d="DAV:" xmlns:s="http://sabredav.org/ns">'
-                f"<s:exception>{_x(reply.exception)}</s:exception><s:message>{_x(reply.message)}</s:message>"
-                "</d:error>").encode()
+            status, headers, body = self._error(reply)
+        except Exception as exc:                         # noqa: BLE001 - a bug here must not pass as a 503
+            with self.dav.lock:
+                self.dav.errors.append(f"{self.command} {path}: {traceback.format_exc()}")
+            self.close_connection = True
+            status, headers, body = self._error(_Reply(500, f"test server bug: {type(exc).__name__}"))
         entry["status"] = status
         entry["wrote"] = self._wrote if status in (201, 204) else None
         with self.dav.lock:
@@ -256,6 +272,14 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.stall)
             self.close_connection = True
         self._respond(status, headers, body)
+
+    @staticmethod
+    def _error(reply: _Reply):
+        """Status, headers and Sabre's XML error body for `reply`."""
+        body = ('<?xml version="1.0" encoding="utf-8"?>\n<d:error xmlns:d="DAV:" xmlns:s="http://sabredav.org/ns">'
+                f"<s:exception>{_x(reply.exception)}</s:exception><s:message>{_x(reply.message)}</s:message>"
+                "</d:error>").encode()
+        return reply.status, {**reply.headers, "Content-Type": "application/xml; charset=utf-8"}, body
 
     def _respond(self, status: int, headers: dict, body) -> None:
         try:
@@ -270,13 +294,15 @@ class _Handler(BaseHTTPRequestHandler):
             if self.command == "HEAD":
                 return
             if isinstance(body, tuple):                 # (open file, length): stream it
-                with body[0] as f:
-                    while block := f.read(BLOCK):
-                        self.wfile.write(block)
+                while block := body[0].read(BLOCK):
+                    self.wfile.write(block)
             else:
                 self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        finally:
+            if isinstance(body, tuple):
+                body[0].close()
 
     # ---------------------------------------------------------------------- request bodies
     def _length(self) -> int:
@@ -305,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Store the body in `dst` (holes for zero runs in sparse mode); the size, or 400 if cut short."""
         left = total = self._length()
         self._body_read = True
-        zero = bytes(BLOCK)
+        zero = bytes(BLOCK) if self.dav.sparse else b""
         with open(dst, "wb") as f:
             while left > 0:
                 block = self.rfile.read(min(BLOCK, left))
@@ -591,7 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
         old = final.stat().st_size if final.is_file() else 0
         self._check_quota(user, total - old, dest)
         tmp = dav.root / "tmp" / uuid.uuid4().hex
-        zero = bytes(BLOCK)
+        zero = bytes(BLOCK) if dav.sparse else b""
         with open(tmp, "wb") as out:
             for chunk in chunks:
                 with open(chunk, "rb") as f:
