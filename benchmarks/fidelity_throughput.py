@@ -10,7 +10,7 @@ as a share of conversion time, summed per document from results.jsonl (the issue
 most 25 %). bigfoot.xlsx (1024 sheets, 100+ s and 18 GB in LibreOffice by itself) is left out, as
 in convert_throughput.py.
 
-    .venv/bin/python benchmarks/fidelity_throughput.py [--workers 2] [--visual-all] [--repeat 1]
+    .venv/bin/python benchmarks/fidelity_throughput.py [--workers 2] [--visual-all] [--repeat 2]
 
 Figures depend on the machine and what else runs on it; compare runs on one machine.
 """
@@ -80,7 +80,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--visual-all", action="store_true", help="also measure the visual tier on every document")
-    parser.add_argument("--repeat", type=int, default=1, help="repeat each measurement, keep the best")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of all measurements; the best of each is kept")
     args = parser.parse_args()
     if not CORPUS.is_dir():
         print(f"no corpus at {CORPUS}", file=sys.stderr)
@@ -91,7 +91,8 @@ def main() -> int:
     try:
         tree, n = corpus_tree(work)
         results["documents"] = n
-        with ConverterPool(ConversionSettings(workers=args.workers, timeout=180)) as pool:
+        pool = ConverterPool(ConversionSettings(workers=args.workers, timeout=180)).start()
+        try:
             run(pool, tree, work / "warm-up", None)                  # warm the workers (first loads are slow)
             variants = [("a_no_fidelity", None),
                         ("b_structural", make_assessor(FidelitySettings(visual="none"))),
@@ -100,15 +101,20 @@ def main() -> int:
             if args.visual_all:
                 variants.append(("d_visual_all", make_assessor(FidelitySettings(visual="all"),
                                                                render=pool.render_pdf, thumbs=work / "thumbs")))
-            for name, assess in variants:
-                best = None
-                for _ in range(args.repeat):
+            # rounds interleave the variants, so that drift in the machine's load hits all of them alike
+            for _ in range(args.repeat):
+                for name, assess in variants:
                     measured = run(pool, tree, work / name, assess)
-                    if best is None or measured["seconds"] < best["seconds"]:
-                        best = measured
-                results[name] = best
-                print(f"{name:28} {best['documents']} docs in {best['seconds']:7.1f} s = {best['docs_per_s']:.2f} docs/s"
-                      f"  tiers {best['tier_seconds_sum']}  visual on {best['visual_documents']}", flush=True)
+                    if name not in results or measured["seconds"] < results[name]["seconds"]:
+                        results[name] = measured
+                    print(f"{name:28} {measured['documents']} docs in {measured['seconds']:7.1f} s = "
+                          f"{measured['docs_per_s']:.2f} docs/s  tiers {measured['tier_seconds_sum']}  "
+                          f"visual on {measured['visual_documents']}", flush=True)
+        finally:
+            try:
+                pool.close()
+            except OSError as exc:        # a killed worker's last files racing the clean-up: not a result
+                print(f"(pool clean-up: {exc})", file=sys.stderr)
         base = results["a_no_fidelity"]["seconds"]
         for name in [k for k in results if k[:2] in ("b_", "c_", "d_")]:
             results[name]["overhead_vs_a"] = f"{(results[name]['seconds'] / base - 1):+.1%}"

@@ -129,8 +129,7 @@ def compare(src: Facts, out: Facts, settings: FidelitySettings) -> list[Check]:
 
 def _text_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Check]:
     sim = similarity(src.text, out.text)
-    check = Check("text", round(src.text.word_count), round(out.text.word_count))
-    check.source, check.output = f"{src.text.word_count} words", f"{out.text.word_count} words"
+    check = Check("text", f"{src.text.word_count} words", f"{out.text.word_count} words")
     if src.family is not Family.SPREADSHEET and sim < 1.0:
         # 1 % of the words changed costs 1.5 points; a third of them, all 50.
         check.points = _points(settings.weight("text"), (1.0 - sim) * 3)

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 import traceback
+from enum import StrEnum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ _READERS: dict[str, Callable[..., Facts]] = {
 _ODF_READERS = {Family.TEXT: read_odt, Family.SPREADSHEET: read_ods, Family.PRESENTATION: read_odp}
 
 
-class Status:
+class Status(StrEnum):
     """Whether a fidelity record holds a measurement."""
 
     ASSESSED = "assessed"           # score and verdict are set
@@ -90,7 +91,7 @@ class FidelityRecord:
         return [c for c in self.checks if c.points > 0]
 
     def to_json(self) -> dict:
-        data: dict = {"status": self.status, "score": self.score,
+        data: dict = {"status": str(self.status), "score": self.score,
                       "verdict": self.verdict.value if self.verdict else None,
                       "deductions": [{"check": c.name, "points": round(c.points, 2), "detail": c.detail}
                                      for c in sorted(self.deductions, key=lambda c: -c.points)]}

@@ -27,8 +27,7 @@ from lxml import etree
 from converters.formats import Family
 from reports.facts import Facts, SheetFacts, Value
 from reports.legacy import biff_sheets, ole_metadata
-from reports.package import (ODF_NS, OdfPackage, Ooxml, PartTooBig, odf_metadata, ooxml_metadata,
-                             parse_xml)
+from reports.package import ODF_NS, OdfPackage, Ooxml, PartTooBig, odf_metadata, ooxml_metadata
 from reports.text import bag
 
 __all__ = ["read_xlsx", "read_ods", "read_xls", "read_xlsb", "same_value", "VOLATILE", "DEFAULT_MAX_ROWS"]

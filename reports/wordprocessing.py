@@ -28,13 +28,7 @@ from reports.package import (ODF_NS, OdfPackage, Ooxml, PartTooBig, drop_fallbac
                              ooxml_metadata)
 from reports.text import TextBag, bag
 
-__all__ = ["read_docx", "read_odt", "WORD_CHECKS"]
-
-#: Features a word-processing reader may count, in the order reports list them.
-WORD_CHECKS = ("paragraphs", "headings", "lists", "tables", "images", "images_inline", "images_floating",
-               "objects", "charts", "equations", "smartart", "text_boxes", "shapes", "footnotes",
-               "endnotes", "comments", "changes", "format_changes", "fields", "bookmarks", "hyperlinks",
-               "sections", "headers", "footers")
+__all__ = ["read_docx", "read_odt", "odf_length_mm", "PAGE_FIELDS"]
 
 _W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 _R = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
