@@ -147,6 +147,19 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
                 by_format[ext] += 1
                 bytes_by_format[ext] += ref.size or 0
                 per_user[user.source] += 1
+    # the pre-migration risk scan of every user's folder (read-only): flags and planning categories
+    from reports.scan import scan_tree
+    risk_flags: Counter = Counter()
+    categories: Counter = Counter()
+    scans: dict[str, str] = {}
+    for cfg in dept.sources:
+        for user in dept.users:
+            folder = cfg.root / (user.folder or user.source)
+            if folder.is_dir():
+                scan = scan_tree(folder, reports_dir(dept) / "scan" / cfg.name / user.source)
+                risk_flags.update(scan.by_flag)
+                categories.update(scan.by_category)
+                scans[f"{cfg.name}/{user.source}"] = str(scan.paths.get("html", ""))
     documents = sum(n for ext, n in by_format.items() if ext in office)
     workers = dept.conversion.workers or 1
     rate, basis = DEFAULT_DOCS_PER_SECOND_PER_WORKER * workers, \
@@ -159,7 +172,9 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
     result = {"department": dept.name, "problems": problems, "items": sum(by_format.values()),
               "bytes": sum(bytes_by_format.values()), "office_documents": documents,
               "by_format": {k: {"items": by_format[k], "bytes": bytes_by_format[k]} for k in sorted(by_format)},
-              "by_user": dict(per_user), "estimated_conversion_seconds": round(estimate, 1),
+              "by_user": dict(per_user), "risk_flags": dict(risk_flags.most_common()),
+              "planning": dict(categories), "scan_reports": scans,
+              "estimated_conversion_seconds": round(estimate, 1),
               "estimate_basis": basis}
     out = reports_dir(dept)
     (out / "assessment.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

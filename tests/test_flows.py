@@ -366,6 +366,10 @@ def test_assess_inventories_without_moving_and_learns_the_rate(tmp_path):
     assert first["by_user"] == per_user and first["items"] == sum(per_user.values())
     assert first["by_format"]["docx"]["items"] >= 2 and first["by_format"]["txt"]["items"] == 2
     assert "no run measured yet" in first["estimate_basis"]
+    assert sum(first["planning"].values()) == sum(per_user.values())        # every file planned
+    if CORPUS.is_dir():
+        assert first["risk_flags"].get("encrypted") == 1                    # the corpus pick
+    assert all(Path(p).is_file() for p in first["scan_reports"].values())
     assert Path(first["report"]).is_file()
     migrate(str(dept_file))
     second = assess(str(dept_file))
