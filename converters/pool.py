@@ -13,7 +13,6 @@ workers, each with its own profile and ports. The pool:
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import queue
@@ -27,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from core.digests import sha256_file
 from core.errors import ConfigError, FatalError, ItemError
 from core.outcomes import Outcome
 from core.settings import ConversionSettings
@@ -37,20 +37,11 @@ from converters.sniff import sniff
 from converters.workers import (ConversionRefused, LocalWorker, RemoteWorkerHandle, Worker,
                                 WorkerDied, WorkerTimeout, find_worker_python, kill_all_workers)
 
-__all__ = ["ConverterPool", "sha256_of", "atomic_copy"]
+__all__ = ["ConverterPool", "atomic_copy"]
 
 log = logging.getLogger("umstieg.converters")
 
 atexit.register(kill_all_workers)
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file, read in blocks (bounded memory for huge files)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _partial_path(dst: Path) -> Path:
@@ -229,7 +220,7 @@ class ConverterPool:
             result.message = sniffed.reason
         else:
             result.target = fmt.target
-            result.sha256 = sha256 or sha256_of(src)
+            result.sha256 = sha256 or sha256_file(src)
             dst = Path(dst_dir) / f"{stem}.{fmt.target}"
             if fmt.is_odf:
                 self._pass_through(src, dst, result)

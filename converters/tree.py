@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.outcomes import Outcome
-from converters.pool import ConverterPool, atomic_copy, sha256_of
+from converters.pool import ConverterPool, atomic_copy
+from core.digests import sha256_file
 from converters.result import ConversionResult
 
 __all__ = ["TreeSummary", "convert_tree", "plan_tree", "RESULTS_NAME"]
@@ -173,7 +174,7 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
         # while it finishes (longest-processing-time-first scheduling).
         for job in sorted(jobs, key=_size, reverse=True):
             try:
-                digest = sha256_of(job.src)
+                digest = sha256_file(job.src)
             except OSError:
                 digest = None                  # the pool reports why it cannot read the file
             prior = previous.get(job.rel)

@@ -28,7 +28,8 @@ from core.plugins import Sink, Source
 from core.ledger import Item, Ledger, State, now
 from core.outcomes import Outcome
 from flows import runtime
-from sinks.localdir import LocalDir, sha256_file
+from core.digests import sha256_file
+from sinks.localdir import LocalDir
 from sources.fileshare import FolderShare, odf_stem
 
 __all__ = ["Discovery", "discover", "process_chunk", "with_retries", "pending_items", "select_failed", "reset_for_rerun",

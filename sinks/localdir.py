@@ -8,7 +8,6 @@ under a real name, and putting the same bytes twice leaves one file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import uuid
@@ -16,17 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from core.department import LocalDirTarget
+from core.digests import sha256_file
 from core.errors import FatalError, ItemError
 
-__all__ = ["LocalDir", "sha256_file"]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["LocalDir"]
 
 
 @dataclass
