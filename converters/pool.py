@@ -127,8 +127,10 @@ class ConverterPool:
         # commands) may share one runtime_dir, and two LibreOffices must never share a profile.
         if self.settings.runtime_dir:
             Path(self.settings.runtime_dir).mkdir(parents=True, exist_ok=True)
+        # ignore_cleanup_errors: a killed LibreOffice may still be writing into its profile
         self._owned_runtime = tempfile.TemporaryDirectory(prefix=f"pool-{os.getpid()}-",
-                                                          dir=self.settings.runtime_dir)
+                                                          dir=self.settings.runtime_dir,
+                                                          ignore_cleanup_errors=True)
         self._runtime = Path(self._owned_runtime.name)
         if self.settings.workers:
             self._python = find_worker_python()

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from converters.formats import FORMATS
-from reports.compare import LABELS
+from reports.compare import label
 
 __all__ = ["load_records", "fidelity_table", "deduction_table", "verdicts_by_format", "write_fidelity_report",
-           "REPORT_NAMES", "THUMBS_DIR", "VERDICT_ORDER"]
+           "write_ods", "REPORT_NAMES", "THUMBS_DIR", "VERDICT_ORDER"]
 
 #: Files the batch report writes next to results.jsonl.
 REPORT_NAMES = {"csv": "fidelity.csv", "ods": "fidelity.ods", "html": "fidelity.html"}
@@ -60,7 +60,7 @@ def _row(record: dict) -> dict:
         "verdict": fidelity.get("verdict") or fidelity.get("status"),
         "score": fidelity.get("score"),
         "deductions": len(deductions),
-        "main_deduction": f"{LABELS.get(main['check'], main['check'])}: {main['detail']}" if main else "",
+        "main_deduction": f"{label(main['check'])}: {main['detail']}" if main else "",
         "text_similarity": fidelity.get("text_similarity"),
         "pages_source": visual.get("pages_source"),
         "pages_output": visual.get("pages_output"),
@@ -90,7 +90,7 @@ def deduction_table(records: list[dict]) -> pd.DataFrame:
     for record in records:
         for d in (record.get("fidelity") or {}).get("deductions") or []:
             rows.append({"path": record.get("path"), "format": record.get("format"), "check": d["check"],
-                         "label": LABELS.get(d["check"], d["check"]), "points": d["points"], "detail": d["detail"]})
+                         "label": label(d["check"]), "points": d["points"], "detail": d["detail"]})
     return pd.DataFrame(rows, columns=["path", "format", "check", "label", "points", "detail"])
 
 
@@ -121,6 +121,76 @@ def top_risks(records: list[dict]) -> Counter:
     return counts
 
 
+def write_ods(path: Path, sheets: dict[str, tuple[pd.DataFrame, bool]]) -> None:
+    """An ODS with one sheet per table, columns as wide as their text and an autofilter on each.
+
+    pandas writes the cells (through odfpy); it sets neither column widths nor filters, so they
+    are added to content.xml afterwards (lxml), before the file is given its final name.
+    """
+    with pd.ExcelWriter(path, engine="odf") as writer:
+        for name, (frame, index) in sheets.items():
+            frame.to_excel(writer, sheet_name=name, index=index)
+    widths, ranges = {}, []
+    for name, (frame, index) in sheets.items():
+        sample = frame.head(2000)
+        columns = ([(sample.index.name or "", list(sample.index))] if index else []) + [
+            (col, list(sample[col])) for col in sample.columns]
+        widths[name] = [min(60, max(6, len(str(header)), *[len(str(v)) for v in cells if not pd.isna(v)]))
+                        for header, cells in columns]
+        if columns and len(frame):
+            quoted = "'" + name.replace("'", "''") + "'"
+            ranges.append(f"{quoted}.A1:{quoted}.{_column_letters(len(columns))}{len(frame) + 1}")
+    _style_ods(path, widths, ranges)
+
+
+def _style_ods(path: Path, widths: dict[str, list[int]], ranges: list[str]) -> None:
+    import zipfile
+
+    from lxml import etree
+
+    ns = {"office": "urn:oasis:names:tc:opendocument:xmlns:office:1.0",
+          "style": "urn:oasis:names:tc:opendocument:xmlns:style:1.0",
+          "table": "urn:oasis:names:tc:opendocument:xmlns:table:1.0"}
+
+    def q(prefix: str, tag: str) -> str:
+        return f"{{{ns[prefix]}}}{tag}"
+
+    with zipfile.ZipFile(path) as zin:
+        items = [(info, zin.read(info)) for info in zin.infolist()]
+    content = etree.fromstring(next(data for info, data in items if info.filename == "content.xml"))
+    automatic = content.find(q("office", "automatic-styles"))
+    if automatic is None:
+        automatic = etree.Element(q("office", "automatic-styles"))
+        content.insert(list(content).index(content.find(q("office", "body"))), automatic)
+    spreadsheet = content.find(f"{q('office', 'body')}/{q('office', 'spreadsheet')}")
+    for number, table in enumerate(spreadsheet.findall(q("table", "table"))):
+        for i, width in enumerate(widths.get(table.get(q("table", "name")), [])):
+            style = etree.SubElement(automatic, q("style", "style"), {q("style", "name"): f"umstieg-co{number}-{i}",
+                                                                      q("style", "family"): "table-column"})
+            etree.SubElement(style, q("style", "table-column-properties"),
+                             {q("style", "column-width"): f"{width * 0.2 + 0.4:.2f}cm"})
+            table.insert(i, etree.Element(q("table", "table-column"), {q("table", "style-name"): f"umstieg-co{number}-{i}"}))
+    if ranges:
+        database = etree.SubElement(spreadsheet, q("table", "database-ranges"))
+        for number, address in enumerate(ranges):
+            etree.SubElement(database, q("table", "database-range"), {
+                q("table", "name"): f"filter{number}", q("table", "target-range-address"): address,
+                q("table", "display-filter-buttons"): "true"})
+    data = etree.tostring(content, xml_declaration=True, encoding="UTF-8")
+    with zipfile.ZipFile(path, "w") as zout:
+        for info, payload in items:
+            zout.writestr(info, data if info.filename == "content.xml" else payload,
+                          compress_type=zipfile.ZIP_STORED if info.filename == "mimetype" else zipfile.ZIP_DEFLATED)
+
+
+def _column_letters(n: int) -> str:
+    letters = ""
+    while n:
+        n, rem = divmod(n - 1, 26)
+        letters = chr(65 + rem) + letters
+    return letters
+
+
 def _atomic(path: Path, write) -> None:
     tmp = path.with_name(f".tmp-{path.name}")       # same extension: pandas picks writers by it
     try:
@@ -143,15 +213,11 @@ def write_fidelity_report(out: Path, results: Path | None = None) -> dict[str, P
     paths = {kind: out / name for kind, name in REPORT_NAMES.items()}
     _atomic(paths["csv"], lambda p: table.to_csv(p, index=False))
 
-    def write_ods(p: Path) -> None:
-        with pd.ExcelWriter(p, engine="odf") as writer:
-            table.to_excel(writer, sheet_name="Documents", index=False)
-            (by_format if not by_format.empty else pd.DataFrame({"verdict": []})).to_excel(
-                writer, sheet_name="Verdicts by format")
-            top_deductions(deductions).to_excel(writer, sheet_name="Top deductions", index=False)
-            deductions.to_excel(writer, sheet_name="Deductions", index=False)
-
-    _atomic(paths["ods"], write_ods)
+    _atomic(paths["ods"], lambda p: write_ods(p, {
+        "Documents": (table, False),
+        "Verdicts by format": (by_format if not by_format.empty else pd.DataFrame({"verdict": []}), True),
+        "Top deductions": (top_deductions(deductions), False),
+        "Deductions": (deductions, False)}))
     html = fidelity_html(records, table, deductions, by_format, top_deductions(deductions), top_risks(records),
                          thumbs=out / THUMBS_DIR)
     _atomic(paths["html"], lambda p: p.write_text(html, encoding="utf-8"))

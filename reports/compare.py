@@ -17,7 +17,7 @@ from reports.scoring import FidelitySettings
 from reports.spreadsheets import VOLATILE, same_value
 from reports.text import containment, lost_words, similarity
 
-__all__ = ["Check", "compare", "LABELS"]
+__all__ = ["Check", "compare", "count_check", "label", "LABELS"]
 
 
 @dataclass
@@ -77,8 +77,14 @@ _SHEET_COUNTS = ("sheets", "hidden_sheets", "merged", "validations", "conditiona
 _SLIDE_COUNTS = ("slides", "hidden_slides") + tuple(SHAPE_COUNTS.values()) + ("notes", "transitions", "animations")
 
 
-def _label(name: str) -> str:
+def label(name: str) -> str:
+    """The words a person reads for a check's name ("part:comments" -> "text of comments")."""
+    if name.startswith("part:"):
+        return f"text of {name[5:]}"
     return LABELS.get(name, name.replace("_", " "))
+
+
+_label = label
 
 
 def _points(weight: float, share: float) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.compare import LABELS
+from reports.compare import label
 from reports.fidelity import SOURCE_RENDER_NOTE
 from reports.risk import RISK_FLAGS
 from reports.scoring import FidelitySettings
@@ -188,7 +188,7 @@ def fidelity_html(records: list[dict], table: pd.DataFrame, deductions: pd.DataF
         fidelity = (by_path.get(row["path"]) or {}).get("fidelity") or {}
         visual = fidelity.get("visual") or {}
         pics = visual.get("thumbnails") or {}
-        lost = "".join(f"<li>{_e(LABELS.get(d['check'], d['check']))} (−{d['points']:g}): {_e(d['detail'])}</li>"
+        lost = "".join(f"<li>{_e(label(d['check']))} (−{d['points']:g}): {_e(d['detail'])}</li>"
                        for d in (fidelity.get("deductions") or [])[:4])
         pages = (f"{visual.get('pages_source')} → {visual.get('pages_output')}, similarity {visual.get('mean_ssim')}"
                  if visual.get("pages_source") is not None else _e(visual.get("reason", "")))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from reports.batch import write_ods
 from reports.risk import DEFAULT_OVERSIZE, RiskReport, inspect
 
 __all__ = ["ScanSummary", "scan_tree", "write_scan_report", "SCAN_NAMES"]
@@ -126,16 +127,15 @@ def write_scan_report(out: Path, jsonl: Path, *, source: str = "", seconds: floa
     _write(paths["csv"], lambda p: flat.to_csv(p, index=False))
 
     def ods(p: Path) -> None:
-        with pd.ExcelWriter(p, engine="odf") as writer:
-            flat.to_excel(writer, sheet_name="Files", index=False)
-            if not table.empty:
-                by_format = pd.crosstab(table["format"].fillna("other"), table["category"])
-                by_format["files"] = by_format.sum(axis=1)
-                by_format["MiB"] = (table.groupby(table["format"].fillna("other"))["size"].sum() / 2**20).round(1)
-                by_format.to_excel(writer, sheet_name="By format")
-                flags = Counter(f for fl in table["flags"] for f in fl)
-                pd.DataFrame(flags.most_common(), columns=["flag", "files"]).to_excel(writer, sheet_name="Flags",
-                                                                                       index=False)
+        sheets = {"Files": (flat, False)}
+        if not table.empty:
+            by_format = pd.crosstab(table["format"].fillna("other"), table["category"])
+            by_format["files"] = by_format.sum(axis=1)
+            by_format["MiB"] = (table.groupby(table["format"].fillna("other"))["size"].sum() / 2**20).round(1)
+            flags = Counter(f for fl in table["flags"] for f in fl)
+            sheets["By format"] = (by_format, True)
+            sheets["Flags"] = (pd.DataFrame(flags.most_common(), columns=["flag", "files"]), False)
+        write_ods(p, sheets)
 
     _write(paths["ods"], ods)
     _write(paths["html"], lambda p: p.write_text(scan_html(table, source=source, seconds=seconds), encoding="utf-8"))
