@@ -147,18 +147,23 @@ def rerun(department_file: Path = DeptFile,
         raise typer.Exit(1)
 
 
-def status(department_file: Path = DeptFile,
-           as_json: bool = typer.Option(False, "--json", help="print the status as JSON")) -> None:
-    """Progress by user and state, failures by class, from the ledger."""
-    dept = _load(department_file)
+def _status(dept) -> dict:
+    """The department's status from its ledger (schema brought up to date first)."""
     from core.ledger import Ledger
     from reports.migration import department_status
     ledger = Ledger(dept.ledger_url)
     try:
         ledger.migrate()
-        summary = department_status(dept, ledger)
+        return department_status(dept, ledger)
     finally:
         ledger.close()
+
+
+def status(department_file: Path = DeptFile,
+           as_json: bool = typer.Option(False, "--json", help="print the status as JSON")) -> None:
+    """Progress by user and state, failures by class, from the ledger."""
+    dept = _load(department_file)
+    summary = _status(dept)
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
@@ -171,14 +176,8 @@ def status(department_file: Path = DeptFile,
 def report(department_file: Path = DeptFile) -> None:
     """Write the department's report from the ledger now and say where it is."""
     dept = _load(department_file)
-    from core.ledger import Ledger
-    from reports.migration import department_status, write_run_report
-    ledger = Ledger(dept.ledger_url)
-    try:
-        ledger.migrate()
-        summary = department_status(dept, ledger)
-    finally:
-        ledger.close()
+    from reports.migration import write_run_report
+    summary = _status(dept)
     from datetime import datetime, timezone
     summary.update(run=0, delta={}, seconds=0, finished=datetime.now(timezone.utc).isoformat())
     path = write_run_report(dept, summary)
