@@ -11,7 +11,7 @@ from rich.table import Table
 from core.errors import ConfigError, FatalError
 from core.outcomes import Outcome
 from core.settings import ConversionSettings
-from umstieg.console import console
+from umstieg.console import console, print_error
 
 __all__ = ["convert"]
 
@@ -95,7 +95,7 @@ def convert(
             summary = convert_tree(pool, src, out, copy_unsupported=copy_unsupported,
                                    on_start=on_start, on_result=on_result, assess=assess)
     except (ConfigError, FatalError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(2) from exc
     except KeyboardInterrupt:
         console.print("[yellow]interrupted:[/yellow] every document finished so far is recorded; "

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from core.errors import ConfigError, FatalError
-from umstieg.console import console
+from umstieg.console import console, print_error
 
 __all__ = ["register"]
 
@@ -33,7 +33,7 @@ def _load(department_file: Path):
     try:
         return load_department(department_file)
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(2) from exc
 
 
@@ -106,7 +106,7 @@ def _run_flow(dept, call) -> dict:
     try:
         return call()
     except (ConfigError, FatalError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(exc)
         raise typer.Exit(2) from exc
     finally:
         stop.set()
