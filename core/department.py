@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from collections import Counter
 from datetime import time as dtime
 from enum import StrEnum
@@ -22,7 +23,10 @@ from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, 
 
 from core.errors import ConfigError
 
-__all__ = ["Department", "User", "FolderSource", "LocalDirTarget", "NextcloudTarget", "OXDriveTarget",
+__all__ = ["Department", "User", "FolderSource", "SmbSource", "S3Source", "OneDriveSource", "SharePointSource",
+           "M365Source", "EwsSource", "ImapSource", "ExportSource", "SourceConfig",
+           "LocalDirTarget", "NextcloudTarget", "OXDriveTarget", "S3ArchiveTarget",
+           "ImapTarget", "CalDavTarget", "CardDavTarget", "TargetConfig",
            "Conversion", "KeepOriginal",
            "Schedule", "Limits", "Cluster", "SecretRef", "load_department", "identity_problems"]
 
@@ -83,6 +87,133 @@ class FolderSource(_Model):
     type: Literal["folder"] = "folder"
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     root: Path
+
+
+class _Tls(_Model):
+    """How a client trusts a server: the system's CAs, a CA bundle, or (tests only) nobody."""
+
+    verify_tls: bool = True
+    ca_file: Path | None = Field(default=None, description="a CA bundle (PEM) to trust instead of the system's")
+    timeout: float = Field(default=60, gt=0, description="seconds to wait for the server before retrying")
+
+    @model_validator(mode="after")
+    def _tls(self):
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file and verify_tls: false contradict each other")
+        return self
+
+
+_NAME = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="what items of this source are filed under")
+
+
+class SmbSource(_Tls):
+    """A Windows (SMB 2/3) share read with a service account: `\\\\server\\share\\path\\<user folder>`."""
+
+    type: Literal["smb"] = "smb"
+    name: str = _NAME
+    server: str = Field(min_length=1, description="host name or address of the file server")
+    port: int = Field(default=445, ge=1, le=65535)
+    share: str = Field(min_length=1, description="the share's name")
+    path: str = Field(default="", description="folder inside the share that holds one folder per user")
+    username: str = Field(min_length=1, description="service account (DOMAIN\\user or user@domain)")
+    password: SecretRef
+    encrypt: bool = Field(default=False, description="require SMB 3 encryption")
+    read_acl: bool = Field(default=True, description="read owners and ACL entries for the sharing report")
+
+
+class S3Source(_Tls):
+    """An S3 bucket (or prefix) holding an exported share: `<prefix>/<user folder>/...`."""
+
+    type: Literal["s3"] = "s3"
+    name: str = _NAME
+    bucket: str = Field(min_length=3)
+    prefix: str = Field(default="", description="key prefix that holds one folder per user")
+    endpoint_url: str | None = Field(default=None, description="for S3-compatible servers (MinIO, Ceph, …)")
+    region: str = "us-east-1"
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+
+
+class _GraphApp(_Tls):
+    """An Entra ID application with app-only (client credentials) access to Microsoft Graph."""
+
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    authority: str = Field(default="https://login.microsoftonline.com",
+                           description="the identity platform (national clouds have their own)")
+    graph_url: str = Field(default="https://graph.microsoft.com/v1.0")
+    concurrency: int = Field(default=4, ge=1, le=16, description="requests at once per mailbox / drive")
+
+
+class OneDriveSource(_GraphApp):
+    """Each user's OneDrive (the user's source login is their UPN at Microsoft 365)."""
+
+    type: Literal["onedrive"] = "onedrive"
+    name: str = _NAME
+    path: str = Field(default="", description="a folder in each drive to migrate (default: the whole drive)")
+
+
+class SharePointSource(_GraphApp):
+    """A SharePoint document library with one folder per user (or a shared folder per group)."""
+
+    type: Literal["sharepoint"] = "sharepoint"
+    name: str = _NAME
+    site: str = Field(min_length=1, description="`host:/sites/name` or a site id")
+    library: str = Field(default="Documents", description="the document library's name")
+    path: str = Field(default="", description="folder in the library that holds one folder per user")
+
+
+class M365Source(_GraphApp):
+    """Microsoft 365 mailboxes through Graph: mail, calendars and contacts."""
+
+    type: Literal["m365"] = "m365"
+    name: str = _NAME
+    mail: bool = True
+    calendars: bool = True
+    contacts: bool = True
+
+
+class EwsSource(_Tls):
+    """Exchange on-premises over EWS, with a service account that impersonates each user."""
+
+    type: Literal["ews"] = "ews"
+    name: str = _NAME
+    url: str = Field(pattern=r"^https?://", description="the EWS endpoint, …/EWS/Exchange.asmx")
+    username: str = Field(min_length=1)
+    password: SecretRef
+    auth: Literal["ntlm", "basic"] = "ntlm"
+    impersonation: bool = True
+    mail: bool = True
+    calendars: bool = True
+    contacts: bool = True
+
+
+class ImapSource(_Tls):
+    """Any IMAP server: a master user (Dovecot `user*master`), or one password per user."""
+
+    type: Literal["imap"] = "imap"
+    name: str = _NAME
+    host: str = Field(min_length=1)
+    port: int = Field(default=993, ge=1, le=65535)
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    master_user: str | None = Field(default=None, description="log in as `<user>*<master_user>` (Dovecot)")
+    password: SecretRef | None = Field(default=None, description="the master user's password")
+    passwords: dict[str, SecretRef] = Field(default_factory=dict, description="source login -> password")
+    oauth_tokens: dict[str, SecretRef] = Field(default_factory=dict,
+                                               description="source login -> OAuth access token (XOAUTH2)")
+
+
+class ExportSource(_Model):
+    """Export files on this machine, one folder per user: PST/OST, MBOX, EML, MSG, ICS, VCF."""
+
+    type: Literal["export"] = "export"
+    name: str = _NAME
+    root: Path
+
+
+SourceConfig = Annotated[FolderSource | SmbSource | S3Source | OneDriveSource | SharePointSource | M365Source
+                         | EwsSource | ImapSource | ExportSource, Field(discriminator="type")]
 
 
 class LocalDirTarget(_Model):
@@ -167,6 +298,55 @@ class OXDriveTarget(_WebDavTarget):
     type: Literal["oxdrive"] = "oxdrive"
 
 
+class S3ArchiveTarget(_Tls):
+    """An S3 bucket that receives every converted document's Office original, for the record."""
+
+    type: Literal["s3"] = "s3"
+    bucket: str = Field(min_length=3)
+    prefix: str = Field(default="", description="key prefix; keys are `<prefix>/<department>/<user>/<path>`")
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+
+
+class ImapTarget(_Tls):
+    """The IMAP server mail lands in (Open-Xchange's Dovecot or any other)."""
+
+    type: Literal["imap"] = "imap"
+    host: str = Field(min_length=1)
+    port: int = Field(default=993, ge=1, le=65535)
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    master_user: str | None = Field(default=None, description="log in as `<user>*<master_user>` (Dovecot)")
+    password: SecretRef | None = Field(default=None, description="the master user's password")
+    passwords: dict[str, SecretRef] = Field(default_factory=dict, description="target login -> password")
+    folder_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="special-use folder -> its name at the target (e.g. Sent: Gesendet), when the server has no "
+                    "SPECIAL-USE")
+
+
+class _DavAccount(_WebDavTarget):
+    """A CalDAV or CardDAV server: `<url>/<home>` per user."""
+
+    flavour: Literal["nextcloud", "ox", "generic"] = "generic"
+
+
+class CalDavTarget(_DavAccount):
+    """Calendars: Nextcloud (`/remote.php/dav/calendars/USER/`), OX (`/servlet/dav`) or any CalDAV server."""
+
+    type: Literal["caldav"] = "caldav"
+
+
+class CardDavTarget(_DavAccount):
+    """Address books: Nextcloud (`/remote.php/dav/addressbooks/users/USER/`), OX or any CardDAV server."""
+
+    type: Literal["carddav"] = "carddav"
+
+
+TargetConfig = Annotated[LocalDirTarget | NextcloudTarget | OXDriveTarget, Field(discriminator="type")]
+
+
 class KeepOriginal(StrEnum):
     """Whether the Office original travels beside its ODF copy."""
 
@@ -239,8 +419,13 @@ class Department(_Model):
     ledger_password: SecretRef | None = Field(default=None, description="for a PostgreSQL ledger")
     work_dir: Path = Field(description="staging area, ledger (by default) and reports")
     users: list[User] = Field(min_length=1)
-    sources: list[Annotated[FolderSource, Field(discriminator="type")]] = Field(min_length=1)
-    target: Annotated[LocalDirTarget | NextcloudTarget | OXDriveTarget, Field(discriminator="type")]
+    sources: list[SourceConfig] = Field(min_length=1)
+    target: TargetConfig = Field(description="where files and documents land")
+    mail_target: ImapTarget | None = Field(default=None, description="where mail lands")
+    calendar_target: CalDavTarget | None = Field(default=None, description="where calendars land")
+    contacts_target: CardDavTarget | None = Field(default=None, description="where address books land")
+    archive: S3ArchiveTarget | None = Field(default=None,
+                                            description="every converted document's original is also kept here")
     conversion: Conversion = Conversion()
     schedule: Schedule = Schedule()
     limits: Limits = Limits()
@@ -291,13 +476,27 @@ def _resolve_relative(data: dict, base: Path) -> dict:
         return str(p if p.is_absolute() else (base / p).resolve())
     if isinstance(data.get("work_dir"), str):
         data["work_dir"] = fix(data["work_dir"])
-    for src in data.get("sources") or []:
-        if isinstance(src, dict) and isinstance(src.get("root"), str):
-            src["root"] = fix(src["root"])
-    for key in ("root", "ca_file"):
-        if isinstance(data.get("target"), dict) and isinstance(data["target"].get(key), str):
-            data["target"][key] = fix(data["target"][key])
+    sources = data.get("sources") if isinstance(data.get("sources"), list) else []
+    for block in [*sources, *(data.get(name) for name in _ENDPOINTS)]:
+        for key in ("root", "ca_file"):
+            if isinstance(block, dict) and isinstance(block.get(key), str):
+                block[key] = fix(block[key])
     return data
+
+
+#: The fields that hold a source or a target chosen by its `type`.
+_ENDPOINTS = ("target", "mail_target", "calendar_target", "contacts_target", "archive")
+
+
+def _without_type_tags(loc: tuple) -> tuple:
+    """pydantic puts the chosen `type` into an error's location (`sources.0.smb.port`): leave it out,
+    people know the field as `sources.0.port`."""
+    unions = {"sources": (2, SourceConfig), "target": (1, TargetConfig)}
+    if not loc or loc[0] not in unions:
+        return loc
+    tag_at, union = unions[loc[0]]
+    tags = {m.model_fields["type"].default for m in typing.get_args(typing.get_args(union)[0])}
+    return loc[:tag_at] + loc[tag_at + 1:] if len(loc) > tag_at and loc[tag_at] in tags else loc
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -339,8 +538,7 @@ def load_department(path: Path | str) -> Department:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = tuple(x for x in err["loc"]
-                        if not (isinstance(x, str) and x in ("folder", "localdir", "nextcloud", "oxdrive")))
+            loc = _without_type_tags(err["loc"])
             field = ".".join(str(x) for x in loc) or "(file)"
             line = _line_of(root, loc)
             msg = err["msg"].removeprefix("Value error, ")

@@ -28,3 +28,6 @@ class ItemRef:
     location: str        # folder / calendar / path at the source, for mapping and reports
     version: str         # change key, ETag or mtime+size: what makes a delta a delta
     size: int | None = None
+    #: what the target needs beside the bytes, JSON-serialisable: a message's flags and internal
+    #: date, its special-use folder and Message-ID; a file's owner and permissions for sharing
+    meta: dict | None = None

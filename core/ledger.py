@@ -116,6 +116,7 @@ class Item(Base):
     target_ref: Mapped[str | None] = mapped_column(Text)        # where it is at the target
     target_digest: Mapped[str | None] = mapped_column(String(64))
     original_ref: Mapped[str | None] = mapped_column(Text)      # the kept Office original, if any
+    meta: Mapped[dict | None] = mapped_column(JSON)             # ItemRef.meta (flags, dates, permissions)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
 

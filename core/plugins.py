@@ -2,6 +2,11 @@
 
 flows/steps.py picks the module for a configured `type` (`source_of`, `target_of`) and uses only
 these methods, so a new system is a new module plus a config model, nothing else.
+
+Items of every kind take the same road: a source lists ItemRefs and streams one item's bytes
+into a local file (a file's bytes, a message's MIME, an event as iCalendar, a contact as vCard);
+a sink writes that file for a target user and later proves that it holds it. What travels beside
+the bytes (flags, internal date, permissions) is the ItemRef's `meta`, kept in the ledger.
 """
 
 from __future__ import annotations
@@ -24,10 +29,15 @@ class Source(Protocol):
         """Problems that must stop the department before anything moves (all of them)."""
 
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
-        """Every item of one user, with a version that changes when the item changes."""
+        """Every item of one user, with a version that changes when the item changes.
 
-    def extract(self, folder: str, location: str, dst: Path) -> tuple[int, float]:
-        """Stream one item's bytes into the local file `dst`; returns (size, mtime)."""
+        `owner` is the user's source login, `folder` their folder under the source's root (for
+        mailbox sources, the mailbox to open: usually the login itself)."""
+
+    def extract(self, folder: str, location: str, dst: Path, key: str | None = None) -> tuple[int, float | None]:
+        """Stream one item's bytes into the local file `dst`; returns (size, mtime or None).
+
+        `location` is the ItemRef's location and `key` its key (mailbox sources need the key)."""
 
 
 class Sink(Protocol):
@@ -36,14 +46,18 @@ class Sink(Protocol):
     def check(self, owners: list[str]) -> list[str]:
         """Problems that must stop the department before anything moves (all of them)."""
 
-    def find(self, owner: str, rel: str, digest: str) -> str | None:
-        """The reference of `owner`/`rel` if it already holds exactly these bytes (sha256)."""
+    def digest(self, src: Path) -> str:
+        """What `find` and `verify` compare: sha256 of the bytes for files and mail; for events and
+        contacts, a digest of the fields a server must keep (servers rewrite the text)."""
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None) -> str:
+    def find(self, owner: str, rel: str, digest: str, meta: dict | None = None) -> str | None:
+        """The reference of `owner`/`rel` if it already holds exactly this content."""
+
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None) -> str:
         """Write the local file `src` as `owner`/`rel`; returns the target reference."""
 
     def verify(self, ref: str, digest: str) -> str | None:
-        """None when the target holds exactly these bytes, else what is wrong."""
+        """None when the target holds exactly this content, else what is wrong."""
 
     def remove(self, ref: str) -> None:
         """Delete an item at the target (only for delete_at_target)."""

@@ -23,7 +23,7 @@ from core.errors import ConfigError, TransientError
 from core.ledger import Ledger
 from core.settings import usable_cpus
 from flows import runtime
-from flows.steps import discover, process_chunk, reset_for_rerun, select_failed, source_of, target_of
+from flows.steps import discover, process_chunk, reset_for_rerun, select_failed, source_of, targets_of
 from reports.migration import run_summary, write_run_report
 
 __all__ = ["migrate", "rerun", "assess", "check_department", "task_runner_for"]
@@ -62,7 +62,9 @@ def check_department(dept: Department) -> list[str]:
     problems: list[str] = []
     for cfg in dept.sources:
         problems += source_of(dept, cfg.name).check([u.folder or u.source for u in dept.users])
-    problems += target_of(dept).check([u.target for u in dept.users])
+    for field_name, sink in targets_of(dept).items():
+        problems += [p if field_name == "target" else f"{field_name}: {p}"
+                     for p in sink.check([u.target for u in dept.users])]
     return problems
 
 

@@ -11,6 +11,7 @@ about (and tested) without an orchestrator.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from sqlalchemy import select, update
 
 from core.department import Department, KeepOriginal
 from core.errors import FatalError, ItemError, TransientError
+from core.items import Kind
 from core.plugins import Sink, Source
 from core.ledger import Item, Ledger, State, now
 from core.outcomes import Outcome
@@ -33,7 +35,7 @@ from sinks.localdir import LocalDir
 from sources.fileshare import FolderShare, odf_stem
 
 __all__ = ["Discovery", "discover", "process_chunk", "with_retries", "pending_items", "select_failed", "reset_for_rerun",
-           "source_of", "target_of"]
+           "source_of", "target_of", "targets_of", "sink_for", "NoTarget"]
 
 log = logging.getLogger("umstieg.flows")
 
@@ -41,18 +43,54 @@ log = logging.getLogger("umstieg.flows")
 _NEEDS_A_PERSON = {Outcome.ENCRYPTED, Outcome.UNREADABLE}
 
 
+#: configured `type` -> module offering `source_for(config)`; imported only when configured, so that a
+#: department of folders never loads smbprotocol, boto3 or exchangelib
+_SOURCE_MODULES = {"smb": "sources.smb", "s3": "sources.s3", "onedrive": "sources.onedrive",
+                   "sharepoint": "sources.onedrive", "m365": "sources.m365", "ews": "sources.ews",
+                   "imap": "sources.imap", "export": "sources.export"}
+#: configured target `type` -> module offering `sink_for(config)`
+_SINK_MODULES = {"nextcloud": "sinks.webdav", "oxdrive": "sinks.webdav", "imap": "sinks.imap",
+                 "caldav": "sinks.groupware", "carddav": "sinks.groupware", "s3": "sinks.s3"}
+#: which department field receives items of which kind
+_TARGET_FIELD = {Kind.FILE: "target", Kind.MESSAGE: "mail_target", Kind.EVENT: "calendar_target",
+                 Kind.CONTACT: "contacts_target"}
+
+
+class NoTarget(ItemError):
+    """The department has no target for this kind of item (e.g. mail without a mail_target)."""
+
+    reason = "no_target"
+
+
 def source_of(dept: Department, name: str) -> Source:
     """The source module for the configured source called `name` (dispatch on its `type`)."""
     cfg = next(s for s in dept.sources if s.name == name)
-    return FolderShare(cfg)
+    if cfg.type == "folder":
+        return FolderShare(cfg)
+    return importlib.import_module(_SOURCE_MODULES[cfg.type]).source_for(cfg)
 
 
-def target_of(dept: Department) -> Sink:
-    """The sink module for the department's target (dispatch on its `type`)."""
-    if dept.target.type in ("nextcloud", "oxdrive"):
-        from sinks.webdav import sink_for          # httpx only when a WebDAV target is configured
-        return sink_for(dept.target)
-    return LocalDir(dept.target)
+def sink_for(config) -> Sink:
+    """The sink module for one configured target (dispatch on its `type`)."""
+    if config.type == "localdir":
+        return LocalDir(config)
+    return importlib.import_module(_SINK_MODULES[config.type]).sink_for(config)
+
+
+def target_of(dept: Department, kind: Kind | str = Kind.FILE) -> Sink:
+    """The sink that receives items of `kind` in this department."""
+    field_name = _TARGET_FIELD[Kind(kind)]
+    config = getattr(dept, field_name)
+    if config is None:
+        raise NoTarget(f"the department has no {field_name} for items of kind {Kind(kind).value}; "
+                       f"add one to the department file and rerun")
+    return sink_for(config)
+
+
+def targets_of(dept: Department) -> dict[str, Sink]:
+    """Every configured target, by its department field (for checks before anything moves)."""
+    return {name: sink_for(getattr(dept, name)) for name in (*_TARGET_FIELD.values(), "archive")
+            if getattr(dept, name) is not None}
 
 
 @dataclass
@@ -93,15 +131,17 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                     seen.add(ref.key)
                     item = known.get(ref.key)
                     if item is None:
+                        stem = odf_stem(ref.location, siblings) if ref.kind is Kind.FILE else ref.location
                         item = Item(department=dept.name, source=ref.source, key=ref.key, kind=ref.kind.value,
                                     owner=user.source, target_owner=user.target, location=ref.location,
-                                    target_stem=odf_stem(ref.location, siblings),
+                                    target_stem=stem, meta=ref.meta,
                                     version=ref.version, size=ref.size, state=State.DISCOVERED.value,
                                     change="new", run_id=run_id)
                         s.add(item)
                         found.new[user.source] += 1
                     elif item.version != ref.version or item.removed_at_source:
                         item.version, item.size, item.change = ref.version, ref.size, "changed"
+                        item.meta = ref.meta
                         item.state, item.reason, item.message = State.DISCOVERED.value, None, None
                         item.removed_at_source, item.run_id = False, run_id
                         item.target_owner = user.target
@@ -115,8 +155,8 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                     found.removed[user.source] += 1
                 s.flush()
             if gone and dept.delete_at_target:
-                sink = target_of(dept)
                 for item in gone:
+                    sink = target_of(dept, item.kind)
                     for ref in (item.target_ref, item.original_ref):
                         if ref:
                             sink.remove(ref)
@@ -251,9 +291,11 @@ def _extract(dept: Department, ledger: Ledger, item: Item) -> Item:
     staged = _staging(dept, item) / "source" / PurePosixPath(item.location).name
     if staged.parent.exists():
         shutil.rmtree(staged.parent)
-    size, mtime = source.extract(user.folder or user.source, item.location, staged)
+    size, mtime = source.extract(user.folder or user.source, item.location, staged, key=item.key)
     digest = sha256_file(staged)
-    ledger.record(item.id, state=State.EXTRACTED, sha256=digest, size=size, staged_path=str(staged),
+    if mtime is not None:
+        item.meta = {**(item.meta or {}), "mtime": mtime}
+    ledger.record(item.id, state=State.EXTRACTED, sha256=digest, size=size, staged_path=str(staged), meta=item.meta,
                   batch_id=item.batch_id, attempts=item.attempts,
                   step_seconds={"extract": round(time.monotonic() - started, 4)})
     item.state, item.sha256, item.size, item.staged_path = State.EXTRACTED.value, digest, size, str(staged)
@@ -268,7 +310,7 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
         item = _extract(dept, ledger, item)
         staged = Path(item.staged_path)
     converted, outcome, message, fidelity = None, None, None, None
-    if dept.conversion.enabled:
+    if dept.conversion.enabled and item.kind == Kind.FILE.value:
         out_dir = _staging(dept, item) / "converted"
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -320,7 +362,7 @@ def _keep_original(dept: Department, item: Item) -> bool:
 
 def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
     started = time.monotonic()
-    sink = target_of(dept)
+    sink = target_of(dept, item.kind)
     rel, original_rel = _target_names(item)
     payload = Path(item.converted_path or item.staged_path or "")
     if not payload.is_file():                  # staging lost (cleaned, other machine): redo
@@ -329,9 +371,12 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
         item = _convert(dept, ledger, _extract(dept, ledger, item))
         rel, original_rel = _target_names(item)
         payload = Path(item.converted_path or item.staged_path)
-    digest = item.sha256 if not item.converted_path else sha256_file(payload)
+    # a file that travels unchanged already has its sha256 from the extract step
+    unchanged_file = item.kind == Kind.FILE.value and not item.converted_path
+    digest = item.sha256 if unchanged_file else sink.digest(payload)
     mtime = _source_mtime(item)
-    ref = sink.find(item.target_owner, rel, digest) or sink.put(item.target_owner, rel, payload, mtime)
+    ref = (sink.find(item.target_owner, rel, digest, item.meta)
+           or sink.put(item.target_owner, rel, payload, mtime, item.meta))
     original_ref = None
     if item.converted_path and original_rel and _keep_original(dept, item):
         if dept.conversion.originals_folder:
@@ -339,15 +384,28 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
             original_rel = str(p.parent / dept.conversion.originals_folder / p.name)
         original_ref = (sink.find(item.target_owner, original_rel, item.sha256)
                         or sink.put(item.target_owner, original_rel, Path(item.staged_path), mtime))
+    meta = item.meta
+    if item.converted_path and dept.archive is not None:
+        archive = sink_for(dept.archive)
+        archive_rel = f"{dept.name}/{item.owner}/{item.location}"
+        meta = {**(meta or {}), "archive_ref": (archive.find(item.owner, archive_rel, item.sha256)
+                                                or archive.put(item.owner, archive_rel, Path(item.staged_path),
+                                                               mtime))}
     ledger.record(item.id, state=State.LOADED, target_ref=ref, target_digest=digest, original_ref=original_ref,
-                  batch_id=item.batch_id, attempts=item.attempts,
+                  meta=meta, batch_id=item.batch_id, attempts=item.attempts,
                   step_seconds={"load": round(time.monotonic() - started, 4)})
     item.state, item.target_ref, item.target_digest, item.original_ref = State.LOADED.value, ref, digest, original_ref
+    item.meta = meta
     return item
 
 
 def _source_mtime(item: Item) -> float | None:
-    try:
+    """The item's modification time at the source, as its source reported it."""
+    if item.meta and item.meta.get("mtime") is not None:
+        return float(item.meta["mtime"])
+    if item.kind != Kind.FILE.value:
+        return None
+    try:                                       # items listed before the ledger kept meta
         return int(item.version.split(":")[0]) / 1e9
     except (ValueError, IndexError):
         return None
@@ -359,10 +417,13 @@ class _VerifyFailed(ItemError):
 
 def _verify(dept: Department, ledger: Ledger, item: Item) -> State:
     started = time.monotonic()
-    sink = target_of(dept)
+    sink = target_of(dept, item.kind)
     problem = sink.verify(item.target_ref, item.target_digest)
     if problem is None and item.original_ref:
         problem = sink.verify(item.original_ref, item.sha256)
+    archived = (item.meta or {}).get("archive_ref")
+    if problem is None and archived and dept.archive is not None:
+        problem = sink_for(dept.archive).verify(archived, item.sha256)
     if problem:
         raise _VerifyFailed(problem)
     ledger.record(item.id, state=State.VERIFIED, staged_path=None, converted_path=None,

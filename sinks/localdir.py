@@ -43,14 +43,17 @@ class LocalDir:
             raise ItemError(f"refusing a target path outside the user's folder: {rel!r}")
         return self.config.root / owner / Path(*parts)
 
-    def find(self, owner: str, rel: str, digest: str) -> str | None:
+    def digest(self, src: Path) -> str:
+        return sha256_file(src)
+
+    def find(self, owner: str, rel: str, digest: str, meta: dict | None = None) -> str | None:
         """The target reference if this exact content is already there (create-only reruns)."""
         path = self._path(owner, rel)
         if path.is_file() and sha256_file(path) == digest:
             return str(path)
         return None
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None) -> str:
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None) -> str:
         """Write `src` as `<owner>/<rel>`, atomically; returns the target reference."""
         dst = self._path(owner, rel)
         tmp = dst.with_name(f".{uuid.uuid4().hex[:12]}.umstieg-partial")

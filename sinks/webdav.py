@@ -409,7 +409,10 @@ class WebDav:
         """What a specific server can check besides the user's folder (`folder`, which exists)."""
         return []
 
-    def find(self, owner: str, rel: str, digest: str) -> str | None:
+    def digest(self, src: Path) -> str:
+        return _sha256_of(src)
+
+    def find(self, owner: str, rel: str, digest: str, meta: dict | None = None) -> str | None:
         """The reference of `owner`/`rel` if it already holds exactly these bytes (sha256)."""
         acct = self._account(owner)
         path = self._dav_path(acct, rel)
@@ -467,7 +470,8 @@ class WebDav:
                 from None
         return digest.hexdigest()
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, digest: str | None = None) -> str:
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None,
+            digest: str | None = None) -> str:
         """Send the local file `src` as `owner`/`rel` (name mapped if need be); returns the reference.
 
         `digest`, the sha256 of `src`, spares hashing the file again where the server wants a

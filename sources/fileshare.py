@@ -71,7 +71,7 @@ class FolderShare:
     def path_of(self, folder: str, location: str) -> Path:
         return self.config.root / folder / location
 
-    def extract(self, folder: str, location: str, dst: Path) -> tuple[int, float]:
+    def extract(self, folder: str, location: str, dst: Path, key: str | None = None) -> tuple[int, float]:
         """Copy one file's bytes to `dst` (bounded memory); returns (size, mtime)."""
         src = self.path_of(folder, location)
         try:

@@ -1,0 +1,23 @@
+"""item meta: what a target needs beside the bytes (flags, dates, permissions)
+
+Revision ID: 0003
+Revises: 0002
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('items', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('meta', sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('items', schema=None) as batch_op:
+        batch_op.drop_column('meta')
