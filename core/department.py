@@ -27,7 +27,7 @@ __all__ = ["Department", "User", "FolderSource", "SmbSource", "S3Source", "OneDr
            "M365Source", "EwsSource", "ImapSource", "ExportSource", "SourceConfig",
            "LocalDirTarget", "NextcloudTarget", "OXDriveTarget", "S3ArchiveTarget",
            "ImapTarget", "CalDavTarget", "CardDavTarget", "TargetConfig",
-           "Conversion", "KeepOriginal",
+           "Conversion", "KeepOriginal", "Sharing",
            "Schedule", "Limits", "Cluster", "SecretRef", "load_department", "identity_problems"]
 
 
@@ -130,8 +130,15 @@ class S3Source(_Tls):
     prefix: str = Field(default="", description="key prefix that holds one folder per user")
     endpoint_url: str | None = Field(default=None, description="for S3-compatible servers (MinIO, Ceph, …)")
     region: str = "us-east-1"
-    access_key_id: SecretRef | None = None
+    access_key_id: SecretRef | None = Field(default=None, description="default: the AWS credential chain")
     secret_access_key: SecretRef | None = None
+    page_size: int = Field(default=1000, ge=1, le=1000, description="keys asked for per listing request")
+
+    @model_validator(mode="after")
+    def _key_pair(self):
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together")
+        return self
 
 
 class _GraphApp(_Tls):
@@ -152,6 +159,8 @@ class OneDriveSource(_GraphApp):
     type: Literal["onedrive"] = "onedrive"
     name: str = _NAME
     path: str = Field(default="", description="a folder in each drive to migrate (default: the whole drive)")
+    read_permissions: bool = Field(default=True, description="read who an item is shared with (one request per "
+                                                             "shared item) for the sharing report")
 
 
 class SharePointSource(_GraphApp):
@@ -162,6 +171,8 @@ class SharePointSource(_GraphApp):
     site: str = Field(min_length=1, description="`host:/sites/name` or a site id")
     library: str = Field(default="Documents", description="the document library's name")
     path: str = Field(default="", description="folder in the library that holds one folder per user")
+    read_permissions: bool = Field(default=True, description="read who an item is shared with (one request per "
+                                                             "shared item) for the sharing report")
 
 
 class M365Source(_GraphApp):
@@ -183,10 +194,17 @@ class EwsSource(_Tls):
     username: str = Field(min_length=1)
     password: SecretRef
     auth: Literal["ntlm", "basic"] = "ntlm"
-    impersonation: bool = True
+    impersonation: bool = Field(default=True, description="impersonate each mailbox (ApplicationImpersonation); "
+                                                      "false: the account's own or delegated access")
     mail: bool = True
     calendars: bool = True
     contacts: bool = True
+    max_connections: int = Field(default=4, ge=1, le=32, description="HTTP connections to the server at once")
+    max_wait: float = Field(default=300, gt=0, description="longest single back-off (seconds) a busy server may ask "
+                                                          "for before the item is retried later instead")
+    page_size: int = Field(default=200, ge=1, le=512, description="changes per SyncFolderItems request")
+    sync_state_dir: Path | None = Field(default=None, description="where each mailbox's sync state is kept between "
+                                                                  "runs (default: only while the process runs)")
 
 
 class ImapSource(_Tls):
@@ -304,10 +322,20 @@ class S3ArchiveTarget(_Tls):
     type: Literal["s3"] = "s3"
     bucket: str = Field(min_length=3)
     prefix: str = Field(default="", description="key prefix; keys are `<prefix>/<department>/<user>/<path>`")
-    endpoint_url: str | None = None
+    endpoint_url: str | None = Field(default=None, description="for S3-compatible servers (MinIO, Ceph, …)")
     region: str = "us-east-1"
-    access_key_id: SecretRef | None = None
+    access_key_id: SecretRef | None = Field(default=None, description="default: the AWS credential chain")
     secret_access_key: SecretRef | None = None
+    multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024,
+                                     description="files of this size (bytes) and larger go up in parts")
+    part_size: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024 * 1024 * 1024,
+                           description="bytes per part of a multipart upload (S3: 5 MiB to 5 GiB)")
+
+    @model_validator(mode="after")
+    def _key_pair(self):
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together")
+        return self
 
 
 class ImapTarget(_Tls):
@@ -336,6 +364,10 @@ class CalDavTarget(_DavAccount):
     """Calendars: Nextcloud (`/remote.php/dav/calendars/USER/`), OX (`/servlet/dav`) or any CalDAV server."""
 
     type: Literal["caldav"] = "caldav"
+    max_instances: int | None = Field(
+        default=None, ge=1,
+        description="the server's cap on occurrences of one recurring event (default: what the calendar "
+                    "announces, else 3500 for Nextcloud); a longer series fails as too_many_instances")
 
 
 class CardDavTarget(_DavAccount):
@@ -368,6 +400,18 @@ class Conversion(_Model):
     originals_folder: str | None = Field(default=None,
                                          description="sub-folder for kept originals (default: beside the ODF copy)")
     fidelity: list[Literal["structural", "visual"]] = Field(default_factory=lambda: ["structural"])
+
+
+class Sharing(_Model):
+    """How permissions read at the source (NTFS ACL entries, SharePoint/OneDrive permissions) become
+    shares at the target. What cannot be mapped is listed in the report, never dropped silently."""
+
+    users: dict[str, str] = Field(default_factory=dict,
+                                  description="source principal (DOMAIN\\name, UPN or e-mail) -> target login")
+    groups: dict[str, str] = Field(default_factory=dict, description="source group -> target group")
+    match_logins: bool = Field(default=True,
+                               description="a principal whose account name is a user's source login maps to "
+                                           "that user's target login without being listed")
 
 
 class Schedule(_Model):
@@ -426,6 +470,7 @@ class Department(_Model):
     contacts_target: CardDavTarget | None = Field(default=None, description="where address books land")
     archive: S3ArchiveTarget | None = Field(default=None,
                                             description="every converted document's original is also kept here")
+    sharing: Sharing | None = Field(default=None, description="recreate source permissions as target shares")
     conversion: Conversion = Conversion()
     schedule: Schedule = Schedule()
     limits: Limits = Limits()

@@ -6,7 +6,7 @@ these classes. Callers decide what to do by class, never by message text.
 
 from __future__ import annotations
 
-__all__ = ["UmstiegError", "ConfigError", "TransientError", "ItemError", "FatalError"]
+__all__ = ["UmstiegError", "ConfigError", "TransientError", "ItemError", "UserStopped", "FatalError"]
 
 
 class UmstiegError(Exception):
@@ -33,6 +33,16 @@ class TransientError(UmstiegError):
 
 class ItemError(UmstiegError):
     """One item cannot be processed: record it on the item, skip it, go on with the batch."""
+
+
+class UserStopped(UmstiegError):
+    """One user cannot go on (their target account is full, or refuses the login): that user's
+    batches stop with this reason, every item in the last state it really reached; the other
+    users go on. `owner` is the target login concerned."""
+
+    def __init__(self, message: str, owner: str) -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 class FatalError(UmstiegError):

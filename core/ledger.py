@@ -184,6 +184,19 @@ class Ledger:
             run = s.get(Run, run_id)
             run.summary = {**(run.summary or {}), **facts}
 
+    def stop_user(self, run_id: int, owner: str, reason: str) -> None:
+        """Record that `owner` (source login) cannot go on in this run, and why (first reason kept)."""
+        with self.session() as s:
+            run = s.scalars(select(Run).where(Run.id == run_id).with_for_update()).one()
+            stopped = dict((run.summary or {}).get("stopped_users") or {})
+            stopped.setdefault(owner, reason)
+            run.summary = {**(run.summary or {}), "stopped_users": stopped}
+
+    def stopped_users(self, run_id: int) -> dict[str, str]:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            return dict((run.summary or {}).get("stopped_users") or {})
+
     def finish_run(self, run_id: int, status: str, summary: dict | None = None) -> None:
         """Close a run; `summary` is added to what the run already noted."""
         with self.session() as s:
@@ -232,3 +245,17 @@ class Ledger:
             q = (select(*cols, func.count(Item.id), func.coalesce(func.sum(Item.size), 0))
                  .where(Item.department == department).group_by(*cols).order_by(*cols))
             return [tuple(r) for r in s.execute(q)]
+
+
+class Annotation(Base):
+    """A person's judgement of one item: accepted as it is, or needs manual work, with a comment."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("item_id", name="uq_annotation_item"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    department: Mapped[str] = mapped_column(String(200), index=True)
+    verdict: Mapped[str] = mapped_column(String(30))             # accepted / manual_work
+    comment: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(200))             # the dashboard login that said so
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)

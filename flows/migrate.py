@@ -19,7 +19,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from core.department import Department
-from core.errors import ConfigError, TransientError
+from core.errors import ConfigError, ItemError, TransientError
 from core.ledger import Ledger
 from core.settings import usable_cpus
 from flows import runtime
@@ -66,6 +66,19 @@ def check_department(dept: Department) -> list[str]:
         problems += [p if field_name == "target" else f"{field_name}: {p}"
                      for p in sink.check([u.target for u in dept.users])]
     return problems
+
+
+def stopped_users(dept: Department) -> dict[str, str]:
+    """Users who must not move now, by source login, with why: their target account is missing or
+    refuses the login (a message must never land in the wrong mailbox). Only they wait; the
+    department goes on. Targets that can tell offer `user_problems(target logins)`."""
+    by_target: dict[str, str] = {}
+    for field_name, sink in targets_of(dept).items():
+        probe = getattr(sink, "user_problems", None)
+        if probe is not None:
+            for login, why in probe([u.target for u in dept.users]).items():
+                by_target.setdefault(login, f"{field_name}: {why}")
+    return {u.source: by_target[u.target] for u in dept.users if u.target in by_target}
 
 
 def _flow_run_id() -> str | None:
@@ -129,10 +142,15 @@ def _execute(dept_file: str, flow_name: str,
     started = time.monotonic()
     try:
         todo, delta = select(dept, ledger, run_id)
-        ledger.note_run(run_id, todo=sum(map(len, todo.values())), delta=delta)
+        stopped = stopped_users(dept)
+        for owner, why in stopped.items():
+            if todo.pop(owner, None):
+                logger.warning("%s: %s waits: %s", dept.name, owner, why)
+        ledger.note_run(run_id, todo=sum(map(len, todo.values())), delta=delta, stopped_users=stopped)
         logger.info("%s: %d item(s) to process for %d user(s)", dept.name, sum(map(len, todo.values())), len(todo))
         _run_chunks(dept_file, dept, ledger, run_id, todo)
         summary = run_summary(dept, ledger, run_id, delta, time.monotonic() - started)
+        summary["stopped_users"] = {**stopped, **ledger.stopped_users(run_id)}
         report = write_run_report(dept, summary)
         summary["report"] = str(report)
         ledger.finish_run(run_id, "completed", summary)
@@ -177,4 +195,17 @@ def assess(department_file: str) -> dict:
     from reports.migration import write_assessment
     dept = runtime.department(str(Path(department_file).resolve()))
     problems = check_department(dept)
-    return write_assessment(dept, problems, runtime.ledger(dept))
+    listing: list[tuple[str, object]] = []
+    scan_folders = []
+    for cfg in dept.sources:
+        source = source_of(dept, cfg.name)
+        for user in dept.users:
+            folder = user.folder or user.source
+            try:
+                listing += [(user.source, ref) for ref in source.discover(user.source, folder)]
+            except (ItemError, TransientError, ConfigError, OSError) as exc:
+                problems.append(f"source {cfg.name}: cannot list {user.source}: {exc}")
+                continue
+            if cfg.type == "folder" and (cfg.root / folder).is_dir():
+                scan_folders.append((cfg.name, user.source, cfg.root / folder))
+    return write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders)

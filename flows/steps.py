@@ -24,12 +24,13 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import select, update
 
 from core.department import Department, KeepOriginal
-from core.errors import FatalError, ItemError, TransientError
+from core.errors import FatalError, ItemError, TransientError, UserStopped
 from core.items import Kind
 from core.plugins import Sink, Source
 from core.ledger import Item, Ledger, State, now
 from core.outcomes import Outcome
 from flows import runtime
+from flows.sharing import plan_shares
 from core.digests import sha256_file
 from sinks.localdir import LocalDir
 from sources.fileshare import FolderShare, odf_stem
@@ -201,17 +202,27 @@ def reset_for_rerun(ledger: Ledger, ids: list[int], run_id: int) -> None:
 def process_chunk(dept_file: str, run_id: int, owner: str, number: int, item_ids: list[int]) -> dict:
     """Take a chunk of one user's items as far as they go; returns counts by final state.
 
-    Item errors are recorded on the item and the chunk goes on; a FatalError (target full, no
-    LibreOffice left) stops the chunk, leaving every item in the last state it really reached.
+    Item errors are recorded on the item and the chunk goes on. UserStopped (the user's account is
+    full) stops this user's chunks, the others go on; a FatalError (no LibreOffice left) stops the
+    chunk and the run. Either way every item stays in the last state it really reached.
     """
     dept = runtime.department(dept_file)
     ledger = runtime.ledger(dept)
+    if owner in ledger.stopped_users(run_id):         # an earlier chunk found the account unusable
+        return {"waiting": len(item_ids)}
     batch = ledger.start_batch(run_id, owner, number, len(item_ids), f"{socket.gethostname()}/{os.getpid()}")
     counts: Counter = Counter()
     status = "completed"
     try:
-        for item in ledger.items(item_ids):
-            counts[_process_item(dept, ledger, item, batch)] += 1
+        for n, item in enumerate(ledger.items(item_ids)):
+            try:
+                counts[_process_item(dept, ledger, item, batch)] += 1
+            except UserStopped as exc:
+                status = "stopped"
+                ledger.stop_user(run_id, owner, str(exc))
+                log.warning("%s: %s stops: %s", dept.name, owner, exc)
+                counts["waiting"] += len(item_ids) - n
+                break
     except FatalError:
         status = "failed"
         raise
@@ -377,6 +388,9 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
     mtime = _source_mtime(item)
     ref = (sink.find(item.target_owner, rel, digest, item.meta)
            or sink.put(item.target_owner, rel, payload, mtime, item.meta))
+    meta = item.meta
+    if item.kind == Kind.FILE.value and (meta or {}).get("permissions"):
+        meta = {**meta, "sharing": _share(dept, sink, item, rel)}
     original_ref = None
     if item.converted_path and original_rel and _keep_original(dept, item):
         if dept.conversion.originals_folder:
@@ -384,7 +398,6 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
             original_rel = str(p.parent / dept.conversion.originals_folder / p.name)
         original_ref = (sink.find(item.target_owner, original_rel, item.sha256)
                         or sink.put(item.target_owner, original_rel, Path(item.staged_path), mtime))
-    meta = item.meta
     if item.converted_path and dept.archive is not None:
         archive = sink_for(dept.archive)
         archive_rel = f"{dept.name}/{item.owner}/{item.location}"
@@ -397,6 +410,28 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
     item.state, item.target_ref, item.target_digest, item.original_ref = State.LOADED.value, ref, digest, original_ref
     item.meta = meta
     return item
+
+
+def _share(dept: Department, sink: Sink, item: Item, rel: str) -> dict:
+    """Recreate the item's source permissions as target shares; what cannot be is listed with why."""
+    grants, unmapped, ignored = plan_shares(dept, item.owner, item.meta["permissions"])
+    granted = []
+    for grant in grants:
+        why = None
+        if dept.sharing is None:
+            why = "sharing is not configured for this department (add a sharing: block)"
+        elif not hasattr(sink, "share"):
+            why = "this target has no share API that umstieg drives: share by hand"
+        else:
+            try:
+                granted.append({**grant.as_dict(), "result": with_retries(
+                    sink.share, item.target_owner, rel, grant.with_kind, grant.with_name, grant.rights, grant.folder)})
+            except ItemError as exc:
+                why = f"the target refused the share: {exc}"
+        if why:
+            unmapped.append({"principal": f"{grant.with_kind}:{grant.with_name}", "rights": grant.rights,
+                             "reason": why})
+    return {"granted": granted, "unmapped": unmapped, "ignored": ignored}
 
 
 def _source_mtime(item: Item) -> float | None:

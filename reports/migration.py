@@ -10,13 +10,15 @@ import json
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from collections.abc import Iterable
 
 from sqlalchemy import func, select
 
 from core.department import Department
+from core.items import ItemRef, Kind
 from core.ledger import Batch, Item, Ledger, Run, State
 
-__all__ = ["run_summary", "write_run_report", "department_status", "write_assessment", "reports_dir"]
+__all__ = ["run_summary", "write_run_report", "department_status", "sharing_status", "write_assessment", "reports_dir"]
 
 #: Documents per second per LibreOffice worker assumed by the assessment until a run has measured
 #: it (measured here on the developer corpus: 3.4 documents/s per worker).
@@ -57,12 +59,43 @@ def department_status(dept: Department, ledger: Ledger) -> dict:
     totals = Counter()
     for c in users.values():
         totals.update(c)
-    return {"department": dept.name, "users": table, "totals": dict(totals), "failures": failures,
+    kinds: dict[str, dict] = defaultdict(dict)
+    for kind, state, n, _ in ledger.counts(dept.name, by=("kind", "state")):
+        kinds[kind][state] = n
+    return {"department": dept.name, "users": table, "totals": dict(totals), "by_kind": dict(kinds),
+            "sharing": sharing_status(dept, ledger), "failures": failures,
             "conversions": conversions, "removed_at_source": removed, "needs_a_person": needs_person,
             "last_run": {"id": last_run.id, "flow": last_run.flow, "status": last_run.status,
                          "started": last_run.started.isoformat(),
                          "finished": last_run.finished.isoformat() if last_run.finished else None}
             if last_run else None}
+
+
+def sharing_status(dept: Department, ledger: Ledger, examples: int = 3) -> dict:
+    """Shares made, and every source permission not carried over grouped by (principal, reason) with
+    how many items it concerns and a few of them. Reads only the items that carry sharing facts."""
+    granted, ignored = 0, 0
+    groups: dict[tuple[str, str], dict] = {}
+    with ledger.session() as s:
+        q = (select(Item.owner, Item.location, Item.meta)
+             .where(Item.department == dept.name, Item.kind == "file", Item.meta.isnot(None))
+             .execution_options(yield_per=2000))
+        for owner, location, meta in s.execute(q):
+            sharing = (meta or {}).get("sharing")
+            if not sharing:
+                continue
+            granted += len(sharing.get("granted", []))
+            ignored += sharing.get("ignored", 0)
+            for u in sharing.get("unmapped", []):
+                g = groups.setdefault((u["principal"], u["reason"]), {"principal": u["principal"], "reason": u["reason"],
+                                                                      "rights": set(), "items": 0, "examples": []})
+                g["items"] += 1
+                g["rights"].add(u.get("rights", "?"))
+                if len(g["examples"]) < examples:
+                    g["examples"].append(f"{owner}/{location}")
+    not_carried = sorted(({**g, "rights": sorted(g["rights"])} for g in groups.values()),
+                         key=lambda g: (-g["items"], g["principal"]))
+    return {"granted": granted, "ignored": ignored, "not_carried": not_carried}
 
 
 def run_summary(dept: Department, ledger: Ledger, run_id: int, delta: dict, seconds: float) -> dict:
@@ -97,6 +130,25 @@ def write_run_report(dept: Department, summary: dict) -> Path:
     for row in summary["users"]:
         lines.append(f"| {row['user']} | " + " | ".join(str(row[s]) for s in states) + f" | {row['total']} |")
     lines.append("")
+    if summary.get("stopped_users"):
+        lines += ["## Users who wait: nothing of theirs moved", "", "| user | why |", "|---|---|"]
+        lines += [f"| {u} | {_cell(why)} |" for u, why in sorted(summary["stopped_users"].items())]
+        lines += ["", "Fix the identity map or create the account, then run the department again.", ""]
+    if len(summary.get("by_kind") or {}) > 1:
+        lines += ["## Items by kind and state", "", "| kind | " + " | ".join(states) + " |",
+                  "|---|" + "---:|" * len(states)]
+        for kind, counts in sorted(summary["by_kind"].items()):
+            lines.append(f"| {kind} | " + " | ".join(str(counts.get(s, 0)) for s in states) + " |")
+        lines.append("")
+    sharing = summary.get("sharing") or {}
+    if sharing.get("granted") or sharing.get("not_carried"):
+        lines += ["## Permissions", "", f"{sharing['granted']} share(s) made at the target; "
+                  f"{sharing['ignored']} entr(y/ies) for owners and system accounts needed none.", ""]
+    if sharing.get("not_carried"):
+        lines += ["### Not carried over: decide for each", "", "| principal | rights | items | why | for example |",
+                  "|---|---|---:|---|---|"]
+        lines += [f"| {_cell(g['principal'])} | {', '.join(g['rights'])} | {g['items']} | {_cell(g['reason'])} | "
+                  f"{_cell(', '.join(g['examples']))} |" for g in sharing["not_carried"]] + [""]
     if summary["failures"]:
         lines += ["## Failures by class", "", "| class | items | example |", "|---|---:|---|"]
         for reason, f in summary["failures"].items():
@@ -128,38 +180,35 @@ def measured_rate(dept: Department, ledger: Ledger) -> float | None:
     return converted / seconds if converted and seconds else None
 
 
-def write_assessment(dept: Department, problems: list[str], ledger: Ledger | None = None) -> dict:
-    """Inventory of every source (counts and sizes by format per user) and a duration estimate."""
-    from sources.fileshare import FolderShare
+def write_assessment(dept: Department, problems: list[str], ledger: Ledger | None = None,
+                     listing: Iterable[tuple[str, ItemRef]] = (), scan_folders: Iterable[tuple[str, str, Path]] = ()) -> dict:
+    """Inventory of every source (counts and sizes by format and kind per user), the risk scan of
+    the folders given, and a duration estimate. `listing` is (source user, item) for every item the
+    sources list; `scan_folders` is (source name, source user, local folder) for the risk scan."""
     by_format: Counter = Counter()
     bytes_by_format: Counter = Counter()
     per_user: Counter = Counter()
+    by_kind: Counter = Counter()
     office = {"doc", "docx", "docm", "dot", "dotx", "dotm", "rtf", "xls", "xlsx", "xlsm", "xlsb", "xlt",
               "xltx", "xltm", "ppt", "pptx", "pptm", "pps", "ppsx", "pot", "potx", "potm"}
-    for cfg in dept.sources:
-        share = FolderShare(cfg)
-        for user in dept.users:
-            folder = user.folder or user.source
-            if not (cfg.root / folder).is_dir():
-                continue
-            for ref in share.discover(user.source, folder):
-                ext = PurePosixPath(ref.location).suffix.lower().lstrip(".") or "(none)"
-                by_format[ext] += 1
-                bytes_by_format[ext] += ref.size or 0
-                per_user[user.source] += 1
+    for user, ref in listing:
+        by_kind[ref.kind.value] += 1
+        per_user[user] += 1
+        if ref.kind is not Kind.FILE:
+            continue
+        ext = PurePosixPath(ref.location).suffix.lower().lstrip(".") or "(none)"
+        by_format[ext] += 1
+        bytes_by_format[ext] += ref.size or 0
     # the pre-migration risk scan of every user's folder (read-only): flags and planning categories
     from reports.scan import scan_tree
     risk_flags: Counter = Counter()
     categories: Counter = Counter()
     scans: dict[str, str] = {}
-    for cfg in dept.sources:
-        for user in dept.users:
-            folder = cfg.root / (user.folder or user.source)
-            if folder.is_dir():
-                scan = scan_tree(folder, reports_dir(dept) / "scan" / cfg.name / user.source)
-                risk_flags.update(scan.by_flag)
-                categories.update(scan.by_category)
-                scans[f"{cfg.name}/{user.source}"] = str(scan.paths.get("html", ""))
+    for source_name, user, folder in scan_folders:
+        scan = scan_tree(folder, reports_dir(dept) / "scan" / source_name / user)
+        risk_flags.update(scan.by_flag)
+        categories.update(scan.by_category)
+        scans[f"{source_name}/{user}"] = str(scan.paths.get("html", ""))
     documents = sum(n for ext, n in by_format.items() if ext in office)
     workers = dept.conversion.workers or 1
     rate, basis = DEFAULT_DOCS_PER_SECOND_PER_WORKER * workers, \
@@ -169,7 +218,8 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
         if measured:
             rate, basis = measured, f"{measured:.2f} documents/s measured by this department's runs"
     estimate = documents / rate
-    result = {"department": dept.name, "problems": problems, "items": sum(by_format.values()),
+    result = {"department": dept.name, "problems": problems, "items": sum(by_kind.values()),
+              "by_kind": dict(by_kind),
               "bytes": sum(bytes_by_format.values()), "office_documents": documents,
               "by_format": {k: {"items": by_format[k], "bytes": bytes_by_format[k]} for k in sorted(by_format)},
               "by_user": dict(per_user), "risk_flags": dict(risk_flags.most_common()),

@@ -23,7 +23,7 @@ URL-encoded: `https://svc@cloud.example/remote.php/dav/files/svc/t-anna/Ablage/P
 
 Failures are decided here: no answer in time, connection failures, 423, 429, 500, 502, 503 and
 504 are `TransientError` (with the server's Retry-After); 401 is `FatalError` (the credentials
-stopped working mid-run); 507 is `QuotaExceeded`, a `FatalError` for the account that is full; every
+stopped working mid-run); 507 is `QuotaExceeded`, which stops the user whose account is full; every
 other refusal is an `ItemError` for that file. No message carries a password.
 """
 
@@ -44,13 +44,13 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from pydantic import SecretStr
 
 from core.department import NextcloudTarget, OXDriveTarget
-from core.errors import ConfigError, FatalError, ItemError, TransientError
+from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
 from sinks.names import safe_path
 
 __all__ = ["WebDav", "Nextcloud", "OXDrive", "QuotaExceeded", "sink_for"]
@@ -68,6 +68,8 @@ CHUNK_WAITS = (1.0, 5.0, 15.0)
 #: Assembling a chunked upload takes the server time in proportion to the size: MOVE waits
 #: `timeout` plus this long per byte (20 MiB/s).
 ASSEMBLY_SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
+#: Folder listings `find` keeps per process (the most recently used).
+LISTINGS_KEPT = 512
 #: How long `check` waits, at most, each time a busy server (429, 503, …) asks it to come back.
 CHECK_WAITS = (1.0, 3.0, 10.0)
 
@@ -77,16 +79,17 @@ _SABRE = "{http://sabredav.org/ns}"
 _TRANSIENT_STATUS = {423, 429, 500, 502, 503, 504}
 
 
-class QuotaExceeded(FatalError):
+class QuotaExceeded(UserStopped):
     """The target refused to store more for one account (HTTP 507 Insufficient Storage).
 
-    A FatalError: the batch of the user whose account is full stops, with every item left in the
-    last state it really reached. `owner` is the target login, `account` the account that is full.
+    The batches of the user whose account is full stop, with every item left in the last state it
+    really reached; other users go on. `owner` is the target login, `account` the account that is
+    full (a service account's quota stops every user it writes for, one after the other).
     """
 
     def __init__(self, message: str, owner: str, account: str) -> None:
-        super().__init__(message)
-        self.owner, self.account = owner, account
+        super().__init__(message, owner)
+        self.account = account
 
 
 class _Missing(ItemError):
@@ -193,6 +196,9 @@ class WebDav:
         self._lock = threading.Lock()
         self._mkcol_lock = threading.Lock()
         self._folders: set[tuple[str, str]] = set()   # (account, dav path) known to exist
+        # (account, folder dav path) -> {name: (is folder, stored sha256 or None)}: `find` lists a
+        # folder once (PROPFIND Depth 1) instead of asking once per file; puts keep it current
+        self._listings: OrderedDict[tuple[str, str], dict[str, tuple[bool, str | None]]] = OrderedDict()
         self._secrets: dict[str, SecretStr] = {}
         self._expected: OrderedDict[tuple[str, str], str] = OrderedDict()   # see put
         if config.ca_file is not None:
@@ -340,6 +346,8 @@ class WebDav:
     def _forget_folders(self, user: str) -> None:
         with self._lock:
             self._folders = {f for f in self._folders if f[0] != user}
+            for key in [k for k in self._listings if k[0] == user]:
+                del self._listings[key]
 
     # ----------------------------------------------------------------------- the Sink shape
     def check(self, owners: list[str]) -> list[str]:
@@ -413,14 +421,20 @@ class WebDav:
         return _sha256_of(src)
 
     def find(self, owner: str, rel: str, digest: str, meta: dict | None = None) -> str | None:
-        """The reference of `owner`/`rel` if it already holds exactly these bytes (sha256)."""
+        """The reference of `owner`/`rel` if it already holds exactly these bytes (sha256).
+
+        The file's folder is listed once per process (one PROPFIND, Depth 1) and remembered, so a
+        folder of a thousand files costs one request, not a thousand. This process's own puts keep
+        the listing current; what another process writes meanwhile is not seen, which only means
+        an identical file is sent once more, never that one is missing: `verify` downloads it."""
         acct = self._account(owner)
         path = self._dav_path(acct, rel)
-        prop = self._propfind(acct.user, path, self._find_props())
-        if prop is None or prop.find(f"{_DAV}resourcetype/{_DAV}collection") is not None:
+        folder, _, name = path.rpartition("/")
+        listing = self._listing(acct.user, folder)
+        is_dir, stored = listing.get(name, (True, None)) if name in listing else (None, None)
+        if is_dir is None or is_dir:
             self._expect(owner, rel, digest)
             return None
-        stored = self._stored_sha256(prop)
         if stored is not None:
             same = stored == digest.lower()
         else:
@@ -429,6 +443,52 @@ class WebDav:
             return self._ref(acct.user, path)
         self._expect(owner, rel, digest)
         return None
+
+    def _listing(self, user: str, folder: str) -> dict[str, tuple[bool, str | None]]:
+        """What `folder` holds, by name (empty when the folder does not exist), remembered."""
+        key = (user, folder)
+        with self._lock:
+            if key in self._listings:
+                self._listings.move_to_end(key)
+                return self._listings[key]
+        body = ('<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns"><d:prop>'
+                + "".join(f"<{p}/>" for p in self._find_props()) + "</d:prop></d:propfind>")
+        resp = self._request("PROPFIND", user, folder, ok=(207, 404),
+                             headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+                             content=body.encode())
+        listing: dict[str, tuple[bool, str | None]] = {}
+        if resp.status_code == 207:
+            try:
+                tree = ET.fromstring(resp.content)
+            except ET.ParseError as exc:
+                raise TransientError(f"PROPFIND {folder}: unreadable answer ({exc})") from None
+            for response in tree.iter(f"{_DAV}response"):
+                href = unquote(urlsplit(response.findtext(f"{_DAV}href") or "").path).rstrip("/")
+                if href == folder.rstrip("/") or not href:
+                    continue
+                prop = ET.Element("prop")
+                for propstat in response.iter(f"{_DAV}propstat"):
+                    if " 200 " in f"{propstat.findtext(f'{_DAV}status') or ''} " and \
+                            propstat.find(f"{_DAV}prop") is not None:
+                        prop.extend(list(propstat.find(f"{_DAV}prop")))
+                is_dir = prop.find(f"{_DAV}resourcetype/{_DAV}collection") is not None
+                listing[href.rsplit("/", 1)[-1]] = (is_dir, None if is_dir else self._stored_sha256(prop))
+        with self._lock:
+            self._listings[key] = listing
+            while len(self._listings) > LISTINGS_KEPT:
+                self._listings.popitem(last=False)
+        return listing
+
+    def _note_put(self, user: str, dav_path: str, digest: str | None) -> None:
+        """Keep a remembered listing true to what this process just wrote."""
+        folder, _, name = dav_path.rpartition("/")
+        with self._lock:
+            listing = self._listings.get((user, folder))
+            if listing is not None:
+                listing[name] = (False, digest if self._keeps_checksums else None)
+
+    #: Whether the server keeps the checksum sent with a plain PUT (Nextcloud does).
+    _keeps_checksums = False
 
     def _expect(self, owner: str, rel: str, digest: str) -> None:
         """Remember the sha256 `find` was given: the load step puts exactly those bytes next."""
@@ -488,13 +548,22 @@ class WebDav:
         except OSError as exc:
             raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
         try:
-            self._ensure_folders(acct.user, path, owner=owner)
-            self._upload(acct, path, src, size, mtime, digest)
-        except _Missing:
-            # a folder we remembered is gone (deleted at the target meanwhile): make it again, once
-            self._forget_folders(acct.user)
-            self._ensure_folders(acct.user, path, owner=owner)
-            self._upload(acct, path, src, size, mtime, digest)
+            try:
+                self._ensure_folders(acct.user, path, owner=owner)
+                self._upload(acct, path, src, size, mtime, digest)
+            except _Missing:
+                # a folder we remembered is gone (deleted at the target meanwhile): make it again, once
+                self._forget_folders(acct.user)
+                self._ensure_folders(acct.user, path, owner=owner)
+                self._upload(acct, path, src, size, mtime, digest)
+        except BaseException:
+            # the file may have arrived even so (an answer lost after the server did the work): the
+            # retry's `find` must ask the server, not the remembered listing
+            with self._lock:
+                self._listings.pop((acct.user, path.rpartition("/")[0]), None)
+            raise
+        chunked = size >= getattr(self.config, "chunk_threshold", size + 1) and size > 0
+        self._note_put(acct.user, path, None if chunked else digest)
         return self._ref(acct.user, path)
 
     def _upload(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None,
@@ -518,6 +587,9 @@ class WebDav:
         """Delete an item at the target (only for delete_at_target); already gone is fine."""
         user, path = self._parse_ref(ref)
         self._request("DELETE", user, path, ok=(200, 204, 404))
+        folder, _, name = path.rpartition("/")
+        with self._lock:
+            self._listings.get((user, folder), {}).pop(name, None)
 
     def close(self) -> None:
         self._client.close()
@@ -548,6 +620,7 @@ class Nextcloud(WebDav):
     """Nextcloud files: WebDAV plus chunked upload v2, X-OC-MTime and OC-Checksum."""
 
     product = "Nextcloud"
+    _keeps_checksums = True
     config: NextcloudTarget
 
     def _root(self, user: str) -> str:
@@ -630,6 +703,56 @@ class Nextcloud(WebDav):
             except Exception:                        # noqa: BLE001 - the original failure matters, not this
                 pass
             raise
+
+
+    # ----------------------------------------------------------------------- sharing (OCS)
+    #: OCS permission bits (read 1, update 2, create 4, delete 8, share 16) for each source right;
+    #: a file cannot be given create or delete, so files and folders differ
+    _PERMISSIONS = {("read", False): 1, ("write", False): 3, ("full", False): 19,
+                    ("read", True): 1, ("write", True): 15, ("full", True): 31}
+
+    def share(self, owner: str, rel: str, with_kind: str, with_name: str, rights: str, folder: bool = False) -> str:
+        """Share `owner`/`rel` (or its folder, with `folder`) with a target user or group through the
+        OCS share API; an existing share with the same person is kept. Returns a description."""
+        acct = self._account(owner)
+        dav_path = self._dav_path(acct, rel)
+        if folder:
+            dav_path = dav_path.rsplit("/", 1)[0]
+        path = "/" + dav_path[len(self._root(acct.user)):].strip("/")
+        if path == "/":
+            raise ItemError("the account's root folder cannot be shared; share a folder inside it")
+        share_type = {"user": 0, "group": 1}[with_kind]
+        existing = self._ocs("GET", acct, params={"path": path, "reshares": "true"})
+        for sh in existing if isinstance(existing, list) else []:
+            if int(sh.get("share_type", -1)) == share_type and sh.get("share_with") == with_name:
+                return f"{path} already shared with {with_kind} {with_name}"
+        self._ocs("POST", acct, data={"path": path, "shareType": str(share_type), "shareWith": with_name,
+                                      "permissions": str(self._PERMISSIONS[(rights, folder)])})
+        return f"{path} shared with {with_kind} {with_name} ({rights})"
+
+    def _ocs(self, method: str, acct: _Account, params: dict | None = None, data: dict | None = None):
+        """One OCS share API call as `acct`; its `data`, or the error class of the taxonomy."""
+        url = f"{self._origin}{self._prefix}/ocs/v2.php/apps/files_sharing/api/v1/shares"
+        what = f"{method} OCS shares"
+        try:
+            resp = self._client.request(method, url, params={**(params or {}), "format": "json"}, data=data,
+                                        headers={"OCS-APIRequest": "true", "Accept": "application/json"},
+                                        auth=(acct.user, self._password(acct.user).get_secret_value()))
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{what}: {self.product} did not answer in time ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"{what}: connection to {self.config.root} failed ({type(exc).__name__})") \
+                from None
+        if resp.status_code in _TRANSIENT_STATUS or resp.status_code == 401:
+            self._fail(resp, what, acct.user, acct.owner)
+        try:
+            ocs = resp.json()["ocs"]
+            status, message = int(ocs["meta"]["statuscode"]), ocs["meta"].get("message") or ""
+        except (ValueError, KeyError, TypeError):
+            raise ItemError(f"{what}: {self.product} gave no OCS answer (HTTP {resp.status_code})") from None
+        if status not in (100, 200):
+            raise ItemError(f"{what}: {self.product} refused: {message or status}")
+        return ocs.get("data")
 
 
 _sinks: dict[tuple[int, str], WebDav] = {}

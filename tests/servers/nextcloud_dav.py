@@ -21,6 +21,11 @@ server follows Nextcloud's documented behaviour, and its code where the document
   the web server in front of Nextcloud would.
 - basic auth with per-user passwords (app passwords are passwords to WebDAV); a user reaches only
   his own `files/` and `uploads/`.
+- the OCS share API (`/ocs/v2.php/apps/files_sharing/api/v1/shares`, `OCS-APIRequest: true`
+  required, JSON with `format=json`): POST creates a user (0) or group (1) share of a path in the
+  caller's files (404 for a missing path or an unknown user or group; 403 for sharing with oneself
+  or sharing a path with someone twice; 400 for permissions a file cannot have); GET lists the
+  caller's shares of `path`. Shares live in `shares`.
 
 And what a test needs and Nextcloud does not have: `faults` (answer 429/503 with Retry-After, or
 no answer in time, before or after doing the work, on chosen requests), a request `log`, and a
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -51,9 +57,11 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-__all__ = ["NextcloudDav", "Fault", "nextcloud_rejects", "MIN_CHUNK"]
+__all__ = ["NextcloudDav", "Fault", "nextcloud_rejects", "MIN_CHUNK", "OCS_SHARES"]
+
+OCS_SHARES = "/ocs/v2.php/apps/files_sharing/api/v1/shares"
 
 MIN_CHUNK = 5 * 1024 * 1024
 BLOCK = 1 << 20
@@ -127,8 +135,10 @@ class NextcloudDav:
 
     def __init__(self, root: Path, users: dict[str, str], quotas: dict[str, int] | None = None,
                  sparse: bool = False, windows_compatible: bool = True,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, groups: set[str] | None = None) -> None:
         self.root = Path(root)
+        self.groups = set(groups or ())
+        self.shares: list[dict] = []            # OCS shares: id, uid_owner, path, share_type, share_with, permissions
         self.tls = tls                          # (certificate, key) PEM files: serve https
         self.users = dict(users)
         self.quotas = dict(quotas or {})
@@ -137,7 +147,6 @@ class NextcloudDav:
         self.faults: list[Fault] = []
         self.log: list[dict] = []
         self.errors: list[str] = []             # this server's own bugs (answered 500): tests expect none
-        self.errors: list[str] = []             # bugs of this server (answered 500): a test should see none
         self.lock = threading.RLock()
         self.checksums: dict[str, str] = {}     # files path -> OC-Checksum as sent
         self.uploads: dict[str, str] = {}       # upload folder -> destination (files path)
@@ -236,6 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self): self._serve()                # noqa: E704
     def do_MOVE(self): self._serve()                  # noqa: E704
     def do_OPTIONS(self): self._serve()               # noqa: E704
+    def do_POST(self): self._serve()                  # noqa: E704
 
     def _serve(self) -> None:
         self._body_read = False
@@ -364,6 +374,8 @@ class _Handler(BaseHTTPRequestHandler):
                      "Sabre\\DAV\\Exception\\NotAuthenticated", {"WWW-Authenticate": 'Basic realm="Nextcloud"'})
 
     def _route(self, path: str):
+        if path.rstrip("/") == OCS_SHARES:
+            return self._ocs_shares(self._user())
         prefix = "/remote.php/dav/"
         if not path.startswith(prefix):
             raise _Reply(404, f"no such endpoint {path}", "Sabre\\DAV\\Exception\\NotFound")
@@ -376,6 +388,54 @@ class _Handler(BaseHTTPRequestHandler):
         if area == "files":
             return self._files(user, sub)
         return self._uploads(user, sub)
+
+    # ---------------------------------------------------------------------- OCS shares
+    def _ocs(self, status: int, message: str, data) -> tuple:
+        """An OCS v2 answer: the HTTP status is the OCS status code (200 = ok)."""
+        body = json.dumps({"ocs": {"meta": {"status": "ok" if status == 200 else "failure", "statuscode": status,
+                                            "message": message}, "data": data}}).encode()
+        return status, {"Content-Type": "application/json; charset=utf-8"}, body
+
+    def _ocs_shares(self, user: str):
+        if self.headers.get("OCS-APIRequest", "").lower() != "true":
+            self._drain()
+            return self._ocs(997, "CSRF check failed", [])
+        query = parse_qs(urlsplit(self.path).query)
+        if self.command == "GET":
+            wanted = "/" + query.get("path", [""])[0].strip("/")
+            with self.dav.lock:
+                found = [dict(sh) for sh in self.dav.shares if sh["uid_owner"] == user and sh["path"] == wanted]
+            return self._ocs(200, "OK", found)
+        if self.command != "POST":
+            self._drain()
+            return self._ocs(405, "method not allowed", [])
+        length = self._length()
+        self._body_read = True
+        form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+        path = "/" + form.get("path", "").strip("/")
+        node = self.dav.root / "files" / user / path.strip("/")
+        if path == "/" or not node.exists():
+            return self._ocs(404, "Wrong path, file/folder does not exist", [])
+        kind, target = int(form.get("shareType", -1)), form.get("shareWith", "")
+        perms = int(form.get("permissions", 31 if node.is_dir() else 19))
+        if kind == 0 and target not in self.dav.users:
+            return self._ocs(404, "Please specify a valid user", [])
+        if kind == 1 and target not in self.dav.groups:
+            return self._ocs(404, "Please specify a valid group", [])
+        if kind not in (0, 1):
+            return self._ocs(400, "Unknown share type", [])
+        if kind == 0 and target == user:
+            return self._ocs(403, "Sharing with yourself is not allowed", [])
+        if not node.is_dir() and perms & (4 | 8):
+            return self._ocs(400, "File shares cannot have create or delete permissions", [])
+        with self.dav.lock:
+            if any(sh["uid_owner"] == user and sh["path"] == path and sh["share_with"] == target
+                   and sh["share_type"] == kind for sh in self.dav.shares):
+                return self._ocs(403, f"Path is already shared with {target}", [])
+            share = {"id": str(len(self.dav.shares) + 1), "uid_owner": user, "path": path, "share_type": kind,
+                     "share_with": target, "permissions": perms, "item_type": "folder" if node.is_dir() else "file"}
+            self.dav.shares.append(share)
+        return self._ocs(200, "OK", dict(share))
 
     # ---------------------------------------------------------------------- files
     def _validate(self, sub: str) -> None:

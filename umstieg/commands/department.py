@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from core.errors import ConfigError, FatalError
+from rich.markup import escape
+
 from umstieg.console import console, print_error
 
 __all__ = ["register"]
@@ -128,7 +130,16 @@ def run(department_file: Path = DeptFile,
     failed = summary["totals"].get("failed", 0)
     if failed:
         console.print(f"[red]{failed} item(s) failed[/red]: fix the cause, then `umstieg rerun {department_file}`")
+    _print_stopped(summary, department_file)
+    if failed or summary.get("stopped_users"):
         raise typer.Exit(1)
+
+
+def _print_stopped(summary: dict, department_file: Path) -> None:
+    for owner, why in sorted((summary.get("stopped_users") or {}).items()):
+        console.print(f"[yellow]{owner} waits[/yellow]: {escape(why)}", soft_wrap=True)
+    if summary.get("stopped_users"):
+        console.print(f"Nothing of theirs is lost: fix the cause, then `umstieg run {department_file}` again")
 
 
 def rerun(department_file: Path = DeptFile,
@@ -143,7 +154,8 @@ def rerun(department_file: Path = DeptFile,
                                                  user=user))
     console.print(f"{summary['delta'].get('rerun', 0)} failed item(s) retried")
     _print_summary(summary)
-    if summary["totals"].get("failed", 0):
+    _print_stopped(summary, department_file)
+    if summary["totals"].get("failed", 0) or summary.get("stopped_users"):
         raise typer.Exit(1)
 
 
