@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from core.department import NextcloudTarget, OXDriveTarget, load_department
-from core.errors import ConfigError, FatalError, TransientError
+from core.errors import ConfigError, FatalError, TransientError, UserStopped
 from flows.steps import with_retries
 from servers.nextcloud_dav import Fault, NextcloudDav, nextcloud_rejects
 from servers.wsgidav_server import WsgiDavServer
@@ -247,7 +247,7 @@ def test_quota_exhaustion_stops_with_a_clear_reason(nextcloud, tmp_path):
     sink.put("t-anna", "a.bin", fits)
     with pytest.raises(QuotaExceeded) as exc:
         sink.put("t-anna", "b.bin", too_big)
-    assert isinstance(exc.value, FatalError) and exc.value.owner == "t-anna"
+    assert isinstance(exc.value, UserStopped) and exc.value.owner == "t-anna"
     message = str(exc.value)
     assert "no room left for t-anna's files" in message and "507" in message and "quota" in message
     assert "Insufficient space" in message                                 # the server's own reason
