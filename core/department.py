@@ -206,6 +206,13 @@ class EwsSource(_Tls):
     sync_state_dir: Path | None = Field(default=None, description="where each mailbox's sync state is kept between "
                                                                   "runs (default: only while the process runs)")
 
+    @field_validator("sync_state_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path (sync states must not depend on where umstieg runs)")
+        return value
+
 
 class ImapSource(_Tls):
     """Any IMAP server: a master user (Dovecot `user*master`), or one password per user."""

@@ -1,0 +1,234 @@
+"""An S3 bucket (AWS or an S3-compatible server) holding exported files: `<prefix>/<user folder>/...`.
+
+One item per object, listed page by page (`page_size` keys per request), in key order. An item's
+version is the object's ETag and size (`"<etag>:<size>"`): overwriting an object changes it, even
+with the same size. Its modification time is the object's LastModified. Bytes are streamed into
+the staging file in 1 MiB blocks, so a large object needs no more memory than a small one.
+"Folder" marker objects (keys ending in `/`) are not items.
+
+Failures are decided here: no answer, a dropped connection, 5xx answers and throttling (SlowDown,
+503) → `TransientError`, with the server's Retry-After when it sends one; an object that vanished
+or that the credentials may not read → `ItemError`; the bucket gone or the credentials refused
+mid-run → `FatalError`. Credentials come from SecretRefs (or, when none are configured, from the
+usual AWS chain: environment, profile, instance role) and appear in no message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from core.department import S3Source
+from core.errors import FatalError, ItemError, TransientError
+from core.items import ItemRef, Kind
+
+__all__ = ["S3Bucket", "source_for", "BLOCK"]
+
+log = logging.getLogger("umstieg.sources.s3")
+
+#: Bytes read from the response and written to the staging file at a time.
+BLOCK = 1 << 20
+#: Longest wait a Retry-After may impose on one attempt.
+MAX_RETRY_AFTER = 300.0
+
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests"}
+_REFUSED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+_NETWORK = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError,
+            botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError,
+            botocore.exceptions.ConnectionClosedError, ConnectionError, TimeoutError)
+
+
+def _status(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
+    meta = exc.response.get("ResponseMetadata", {})
+    return str(exc.response.get("Error", {}).get("Code", "")), int(meta.get("HTTPStatusCode") or 0)
+
+
+def _retry_after(exc: botocore.exceptions.ClientError) -> float | None:
+    value = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER) if value is not None else None
+    except ValueError:
+        return None
+
+
+def make_client(config, *, max_attempts: int = 3):
+    """A boto3 S3 client for a source or archive configuration (secrets resolved here, at use).
+
+    Path-style addresses for S3-compatible servers (`endpoint_url`), which rarely have a DNS name
+    per bucket; botocore retries throttling and 5xx `max_attempts` times before the caller sees it.
+    """
+    keys = {}
+    if config.access_key_id is not None:
+        keys = {"aws_access_key_id": config.access_key_id.resolve().get_secret_value(),
+                "aws_secret_access_key": config.secret_access_key.resolve().get_secret_value()}
+    verify: bool | str = str(config.ca_file) if config.ca_file is not None else config.verify_tls
+    settings = botocore.config.Config(
+        region_name=config.region, connect_timeout=min(config.timeout, 15.0), read_timeout=config.timeout,
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
+        max_pool_connections=32, user_agent_extra="umstieg")
+    session = boto3.session.Session(**keys)
+    return session.client("s3", endpoint_url=config.endpoint_url, verify=verify, config=settings)
+
+
+def _clean_prefix(prefix: str) -> str:
+    return "/".join(p for p in prefix.split("/") if p)
+
+
+class S3Bucket:
+    """An S3 source: `s3://<bucket>/<prefix>/<user folder>/...`, one item per object."""
+
+    def __init__(self, config: S3Source, *, client=None) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._client = client
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def client(self):
+        """The boto3 client (thread-safe), made on first use."""
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self.config)
+            return self._client
+
+    def _base(self, folder: str) -> str:
+        """The key prefix of one user's folder, with its trailing `/`."""
+        return "/".join(p for p in (_clean_prefix(self.config.prefix), folder) if p) + "/"
+
+    def _where(self, key: str = "") -> str:
+        return f"s3://{self.config.bucket}/{key}"
+
+    def _translate(self, exc: BaseException, what: str) -> Exception:
+        """The taxonomy's error for a failure of `what` (an object or a listing)."""
+        if isinstance(exc, botocore.exceptions.ClientError):
+            code, status = _status(exc)
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return TransientError(f"{what}: the S3 server is busy or failing ({status} {code})",
+                                      retry_after=_retry_after(exc))
+            if code == "NoSuchBucket":
+                return FatalError(f"source {self.name}: the bucket {self.config.bucket!r} does not exist (any more)")
+            if code in _REFUSED_CODES:
+                return FatalError(f"source {self.name}: the S3 server refused the credentials ({code})")
+            if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+                return ItemError(f"{what} vanished at the source")
+            if code == "AccessDenied" or status == 403:
+                return ItemError(f"cannot read {what} at the source: access denied")
+            return ItemError(f"cannot read {what} at the source ({status} {code})")
+        if isinstance(exc, _NETWORK):
+            return TransientError(f"{what}: the connection to the S3 server failed or timed out "
+                                  f"({type(exc).__name__})")
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            return FatalError(f"source {self.name}: no S3 credentials (set access_key_id and secret_access_key)")
+        return ItemError(f"cannot read {what} at the source ({type(exc).__name__})")
+
+    # ------------------------------------------------------------------------------ check
+    def check(self, folders: list[str]) -> list[str]:
+        """Bucket missing, access denied, unreachable server, user folders without objects: all at once."""
+        bucket = self.config.bucket
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            code, status = _status(exc)
+            if status == 404 or code in ("NoSuchBucket", "404"):
+                return [f"source {self.name}: the bucket {bucket!r} does not exist"]
+            if status == 403 or code in _REFUSED_CODES:
+                return [f"source {self.name}: access to the bucket {bucket!r} was denied ({status}): "
+                        "check the access key and the bucket's policy"]
+            return [f"source {self.name}: the bucket {bucket!r} cannot be read ({status} {code})"]
+        except botocore.exceptions.NoCredentialsError:
+            return [f"source {self.name}: no S3 credentials: set access_key_id and secret_access_key"]
+        except _NETWORK as exc:
+            return [f"source {self.name}: cannot reach the S3 server {self.config.endpoint_url or 'of AWS'} "
+                    f"({type(exc).__name__}): is endpoint_url right and the server up?"]
+        problems = []
+        for folder in folders:
+            base = self._base(folder)
+            try:
+                page = self.client.list_objects_v2(Bucket=bucket, Prefix=base, MaxKeys=1)
+            except (botocore.exceptions.ClientError, *_NETWORK) as exc:
+                problems.append(f"source {self.name}: cannot list {self._where(base)} ({self._translate(exc, base)})")
+                continue
+            if not page.get("KeyCount") and not page.get("Contents"):
+                problems.append(f"source {self.name}: user folder {self._where(base)} holds no objects")
+        return problems
+
+    # ------------------------------------------------------------------------------ discover
+    def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
+        """Every object under the user's prefix, in key order, with ETag+size as its version."""
+        base = self._base(folder)
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.config.bucket, Prefix=base, PaginationConfig={"PageSize": self.config.page_size})
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    rel = key[len(base):]
+                    if not rel or rel.endswith("/"):
+                        continue                       # the folder itself, or a "folder" marker
+                    etag = obj.get("ETag", "").strip('"')
+                    size = int(obj.get("Size", 0))
+                    yield ItemRef(source=self.name, key=f"{owner}/{rel}", kind=Kind.FILE, owner=owner, location=rel,
+                                  version=f"{etag}:{size}", size=size,
+                                  meta={"mtime": obj["LastModified"].timestamp()})
+        except (botocore.exceptions.ClientError, botocore.exceptions.NoCredentialsError, *_NETWORK) as exc:
+            raise self._translate(exc, f"listing {self._where(base)}") from None
+
+    # ------------------------------------------------------------------------------ extract
+    def extract(self, folder: str, location: str, dst: Path, key: str | None = None) -> tuple[int, float]:
+        """Stream one object into `dst` in 1 MiB blocks; returns (size, LastModified)."""
+        parts = PurePosixPath(location).parts
+        if not parts or location.startswith("/") or any(p in (".", "..") for p in location.split("/")) \
+                or "" in location.split("/"):
+            raise ItemError(f"the object name {location!r} cannot be a file path at the target "
+                            "(empty, '.' or '..' parts)")
+        object_key = self._base(folder) + location
+        what = self._where(object_key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        size = 0
+        try:
+            resp = self.client.get_object(Bucket=self.config.bucket, Key=object_key)
+            body = resp["Body"]
+            try:
+                with open(dst, "wb") as fout:
+                    for block in body.iter_chunks(BLOCK):
+                        fout.write(block)
+                        size += len(block)
+            finally:
+                body.close()
+        except OSError as exc:
+            if getattr(exc, "filename", None) == str(dst):
+                raise        # our own disk, not the server: the flow decides (a full disk is fatal)
+            raise self._translate(exc, what) from None
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._translate(exc, what) from None
+        expected = resp.get("ContentLength")
+        if expected is not None and size != expected:
+            raise TransientError(f"{what}: the answer ended after {size} of {expected} bytes")
+        return size, resp["LastModified"].timestamp()
+
+
+_sources: dict[tuple[int, str], S3Bucket] = {}
+_sources_lock = threading.Lock()
+
+
+def source_for(config: S3Source) -> S3Bucket:
+    """This process's source for a bucket configuration: one client (and pool) for every thread."""
+    key = (os.getpid(), config.model_dump_json())
+    with _sources_lock:
+        source = _sources.get(key)
+        if source is None:
+            source = _sources[key] = S3Bucket(config)
+        return source
