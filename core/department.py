@@ -482,6 +482,10 @@ class Department(_Model):
     schedule: Schedule = Schedule()
     limits: Limits = Limits()
     cluster: Cluster | None = None
+    skip: list[str] = Field(
+        default_factory=lambda: ["~$*", "Thumbs.db", "desktop.ini", ".DS_Store"],
+        description="file names (shell patterns) recorded as skipped, not moved: Office lock files and the "
+                    "system's folder caches by default")
     delete_at_target: bool = Field(default=False,
                                    description="remove target copies of items deleted at the source")
     allow_merge: list[str] = Field(default_factory=list,

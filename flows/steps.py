@@ -11,6 +11,7 @@ about (and tested) without an orchestrator.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import logging
 import os
@@ -121,7 +122,9 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
         todo: list[int] = []
         for src_cfg in dept.sources:
             source = source_of(dept, src_cfg.name)
-            refs = list(source.discover(user.source, user.folder or user.source))
+            # a listing is all or nothing (what is missing from it counts as removed): a blip
+            # of the server lists again, from the start
+            refs = with_retries(lambda: list(source.discover(user.source, user.folder or user.source)))
             siblings = Counter((str(PurePosixPath(r.location).parent), PurePosixPath(r.location).stem)
                                for r in refs)
             seen: set[str] = set()
@@ -150,6 +153,10 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                     else:
                         item.change = "unchanged"
                         found.unchanged[user.source] += 1
+                        continue
+                    if ref.kind is Kind.FILE and _skipped_name(dept, ref.location):
+                        item.state, item.reason = State.SKIPPED.value, "skipped_name"
+                        item.message = "matches the department's skip patterns (lock file or system cache)"
                 gone = [i for k, i in known.items() if k not in seen and not i.removed_at_source]
                 for item in gone:
                     item.removed_at_source, item.change = True, "removed"
@@ -167,6 +174,11 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
         if todo:
             found.todo[user.source] = todo
     return found
+
+
+def _skipped_name(dept: Department, location: str) -> bool:
+    name = PurePosixPath(location).name
+    return any(fnmatch.fnmatchcase(name.casefold(), pattern.casefold()) for pattern in dept.skip)
 
 
 def pending_items(ledger: Ledger, department: str, owner: str) -> list[int]:
@@ -306,6 +318,8 @@ def _extract(dept: Department, ledger: Ledger, item: Item) -> Item:
     digest = sha256_file(staged)
     if mtime is not None:
         item.meta = {**(item.meta or {}), "mtime": mtime}
+    if item.kind != Kind.FILE.value:           # a message's size as extracted (IMAP dedupe without a Message-ID)
+        item.meta = {**(item.meta or {}), "size": size}
     ledger.record(item.id, state=State.EXTRACTED, sha256=digest, size=size, staged_path=str(staged), meta=item.meta,
                   batch_id=item.batch_id, attempts=item.attempts,
                   step_seconds={"extract": round(time.monotonic() - started, 4)})

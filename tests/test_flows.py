@@ -72,7 +72,7 @@ def ledger_rows(dept_file: Path) -> list[dict]:
     ledger = Ledger(dept.ledger_url)
     try:
         with ledger.session() as s:
-            return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "target_ref",
+            return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "message", "target_ref",
                                                   "target_digest", "conversion", "change", "removed_at_source",
                                                   "batch_id", "fidelity_verdict", "fidelity_score", "original_ref")}
                     for i in s.scalars(select(Item).order_by(Item.id))]
@@ -102,10 +102,14 @@ def _close_runtime_pools():
 def test_a_department_migrates_end_to_end(tmp_path):
     from flows.migrate import migrate
     dept_file = make_department(tmp_path)
+    (tmp_path / "home" / "anna" / "Ablage" / "~$doc000.docx").write_bytes(b"\x05anna" + bytes(157))  # Word's lock file
     summary = migrate(str(dept_file))
     rows = assert_target_matches_ledger(dept_file, tmp_path)
     sources = sorted(p for p in (tmp_path / "home").rglob("*") if p.is_file())
     assert len(rows) == len(sources)
+    lock = next(r for r in rows if r["location"] == "Ablage/~$doc000.docx")
+    assert lock["state"] == "skipped" and lock["reason"] == "skipped_name"     # recorded, not moved
+    rows = [r for r in rows if r is not lock]
     for r in rows:
         assert r["state"] == "verified" or r["reason"], r
     assert all(r["state"] == "verified" for r in rows)
@@ -118,7 +122,7 @@ def test_a_department_migrates_end_to_end(tmp_path):
         encrypted = next(r for r in rows if r["location"] == "testWORD_protected_passtika.docx")
         assert encrypted["conversion"] == "encrypted" and encrypted["state"] == "verified"
         assert (anna / "testWORD_protected_passtika.docx").is_file()   # moved unconverted, not lost
-    assert summary["totals"] == {"verified": len(rows)}
+    assert summary["totals"] == {"verified": len(rows), "skipped": 1}
     converted = [r for r in rows if r["conversion"] == "converted"]
     assert converted and all(r["fidelity_verdict"] in ("identical", "minor", "review", "broken")
                              and 0 <= r["fidelity_score"] <= 100 for r in converted)
