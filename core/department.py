@@ -72,6 +72,10 @@ class User(_Model):
     source: str = Field(min_length=1, description="login at the source (also their folder name)")
     target: str = Field(min_length=1, description="login at the target")
     folder: str | None = Field(default=None, description="their folder under a source's root, if not `source`")
+    folders: dict[str, str] = Field(
+        default_factory=dict,
+        description="source name -> their folder, drive or mailbox in that source, where it differs from "
+                    "`folder` (e.g. a OneDrive's UPN beside a home folder's name)")
 
     @field_validator("source", "target", "folder")
     @classmethod
@@ -80,6 +84,17 @@ class User(_Model):
             raise ValueError("must be a plain name (no '/', '\\', '.' or '..')")
         return value
 
+    @field_validator("folders")
+    @classmethod
+    def _plain_folders(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            cls._no_path_tricks(name)
+        return value
+
+    def folder_in(self, source_name: str) -> str:
+        """What this user is called in the source `source_name`: their folder, drive or mailbox."""
+        return self.folders.get(source_name) or self.folder or self.source
+
 
 class FolderSource(_Model):
     """A folder tree on this machine (or a mounted share) with one sub-folder per user."""
@@ -87,6 +102,8 @@ class FolderSource(_Model):
     type: Literal["folder"] = "folder"
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     root: Path
+    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
+                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
 
 
 class _Tls(_Model):
@@ -111,6 +128,8 @@ class SmbSource(_Tls):
 
     type: Literal["smb"] = "smb"
     name: str = _NAME
+    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
+                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
     server: str = Field(min_length=1, description="host name or address of the file server")
     port: int = Field(default=445, ge=1, le=65535)
     share: str = Field(min_length=1, description="the share's name")
@@ -126,6 +145,8 @@ class S3Source(_Tls):
 
     type: Literal["s3"] = "s3"
     name: str = _NAME
+    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
+                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
     bucket: str = Field(min_length=3)
     prefix: str = Field(default="", description="key prefix that holds one folder per user")
     endpoint_url: str | None = Field(default=None, description="for S3-compatible servers (MinIO, Ceph, …)")
@@ -158,6 +179,8 @@ class OneDriveSource(_GraphApp):
 
     type: Literal["onedrive"] = "onedrive"
     name: str = _NAME
+    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
+                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
     path: str = Field(default="", description="a folder in each drive to migrate (default: the whole drive)")
     read_permissions: bool = Field(default=True, description="read who an item is shared with (one request per "
                                                              "shared item) for the sharing report")
@@ -168,6 +191,8 @@ class SharePointSource(_GraphApp):
 
     type: Literal["sharepoint"] = "sharepoint"
     name: str = _NAME
+    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
+                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
     site: str = Field(min_length=1, description="`host:/sites/name` or a site id")
     library: str = Field(default="Documents", description="the document library's name")
     path: str = Field(default="", description="folder in the library that holds one folder per user")
@@ -497,6 +522,19 @@ class Department(_Model):
         problems = identity_problems([(u.source, u.target) for u in self.users], self.allow_merge)
         problems += [f"source name {name!r} is used {n} times"
                      for name, n in Counter(s.name for s in self.sources).items() if n > 1]
+        file_sources = [s for s in self.sources if s.type in FILE_SOURCE_TYPES]
+        folders = {s.name: _plain_target_folder(s.target_folder) for s in file_sources}
+        problems += [f"sources {a!r} and {b!r} put files into overlapping folders of each user "
+                     f"({folders[a] or 'the top'!s} and {folders[b] or 'the top'!s}): give each its own "
+                     "target_folder, side by side, or one file's copy could replace another's"
+                     for i, a in enumerate(folders) for b in list(folders)[i + 1:]
+                     if folders[a] is not None and folders[b] is not None
+                     and _overlap(folders[a], folders[b])]
+        problems += [f"source {s.name!r}: target_folder must be a relative path without '.' or '..'"
+                     for s in file_sources if _plain_target_folder(s.target_folder) is None]
+        names = {s.name for s in self.sources}
+        problems += [f"user {u.source!r} has a folder in source {name!r}, which the department does not have"
+                     for u in self.users for name in u.folders if name not in names]
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -512,6 +550,23 @@ class Department(_Model):
     def ledger_url(self) -> str:
         """Where the ledger lives (the password, if any, is added when connecting)."""
         return self.ledger or f"sqlite:///{(self.work_dir / 'ledger.sqlite').resolve()}"
+
+
+#: Source types whose items are files (and so land in `target`, below their `target_folder`).
+FILE_SOURCE_TYPES = ("folder", "smb", "s3", "onedrive", "sharepoint")
+
+
+def _plain_target_folder(value: str) -> str | None:
+    """`value` without surrounding slashes, or None when it leaves the user's folder."""
+    parts = [p for p in value.strip("/").split("/") if p]
+    if any(p in (".", "..") or "\\" in p for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one folder is the other or inside it ("" is the top, around everything)."""
+    return a == b or not a or not b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def identity_problems(pairs: list[tuple[str, str]], allow_merge: list[str]) -> list[str]:

@@ -61,7 +61,7 @@ def check_department(dept: Department) -> list[str]:
     """Every problem that must stop the department before anything moves (all at once)."""
     problems: list[str] = []
     for cfg in dept.sources:
-        problems += source_of(dept, cfg.name).check([u.folder or u.source for u in dept.users])
+        problems += source_of(dept, cfg.name).check([u.folder_in(cfg.name) for u in dept.users])
     for field_name, sink in targets_of(dept).items():
         problems += [p if field_name == "target" else f"{field_name}: {p}"
                      for p in sink.check([u.target for u in dept.users])]
@@ -200,7 +200,7 @@ def assess(department_file: str) -> dict:
     for cfg in dept.sources:
         source = source_of(dept, cfg.name)
         for user in dept.users:
-            folder = user.folder or user.source
+            folder = user.folder_in(cfg.name)
             try:
                 listing += [(user.source, ref) for ref in source.discover(user.source, folder)]
             except (ItemError, TransientError, ConfigError, OSError) as exc:

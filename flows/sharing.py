@@ -67,7 +67,7 @@ def plan_shares(dept: Department, owner: str, permissions: list[dict]) -> tuple[
     groups = {k.casefold(): v for k, v in (sharing.groups if sharing else {}).items()}
     logins = {u.source.casefold(): u.target for u in dept.users} if sharing is None or sharing.match_logins else {}
     me = dept.user(owner)
-    my_names = {me.source.casefold(), me.target.casefold()}
+    my_names = {n.casefold() for n in (me.source, me.target, me.folder, *me.folders.values()) if n}
     best: dict[tuple[str, str, bool], str] = {}
     unmapped: list[dict] = []
     ignored = 0

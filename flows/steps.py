@@ -124,10 +124,11 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
             source = source_of(dept, src_cfg.name)
             # a listing is all or nothing (what is missing from it counts as removed): a blip
             # of the server lists again, from the start
-            refs = with_retries(lambda: list(source.discover(user.source, user.folder or user.source)))
+            refs = with_retries(lambda: list(source.discover(user.source, user.folder_in(source.name))))
             siblings = Counter((str(PurePosixPath(r.location).parent), PurePosixPath(r.location).stem)
                                for r in refs)
             seen: set[str] = set()
+            moved_away: list[str] = []             # target copies at a path the source no longer has
             with ledger.session() as s:
                 known = {i.key: i for i in s.scalars(select(Item).where(
                     Item.department == dept.name, Item.source == source.name, Item.owner == user.source))}
@@ -143,7 +144,13 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                                     change="new", run_id=run_id)
                         s.add(item)
                         found.new[user.source] += 1
-                    elif item.version != ref.version or item.removed_at_source:
+                    elif item.version != ref.version or item.removed_at_source or item.location != ref.location:
+                        if item.location != ref.location:   # moved or renamed at the source (same key)
+                            if item.target_ref and dept.delete_at_target:
+                                moved_away.append(item.target_ref)
+                            item.location = ref.location
+                            item.target_stem = odf_stem(ref.location, siblings) if ref.kind is Kind.FILE \
+                                else ref.location
                         item.version, item.size, item.change = ref.version, ref.size, "changed"
                         item.meta = ref.meta
                         item.state, item.reason, item.message = State.DISCOVERED.value, None, None
@@ -162,6 +169,10 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                     item.removed_at_source, item.change = True, "removed"
                     found.removed[user.source] += 1
                 s.flush()
+            if moved_away:
+                sink = target_of(dept, Kind.FILE)
+                for ref in moved_away:
+                    sink.remove(ref)
             if gone and dept.delete_at_target:
                 for item in gone:
                     sink = target_of(dept, item.kind)
@@ -314,7 +325,7 @@ def _extract(dept: Department, ledger: Ledger, item: Item) -> Item:
     staged = _staging(dept, item) / "source" / PurePosixPath(item.location).name
     if staged.parent.exists():
         shutil.rmtree(staged.parent)
-    size, mtime = source.extract(user.folder or user.source, item.location, staged, key=item.key)
+    size, mtime = source.extract(user.folder_in(item.source), item.location, staged, key=item.key)
     digest = sha256_file(staged)
     if mtime is not None:
         item.meta = {**(item.meta or {}), "mtime": mtime}
@@ -368,11 +379,17 @@ def _fidelity(source: Path, output: Path, fmt_name: str) -> dict | None:
     return record if record.get("score") is not None else {**record, "score": None}
 
 
-def _target_names(item: Item) -> tuple[str, str | None]:
-    """(path of the copy that lands, path of the Office original if it may travel beside it)."""
+def _target_names(dept: Department, item: Item) -> tuple[str, str | None]:
+    """(path of the copy that lands, path of the Office original if it may travel beside it), below
+    the source's `target_folder` for files."""
+    cfg = next((s for s in dept.sources if s.name == item.source), None)
+    folder = (getattr(cfg, "target_folder", "") or "").strip("/") if item.kind == Kind.FILE.value else ""
+
+    def under(path: str) -> str:
+        return f"{folder}/{path}" if folder else path
     if not item.converted_path:
-        return item.location, None
-    return item.target_stem + Path(item.converted_path).suffix, item.location
+        return under(item.location), None
+    return under(item.target_stem + Path(item.converted_path).suffix), under(item.location)
 
 
 def _keep_original(dept: Department, item: Item) -> bool:
@@ -388,13 +405,13 @@ def _keep_original(dept: Department, item: Item) -> bool:
 def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
     started = time.monotonic()
     sink = target_of(dept, item.kind)
-    rel, original_rel = _target_names(item)
+    rel, original_rel = _target_names(dept, item)
     payload = Path(item.converted_path or item.staged_path or "")
     if not payload.is_file():                  # staging lost (cleaned, other machine): redo
         ledger.record(item.id, state=State.DISCOVERED)
         item.state = State.DISCOVERED.value
         item = _convert(dept, ledger, _extract(dept, ledger, item))
-        rel, original_rel = _target_names(item)
+        rel, original_rel = _target_names(dept, item)
         payload = Path(item.converted_path or item.staged_path)
     # a file that travels unchanged already has its sha256 from the extract step
     unchanged_file = item.kind == Kind.FILE.value and not item.converted_path

@@ -1,0 +1,264 @@
+"""Microsoft 365 mailboxes through Microsoft Graph: mail, calendars and contacts.
+
+Exchange Online switches EWS off (from 1 October 2026, completely by 1 April 2027), so mailboxes
+are read through Graph with an application's own permissions (Mail.Read, Calendars.Read,
+Contacts.Read, all of the *application* kind with admin consent). The user's folder argument is
+the mailbox's UPN. Reading never changes the mailbox (no request here writes).
+
+- **Mail**: the folder tree (`/mailFolders` and their `childFolders`), then per folder a delta
+  query of its messages (`/mailFolders/{id}/messages/delta`). Key: the message id; location: the
+  folder path, with the inbox as `INBOX` (`INBOX/Projekte`); a `/` inside a folder name is written
+  `%2F`. Meta: IMAP flags (`\\Seen` from isRead, `\\Flagged` from a flagged follow-up, `\\Draft`),
+  the internal date (receivedDateTime), the special-use of well-known folders (`\\Sent`, `\\Trash`,
+  `\\Junk`, `\\Drafts`, `\\Archive`; found by asking Graph for each well-known name) and the
+  Message-ID. Version: the changeKey (a read flag set changes it too). The bytes are the MIME
+  (`/messages/{id}/$value`), streamed to disk.
+- **Calendars**: every calendar's events (single events and series masters); a series becomes
+  one iCalendar object with its exceptions and cancellations (`sources.mstime`). Key:
+  `event:<id>`; location: the calendar's name; version: the changeKey.
+- **Contacts**: the default contacts folder (location `Contacts`) and the top-level contact
+  folders, as vCard 3.0. Key: `contact:<id>`; version: the changeKey.
+
+Event and contact keys carry their kind because `extract` is given the key, not the kind.
+Delta links of the mail folders are kept in memory for the life of the process, as for drives
+(see sources.onedrive): every `discover` is a complete listing, which the ledger compares, and
+`changes()` asks each folder for what changed since.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timezone
+from pathlib import Path
+
+from core.department import M365Source
+from core.errors import ConfigError, ItemError, TransientError
+from core.items import ItemRef, Kind
+from sources.graph import Changes, DeltaExpired, GraphClient, client_for, quote_segment
+from sources.mstime import contact_to_vcard, event_to_ical, series_window
+
+__all__ = ["MailboxSource", "source_for", "WELL_KNOWN"]
+
+log = logging.getLogger("umstieg.sources.m365")
+
+#: Graph's well-known folder names -> IMAP special-use (RFC 6154); the inbox has none, it is INBOX.
+WELL_KNOWN = {"inbox": None, "sentitems": "\\Sent", "deleteditems": "\\Trash", "junkemail": "\\Junk",
+              "drafts": "\\Drafts", "archive": "\\Archive"}
+_MESSAGE_FIELDS = "id,changeKey,isRead,isDraft,flag,receivedDateTime,internetMessageId,parentFolderId"
+#: Graph answers event times in the mailbox's zone unless told otherwise; UTC is unambiguous.
+_UTC = {"Prefer": 'outlook.timezone="UTC"'}
+_EVENT_PREFIX, _CONTACT_PREFIX = "event:", "contact:"
+
+
+def _name(display: str) -> str:
+    return display.replace("/", "%2F")
+
+
+class MailboxSource:
+    """A Microsoft 365 source: the three Source operations for mail, events and contacts."""
+
+    def __init__(self, config: M365Source, client: GraphClient | None = None) -> None:
+        self.config = config
+        self.client = client or client_for(config)
+        self._lock = threading.Lock()
+        self._delta_links: dict[tuple[str, str], str] = {}      # (upn, folder id) -> delta link
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # ----------------------------------------------------------------------- Source
+    def check(self, folders: list[str]) -> list[str]:
+        """Token and, per mailbox, one read of each enabled kind: every problem at once."""
+        try:
+            self.client.token()
+        except (ConfigError, TransientError) as exc:
+            return [f"source {self.name}: {exc}"]
+        problems = []
+        for upn in folders:
+            probes = []
+            if self.config.mail:
+                probes.append((f"/users/{quote_segment(upn)}/mailFolders/inbox", "Mail.Read", None))
+            if self.config.calendars:
+                probes.append((f"/users/{quote_segment(upn)}/calendars", "Calendars.Read", {"$top": "1"}))
+            if self.config.contacts:
+                probes.append((f"/users/{quote_segment(upn)}/contactFolders", "Contacts.Read", {"$top": "1"}))
+            for path, need, params in probes:
+                try:
+                    self.client.get_json(path, scope=upn, need=need, params=params)
+                except (ConfigError, ItemError, TransientError) as exc:
+                    problems.append(f"source {self.name}, mailbox {upn}: {exc}")
+                    break
+        return problems
+
+    def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
+        """Every message, event (series as one item) and contact of the mailbox `folder` (a UPN)."""
+        if self.config.mail:
+            yield from self._messages(owner, folder)
+        if self.config.calendars:
+            yield from self._events(owner, folder)
+        if self.config.contacts:
+            yield from self._contacts(owner, folder)
+
+    def extract(self, folder: str, location: str, dst: Path, key: str | None = None) -> tuple[int, float | None]:
+        """The item's bytes: a message's MIME, an event series as iCalendar, a contact as vCard."""
+        if not key:
+            raise ItemError(f"no item id for {location}: rediscover the source")
+        upn = quote_segment(folder)
+        if key.startswith(_EVENT_PREFIX):
+            return self._write(dst, self._event_ical(folder, key[len(_EVENT_PREFIX):])), None
+        if key.startswith(_CONTACT_PREFIX):
+            contact = self.client.get_json(f"/users/{upn}/contacts/{quote_segment(key[len(_CONTACT_PREFIX):])}",
+                                           scope=folder, need="Contacts.Read", item=True)
+            return self._write(dst, contact_to_vcard(contact)), None
+        size = self.client.download(f"/users/{upn}/messages/{quote_segment(key)}/$value", dst,
+                                    scope=folder, need="Mail.Read")
+        return size, None
+
+    # ----------------------------------------------------------------------- mail
+    def mail_folders(self, upn: str) -> list[tuple[str, str, str | None]]:
+        """(folder id, path, special-use) of every mail folder, parents before children."""
+        base = f"/users/{quote_segment(upn)}/mailFolders"
+        special: dict[str, str | None] = {}
+        inbox_id = None
+        for wk, use in WELL_KNOWN.items():
+            try:
+                found = self.client.get_json(f"{base}/{wk}", scope=upn, need="Mail.Read", item=True)
+            except ItemError:
+                continue                                   # no such folder in this mailbox (archive)
+            special[found["id"]] = use
+            if wk == "inbox":
+                inbox_id = found["id"]
+        result: list[tuple[str, str, str | None]] = []
+        todo = [(f, "") for f in self.client.pages(base, scope=upn, need="Mail.Read", params={"$top": "100"})]
+        while todo:
+            folder, parent_path = todo.pop(0)
+            name = "INBOX" if folder["id"] == inbox_id and not parent_path else _name(folder.get("displayName", ""))
+            path = f"{parent_path}/{name}" if parent_path else name
+            result.append((folder["id"], path, special.get(folder["id"])))
+            if folder.get("childFolderCount"):
+                children = self.client.pages(f"{base}/{quote_segment(folder['id'])}/childFolders", scope=upn,
+                                             need="Mail.Read", params={"$top": "100"})
+                todo[0:0] = [(c, path) for c in children]
+        return result
+
+    def _messages(self, owner: str, upn: str) -> Iterator[ItemRef]:
+        for folder_id, path, use in self.mail_folders(upn):
+            delta = self.client.delta(self._delta_url(upn, folder_id), scope=upn, need="Mail.Read",
+                                      params={"$select": _MESSAGE_FIELDS})
+            with self._lock:
+                if delta.delta_link:
+                    self._delta_links[(upn, folder_id)] = delta.delta_link
+            for m in delta.entries:
+                if "@removed" not in m:
+                    yield self._message_ref(owner, m, path, use)
+
+    def changes(self, owner: str, folder: str) -> Changes:
+        """Messages new, changed or removed since the last `discover` or `changes` of this mailbox in
+        this process (mail only: a calendar or contact pass is always a full listing). A folder
+        without a saved delta link, or whose link expired, is listed whole (`resynced`)."""
+        found = Changes()
+        for folder_id, path, use in self.mail_folders(folder):
+            with self._lock:
+                link = self._delta_links.get((folder, folder_id))
+            delta = None
+            if link:
+                try:
+                    delta = self.client.delta(link, scope=folder, need="Mail.Read")
+                except DeltaExpired:
+                    self.client.expired(f"mail folder {path} of {folder}")
+            if delta is None:
+                found.resynced = True
+                delta = self.client.delta(self._delta_url(folder, folder_id), scope=folder, need="Mail.Read",
+                                          params={"$select": _MESSAGE_FIELDS})
+            with self._lock:
+                if delta.delta_link:
+                    self._delta_links[(folder, folder_id)] = delta.delta_link
+            for m in delta.entries:
+                if "@removed" in m:
+                    found.removed.append(m["id"])
+                else:
+                    found.changed.append(self._message_ref(owner, m, path, use))
+        return found
+
+    @staticmethod
+    def _delta_url(upn: str, folder_id: str) -> str:
+        return f"/users/{quote_segment(upn)}/mailFolders/{quote_segment(folder_id)}/messages/delta"
+
+    def _message_ref(self, owner: str, m: dict, path: str, use: str | None) -> ItemRef:
+        flags = []
+        if m.get("isRead"):
+            flags.append("\\Seen")
+        if str((m.get("flag") or {}).get("flagStatus", "")).lower() == "flagged":
+            flags.append("\\Flagged")
+        if m.get("isDraft"):
+            flags.append("\\Draft")
+        meta = {"flags": flags, "internaldate": m.get("receivedDateTime"), "special_use": use,
+                "message_id": m.get("internetMessageId")}
+        return ItemRef(source=self.name, key=m["id"], kind=Kind.MESSAGE, owner=owner, location=path,
+                       version=str(m.get("changeKey") or m.get("@odata.etag") or ""), size=None, meta=meta)
+
+    # ----------------------------------------------------------------------- calendars
+    def _events(self, owner: str, upn: str) -> Iterator[ItemRef]:
+        base = f"/users/{quote_segment(upn)}/calendars"
+        for cal in self.client.pages(base, scope=upn, need="Calendars.Read"):
+            events = self.client.pages(f"{base}/{quote_segment(cal['id'])}/events", scope=upn, need="Calendars.Read",
+                                       params={"$select": "id,changeKey,type,subject", "$top": "100"}, headers=_UTC)
+            for ev in events:
+                yield ItemRef(source=self.name, key=_EVENT_PREFIX + ev["id"], kind=Kind.EVENT, owner=owner,
+                              location=_name(cal.get("name") or "Calendar"),
+                              version=str(ev.get("changeKey") or ev.get("@odata.etag") or ""),
+                              meta={"type": ev.get("type")})
+
+    def _event_ical(self, upn: str, event_id: str) -> bytes:
+        path = f"/users/{quote_segment(upn)}/events/{quote_segment(event_id)}"
+        event = self.client.get_json(path, scope=upn, need="Calendars.Read", item=True, headers=_UTC)
+        try:
+            instances = None
+            if event.get("type") == "seriesMaster":
+                lo, hi = series_window(event)
+                instances = list(self.client.pages(
+                    f"{path}/instances", scope=upn, need="Calendars.Read", item=True, headers=_UTC,
+                    params={"startDateTime": lo.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "endDateTime": hi.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "$top": "500"}))
+            return event_to_ical(event, instances)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise ItemError(f"event {event.get('subject')!r} cannot be written as iCalendar: "
+                            f"{type(exc).__name__}: {exc}") from None
+
+    # ----------------------------------------------------------------------- contacts
+    def _contacts(self, owner: str, upn: str) -> Iterator[ItemRef]:
+        base = f"/users/{quote_segment(upn)}"
+        folders = [("Contacts", f"{base}/contacts")] + [
+            (_name(f.get("displayName") or f["id"]), f"{base}/contactFolders/{quote_segment(f['id'])}/contacts")
+            for f in self.client.pages(f"{base}/contactFolders", scope=upn, need="Contacts.Read")]
+        for location, path in folders:
+            for c in self.client.pages(path, scope=upn, need="Contacts.Read", params={"$top": "100"}):
+                yield ItemRef(source=self.name, key=_CONTACT_PREFIX + c["id"], kind=Kind.CONTACT, owner=owner,
+                              location=location, version=str(c.get("changeKey") or c.get("@odata.etag") or ""))
+
+    @staticmethod
+    def _write(dst: Path, data: bytes) -> int:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, dst)
+        return len(data)
+
+
+_sources: dict[tuple[int, str], MailboxSource] = {}
+_sources_lock = threading.Lock()
+
+
+def source_for(config: M365Source) -> MailboxSource:
+    """This process's source for one configuration (it keeps the mail folders' delta links)."""
+    key = (os.getpid(), config.model_dump_json())
+    with _sources_lock:
+        source = _sources.get(key)
+        if source is None:
+            source = _sources[key] = MailboxSource(config)
+        return source
