@@ -19,7 +19,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from core.department import Department
-from core.errors import ConfigError, ItemError, TransientError
+from core.errors import ConfigError, ItemError, TransientError, UserStopped
 from core.ledger import Ledger
 from core.settings import usable_cpus
 from flows import runtime
@@ -203,7 +203,7 @@ def assess(department_file: str) -> dict:
             folder = user.folder_in(cfg.name)
             try:
                 listing += [(user.source, ref) for ref in source.discover(user.source, folder)]
-            except (ItemError, TransientError, ConfigError, OSError) as exc:
+            except (ItemError, TransientError, UserStopped, ConfigError, OSError) as exc:
                 problems.append(f"source {cfg.name}: cannot list {user.source}: {exc}")
                 continue
             if cfg.type == "folder" and (cfg.root / folder).is_dir():

@@ -120,11 +120,23 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
     users = [u for u in dept.users if owners is None or u.source in owners]
     for user in users:
         todo: list[int] = []
+        listings = {}
+        try:
+            for src_cfg in dept.sources:
+                source = source_of(dept, src_cfg.name)
+                # a listing is all or nothing (what is missing from it counts as removed): a blip
+                # of the server lists again, from the start
+                listings[src_cfg.name] = with_retries(
+                    lambda: list(source.discover(user.source, user.folder_in(source.name))))
+        except (UserStopped, TransientError, ItemError) as exc:
+            # this user cannot be listed now (a refused mailbox login, a server that stays away):
+            # nothing of theirs is marked removed or moved; the other users go on
+            ledger.stop_user(run_id, user.source, f"listing {src_cfg.name} failed: {exc}")
+            log.warning("%s: %s waits: listing %s failed: %s", dept.name, user.source, src_cfg.name, exc)
+            continue
         for src_cfg in dept.sources:
             source = source_of(dept, src_cfg.name)
-            # a listing is all or nothing (what is missing from it counts as removed): a blip
-            # of the server lists again, from the start
-            refs = with_retries(lambda: list(source.discover(user.source, user.folder_in(source.name))))
+            refs = listings[src_cfg.name]
             siblings = Counter((str(PurePosixPath(r.location).parent), PurePosixPath(r.location).stem)
                                for r in refs)
             seen: set[str] = set()
@@ -164,7 +176,10 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                     if ref.kind is Kind.FILE and _skipped_name(dept, ref.location):
                         item.state, item.reason = State.SKIPPED.value, "skipped_name"
                         item.message = "matches the department's skip patterns (lock file or system cache)"
-                gone = [i for k, i in known.items() if k not in seen and not i.removed_at_source]
+                # what was found before in a folder that could not be listed now is not gone
+                unlisted = tuple(r.location for r in refs if (r.meta or {}).get("unlisted"))
+                gone = [i for k, i in known.items() if k not in seen and not i.removed_at_source
+                        and not (unlisted and (i.location.startswith(unlisted) or "./" in unlisted))]
                 for item in gone:
                     item.removed_at_source, item.change = True, "removed"
                     found.removed[user.source] += 1

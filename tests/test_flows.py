@@ -378,3 +378,37 @@ def test_assess_inventories_without_moving_and_learns_the_rate(tmp_path):
     migrate(str(dept_file))
     second = assess(str(dept_file))
     assert "measured" in second["estimate_basis"] and second["estimated_conversion_seconds"] > 0
+
+
+def test_a_folder_that_cannot_be_listed_is_not_taken_for_deleted(tmp_path, monkeypatch):
+    """A sub-folder that cannot be listed (a mount whose share went away answers EIO) shows as one
+    failed item, and what was moved from it before is neither taken for deleted at the source nor
+    removed at the target, even with delete_at_target."""
+    import errno
+    from flows import runtime
+    from flows.migrate import migrate
+    dept_file = make_department(tmp_path, docs_per_user=2, conversion={"enabled": False}, delete_at_target=True)
+    home = tmp_path / "home"
+    (home / "anna" / "Privat").mkdir()
+    (home / "anna" / "Privat" / "brief.txt").write_text("Brief\n", encoding="utf-8")
+    try:
+        migrate(str(dept_file))
+        assert all(r["state"] == "verified" for r in ledger_rows(dept_file))
+        real_scandir = os.scandir
+
+        def scandir(path):                     # the OS's answer for a dead network mount (root reads anything else)
+            if str(path).endswith("/anna/Privat"):
+                raise OSError(errno.EIO, "Input/output error", str(path))
+            return real_scandir(path)
+        monkeypatch.setattr(os, "scandir", scandir)
+        summary = migrate(str(dept_file))
+    finally:
+        runtime.close_all()
+    rows = {(r["owner"], r["location"]): r for r in ledger_rows(dept_file)}
+    brief = rows[("anna", "Privat/brief.txt")]
+    assert brief["state"] == "verified" and not brief["removed_at_source"]
+    assert (tmp_path / "target" / "t-anna" / "Privat" / "brief.txt").is_file()
+    assert summary["removed_at_source"] == 0
+    marker = rows[("anna", "Privat/")]
+    assert marker["state"] == "failed" and marker["reason"] == "unlisted_folder"
+    assert "Input/output error" in (marker["message"] or "") or "could not be listed" in marker["message"]
