@@ -1,0 +1,563 @@
+"""Calendars and address books as targets, over CalDAV (RFC 4791) and CardDAV (RFC 6352).
+
+Each source calendar (an event item's `location`) becomes one calendar collection in the user's
+calendar home, made with MKCALENDAR; each source address book one address book, made with an
+extended MKCOL (RFC 5689). Collection names are made URL-safe; the name people see is set as
+DAV:displayname. Homes:
+
+- Nextcloud: `<url>/remote.php/dav/calendars/<user>/`, `<url>/remote.php/dav/addressbooks/users/<user>/`;
+- Open-Xchange: `<url>/servlet/dav/caldav/`, `<url>/servlet/dav/carddav/` (the logged-in user's folders);
+- any other server: `<url>/<folder>/` with `{user}` in `folder` replaced, by default `<url>/<user>/`
+  (Radicale, Baïkal's `dav.php/calendars/{user}`, …).
+
+An event or a card is PUT as `<collection>/<name>.ics|.vcf` with `If-None-Match: *`: create only,
+never overwrite. The name comes from the UID (kept as it is when it is URL-safe, else hashed), so
+a rerun addresses the same resource. A 412 answer means something is there already: the load step
+then verifies what. A 409 `no-uid-conflict` means the UID lives under another name in the same
+collection: that resource is the reference.
+
+Servers rewrite what they store, so `digest` is not a hash of the bytes but a fingerprint of the
+fields a server must keep (core.pim); `find` and `verify` read the object back and compare the
+fingerprint field by field, naming what differs.
+
+Refusals are typed: an object over the server's size limit (413, 403 `max-resource-size`, or —
+Radicale — 412 for an object that does not exist) fails as `too_large`; a series with more
+occurrences than the server allows (403 `max-instances`, or over `max_instances` before sending)
+as `too_many_instances`; data the server cannot read as `rejected`. 423, 429, 5xx and time-outs
+are `TransientError` (with Retry-After); 401 is `FatalError`; 507 is `QuotaExceeded`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+from xml.sax.saxutils import escape
+
+import httpx
+from pydantic import SecretStr
+
+from core.department import CalDavTarget, CardDavTarget
+from core.errors import ConfigError, FatalError, ItemError, TransientError
+from core.pim import PimError, differences, event_uid, fingerprint, instance_count, with_contact_uid
+from sinks.webdav import QuotaExceeded, _caused_by, _retry_after
+
+__all__ = ["CalDav", "CardDav", "Refused", "sink_for"]
+
+log = logging.getLogger("umstieg.sinks.groupware")
+
+_DAV, _CAL, _CARD = "{DAV:}", "{urn:ietf:params:xml:ns:caldav}", "{urn:ietf:params:xml:ns:carddav}"
+_TRANSIENT_STATUS = {423, 429, 500, 502, 503, 504}
+#: Nextcloud's documented defaults when a collection does not announce its own limits.
+_NEXTCLOUD_LIMITS = {"calendar": (10 * 1024 * 1024, 3500), "addressbook": (5 * 1024 * 1024, None)}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,119}$")
+
+
+class Refused(ItemError):
+    """The server will not store this object; `reason` says why (`too_large`, `too_many_instances`,
+    `rejected`, `invalid_data`, `precondition_failed`)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Unreachable(Exception):
+    """`check` cannot reach the server at all: one problem, not one per user."""
+
+
+def collection_name(display: str) -> str:
+    """A URL-safe collection name for a calendar or address book called `display`.
+
+    Lower-case letters, digits, `-` and `_`; when that loses anything, a short hash of the
+    display name follows, so that "Team/Plan" and "Team Plan" stay two collections.
+    """
+    translit = display.translate(str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss",
+                                                "Ä": "ae", "Ö": "oe", "Ü": "ue"}))
+    slug = re.sub(r"[^a-z0-9_]+", "-", translit.lower()).strip("-_")[:60] or "calendar"
+    if slug != display:
+        slug += "-" + hashlib.sha256(display.encode("utf-8")).hexdigest()[:8]
+    return slug
+
+
+def resource_name(uid: str, suffix: str) -> str:
+    """The resource name of the object with this UID: the UID itself when it is URL-safe."""
+    if _SAFE_NAME.match(uid) and not uid.endswith(suffix):
+        return uid + suffix
+    return "uid-" + hashlib.sha256(uid.encode("utf-8")).hexdigest()[:40] + suffix
+
+
+class _Dav:
+    """What CalDAV and CardDAV share: addressing, requests, collections, create-only PUTs."""
+
+    kind = "calendar"                  # or "addressbook"
+    suffix = ".ics"
+    content_type = "text/calendar; charset=utf-8"
+    product = "the CalDAV server"
+
+    def __init__(self, config: CalDavTarget | CardDavTarget, *, transport: httpx.BaseTransport | None = None,
+                 sleep=time.sleep) -> None:
+        self.config = config
+        parts = urlsplit(config.url.rstrip("/"))
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._prefix = parts.path
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._make_lock = threading.Lock()
+        self._secrets: dict[str, SecretStr] = {}
+        self._collections: dict[tuple[str, str], dict] = {}      # (account, path) -> its limits
+        self._uids: OrderedDict[str, str] = OrderedDict()         # digest -> uid, see digest()
+        if config.ca_file is not None:
+            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(config.ca_file))
+        else:
+            verify = config.verify_tls
+        self._client = httpx.Client(timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 15.0)),
+                                    verify=verify, transport=transport, follow_redirects=False,
+                                    headers={"User-Agent": "umstieg"})
+
+    # ----------------------------------------------------------------------- addressing
+    def _login(self, owner: str) -> str:
+        cfg = self.config
+        user = owner if owner in cfg.app_passwords else cfg.username
+        if user is None:
+            raise ConfigError(f"no credentials for target user {owner!r}: add them to app_passwords, "
+                              "or configure a service account (username, password)")
+        return user
+
+    def _password(self, user: str) -> SecretStr:
+        with self._lock:
+            secret = self._secrets.get(user)
+        if secret is None:
+            ref = self.config.app_passwords.get(user) if user in self.config.app_passwords else self.config.password
+            secret = ref.resolve()
+            with self._lock:
+                self._secrets[user] = secret
+        return secret
+
+    def home(self, owner: str) -> str:
+        """The unencoded server path of `owner`'s calendar / address book home, ending in '/'."""
+        flavour = self.config.flavour
+        if flavour == "nextcloud":
+            middle = f"calendars/{owner}" if self.kind == "calendar" else f"addressbooks/users/{owner}"
+            return f"{self._prefix}/remote.php/dav/{middle}/"
+        if flavour == "ox":
+            return f"{self._prefix}/servlet/dav/{'caldav' if self.kind == 'calendar' else 'carddav'}/"
+        folder = (self.config.folder or "{user}").replace("{user}", owner).strip("/")
+        return f"{self._prefix}/{folder}/" if folder else f"{self._prefix}/"
+
+    def _url(self, path: str) -> str:
+        return self._origin + quote(path, safe="/@+")
+
+    def _ref(self, user: str, path: str) -> str:
+        scheme, _, netloc = self._origin.partition("://")
+        return f"{scheme}://{quote(user, safe='')}@{netloc}{path}"
+
+    def _parse_ref(self, ref: str) -> tuple[str, str]:
+        scheme, sep, rest = ref.partition("://")
+        authority, slash, path = rest.partition("/")
+        user, at, netloc = authority.rpartition("@")
+        if not (sep and slash and at) or f"{scheme}://{netloc}" != self._origin:
+            raise ItemError(f"{ref!r} is not a reference to {self.config.root}")
+        return unquote(user), "/" + path
+
+    # ----------------------------------------------------------------------- requests
+    def _request(self, method: str, user: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204, 207),
+                 headers: dict | None = None, content: bytes | None = None) -> httpx.Response:
+        what = f"{method} {path}"
+        try:
+            resp = self._client.request(method, self._url(path), headers=headers, content=content,
+                                        auth=(user, self._password(user).get_secret_value()))
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{what}: {self.product} did not answer in time ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"{what}: connection to {self.config.root} failed ({type(exc).__name__})") \
+                from None
+        if resp.status_code not in ok:
+            self._fail(resp, what, user)
+        return resp
+
+    def _fail(self, resp: httpx.Response, what: str, user: str) -> None:
+        status = resp.status_code
+        detail = f"HTTP {status} {resp.reason_phrase}"
+        if status == 507:
+            raise QuotaExceeded(f"{self.product} has no room left for account {user!r} ({detail})",
+                                owner=user, account=user)
+        if status in _TRANSIENT_STATUS:
+            raise TransientError(f"{what}: {detail}", retry_after=_retry_after(resp))
+        if status == 401:
+            raise FatalError(f"{self.product} refused the credentials of account {user!r} ({detail}): "
+                             "check its (app) password")
+        raise ItemError(f"{what}: {detail}")
+
+    def _propfind(self, user: str, path: str, props: str, depth: str = "0") -> dict[str, ET.Element] | None:
+        """path -> <prop> of every resource in the answer, or None when `path` does not exist."""
+        body = ('<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:" '
+                'xmlns:c="urn:ietf:params:xml:ns:caldav" xmlns:cr="urn:ietf:params:xml:ns:carddav">'
+                f"<d:prop>{props}</d:prop></d:propfind>")
+        resp = self._request("PROPFIND", user, path, ok=(207, 404),
+                             headers={"Depth": depth, "Content-Type": "application/xml; charset=utf-8"},
+                             content=body.encode())
+        if resp.status_code == 404:
+            return None
+        return self._multistatus(resp, f"PROPFIND {path}")
+
+    @staticmethod
+    def _multistatus(resp: httpx.Response, what: str) -> dict[str, ET.Element]:
+        try:
+            tree = ET.fromstring(resp.content)
+        except ET.ParseError as exc:
+            raise TransientError(f"{what}: unreadable answer ({exc})") from None
+        found = {}
+        for response in tree.iter(f"{_DAV}response"):
+            href = unquote(urlsplit(response.findtext(f"{_DAV}href") or "").path)
+            prop = ET.Element("prop")
+            for propstat in response.iter(f"{_DAV}propstat"):
+                status = propstat.findtext(f"{_DAV}status") or ""
+                p = propstat.find(f"{_DAV}prop")
+                if " 200 " in f"{status} " and p is not None:
+                    prop.extend(list(p))
+            found[href] = prop
+        return found
+
+    # ----------------------------------------------------------------------- collections
+    def _collection(self, user: str, owner: str, display: str) -> tuple[str, dict]:
+        """The path of the collection for `display` (made if missing) and its announced limits."""
+        path = self.home(owner) + collection_name(display) + "/"
+        with self._lock:
+            known = self._collections.get((user, path))
+        if known is not None:
+            return path, known
+        props = ("<d:resourcetype/><c:max-resource-size/><c:max-instances/><cr:max-resource-size/>")
+        with self._make_lock:            # two threads making one calendar at once: the second gets 409
+            with self._lock:
+                known = self._collections.get((user, path))
+            if known is not None:
+                return path, known
+            found = self._propfind(user, path, props)
+            if found is None:
+                self._make_collection(user, path, display)
+                found = self._propfind(user, path, props)
+                if found is None:
+                    raise ItemError(f"{self.kind} {display!r} of {owner} could not be made at {path}")
+            prop = next(iter(found.values()), ET.Element("prop"))
+            limits = self._limits(prop)
+            with self._lock:
+                self._collections[(user, path)] = limits
+        return path, limits
+
+    def _limits(self, prop: ET.Element) -> dict:
+        def number(tag: str) -> int | None:
+            text = prop.findtext(tag)
+            return int(text) if text and text.strip().isdigit() else None
+        size = number(f"{_CAL}max-resource-size") or number(f"{_CARD}max-resource-size")
+        instances = number(f"{_CAL}max-instances")
+        if self.config.flavour == "nextcloud":
+            default_size, default_instances = _NEXTCLOUD_LIMITS[self.kind]
+            size, instances = size or default_size, instances or default_instances
+        return {"size": size, "instances": getattr(self.config, "max_instances", None) or instances}
+
+    def _make_collection(self, user: str, path: str, display: str) -> None:
+        raise NotImplementedError
+
+    def _mkcol(self, user: str, path: str, method: str, body: str) -> None:
+        resp = self._request(method, user, path, ok=(200, 201, 207, 405, 409),
+                             headers={"Content-Type": "application/xml; charset=utf-8"},
+                             content=body.encode("utf-8"))
+        if resp.status_code in (405, 409):          # made meanwhile by another process (or a parent is missing:
+            log.debug("%s %s: HTTP %s", method, path, resp.status_code)   # the PROPFIND after it tells)
+
+    # ----------------------------------------------------------------------- the sink
+    def _object(self, src: Path) -> tuple[str, bytes]:
+        """(uid, bytes to send) of the local file `src`."""
+        raise NotImplementedError
+
+    def _read(self, src: Path) -> bytes:
+        try:
+            return src.read_bytes()
+        except OSError as exc:
+            raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
+
+    def digest(self, src: Path) -> str:
+        """The fingerprint of the fields a server must keep (core.pim), not a hash of the bytes."""
+        uid, data = self._object(src)
+        try:
+            digest = fingerprint(data)
+        except PimError as exc:
+            raise Refused(f"{src.name}: {exc}", "invalid_data") from None
+        with self._lock:                           # find() is asked next with this digest
+            self._uids[digest] = uid
+            while len(self._uids) > 4096:
+                self._uids.popitem(last=False)
+        return digest
+
+    def check(self, owners: list[str]) -> list[str]:
+        """Server reachable, credentials accepted, every user's home there: every problem at once."""
+        problems = []
+        for owner in owners:
+            try:
+                user = self._login(owner)
+                problems += [f"{self.kind} target {self.config.root}: {p}" for p in self._check_home(user, owner)]
+            except _Unreachable as exc:
+                return problems + [f"{self.kind} target {self.config.root}: {exc}"]
+            except (ConfigError, TransientError, FatalError, ItemError) as exc:
+                problems.append(f"{self.kind} target {self.config.root}: {exc}")
+        return problems
+
+    def _check_home(self, user: str, owner: str) -> list[str]:
+        home = self.home(owner)
+        try:
+            resp = self._client.request("PROPFIND", self._url(home), headers={"Depth": "0"},
+                                        auth=(user, self._password(user).get_secret_value()))
+        except httpx.ConnectError as exc:
+            if _caused_by(exc, ssl.SSLError):
+                raise _Unreachable("its TLS certificate is not trusted (set ca_file to the CA that signed it)") \
+                    from None
+            raise _Unreachable(f"cannot connect ({type(exc).__name__}): is the url right and the server up?") \
+                from None
+        except httpx.TimeoutException:
+            raise _Unreachable(f"did not answer within {self.config.timeout} s") from None
+        except httpx.TransportError as exc:
+            raise _Unreachable(f"the connection failed ({type(exc).__name__})") from None
+        if resp.status_code == 401:
+            return [f"account {user!r} was refused (HTTP 401): check its (app) password"]
+        if resp.status_code == 404:
+            return [f"the {self.kind} home of {owner!r} ({home}) does not exist: the user must exist at the "
+                    "target (log in once, or be provisioned) before anything moves"]
+        if 300 <= resp.status_code < 400:
+            return [f"the server redirects to {resp.headers.get('Location')}: set url to the real address"]
+        if resp.status_code != 207:
+            return [f"account {user!r} cannot read {home} (HTTP {resp.status_code} {resp.reason_phrase})"]
+        return []
+
+    def find(self, owner: str, rel: str, digest: str, meta: dict | None = None) -> str | None:
+        """The reference of the object if the collection `rel` already holds it with this fingerprint."""
+        uid = (meta or {}).get("uid")
+        if uid is None:
+            with self._lock:
+                uid = self._uids.get(digest)
+        if uid is None:
+            return None                            # put finds out (412 / 409) and says where it is
+        user = self._login(owner)
+        path, _ = self._collection(user, owner, rel)
+        path += resource_name(uid, self.suffix)
+        data = self._get(user, path)
+        if data is None:
+            return None
+        try:
+            same = fingerprint(data) == digest
+        except PimError:
+            same = False
+        return self._ref(user, path) if same else None
+
+    def _get(self, user: str, path: str) -> bytes | None:
+        resp = self._request("GET", user, path, ok=(200, 404))
+        return None if resp.status_code == 404 else resp.content
+
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None) -> str:
+        """Create the object of `src` in the collection `rel` of `owner`; returns its reference."""
+        uid, data = self._object(src)
+        user = self._login(owner)
+        collection, limits = self._collection(user, owner, rel)
+        path = collection + resource_name(uid, self.suffix)
+        self._precheck(data, limits, src)
+        headers = {"If-None-Match": "*", "Content-Type": self.content_type}
+        refusals = (200, 201, 204, 400, 403, 404, 409, 412, 413, 415)
+        resp = self._request("PUT", user, path, ok=refusals, headers=headers, content=data)
+        if resp.status_code == 404:                # the collection was deleted meanwhile: make it again, once
+            with self._lock:
+                self._collections.pop((user, collection), None)
+            self._collection(user, owner, rel)
+            resp = self._request("PUT", user, path, ok=refusals, headers=headers, content=data)
+        status = resp.status_code
+        if status in (200, 201, 204):
+            return self._ref(user, path)
+        body = resp.text[:4000] if "xml" in resp.headers.get("Content-Type", "") or status != 412 else ""
+        what = f"{self.kind} object {uid!r} ({src.name}, {len(data)} bytes)"
+        if status == 412:
+            if self._get(user, path) is not None:
+                return self._ref(user, path)       # there already: verify says whether it is the same
+            if limits["size"] is not None and len(data) > limits["size"]:
+                raise Refused(f"{what} is larger than the server's limit of {limits['size']} bytes", "too_large")
+            raise Refused(f"{what}: the server refused it (HTTP 412 Precondition Failed)", "precondition_failed")
+        if status == 409:
+            if "no-uid-conflict" in body:
+                href = self._conflict_href(body) or self._by_uid(user, collection, uid)
+                if href:
+                    return self._ref(user, href)
+            raise Refused(f"{what}: conflict (HTTP 409): {self._condition(body) or 'the collection refused it'}",
+                          "rejected")
+        if status == 413 or "max-resource-size" in body:
+            limit = f" of {limits['size']} bytes" if limits["size"] else ""
+            raise Refused(f"{what} is larger than the server's limit{limit} (HTTP {status})", "too_large")
+        if "max-instances" in body or "max-attendees" in body:
+            raise Refused(f"{what} has more occurrences than the server allows (HTTP {status})",
+                          "too_many_instances")
+        condition = self._condition(body)
+        raise Refused(f"{what}: the server refused it (HTTP {status} {resp.reason_phrase}"
+                      f"{': ' + condition if condition else ''})", "rejected")
+
+    def _precheck(self, data: bytes, limits: dict, src: Path) -> None:
+        """Refuse before sending what the server has announced it would refuse."""
+        if limits["size"] is not None and len(data) > limits["size"]:
+            raise Refused(f"{src.name} ({len(data)} bytes) is larger than the server's limit of "
+                          f"{limits['size']} bytes per {self.kind} object", "too_large")
+
+    @staticmethod
+    def _condition(body: str) -> str:
+        """The precondition element a WebDAV error body names (`valid-calendar-data`, …), or ''."""
+        try:
+            tree = ET.fromstring(body)
+        except ET.ParseError:
+            return ""
+        names = [child.tag.rpartition("}")[2] for child in tree]
+        return ", ".join(n for n in names if n not in ("message", "exception"))
+
+    @staticmethod
+    def _conflict_href(body: str) -> str | None:
+        match = re.search(r"no-uid-conflict[^>]*>\s*<(?:\w+:)?href[^>]*>([^<]+)<", body)
+        return unquote(urlsplit(match.group(1).strip()).path) if match else None
+
+    def _by_uid(self, user: str, collection: str, uid: str) -> str | None:
+        """The path of the object with this UID in `collection` (a REPORT query), or None."""
+        raise NotImplementedError
+
+    def verify(self, ref: str, digest: str) -> str | None:
+        """None when the server holds the object with this fingerprint, else what differs."""
+        user, path = self._parse_ref(ref)
+        data = self._get(user, path)
+        if data is None:
+            return f"{ref} is missing at the target"
+        try:
+            actual = fingerprint(data)
+        except PimError as exc:
+            return f"{ref} cannot be read back: {exc}"
+        found = differences(digest, actual)
+        return f"{ref}: " + "; ".join(found) if found else None
+
+    def remove(self, ref: str) -> None:
+        """Delete an object at the target (only for delete_at_target); already gone is fine."""
+        user, path = self._parse_ref(ref)
+        self._request("DELETE", user, path, ok=(200, 204, 404))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class CalDav(_Dav):
+    """Calendars over CalDAV: one calendar per source calendar, one resource per UID."""
+
+    def _make_collection(self, user: str, path: str, display: str) -> None:
+        self._mkcol(user, path, "MKCALENDAR",
+                    '<?xml version="1.0" encoding="utf-8"?><c:mkcalendar xmlns:d="DAV:" '
+                    'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:set><d:prop>'
+                    f"<d:displayname>{escape(display)}</d:displayname>"
+                    "</d:prop></d:set></c:mkcalendar>")
+
+    def _object(self, src: Path) -> tuple[str, bytes]:
+        data = self._read(src)
+        try:
+            return event_uid(data), data
+        except PimError as exc:
+            raise Refused(f"{src.name}: {exc}", "invalid_data") from None
+
+    def _precheck(self, data: bytes, limits: dict, src: Path) -> None:
+        super()._precheck(data, limits, src)
+        cap = limits["instances"]
+        if cap is not None:
+            try:
+                n = instance_count(data, cap)
+            except PimError:
+                return                             # the server judges what cannot be counted here
+            if n > cap:
+                raise Refused(f"{src.name}: a series of more than {cap} occurrences, the server's limit "
+                              f"(split it, or end it earlier, at the source)", "too_many_instances")
+
+    def _by_uid(self, user: str, collection: str, uid: str) -> str | None:
+        body = ('<?xml version="1.0" encoding="utf-8"?><c:calendar-query xmlns:d="DAV:" '
+                'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><d:getetag/></d:prop><c:filter>'
+                '<c:comp-filter name="VCALENDAR"><c:comp-filter name="VEVENT"><c:prop-filter name="UID">'
+                f'<c:text-match collation="i;octet" match-type="equals">{escape(uid)}</c:text-match>'
+                "</c:prop-filter></c:comp-filter></c:comp-filter></c:filter></c:calendar-query>")
+        resp = self._request("REPORT", user, collection, ok=(207,),
+                             headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+                             content=body.encode("utf-8"))
+        for href in self._multistatus(resp, f"REPORT {collection}"):
+            if href.rstrip("/") != collection.rstrip("/"):
+                data = self._get(user, href)
+                try:
+                    if data is not None and event_uid(data) == uid:
+                        return href
+                except PimError:
+                    continue
+        return None
+
+
+class CardDav(_Dav):
+    """Address books over CardDAV: one address book per source address book, one card per UID."""
+
+    kind = "addressbook"
+    suffix = ".vcf"
+    content_type = "text/vcard; charset=utf-8"
+    product = "the CardDAV server"
+
+    def _make_collection(self, user: str, path: str, display: str) -> None:
+        self._mkcol(user, path, "MKCOL",
+                    '<?xml version="1.0" encoding="utf-8"?><d:mkcol xmlns:d="DAV:" '
+                    'xmlns:cr="urn:ietf:params:xml:ns:carddav"><d:set><d:prop>'
+                    "<d:resourcetype><d:collection/><cr:addressbook/></d:resourcetype>"
+                    f"<d:displayname>{escape(display)}</d:displayname>"
+                    "</d:prop></d:set></d:mkcol>")
+
+    def _object(self, src: Path) -> tuple[str, bytes]:
+        data = self._read(src)
+        try:
+            return with_contact_uid(data)
+        except PimError as exc:
+            raise Refused(f"{src.name}: {exc}", "invalid_data") from None
+
+    def _by_uid(self, user: str, collection: str, uid: str) -> str | None:
+        body = ('<?xml version="1.0" encoding="utf-8"?><cr:addressbook-query xmlns:d="DAV:" '
+                'xmlns:cr="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/><cr:address-data/></d:prop>'
+                '<cr:filter><cr:prop-filter name="UID">'
+                f'<cr:text-match collation="i;octet" match-type="equals">{escape(uid)}</cr:text-match>'
+                "</cr:prop-filter></cr:filter></cr:addressbook-query>")
+        resp = self._request("REPORT", user, collection, ok=(207,),
+                             headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+                             content=body.encode("utf-8"))
+        for href, prop in self._multistatus(resp, f"REPORT {collection}").items():
+            card = prop.findtext(f"{_CARD}address-data")
+            if href.rstrip("/") != collection.rstrip("/") and card and f"UID:{uid}" in card.replace("\r\n ", ""):
+                return href
+        return None
+
+
+_sinks: dict[tuple[int, str], _Dav] = {}
+_sinks_lock = threading.Lock()
+
+
+def sink_for(config: CalDavTarget | CardDavTarget) -> _Dav:
+    """This process's sink for a CalDAV or CardDAV target: one connection pool and collection
+    cache shared by every chunk (thread) of the process, made on first use."""
+    key = (os.getpid(), config.model_dump_json())
+    with _sinks_lock:
+        sink = _sinks.get(key)
+        if sink is None:
+            sink = _sinks[key] = (CalDav if isinstance(config, CalDavTarget) else CardDav)(config)
+        return sink
+
+
+@atexit.register
+def _close_all() -> None:
+    with _sinks_lock:
+        for sink in _sinks.values():
+            sink.close()
+        _sinks.clear()
