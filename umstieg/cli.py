@@ -24,6 +24,8 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what t
 app.command()(convert)
 app.command()(scan)
 department.register(app)
+from umstieg.commands.dashboard import dashboard  # noqa: E402 - the web face's command
+app.command()(dashboard)
 
 
 if __name__ == "__main__":  # pragma: no cover

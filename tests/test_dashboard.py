@@ -1,0 +1,421 @@
+"""The dashboard served in-process (FastAPI's TestClient) over a department migrated for real.
+
+The department (tests/servers/browser.py): anna's Word, Excel and PowerPoint files and a text
+file are migrated with LibreOffice; ben's Word file fails with load_error (his target folder is
+blocked) until the test removes the blocker and an operator reruns it from the dashboard.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import literal_column
+
+from servers.browser import migrate_small_department, users_file
+
+VIEWER, OPERATOR = ("vera", "viewer", "lesen-nur-2026"), ("otto", "operator", "darf-alles-2026")
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dashboard")
+    try:
+        yield migrate_small_department(tmp)
+    finally:
+        from flows import runtime
+        runtime.close_all()
+
+
+@pytest.fixture(scope="module")
+def site(migrated, tmp_path_factory):
+    from umstieg.dashboard import Site
+    from umstieg.dashboard.auth import load_accounts
+    accounts = load_accounts(users_file(tmp_path_factory.mktemp("users") / "users.yaml",
+                                        {u: (r, p) for u, r, p in (VIEWER, OPERATOR)}))
+    return Site([migrated.dept_file], accounts=accounts, secret="test-secret-not-for-production")
+
+
+@pytest.fixture(scope="module")
+def app(site):
+    from umstieg.dashboard import create_app
+    return create_app(site)
+
+
+def client(app, who=None) -> TestClient:
+    c = TestClient(app, follow_redirects=False)
+    if who:
+        login(c, who[0], who[2])
+    return c
+
+
+def login(c: TestClient, user: str, password: str):
+    form = c.get("/login").text
+    token = re.search(r'name="token" value="([^"]+)"', form).group(1)
+    return c.post("/login", data={"username": user, "password": password, "token": token, "next": "/"})
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def text_of(page: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+
+
+@pytest.fixture(scope="module")
+def viewer(app):
+    with client(app, VIEWER) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def operator(app):
+    with client(app, OPERATOR) as c:
+        yield c
+
+
+# ------------------------------------------------------------------------------------ access
+def test_pages_and_actions_need_a_session(app, migrated):
+    with client(app) as c:
+        for url in ("/", "/departments/testamt", f"/departments/testamt/items/{migrated.docx_id}",
+                    "/departments/testamt/assessment", "/tables/departments.csv",
+                    "/departments/testamt/files/assessment.json"):
+            r = c.get(url)
+            assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), url
+        assert c.post("/departments/testamt/rerun", data={"csrf": "x"}).status_code == 401
+        assert c.post(f"/departments/testamt/items/{migrated.docx_id}/annotation",
+                      data={"verdict": "accepted", "csrf": "x"}).status_code == 401
+
+
+def test_login_sets_a_signed_strict_httponly_cookie_and_wrong_passwords_fail(app, caplog):
+    with client(app) as c:
+        r = login(c, "vera", "falsch")
+        assert r.status_code == 401 and "umstieg_session" not in c.cookies
+        assert "falsch" not in caplog.text
+        r = login(c, "nobody", "x")
+        assert r.status_code == 401
+        r = login(c, *VIEWER[::2])
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        assert VIEWER[2] not in cookie
+        page = c.get("/").text
+        assert "scrypt$" not in page and "test-secret" not in page and VIEWER[2] not in page
+        # a tampered cookie is no session
+        c.cookies.set("umstieg_session", c.cookies["umstieg_session"][:-2] + "xx")
+        assert c.get("/").status_code == 303
+
+
+def test_login_form_token_and_open_redirects(app):
+    with client(app) as c:
+        r = c.post("/login", data={"username": VIEWER[0], "password": VIEWER[2], "token": "forged"})
+        assert r.status_code == 403 and "umstieg_session" not in c.cookies
+        form = c.get("/login").text
+        token = re.search(r'name="token" value="([^"]+)"', form).group(1)
+        r = c.post("/login", data={"username": VIEWER[0], "password": VIEWER[2], "token": token,
+                                   "next": "//evil.example/x"})
+        assert r.headers["location"] == "/"
+
+
+# ------------------------------------------------------------------------------------ pages
+def test_overview_shows_each_department_with_phase_progress_verdicts_and_failures(viewer):
+    r = viewer.get("/")
+    assert r.status_code == 200 and '<html lang="en">' in r.text
+    text = text_of(r.text)
+    assert "testamt" in text and "bulk" in text                   # all users migrated once
+    assert 'href="/departments/testamt"' in r.text
+    csv = pd.read_csv(io.BytesIO(viewer.get("/tables/departments.csv").content), encoding="utf-8-sig")
+    record = csv.set_index("Department").loc["testamt"]
+    assert (record["Phase"], record["Items"], record["Done"], record["Failed"], record["Remaining"]) == \
+        ("bulk", 5, 4, 1, 0)
+    assert record["Items per second"] > 0
+    verdicts = pd.read_csv(io.BytesIO(viewer.get("/tables/verdicts.csv").content), encoding="utf-8-sig")
+    assert verdicts[["identical", "minor", "review", "broken"]].sum(axis=1).iloc[0] == 4   # 3 of anna, 1 of ben
+    assert "<svg" in r.text and "<title" in r.text and "<desc" in r.text      # charts with text alternatives
+
+
+def test_overview_exports_to_one_self_contained_html_file(viewer):
+    r = viewer.get("/export/overview.html")
+    assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+    page = r.text
+    assert "<style>" in page and "<svg" in page and "testamt" in page
+    assert 'rel="stylesheet"' not in page and not re.search(r'(src|href)="(https?:)?//', page)
+    assert 'href="/' not in page and 'src="/' not in page     # nothing fetched from the dashboard either
+
+
+def test_department_page_progress_fidelity_failures_and_items(viewer, migrated):
+    r = viewer.get("/departments/testamt")
+    assert r.status_code == 200
+    text = text_of(r.text)
+    for expected in ("Progress by user", "Progress by kind", "Fidelity verdicts by format", "Score histogram by format",
+                     "Top deductions", "Top risk flags", "Failures by error class", "load_error"):
+        assert expected in text, expected
+    assert "Operators can rerun" in text and 'action="/departments/testamt/rerun"' not in r.text   # viewer
+    tables = {name: pd.read_csv(io.BytesIO(viewer.get(f"/departments/testamt/tables/{name}.csv").content),
+                                encoding="utf-8-sig")
+              for name in ("users", "kinds", "verdicts", "scores", "failures", "deductions", "risks")}
+    users = tables["users"].set_index("User")
+    assert users.loc["anna", "verified"] == 4 and users.loc["ben", "failed"] == 1
+    assert set(tables["verdicts"]["Format"]) == {"docx", "xlsx", "pptx"}
+    assert tables["scores"].drop(columns="Format").to_numpy().sum() == 4
+    failures = tables["failures"].set_index("Error class")
+    assert failures.loc["load_error", "Items"] == 1 and "t-ben" in failures.loc["load_error", "Example message"]
+    # the item table filters and paginates in SQL
+    failed = viewer.get("/departments/testamt", params={"state": "failed"}).text
+    assert f"/departments/testamt/items/{migrated.failed_id}" in failed
+    assert f"/departments/testamt/items/{migrated.docx_id}\"" not in failed
+    items = pd.read_csv(io.BytesIO(viewer.get("/departments/testamt/tables/items.csv",
+                                               params={"owner": "anna"}).content), encoding="utf-8-sig")
+    assert sorted(items["Path"]) == ["Ablage/doc000.docx", "Ablage/doc001.xlsx", "Ablage/doc002.pptx", "notes.txt"]
+
+
+def test_the_format_histogram_reads_the_format_index(site):
+    """The verdicts by format are grouped in the order of the expression index of migration 0005."""
+    from sqlalchemy import func, literal_column, select, text
+
+    from core.ledger import Item
+    from reports.dashboard import file_ext
+    led = site.ledger_of["testamt"]
+    ext = file_ext(Item.location)
+    q = (select(ext, Item.fidelity_verdict, Item.fidelity_score, func.count(Item.id))
+         .where(Item.department == "testamt", Item.fidelity_score.isnot(None))
+         .group_by(ext, Item.fidelity_verdict, Item.fidelity_score))
+    sql = str(q.compile(dialect=led.engine.dialect, compile_kwargs={"literal_binds": True}))
+    with led.session() as s:
+        plan = " ".join(str(row[-1]) for row in s.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        assert "ix_items_department_format" in plan and "TEMP B-TREE" not in plan, plan
+        assert sorted({row[0] for row in s.execute(q)}) == ["docx", "pptx", "xlsx"]
+        for location, want in (("a/b.DOCX", "docx"), ("noext", ""), ("dir.d/file", ""), ("x.tar.gz", "gz")):
+            assert s.scalar(select(file_ext(literal_column(f"'{location}'")))) == want, location
+
+
+def test_item_pages_paginate_in_the_database(site, migrated):
+    from reports.dashboard import item_page
+    led = site.ledger_of["testamt"]
+    first, last = item_page(led, "testamt", {}, page=1, per_page=2), item_page(led, "testamt", {}, page=3, per_page=2)
+    assert (first["total"], first["pages"], len(first["table"].rows), len(last["table"].rows)) == (5, 3, 2, 1)
+    ids = [r["id"] for p in (1, 2, 3) for r in item_page(led, "testamt", {}, page=p, per_page=2)["table"].rows]
+    assert len(ids) == 5 == len(set(ids))
+
+
+def test_document_page_shows_the_record_and_both_thumbnails(viewer, migrated):
+    r = viewer.get(f"/departments/testamt/items/{migrated.docx_id}")
+    assert r.status_code == 200
+    text = text_of(r.text)
+    assert "Ablage/doc000.docx" in text and "Fidelity record" in text and "Deductions" in text
+    assert "beside the converted copy at the target" in text and "doc000.docx" in text    # keep_original: always
+    images = re.findall(r'<img src="([^"]+)"', r.text)
+    assert len(images) == 2 and any("-source.png" in i for i in images) and any("-output.png" in i for i in images)
+    for src in images:
+        png = viewer.get(src)
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert viewer.get("/departments/testamt/items/999999").status_code == 404
+    assert viewer.get("/departments/nowhere/items/1").status_code == 404
+
+
+def test_report_paths_cannot_leave_the_report_folder(viewer, migrated, site):
+    from reports.dashboard import safe_report_file
+    report_dir = site.report_dir("testamt")
+    outside = migrated.dept_file           # beside work/, outside the report folder
+    (report_dir / "link-out.yaml").symlink_to(outside)
+    for path in ("..%2F..%2Fdepartment.yaml", "%2E%2E/%2E%2E/department.yaml", "..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+                 "%2Fetc%2Fpasswd", "thumbs/..%2F..%2F..%2Fdepartment.yaml", "link-out.yaml", "thumbs"):
+        r = viewer.get(f"/departments/testamt/files/{path}")
+        assert r.status_code == 404, path
+        assert "name: testamt" not in r.text and "root:" not in r.text
+    assert safe_report_file(report_dir, "../../department.yaml") is None
+    assert safe_report_file(report_dir, str(outside)) is None
+    assert safe_report_file(report_dir, "assessment.json") == (report_dir / "assessment.json").resolve()
+    assert viewer.get("/departments/testamt/files/assessment.json").status_code == 200
+
+
+def test_assessment_page_sorts_filters_and_exports_the_risk_scan(viewer):
+    r = viewer.get("/departments/testamt/assessment")
+    assert r.status_code == 200 and "doc000.docx" in r.text and 'aria-sort="ascending"' in r.text
+    everything = pd.read_csv(io.BytesIO(viewer.get("/departments/testamt/assessment.csv").content),
+                             encoding="utf-8-sig")
+    assert len(everything) == 5 and set(everything["Scan"]) == {"homes/anna", "homes/ben"}
+    by_size = pd.read_csv(io.BytesIO(viewer.get("/departments/testamt/assessment.csv",
+                                                 params={"sort": "size", "dir": "desc"}).content), encoding="utf-8-sig")
+    assert list(by_size["Bytes"]) == sorted(everything["Bytes"], reverse=True)
+    docx = viewer.get("/departments/testamt/assessment.ods", params={"format": "docx"})
+    assert docx.headers["content-type"].startswith("application/vnd.oasis.opendocument.spreadsheet")
+    sheet = pd.read_excel(io.BytesIO(docx.content), engine="odf")
+    assert len(sheet) == 2 and set(sheet["Format"]) == {"docx"}
+    page = viewer.get("/departments/testamt/assessment", params={"q": "xlsx"}).text
+    assert "doc001.xlsx" in page and "doc002.pptx" not in page
+
+
+def test_languages_follow_the_browser_and_the_switch_and_exports_speak_them(app):
+    with client(app, VIEWER) as c:
+        fr = c.get("/", headers={"Accept-Language": "fr-CH, fr;q=0.9, en;q=0.5"}).text
+        assert '<html lang="fr">' in fr and "Vue d&#39;ensemble du programme" in fr
+        r = c.get("/departments/testamt?lang=de")
+        assert r.status_code == 303 and r.headers["location"] == "/departments/testamt"
+        de = c.get("/departments/testamt", headers={"Accept-Language": "fr"}).text     # the switch wins
+        assert '<html lang="de">' in de and "Fortschritt nach Benutzer" in de and "Zum Inhalt springen" in de
+        csv = c.get("/departments/testamt/tables/users.csv").content.decode("utf-8-sig")
+        assert csv.splitlines()[0].startswith("Benutzer,erkannt,")
+        ods = pd.read_excel(io.BytesIO(c.get("/tables/departments.ods").content), engine="odf")
+        assert list(ods.columns[:3]) == ["Abteilung", "Phase", "Elemente"]
+
+
+def test_every_message_has_a_german_and_a_french_translation():
+    from babel.messages.pofile import read_po
+
+    from reports import dashboard as data
+    from umstieg.dashboard.i18n import LOCALE_DIR
+    root = Path(__file__).resolve().parents[1]
+    ids = set(data.STATES) | set(data.PHASES) | set(data.VERDICTS) | set(data.ANNOTATION_VERDICTS)
+    for template in (root / "umstieg" / "dashboard" / "templates").glob("*.html"):
+        text = template.read_text(encoding="utf-8")
+        ids |= set(re.findall(r'_\("([^"]+)"\)', text)) | set(re.findall(r"_\('([^']+)'\)", text))
+    ids |= {label for _, label in data.ITEM_COLUMNS + data.SCAN_COLUMNS}
+    ids |= set(re.findall(r'Refused\(\d+, "([^"]+)"\)', (root / "umstieg" / "dashboard" / "app.py").read_text()))
+    source = (root / "reports" / "dashboard.py").read_text(encoding="utf-8")
+    ids |= set(re.findall(r'Table\("\w+", "([^"]+)"', source)) | set(re.findall(r'note="([^"]+)"', source))
+    ids |= set(re.findall(r'places\.append\(\("([^"]+)"', source))
+    assert len(ids) > 100
+    for lang in ("de", "fr"):
+        with open(LOCALE_DIR / lang / "LC_MESSAGES" / "dashboard.po", "rb") as f:
+            catalog = read_po(f)
+        missing = sorted(i for i in ids if catalog.get(i) is None or not catalog.get(i).string)
+        assert not missing, f"{lang}: {missing}"
+
+
+# ------------------------------------------------------------------------------------ actions
+def test_actions_are_refused_without_the_csrf_token_or_the_operator_role(viewer, operator, site, migrated):
+    from reports.dashboard import document
+    page = operator.get("/departments/testamt").text
+    assert 'action="/departments/testamt/rerun"' in page
+    token = csrf_of(page)
+    for data in ({}, {"csrf": ""}, {"csrf": token[:-1] + ("A" if token[-1] != "A" else "B")}):
+        r = operator.post("/departments/testamt/rerun", data={**data, "error_class": "load_error"})
+        assert r.status_code == 403, data
+    r = operator.post(f"/departments/testamt/items/{migrated.docx_id}/annotation", data={"verdict": "accepted"})
+    assert r.status_code == 403
+    # a viewer's own valid token does not make them an operator
+    viewer_token = csrf_of(viewer.get("/departments/testamt").text)
+    r = viewer.post("/departments/testamt/rerun", data={"csrf": viewer_token, "error_class": "load_error"})
+    assert r.status_code == 403 and "Only operators" in r.text
+    r = viewer.post(f"/departments/testamt/items/{migrated.docx_id}/annotation",
+                    data={"csrf": viewer_token, "verdict": "accepted"})
+    assert r.status_code == 403
+    # nothing happened: no rerun started, no annotation written
+    assert site.ledger_of["testamt"] and not viewer.app.state.reruns.of("testamt")
+    assert document(site.ledger_of["testamt"], "testamt", migrated.docx_id)["annotation"] is None
+    assert document(site.ledger_of["testamt"], "testamt", migrated.failed_id)["item"]["state"] == "failed"
+
+
+def test_an_operator_annotates_an_item_and_it_shows_in_the_page_and_exports(operator, viewer, migrated):
+    url = f"/departments/testamt/items/{migrated.docx_id}"
+    token = csrf_of(operator.get(url).text)
+    r = operator.post(f"{url}/annotation", data={"csrf": token, "verdict": "manual_work",
+                                                 "comment": "Tabelle prüfen <b>bitte</b>"})
+    assert r.status_code == 303
+    page = viewer.get(url).text
+    assert "Tabelle prüfen &lt;b&gt;bitte&lt;/b&gt;" in page and "otto" in page     # escaped, with its author
+    assert operator.post(f"{url}/annotation", data={"csrf": token, "verdict": "bogus"}).status_code == 400
+    r = operator.post(f"{url}/annotation", data={"csrf": token, "verdict": "accepted", "comment": "passt"})
+    assert r.status_code == 303
+    items = pd.read_csv(io.BytesIO(viewer.get("/departments/testamt/tables/items.csv",
+                                               params={"annotation": "accepted"}).content), encoding="utf-8-sig")
+    assert list(items["Item"]) == [migrated.docx_id] and list(items["Comment"]) == ["passt"]
+    assert "accepted" in text_of(viewer.get("/departments/testamt").text)
+
+
+def test_an_operator_reruns_the_failed_items_after_the_fix_and_sees_them_finish(operator, viewer, migrated, site):
+    from reports.dashboard import document
+    token = csrf_of(operator.get("/departments/testamt").text)
+    r = operator.post("/departments/testamt/rerun", data={"csrf": token, "error_class": "no_such_class"})
+    assert r.status_code == 409                                    # nothing matches: nothing starts
+    migrated.fix_failure()
+    r = operator.post("/departments/testamt/rerun", data={"csrf": token, "error_class": "load_error", "user": "ben"})
+    assert r.status_code == 303
+    progress_url = r.headers["location"]
+    assert re.fullmatch(r"/departments/testamt/reruns/\d+", progress_url)
+    deadline = time.monotonic() + 300
+    while "rerun-finished" not in (page := viewer.get(progress_url).text):
+        assert time.monotonic() < deadline, page
+        time.sleep(1)
+    assert "1 verified, 0 failed" in text_of(page), text_of(page)
+    assert document(site.ledger_of["testamt"], "testamt", migrated.failed_id)["item"]["state"] == "verified"
+    overview = pd.read_csv(io.BytesIO(viewer.get("/tables/departments.csv").content), encoding="utf-8-sig")
+    assert overview.set_index("Department").loc["testamt", "Failed"] == 0
+    assert "Latest reruns" in viewer.get("/departments/testamt").text
+
+
+# ------------------------------------------------------------------------------------ the command
+def test_the_command_refuses_open_access_off_loopback_and_plaintext_passwords(migrated, tmp_path):
+    from typer.testing import CliRunner
+
+    from umstieg.cli import app
+    runner = CliRunner()
+    r = runner.invoke(app, ["dashboard", str(migrated.dept_file), "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "without logins" in r.output
+    plain = tmp_path / "users.yaml"
+    plain.write_text("users:\n  anna:\n    role: operator\n    password: geheim\n")
+    r = runner.invoke(app, ["dashboard", str(migrated.dept_file), "--users", str(plain), "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "plaintext" in r.output and "geheim" not in r.output
+    r = runner.invoke(app, ["dashboard", "--hash-password"], input="s3cret\ns3cret\n")
+    assert r.exit_code == 0
+    from umstieg.dashboard.auth import check_password
+    hashed = r.output.strip().splitlines()[-1]
+    assert hashed.startswith("scrypt$") and check_password("s3cret", hashed) and not check_password("x", hashed)
+
+
+def test_without_logins_the_dashboard_is_read_only(migrated):
+    from umstieg.dashboard import Site, create_app
+    with TestClient(create_app(Site([migrated.dept_file])), follow_redirects=False) as c:
+        page = c.get("/departments/testamt")
+        assert page.status_code == 200 and "Read-only" in page.text and "/rerun" not in page.text
+        assert c.post("/departments/testamt/rerun", data={"csrf": ""}).status_code == 401
+
+
+# ------------------------------------------------------------------------------------ PostgreSQL
+def test_the_department_figures_on_a_postgresql_ledger(postgres_url):
+    """The PostgreSQL side of the SQL: JSON elements, the generated format column, the overview."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from dashboard_render import fill
+
+    from core.ledger import Item, Ledger
+    from reports import dashboard as data
+    from sqlalchemy import select, text
+    ledger = Ledger(postgres_url)
+    try:
+        ledger.migrate()
+        fill(ledger, "pgamt", 600)
+        view = data.department_view(ledger, "pgamt")
+        with ledger.session() as s:
+            rows = s.execute(select(Item.location, Item.fidelity_score, Item.fidelity, Item.state)
+                             .where(Item.department == "pgamt")).all()
+            formats = {f for f, in s.execute(text("SELECT DISTINCT file_format FROM items WHERE department = 'pgamt' "
+                                                  "AND fidelity_score IS NOT NULL"))}
+        measured = [r for r in rows if r.fidelity_score is not None]
+        assert formats == {Path(r.location).suffix[1:] for r in measured}
+        assert sum(r["total"] for r in view["tables"]["verdicts"].rows) == len(measured)
+        assert {r["format"] for r in view["tables"]["verdicts"].rows} == formats
+        checks = Counter(d["check"] for r in measured for d in r.fidelity["deductions"])
+        top = {r["check"]: r["items"] for r in view["tables"]["deductions"].rows}
+        assert top == dict(checks.most_common(10))
+        risks = Counter(f for r in measured for f in r.fidelity["risks"])
+        assert {r["flag"]: r["files"] for r in view["tables"]["risks"].rows} == dict(risks)
+        assert view["total"] == 600 and view["failed"] == sum(r.state == "failed" for r in rows)
+        overview = data.overview(ledger, data.departments_in(ledger))
+        assert overview["departments"][0]["items"] == 600 and overview["departments"][0]["phase"] == "delta"
+        page = data.item_page(ledger, "pgamt", {"state": "failed"}, 1, per_page=5)
+        assert page["total"] == view["failed"] and all(r["state"] == "failed" for r in page["table"].rows)
+        with ledger.session() as s:
+            for location, want in (("a/b.DOCX", "docx"), ("noext", ""), ("dir.d/file", ""), ("x.tar.gz", "gz")):
+                got = s.scalar(select(data.file_ext(literal_column(f"'{location}'"))))
+                assert got == want, location
+    finally:
+        ledger.close()
