@@ -7,11 +7,13 @@ department file's path and item ids, never documents, so they can run on any Das
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -125,7 +127,10 @@ def _publish_artifacts(dept: Department, summary: dict, report: Path) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     create_table_artifact(key=f"{dept.name.lower()}-users", table=summary["users"],
                           description=f"{dept.name}: items by user and state")
-    create_markdown_artifact(key=f"{dept.name.lower()}-run", markdown=report.read_text(encoding="utf-8"),
+    markdown = report.read_text(encoding="utf-8")
+    if url := os.environ.get("UMSTIEG_DASHBOARD_URL"):
+        markdown += f"\n\n[Open {dept.name} in the dashboard]({url.rstrip('/')}/departments/{quote(dept.name)})\n"
+    create_markdown_artifact(key=f"{dept.name.lower()}-run", markdown=markdown,
                              description=f"{dept.name}: run report ({report})")
 
 

@@ -371,8 +371,8 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
             raise _ConversionFailed(outcome, message)
         if outcome is Outcome.CONVERTED:
             converted = result.output
-            if "structural" in dept.conversion.fidelity:
-                fidelity = _fidelity(staged, Path(converted), result.format)
+            if dept.conversion.fidelity:
+                fidelity = _fidelity(dept, staged, Path(converted), result.format, item.sha256)
     ledger.record(item.id, state=State.CONVERTED, converted_path=converted,
                   fidelity=fidelity, fidelity_score=(fidelity or {}).get("score"),
                   fidelity_verdict=(fidelity or {}).get("verdict"),
@@ -386,11 +386,18 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
     return item
 
 
-def _fidelity(source: Path, output: Path, fmt_name: str) -> dict | None:
-    """The structural fidelity record of one conversion (what `keep_original: below_score` reads)."""
+def _fidelity(dept: Department, source: Path, output: Path, fmt_name: str, sha256: str | None) -> dict | None:
+    """The fidelity record of one conversion (what `keep_original: below_score` reads). With the
+    visual tier, both documents are rendered on the department's workers and compared page by
+    page, and thumbnails of their first pages go to `<work_dir>/reports/thumbs/` for the dashboard."""
     from converters.formats import FORMATS
     from reports.fidelity import assess
-    record = assess(source, output, FORMATS[fmt_name]).to_json()
+    visual = {}
+    if "visual" in dept.conversion.fidelity:
+        from reports.migration import reports_dir
+        visual = dict(render=runtime.converter_pool(dept).render_pdf, visual=True,
+                      thumbs=reports_dir(dept) / "thumbs", key=(sha256 or "")[:16] or None)
+    record = assess(source, output, FORMATS[fmt_name], **visual).to_json()
     return record if record.get("score") is not None else {**record, "score": None}
 
 

@@ -412,3 +412,28 @@ def test_a_folder_that_cannot_be_listed_is_not_taken_for_deleted(tmp_path, monke
     marker = rows[("anna", "Privat/")]
     assert marker["state"] == "failed" and marker["reason"] == "unlisted_folder"
     assert "Input/output error" in (marker["message"] or "") or "could not be listed" in marker["message"]
+
+
+def test_the_visual_tier_leaves_thumbnails_for_the_dashboard(tmp_path):
+    from flows import runtime
+    from flows.migrate import migrate
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=2,
+                                conversion={"fidelity": ["structural", "visual"]})
+    try:
+        migrate(str(dept_file))
+    finally:
+        runtime.close_all()
+    from core.department import load_department
+    from core.ledger import Item, Ledger
+    from sqlalchemy import select
+    dept = load_department(dept_file)
+    ledger = Ledger(dept.ledger_url)
+    with ledger.session() as s:
+        converted = [i for i in s.scalars(select(Item)) if i.conversion == "converted"]
+    ledger.close()
+    assert converted
+    thumbs = dept.work_dir / "reports" / "thumbs"
+    for item in converted:
+        assert (item.fidelity or {}).get("visual"), item.location
+        assert (thumbs / f"{item.sha256[:16]}-source.png").is_file()
+        assert (thumbs / f"{item.sha256[:16]}-output.png").is_file()
