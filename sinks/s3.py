@@ -31,35 +31,16 @@ from pathlib import Path, PurePosixPath
 
 import boto3
 import boto3.s3.transfer
-import botocore.config
 import botocore.exceptions
 
 from core.department import S3ArchiveTarget
+from core.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
 from core.digests import sha256_file
 from core.errors import FatalError, ItemError, TransientError
 
 __all__ = ["S3Archive", "sink_for"]
 
-MAX_RETRY_AFTER = 300.0
-_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests"}
-_REFUSED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "AccessDenied"}
-_NETWORK = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError,
-            botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError,
-            botocore.exceptions.ConnectionClosedError, ConnectionError, TimeoutError)
-
-
-def _status(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
-    meta = exc.response.get("ResponseMetadata", {})
-    return str(exc.response.get("Error", {}).get("Code", "")), int(meta.get("HTTPStatusCode") or 0)
-
-
-def _retry_after(exc: botocore.exceptions.ClientError) -> float | None:
-    value = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
-    try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER) if value is not None else None
-    except ValueError:
-        return None
+_REFUSED_CODES = REFUSED_CODES | {"AccessDenied"}
 
 
 def _b64(hex_digest: str) -> str:
@@ -84,7 +65,7 @@ class S3Archive:
     def client(self):
         with self._lock:
             if self._client is None:
-                self._client = _make_client(self.config)
+                self._client = make_client(self.config)
             return self._client
 
     def _key(self, rel: str) -> str:
@@ -105,10 +86,10 @@ class S3Archive:
 
     def _translate(self, exc: BaseException, what: str) -> Exception:
         if isinstance(exc, botocore.exceptions.ClientError):
-            code, status = _status(exc)
-            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            code, status = status_of(exc)
+            if code in TRANSIENT_CODES or status >= 500 or status == 429:
                 return TransientError(f"{what}: the S3 archive is busy or failing ({status} {code})",
-                                      retry_after=_retry_after(exc))
+                                      retry_after=retry_after_of(exc))
             if code == "NoSuchBucket":
                 return FatalError(f"the archive bucket {self.config.bucket!r} does not exist (any more)")
             if code in _REFUSED_CODES or status in (401, 403):
@@ -118,7 +99,7 @@ class S3Archive:
                 return TransientError(f"{what}: the bytes arrived damaged (the server's checksum differs); "
                                       "sending again")
             return ItemError(f"{what}: the S3 archive refused it ({status} {code})")
-        if isinstance(exc, _NETWORK):
+        if isinstance(exc, NETWORK_ERRORS):
             return TransientError(f"{what}: the connection to the S3 archive failed or timed out "
                                   f"({type(exc).__name__})")
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -128,7 +109,7 @@ class S3Archive:
     def _call(self, what: str, method: str, **kwargs):
         try:
             return getattr(self.client, method)(Bucket=self.config.bucket, **kwargs)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, *_NETWORK) as exc:
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, *NETWORK_ERRORS) as exc:
             raise self._translate(exc, what) from None
 
     def _head(self, key: str) -> dict | None:
@@ -136,11 +117,11 @@ class S3Archive:
         try:
             return self.client.head_object(Bucket=self.config.bucket, Key=key, ChecksumMode="ENABLED")
         except botocore.exceptions.ClientError as exc:
-            code, status = _status(exc)
+            code, status = status_of(exc)
             if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._translate(exc, self._ref(key)) from None
-        except (botocore.exceptions.BotoCoreError, *_NETWORK) as exc:
+        except (botocore.exceptions.BotoCoreError, *NETWORK_ERRORS) as exc:
             raise self._translate(exc, self._ref(key)) from None
 
     # ------------------------------------------------------------------------------ the sink
@@ -151,7 +132,7 @@ class S3Archive:
         try:
             self.client.head_bucket(Bucket=bucket)
         except botocore.exceptions.ClientError as exc:
-            code, status = _status(exc)
+            code, status = status_of(exc)
             if status == 404 or code in ("NoSuchBucket", "404"):
                 return [f"the bucket {bucket!r} does not exist (create it, ideally with versioning "
                         "or object lock, before the run)"]
@@ -161,7 +142,7 @@ class S3Archive:
             return [f"the bucket {bucket!r} cannot be used ({status} {code})"]
         except botocore.exceptions.NoCredentialsError:
             return ["no S3 credentials for the archive: set access_key_id and secret_access_key"]
-        except _NETWORK as exc:
+        except NETWORK_ERRORS as exc:
             return [f"cannot reach the archive's S3 server {self.config.endpoint_url or 'of AWS'} "
                     f"({type(exc).__name__}): is endpoint_url right and the server up?"]
         return []
@@ -230,7 +211,7 @@ class S3Archive:
                 raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
             raise self._translate(exc, what) from None
         except botocore.exceptions.ClientError as exc:
-            code, status = _status(exc)
+            code, status = status_of(exc)
             if conditional and (status == 501 or code == "NotImplemented"):
                 # an S3-compatible server without conditional writes: find() just looked, so write plainly
                 self._conditional = False
@@ -242,7 +223,7 @@ class S3Archive:
                     return
                 raise ItemError(f"{what}: another object appeared at this key while archiving") from None
             raise self._translate(exc, what) from None
-        except (botocore.exceptions.BotoCoreError, *_NETWORK) as exc:
+        except (botocore.exceptions.BotoCoreError, *NETWORK_ERRORS) as exc:
             raise self._translate(exc, what) from None
 
     def _put_multipart(self, key: str, src: Path, metadata: dict) -> None:
@@ -260,7 +241,7 @@ class S3Archive:
             if getattr(exc, "filename", None) == str(src):
                 raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
             raise self._translate(exc, what) from None
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, *_NETWORK) as exc:
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError, *NETWORK_ERRORS) as exc:
             raise self._translate(exc, what) from None
 
     def verify(self, ref: str, digest: str) -> str | None:
@@ -284,24 +265,6 @@ class S3Archive:
         """Delete an archived object (only for delete_at_target); already gone is fine."""
         key = self._parse_ref(ref)
         self._call(ref, "delete_object", Key=key)
-
-
-def _make_client(config: S3ArchiveTarget):
-    """A boto3 S3 client (secrets resolved here, at use; path-style addresses for S3-compatible servers).
-
-    sources/s3.py makes its clients the same way; sources and sinks do not import each other."""
-    keys = {}
-    if config.access_key_id is not None:
-        keys = {"aws_access_key_id": config.access_key_id.resolve().get_secret_value(),
-                "aws_secret_access_key": config.secret_access_key.resolve().get_secret_value()}
-    verify: bool | str = str(config.ca_file) if config.ca_file is not None else config.verify_tls
-    settings = botocore.config.Config(
-        region_name=config.region, connect_timeout=min(config.timeout, 15.0), read_timeout=config.timeout,
-        retries={"mode": "standard", "total_max_attempts": 3},
-        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
-        max_pool_connections=32, user_agent_extra="umstieg")
-    return boto3.session.Session(**keys).client("s3", endpoint_url=config.endpoint_url, verify=verify,
-                                                config=settings)
 
 
 _sinks: dict[tuple[int, str], S3Archive] = {}

@@ -21,11 +21,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from core.department import S3Source
+from core.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
 from core.errors import FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
 
@@ -35,51 +34,6 @@ log = logging.getLogger("umstieg.sources.s3")
 
 #: Bytes read from the response and written to the staging file at a time.
 BLOCK = 1 << 20
-#: Longest wait a Retry-After may impose on one attempt.
-MAX_RETRY_AFTER = 300.0
-
-_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                    "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests"}
-_REFUSED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
-_NETWORK = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError,
-            botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError,
-            botocore.exceptions.IncompleteReadError, botocore.exceptions.ResponseStreamingError,
-            botocore.exceptions.ConnectionClosedError, ConnectionError, TimeoutError)
-
-
-def _status(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
-    meta = exc.response.get("ResponseMetadata", {})
-    return str(exc.response.get("Error", {}).get("Code", "")), int(meta.get("HTTPStatusCode") or 0)
-
-
-def _retry_after(exc: botocore.exceptions.ClientError) -> float | None:
-    value = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
-    try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER) if value is not None else None
-    except ValueError:
-        return None
-
-
-def make_client(config, *, max_attempts: int = 3):
-    """A boto3 S3 client for a source or archive configuration (secrets resolved here, at use).
-
-    Path-style addresses for S3-compatible servers (`endpoint_url`), which rarely have a DNS name
-    per bucket; botocore retries throttling and 5xx `max_attempts` times before the caller sees it.
-    """
-    keys = {}
-    if config.access_key_id is not None:
-        keys = {"aws_access_key_id": config.access_key_id.resolve().get_secret_value(),
-                "aws_secret_access_key": config.secret_access_key.resolve().get_secret_value()}
-    verify: bool | str = str(config.ca_file) if config.ca_file is not None else config.verify_tls
-    settings = botocore.config.Config(
-        region_name=config.region, connect_timeout=min(config.timeout, 15.0), read_timeout=config.timeout,
-        retries={"mode": "standard", "total_max_attempts": max_attempts},
-        s3={"addressing_style": "path" if config.endpoint_url else "auto"},
-        max_pool_connections=32, user_agent_extra="umstieg")
-    session = boto3.session.Session(**keys)
-    return session.client("s3", endpoint_url=config.endpoint_url, verify=verify, config=settings)
-
-
 def _clean_prefix(prefix: str) -> str:
     return "/".join(p for p in prefix.split("/") if p)
 
@@ -114,20 +68,20 @@ class S3Bucket:
     def _translate(self, exc: BaseException, what: str) -> Exception:
         """The taxonomy's error for a failure of `what` (an object or a listing)."""
         if isinstance(exc, botocore.exceptions.ClientError):
-            code, status = _status(exc)
-            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            code, status = status_of(exc)
+            if code in TRANSIENT_CODES or status >= 500 or status == 429:
                 return TransientError(f"{what}: the S3 server is busy or failing ({status} {code})",
-                                      retry_after=_retry_after(exc))
+                                      retry_after=retry_after_of(exc))
             if code == "NoSuchBucket":
                 return FatalError(f"source {self.name}: the bucket {self.config.bucket!r} does not exist (any more)")
-            if code in _REFUSED_CODES:
+            if code in REFUSED_CODES:
                 return FatalError(f"source {self.name}: the S3 server refused the credentials ({code})")
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
                 return ItemError(f"{what} vanished at the source")
             if code == "AccessDenied" or status == 403:
                 return ItemError(f"cannot read {what} at the source: access denied")
             return ItemError(f"cannot read {what} at the source ({status} {code})")
-        if isinstance(exc, _NETWORK):
+        if isinstance(exc, NETWORK_ERRORS):
             return TransientError(f"{what}: the connection to the S3 server failed or timed out "
                                   f"({type(exc).__name__})")
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -141,16 +95,16 @@ class S3Bucket:
         try:
             self.client.head_bucket(Bucket=bucket)
         except botocore.exceptions.ClientError as exc:
-            code, status = _status(exc)
+            code, status = status_of(exc)
             if status == 404 or code in ("NoSuchBucket", "404"):
                 return [f"source {self.name}: the bucket {bucket!r} does not exist"]
-            if status == 403 or code in _REFUSED_CODES:
+            if status == 403 or code in REFUSED_CODES:
                 return [f"source {self.name}: access to the bucket {bucket!r} was denied ({status}): "
                         "check the access key and the bucket's policy"]
             return [f"source {self.name}: the bucket {bucket!r} cannot be read ({status} {code})"]
         except botocore.exceptions.NoCredentialsError:
             return [f"source {self.name}: no S3 credentials: set access_key_id and secret_access_key"]
-        except _NETWORK as exc:
+        except NETWORK_ERRORS as exc:
             return [f"source {self.name}: cannot reach the S3 server {self.config.endpoint_url or 'of AWS'} "
                     f"({type(exc).__name__}): is endpoint_url right and the server up?"]
         problems = []
@@ -158,7 +112,7 @@ class S3Bucket:
             base = self._base(folder)
             try:
                 page = self.client.list_objects_v2(Bucket=bucket, Prefix=base, MaxKeys=1)
-            except (botocore.exceptions.ClientError, *_NETWORK) as exc:
+            except (botocore.exceptions.ClientError, *NETWORK_ERRORS) as exc:
                 problems.append(f"source {self.name}: cannot list {self._where(base)} ({self._translate(exc, base)})")
                 continue
             if not page.get("KeyCount") and not page.get("Contents"):
@@ -183,7 +137,7 @@ class S3Bucket:
                     yield ItemRef(source=self.name, key=f"{owner}/{rel}", kind=Kind.FILE, owner=owner, location=rel,
                                   version=f"{etag}:{size}", size=size,
                                   meta={"mtime": obj["LastModified"].timestamp()})
-        except (botocore.exceptions.ClientError, botocore.exceptions.NoCredentialsError, *_NETWORK) as exc:
+        except (botocore.exceptions.ClientError, botocore.exceptions.NoCredentialsError, *NETWORK_ERRORS) as exc:
             raise self._translate(exc, f"listing {self._where(base)}") from None
 
     # ------------------------------------------------------------------------------ extract
