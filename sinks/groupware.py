@@ -34,7 +34,6 @@ import hashlib
 import logging
 import os
 import re
-import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -44,19 +43,19 @@ from urllib.parse import quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import httpx
-from pydantic import SecretStr
 
 from core.department import CalDavTarget, CardDavTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError
+from core.http import retry_after
 from core.pim import PimError, differences, event_uid, fingerprint, instance_count, with_contact_uid
-from sinks.webdav import QuotaExceeded, _caused_by, _retry_after
+from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
+from sinks.webdav import MAX_RETRY_AFTER, QuotaExceeded
 
 __all__ = ["CalDav", "CardDav", "Refused", "sink_for"]
 
 log = logging.getLogger("umstieg.sinks.groupware")
 
 _DAV, _CAL, _CARD = "{DAV:}", "{urn:ietf:params:xml:ns:caldav}", "{urn:ietf:params:xml:ns:carddav}"
-_TRANSIENT_STATUS = {423, 429, 500, 502, 503, 504}
 #: Nextcloud's documented defaults when a collection does not announce its own limits.
 _NEXTCLOUD_LIMITS = {"calendar": (10 * 1024 * 1024, 3500), "addressbook": (5 * 1024 * 1024, None)}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,119}$")
@@ -69,10 +68,6 @@ class Refused(ItemError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-class _Unreachable(Exception):
-    """`check` cannot reach the server at all: one problem, not one per user."""
 
 
 def collection_name(display: str) -> str:
@@ -96,7 +91,7 @@ def resource_name(uid: str, suffix: str) -> str:
     return "uid-" + hashlib.sha256(uid.encode("utf-8")).hexdigest()[:40] + suffix
 
 
-class _Dav:
+class _Dav(HttpTarget):
     """What CalDAV and CardDAV share: addressing, requests, collections, create-only PUTs."""
 
     kind = "calendar"                  # or "addressbook"
@@ -106,43 +101,12 @@ class _Dav:
 
     def __init__(self, config: CalDavTarget | CardDavTarget, *, transport: httpx.BaseTransport | None = None,
                  sleep=time.sleep) -> None:
-        self.config = config
-        parts = urlsplit(config.url.rstrip("/"))
-        self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._prefix = parts.path
-        self._sleep = sleep
-        self._lock = threading.Lock()
+        super().__init__(config, transport=transport, sleep=sleep)
         self._make_lock = threading.Lock()
-        self._secrets: dict[str, SecretStr] = {}
         self._collections: dict[tuple[str, str], dict] = {}      # (account, path) -> its limits
         self._uids: OrderedDict[str, str] = OrderedDict()         # digest -> uid, see digest()
-        if config.ca_file is not None:
-            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(config.ca_file))
-        else:
-            verify = config.verify_tls
-        self._client = httpx.Client(timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 15.0)),
-                                    verify=verify, transport=transport, follow_redirects=False,
-                                    headers={"User-Agent": "umstieg"})
 
     # ----------------------------------------------------------------------- addressing
-    def _login(self, owner: str) -> str:
-        cfg = self.config
-        user = owner if owner in cfg.app_passwords else cfg.username
-        if user is None:
-            raise ConfigError(f"no credentials for target user {owner!r}: add them to app_passwords, "
-                              "or configure a service account (username, password)")
-        return user
-
-    def _password(self, user: str) -> SecretStr:
-        with self._lock:
-            secret = self._secrets.get(user)
-        if secret is None:
-            ref = self.config.app_passwords.get(user) if user in self.config.app_passwords else self.config.password
-            secret = ref.resolve()
-            with self._lock:
-                self._secrets[user] = secret
-        return secret
-
     def home(self, owner: str) -> str:
         """The unencoded server path of `owner`'s calendar / address book home, ending in '/'."""
         flavour = self.config.flavour
@@ -162,25 +126,16 @@ class _Dav:
         return f"{scheme}://{quote(user, safe='')}@{netloc}{path}"
 
     def _parse_ref(self, ref: str) -> tuple[str, str]:
-        scheme, sep, rest = ref.partition("://")
-        authority, slash, path = rest.partition("/")
-        user, at, netloc = authority.rpartition("@")
-        if not (sep and slash and at) or f"{scheme}://{netloc}" != self._origin:
-            raise ItemError(f"{ref!r} is not a reference to {self.config.root}")
-        return unquote(user), "/" + path
+        user, path = self._split_ref(ref)
+        return unquote(user), path
 
     # ----------------------------------------------------------------------- requests
     def _request(self, method: str, user: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204, 207),
                  headers: dict | None = None, content: bytes | None = None) -> httpx.Response:
         what = f"{method} {path}"
-        try:
+        with self._transient(what):
             resp = self._client.request(method, self._url(path), headers=headers, content=content,
-                                        auth=(user, self._password(user).get_secret_value()))
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"{what}: {self.product} did not answer in time ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"{what}: connection to {self.config.root} failed ({type(exc).__name__})") \
-                from None
+                                        auth=self._auth(user))
         if resp.status_code not in ok:
             self._fail(resp, what, user)
         return resp
@@ -192,7 +147,7 @@ class _Dav:
             raise QuotaExceeded(f"{self.product} has no room left for account {user!r} ({detail})",
                                 owner=user, account=user)
         if status in _TRANSIENT_STATUS:
-            raise TransientError(f"{what}: {detail}", retry_after=_retry_after(resp))
+            raise TransientError(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER))
         if status == 401:
             raise FatalError(f"{self.product} refused the credentials of account {user!r} ({detail}): "
                              "check its (app) password")
@@ -314,19 +269,7 @@ class _Dav:
 
     def _check_home(self, user: str, owner: str) -> list[str]:
         home = self.home(owner)
-        try:
-            resp = self._client.request("PROPFIND", self._url(home), headers={"Depth": "0"},
-                                        auth=(user, self._password(user).get_secret_value()))
-        except httpx.ConnectError as exc:
-            if _caused_by(exc, ssl.SSLError):
-                raise _Unreachable("its TLS certificate is not trusted (set ca_file to the CA that signed it)") \
-                    from None
-            raise _Unreachable(f"cannot connect ({type(exc).__name__}): is the url right and the server up?") \
-                from None
-        except httpx.TimeoutException:
-            raise _Unreachable(f"did not answer within {self.config.timeout} s") from None
-        except httpx.TransportError as exc:
-            raise _Unreachable(f"the connection failed ({type(exc).__name__})") from None
+        resp = self._probe("PROPFIND", user, self._url(home), headers={"Depth": "0"})
         if resp.status_code == 401:
             return [f"account {user!r} was refused (HTTP 401): check its (app) password"]
         if resp.status_code == 404:
@@ -447,9 +390,6 @@ class _Dav:
         """Delete an object at the target (only for delete_at_target); already gone is fine."""
         user, path = self._parse_ref(ref)
         self._request("DELETE", user, path, ok=(200, 204, 404))
-
-    def close(self) -> None:
-        self._client.close()
 
 
 class CalDav(_Dav):

@@ -16,6 +16,9 @@ Reruns never duplicate: `find` looks for the message by Message-ID (SEARCH HEADE
 one, by size and internal date, and compares the sha256 of each candidate's BODY.PEEK[]. When the
 message is there with other flags (a flag changed at the source), `find` sets them.
 
+Connecting (TLS, login) and the pool of one connection per (account, thread) are `core.imap`'s,
+shared with the IMAP source; what a refusal means for the target is decided here.
+
 `append_stream` is the fast path for whole mailboxes: several connections append at once while
 the caller's iterator (e.g. `sources.imap.ImapMailboxes.fetch_messages`) is read in another thread.
 
@@ -33,8 +36,6 @@ import logging
 import os
 import queue
 import re
-import socket
-import ssl
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -45,19 +46,18 @@ from urllib.parse import quote, unquote
 
 import imapclient
 from imapclient import imap_utf7
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
-from imapclient.response_parser import parse_response
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from core.department import ImapTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
+from core.imap import (Conn, ImapAccounts, LoginRefused as _Refused, list_folders, response_code as _response_code,
+                       server_words as _server_words, text as _text, tls_context as _tls_context)
 from sinks.mailfolders import USES, target_levels
 
 __all__ = ["ImapSink", "MailboxFull", "Appended", "canonical", "sink_for"]
 
 log = logging.getLogger("umstieg.sinks.imap")
 
-#: Connections one thread keeps open (to as many accounts), the least recently used closed first.
-MAX_OPEN_PER_THREAD = 4
 #: Candidates whose bytes `find` compares at most (the newest ones).
 MAX_CANDIDATES = 20
 #: References whose flags the sink remembers for `verify` (a load and its verify are close together).
@@ -96,33 +96,12 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _message_id(data: bytes) -> str | None:
     """The Message-ID header of a message (its header block only; folded lines unfolded)."""
     end = data.find(b"\r\n\r\n")
     head = re.sub(rb"\r\n[ \t]+", b" ", data[: end if end >= 0 else 65536])
     m = _MESSAGE_ID.search(head)
     return m.group(1).strip().decode("utf-8", "replace") or None if m else None
-
-
-def _server_words(exc: Exception) -> str:
-    text = str(exc).split("failed: ", 1)[-1].strip()
-    if text[:2] in ("b'", 'b"'):
-        text = text[1:]
-    return text.strip("'\"")[:200] or type(exc).__name__
-
-
-def _tls_context(config: ImapTarget) -> ssl.SSLContext:
-    if config.ca_file is not None:
-        return ssl.create_default_context(cafile=str(config.ca_file))
-    ctx = ssl.create_default_context()
-    if not config.verify_tls:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def make_ref(owner: str, folder: str, uidvalidity: int, uid: int) -> str:
@@ -137,27 +116,13 @@ def parse_ref(ref: str) -> tuple[str, str, int, int]:
     return unquote(m.group(1)), unquote(m.group(2)), int(m.group(3)), int(m.group(4))
 
 
-class _Conn:
+class _Conn(Conn):
     """One logged-in connection and its selected folder (read-write: this is the target)."""
-
-    def __init__(self, client: imapclient.IMAPClient) -> None:
-        self.client = client
-        self.folder: str | None = None
-        self.uidvalidity: int | None = None
 
     def select(self, folder: str) -> None:
         if self.folder != folder:
             info = self.client.select_folder(folder)
             self.folder, self.uidvalidity = folder, int(info.get(b"UIDVALIDITY", 0))
-
-    def close(self) -> None:
-        try:
-            self.client.logout()
-        except Exception:
-            try:
-                self.client.shutdown()
-            except Exception:
-                pass
 
 
 @dataclass
@@ -180,7 +145,7 @@ class _FolderIndex:
     hashes: dict = field(default_factory=dict)   # uid -> sha256
 
 
-class ImapSink:
+class ImapSink(ImapAccounts):
     """The IMAP target."""
 
     def __init__(self, config: ImapTarget) -> None:
@@ -193,109 +158,28 @@ class ImapSink:
         self._flags: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     # ------------------------------------------------------------------ connections
-    def _where(self) -> str:
-        return f"IMAP server {self.config.host}:{self.config.port}"
-
-    def login_name(self, owner: str) -> str:
-        cfg = self.config
-        return owner if owner in cfg.passwords or not cfg.master_user else f"{owner}*{cfg.master_user}"
-
     def connect(self, owner: str) -> imapclient.IMAPClient:
         """A new logged-in connection to `owner`'s mailbox (the caller closes it)."""
-        cfg = self.config
-        try:
-            client = imapclient.IMAPClient(cfg.host, port=cfg.port, ssl=cfg.security == "ssl",
-                                           ssl_context=_tls_context(cfg) if cfg.security == "ssl" else None,
-                                           timeout=cfg.timeout)
-            if cfg.security == "starttls":
-                client.starttls(_tls_context(cfg))
-        except ssl.SSLError as exc:
-            raise ConfigError(f"{self._where()}: TLS failed ({exc.reason or type(exc).__name__}); set ca_file to "
-                              "the CA that signed its certificate") from None
-        except (OSError, IMAPClientError) as exc:
-            raise TransientError(f"{self._where()}: cannot connect ({type(exc).__name__}: {exc})") from None
-        client.normalise_times = False          # keep the internal date's own offset
-        # imapclient turns imaplib's debug output on (level 5), which formats every literal (a whole
-        # message) with repr() for a log line nobody reads: 40 % of a fetch's time, measured
-        client._imap.debug = 0
-        if owner in cfg.passwords:
-            secret = cfg.passwords[owner]
-        elif cfg.master_user and cfg.password is not None:
-            secret = cfg.password
-        else:
-            client.shutdown()
-            raise ConfigError(f"mail target: no credentials for {owner!r}: configure master_user and password, "
-                              "or add the account to passwords")
-        try:
-            client.login(self.login_name(owner), secret.resolve().get_secret_value())
-        except ConfigError:                         # the secret is not set
-            client.shutdown()
-            raise
-        except LoginError as exc:
-            client.shutdown()
-            raise _Refused(f"{self._where()} refused the login as {self.login_name(owner)!r}: "
-                           f"{_server_words(exc)}", code=_response_code(exc)) from None
-        except (OSError, IMAPClientAbortError) as exc:
-            client.shutdown()
-            raise TransientError(f"{self._where()}: connection lost while logging in ({type(exc).__name__})") \
-                from None
-        return client
+        return self._connect(owner, no_credentials=f"mail target: no credentials for {owner!r}: configure "
+                                                   "master_user and password, or add the account to passwords")
 
-    def _conn(self, owner: str) -> _Conn:
-        pool = getattr(self._local, "conns", None)
-        if pool is None:
-            pool = self._local.conns = OrderedDict()
-        conn = pool.get(owner)
-        if conn is None:
-            try:
-                conn = pool[owner] = _Conn(self.connect(owner))
-            except _Refused as exc:           # user_problems should have stopped this user before
-                if exc.code == "AUTHENTICATIONFAILED" and self.login_name(owner) != owner:
-                    raise ConfigError(f"mail target: {exc}; check master_user and its password") from None
-                raise UserStopped(f"mail target: {exc}; check that the account exists", owner) from None
-            with self._lock:
-                self._all.append(conn)
-        pool.move_to_end(owner)
-        while len(pool) > MAX_OPEN_PER_THREAD:       # a thread that moved on to other users
-            _, idle = pool.popitem(last=False)
-            idle.close()
-            with self._lock:
-                if idle in self._all:
-                    self._all.remove(idle)
-        return conn
+    def _wrap(self, client: imapclient.IMAPClient) -> _Conn:
+        return _Conn(client)
 
-    def _drop(self, owner: str) -> None:
-        conn = getattr(self._local, "conns", {}).pop(owner, None)
-        if conn is not None:
-            conn.close()
-            with self._lock:
-                if conn in self._all:
-                    self._all.remove(conn)
+    def _login_refused(self, owner: str, exc: _Refused) -> Exception:
+        # user_problems should have stopped this user before
+        if exc.code == "AUTHENTICATIONFAILED" and self.login_name(owner) != owner:
+            return ConfigError(f"mail target: {exc}; check master_user and its password")
+        return UserStopped(f"mail target: {exc}; check that the account exists", owner)
 
-    def _call(self, owner: str, what: str, step):
-        """`step(conn)` on this thread's connection for `owner`; failures become the taxonomy's."""
-        conn = self._conn(owner)
-        try:
-            return step(conn)
-        except (OSError, IMAPClientAbortError, socket.timeout) as exc:
-            self._drop(owner)
-            raise TransientError(f"{self._where()}: {what} for {owner!r} failed ({type(exc).__name__})") from None
-        except IMAPClientError as exc:
-            conn.folder = None
-            words, code = _server_words(exc), _response_code(exc)
-            if code == "OVERQUOTA":                 # RFC 5530 response codes say what kind of refusal it is
-                raise MailboxFull(f"the mailbox of {owner!r} is full at the target ({words}): raise its quota, "
-                                  "then run the department again; nothing arrives twice", owner=owner) from None
-            if code in ("UNAVAILABLE", "SERVERBUG", "INUSE", "LIMIT"):
-                raise TransientError(f"{self._where()}: {what} for {owner!r}: {words}") from None
-            raise ItemError(f"{self._where()}: {what} for {owner!r} was refused: {words}") from None
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
+    def _refused(self, owner: str, what: str, exc: IMAPClientError) -> Exception:
+        words, code = _server_words(exc), _response_code(exc)
+        if code == "OVERQUOTA":                 # RFC 5530 response codes say what kind of refusal it is
+            return MailboxFull(f"the mailbox of {owner!r} is full at the target ({words}): raise its quota, "
+                               "then run the department again; nothing arrives twice", owner=owner)
+        if code in ("UNAVAILABLE", "SERVERBUG", "INUSE", "LIMIT"):
+            return TransientError(f"{self._where()}: {what} for {owner!r}: {words}")
+        return ItemError(f"{self._where()}: {what} for {owner!r} was refused: {words}")
 
     # ------------------------------------------------------------------ folders
     def _mailbox(self, owner: str) -> _Mailbox:
@@ -367,14 +251,14 @@ class ImapSink:
             try:
                 _Conn(self.connect(owner)).close()
                 return []
-            except (ConfigError, TransientError) as exc:
-                return [f"mail target: {exc}"]
-            except _Refused as exc:
+            except _Refused as exc:                          # a ConfigError too: caught first
                 if exc.code == "AUTHORIZATIONFAILED":       # the master is fine; this account is missing
                     continue
                 refused.append(str(exc))
                 if exc.code == "AUTHENTICATIONFAILED" or not masters:
                     break
+            except (ConfigError, TransientError) as exc:
+                return [f"mail target: {exc}"]
         if refused and masters:
             return [f"mail target: the master user {cfg.master_user!r} cannot log in ({refused[0]}); "
                     "check master_user and its password"]
@@ -735,20 +619,6 @@ class ImapSink:
         return self._call(owner, f"comparing with {folder!r}", compare)
 
 
-class _Refused(Exception):
-    """A login the server refused; `code` is its response code (AUTHENTICATIONFAILED, …)."""
-
-    def __init__(self, message: str, code: str | None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _response_code(exc: Exception) -> str | None:
-    """The RFC 5530 response code of a refusal (`NO [OVERQUOTA] …` → OVERQUOTA), or None."""
-    m = re.search(r"\[([A-Za-z-]+)", str(exc))
-    return m.group(1).upper() if m else None
-
-
 def _parse_date(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -813,23 +683,11 @@ class _Budget:
 
 
 def _list_mailbox(conn: _Conn) -> _Mailbox:
-    client = conn.client
-    imap = client._imap                       # imapclient has no LIST ... RETURN (SPECIAL-USE)
-    special = client.has_capability("SPECIAL-USE") and client.has_capability("LIST-EXTENDED")
-    typ, data = (imap._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)") if special
-                 else imap._simple_command("LIST", '""', '"*"'))
-    if typ != "OK":
-        raise IMAPClientError(f"LIST failed: {data}")
-    typ, data = imap._untagged_response(typ, data, "LIST")
-    data = [d for d in data if d not in (b"", None)]
-    parsed = parse_response(data) if data else []
     delimiter, announced, folders = "/", {}, set()
-    for i in range(0, len(parsed), 3):
-        attrs, delim, raw = parsed[i:i + 3]
-        name = str(raw) if isinstance(raw, int) else imap_utf7.decode(raw)
+    for attrs, delim, name in list_folders(conn.client):
         if delim:
-            delimiter = _text(delim)
-        attributes = {_text(a).lower() for a in attrs}
+            delimiter = delim
+        attributes = {a.lower() for a in attrs}
         if "\\nonexistent" not in attributes:
             folders.add(name)
         for use in USES:

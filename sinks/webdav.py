@@ -30,12 +30,10 @@ other refusal is an `ItemError` for that file. No message carries a password.
 from __future__ import annotations
 
 import atexit
-import email.utils
 import hashlib
 import logging
 import math
 import os
-import ssl
 import threading
 import time
 import uuid
@@ -47,10 +45,11 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
-from pydantic import SecretStr
 
 from core.department import NextcloudTarget, OXDriveTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
+from core.http import retry_after
+from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
 from sinks.names import safe_path
 
 __all__ = ["WebDav", "Nextcloud", "OXDrive", "QuotaExceeded", "sink_for"]
@@ -76,7 +75,6 @@ CHECK_WAITS = (1.0, 3.0, 10.0)
 _DAV = "{DAV:}"
 _OC = "{http://owncloud.org/ns}"
 _SABRE = "{http://sabredav.org/ns}"
-_TRANSIENT_STATUS = {423, 429, 500, 502, 503, 504}
 
 
 class QuotaExceeded(UserStopped):
@@ -96,10 +94,6 @@ class _Missing(ItemError):
     """The server has no such resource, or no folder to put it in (HTTP 404 / 409)."""
 
 
-class _Unreachable(Exception):
-    """`check` cannot reach the server at all: one problem, not one per user."""
-
-
 @dataclass(frozen=True)
 class _Account:
     """Who writes one target user's files, and where: `<dav root of user>/<base>/<path>`."""
@@ -107,31 +101,6 @@ class _Account:
     owner: str          # target login
     user: str           # the account that logs in (the service account, or the owner)
     base: str           # folder below the account's root (mapped), "" for the root itself
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date), capped."""
-    value = resp.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _caused_by(exc: BaseException, kind: type) -> bool:
-    """Whether `kind` is somewhere in the chain of causes of `exc` (httpx wraps httpcore's wrapper)."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, kind):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
 
 
 def _server_message(resp: httpx.Response) -> str:
@@ -180,7 +149,7 @@ def _sha256_of(src: Path) -> str:
     return digest.hexdigest()
 
 
-class WebDav:
+class WebDav(HttpTarget):
     """A plain WebDAV target (RFC 4918): PROPFIND, MKCOL, PUT, GET, DELETE. OX Drive is one."""
 
     #: How messages name this kind of server.
@@ -188,26 +157,13 @@ class WebDav:
 
     def __init__(self, config: NextcloudTarget | OXDriveTarget, *, transport: httpx.BaseTransport | None = None,
                  sleep=time.sleep) -> None:
-        self.config = config
-        parts = urlsplit(config.url.rstrip("/"))
-        self._origin = f"{parts.scheme}://{parts.netloc}"
-        self._prefix = parts.path                     # path of `url` on the server, no trailing '/'
-        self._sleep = sleep
-        self._lock = threading.Lock()
+        super().__init__(config, transport=transport, sleep=sleep)
         self._mkcol_lock = threading.Lock()
         self._folders: set[tuple[str, str]] = set()   # (account, dav path) known to exist
         # (account, folder dav path) -> {name: (is folder, stored sha256 or None)}: `find` lists a
         # folder once (PROPFIND Depth 1) instead of asking once per file; puts keep it current
         self._listings: OrderedDict[tuple[str, str], dict[str, tuple[bool, str | None]]] = OrderedDict()
-        self._secrets: dict[str, SecretStr] = {}
         self._expected: OrderedDict[tuple[str, str], str] = OrderedDict()   # see put
-        if config.ca_file is not None:
-            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(config.ca_file))
-        else:
-            verify = config.verify_tls
-        timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 15.0))
-        self._client = httpx.Client(timeout=timeout, verify=verify, transport=transport, follow_redirects=False,
-                                    headers={"User-Agent": "umstieg"})
 
     # ----------------------------------------------------------------------- addressing
     def _root(self, user: str) -> str:
@@ -216,23 +172,10 @@ class WebDav:
 
     def _account(self, owner: str) -> _Account:
         cfg = self.config
-        user = owner if owner in cfg.app_passwords else cfg.username
-        if user is None:
-            raise ConfigError(f"no credentials for target user {owner!r}: add them to app_passwords, "
-                              "or configure a service account (username, password)")
+        user = self._login(owner)
         folder = cfg.folder if cfg.folder is not None else ("" if owner in cfg.app_passwords else "{user}")
         base = safe_path(folder.replace("{user}", owner)) if folder else ""
         return _Account(owner=owner, user=user, base=base)
-
-    def _password(self, user: str) -> SecretStr:
-        with self._lock:
-            secret = self._secrets.get(user)
-        if secret is None:
-            ref = self.config.app_passwords.get(user) if user in self.config.app_passwords else self.config.password
-            secret = ref.resolve()                  # ConfigError names the reference, never the value
-            with self._lock:
-                self._secrets[user] = secret
-        return secret
 
     def _dav_path(self, acct: _Account, rel: str) -> str:
         parts = PurePosixPath(rel).parts
@@ -250,12 +193,7 @@ class WebDav:
 
     def _parse_ref(self, ref: str) -> tuple[str, str]:
         """(account, dav path) of a reference made by `_ref`."""
-        scheme, sep, rest = ref.partition("://")
-        authority, slash, path = rest.partition("/")
-        user, at, netloc = authority.rpartition("@")
-        if not (sep and slash and at) or f"{scheme}://{netloc}" != self._origin:
-            raise ItemError(f"{ref!r} is not a reference to {self.config.root}")
-        return user, "/" + path
+        return self._split_ref(ref)
 
     # ----------------------------------------------------------------------- requests
     def _request(self, method: str, user: str, dav_path: str, *, owner: str | None = None,
@@ -265,14 +203,9 @@ class WebDav:
         url = self._url(dav_path)
         what = f"{method} {dav_path}"
         extra = {"timeout": httpx.Timeout(timeout, connect=min(timeout, 15.0))} if timeout else {}
-        try:
-            resp = self._client.request(method, url, headers=headers, content=content,
-                                        auth=(user, self._password(user).get_secret_value()), **extra)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"{what}: {self.product} did not answer in time ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"{what}: connection to {self.config.root} failed ({type(exc).__name__})") \
-                from None
+        with self._transient(what):
+            resp = self._client.request(method, url, headers=headers, content=content, auth=self._auth(user),
+                                        **extra)
         if resp.status_code not in ok:
             self._fail(resp, what, user, owner or user)
         return resp
@@ -288,7 +221,7 @@ class WebDav:
                 f"account {user!r} (or free space on the server), then run the department again: "
                 "what arrived stays and nothing is sent twice", owner=owner, account=user)
         if status in _TRANSIENT_STATUS:
-            raise TransientError(f"{what}: {detail}", retry_after=_retry_after(resp))
+            raise TransientError(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER))
         if status == 401:
             raise FatalError(f"{self.product} refused the credentials of account {user!r} ({reason}): "
                              "check its (app) password")
@@ -369,29 +302,17 @@ class WebDav:
         return problems
 
     def _check_account(self, acct: _Account) -> list[str]:
-        password = self._password(acct.user).get_secret_value()
+        self._password(acct.user)                      # a missing secret is a ConfigError before any request
         root = self._root(acct.user)
         path = "/".join(p for p in (root, acct.base) if p)
         waits = list(CHECK_WAITS)
         while True:
-            try:
-                resp = self._client.request("PROPFIND", self._url(path + "/"), headers={"Depth": "0"},
-                                            auth=(acct.user, password))
-            except httpx.ConnectError as exc:
-                if _caused_by(exc, ssl.SSLError):
-                    raise _Unreachable("its TLS certificate is not trusted (set ca_file to the CA that signed "
-                                       "it, as a PEM file)") from None
-                raise _Unreachable(f"cannot connect ({type(exc).__name__}): is the url right and the server up?") \
-                    from None
-            except httpx.TimeoutException:
-                raise _Unreachable(f"did not answer within {self.config.timeout} s") from None
-            except httpx.TransportError as exc:
-                raise _Unreachable(f"the connection failed ({type(exc).__name__})") from None
+            resp = self._probe("PROPFIND", acct.user, self._url(path + "/"), headers={"Depth": "0"})
             if resp.status_code == 404 and path != root:
                 path = path.rsplit("/", 1)[0]         # not made yet: put will make it
                 continue
             if resp.status_code in _TRANSIENT_STATUS and waits:
-                asked, wait = _retry_after(resp), waits.pop(0)
+                asked, wait = retry_after(resp, MAX_RETRY_AFTER), waits.pop(0)
                 self._sleep(min(asked if asked is not None else wait, wait))
                 continue                              # busy for a moment is not a reason to stop
             break
@@ -513,9 +434,8 @@ class WebDav:
         """The sha256 of what the server holds (streamed), or None if it holds nothing there."""
         digest = hashlib.sha256()
         what = f"GET {dav_path}"
-        try:
-            with self._client.stream("GET", self._url(dav_path),
-                                     auth=(user, self._password(user).get_secret_value())) as resp:
+        with self._transient(what):
+            with self._client.stream("GET", self._url(dav_path), auth=self._auth(user)) as resp:
                 if resp.status_code == 404:
                     return None
                 if resp.status_code != 200:
@@ -523,11 +443,6 @@ class WebDav:
                     self._fail(resp, what, user, owner)
                 for block in resp.iter_bytes(BLOCK):
                     digest.update(block)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"{what}: {self.product} did not answer in time ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"{what}: connection to {self.config.root} failed ({type(exc).__name__})") \
-                from None
         return digest.hexdigest()
 
     def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None,
@@ -590,9 +505,6 @@ class WebDav:
         folder, _, name = path.rpartition("/")
         with self._lock:
             self._listings.get((user, folder), {}).pop(name, None)
-
-    def close(self) -> None:
-        self._client.close()
 
 
     def _again(self, what: str, step):
@@ -734,15 +646,10 @@ class Nextcloud(WebDav):
         """One OCS share API call as `acct`; its `data`, or the error class of the taxonomy."""
         url = f"{self._origin}{self._prefix}/ocs/v2.php/apps/files_sharing/api/v1/shares"
         what = f"{method} OCS shares"
-        try:
+        with self._transient(what):
             resp = self._client.request(method, url, params={**(params or {}), "format": "json"}, data=data,
                                         headers={"OCS-APIRequest": "true", "Accept": "application/json"},
-                                        auth=(acct.user, self._password(acct.user).get_secret_value()))
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"{what}: {self.product} did not answer in time ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"{what}: connection to {self.config.root} failed ({type(exc).__name__})") \
-                from None
+                                        auth=self._auth(acct.user))
         if resp.status_code in _TRANSIENT_STATUS or resp.status_code == 401:
             self._fail(resp, what, acct.user, acct.owner)
         try:

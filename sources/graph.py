@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import email.utils
 import importlib.metadata
 import logging
 import os
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +38,7 @@ from pydantic import SecretStr
 
 from core.department import _GraphApp
 from core.errors import ConfigError, ItemError, TransientError
+from core.http import make_client, retry_after
 
 __all__ = ["GraphClient", "Delta", "DeltaExpired", "Changes", "client_for", "user_agent", "quote_segment"]
 
@@ -95,20 +94,6 @@ class Changes:
     changed: list = field(default_factory=list)            # ItemRefs, new or changed
     removed: list[str] = field(default_factory=list)       # keys of items deleted at the source
     resynced: bool = False                                 # no (valid) delta link: a full listing
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return max(seconds, 0.0)
 
 
 def _error_of(resp: httpx.Response) -> tuple[str, str]:
@@ -168,13 +153,7 @@ class GraphClient:
         #: how often the client slept for a throttled answer, and how often a delta link had expired
         self.waits = 0
         self.resyncs = 0
-        if config.ca_file is not None:
-            verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(config.ca_file))
-        else:
-            verify = config.verify_tls
-        timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 15.0))
-        self._client = httpx.Client(timeout=timeout, verify=verify, transport=transport, follow_redirects=False,
-                                    headers={"User-Agent": user_agent()})
+        self._client = make_client(config, transport=transport, user_agent=user_agent())
 
     def close(self) -> None:
         self._client.close()
@@ -285,7 +264,7 @@ class GraphClient:
                 resp.read()
             resp.close()
             if status in _THROTTLED:
-                wait = _retry_after(resp)
+                wait = retry_after(resp, MAX_RETRY_AFTER)
                 if wait is None:
                     wait = DEFAULT_WAITS[min(waits, len(DEFAULT_WAITS) - 1)]
                 if waits < MAX_WAITS and wait <= MAX_WAIT:
@@ -398,7 +377,7 @@ class GraphClient:
             resp.read()
             resp.close()
             if resp.status_code in _THROTTLED:
-                wait = _retry_after(resp) or DEFAULT_WAITS[min(waits, len(DEFAULT_WAITS) - 1)]
+                wait = retry_after(resp, MAX_RETRY_AFTER) or DEFAULT_WAITS[min(waits, len(DEFAULT_WAITS) - 1)]
                 if waits < MAX_WAITS and wait <= MAX_WAIT:
                     waits += 1
                     with self._lock:

@@ -19,7 +19,8 @@ Every message is one item:
 so a large message is never held whole in memory. `fetch_messages` reads many messages with one
 command per batch, for the mail copy fast path (`sinks.imap.ImapSink.append_stream`).
 
-Connections are pooled: one per (mailbox, thread), reused by every call of that thread.
+Connections are pooled: one per (mailbox, thread), reused by every call of that thread; connecting,
+logging in and the pool are `core.imap`'s, shared with the IMAP target.
 Failures are decided here: connection failures and timeouts are `TransientError`; a message that
 vanished (expunged) or a folder whose UIDVALIDITY changed since discovery is an `ItemError`; a
 login refused during a run stops that user (`UserStopped`); `check` names every refused account,
@@ -33,29 +34,24 @@ import hashlib
 import logging
 import os
 import re
-import socket
-import ssl
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import imapclient
-from imapclient import imap_utf7
-from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
-from imapclient.response_parser import parse_response
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from core.department import ImapSource
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
+from core.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused, TlsFailed, list_folders,
+                       server_words as _server_words, text as _text)
 from core.items import ItemRef, Kind
 
 __all__ = ["ImapMailboxes", "FolderInfo", "source_for", "SPECIAL_USES"]
 
 log = logging.getLogger("umstieg.sources.imap")
 
-#: Connections one thread keeps open (to as many mailboxes), the least recently used closed first.
-MAX_OPEN_PER_THREAD = 4
 #: Bytes of a message fetched per partial FETCH in `extract`.
 PART = 1 << 20
 #: Messages whose metadata one UID FETCH of discovery asks for.
@@ -81,10 +77,6 @@ def _flags_hash(flags: Iterable[str]) -> str:
     return hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:12]
 
 
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def message_id_of(header_block: bytes | None) -> str | None:
     """The Message-ID from a `BODY[HEADER.FIELDS (MESSAGE-ID)]` answer (unfolded), or None."""
     if not header_block:
@@ -97,42 +89,17 @@ def message_id_of(header_block: bytes | None) -> str | None:
     return value.decode("utf-8", "replace") or None
 
 
-def tls_context(config) -> ssl.SSLContext:
-    """The TLS context for a config with `verify_tls` and `ca_file`."""
-    if config.ca_file is not None:
-        return ssl.create_default_context(cafile=str(config.ca_file))
-    ctx = ssl.create_default_context()
-    if not config.verify_tls:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-class _Conn:
+class _Conn(Conn):
     """One logged-in connection and the folder it has open (always read-only here)."""
-
-    def __init__(self, client: imapclient.IMAPClient) -> None:
-        self.client = client
-        self.folder: str | None = None
-        self.uidvalidity: int | None = None
 
     def examine(self, name: str) -> dict:
         info = self.client.select_folder(name, readonly=True)
         self.folder, self.uidvalidity = name, int(info.get(b"UIDVALIDITY", 0))
         return info
 
-    def close(self) -> None:
-        try:
-            self.client.logout()
-        except Exception:                     # already gone: nothing to close politely
-            try:
-                self.client.shutdown()
-            except Exception:
-                pass
-
 
 @dataclass
-class ImapMailboxes:
+class ImapMailboxes(ImapAccounts):
     """The IMAP source: one mailbox per user, every folder of it."""
 
     config: ImapSource
@@ -146,114 +113,27 @@ class ImapMailboxes:
         return self.config.name
 
     # ------------------------------------------------------------------ connections
-    def _where(self) -> str:
-        return f"IMAP server {self.config.host}:{self.config.port}"
-
     def connect(self, mailbox: str) -> imapclient.IMAPClient:
         """A new logged-in connection to `mailbox` (the caller closes it)."""
-        cfg = self.config
-        try:
-            client = imapclient.IMAPClient(cfg.host, port=cfg.port, ssl=cfg.security == "ssl",
-                                           ssl_context=tls_context(cfg) if cfg.security == "ssl" else None,
-                                           timeout=cfg.timeout)
-            if cfg.security == "starttls":
-                client.starttls(tls_context(cfg))
-        except ssl.SSLError as exc:
-            raise _TlsFailed(f"{self._where()}: TLS failed ({exc.reason or type(exc).__name__}); set ca_file to "
-                              "the CA that signed its certificate") from None
-        except (OSError, IMAPClientError) as exc:
-            raise TransientError(f"{self._where()}: cannot connect ({type(exc).__name__}: {exc})") from None
-        client.normalise_times = False          # keep the internal date's own offset
-        # imapclient turns imaplib's debug output on (level 5), which formats every literal (a whole
-        # message) with repr() for a log line nobody reads: 40 % of a fetch's time, measured
-        client._imap.debug = 0
-        try:
-            self._login(client, mailbox)
-        except ConfigError:
-            client.shutdown()
-            raise
-        except LoginError as exc:
-            client.shutdown()
-            raise _LoginRefused(f"{self._where()} refused the login for mailbox {mailbox!r} "
-                                f"as {self._login_name(mailbox)!r}: {_server_words(exc)}",
-                                code=_response_code(exc)) from None
-        except (OSError, IMAPClientAbortError) as exc:
-            client.shutdown()
-            raise TransientError(f"{self._where()}: connection lost while logging in ({type(exc).__name__})") \
-                from None
-        return client
+        return self._connect(mailbox, whose=f" for mailbox {mailbox!r}",
+                             no_credentials=f"source {self.name}: no credentials for mailbox {mailbox!r}: configure "
+                                            "master_user and password, or add it to passwords or oauth_tokens")
 
-    def _login_name(self, mailbox: str) -> str:
-        cfg = self.config
-        if mailbox in cfg.oauth_tokens or mailbox in cfg.passwords or not cfg.master_user:
-            return mailbox
-        return f"{mailbox}*{cfg.master_user}"
+    def _wrap(self, client: imapclient.IMAPClient) -> _Conn:
+        return _Conn(client)
 
-    def _login(self, client: imapclient.IMAPClient, mailbox: str) -> None:
-        cfg = self.config
-        if mailbox in cfg.oauth_tokens:
-            client.oauth2_login(mailbox, cfg.oauth_tokens[mailbox].resolve().get_secret_value())
-        elif mailbox in cfg.passwords:
-            client.login(mailbox, cfg.passwords[mailbox].resolve().get_secret_value())
-        elif cfg.master_user and cfg.password is not None:
-            client.login(self._login_name(mailbox), cfg.password.resolve().get_secret_value())
-        else:
-            raise ConfigError(f"source {self.name}: no credentials for mailbox {mailbox!r}: configure master_user "
-                              "and password, or add it to passwords or oauth_tokens")
+    def _open_limit(self) -> int:
+        return MAX_OPEN_PER_THREAD                  # this module's name, so that it can be lowered
 
-    def _conn(self, mailbox: str) -> _Conn:
-        """This thread's connection to `mailbox`, made on first use."""
-        pool = getattr(self._local, "conns", None)
-        if pool is None:
-            pool = self._local.conns = OrderedDict()
-        conn = pool.get(mailbox)
-        if conn is None:
-            try:
-                conn = pool[mailbox] = _Conn(self.connect(mailbox))
-            except _LoginRefused as exc:
-                if exc.code == "AUTHENTICATIONFAILED" and self._login_name(mailbox) != mailbox:
-                    raise                              # the master user's own credentials: every user
-                # the login was refused mid-run (a changed password, a disabled account): this user stops
-                raise UserStopped(str(exc), mailbox) from None
-            with self._lock:
-                self._all.append(conn)
-        pool.move_to_end(mailbox)
-        while len(pool) > MAX_OPEN_PER_THREAD:       # a thread that moved on to other users
-            _, idle = pool.popitem(last=False)
-            idle.close()
-            with self._lock:
-                if idle in self._all:
-                    self._all.remove(idle)
-        return conn
+    def _login_refused(self, mailbox: str, exc: LoginRefused) -> Exception:
+        if exc.code == "AUTHENTICATIONFAILED" and self.login_name(mailbox) != mailbox:
+            return exc                                 # the master user's own credentials: every user
+        # the login was refused mid-run (a changed password, a disabled account): this user stops
+        return UserStopped(str(exc), mailbox)
 
-    def _drop(self, mailbox: str) -> None:
-        conn = getattr(self._local, "conns", {}).pop(mailbox, None)
-        if conn is not None:
-            conn.close()
-            with self._lock:
-                if conn in self._all:
-                    self._all.remove(conn)
-
-    def _call(self, mailbox: str, what: str, step):
-        """`step(conn)` on this thread's connection; connection failures become TransientError
-        (the broken connection is dropped, the retry makes a new one)."""
-        conn = self._conn(mailbox)
-        try:
-            return step(conn)
-        except (OSError, IMAPClientAbortError, socket.timeout) as exc:
-            self._drop(mailbox)
-            raise TransientError(f"{self._where()}: {what} for {mailbox!r} failed ({type(exc).__name__})") from None
-        except IMAPClientError as exc:            # a NO or BAD for this command: this item only
-            conn.folder = None
-            raise ItemError(f"{self._where()}: {what} for {mailbox!r} was refused: {_server_words(exc)}") from None
-
-    def close(self) -> None:
-        """Log out every pooled connection (of every thread)."""
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
+    def _refused(self, mailbox: str, what: str, exc: IMAPClientError) -> Exception:
+        # a NO or BAD for this command: this item only
+        return ItemError(f"{self._where()}: {what} for {mailbox!r} was refused: {_server_words(exc)}")
 
     # ------------------------------------------------------------------ folders
     def folders(self, mailbox: str, refresh: bool = False) -> dict[str, FolderInfo]:
@@ -280,7 +160,7 @@ class ImapMailboxes:
         for mailbox in folders:
             try:
                 client = self.connect(mailbox)
-            except (_TlsFailed, TransientError) as exc:
+            except (TlsFailed, TransientError) as exc:
                 return problems + [f"source {self.name}: {exc}"]      # the server itself: once is enough
             except ConfigError as exc:
                 problems.append(f"source {self.name}: {exc}")
@@ -413,23 +293,6 @@ class ImapMailboxes:
         return out
 
 
-class _TlsFailed(ConfigError):
-    """The server's certificate is not trusted (or TLS cannot be agreed)."""
-
-
-class _LoginRefused(ConfigError):
-    """The server refused the login of one mailbox; `code` is its RFC 5530 response code."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _response_code(exc: Exception) -> str | None:
-    m = re.search(r"\[([A-Za-z-]+)", str(exc))
-    return m.group(1).upper() if m else None
-
-
 def _uid_of(key: str | None) -> tuple[int, int]:
     try:
         _, uidvalidity, uid = (key or "").rsplit("/", 2)
@@ -438,36 +301,12 @@ def _uid_of(key: str | None) -> tuple[int, int]:
         raise ItemError(f"{key!r} is not the key of an IMAP message (<owner>/<folder>/<uidvalidity>/<uid>)") from None
 
 
-def _server_words(exc: Exception) -> str:
-    """What the server said, without imapclient's wrapping (never holds a secret: servers do not
-    echo passwords)."""
-    text = str(exc).split("failed: ", 1)[-1].strip()
-    if text[:2] in ("b'", 'b"'):
-        text = text[1:]
-    return text.strip("'\"")[:200] or type(exc).__name__
-
-
 def _list_folders(conn: _Conn) -> dict[str, FolderInfo]:
     """LIST (with RETURN (SPECIAL-USE) where the server offers it) → folders by location."""
-    client = conn.client
-    imap = client._imap                         # imapclient has no LIST ... RETURN (SPECIAL-USE)
-    if client.has_capability("SPECIAL-USE") and client.has_capability("LIST-EXTENDED"):
-        typ, data = imap._simple_command("LIST", '""', '"*"', "RETURN", "(SPECIAL-USE)")
-    else:
-        typ, data = imap._simple_command("LIST", '""', '"*"')
-    if typ != "OK":
-        raise IMAPClientError(f"LIST failed: {data}")
-    typ, data = imap._untagged_response(typ, data, "LIST")
-    data = [d for d in data if d not in (b"", None)]
-    parsed = parse_response(data) if data else []
     folders: dict[str, FolderInfo] = {}
-    for i in range(0, len(parsed), 3):
-        attrs, delim, raw = parsed[i:i + 3]
-        attributes = tuple(_text(a) for a in attrs)
+    for attributes, delimiter, name in list_folders(conn.client):
         if any(a.lower() in ("\\noselect", "\\nonexistent") for a in attributes):
             continue
-        name = str(raw) if isinstance(raw, int) else imap_utf7.decode(raw)
-        delimiter = _text(delim) if delim else None
         levels = name.split(delimiter) if delimiter else [name]
         location = "/".join(level.replace("/", "%2F") for level in levels)
         special = next((a for a in attributes if a.lower() in {s.lower() for s in SPECIAL_USES}), None)

@@ -1,0 +1,46 @@
+"""What HTTP sources and sinks share: how their httpx client is made and how a server's
+Retry-After (RFC 9110 §10.2.3) is read.
+
+Sources and sinks do not import each other, so the Microsoft Graph source and the WebDAV, CalDAV and
+CardDAV targets take these pieces from here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ssl
+import time
+
+import httpx
+
+__all__ = ["make_client", "retry_after"]
+
+
+def make_client(config, *, transport: httpx.BaseTransport | None = None, user_agent: str = "umstieg") -> httpx.Client:
+    """An httpx client for a config with `timeout`, `verify_tls` and `ca_file` (a PEM file): at most 15 s
+    to connect, no redirects followed (a redirect is a wrong url, said by `check`)."""
+    if config.ca_file is not None:
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(config.ca_file))
+    else:
+        verify = config.verify_tls
+    timeout = httpx.Timeout(config.timeout, connect=min(config.timeout, 15.0))
+    return httpx.Client(timeout=timeout, verify=verify, transport=transport, follow_redirects=False,
+                        headers={"User-Agent": user_agent})
+
+
+def retry_after(answer, cap: float | None = None) -> float | None:
+    """Seconds the server asked us to wait (`Retry-After`: seconds or an HTTP date; never below 0,
+    at most `cap`), or None when it did not say. `answer` is a response (its `.headers`) or headers."""
+    headers = getattr(answer, "headers", answer)
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    seconds = max(seconds, 0.0)
+    return seconds if cap is None else min(seconds, cap)
