@@ -333,7 +333,10 @@ class ConverterPool:
         export = {"text": "writer_pdf_Export", "spreadsheet": "calc_pdf_Export",
                   "presentation": "impress_pdf_Export"}[family]
         import_filter = fmt.import_filter or fmt.export_filter    # ODF: writer8, calc8, impress8 (templates too)
-        options = [f"PageRange=1-{pages}"] if pages else []
+        # explicit, so that the render does not depend on what a worker's profile remembers: LibreOffice's
+        # PDF export falls back to the profile's last-used settings for every option not given
+        options = ["ExportNotes=false", "ExportNotesInMargin=false", "ExportNotesPages=false",
+                   "ExportOnlyNotesPages=false"] + ([f"PageRange=1-{pages}"] if pages else [])
         worker = self._acquire()
         staging = _staging_dir(Path(dst))
         tmp = staging / "render.pdf"

@@ -75,7 +75,7 @@ def ledger_rows(dept_file: Path) -> list[dict]:
             return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "message", "target_ref",
                                                   "target_digest", "conversion", "change", "removed_at_source",
                                                   "batch_id", "fidelity_verdict", "fidelity_score", "original_ref")}
-                    for i in s.scalars(select(Item).order_by(Item.id))]
+                    for i in s.scalars(select(Item).where(Item.department == dept.name).order_by(Item.id))]
     finally:
         ledger.close()
 
