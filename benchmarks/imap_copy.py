@@ -9,7 +9,9 @@
      read in one thread, `ImapSink.append_stream` appending over several connections, with the
      Message-ID/content-hash dedupe index of each target folder;
    - the same with 4 mailboxes in parallel (aggregate throughput);
-   - for information, the flow's per-item path (extract to a file, digest, find, put, verify).
+   - the department flow's own path (`discover` + `process_chunk`: ledger, batched fetch and
+     append, every message verified), which is what `umstieg run` does;
+   - for information, the per-item path (extract to a file, digest, find, put, verify).
    Target: fast path ≥ 1.5 × baseline with one mailbox.
 2. A rerun of the unchanged mailbox, as a migration reruns: discovery lists the folders'
    metadata, the ledger (here: the first run's key → version map) says nothing changed, and one
@@ -290,6 +292,42 @@ def run_per_item(src: dict, tgt: dict, pairs: list[list[str]], staging: str) -> 
     return {"messages": count, "bytes": size}
 
 
+def run_flow(src: dict, tgt: dict, pairs: list[list[str]], staging: str) -> dict:
+    """The department flow's own path, without Prefect's start-up: discover into a SQLite ledger,
+    then `process_chunk` over chunks of 200 on two threads (as `umstieg run` does on two cores);
+    each message is recorded and verified at the target."""
+    import yaml
+    from concurrent.futures import ThreadPoolExecutor
+    from flows import runtime
+    from flows.steps import discover, process_chunk
+    (user, target), = pairs
+    os.environ["BENCH_MASTER"] = MASTER[1]
+    common = {"security": "none", "master_user": MASTER[0], "password": "env:BENCH_MASTER", "timeout": 60}
+    dept_file = Path(staging) / "flow" / "department.yaml"
+    dept_file.parent.mkdir(parents=True, exist_ok=True)
+    dept_file.write_text(yaml.safe_dump({
+        "name": "bench", "work_dir": str(dept_file.parent / "work"), "users": [{"source": user, "target": target}],
+        "sources": [{"name": "imap", "type": "imap", "host": src["host"], "port": src["port"], **common}],
+        "target": {"type": "localdir", "root": str(dept_file.parent / "files")},
+        "mail_target": {"type": "imap", "host": tgt["host"], "port": tgt["port"], **common},
+        "conversion": {"enabled": False}}))
+    dept = runtime.department(str(dept_file))
+    ledger = runtime.ledger(dept)
+    run = ledger.start_run(dept.name, "migrate")
+    ids = discover(dept, ledger, run).todo[user]
+    chunks = [ids[i:i + 200] for i in range(0, len(ids), 200)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda c: process_chunk(str(dept_file), run, user, c[0], c[1]), enumerate(chunks)))
+    verified = sum(r.get("verified", 0) for r in results)
+    if verified != len(ids):
+        from collections import Counter
+        reasons = Counter((i.state, i.reason, (i.message or "")[:160]) for i in ledger.items(ids) if i.state != "verified")
+        raise RuntimeError(f"{len(ids) - verified} message(s) not verified: {reasons.most_common(5)}")
+    size = sum(i.size or 0 for i in ledger.items(ids))
+    runtime.close_all()
+    return {"messages": verified, "bytes": size}
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM: unlike ru_maxrss, not inherited across exec from
     the parent, which holds the generated mailbox)."""
@@ -314,6 +352,8 @@ def scenario_main(args: list[str]) -> None:
         out = run_rerun(spec["src"], spec["tgt"], spec["pairs"], spec["state"])
     elif kind == "rerun-stateless":
         out = run_rerun_stateless(spec["src"], spec["tgt"], spec["pairs"], spec["workers"])
+    elif kind == "flow":
+        out = run_flow(spec["src"], spec["tgt"], spec["pairs"], spec["staging"])
     else:
         out = run_per_item(spec["src"], spec["tgt"], spec["pairs"], spec["staging"])
     out["seconds"] = time.perf_counter() - started
@@ -344,7 +384,7 @@ def main() -> None:
 
     rounds = max(1, args.rounds)
     targets = ([f"base{r}" for r in range(rounds)] + [f"fast{r}" for r in range(rounds)]
-               + [f"four{i}" for i in range(4)] + ["item0"])
+               + [f"four{i}" for i in range(4)] + ["item0", "flow0"])
     with Dovecot(users={f"m{i}": "pw" for i in range(4)}, master=MASTER, tls=False) as src, \
             Dovecot(users={t: "pw" for t in targets}, master=MASTER, tls=False) as tgt:
         work = Path(src.base) / "bench"
@@ -386,6 +426,8 @@ def main() -> None:
         if not args.no_per_item:
             per_item = scenario("per-item", src, tgt, [["m0", "item0"]], staging=str(work))
             rows.append(("flow per-item path (extract, find, put, verify), 1 mailbox", per_item))
+        flow = scenario("flow", src, tgt, [["m0", "flow0"]], staging=str(work))
+        rows.append(("the department flow (ledger, bulk fetch/append, verify each), 1 mailbox", flow))
         last = fast["target"]
         stateless = scenario("rerun-stateless", src, tgt, [["m0", last]], workers=args.workers)
 

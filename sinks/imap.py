@@ -401,6 +401,11 @@ class ImapSink(ImapAccounts):
                 return None, None, "renumbered"
             data = conn.client.fetch([uid], ["FLAGS", "BODY.PEEK[]"]).get(uid)
             if data is None or b"BODY[]" not in data:
+                # a session sees messages other sessions appended only after the server told it
+                # (a NOOP's EXISTS): ask once more before calling the message missing
+                conn.client.noop()
+                data = conn.client.fetch([uid], ["FLAGS", "BODY.PEEK[]"]).get(uid)
+            if data is None or b"BODY[]" not in data:
                 return None, None, "missing"
             return _sha256(data[b"BODY[]"]), {_text(f) for f in data.get(b"FLAGS", ())}, None
 

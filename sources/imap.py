@@ -264,17 +264,22 @@ class ImapMailboxes(ImapAccounts):
         by_folder: dict[str, list[ItemRef]] = {}
         for ref in refs:
             by_folder.setdefault(ref.location, []).append(ref)
-        for location, items in by_folder.items():
-            batch: list[ItemRef] = []
-            size = 0
-            for ref in items:
-                if batch and (size + (ref.size or 0) > batch_bytes or len(batch) >= batch_count):
+        try:
+            for location, items in by_folder.items():
+                batch: list[ItemRef] = []
+                size = 0
+                for ref in items:
+                    if batch and (size + (ref.size or 0) > batch_bytes or len(batch) >= batch_count):
+                        yield from self._fetch_batch(mailbox, location, batch)
+                        batch, size = [], 0
+                    batch.append(ref)
+                    size += ref.size or 0
+                if batch:
                     yield from self._fetch_batch(mailbox, location, batch)
-                    batch, size = [], 0
-                batch.append(ref)
-                size += ref.size or 0
-            if batch:
-                yield from self._fetch_batch(mailbox, location, batch)
+        finally:
+            # this generator often runs in a short-lived thread (a copy's feeder): its connection
+            # would otherwise stay open until the source closes, and servers limit connections per user
+            self._drop(mailbox)
 
     def _fetch_batch(self, mailbox: str, location: str, batch: list[ItemRef]) -> list[tuple[ItemRef, bytes | None]]:
         uidvalidity = _uid_of(batch[0].key)[0]

@@ -563,6 +563,8 @@ def test_a_department_moves_mail_end_to_end(servers, tmp_path):
         with ledger.session() as s:
             rows = list(s.scalars(select(Item)))
         assert {parse_ref(r.target_ref)[1] for r in rows} == {"INBOX", "Sent"}
+        # moved together (batched fetch and append), never staged one by one, each verified
+        assert all("extract" not in (r.seconds or {}) and "verify" in (r.seconds or {}) for r in rows)
         assert all(r.meta["flags"] == ["\\Seen"] for r in rows)
         after = snapshot(target_server, "t-carla")
         assert len(after["INBOX"]) == 5 and len(after["Sent"]) == 1
