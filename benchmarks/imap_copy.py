@@ -427,7 +427,7 @@ def main() -> None:
             per_item = scenario("per-item", src, tgt, [["m0", "item0"]], staging=str(work))
             rows.append(("flow per-item path (extract, find, put, verify), 1 mailbox", per_item))
         flow = scenario("flow", src, tgt, [["m0", "flow0"]], staging=str(work))
-        rows.append(("the department flow (ledger, bulk fetch/append, verify each), 1 mailbox", flow))
+        rows.append(("the department flow (ledger, bulk fetch/append, read back), 1 mailbox", flow))
         last = fast["target"]
         stateless = scenario("rerun-stateless", src, tgt, [["m0", last]], workers=args.workers)
 

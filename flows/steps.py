@@ -303,6 +303,7 @@ def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: i
                         version=i.version, size=i.size, meta=i.meta) for i in group]
         stream = ((r.key, r.location, r.meta, data)
                   for r, data in source.fetch_messages(user.folder_in(source_name), refs))
+        loaded: list[Item] = []
         try:
             for result in sink.append_stream(group[0].target_owner, stream):
                 item = by_key[result.key]
@@ -317,12 +318,21 @@ def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: i
                               batch_id=batch, attempts=item.attempts,
                               step_seconds={"load": round((time.monotonic() - started) / len(group), 4)})
                 item.state, item.target_ref, item.target_digest = State.LOADED.value, result.ref, result.digest
-                try:
-                    finished[item.id] = with_retries(_verify, dept, ledger, item).value
-                except (ItemError, TransientError) as exc:
-                    reason = _reason_of(exc, "verify") if isinstance(exc, ItemError) else "transient"
-                    ledger.fail(item.id, reason, str(exc), "verify", batch_id=batch, attempts=item.attempts)
-                    finished[item.id] = State.FAILED.value
+                loaded.append(item)
+            if loaded and hasattr(sink, "verify_many"):     # read back together: one fetch per folder and batch
+                started = time.monotonic()
+                problems = with_retries(sink.verify_many, [(i.target_ref, i.target_digest) for i in loaded])
+                seconds = round((time.monotonic() - started) / len(loaded), 4)
+                for item in loaded:
+                    problem = problems.get(item.target_ref, "not read back")
+                    if problem:
+                        ledger.fail(item.id, _VerifyFailed.reason, problem, "verify", batch_id=batch,
+                                    attempts=item.attempts)
+                        finished[item.id] = State.FAILED.value
+                    else:
+                        ledger.record(item.id, state=State.VERIFIED, batch_id=batch, attempts=item.attempts,
+                                      step_seconds={"verify": seconds})
+                        finished[item.id] = State.VERIFIED.value
         except TransientError as exc:              # the source or the target went away mid-stream
             log.warning("%s: moving %s's messages together stopped (%s); the rest go one by one",
                         dept.name, group[0].owner, exc)

@@ -425,6 +425,40 @@ class ImapSink(ImapAccounts):
             return f"{ref}: flags missing at the target: {' '.join(lost)}"
         return None
 
+    def verify_many(self, checks: list[tuple[str, str]], batch_count: int = 100) -> dict[str, str | None]:
+        """`verify` for many (reference, sha256) of one target user at once: one UID FETCH per folder
+        and batch instead of one per message. {reference: None or what is wrong}."""
+        problems: dict[str, str | None] = {}
+        groups: dict[tuple[str, str, int], list[tuple[int, str, str]]] = {}
+        for ref, digest in checks:
+            owner, folder, uidvalidity, uid = parse_ref(ref)
+            groups.setdefault((owner, folder, uidvalidity), []).append((uid, ref, digest))
+        for (owner, folder, uidvalidity), wanted in groups.items():
+            for start in range(0, len(wanted), batch_count):
+                part = wanted[start:start + batch_count]
+
+                def read(conn: _Conn, part=part, folder=folder):
+                    conn.select(folder)
+                    if conn.uidvalidity != uidvalidity:
+                        return None
+                    conn.client.noop()             # see what other sessions appended meanwhile
+                    return conn.client.fetch([uid for uid, _, _ in part], ["FLAGS", "BODY.PEEK[]"])
+                answer = self._call(owner, f"reading back {len(part)} messages of {folder!r}", read)
+                for uid, ref, digest in part:
+                    data = (answer or {}).get(uid)
+                    if answer is None:
+                        problems[ref] = f"{ref}: the folder was renumbered at the target"
+                    elif data is None or b"BODY[]" not in data:
+                        problems[ref] = f"{ref} is missing at the target"
+                    elif _sha256(data[b"BODY[]"]) != digest:
+                        problems[ref] = f"{ref} differs at the target"
+                    else:
+                        with self._lock:
+                            want = self._flags.get(ref)
+                        lost = sorted(set(want or ()) - {_text(f) for f in data.get(b"FLAGS", ())})
+                        problems[ref] = f"{ref}: flags missing at the target: {' '.join(lost)}" if lost else None
+        return problems
+
     def remove(self, ref: str) -> None:
         """Flag the message \\Deleted and expunge it (UID EXPUNGE: no other message is touched)."""
         owner, folder, uidvalidity, uid = parse_ref(ref)

@@ -459,8 +459,14 @@ def test_bare_lf_files_arrive_as_crlf_and_verify(servers, tmp_path):
         meta = {"size": src.stat().st_size, "flags": ["\\Seen"],
                 "internaldate": datetime.fromtimestamp(1_700_000_000, tz=timezone.utc).isoformat()}
         assert sink.find("ben", "Import", digest, meta) == ref
+        other = tmp_path / "other.eml"
+        other.write_bytes(message(81, 300))
+        ref2 = sink.put("ben", "Import", other, None, {"flags": []})
+        assert sink.verify_many([(ref, digest), (ref2, sink.digest(other))]) == {ref: None, ref2: None}
         sink.remove(ref)
         assert "missing" in sink.verify(ref, digest)
+        many = sink.verify_many([(ref, digest), (ref2, sha(b"other"))])      # together, as the flow reads back
+        assert "missing" in many[ref] and "differs" in many[ref2]
     finally:
         sink.close()
 
