@@ -140,7 +140,7 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
             siblings = Counter((str(PurePosixPath(r.location).parent), PurePosixPath(r.location).stem)
                                for r in refs)
             seen: set[str] = set()
-            moved_away: list[str] = []             # target copies at a path the source no longer has
+            moved_away: list[tuple[str, str]] = []  # (kind, target copy) at a place the source no longer has
             with ledger.session() as s:
                 known = {i.key: i for i in s.scalars(select(Item).where(
                     Item.department == dept.name, Item.source == source.name, Item.owner == user.source))}
@@ -159,7 +159,7 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                     elif item.version != ref.version or item.removed_at_source or item.location != ref.location:
                         if item.location != ref.location:   # moved or renamed at the source (same key)
                             if item.target_ref and dept.delete_at_target:
-                                moved_away.append(item.target_ref)
+                                moved_away.append((item.kind, item.target_ref))
                             item.location = ref.location
                             item.target_stem = odf_stem(ref.location, siblings) if ref.kind is Kind.FILE \
                                 else ref.location
@@ -184,10 +184,8 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                     item.removed_at_source, item.change = True, "removed"
                     found.removed[user.source] += 1
                 s.flush()
-            if moved_away:
-                sink = target_of(dept, Kind.FILE)
-                for ref in moved_away:
-                    sink.remove(ref)
+            for kind, ref in moved_away:
+                target_of(dept, kind).remove(ref)
             if gone and dept.delete_at_target:
                 for item in gone:
                     sink = target_of(dept, item.kind)
