@@ -392,12 +392,12 @@ def test_the_department_figures_on_a_postgresql_ledger(postgres_url):
     ledger = Ledger(postgres_url)
     try:
         ledger.migrate()
-        fill(ledger, "pgamt", 600)
-        view = data.department_view(ledger, "pgamt")
+        fill(ledger, "pgdashamt", 600)
+        view = data.department_view(ledger, "pgdashamt")
         with ledger.session() as s:
             rows = s.execute(select(Item.location, Item.fidelity_score, Item.fidelity, Item.state)
-                             .where(Item.department == "pgamt")).all()
-            formats = {f for f, in s.execute(text("SELECT DISTINCT file_format FROM items WHERE department = 'pgamt' "
+                             .where(Item.department == "pgdashamt")).all()
+            formats = {f for f, in s.execute(text("SELECT DISTINCT file_format FROM items WHERE department = 'pgdashamt' "
                                                   "AND fidelity_score IS NOT NULL"))}
         measured = [r for r in rows if r.fidelity_score is not None]
         assert formats == {Path(r.location).suffix[1:] for r in measured}
@@ -411,7 +411,7 @@ def test_the_department_figures_on_a_postgresql_ledger(postgres_url):
         assert view["total"] == 600 and view["failed"] == sum(r.state == "failed" for r in rows)
         overview = data.overview(ledger, data.departments_in(ledger))
         assert overview["departments"][0]["items"] == 600 and overview["departments"][0]["phase"] == "delta"
-        page = data.item_page(ledger, "pgamt", {"state": "failed"}, 1, per_page=5)
+        page = data.item_page(ledger, "pgdashamt", {"state": "failed"}, 1, per_page=5)
         assert page["total"] == view["failed"] and all(r["state"] == "failed" for r in page["table"].rows)
         with ledger.session() as s:
             for location, want in (("a/b.DOCX", "docx"), ("noext", ""), ("dir.d/file", ""), ("x.tar.gz", "gz")):
