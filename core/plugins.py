@@ -11,13 +11,18 @@ the bytes (flags, internal date, permissions) is the ItemRef's `meta`, kept in t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import atexit
+import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from core.items import ItemRef
 
-__all__ = ["Source", "Sink"]
+__all__ = ["Source", "Sink", "PerProcess"]
+
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -61,3 +66,32 @@ class Sink(Protocol):
 
     def remove(self, ref: str) -> None:
         """Delete an item at the target (only for delete_at_target)."""
+
+
+class PerProcess(Generic[T]):
+    """A module's `source_for` / `sink_for`: one instance per configuration and process, made on
+    first use and shared by every thread (chunk) of the process, so that they share one connection
+    pool and one cache. Keyed by the process id as well: a forked worker makes its own. With
+    `close`, that method of every instance is called when the process exits."""
+
+    def __init__(self, make: Callable[[Any], T], close: str | None = None,
+                 key: Callable[[Any], str] = lambda config: config.model_dump_json()) -> None:
+        self._make, self._close, self._key = make, close, key
+        self._made: dict[tuple[int, str], T] = {}
+        self._lock = threading.Lock()
+        if close is not None:
+            atexit.register(self.close_all)
+
+    def __call__(self, config) -> T:
+        key = (os.getpid(), self._key(config))
+        with self._lock:
+            made = self._made.get(key)
+            if made is None:
+                made = self._made[key] = self._make(config)
+            return made
+
+    def close_all(self) -> None:
+        with self._lock:
+            made, self._made = list(self._made.values()), {}
+        for instance in made:
+            getattr(instance, self._close)()

@@ -29,10 +29,8 @@ are `TransientError` (with Retry-After); 401 is `FatalError`; 507 is `QuotaExcee
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -44,6 +42,7 @@ from xml.sax.saxutils import escape
 
 import httpx
 
+from core.plugins import PerProcess
 from core.department import CalDavTarget, CardDavTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from core.http import retry_after
@@ -480,24 +479,6 @@ class CardDav(_Dav):
         return None
 
 
-_sinks: dict[tuple[int, str], _Dav] = {}
-_sinks_lock = threading.Lock()
-
-
-def sink_for(config: CalDavTarget | CardDavTarget) -> _Dav:
-    """This process's sink for a CalDAV or CardDAV target: one connection pool and collection
-    cache shared by every chunk (thread) of the process, made on first use."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sinks_lock:
-        sink = _sinks.get(key)
-        if sink is None:
-            sink = _sinks[key] = (CalDav if isinstance(config, CalDavTarget) else CardDav)(config)
-        return sink
-
-
-@atexit.register
-def _close_all() -> None:
-    with _sinks_lock:
-        for sink in _sinks.values():
-            sink.close()
-        _sinks.clear()
+#: This process's sink for a configuration (one connection pool and collection cache).
+sink_for = PerProcess(
+    lambda config: (CalDav if isinstance(config, CalDavTarget) else CardDav)(config), close="close")

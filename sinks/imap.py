@@ -30,10 +30,8 @@ the account, never the secret.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
-import os
 import queue
 import re
 import threading
@@ -48,6 +46,7 @@ import imapclient
 from imapclient import imap_utf7
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
+from core.plugins import PerProcess
 from core.department import ImapTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
 from core.imap import (Conn, ImapAccounts, LoginRefused as _Refused, list_folders, response_code as _response_code,
@@ -751,23 +750,5 @@ def _folder_index(conn: _Conn, folder: str) -> _FolderIndex:
     return _FolderIndex(uidvalidity=conn.uidvalidity, by_key=by_key)
 
 
-_sinks: dict[tuple[int, str], ImapSink] = {}
-_sinks_lock = threading.Lock()
-
-
-def sink_for(config: ImapTarget) -> ImapSink:
-    """This process's sink for a target configuration: one connection pool shared by every chunk."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sinks_lock:
-        sink = _sinks.get(key)
-        if sink is None:
-            sink = _sinks[key] = ImapSink(config)
-        return sink
-
-
-@atexit.register
-def _close_all() -> None:
-    with _sinks_lock:
-        for sink in _sinks.values():
-            sink.close()
-        _sinks.clear()
+#: This process's sink for a configuration (one connection pool shared by every chunk).
+sink_for = PerProcess(ImapSink, close="close")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path, PurePosixPath
@@ -33,6 +32,7 @@ import boto3
 import boto3.s3.transfer
 import botocore.exceptions
 
+from core.plugins import PerProcess
 from core.department import S3ArchiveTarget
 from core.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
 from core.digests import sha256_file
@@ -267,15 +267,5 @@ class S3Archive:
         self._call(ref, "delete_object", Key=key)
 
 
-_sinks: dict[tuple[int, str], S3Archive] = {}
-_sinks_lock = threading.Lock()
-
-
-def sink_for(config: S3ArchiveTarget) -> S3Archive:
-    """This process's archive for a configuration: one client (and connection pool) for every thread."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sinks_lock:
-        sink = _sinks.get(key)
-        if sink is None:
-            sink = _sinks[key] = S3Archive(config)
-        return sink
+#: This process's sink for a configuration (one client (and connection pool) for every thread).
+sink_for = PerProcess(S3Archive)

@@ -29,11 +29,9 @@ other refusal is an `ItemError` for that file. No message carries a password.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
 import math
-import os
 import threading
 import time
 import uuid
@@ -46,6 +44,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
+from core.plugins import PerProcess
 from core.department import NextcloudTarget, OXDriveTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
 from core.http import retry_after
@@ -662,24 +661,6 @@ class Nextcloud(WebDav):
         return ocs.get("data")
 
 
-_sinks: dict[tuple[int, str], WebDav] = {}
-_sinks_lock = threading.Lock()
-
-
-def sink_for(config: NextcloudTarget | OXDriveTarget) -> WebDav:
-    """This process's sink for a target configuration: one connection pool and folder cache
-    shared by every chunk (thread) of the process, made on first use."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sinks_lock:
-        sink = _sinks.get(key)
-        if sink is None:
-            sink = _sinks[key] = (Nextcloud if isinstance(config, NextcloudTarget) else OXDrive)(config)
-        return sink
-
-
-@atexit.register
-def _close_all() -> None:
-    with _sinks_lock:
-        for sink in _sinks.values():
-            sink.close()
-        _sinks.clear()
+#: This process's sink for a configuration (one connection pool and folder cache).
+sink_for = PerProcess(
+    lambda config: (Nextcloud if isinstance(config, NextcloudTarget) else OXDrive)(config), close="close")

@@ -21,7 +21,6 @@ No message or log line carries the client secret or a token.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib.metadata
 import logging
@@ -36,6 +35,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from pydantic import SecretStr
 
+from core.plugins import PerProcess
 from core.department import _GraphApp
 from core.errors import ConfigError, ItemError, TransientError
 from core.http import make_client, retry_after
@@ -416,26 +416,8 @@ def _stream_to(resp: httpx.Response, dst: Path) -> int:
     return written
 
 
-_clients: dict[tuple[int, str], GraphClient] = {}
-_clients_lock = threading.Lock()
-
-
-def client_for(config: _GraphApp) -> GraphClient:
-    """This process's client for one application: one token cache and connection pool for every
-    thread. Sources of several departments with the same application still share nothing else."""
-    key = (os.getpid(), config.model_dump_json(include={"tenant_id", "client_id", "client_secret", "authority",
-                                                        "graph_url", "concurrency", "verify_tls", "ca_file",
-                                                        "timeout"}))
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            client = _clients[key] = GraphClient(config)
-        return client
-
-
-@atexit.register
-def _close_all() -> None:
-    with _clients_lock:
-        for client in _clients.values():
-            client.close()
-        _clients.clear()
+#: This process's client for one application: one token cache and connection pool for every
+#: thread. Sources of several departments with the same application still share nothing else.
+client_for = PerProcess(GraphClient, close="close", key=lambda config: config.model_dump_json(include={
+    "tenant_id", "client_id", "client_secret", "authority", "graph_url", "concurrency", "verify_tls", "ca_file",
+    "timeout"}))

@@ -29,10 +29,8 @@ never its secret.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterable, Iterator
@@ -42,6 +40,7 @@ from pathlib import Path
 import imapclient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
+from core.plugins import PerProcess
 from core.department import ImapSource
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
 from core.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused, TlsFailed, list_folders,
@@ -322,23 +321,5 @@ def _list_folders(conn: _Conn) -> dict[str, FolderInfo]:
     return folders
 
 
-_sources: dict[tuple[int, str], ImapMailboxes] = {}
-_sources_lock = threading.Lock()
-
-
-def source_for(config: ImapSource) -> ImapMailboxes:
-    """This process's source for a configuration: one connection pool shared by every chunk."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            source = _sources[key] = ImapMailboxes(config)
-        return source
-
-
-@atexit.register
-def _close_all() -> None:
-    with _sources_lock:
-        for source in _sources.values():
-            source.close()
-        _sources.clear()
+#: This process's source for a configuration (one connection pool shared by every chunk).
+source_for = PerProcess(ImapMailboxes, close="close")

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from datetime import timezone
 from pathlib import Path
 
+from core.plugins import PerProcess
 from core.department import M365Source
 from core.errors import ConfigError, ItemError, TransientError
 from core.items import ItemRef, Kind
@@ -250,15 +251,5 @@ class MailboxSource:
         return len(data)
 
 
-_sources: dict[tuple[int, str], MailboxSource] = {}
-_sources_lock = threading.Lock()
-
-
-def source_for(config: M365Source) -> MailboxSource:
-    """This process's source for one configuration (it keeps the mail folders' delta links)."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            source = _sources[key] = MailboxSource(config)
-        return source
+#: This process's source for a configuration (it keeps the mail folders' delta links).
+source_for = PerProcess(MailboxSource)

@@ -26,7 +26,6 @@ Content comes from `/items/{id}/content`, a 302 to a pre-authenticated URL fetch
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from core.plugins import PerProcess
 from core.department import OneDriveSource, SharePointSource
 from core.errors import ConfigError, ItemError, TransientError
 from core.items import ItemRef, Kind
@@ -336,15 +336,5 @@ def _under(path: str, base: str) -> str | None:
     return None
 
 
-_sources: dict[tuple[int, str], DriveSource] = {}
-_sources_lock = threading.Lock()
-
-
-def source_for(config: OneDriveSource | SharePointSource) -> DriveSource:
-    """This process's source for one configuration (it keeps the drives' delta links)."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            source = _sources[key] = DriveSource(config)
-        return source
+#: This process's source for a configuration (it keeps the drives' delta links).
+source_for = PerProcess(DriveSource)

@@ -16,13 +16,13 @@ usual AWS chain: environment, profile, instance role) and appear in no message.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import botocore.exceptions
 
+from core.plugins import PerProcess
 from core.department import S3Source
 from core.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
 from core.errors import FatalError, ItemError, TransientError
@@ -174,15 +174,5 @@ class S3Bucket:
         return size, resp["LastModified"].timestamp()
 
 
-_sources: dict[tuple[int, str], S3Bucket] = {}
-_sources_lock = threading.Lock()
-
-
-def source_for(config: S3Source) -> S3Bucket:
-    """This process's source for a bucket configuration: one client (and pool) for every thread."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            source = _sources[key] = S3Bucket(config)
-        return source
+#: This process's source for a configuration (one client (and pool) for every thread).
+source_for = PerProcess(S3Bucket)

@@ -26,10 +26,8 @@ reason, so that the report shows it. No message carries the password.
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import logging
-import os
 import threading
 import time
 import uuid
@@ -47,6 +45,7 @@ from smbprotocol.open import FilePipePrinterAccessMask, SMB2QueryInfoRequest, SM
 from smbprotocol.security_descriptor import AccessAllowedAce, AccessDeniedAce, AceFlags, SMB2CreateSDBuffer
 from smbclient._io import SMBFileTransaction, SMBRawIO   # the security query has no public helper
 
+from core.plugins import PerProcess
 from core.department import SmbSource
 from core.errors import FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
@@ -456,24 +455,5 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-_sources: dict[tuple[int, str], SmbShare] = {}
-_sources_lock = threading.Lock()
-
-
-def source_for(config: SmbSource) -> SmbShare:
-    """This process's source for a share configuration: one connection shared by every thread."""
-    key = (os.getpid(), config.model_dump_json())
-    with _sources_lock:
-        source = _sources.get(key)
-        if source is None:
-            source = _sources[key] = SmbShare(config)
-        return source
-
-
-@atexit.register
-def _close_all() -> None:
-    """Log off and close every connection this process made (smbclient only closes its default pool)."""
-    with _sources_lock:
-        for source in _sources.values():
-            source._drop_connection()
-        _sources.clear()
+#: This process's source for a configuration (one connection shared by every thread; at exit it logs off (smbclient only closes its default pool)).
+source_for = PerProcess(SmbShare, close="_drop_connection")
