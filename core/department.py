@@ -96,14 +96,20 @@ class User(_Model):
         return self.folders.get(source_name) or self.folder or self.source
 
 
+_NAME = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="what items of this source are filed under")
+_TARGET_FOLDER = Field(default="", description="where this source's files land inside each user's target folder "
+                                               "(e.g. `OneDrive`); needed when several sources hold files")
+_READ_PERMISSIONS = Field(default=True, description="read who an item is shared with (one request per shared "
+                                                    "item) for the sharing report")
+
+
 class FolderSource(_Model):
     """A folder tree on this machine (or a mounted share) with one sub-folder per user."""
 
     type: Literal["folder"] = "folder"
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = _NAME
     root: Path
-    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
-                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
+    target_folder: str = _TARGET_FOLDER
 
 
 class _Tls(_Model):
@@ -120,16 +126,12 @@ class _Tls(_Model):
         return self
 
 
-_NAME = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="what items of this source are filed under")
-
-
 class SmbSource(_Tls):
     """A Windows (SMB 2/3) share read with a service account: `\\\\server\\share\\path\\<user folder>`."""
 
     type: Literal["smb"] = "smb"
     name: str = _NAME
-    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
-                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
+    target_folder: str = _TARGET_FOLDER
     server: str = Field(min_length=1, description="host name or address of the file server")
     port: int = Field(default=445, ge=1, le=65535)
     share: str = Field(min_length=1, description="the share's name")
@@ -140,26 +142,30 @@ class SmbSource(_Tls):
     read_acl: bool = Field(default=True, description="read owners and ACL entries for the sharing report")
 
 
-class S3Source(_Tls):
-    """An S3 bucket (or prefix) holding an exported share: `<prefix>/<user folder>/...`."""
+class _S3Bucket(_Tls):
+    """An S3 bucket, at AWS or on an S3-compatible server, and the keys that open it."""
 
-    type: Literal["s3"] = "s3"
-    name: str = _NAME
-    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
-                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
     bucket: str = Field(min_length=3)
-    prefix: str = Field(default="", description="key prefix that holds one folder per user")
     endpoint_url: str | None = Field(default=None, description="for S3-compatible servers (MinIO, Ceph, …)")
     region: str = "us-east-1"
     access_key_id: SecretRef | None = Field(default=None, description="default: the AWS credential chain")
     secret_access_key: SecretRef | None = None
-    page_size: int = Field(default=1000, ge=1, le=1000, description="keys asked for per listing request")
 
     @model_validator(mode="after")
     def _key_pair(self):
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ValueError("access_key_id and secret_access_key go together")
         return self
+
+
+class S3Source(_S3Bucket):
+    """An S3 bucket (or prefix) holding an exported share: `<prefix>/<user folder>/...`."""
+
+    type: Literal["s3"] = "s3"
+    name: str = _NAME
+    target_folder: str = _TARGET_FOLDER
+    prefix: str = Field(default="", description="key prefix that holds one folder per user")
+    page_size: int = Field(default=1000, ge=1, le=1000, description="keys asked for per listing request")
 
 
 class _GraphApp(_Tls):
@@ -179,11 +185,9 @@ class OneDriveSource(_GraphApp):
 
     type: Literal["onedrive"] = "onedrive"
     name: str = _NAME
-    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
-                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
+    target_folder: str = _TARGET_FOLDER
     path: str = Field(default="", description="a folder in each drive to migrate (default: the whole drive)")
-    read_permissions: bool = Field(default=True, description="read who an item is shared with (one request per "
-                                                             "shared item) for the sharing report")
+    read_permissions: bool = _READ_PERMISSIONS
 
 
 class SharePointSource(_GraphApp):
@@ -191,13 +195,11 @@ class SharePointSource(_GraphApp):
 
     type: Literal["sharepoint"] = "sharepoint"
     name: str = _NAME
-    target_folder: str = Field(default="", description="where this source's files land inside each user's target "
-                                                       "folder (e.g. `OneDrive`); needed when several sources hold files")
+    target_folder: str = _TARGET_FOLDER
     site: str = Field(min_length=1, description="`host:/sites/name` or a site id")
     library: str = Field(default="Documents", description="the document library's name")
     path: str = Field(default="", description="folder in the library that holds one folder per user")
-    read_permissions: bool = Field(default=True, description="read who an item is shared with (one request per "
-                                                             "shared item) for the sharing report")
+    read_permissions: bool = _READ_PERMISSIONS
 
 
 class M365Source(_GraphApp):
@@ -348,26 +350,15 @@ class OXDriveTarget(_WebDavTarget):
     type: Literal["oxdrive"] = "oxdrive"
 
 
-class S3ArchiveTarget(_Tls):
+class S3ArchiveTarget(_S3Bucket):
     """An S3 bucket that receives every converted document's Office original, for the record."""
 
     type: Literal["s3"] = "s3"
-    bucket: str = Field(min_length=3)
     prefix: str = Field(default="", description="key prefix; keys are `<prefix>/<department>/<user>/<path>`")
-    endpoint_url: str | None = Field(default=None, description="for S3-compatible servers (MinIO, Ceph, …)")
-    region: str = "us-east-1"
-    access_key_id: SecretRef | None = Field(default=None, description="default: the AWS credential chain")
-    secret_access_key: SecretRef | None = None
     multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024,
                                      description="files of this size (bytes) and larger go up in parts")
     part_size: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024 * 1024 * 1024,
                            description="bytes per part of a multipart upload (S3: 5 MiB to 5 GiB)")
-
-    @model_validator(mode="after")
-    def _key_pair(self):
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("access_key_id and secret_access_key go together")
-        return self
 
 
 class ImapTarget(_Tls):
