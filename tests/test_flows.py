@@ -253,23 +253,29 @@ def test_secrets_must_be_references(tmp_path):
     assert "ledger_password" in str(exc.value) and "hunter2" not in str(exc.value)
 
 
-def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
-    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=15)
-    rt = tmp_path / "rt"
-    env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(rt))
-    proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while True:                                   # wait until some items are verified, then kill
+def wait_until_verified(proc: subprocess.Popen, dept_file: Path, count: int, timeout: float,
+                        poll: float = 0.1) -> None:
+    """Wait while the run `proc` goes on until `count` items of its department are verified."""
+    deadline = time.monotonic() + timeout
+    while True:
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline
         try:
             verified = sum(r["state"] == "verified" for r in ledger_rows(dept_file))
         except Exception:                         # noqa: BLE001 - ledger not created yet
             verified = 0
-        if verified >= 5:
-            break
-        time.sleep(0.2)
+        if verified >= count:
+            return
+        time.sleep(poll)
+
+
+def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=15)
+    rt = tmp_path / "rt"
+    env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(rt))
+    proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    wait_until_verified(proc, dept_file, 5, timeout=180, poll=0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(3)

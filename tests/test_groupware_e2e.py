@@ -11,7 +11,6 @@ import signal
 from collections import Counter
 import subprocess
 import sys
-import time
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from datetime import datetime, timedelta, timezone
@@ -21,7 +20,7 @@ import yaml
 
 from servers.dovecot import Dovecot, dovecot_factory  # noqa: F401  (a fixture)
 from servers.radicale import RadicaleServer
-from test_flows import ledger_rows
+from test_flows import ledger_rows, wait_until_verified
 from test_groupware import cards, objects_in, recurring_event
 
 UMSTIEG = [sys.executable, "-m", "umstieg"]
@@ -84,17 +83,7 @@ def test_a_killed_groupware_run_resumes_without_duplicates(tmp_path, dovecot_fac
         env = dict(os.environ, E2E_MASTER_PW=MASTER[1], E2E_DAV_PW=DAV_PW, UMSTIEG_RUNTIME_DIR=str(tmp_path / "rt"))
         proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while True:                                   # wait until some items are verified, then kill
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline
-            try:
-                verified = sum(r["state"] == "verified" for r in ledger_rows(dept_file))
-            except Exception:                         # noqa: BLE001 - ledger not created yet
-                verified = 0
-            if verified >= 15:
-                break
-            time.sleep(0.05)
+        wait_until_verified(proc, dept_file, 15, timeout=300, poll=0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert any(r["state"] != "verified" for r in ledger_rows(dept_file))     # really cut off mid-run
