@@ -23,7 +23,7 @@ from converters.pool import ConverterPool, atomic_copy
 from core.digests import sha256_file
 from converters.result import ConversionResult
 
-__all__ = ["TreeSummary", "convert_tree", "plan_tree", "RESULTS_NAME"]
+__all__ = ["TreeSummary", "convert_tree", "plan_tree", "load_results", "RESULTS_NAME"]
 
 RESULTS_NAME = "results.jsonl"
 
@@ -76,7 +76,7 @@ def plan_tree(src: Path, out: Path) -> list[_Job]:
     return jobs
 
 
-def _load_results(path: Path) -> dict[str, dict]:
+def load_results(path: Path) -> dict[str, dict]:
     """The last record per document in an existing results file (torn last line ignored)."""
     records: dict[str, dict] = {}
     if not path.exists():
@@ -115,7 +115,7 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
     results_path = out / RESULTS_NAME
-    previous = _load_results(results_path)
+    previous = load_results(results_path)
     jobs = plan_tree(src, out)
     summary = TreeSummary(total=len(jobs), results_path=results_path)
     if on_start:

@@ -8,7 +8,6 @@ Calc with one sheet per table.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from converters.formats import FORMATS
+from converters.tree import load_results
 from reports.compare import label
 
 __all__ = ["load_records", "fidelity_table", "deduction_table", "verdicts_by_format", "write_fidelity_report",
@@ -34,15 +34,8 @@ _COLUMNS = ["path", "format", "family", "outcome", "verdict", "score", "deductio
 
 def load_records(results: Path) -> list[dict]:
     """Lines of a results.jsonl (the last line per document wins; a torn line is skipped)."""
-    records: dict[str, dict] = {}
-    with open(results, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-                records[record["path"]] = record
-            except (ValueError, KeyError, TypeError):
-                continue
-    return list(records.values())
+    results.stat()                   # a report of a results file that is not there is an error, not empty
+    return list(load_results(results).values())
 
 
 def _row(record: dict) -> dict:
