@@ -46,10 +46,14 @@ from core.department import ExportSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from core.pim import PimError, split_calendar, split_vcards, with_contact_uid
+from sources.outlook import ansi_codepage, contact_uid, msg_appointment, msg_appointment_ical, msg_contact_vcard
 
 __all__ = ["ExportFiles", "UnreadableExport", "UnsupportedItem", "special_use_of", "source_for"]
 
 log = logging.getLogger("umstieg.sources.export")
+# extract-msg warns about every .msg without a code page property and every code page chosen for
+# it (both normal here, see _open_msg): its errors are what a log reader needs
+logging.getLogger("extract_msg").setLevel(logging.ERROR)
 
 _MAIL_ONE = {".eml", ".emlx"}
 _MBOX = {".mbox", ".mbx"}
@@ -225,8 +229,8 @@ class ExportFiles:
                 yield ItemRef(key=f"{owner}/{rel}#mbox:{index}", kind=Kind.MESSAGE, location=location,
                               size=None, meta=_mail_meta(msg, location, flags, when), **ref)
         elif suffix in _MSG:
-            kind, meta = _msg_listing(path, location)
-            yield ItemRef(key=f"{owner}/{rel}", kind=kind, location=location, size=size, meta=meta, **ref)
+            kind, where, meta = _msg_listing(path, location, f"{owner}/{rel}")
+            yield ItemRef(key=f"{owner}/{rel}", kind=kind, location=where, size=size, meta=meta, **ref)
         elif suffix in _ICS:
             try:
                 parts = split_calendar(path.read_bytes())
@@ -266,7 +270,7 @@ class ExportFiles:
             raise ItemError(f"the export file vanished at the source: {rel}")
         suffix = path.suffix.lower()
         try:
-            data = self._bytes(path, suffix, kind, sub, rel)
+            data = self._bytes(path, suffix, kind, sub, rel, key)
         except (ItemError, PimError) as exc:
             if isinstance(exc, ItemError):
                 raise
@@ -284,7 +288,7 @@ class ExportFiles:
             return str(exc)[:300]
         return "it could not be read when it was listed (it reads now: list the folder again)"
 
-    def _bytes(self, path: Path, suffix: str, kind: str | None, sub: str | None, rel: str) -> bytes:
+    def _bytes(self, path: Path, suffix: str, kind: str | None, sub: str | None, rel: str, key: str) -> bytes:
         if suffix in _MAIL_ONE:
             return _emlx_body(path) if suffix == ".emlx" else path.read_bytes()
         if kind == "mbox":
@@ -295,7 +299,7 @@ class ExportFiles:
                 except KeyError:
                     raise ItemError(f"{rel} has no message number {sub} any more (list it again)") from None
         if suffix in _MSG:
-            return _msg_mime(path, rel)
+            return _msg_bytes(path, rel, key)
         if kind == "ics":
             objects = _parsed.get(path, "ics", lambda p: dict(split_calendar(p.read_bytes())))
             if sub in objects:
@@ -356,62 +360,111 @@ def _mbox_messages(path: Path) -> Iterator[tuple[Message, list[str], datetime | 
 
 
 # ------------------------------------------------------------------------------------- msg
-def _msg_listing(path: Path, location: str) -> tuple[Kind, dict]:
+def _open_msg(path: Path, **options):
+    """An Outlook .msg file opened by extract-msg, with its 8-bit strings read in their own code
+    page (extract-msg falls back to ISO 8859-15, which garbles a Japanese or Russian message)."""
     import extract_msg
+    msg = extract_msg.openMsg(str(path), strict=False, **options)
     try:
-        msg = extract_msg.openMsg(str(path), strict=False, delayAttachments=True)
+        codepage = ansi_codepage(msg)
+    except Exception:  # noqa: BLE001 - no code page to be found: extract-msg's guess stays
+        codepage = None
+    if codepage:
+        msg.close()
+        msg = extract_msg.openMsg(str(path), strict=False, overrideEncoding=codepage, **options)
+    return msg
+
+
+def _msg_class(msg) -> tuple[Kind, str]:
+    cls = msg.classType or "IPM.Note"
+    low = cls.lower()
+    if low.startswith("ipm.appointment"):
+        return Kind.EVENT, cls
+    if low.startswith("ipm.contact"):
+        return Kind.CONTACT, cls
+    return Kind.MESSAGE, cls
+
+
+def _msg_listing(path: Path, location: str, key: str) -> tuple[Kind, str, dict]:
+    """The kind, location and meta of one .msg file. An appointment or contact at the top of the
+    user's folder goes to the calendar "Calendar" / the address book "Contacts"."""
+    try:
+        msg = _open_msg(path, delayAttachments=True)
     except Exception as exc:  # noqa: BLE001 - extract-msg raises many kinds for broken files
         raise UnreadableExport(f"not a readable Outlook .msg file ({type(exc).__name__}: {str(exc)[:200]})") \
             from None
     try:
-        cls = (msg.classType or "").lower()
-        if cls.startswith("ipm.appointment") or cls.startswith("ipm.schedule.meeting"):
-            return Kind.EVENT, {"message_class": msg.classType}
-        if cls.startswith("ipm.contact") or cls.startswith("ipm.distlist"):
-            return Kind.CONTACT, {"message_class": msg.classType}
+        kind, cls = _msg_class(msg)
+        if kind is Kind.EVENT:
+            try:
+                uid = msg_appointment(msg, key).uid
+            except ItemError:
+                uid = None                   # extraction says why
+            return kind, "Calendar" if location == "INBOX" else location, {"uid": uid, "message_class": cls}
+        if kind is Kind.CONTACT:
+            return kind, "Contacts" if location == "INBOX" else location, {"uid": contact_uid(key),
+                                                                            "message_class": cls}
         when = getattr(msg, "receivedTime", None) or getattr(msg, "date", None)
         meta = {"flags": ["\\Seen"], "internaldate": _iso(when) if isinstance(when, datetime) else None,
                 "special_use": None if special_use_of(location) == "\\Inbox" else special_use_of(location),
-                "message_id": getattr(msg, "messageId", None), "message_class": msg.classType}
-        return Kind.MESSAGE, meta
+                "message_id": getattr(msg, "messageId", None), "message_class": cls}
+        return Kind.MESSAGE, location, meta
     finally:
         msg.close()
 
 
-def _msg_mime(path: Path, rel: str) -> bytes:
-    import extract_msg
+def _msg_bytes(path: Path, rel: str, key: str) -> bytes:
+    """One .msg file as MIME (mail, posts, notes, reports, meeting requests), iCalendar
+    (appointments) or vCard (contacts)."""
     try:
-        msg = extract_msg.openMsg(str(path), strict=False)
+        msg = _open_msg(path)
     except Exception as exc:  # noqa: BLE001
         raise UnreadableExport(f"{rel}: not a readable Outlook .msg file ({type(exc).__name__})") from None
     try:
-        cls = (msg.classType or "").lower()
-        if not (cls.startswith("ipm.note") or cls.startswith("report") or cls.startswith("ipm.stickynote")
-                or cls.startswith("ipm.post") or cls == "ipm"):
-            raise UnsupportedItem(f"{rel} is an Outlook {msg.classType} item, which is not converted "
-                                  "(only mail is); export it as .ics / .vcf instead")
-        try:
-            return msg.asEmailMessage().as_bytes(policy=email.policy.SMTP)
-        except Exception as exc:  # noqa: BLE001 - fall back to rebuilding the message ourselves
-            log.debug("%s: extract-msg could not build the MIME (%s); rebuilding it", rel, exc)
-        headers = getattr(msg, "header", None)
-        atts = []
-        for att in getattr(msg, "attachments", []):
-            data = getattr(att, "data", None)
-            if isinstance(data, bytes):
-                atts.append((getattr(att, "longFilename", None) or getattr(att, "shortFilename", None)
-                             or "attachment", getattr(att, "mimetype", None), data))
-        def safe(attr):
-            try:
-                return getattr(msg, attr)
-            except Exception:  # noqa: BLE001 - a body extract-msg cannot decode is left out
-                return None
-        html = safe("htmlBody")
-        return _build_mime(str(headers) if headers else None, safe("body"),
-                           html.decode("utf-8", "replace") if isinstance(html, bytes) else html, atts,
-                           subject=safe("subject"), sender=safe("sender"), when=safe("date"))
+        kind, cls = _msg_class(msg)
+        if kind is Kind.EVENT:
+            return msg_appointment_ical(msg, key)
+        if kind is Kind.CONTACT:
+            return msg_contact_vcard(msg, key)
+        low = cls.lower()
+        if not (low.startswith("ipm.note") or low.startswith("report") or low.startswith("ipm.stickynote")
+                or low.startswith("ipm.post") or low.startswith("ipm.schedule.meeting") or low == "ipm"):
+            raise UnsupportedItem(f"{rel} is an Outlook {cls} item, which is not converted "
+                                  "(mail, appointments and contacts are)")
+        return _msg_mime(msg, rel)
     finally:
         msg.close()
+
+
+def _msg_mime(msg, rel: str) -> bytes:
+    def safe(attr):
+        try:
+            return getattr(msg, attr)
+        except Exception:  # noqa: BLE001 - a body extract-msg cannot decode is left out
+            return None
+    try:
+        mime = msg.asEmailMessage()
+        # a .msg saved before it was sent has no transport headers: extract-msg's headers then
+        # lack the subject and date, which the properties have
+        if mime["Subject"] is None and safe("subject"):
+            mime["Subject"] = safe("subject")
+        when = safe("date")
+        if mime["Date"] is None and isinstance(when, datetime):
+            mime["Date"] = email.utils.format_datetime(when if when.tzinfo else when.replace(tzinfo=timezone.utc))
+        return mime.as_bytes(policy=email.policy.SMTP)
+    except Exception as exc:  # noqa: BLE001 - fall back to rebuilding the message ourselves
+        log.debug("%s: extract-msg could not build the MIME (%s); rebuilding it", rel, exc)
+    headers = getattr(msg, "header", None)
+    atts = []
+    for att in getattr(msg, "attachments", []):
+        data = getattr(att, "data", None)
+        if isinstance(data, bytes):
+            atts.append((getattr(att, "longFilename", None) or getattr(att, "shortFilename", None)
+                         or "attachment", getattr(att, "mimetype", None), data))
+    html = safe("htmlBody")
+    return _build_mime(str(headers) if headers else None, safe("body"),
+                       html.decode("utf-8", "replace") if isinstance(html, bytes) else html, atts,
+                       subject=safe("subject"), sender=safe("sender"), when=safe("date"))
 
 
 def _build_mime(transport_headers: str | None, text: str | None, html: str | None,

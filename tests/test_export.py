@@ -190,11 +190,11 @@ def _corpus_mail(corpus: Path, tmp_path: Path) -> Path:
 @pytest.mark.corpus
 def test_corpus_mail_travels_byte_for_byte(corpus, tmp_path):
     """Every message of the corpus' PST, MBOX, EML and MSG files: extracted, put into a local
-    target, verified by sha256; appointments and contacts in .msg files fail as unsupported."""
+    target, verified by sha256; appointments and contacts in .msg files become iCalendar and vCard."""
     source = source_for(ExportSource(name="exp", root=_corpus_mail(corpus, tmp_path)))
     sink = LocalDir(LocalDirTarget(root=tmp_path / "target"))
     outcomes: Counter = Counter()
-    pst_subjects = []
+    pst_subjects, subjects, pim = [], {}, {}
     for ref in source.discover("anna", "anna"):
         staged = tmp_path / "staged" / hashlib.sha1(ref.key.encode()).hexdigest()
         try:
@@ -202,12 +202,17 @@ def test_corpus_mail_travels_byte_for_byte(corpus, tmp_path):
         except ItemError as exc:
             outcomes[(ref.kind, exc.reason)] += 1
             continue
+        if ref.kind is not Kind.MESSAGE:
+            pim[ref.key.rsplit("/", 1)[1]] = (ref, staged.read_bytes())
+            outcomes[(ref.kind, "ok")] += 1
+            continue
         digest = sink.digest(staged)
         rel = f"{ref.location}/{hashlib.sha1(ref.key.encode()).hexdigest()}.eml"
         target = sink.find("t-anna", rel, digest) or sink.put("t-anna", rel, staged)
         assert sink.verify(target, digest) is None
         assert sink.find("t-anna", rel, digest) == target              # a rerun sends nothing
         msg = email.message_from_bytes(staged.read_bytes(), policy=email.policy.default)
+        subjects[ref.key.rsplit("/", 1)[1]] = str(msg["Subject"])
         if "#pst:" in ref.key:
             pst_subjects.append((ref.location, " ".join(str(msg["Subject"]).split()), ref.meta["flags"]))
             assert msg.get_body(("plain", "html")) is not None
@@ -217,10 +222,19 @@ def test_corpus_mail_travels_byte_for_byte(corpus, tmp_path):
     assert ("testPST", "Re: Feature Generators", ["\\Seen"]) in pst_subjects
     assert outcomes[(Kind.MESSAGE, "ok", "mbox")] >= 9
     assert outcomes[(Kind.MESSAGE, "ok", ".msg")] >= 30
-    assert outcomes[(Kind.EVENT, "unsupported_item")] == 13          # msgreader's appointments
-    assert outcomes[(Kind.CONTACT, "unsupported_item")] == 3
+    assert outcomes[(Kind.EVENT, "ok")] == 13          # msgreader's appointments
+    assert outcomes[(Kind.CONTACT, "ok")] == 3
     assert outcomes[(Kind.MESSAGE, "ok", ".eml")] >= 40              # the malformed ones travel as they are
-    assert not [k for k in outcomes if k[1] not in ("ok", "unsupported_item")]
+    assert not [k for k in outcomes if k[1] != "ok"], outcomes
+    # a .msg written without Unicode strings is read in its locale's code page (Japanese: cp932)
+    assert subjects["nonUnicodeCP932.msg"] == "日本語 Non Unicode タイトル"
+    ref, ics = pim["Friday Lunch.msg"]
+    assert ref.location == "msgreader" and ref.meta["uid"].startswith("040000008200E00074C5B7101A82E008")
+    assert f"UID:{ref.meta['uid'][:60]}".encode() in ics.replace(b"\r\n ", b"")
+    assert b"RECURRENCE-ID;TZID=Asia/Tokyo:20230113T120000" in ics and b"Monday Lunch" in ics
+    ansi, unicode = pim["contactAnsi.msg"][1], pim["contactUnicode.msg"][1]
+    assert "FN:Mr. イグザンプル ドット コム 殿".encode() in ansi
+    assert ansi.split(b"UID:")[0] == unicode.split(b"UID:")[0]     # the same person, whatever the strings
 
 
 @pytest.mark.corpus
