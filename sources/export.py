@@ -10,8 +10,10 @@ What each file yields:
 - **MBOX**: each message one item; location = the mbox path without its extension; flags from
   the `Status` / `X-Status` headers, the internal date from the `From ` line.
 - **EML** (and Apple Mail's .emlx): one message; location = the folder it lies in (INBOX at the top).
-- **MSG** (Outlook, extract-msg): one message, converted to MIME. Appointment and contact .msg
-  files fail as `unsupported_item`.
+- **MSG** (Outlook, extract-msg): one message, converted to MIME; an appointment becomes one
+  VCALENDAR and a contact one vCard (sources/outlook.py); tasks and other items fail as
+  `unsupported_item`. Appointments and contacts at the top of the user's folder go to the
+  calendar "Calendar" / the address book "Contacts".
 - **ICS**: one item per UID (a series with its changed occurrences), as its own VCALENDAR with
   the VTIMEZONEs it uses; location = the file's name without extension (the calendar's name).
 - **VCF**: one item per vCard; location = the file's name without extension (the address book).
@@ -121,7 +123,7 @@ class UnreadableExport(ItemError):
 
 
 class UnsupportedItem(ItemError):
-    """An item of a kind this source does not convert (an Outlook appointment in a PST or .msg)."""
+    """An item of a kind this source does not convert (an Outlook appointment or contact in a PST, a task in a .msg)."""
 
     reason = "unsupported_item"
 
