@@ -8,10 +8,12 @@ the mailbox's UPN. Reading never changes the mailbox (no request here writes).
 - **Mail**: the folder tree (`/mailFolders` and their `childFolders`), then per folder a delta
   query of its messages (`/mailFolders/{id}/messages/delta`). Key: the message id; location: the
   folder path, with the inbox as `INBOX` (`INBOX/Projekte`); a `/` inside a folder name is written
-  `%2F`. Meta: IMAP flags (`\\Seen` from isRead, `\\Flagged` from a flagged follow-up, `\\Draft`),
-  the internal date (receivedDateTime), the special-use of well-known folders (`\\Sent`, `\\Trash`,
-  `\\Junk`, `\\Drafts`, `\\Archive`; found by asking Graph for each well-known name) and the
-  Message-ID. Version: the changeKey (a read flag set changes it too). The bytes are the MIME
+  `%2F`. Meta: IMAP flags (`\\Seen` from isRead, `\\Flagged` from a flagged follow-up, `\\Draft`,
+  and `\\Answered` / the keyword `$Forwarded` from Exchange's last reply or forward, see
+  `LAST_VERB`), the internal date (receivedDateTime), the special-use of well-known folders
+  (`\\Sent`, `\\Trash`, `\\Junk`, `\\Drafts`, `\\Archive`; found by asking Graph for each
+  well-known name) and the Message-ID. Version: the changeKey (Exchange gives a message a new one
+  whenever any of its properties changes: read, flagged, replied to). The bytes are the MIME
   (`/messages/{id}/$value`), streamed to disk.
 - **Calendars**: every calendar's events (single events and series masters); a series becomes
   one iCalendar object with its exceptions and cancellations (`sources.mstime`). Key:
@@ -41,7 +43,7 @@ from core.items import ItemRef, Kind
 from sources.graph import Changes, DeltaExpired, GraphClient, client_for, quote_segment
 from sources.mstime import contact_to_vcard, event_to_ical, series_window
 
-__all__ = ["MailboxSource", "source_for", "WELL_KNOWN"]
+__all__ = ["MailboxSource", "source_for", "WELL_KNOWN", "LAST_VERB", "VERB_FLAGS"]
 
 log = logging.getLogger("umstieg.sources.m365")
 
@@ -49,6 +51,27 @@ log = logging.getLogger("umstieg.sources.m365")
 WELL_KNOWN = {"inbox": None, "sentitems": "\\Sent", "deleteditems": "\\Trash", "junkemail": "\\Junk",
               "drafts": "\\Drafts", "archive": "\\Archive"}
 _MESSAGE_FIELDS = "id,changeKey,isRead,isDraft,flag,receivedDateTime,internetMessageId,parentFolderId"
+#: PidTagLastVerbExecuted (MAPI 0x1081, a PT_LONG), as Graph names a single-value extended property.
+#: Graph's message resource has isRead, flag and isDraft but nothing for "answered": Exchange keeps
+#: the last reply or forward done to a message (in Outlook, OWA or on a phone) in this property.
+LAST_VERB = "Integer 0x1081"
+#: Its values (MS-OXOMSG) -> the IMAP flag or keyword: reply to sender and reply to all are
+#: `\Answered` (RFC 3501); a forward is the keyword `$Forwarded` (RFC 5788), as Dovecot, Thunderbird
+#: and the IMAP source carry it. Exchange keeps only the last verb: replied, then forwarded, is
+#: `$Forwarded` alone.
+VERB_FLAGS = {102: "\\Answered", 103: "\\Answered", 104: "$Forwarded"}
+#: The query of each folder's delta listing. Graph documents `$select`, `$top` and `$expand` for the
+#: message delta function (https://learn.microsoft.com/en-us/graph/api/message-delta, "OData query
+#: parameters"; https://learn.microsoft.com/en-us/graph/delta-query-messages) and puts the options of
+#: the first request into every nextLink and deltaLink, so each later pass brings the property as
+#: well: no request more per message or per folder. An extended property is read only through
+#: `$expand` with `$filter=id eq '…'`
+#: (https://learn.microsoft.com/en-us/graph/api/singlevaluelegacyextendedproperty-get); an
+#: expanded relation comes back whatever `$select` names. A message without the property has no
+#: `singleValueExtendedProperties` in the answer. A reply sets the property on the original, which
+#: gives it a new changeKey, so the next delta pass lists it as changed like a read flag.
+_MESSAGE_QUERY = {"$select": _MESSAGE_FIELDS,
+                  "$expand": f"singleValueExtendedProperties($filter=id eq '{LAST_VERB}')"}
 #: Graph answers event times in the mailbox's zone unless told otherwise; UTC is unambiguous.
 _UTC = {"Prefer": 'outlook.timezone="UTC"'}
 _EVENT_PREFIX, _CONTACT_PREFIX = "event:", "contact:"
@@ -149,7 +172,7 @@ class MailboxSource:
     def _messages(self, owner: str, upn: str) -> Iterator[ItemRef]:
         for folder_id, path, use in self.mail_folders(upn):
             delta = self.client.delta(self._delta_url(upn, folder_id), scope=upn, need="Mail.Read",
-                                      params={"$select": _MESSAGE_FIELDS})
+                                      params=_MESSAGE_QUERY)
             with self._lock:
                 if delta.delta_link:
                     self._delta_links[(upn, folder_id)] = delta.delta_link
@@ -174,7 +197,7 @@ class MailboxSource:
             if delta is None:
                 found.resynced = True
                 delta = self.client.delta(self._delta_url(folder, folder_id), scope=folder, need="Mail.Read",
-                                          params={"$select": _MESSAGE_FIELDS})
+                                          params=_MESSAGE_QUERY)
             with self._lock:
                 if delta.delta_link:
                     self._delta_links[(folder, folder_id)] = delta.delta_link
@@ -193,10 +216,15 @@ class MailboxSource:
         flags = []
         if m.get("isRead"):
             flags.append("\\Seen")
+        verb = VERB_FLAGS.get(_last_verb(m))
+        if verb == "\\Answered":
+            flags.append(verb)
         if str((m.get("flag") or {}).get("flagStatus", "")).lower() == "flagged":
             flags.append("\\Flagged")
         if m.get("isDraft"):
             flags.append("\\Draft")
+        if verb == "$Forwarded":
+            flags.append(verb)
         meta = {"flags": flags, "internaldate": m.get("receivedDateTime"), "special_use": use,
                 "message_id": m.get("internetMessageId")}
         return ItemRef(source=self.name, key=m["id"], kind=Kind.MESSAGE, owner=owner, location=path,
@@ -249,6 +277,21 @@ class MailboxSource:
         tmp.write_bytes(data)
         os.replace(tmp, dst)
         return len(data)
+
+
+def _last_verb(message: dict) -> int | None:
+    """PidTagLastVerbExecuted of a message from its expanded extended properties, if it has one.
+
+    Graph writes the id back in its own spelling (`Binary 0xe0a` for `Binary 0x0E0A`), so type and
+    tag are compared, not the text; the value of an Integer property comes as a decimal string."""
+    for prop in message.get("singleValueExtendedProperties") or []:
+        kind, _, tag = str(prop.get("id", "")).strip().partition(" ")
+        try:
+            if kind.lower() == "integer" and int(tag.strip(), 16) == 0x1081:
+                return int(str(prop.get("value")).strip())
+        except ValueError:
+            continue                        # a named property ("Integer {guid} Name x"), or no number
+    return None
 
 
 #: This process's source for a configuration (it keeps the mail folders' delta links).

@@ -464,3 +464,153 @@ def test_an_event_that_cannot_be_converted_fails_alone(graph, tmp_path):
         src.extract(UPN, refs[0].location, tmp_path / "a.ics", key=refs[0].key)
     assert "kaputt" in str(info.value) and "hourly" in str(info.value)
     assert src.extract(UPN, refs[1].location, tmp_path / "b.ics", key=refs[1].key)[0] > 0
+
+
+# ----------------------------------------------------------------------------- answered and forwarded
+
+TARGET_USER, TARGET_PW, MASTER = "aschmidt", "aschmidt-pw-7", ("migrator", "master-secret-5Tz")
+
+
+def _replied_mailbox(server: GraphTestServer):
+    """An inbox with a message replied to, one replied to all, one forwarded, one only opened
+    (verb 0) and one never touched; PidTagLastVerbExecuted as Exchange sets it."""
+    box = server.add_mailbox(UPN)
+    inbox = box.well_known["inbox"]
+    return box, {
+        "replied": server.put_message(box, inbox, _mime("beantwortet"), is_read=True, last_verb=102),
+        "replied_all": server.put_message(box, inbox, _mime("allen geantwortet"), is_read=True, last_verb=103),
+        "forwarded": server.put_message(box, inbox, _mime("weitergeleitet"), is_read=True, last_verb=104),
+        "opened": server.put_message(box, inbox, _mime("nur geoeffnet"), last_verb=0),
+        "plain": server.put_message(box, inbox, _mime("ohne Antwort"), is_read=True),
+    }
+
+
+def test_reply_and_forward_become_answered_and_forwarded_flags(graph):
+    box, sent = _replied_mailbox(graph)
+    src = _source(graph, calendars=False, contacts=False)
+    refs = {r.key: r for r in src.discover(UPN, UPN)}
+    flags = {name: sorted(refs[m["id"]].meta["flags"]) for name, m in sent.items()}
+    assert flags == {"replied": ["\\Answered", "\\Seen"], "replied_all": ["\\Answered", "\\Seen"],
+                     "forwarded": ["$Forwarded", "\\Seen"], "opened": [], "plain": ["\\Seen"]}
+    # asked for in the delta listing itself: one request per page, none per message
+    assert not any("/messages/" in p and not p.endswith("/delta") for _, p, _ in graph.log)
+
+
+def test_a_reply_after_the_last_pass_comes_with_the_next_delta(graph):
+    box, sent = _replied_mailbox(graph)
+    src = _source(graph, calendars=False, contacts=False)
+    first = {r.key: r for r in src.discover(UPN, UPN)}
+    graph.set_last_verb(box, sent["plain"]["id"], 103)          # replied to all in Outlook meanwhile
+    graph.set_last_verb(box, sent["replied"]["id"], 104)        # and the replied one forwarded
+    changes = src.changes(UPN, UPN)
+    assert not changes.resynced                                 # through the saved delta links
+    got = {r.key: r for r in changes.changed}
+    assert set(got) == {sent["plain"]["id"], sent["replied"]["id"]} and changes.removed == []
+    assert sorted(got[sent["plain"]["id"]].meta["flags"]) == ["\\Answered", "\\Seen"]
+    assert sorted(got[sent["replied"]["id"]].meta["flags"]) == ["$Forwarded", "\\Seen"]   # Exchange keeps the last verb
+    assert got[sent["plain"]["id"]].version != first[sent["plain"]["id"]].version
+    assert src.changes(UPN, UPN).changed == []
+
+
+def test_last_verb_is_read_whatever_the_spelling_of_its_id():
+    from sources.m365 import _last_verb
+    assert _last_verb({"singleValueExtendedProperties": [{"id": "Integer 0x1081", "value": "103"}]}) == 103
+    assert _last_verb({"singleValueExtendedProperties": [
+        {"id": "String {66f5a359-4659-4830-9070-00047ec6ac6e} Name Color", "value": "Green"},
+        {"id": "Integer {66f5a359-4659-4830-9070-00047ec6ac6e} Name Pallete", "value": "12"},
+        {"id": "integer 0X01081", "value": " 104 "}]}) == 104
+    assert _last_verb({"singleValueExtendedProperties": [{"id": "Integer 0x1080", "value": "102"}]}) is None
+    assert _last_verb({"singleValueExtendedProperties": [{"id": "Integer 0x1081", "value": None}]}) is None
+    assert _last_verb({"id": "m"}) is None and _last_verb({"singleValueExtendedProperties": None}) is None
+
+
+def test_the_graph_test_server_refuses_what_graph_refuses_on_message_delta(graph):
+    import ssl
+    import httpx
+    box, _ = _replied_mailbox(graph)
+    client = _source(graph).client
+    url = client.url(f"/users/{UPN}/mailFolders/{box.well_known['inbox']}/messages/delta")
+    headers = {"Authorization": f"Bearer {client.token()}"}
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(graph.ca_file))) as http:
+        def status(**params):
+            return http.get(url, params=params, headers=headers).status_code
+        assert status(**{"$search": '"Antwort"'}) == 400
+        assert status(**{"$filter": "isRead eq true"}) == 400
+        assert status(**{"$orderby": "subject"}) == 400
+        assert status(**{"$expand": "attachments"}) == 400
+        assert status(**{"$filter": "receivedDateTime ge 2026-01-01T00:00:00Z",
+                         "$expand": "singleValueExtendedProperties($filter=id eq 'Integer 0x1081')"}) == 200
+        # the property comes back in Graph's spelling of its id, beside the $select-ed fields only
+        body = http.get(url, headers=headers, params={
+            "$select": "isRead", "$expand": "singleValueExtendedProperties($filter=id eq 'integer 0x01081')"}).json()
+    first = body["value"][0]
+    assert set(first) == {"id", "@odata.etag", "isRead", "singleValueExtendedProperties"}
+    assert first["singleValueExtendedProperties"] == [{"id": "Integer 0x1081", "value": "102"}]
+
+
+@pytest.fixture
+def dovecot(tmp_path_factory):
+    from servers.dovecot import Dovecot
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMAP_TEST_MASTER", MASTER[1])
+        server = Dovecot(users={TARGET_USER: TARGET_PW}, master=MASTER).start()
+        try:
+            yield server
+        finally:
+            server.cleanup()
+
+
+def _target_flags(server) -> dict[str, list[tuple[str, ...]]]:
+    """Subject -> flags of every message with that subject in the target's INBOX (a list: duplicates show)."""
+    from imapclient import IMAPClient
+    with IMAPClient(server.host, server.port, ssl=False) as c:
+        c.login(TARGET_USER, TARGET_PW)
+        c.select_folder("INBOX", readonly=True)
+        uids = c.search("ALL")
+        found: dict[str, list[tuple[str, ...]]] = {}
+        for data in (c.fetch(uids, ["FLAGS", "BODY.PEEK[]"]) if uids else {}).values():
+            subject = str(email.message_from_bytes(data[b"BODY[]"])["Subject"])
+            found.setdefault(subject, []).append(tuple(sorted(f.decode() for f in data[b"FLAGS"] if f != b"\\Recent")))
+        return found
+
+
+def test_answered_and_forwarded_arrive_at_dovecot_and_a_later_reply_follows(graph, dovecot, tmp_path):
+    """discover + process_chunk as the migrate flow runs them, Graph test server → real Dovecot."""
+    import yaml
+    from flows import runtime
+    from flows.steps import discover, process_chunk
+
+    box, sent = _replied_mailbox(graph)
+    dept_file = tmp_path / "department.yaml"
+    dept_file.write_text(yaml.safe_dump({
+        "name": "m365-antworten", "work_dir": str(tmp_path / "work"),
+        "users": [{"source": UPN, "target": TARGET_USER}],
+        "sources": [{"name": "exo", "type": "m365", "tenant_id": graph.tenant, "client_id": graph.client_id,
+                     "client_secret": "env:GRAPH_TEST_SECRET", "authority": graph.authority,
+                     "graph_url": graph.graph_url, "ca_file": str(graph.ca_file),
+                     "calendars": False, "contacts": False}],
+        "target": {"type": "localdir", "root": str(tmp_path / "files")},
+        "mail_target": {"type": "imap", "host": dovecot.host, "port": dovecot.port, "security": "none",
+                        "master_user": MASTER[0], "password": "env:IMAP_TEST_MASTER"},
+    }, allow_unicode=True), encoding="utf-8")
+    try:
+        dept = runtime.department(dept_file)
+        ledger = runtime.ledger(dept)
+        run = ledger.start_run(dept.name, "migrate")
+        found = discover(dept, ledger, run)
+        assert found.new[UPN] == len(sent)
+        assert process_chunk(str(dept_file), run, UPN, 1, found.todo[UPN]) == {"verified": len(sent)}
+        assert _target_flags(dovecot) == {
+            "beantwortet": [("\\Answered", "\\Seen")], "allen geantwortet": [("\\Answered", "\\Seen")],
+            "weitergeleitet": [("$Forwarded", "\\Seen")], "nur geoeffnet": [()], "ohne Antwort": [("\\Seen",)]}
+
+        graph.set_last_verb(box, sent["plain"]["id"], 102)      # answered at Microsoft 365 after the first run
+        run = ledger.start_run(dept.name, "migrate")
+        again = discover(dept, ledger, run)
+        assert again.changed[UPN] == 1 and again.unchanged[UPN] == len(sent) - 1 and not again.new
+        assert process_chunk(str(dept_file), run, UPN, 1, again.todo[UPN]) == {"verified": 1}
+        after = _target_flags(dovecot)
+        assert after["ohne Antwort"] == [("\\Answered", "\\Seen")]          # the same message, no second copy
+        assert sum(len(v) for v in after.values()) == len(sent)
+    finally:
+        runtime.close_all()

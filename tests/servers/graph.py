@@ -18,13 +18,28 @@ Graph (`<url>/v1.0`, Bearer token required, 401 `InvalidAuthenticationToken` oth
   pre-authenticated `/download/…` URL that refuses any request carrying an Authorization header);
 - mail: `/users/{upn}/mailFolders` (+ well-known names as ids: inbox, sentitems, drafts,
   deleteditems, junkemail, archive), `/mailFolders/{id}/childFolders`,
-  `/mailFolders/{id}/messages/delta` (removed messages as `@removed`), `/messages/{id}/$value`;
+  `/mailFolders/{id}/messages/delta` (removed messages as `@removed`; see below for its query
+  options), `/messages/{id}/$value`;
 - calendars: `/users/{upn}/calendars`, `/calendars/{id}/events` (single instances and series
   masters), `/events/{id}`, `/events/{id}/instances?startDateTime&endDateTime` (occurrences and
   exceptions, not cancelled occurrences) — the instances are *declared* by the test, not computed
   here;
 - contacts: `/users/{upn}/contactFolders`, `/contactFolders/{id}/contacts`, `/users/{upn}/contacts`,
   `/contacts/{id}`.
+
+The message delta function takes the query options Graph documents for it (`message: delta`,
+"OData query parameters"): `$select` (id and `@odata.etag` always come), `$expand` of
+`singleValueExtendedProperties($filter=id eq '<type> <tag>')` (one or more ids joined by `or`;
+the only way Graph documents to read an extended property), `$filter` on `receivedDateTime ge|gt`,
+`$orderby=receivedDateTime desc` and `$top` (both accepted, not applied). Graph documents no
+`$search` there and no other `$filter` or `$orderby`: answered 400, as is any other `$expand`
+(attachments, extensions and named properties are not modelled here). The options of the first request are
+carried in the nextLink and the deltaLink, as Graph encodes them into its tokens, so a later pass
+with the deltaLink alone gets the same shape. Extended properties are set with
+`put_message(last_verb=…)` / `set_last_verb()` (PidTagLastVerbExecuted, `Integer 0x1081`); an id is
+written back in Graph's spelling (`Integer 0x1081`, lower-case hex without leading zeros), and a
+message without the property has no `singleValueExtendedProperties`. Setting one gives the message
+a new changeKey, as Exchange does, so the next delta pass lists it as changed.
 
 Event requests must carry `Prefer: outlook.timezone="UTC"` (Graph would otherwise answer in the
 mailbox's zone, which this server does not model): without it they are answered 400.
@@ -40,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import re
 import secrets
 import socket
 import threading
@@ -116,6 +132,7 @@ class Mailbox:
     well_known: dict[str, str] = field(default_factory=dict)         # wellknown name -> id
     messages: dict[str, Changes] = field(default_factory=dict)       # folder id -> messages
     mime: dict[str, bytes] = field(default_factory=dict)             # message id -> MIME
+    extended: dict[str, dict[tuple[str, int], str]] = field(default_factory=dict)  # message id -> {(type, tag): value}
     calendars: list[dict] = field(default_factory=list)
     events: dict[str, list[dict]] = field(default_factory=dict)      # calendar id -> events
     instances: dict[str, list[dict]] = field(default_factory=dict)   # series master id -> instances
@@ -253,14 +270,31 @@ class GraphTestServer:
 
     def put_message(self, box: Mailbox, folder_id: str, mime: bytes, *, is_read: bool = False,
                     flagged: bool = False, is_draft: bool = False, received: str = "2026-03-01T10:00:00Z",
-                    message_id: str | None = None) -> dict:
+                    message_id: str | None = None, last_verb: int | None = None) -> dict:
+        """A message; `last_verb` is its PidTagLastVerbExecuted (102 replied, 103 replied to all,
+        104 forwarded), an extended property Graph shows only when asked for it. internetMessageId
+        is the MIME's Message-ID header, as Graph takes it, unless given (or the MIME has none)."""
+        header = re.search(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", mime.split(b"\r\n\r\n", 1)[0],
+                           re.IGNORECASE | re.MULTILINE)
+        message_id = message_id or (header.group(1).decode("ascii", "replace") if header else None)
         msg = {"id": new_id("msg"), "changeKey": new_id("ck"), "@odata.etag": f'W/"{new_id("ck")}"',
                "isRead": is_read, "isDraft": is_draft, "receivedDateTime": received,
                "flag": {"flagStatus": "flagged" if flagged else "notFlagged"},
                "internetMessageId": message_id or f"<{new_id('m')}@test.invalid>", "parentFolderId": folder_id}
         box.mime[msg["id"]] = mime
+        if last_verb is not None:
+            box.extended[msg["id"]] = {("integer", 0x1081): str(last_verb)}
         box.folders[folder_id]["totalItemCount"] += 1
         return box.messages[folder_id].put(msg)
+
+    def set_last_verb(self, box: Mailbox, message_id: str, verb: int) -> dict:
+        """The user replied to (102, 103) or forwarded (104) the message meanwhile: Exchange sets
+        PidTagLastVerbExecuted on the original and gives it a new changeKey."""
+        folder_id = next(f for f, msgs in box.messages.items() if message_id in msgs.entries)
+        box.extended.setdefault(message_id, {})[("integer", 0x1081)] = str(verb)
+        changed = {**box.messages[folder_id].entries[message_id], "changeKey": new_id("ck"),
+                   "@odata.etag": f'W/"{new_id("ck")}"'}
+        return box.messages[folder_id].put(changed)
 
     def add_event(self, box: Mailbox, event: dict, instances: list[dict] | None = None,
                   calendar: str | None = None) -> dict:
@@ -401,7 +435,10 @@ class GraphTestServer:
             body.update(extra)
         return JSONResponse(body)
 
-    def _delta(self, request: Request, changes: Changes, epoch: int, removed_shape) -> Response:
+    def _delta(self, request: Request, changes: Changes, epoch: int, removed_shape, *,
+               view=None, keep=None, carry: tuple[str, ...] = ()) -> Response:
+        """One page of a delta round. `view` shapes each live entry (`$select`, `$expand`), `keep`
+        filters them (`$filter`); the `carry` options go into the deltaLink too."""
         q = dict(request.query_params)
         token = q.get("token")
         since = None
@@ -414,14 +451,18 @@ class GraphTestServer:
         entries = changes.since(since, removed_shape)
         # entries changed after the enumeration began come with the next pass
         entries = [e for e in entries if changes.changed.get(e["id"], changes.removed.get(e["id"], 0)) <= snapshot]
+        if keep is not None:
+            entries = [e for e in entries if "@removed" in e or keep(e)]
         q["snapshot"] = str(snapshot)
         offset = int(q.get("$skiptoken", "0"))
-        body: dict = {"value": entries[offset:offset + self.page_size]}
+        page = entries[offset:offset + self.page_size]
+        body: dict = {"value": [e if view is None or "@removed" in e else view(e) for e in page]}
         if offset + self.page_size < len(entries):
             q["$skiptoken"] = str(offset + self.page_size)
             body["@odata.nextLink"] = _link(self.url, request.url.path, q)
         else:
-            body["@odata.deltaLink"] = _link(self.url, request.url.path, {"token": f"{epoch}.{snapshot}"})
+            body["@odata.deltaLink"] = _link(self.url, request.url.path, {
+                "token": f"{epoch}.{snapshot}", **{k: q[k] for k in carry if k in q}})
         return JSONResponse(body)
 
     def _graph(self, request: Request, path: str, q) -> Response:
@@ -495,8 +536,7 @@ class GraphTestServer:
             if parts[2:] == ["childFolders"]:
                 return self._page(request, [f for i, f in box.folders.items() if box.parents[i] == fid])
             if parts[2:] == ["messages", "delta"]:
-                return self._delta(request, box.messages[fid], 0,
-                                   lambda i: {"id": i, "@removed": {"reason": "deleted"}})
+                return self._message_delta(request, box, fid)
         if parts[0] == "messages" and len(parts) == 3 and parts[2] == "$value":
             return Response(box.mime[parts[1]], media_type="text/plain")
         if (parts[0] == "events" or parts[2:3] == ["events"]) and 'outlook.timezone="UTC"' not in request.headers.get("prefer", ""):
@@ -531,6 +571,45 @@ class GraphTestServer:
             return JSONResponse(found)
         raise KeyError("/".join(parts))
 
+    def _message_delta(self, request: Request, box: Mailbox, fid: str) -> Response:
+        """`/mailFolders/{id}/messages/delta` with the query options Graph documents for it."""
+        q = request.query_params
+        if "$search" in q:
+            return _error(400, "ErrorInvalidUrlQuery", "The query parameter '$search' is not supported with delta.")
+        keep = None
+        if "$filter" in q:
+            m = re.fullmatch(r"\s*receivedDateTime\s+(ge|gt)\s+(\S+)\s*", q["$filter"])
+            if not m:
+                return _error(400, "ErrorInvalidUrlQueryFilter",
+                              "The only supported $filter on delta is receivedDateTime ge|gt {value}.")
+            op, since = m.group(1), _utc(m.group(2))
+            keep = (lambda e: _utc(e["receivedDateTime"]) >= since) if op == "ge" else \
+                (lambda e: _utc(e["receivedDateTime"]) > since)
+        if "$orderby" in q and q["$orderby"].strip() != "receivedDateTime desc":
+            return _error(400, "ErrorInvalidUrlQuery", "The only supported $orderby on delta is receivedDateTime desc.")
+        wanted: set[tuple[str, int]] = set()
+        if "$expand" in q:
+            m = re.fullmatch(r"\s*singleValueExtendedProperties\(\$filter=(.+)\)\s*", q["$expand"])
+            ids = re.findall(r"id eq '([^']*)'", m.group(1)) if m else []
+            keys = [_property_key(i) for i in ids]
+            if not m or not ids or None in keys or \
+                    re.sub(r"id eq '[^']*'", "", m.group(1)).replace(" or ", "").strip():
+                return _error(400, "BadRequest", "Parsing OData Select and Expand failed: this test server expands "
+                              "singleValueExtendedProperties($filter=id eq '<type> 0x<tag>') only")
+            wanted = set(keys)
+        select = {f.strip() for f in q["$select"].split(",")} | {"id", "@odata.etag"} if "$select" in q else None
+
+        def view(msg: dict) -> dict:
+            out = {k: v for k, v in msg.items() if select is None or k in select}
+            props = [{"id": f"{_PROPERTY_TYPES[t]} {hex(tag)}", "value": value}
+                     for (t, tag), value in box.extended.get(msg["id"], {}).items() if (t, tag) in wanted]
+            if props:
+                out["singleValueExtendedProperties"] = props
+            return out
+
+        return self._delta(request, box.messages[fid], 0, lambda i: {"id": i, "@removed": {"reason": "deleted"}},
+                           view=view, keep=keep, carry=("$select", "$expand", "$filter", "$orderby", "$top"))
+
     def _download(self, request: Request, path: str) -> Response:
         if "authorization" in request.headers:
             # a pre-authenticated URL: a bearer token sent along is refused (and must not be sent)
@@ -538,6 +617,20 @@ class GraphTestServer:
         drive_id, item_id = self.downloads[path[len("/download/"):]]
         data = self.drives[drive_id].content[item_id]
         return Response(data, media_type="application/octet-stream")
+
+
+#: MAPI property types as Graph spells them in an extended property's id
+_PROPERTY_TYPES = {t.lower(): t for t in ("Integer", "Long", "Boolean", "String", "Binary", "SystemTime",
+                                          "Double", "Float", "Short", "Currency", "CLSID", "ApplicationTime")}
+
+
+def _property_key(prop_id: str) -> tuple[str, int] | None:
+    """`Integer 0x1081` -> ("integer", 0x1081); None for a form this server does not know (named
+    properties with a GUID are not modelled here)."""
+    m = re.fullmatch(r"\s*(\w+)\s+0x([0-9a-fA-F]+)\s*", prop_id)
+    if not m or m.group(1).lower() not in _PROPERTY_TYPES or int(m.group(2), 16) > 0xFFFF:
+        return None
+    return m.group(1).lower(), int(m.group(2), 16)
 
 
 def _utc(value: str) -> datetime:
