@@ -63,6 +63,7 @@ _DISTINGUISHED = ("inbox", "sentitems", "deleteditems", "junkemail", "drafts", "
 #: PidTagLastVerbExecuted (102 reply, 103 reply all: answered)
 _FLAG_STATUS, _LAST_VERB = 0x1090, 0x1081
 _ANSWERED_VERBS = {102, 103}
+_FORWARDED_VERB = 104          # forwarded: the `$Forwarded` keyword, as Dovecot and Thunderbird set it
 _MESSAGE_FIELDS = ["is_read", "is_draft", "datetime_received", "message_id", "size",
                    "umstieg_flag_status", "umstieg_last_verb"]
 _CONTACT_FIELDS = ["display_name", "given_name", "surname", "company_name", "job_title", "email_addresses",
@@ -497,6 +498,8 @@ def _message_meta(item, info: dict) -> dict:
         flags.append("\\Flagged")
     if getattr(item, "umstieg_last_verb", None) in _ANSWERED_VERBS:
         flags.append("\\Answered")
+    elif getattr(item, "umstieg_last_verb", None) == _FORWARDED_VERB:
+        flags.append("$Forwarded")
     if getattr(item, "is_draft", False):
         flags.append("\\Draft")
     received = getattr(item, "datetime_received", None)

@@ -592,8 +592,11 @@ def _pst_message_meta(msg, special: str | None) -> tuple[Kind, dict]:
         flags.append("\\Draft")
     if _integer(entries.get(_PR_FLAG_STATUS)) == 2:
         flags.append("\\Flagged")
-    if _integer(entries.get(_PR_LAST_VERB)) in (102, 103):       # reply, reply to all
+    verb = _integer(entries.get(_PR_LAST_VERB))
+    if verb in (102, 103):                                     # reply, reply to all
         flags.append("\\Answered")
+    elif verb == 104:                                          # forward
+        flags.append("$Forwarded")
     try:
         when = msg.delivery_time or msg.client_submit_time
     except (OSError, IOError):

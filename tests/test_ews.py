@@ -154,6 +154,8 @@ def test_folder_tree_special_use_flags_and_mime(server, tmp_path):
         "nested": mb.add_message(mail(9), folder=mb.add_folder("Projekt Umzug", parent="inbox")),
         "top": mb.add_message(mail(10), folder=mb.add_folder("Ablage 2025")),
     }
+    forwarded = mb.add_message(mail(11), folder=mb.add_folder("Weitergeleitet"), is_read=True)
+    mb.update(forwarded, last_verb=104)                   # PidTagLastVerbExecuted: forwarded
     event = mb.add_event(SERIES)
     contact = mb.add_contact(CARD)
     team = mb.add_folder("Team", parent="calendar", cls="IPF.Appointment")
@@ -162,7 +164,8 @@ def test_folder_tree_special_use_flags_and_mime(server, tmp_path):
 
     refs = list(source_for(config(server)).discover("anna", ANNA))
     got = {r.key: r for r in refs}
-    assert len(refs) == len(ids) + 3
+    assert len(refs) == len(ids) + 4
+    assert sorted(got[forwarded].meta["flags"]) == ["$Forwarded", "\\Seen"]
     where = {name: got[i].location for name, i in ids.items()}
     assert where == {"read+flagged": "INBOX", "unread": "INBOX", "answered": "INBOX", "sent": "Sent Items",
                      "trash": "Deleted Items", "junk": "Junk Email", "draft": "Drafts", "archive": "Archive",
