@@ -391,6 +391,11 @@ class CalDavTarget(_DavAccount):
         default=None, ge=1,
         description="the server's cap on occurrences of one recurring event (default: what the calendar "
                     "announces, else 3500 for Nextcloud); a longer series fails as too_many_instances")
+    invitations: Literal["suppress", "server"] = Field(
+        default="suppress",
+        description="suppress: ORGANIZER and ATTENDEE are marked SCHEDULE-AGENT=CLIENT (RFC 6638) so that "
+                    "the server sends no invitation for a migrated meeting; server: the server schedules "
+                    "as for a meeting just created (mail to every attendee)")
 
 
 class CardDavTarget(_DavAccount):

@@ -41,6 +41,7 @@ from urllib.parse import quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import httpx
+import icalendar
 
 from core.plugins import PerProcess
 from core.department import CalDavTarget, CardDavTarget
@@ -67,6 +68,27 @@ class Refused(ItemError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _unscheduled(data: bytes) -> bytes:
+    """The calendar object with every ORGANIZER and ATTENDEE marked SCHEDULE-AGENT=CLIENT.
+
+    A CalDAV server with scheduling (Nextcloud's Sabre, OX) treats a meeting PUT into its
+    organizer's calendar as a meeting just made, and invites every attendee: by mail, and into
+    the calendars of those on the same server. A migration would send thousands of invitations
+    to meetings long past. RFC 6638 lets the client say it does the scheduling itself."""
+    if b"ATTENDEE" not in data and b"ORGANIZER" not in data:
+        return data
+    try:
+        cal = icalendar.Calendar.from_ical(data)
+    except ValueError as exc:
+        raise PimError(f"not an iCalendar object ({exc})") from None
+    for component in cal.walk():
+        for name in ("ORGANIZER", "ATTENDEE"):
+            values = component.get(name)
+            for value in values if isinstance(values, list) else [values] if values is not None else []:
+                value.params["SCHEDULE-AGENT"] = "CLIENT"
+    return cal.to_ical()
 
 
 def collection_name(display: str) -> str:
@@ -404,7 +426,10 @@ class CalDav(_Dav):
     def _object(self, src: Path) -> tuple[str, bytes]:
         data = self._read(src)
         try:
-            return event_uid(data), data
+            uid = event_uid(data)
+            if self.config.invitations == "suppress":
+                data = _unscheduled(data)
+            return uid, data
         except PimError as exc:
             raise Refused(f"{src.name}: {exc}", "invalid_data") from None
 

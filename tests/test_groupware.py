@@ -189,6 +189,20 @@ def test_recurrences_with_exceptions_and_time_zones_survive(radicale, tmp_path):
     assert at_target == at_source
 
 
+def test_meetings_arrive_without_server_scheduling_unless_asked(radicale, tmp_path):
+    """A server that schedules would invite every attendee of every migrated meeting again:
+    ORGANIZER and ATTENDEE say SCHEDULE-AGENT=CLIENT (RFC 6638) unless the target asks otherwise."""
+    data = recurring_event("meeting-1@amt.example", attendees=2)
+    src = write(tmp_path, "m.ics", data)
+    stored = read_back(load(caldav(radicale), "anna", calendar_name(), src)).decode().replace("\r\n ", "")
+    people = [line for line in stored.splitlines() if line.startswith(("ORGANIZER", "ATTENDEE"))]
+    assert len(people) == 5                                  # organizer + 2 attendees; 2 in the moved one
+    assert all("SCHEDULE-AGENT=CLIENT" in line for line in people), people
+    assert "p1@amt.example" in stored and "Jour fixe (verschoben)" in stored
+    as_is = read_back(load(caldav(radicale, invitations="server"), "anna", calendar_name(), src))
+    assert b"SCHEDULE-AGENT" not in as_is and b"ATTENDEE" in as_is
+
+
 def test_rerun_after_a_kill_leaves_no_duplicate(radicale, tmp_path):
     cal = calendar_name()
     src = write(tmp_path, "e.ics", recurring_event("rerun@amt.example"))
