@@ -226,13 +226,28 @@ class Ledger:
 
     def record(self, item_id: int, **values) -> None:
         """Record one step's outcome for one item, atomically."""
-        seconds = values.pop("step_seconds", None)
         with self.session() as s:
-            item = s.get(Item, item_id)
-            for name, value in values.items():
-                setattr(item, name, value.value if isinstance(value, StrEnum) else value)
-            if seconds:
-                item.seconds = {**(item.seconds or {}), **seconds}
+            self._apply(s.get(Item, item_id), values)
+
+    def record_many(self, changes: Sequence[tuple[int, dict]]) -> None:
+        """Record the outcomes of many items in one transaction: all or none. For steps whose
+        effect is found again when its record is lost (an appended message the next run
+        recognises, a read-back): one commit per hundred items instead of one per item."""
+        if not changes:
+            return
+        with self.session() as s:
+            found = {i.id: i for i in s.scalars(select(Item).where(Item.id.in_([c[0] for c in changes])))}
+            for item_id, values in changes:
+                self._apply(found[item_id], values)
+
+    @staticmethod
+    def _apply(item: Item, values: dict) -> None:
+        values = dict(values)
+        seconds = values.pop("step_seconds", None)
+        for name, value in values.items():
+            setattr(item, name, value.value if isinstance(value, StrEnum) else value)
+        if seconds:
+            item.seconds = {**(item.seconds or {}), **seconds}
 
     def fail(self, item_id: int, reason: str, message: str, step: str, **values) -> None:
         """Mark an item failed with a typed reason; the batch goes on."""

@@ -302,6 +302,7 @@ def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: i
         stream = ((r.key, r.location, r.meta, data)
                   for r, data in source.fetch_messages(user.folder_in(source_name), refs))
         loaded: list[Item] = []
+        pending: list[tuple[int, dict]] = []       # appended, not yet committed (see the docstring)
         try:
             for result in sink.append_stream(group[0].target_owner, stream):
                 item = by_key[result.key]
@@ -312,15 +313,22 @@ def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: i
                                     batch_id=batch, attempts=item.attempts)
                         finished[item.id] = State.FAILED.value
                     continue                       # transient: the per-item way tries it again
-                ledger.record(item.id, state=State.LOADED, target_ref=result.ref, target_digest=result.digest,
-                              batch_id=batch, attempts=item.attempts,
-                              step_seconds={"load": round((time.monotonic() - started) / len(group), 4)})
+                pending.append((item.id, {
+                    "state": State.LOADED, "target_ref": result.ref, "target_digest": result.digest,
+                    "batch_id": batch, "attempts": item.attempts,
+                    "step_seconds": {"load": round((time.monotonic() - started) / len(group), 4)}}))
                 item.state, item.target_ref, item.target_digest = State.LOADED.value, result.ref, result.digest
                 loaded.append(item)
+                if len(pending) >= _COMMIT_EVERY:
+                    ledger.record_many(pending)
+                    pending = []
+            ledger.record_many(pending)
+            pending = []
             if loaded and hasattr(sink, "verify_many"):     # read back together: one fetch per folder and batch
                 started = time.monotonic()
                 problems = with_retries(sink.verify_many, [(i.target_ref, i.target_digest) for i in loaded])
                 seconds = round((time.monotonic() - started) / len(loaded), 4)
+                verified = []
                 for item in loaded:
                     problem = problems.get(item.target_ref, "not read back")
                     if problem:
@@ -328,13 +336,21 @@ def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: i
                                     attempts=item.attempts)
                         finished[item.id] = State.FAILED.value
                     else:
-                        ledger.record(item.id, state=State.VERIFIED, batch_id=batch, attempts=item.attempts,
-                                      step_seconds={"verify": seconds})
+                        verified.append((item.id, {"state": State.VERIFIED, "batch_id": batch,
+                                                   "attempts": item.attempts, "step_seconds": {"verify": seconds}}))
                         finished[item.id] = State.VERIFIED.value
+                ledger.record_many(verified)
         except TransientError as exc:              # the source or the target went away mid-stream
+            ledger.record_many(pending)            # what did land is recorded before the rest goes one by one
             log.warning("%s: moving %s's messages together stopped (%s); the rest go one by one",
                         dept.name, group[0].owner, exc)
     return finished
+
+
+#: Appended messages recorded in the ledger per commit: a crash loses at most these records, and
+#: the next run finds their messages at the target (Message-ID and content hash) instead of
+#: appending them again.
+_COMMIT_EVERY = 100
 
 
 def _staging(dept: Department, item: Item) -> Path:

@@ -91,3 +91,29 @@ def test_ledger_schema_migrates_forward_keeping_rows(tmp_path):
         row = conn.execute(text("SELECT key, state, fidelity, meta FROM items")).one()
     assert tuple(row) == ("k", "verified", None, None)
     ledger.close()
+
+
+def test_many_outcomes_are_recorded_together_or_not_at_all(tmp_path):
+    """`record_many` (the bulk mail path: one commit per hundred messages) writes all its changes,
+    merges step timings like `record`, and leaves every item as it was when one change fails."""
+    from core.ledger import Item, Ledger, State
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+    with ledger.session() as s:
+        items = [Item(department="amt", source="imap", key=f"k{i}", kind="message", owner="anna",
+                      target_owner="anna", location="INBOX", target_stem=f"k{i}", version="1",
+                      seconds={"extract": 0.5}) for i in range(3)]
+        s.add_all(items)
+        s.flush()
+        ids = [i.id for i in items]
+    ledger.record_many([(ids[0], {"state": State.LOADED, "target_ref": "imap://a", "step_seconds": {"load": 0.1}}),
+                        (ids[1], {"state": State.VERIFIED, "attempts": 2})])
+    got = {i.id: i for i in ledger.items(ids)}
+    assert (got[ids[0]].state, got[ids[0]].target_ref) == ("loaded", "imap://a")
+    assert got[ids[0]].seconds == {"extract": 0.5, "load": 0.1}
+    assert (got[ids[1]].state, got[ids[1]].attempts) == ("verified", 2)
+    assert got[ids[2]].state == "discovered"
+    with pytest.raises(KeyError):
+        ledger.record_many([(ids[2], {"state": State.VERIFIED}), (10_000, {"state": State.VERIFIED})])
+    assert ledger.item(ids[2]).state == "discovered"
+    ledger.close()
