@@ -24,7 +24,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, 
 from core.errors import ConfigError
 
 __all__ = ["Department", "User", "FolderSource", "SmbSource", "S3Source", "OneDriveSource", "SharePointSource",
-           "M365Source", "EwsSource", "ImapSource", "ExportSource", "SourceConfig",
+           "M365Source", "EwsSource", "ImapSource", "ImapOAuth", "ExportSource", "SourceConfig",
            "LocalDirTarget", "NextcloudTarget", "OXDriveTarget", "S3ArchiveTarget",
            "ImapTarget", "CalDavTarget", "CardDavTarget", "TargetConfig",
            "Conversion", "KeepOriginal", "Sharing",
@@ -241,8 +241,38 @@ class EwsSource(_Tls):
         return value
 
 
+class ImapOAuth(_Model):
+    """An application that gets its own IMAP access tokens (OAuth 2.0 client credentials), as Microsoft
+    365's app-only IMAP access works: one token opens every mailbox the application may read."""
+
+    authority: str | None = Field(default=None, pattern=r"^https://",
+                                  description="the identity platform with the tenant, "
+                                              "`https://login.microsoftonline.com/<tenant id>` (OpenID metadata)")
+    token_url: str | None = Field(default=None, pattern=r"^https?://",
+                                  description="instead of `authority`: any OAuth 2.0 token endpoint (Keycloak, …)")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    scope: str = Field(default="https://outlook.office365.com/.default", min_length=1)
+    ca_file: Path | None = Field(default=None, description="a CA bundle (PEM) to trust for the identity platform "
+                                                           "instead of the system's (an absolute path)")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # the loader makes only top-level paths relative to the department file, not this nested one
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _one_endpoint(self):
+        if (self.authority is None) == (self.token_url is None):
+            raise ValueError("give exactly one of authority (Entra ID, other OpenID providers) and token_url")
+        return self
+
+
 class ImapSource(_Tls):
-    """Any IMAP server: a master user (Dovecot `user*master`), or one password per user."""
+    """Any IMAP server: a master user (Dovecot `user*master`), one password per user, or OAuth (XOAUTH2)."""
 
     type: Literal["imap"] = "imap"
     name: str = _NAME
@@ -254,6 +284,16 @@ class ImapSource(_Tls):
     passwords: dict[str, SecretRef] = Field(default_factory=dict, description="source login -> password")
     oauth_tokens: dict[str, SecretRef] = Field(default_factory=dict,
                                                description="source login -> OAuth access token (XOAUTH2)")
+    oauth: ImapOAuth | None = Field(default=None, description="get access tokens for every mailbox (XOAUTH2) "
+                                                              "from an identity platform, renewed as they expire")
+
+    @model_validator(mode="after")
+    def _one_way_for_all(self):
+        # both would claim every mailbox: the master user's password would never be used
+        if self.oauth is not None and (self.master_user is not None or self.password is not None):
+            raise ValueError("oauth logs every mailbox in with the application's token: remove master_user and "
+                             "password (a mailbox's own passwords / oauth_tokens entry still takes precedence)")
+        return self
 
 
 class ExportSource(_Model):

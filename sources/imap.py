@@ -1,7 +1,9 @@
 """Mailboxes on any IMAP server, read without changing them.
 
 A mailbox is opened with a master user (Dovecot's `<user>*<master>`), the user's own password,
-or an OAuth access token (XOAUTH2: Microsoft 365 and Gmail). Reading never changes the source:
+or an OAuth access token (XOAUTH2: Microsoft 365 and Gmail): handed in per mailbox (`oauth_tokens`),
+or fetched by the migration itself as an application (`oauth`, client credentials, renewed before
+it expires: `core.imap.AppTokens`). Reading never changes the source:
 folders are opened with EXAMINE (read-only), never SELECT, and bodies are fetched with
 BODY.PEEK[], so no \\Seen flag is set by the migration.
 
@@ -23,8 +25,9 @@ Connections are pooled: one per (mailbox, thread), reused by every call of that 
 logging in and the pool are `core.imap`'s, shared with the IMAP target.
 Failures are decided here: connection failures and timeouts are `TransientError`; a message that
 vanished (expunged) or a folder whose UIDVALIDITY changed since discovery is an `ItemError`; a
-login refused during a run stops that user (`UserStopped`); `check` names every refused account,
-never its secret.
+login refused during a run stops that user (`UserStopped`); an identity platform refusing the
+application is a `ConfigError` (`TokenRefused`), one that cannot be reached or answers 5xx a
+`TransientError`; `check` names every refused account, never its secret.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from core.plugins import PerProcess
 from core.department import ImapSource
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
-from core.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused, TlsFailed, list_folders,
+from core.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused, TlsFailed, TokenRefused, list_folders,
                        server_words as _server_words, text as _text)
 from core.items import ItemRef, Kind
 
@@ -116,7 +119,8 @@ class ImapMailboxes(ImapAccounts):
         """A new logged-in connection to `mailbox` (the caller closes it)."""
         return self._connect(mailbox, whose=f" for mailbox {mailbox!r}",
                              no_credentials=f"source {self.name}: no credentials for mailbox {mailbox!r}: configure "
-                                            "master_user and password, or add it to passwords or oauth_tokens")
+                                            "master_user and password, or oauth, or add it to passwords or "
+                                            "oauth_tokens")
 
     def _wrap(self, client: imapclient.IMAPClient) -> _Conn:
         return _Conn(client)
@@ -159,8 +163,9 @@ class ImapMailboxes(ImapAccounts):
         for mailbox in folders:
             try:
                 client = self.connect(mailbox)
-            except (TlsFailed, TransientError) as exc:
-                return problems + [f"source {self.name}: {exc}"]      # the server itself: once is enough
+            except (TlsFailed, TokenRefused, TransientError) as exc:
+                # the server or the identity platform itself: once is enough
+                return problems + [f"source {self.name}: {exc}"]
             except ConfigError as exc:
                 problems.append(f"source {self.name}: {exc}")
                 continue

@@ -13,7 +13,9 @@ What it offers:
   and subscribed on first login; `{}` declares none (a server without SPECIAL-USE folders);
 - plaintext logins on loopback (port `port`), and IMAPS (`ssl_port`) with a self-signed
   certificate made by `trustme` whose CA is `ca_file`;
-- `/` as hierarchy separator, so nested folders are `A/B`.
+- `/` as hierarchy separator, so nested folders are `A/B`;
+- XOAUTH2 with JWTs it checks itself (`oauth=True`, `token(user)`), and `penalty=False` to answer
+  refused logins at once.
 
 Use as a context manager (`with Dovecot(tmp) as server: ...`) or start()/stop(); stop() ends the
 whole process group, so no imap or auth process outlives a test.
@@ -59,7 +61,7 @@ class Dovecot:
     def __init__(self, base: Path | None = None, users: dict[str, str] | None = None,
                  master: tuple[str, str] | None = ("migrator", "master-secret-5Tz"),
                  special_use: dict[str, str] | None = None, tls: bool = True, oauth: bool = False,
-                 quota_kb: int | None = None) -> None:
+                 quota_kb: int | None = None, penalty: bool = True) -> None:
         # not under pytest's tmp dirs: those are private to root, and mail is written as `nobody`
         self.base = Path(tempfile.mkdtemp(prefix="umstieg-dovecot-", dir=base))
         self.users = dict(users if users is not None else {"anna": "anna-pw-1", "ben": "ben-pw-2"})
@@ -72,6 +74,7 @@ class Dovecot:
         self.ca_file: Path | None = None
         self.oauth_key = os.urandom(32) if oauth else None
         self.quota_kb = quota_kb
+        self.penalty = penalty
         self.conf = self.base / "dovecot.conf"
         self.log = self.base / "log" / "dovecot.log"
         self._proc: subprocess.Popen | None = None
@@ -131,6 +134,13 @@ class Dovecot:
                 f"plugin {{\n  quota = count:User quota\n  quota_vsizes = yes\n"
                 f"  quota_rule = *:storage={self.quota_kb}k\n}}\n")
 
+    def _penalty_config(self) -> str:
+        """Without `penalty`: a refused login is answered at once and does not slow the next ones down
+        (Dovecot waits 2 s, then up to 15 s per client address), for tests of short-lived tokens."""
+        if self.penalty:
+            return ""
+        return "auth_failure_delay = 0\nservice anvil {\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}\n"
+
     def _oauth_config(self) -> str:
         """XOAUTH2 / OAUTHBEARER with JWTs that Dovecot checks itself (HS256, `introspection_mode =
         local`): no identity provider needed; `token(user)` makes one."""
@@ -188,7 +198,7 @@ mail_gid = {MAIL_GROUP}
 mail_location = maildir:{b}/mail/%n/Maildir
 mail_fsync = never
 {self._quota_config()}{ssl}
-{self._oauth_config()}passdb {{
+{self._oauth_config()}{self._penalty_config()}passdb {{
   driver = passwd-file
   args = {b}/masters
   master = yes
