@@ -24,6 +24,9 @@
    every folder's HIGHESTMODSEQ).
 
     .venv/bin/python benchmarks/imap_copy.py [--messages 2000] [--rounds 2] [--workers 3]
+
+With UMSTIEG_BENCH_PROFILE=<folder>, each scenario's process writes a cProfile file there
+(`python -m pstats <file>`): the main thread's view, where the time goes.
 """
 
 from __future__ import annotations
@@ -342,8 +345,16 @@ def scenario_main(args: list[str]) -> None:
     import imapclient  # noqa: F401  (imports are not part of the copy's time)
     import sinks.imap  # noqa: F401
     import sources.imap  # noqa: F401
-    started = time.perf_counter()
+    if spec["kind"] == "flow":           # a run imports these once, whatever the number of mailboxes
+        import flows.runtime  # noqa: F401
+        import flows.steps  # noqa: F401
     kind = spec["kind"]
+    profile = None
+    if os.environ.get("UMSTIEG_BENCH_PROFILE"):     # where the time goes: a pstats file per scenario
+        import cProfile
+        profile = cProfile.Profile()
+        profile.enable()
+    started = time.perf_counter()
     if kind == "baseline":
         out = run_baseline(spec["src"], spec["tgt"], spec["pairs"])
     elif kind == "umstieg":
@@ -357,6 +368,11 @@ def scenario_main(args: list[str]) -> None:
     else:
         out = run_per_item(spec["src"], spec["tgt"], spec["pairs"], spec["staging"])
     out["seconds"] = time.perf_counter() - started
+    if profile is not None:
+        profile.disable()
+        folder = Path(os.environ["UMSTIEG_BENCH_PROFILE"])
+        folder.mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(str(folder / f"{kind}-{os.getpid()}.pstats"))
     out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(out))
 

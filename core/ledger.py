@@ -236,9 +236,25 @@ class Ledger:
         if not changes:
             return
         with self.session() as s:
-            found = {i.id: i for i in s.scalars(select(Item).where(Item.id.in_([c[0] for c in changes])))}
+            # one UPDATE statement per shape of change, executed for many rows (SQLAlchemy's bulk
+            # UPDATE by primary key): loading and flushing ORM objects cost a third of the bulk
+            # mail path's time, measured
+            ids = [c[0] for c in changes]
+            seconds = dict(s.execute(select(Item.id, Item.seconds).where(Item.id.in_(ids))).all())
+            shapes: dict[tuple, list[dict]] = {}
             for item_id, values in changes:
-                self._apply(found[item_id], values)
+                if item_id not in seconds:
+                    raise KeyError(f"no item {item_id} in the ledger")
+                row = {"id": item_id}
+                for name, value in values.items():
+                    if name == "step_seconds":
+                        row["seconds"] = {**(seconds[item_id] or {}), **value}
+                    else:
+                        row[name] = value.value if isinstance(value, StrEnum) else value
+                row["updated"] = now()
+                shapes.setdefault(tuple(sorted(row)), []).append(row)
+            for rows in shapes.values():
+                s.execute(update(Item), rows)
 
     @staticmethod
     def _apply(item: Item, values: dict) -> None:

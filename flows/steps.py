@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import select, update
 
 from core.department import Department, KeepOriginal
-from core.errors import FatalError, ItemError, TransientError, UserStopped
+from core.errors import ItemError, TransientError, UserStopped
 from core.items import ItemRef, Kind
 from core.plugins import Sink, Source
 from core.ledger import Item, Ledger, State, now
@@ -262,7 +262,7 @@ def process_chunk(dept_file: str, run_id: int, owner: str, number: int, item_ids
             ledger.stop_user(run_id, owner, str(exc))
             log.warning("%s: %s stops: %s", dept.name, owner, exc)
             counts["waiting"] += len(item_ids) - sum(counts.values())
-    except FatalError:
+    except BaseException:        # fatal, a configuration error found mid-run (a revoked secret), Ctrl-C
         status = "failed"
         raise
     finally:

@@ -285,6 +285,9 @@ def test_a_department_with_oauth_moves_mail(servers, idp, tmp_path, monkeypatch)
     from flows import runtime
     from flows.migrate import check_department
     from flows.steps import discover, process_chunk
+    from core.ledger import Batch
+    from sqlalchemy import select
+    import sources.imap as imap_source
     source_server, target_server = servers
     idp.lifetime = 3
     monkeypatch.setenv("TARGET_PW", TARGET_PW)
@@ -311,9 +314,17 @@ def test_a_department_with_oauth_moves_mail(servers, idp, tmp_path, monkeypatch)
         run = ledger.start_run(department.name, "migrate")
         found = discover(department, ledger, run, owners=[MAILBOX])
         assert found.new[MAILBOX] == 16
-        before = idp.issued
         time.sleep(idp.lifetime + 1.1)                 # the chunk's logins need new tokens
-        counts = process_chunk(str(dept_file), run, MAILBOX, 1, found.todo[MAILBOX])
+        secret, idp.client_secret = idp.client_secret, "rotated-secret"   # revoked while the run goes
+        imap_source.source_for.close_all()                 # (no pooled connection left: the chunk logs in)
+        with pytest.raises(TokenRefused):
+            process_chunk(str(dept_file), run, MAILBOX, 1, found.todo[MAILBOX])
+        with ledger.session() as s:                        # the chunk stopped: its batch failed
+            assert [b.status for b in s.scalars(select(Batch).where(Batch.run_id == run))] == ["failed"]
+        idp.client_secret = secret
+        imap_source.source_for.close_all()
+        before = idp.issued
+        counts = process_chunk(str(dept_file), run, MAILBOX, 2, found.todo[MAILBOX])
         assert counts == {"verified": 16} and idp.issued > before
     finally:
         runtime.close_all()
