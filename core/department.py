@@ -254,15 +254,7 @@ class ImapOAuth(_Model):
     client_secret: SecretRef
     scope: str = Field(default="https://outlook.office365.com/.default", min_length=1)
     ca_file: Path | None = Field(default=None, description="a CA bundle (PEM) to trust for the identity platform "
-                                                           "instead of the system's (an absolute path)")
-
-    @field_validator("ca_file")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        # the loader makes only top-level paths relative to the department file, not this nested one
-        if value is not None and not value.is_absolute():
-            raise ValueError("must be an absolute path")
-        return value
+                                                           "instead of the system's (relative to the department file)")
 
     @model_validator(mode="after")
     def _one_endpoint(self):
@@ -624,7 +616,9 @@ def _resolve_relative(data: dict, base: Path) -> dict:
     if isinstance(data.get("work_dir"), str):
         data["work_dir"] = fix(data["work_dir"])
     sources = data.get("sources") if isinstance(data.get("sources"), list) else []
-    for block in [*sources, *(data.get(name) for name in _ENDPOINTS)]:
+    blocks = [*sources, *(data.get(name) for name in _ENDPOINTS)]
+    blocks += [b.get("oauth") for b in sources if isinstance(b, dict)]     # an IMAP source's identity platform
+    for block in blocks:
         for key in ("root", "ca_file"):
             if isinstance(block, dict) and isinstance(block.get(key), str):
                 block[key] = fix(block[key])

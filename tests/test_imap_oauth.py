@@ -261,7 +261,9 @@ def test_a_mailboxs_own_token_or_password_comes_before_the_application(servers, 
         source.close()
 
 
-def test_the_oauth_section_is_checked():
+def test_the_oauth_section_is_checked(tmp_path):
+    import yaml
+    from core.department import load_department
     base = {"name": "imap", "host": "imap.example"}
     app = {"authority": "https://login.microsoftonline.com/tenant-1", "client_id": "app",
            "client_secret": "env:S"}
@@ -272,8 +274,15 @@ def test_the_oauth_section_is_checked():
         ImapSource(**base, oauth={**app, "token_url": "https://idp.example/token"})
     with pytest.raises(ValidationError, match="exactly one of authority"):
         ImapSource(**base, oauth={"client_id": "app", "client_secret": "env:S"})
-    with pytest.raises(ValidationError, match="absolute path"):
-        ImapSource(**base, oauth={**app, "ca_file": "certs/idp-ca.pem"})
+    # a relative CA file is found beside the department file, wherever umstieg runs
+    dept_file = tmp_path / "amt" / "department.yaml"
+    dept_file.parent.mkdir()
+    dept_file.write_text(yaml.safe_dump({
+        "name": "amt", "work_dir": "work", "users": [{"source": "anna", "target": "anna"}],
+        "sources": [{**base, "type": "imap", "oauth": {**app, "ca_file": "certs/idp-ca.pem"}}],
+        "target": {"type": "localdir", "root": "files"},
+        "mail_target": {"type": "imap", "host": "ox.example", "passwords": {"anna": "env:PW"}}}))
+    assert load_department(dept_file).sources[0].oauth.ca_file == tmp_path / "amt" / "certs" / "idp-ca.pem"
     with pytest.raises(ValidationError, match="never the secret itself"):
         ImapSource(**base, oauth={**app, "client_secret": "plain-secret"})
 
