@@ -84,6 +84,7 @@ class Change:
     reminder: int | None = None         # minutes, when the reminder was changed
     reminder_on: bool | None = None
     all_day: bool | None = None
+    flags: int = 0                      # OverrideFlags: what changed (read again for the Unicode copies)
 
 
 @dataclass
@@ -137,7 +138,7 @@ def parse_recurrence(data: bytes) -> Recurrence:
     frequency, pattern, calendar = r.take("<HHH")
     _first, period, _sliding = r.take("<III")
     rec = Recurrence(frequency=frequency, pattern=pattern, calendar=calendar, period=period)
-    if pattern in (0x1,):
+    if pattern == 0x1:
         rec.days = r.take("<I")
     elif pattern in (0x2, 0x4, 0xA, 0xC):
         rec.day_of_month = r.take("<I")
@@ -174,8 +175,7 @@ _ARO_LOCATION, _ARO_BUSYSTATUS, _ARO_ATTACHMENT, _ARO_SUBTYPE, _ARO_APPTCOLOR = 
 def _exception_info(r: _Reader) -> Change:
     start, end, original = r.take("<III")
     flags = r.take("<H")
-    change = Change(original=_when(original), start=_when(start), end=_when(end))
-    change.flags = flags  # type: ignore[attr-defined]   # read again by the ExtendedException
+    change = Change(original=_when(original), start=_when(start), end=_when(end), flags=flags)
     if flags & _ARO_SUBJECT:
         _length, length2 = r.take("<HH")
         change.subject = r.raw(length2).decode("cp1252", "replace")
@@ -203,7 +203,7 @@ def _extended_exception(r: _Reader, change: Change, writer2: int) -> None:
     if writer2 > 0x3008:                 # ChangeHighlight
         r.raw(r.take("<I"))
     r.raw(r.take("<I"))                  # ReservedBlockEE1
-    flags = getattr(change, "flags", 0)
+    flags = change.flags
     if flags & (_ARO_SUBJECT | _ARO_LOCATION):
         r.take("<III")                   # start, end, original start once more
         if flags & _ARO_SUBJECT:

@@ -148,6 +148,28 @@ def test_a_deleted_occurrence_is_an_exdate_and_an_open_series_has_no_end():
     assert expand(data, datetime(2031, 1, 1, tzinfo=UTC), datetime(2031, 1, 10, tzinfo=UTC))   # still going
 
 
+def test_a_meeting_keeps_its_organizer_attendees_and_their_answers():
+    first = datetime(2026, 5, 4, 14, 0, tzinfo=BERLIN)
+    a = Appointment(uid="meeting-7", subject="Haushalt 2027", start=first.astimezone(UTC),
+                    end=(first + timedelta(hours=2)).astimezone(UTC), zone_name="W. Europe Standard Time",
+                    location="Sitzungssaal", busy=2, reminder=30, sensitivity=2, importance=2,
+                    organizer=("Kämmerin", "kaemmerin@amt.example"),
+                    attendees=[("Anna", "anna@amt.example", "required", "accepted"),
+                               ("Ben", "ben@amt.example", "optional", "declined"),
+                               ("Saal 3", "saal3@amt.example", "resource", "none")])
+    event = icalendar.Calendar.from_ical(ical(a)).walk("VEVENT")[0]
+    assert event["DTSTART"].dt == first and str(event["LOCATION"]) == "Sitzungssaal"
+    assert str(event["ORGANIZER"]) == "mailto:kaemmerin@amt.example" and event["ORGANIZER"].params["CN"] == "Kämmerin"
+    people = {str(p): dict(p.params) for p in event["ATTENDEE"]}
+    assert people["mailto:anna@amt.example"]["PARTSTAT"] == "ACCEPTED"
+    assert people["mailto:anna@amt.example"]["ROLE"] == "REQ-PARTICIPANT"
+    assert people["mailto:ben@amt.example"]["PARTSTAT"] == "DECLINED"
+    assert people["mailto:ben@amt.example"]["ROLE"] == "OPT-PARTICIPANT"
+    assert people["mailto:saal3@amt.example"]["CUTYPE"] == "RESOURCE"
+    assert (str(event["CLASS"]), event["PRIORITY"], str(event["TRANSP"])) == ("PRIVATE", 1, "OPAQUE")
+    assert event.walk("VALARM")[0]["TRIGGER"].dt == -timedelta(minutes=30)
+
+
 def test_blobs_without_an_icalendar_form_fail_typed():
     hijri = blob(0x200C, 0xA, 1, struct.pack("<I", 5), start=datetime(2026, 1, 5), calendar=0x6)
     with pytest.raises(RecurrenceError) as err:
