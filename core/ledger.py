@@ -10,6 +10,8 @@ many machines. The schema is managed by alembic (core/migrations), from the firs
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -24,6 +26,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 __all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "now"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host has that id (a reused id counts as alive: safe side)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def now() -> datetime:
@@ -59,7 +72,7 @@ class Run(Base):
     flow: Mapped[str] = mapped_column(String(40))
     started: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(20), default="running")    # running / completed / failed
+    status: Mapped[str] = mapped_column(String(20), default="running")    # running / completed / failed / interrupted
     prefect_flow_run: Mapped[str | None] = mapped_column(String(64))
     summary: Mapped[dict | None] = mapped_column(JSON)
 
@@ -173,10 +186,28 @@ class Ledger:
     # ----------------------------------------------------------------- runs and batches
     def start_run(self, department: str, flow: str, prefect_flow_run: str | None = None) -> int:
         with self.session() as s:
-            run = Run(department=department, flow=flow, prefect_flow_run=prefect_flow_run)
+            run = Run(department=department, flow=flow, prefect_flow_run=prefect_flow_run,
+                      summary={"host": socket.gethostname(), "pid": os.getpid()})
             s.add(run)
             s.flush()
             return run.id
+
+    def close_abandoned_runs(self, department: str) -> list[int]:
+        """Mark `interrupted` the runs of `department` still `running` whose process on this host is
+        gone (killed, the machine restarted): a run that never finished must not look busy for
+        ever. Runs started on other hosts are left alone (their processes cannot be seen here).
+        Their items need nothing: each keeps the last state it reached, and the next run goes on."""
+        host, closed = socket.gethostname(), []
+        with self.session() as s:
+            for run in s.scalars(select(Run).where(Run.department == department, Run.status == "running")):
+                facts = run.summary or {}
+                if facts.get("host") != host or not isinstance(facts.get("pid"), int) or _alive(facts["pid"]):
+                    continue
+                run.status, run.finished = "interrupted", now()
+                run.summary = {**facts, "error": f"the process ({host}, pid {facts['pid']}) ended without "
+                                                 "closing this run (killed, or the machine stopped)"}
+                closed.append(run.id)
+        return closed
 
     def note_run(self, run_id: int, **facts) -> None:
         """Add facts (e.g. how many items the run will process) to a running run's summary."""

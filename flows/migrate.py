@@ -143,6 +143,8 @@ def _execute(dept_file: str, flow_name: str,
     if problems:
         raise ConfigError(f"{dept.name}: nothing was moved:\n  " + "\n  ".join(problems))
     ledger = runtime.ledger(dept)
+    for abandoned in ledger.close_abandoned_runs(dept.name):
+        logger.warning("%s: run %d had been cut off (its process is gone): marked interrupted", dept.name, abandoned)
     run_id = ledger.start_run(dept.name, flow_name, _flow_run_id())
     started = time.monotonic()
     try:

@@ -94,6 +94,14 @@ def test_a_killed_groupware_run_resumes_without_duplicates(tmp_path, dovecot_fac
         rows = ledger_rows(dept_file)
         assert all(r["state"] == "verified" for r in rows), [r for r in rows if r["state"] != "verified"]
         assert len(rows) == sum(counts.values())
+        # the killed run does not stay "running" for ever: the next run marks it interrupted
+        from core.department import load_department
+        from core.ledger import Ledger, Run
+        from sqlalchemy import select
+        ledger = Ledger(load_department(dept_file).ledger_url)
+        with ledger.session() as s:
+            assert [r.status for r in s.scalars(select(Run).order_by(Run.id))] == ["interrupted", "completed"]
+        ledger.close()
 
         # every message once, in the folder it came from, bytes unchanged
         from imapclient import IMAPClient

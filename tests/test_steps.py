@@ -117,3 +117,26 @@ def test_many_outcomes_are_recorded_together_or_not_at_all(tmp_path):
         ledger.record_many([(ids[2], {"state": State.VERIFIED}), (10_000, {"state": State.VERIFIED})])
     assert ledger.item(ids[2]).state == "discovered"
     ledger.close()
+
+
+def test_runs_whose_process_is_gone_are_marked_interrupted(tmp_path):
+    import subprocess
+    import sys
+    from sqlalchemy import select
+    from core.ledger import Ledger, Run
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ids = [ledger.start_run("amt", "migrate") for _ in range(3)] + [ledger.start_run("other", "migrate")]
+    with ledger.session() as s:
+        runs = {r.id: r for r in s.scalars(select(Run))}
+        runs[ids[0]].summary = {**runs[ids[0]].summary, "pid": dead.pid}             # killed
+        runs[ids[1]].summary = {**runs[ids[1]].summary, "host": "elsewhere", "pid": dead.pid}   # not seen here
+        runs[ids[3]].summary = {**runs[ids[3]].summary, "pid": dead.pid}             # another department
+    assert ledger.close_abandoned_runs("amt") == [ids[0]]                            # ids[2]: this live process
+    with ledger.session() as s:
+        status = {r.id: r.status for r in s.scalars(select(Run))}
+        assert "ended without closing" in s.get(Run, ids[0]).summary["error"]
+    assert status == {ids[0]: "interrupted", ids[1]: "running", ids[2]: "running", ids[3]: "running"}
+    ledger.close()
