@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -269,6 +270,12 @@ def wait_until_verified(proc: subprocess.Popen, dept_file: Path, count: int, tim
         time.sleep(poll)
 
 
+def prefect_servers_of(pid: int) -> list:
+    """The Prefect temporary API servers (uvicorn) a process has started."""
+    return [c for c in psutil.Process(pid).children(recursive=True)
+            if "prefect.server.api.server:create_app" in " ".join(c.cmdline())]
+
+
 def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
     dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=15)
     rt = tmp_path / "rt"
@@ -276,10 +283,14 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
     proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     wait_until_verified(proc, dept_file, 5, timeout=180, poll=0.2)
+    server = prefect_servers_of(proc.pid)
+    assert server, "the run had no Prefect temporary server to leave behind"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(3)
     assert processes_using(str(rt)) == []          # its LibreOffice workers ended themselves
+    gone = psutil.wait_procs(server, timeout=15)[1]
+    assert gone == [], "Prefect's temporary server outlived the killed run"   # flows.sentinel ended it
     rows = ledger_rows(dept_file)
     assert any(r["state"] != "verified" for r in rows)       # it really was cut off mid-run
 

@@ -22,8 +22,11 @@ DeptFile = typer.Argument(..., exists=True, dir_okay=False, help="the department
 
 
 def _quiet_prefect() -> None:
-    """Prefect's own logs and telemetry stay out of the operator's terminal (unless -v)."""
+    """Prefect's own logs and telemetry stay out of the operator's terminal (unless -v); a run
+    killed outright does not leave Prefect's temporary server behind (flows.sentinel)."""
     import logging
+    from flows.sentinel import guard
+    guard()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if logging.getLogger().level > logging.INFO:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
