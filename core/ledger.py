@@ -257,8 +257,7 @@ class Ledger:
 
     def record(self, item_id: int, **values) -> None:
         """Record one step's outcome for one item, atomically."""
-        with self.session() as s:
-            self._apply(s.get(Item, item_id), values)
+        self.record_many([(item_id, values)])
 
     def record_many(self, changes: Sequence[tuple[int, dict]]) -> None:
         """Record the outcomes of many items in one transaction: all or none. For steps whose
@@ -286,15 +285,6 @@ class Ledger:
                 shapes.setdefault(tuple(sorted(row)), []).append(row)
             for rows in shapes.values():
                 s.execute(update(Item), rows)
-
-    @staticmethod
-    def _apply(item: Item, values: dict) -> None:
-        values = dict(values)
-        seconds = values.pop("step_seconds", None)
-        for name, value in values.items():
-            setattr(item, name, value.value if isinstance(value, StrEnum) else value)
-        if seconds:
-            item.seconds = {**(item.seconds or {}), **seconds}
 
     def fail(self, item_id: int, reason: str, message: str, step: str, **values) -> None:
         """Mark an item failed with a typed reason; the batch goes on."""
