@@ -8,6 +8,7 @@ under a real name, and putting the same bytes twice leaves one file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -56,9 +57,14 @@ class LocalDir:
     def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None) -> str:
         """Write `src` as `<owner>/<rel>`, atomically; returns the target reference."""
         dst = self._path(owner, rel)
-        tmp = dst.with_name(f".{uuid.uuid4().hex[:12]}.umstieg-partial")
+        # the temporary name starts with a hash of the final one, so that what a killed put left
+        # beside this file is found and removed when the item is put again
+        stem = hashlib.sha1(dst.name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        tmp = dst.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.umstieg-partial")
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
+            for stale in dst.parent.glob(f".{stem}.*.umstieg-partial"):
+                stale.unlink(missing_ok=True)
             shutil.copyfile(src, tmp)
             if mtime is not None:
                 os.utime(tmp, (mtime, mtime))

@@ -140,3 +140,26 @@ def test_runs_whose_process_is_gone_are_marked_interrupted(tmp_path):
         assert "ended without closing" in s.get(Run, ids[0]).summary["error"]
     assert status == {ids[0]: "interrupted", ids[1]: "running", ids[2]: "running", ids[3]: "running"}
     ledger.close()
+
+
+def test_a_put_cut_off_midway_leaves_nothing_once_the_item_is_put_again(tmp_path, monkeypatch):
+    """A run killed while the local target writes a file leaves its temporary file; putting the
+    item again (what the next run does) removes it."""
+    import sinks.localdir as localdir
+    from core.department import LocalDirTarget
+    sink = localdir.LocalDir(LocalDirTarget(root=tmp_path / "target"))
+    src = tmp_path / "bescheid.odt"
+    src.write_bytes(b"odf bytes" * 1000)
+    real_replace = localdir.os.replace
+
+    def killed(*args):
+        raise SystemExit("killed")                 # nothing after this point runs, as under SIGKILL
+    monkeypatch.setattr(localdir.os, "replace", killed)
+    with pytest.raises(SystemExit):
+        sink.put("anna", "Ablage/bescheid.odt", src)
+    folder = tmp_path / "target" / "anna" / "Ablage"
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".umstieg-partial")]    # left behind
+    monkeypatch.setattr(localdir.os, "replace", real_replace)
+    ref = sink.put("anna", "Ablage/bescheid.odt", src)
+    assert sorted(p.name for p in folder.iterdir()) == ["bescheid.odt"]
+    assert sink.verify(ref, sink.digest(src)) is None
