@@ -48,7 +48,7 @@ from core.department import ExportSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from core.pim import PimError, split_calendar, split_vcards, with_contact_uid
-from sources.outlook import ansi_codepage, contact_uid, msg_appointment, msg_appointment_ical, msg_contact_vcard
+from sources.outlook import ansi_codepage, appointment_uid, contact_uid, msg_appointment_ical, msg_contact_vcard
 
 __all__ = ["ExportFiles", "UnreadableExport", "UnsupportedItem", "special_use_of", "source_for"]
 
@@ -398,11 +398,8 @@ def _msg_listing(path: Path, location: str, key: str) -> tuple[Kind, str, dict]:
     try:
         kind, cls = _msg_class(msg)
         if kind is Kind.EVENT:
-            try:
-                uid = msg_appointment(msg, key).uid
-            except ItemError:
-                uid = None                   # extraction says why
-            return kind, "Calendar" if location == "INBOX" else location, {"uid": uid, "message_class": cls}
+            return kind, "Calendar" if location == "INBOX" else location, {"uid": appointment_uid(msg, key),
+                                                                            "message_class": cls}
         if kind is Kind.CONTACT:
             return kind, "Contacts" if location == "INBOX" else location, {"uid": contact_uid(key),
                                                                             "message_class": cls}

@@ -262,11 +262,15 @@ def _fill(vevent: icalendar.Event, event: dict, zone: ZoneInfo) -> None:
         vevent.add_component(alarm)
 
 
-def event_to_ical(event: dict, instances: list[dict] | None = None) -> bytes:
+def event_to_ical(event: dict, instances: list[dict] | None = None, *, changed: list[dict] | None = None,
+                  cancelled: list[datetime | date] | None = None) -> bytes:
     """One VCALENDAR for a single event or a whole series (master, exceptions, cancellations).
 
     `instances` are Graph's instances of a series master over `series_window(event)`: its
-    occurrences and exceptions (Graph leaves cancelled occurrences out); without them a series
+    occurrences and exceptions (Graph leaves cancelled occurrences out, so they are what the rule
+    yields and Graph does not list). A source that knows them itself (an Outlook item) gives
+    `changed` (exceptions, shaped like Graph's, with `originalStart`) and `cancelled` (the original
+    starts, in the series' zone, or dates for an all-day series) instead. With neither, a series
     has its rule but no exceptions or cancellations."""
     zone = _event_zone(event)
     uid = event.get("iCalUId") or event["id"]
@@ -283,33 +287,35 @@ def event_to_ical(event: dict, instances: list[dict] | None = None) -> bytes:
         rule = recurrence_rule(event["recurrence"], first, zone)
         master.add("rrule", rule)
         if instances is not None:
-            _exceptions(cal, master, uid, zone, rule, first, all_day, event, instances)
+            changed, cancelled = _split_instances(instances, zone, rule, first, all_day, event)
+        for inst in changed or []:
+            exc = icalendar.Event()
+            exc.add("uid", uid)
+            exc.add("recurrence-id", _original_start(inst, zone, all_day))
+            _fill(exc, inst, zone)
+            cal.add_component(exc)
+        for o in cancelled or []:
+            master.add("exdate", o)
     cal.add_missing_timezones()
     return cal.to_ical()
 
 
-def _exceptions(cal, master, uid, zone, rule, first, all_day, event, instances) -> None:
-    """Modified occurrences as RECURRENCE-ID VEVENTs, occurrences Graph does not list as EXDATE."""
+def _original_start(inst: dict, zone: ZoneInfo, all_day: bool) -> datetime | date:
+    """Which occurrence of the series an instance is: its original start in the series' zone (the
+    date of an all-day one: midnight of its day, in whichever zone Graph wrote it)."""
+    original = inst.get("originalStart")
+    when = _offset(original) if original else graph_datetime(inst["start"])
+    if all_day:
+        return when.date() if when.time() == time(0, 0) else when.astimezone(zone).date()
+    return when.astimezone(zone)
+
+
+def _split_instances(instances, zone, rule, first, all_day, event) -> tuple[list[dict], list[datetime | date]]:
+    """Graph's instances as (the modified occurrences, the occurrences Graph does not list)."""
     _, hi = series_window(event)
-    expected = occurrences(rule, first, hi)
-    seen: set = set()
-    for inst in instances:
-        original = inst.get("originalStart")
-        when = _offset(original) if original else graph_datetime(inst["start"])
-        if all_day:     # midnight of its day, in whichever zone Graph wrote it
-            key = when.date() if when.time() == time(0, 0) else when.astimezone(zone).date()
-        else:
-            key = when.astimezone(timezone.utc)
-        seen.add(key)
-        if inst.get("type") == "exception":
-            exc = icalendar.Event()
-            exc.add("uid", uid)
-            exc.add("recurrence-id", key if all_day else when.astimezone(zone))
-            _fill(exc, inst, zone)
-            cal.add_component(exc)
-    for o in expected:
-        if (o if all_day else o.astimezone(timezone.utc)) not in seen:
-            master.add("exdate", o)
+    seen = {_original_start(inst, zone, all_day) for inst in instances}     # aware: compared as instants
+    changed = [inst for inst in instances if inst.get("type") == "exception"]
+    return changed, [o for o in occurrences(rule, first, hi) if o not in seen]
 
 
 def contact_to_vcard(contact: dict) -> bytes:

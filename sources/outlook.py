@@ -28,13 +28,14 @@ import hashlib
 import logging
 import struct
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from core.errors import ItemError
-from sources.mstime import contact_to_vcard, event_to_ical, iana_zone, occurrences, recurrence_rule, series_window
+from sources.mstime import contact_to_vcard, event_to_ical, iana_zone
 
-__all__ = ["Appointment", "Recurrence", "RecurrenceError", "ansi_codepage", "appointment_event", "contact_uid",
+__all__ = ["Appointment", "Recurrence", "RecurrenceError", "ansi_codepage", "appointment_event", "appointment_uid",
+           "contact_uid",
            "msg_appointment", "msg_appointment_ical", "msg_contact_vcard", "parse_recurrence"]
 
 log = logging.getLogger("umstieg.sources.outlook")
@@ -290,9 +291,9 @@ def _iso_z(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def appointment_event(a: Appointment) -> tuple[dict, list[dict] | None]:
-    """The appointment as a Graph event, with the instances (occurrences and changed ones) when
-    occurrences were deleted or changed."""
+def appointment_event(a: Appointment) -> tuple[dict, list[dict], list[datetime | date]]:
+    """The appointment as a Graph event, with its changed occurrences (as Graph's exceptions) and
+    the original starts of its deleted ones: what `mstime.event_to_ical` takes."""
     zone = iana_zone(a.zone_name) or ZoneInfo("UTC")
     event: dict = {
         "id": a.uid, "iCalUId": a.uid, "subject": a.subject or "", "isAllDay": a.all_day,
@@ -313,35 +314,17 @@ def appointment_event(a: Appointment) -> tuple[dict, list[dict] | None]:
                            "emailAddress": {"name": name, "address": address}}
                           for name, address, kind, answer in a.attendees]
     if not a.recurrence:
-        return event, None
+        return event, [], []
     rec = parse_recurrence(a.recurrence)
     first_local = a.start.astimezone(zone)
     event["type"] = "seriesMaster"
     event["recurrence"] = graph_recurrence(rec, first_local, a.zone_name)
-    if not rec.deleted and not rec.changes:
-        return event, None
-    return event, _instances(event, rec, zone, first_local)
-
-
-def _instances(event: dict, rec: Recurrence, zone: ZoneInfo, first_local: datetime) -> list[dict]:
-    """Graph's instances of the series: every occurrence the rule yields in the series' window,
-    less the deleted ones, with the changed ones as exceptions (MAPI lists a changed occurrence
-    among the deleted ones and again, with its changes, in ExceptionInfo)."""
-    all_day = event["isAllDay"]
-    first = first_local.date() if all_day else first_local
-    rule = recurrence_rule(event["recurrence"], first, zone)
-    _, hi = series_window(event)
-    deleted = {d.date() for d in rec.deleted}
-    changed = {c.original.date(): c for c in rec.changes}
-    found: list[dict] = []
-    for o in occurrences(rule, first, hi):
-        day = o if all_day else o.date()
-        original = datetime.combine(o, time(0, 0), zone) if all_day else o
-        if day in changed:
-            found.append(_changed(event, changed[day], original, zone))
-        elif day not in deleted:
-            found.append({"type": "occurrence", "originalStart": _iso_z(original)})
-    return found
+    # MAPI lists a changed occurrence among the deleted ones too, and again, with its changes, in
+    # ExceptionInfo; a deleted one starts at the series' time of day on its (local) date
+    changed = {c.original.date(): _changed(event, c, c.original.replace(tzinfo=zone), zone) for c in rec.changes}
+    cancelled = [d.date() if a.all_day else datetime.combine(d.date(), first_local.time(), zone)
+                 for d in rec.deleted if d.date() not in changed]
+    return event, list(changed.values()), cancelled
 
 
 def _changed(event: dict, change: Change, original: datetime, zone: ZoneInfo) -> dict:
@@ -437,6 +420,12 @@ def _attendees(msg) -> tuple[tuple[str, str] | None, list[tuple[str, str, str, s
     return organizer, attendees
 
 
+def appointment_uid(msg, fallback_uid: str) -> str:
+    """The iCalendar UID of an extract-msg calendar object (all a listing needs of it)."""
+    goid = _named(msg, "0023", _MEETING) or _named(msg, "0003", _MEETING)
+    return _global_uid(goid if isinstance(goid, bytes) else None, fallback_uid)
+
+
 def msg_appointment(msg, fallback_uid: str) -> Appointment:
     """The appointment of an extract-msg calendar object."""
     start, end = _aware(msg.appointmentStartWhole), _aware(msg.appointmentEndWhole)
@@ -445,7 +434,6 @@ def msg_appointment(msg, fallback_uid: str) -> Appointment:
         end = _aware(msg.getPropertyVal("00610040")) or start
     if start is None:
         raise RecurrenceError("the appointment has no start time (PidLidAppointmentStartWhole)")
-    goid = _named(msg, "0023", _MEETING) or _named(msg, "0003", _MEETING)
     reminder_on = _named(msg, "8503", _COMMON)
     reminder = _named(msg, "8501", _COMMON)
     state = _named(msg, "8217", _APPOINTMENT) or 0
@@ -457,7 +445,7 @@ def msg_appointment(msg, fallback_uid: str) -> Appointment:
     except Exception:  # noqa: BLE001 - a body extract-msg cannot decode is left out
         pass
     return Appointment(
-        uid=_global_uid(goid if isinstance(goid, bytes) else None, fallback_uid),
+        uid=appointment_uid(msg, fallback_uid),
         subject=msg.subject or "", start=start, end=end or start, zone_name=_zone_name(msg),
         all_day=bool(_named(msg, "8215", _APPOINTMENT)), body=(body or "").strip() or None,
         location=_named(msg, "8208", _APPOINTMENT), busy=_named(msg, "8205", _APPOINTMENT),
@@ -470,8 +458,8 @@ def msg_appointment(msg, fallback_uid: str) -> Appointment:
 
 
 def msg_appointment_ical(msg, fallback_uid: str) -> bytes:
-    event, instances = appointment_event(msg_appointment(msg, fallback_uid))
-    return event_to_ical(event, instances)
+    event, changed, cancelled = appointment_event(msg_appointment(msg, fallback_uid))
+    return event_to_ical(event, changed=changed, cancelled=cancelled)
 
 
 def msg_contact_vcard(msg, fallback_uid: str) -> bytes:

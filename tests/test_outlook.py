@@ -79,7 +79,8 @@ def expand(data: bytes, start: datetime, end: datetime) -> list[tuple[str, str]]
 
 
 def ical(a: Appointment) -> bytes:
-    return event_to_ical(*appointment_event(a))
+    event, changed, cancelled = appointment_event(a)
+    return event_to_ical(event, changed=changed, cancelled=cancelled)
 
 
 # ------------------------------------------------------------------------------ the blob
