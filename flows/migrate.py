@@ -7,13 +7,11 @@ department file's path and item ids, never documents, so they can run on any Das
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -24,7 +22,7 @@ from core.department import Department
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
 from core.ledger import Ledger
 from core.settings import usable_cpus
-from flows import runtime
+from flows import artifacts, runtime
 from flows.steps import discover, process_chunk, reset_for_rerun, select_failed, source_of, targets_of
 from reports.migration import run_summary, write_run_report
 
@@ -91,47 +89,32 @@ def _flow_run_id() -> str | None:
 def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
                 todo: dict[str, list[int]]) -> Counter:
     """Submit every chunk, wait for all, keep a progress artifact up to date."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
     size = dept.limits.chunk_size
     chunks = [(owner, n, ids[i:i + size]) for owner, ids in todo.items()
               for n, i in enumerate(range(0, len(ids), size), start=1)]
-    total = sum(len(c[2]) for c in chunks)
-    progress = create_progress_artifact(progress=0.0, description=f"{dept.name}: items processed")
+    progress = artifacts.Progress(dept, todo)
     tags = [f"converter:{socket.gethostname()}", f"target:{dept.target.root}"] + \
         [f"source:{s.name}" for s in dept.sources]
     counts: Counter = Counter()
-    done_items = 0
     # The department decides where chunks run (threads here, or its Dask cluster), so the runner
     # is chosen now, not when the flow was decorated.
     with task_runner_for(dept) as runner:
         task_ = chunk_task.with_options(tags=tags)
         pending = [(runner.submit(task_, parameters=dict(dept_file=dept_file, run_id=run_id, owner=owner,
-                                                         number=n, item_ids=ids)), ids)
+                                                         number=n, item_ids=ids)), owner, ids)
                    for owner, n, ids in chunks]
         while pending:
-            done, _ = wait([f for f, _ in pending], timeout=2)
+            done, _ = wait([f for f, _, _ in pending], timeout=2)
             still = []
-            for fut, ids in pending:
+            for fut, owner, ids in pending:
                 if fut in done:
                     counts.update(fut.result())
-                    done_items += len(ids)
+                    progress.advance(owner, len(ids))
                 else:
-                    still.append((fut, ids))
+                    still.append((fut, owner, ids))
             pending = still
-            if total:
-                update_progress_artifact(progress, progress=100.0 * done_items / total)
+            progress.show()
     return counts
-
-
-def _publish_artifacts(dept: Department, summary: dict, report: Path) -> None:
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-    create_table_artifact(key=f"{dept.name.lower()}-users", table=summary["users"],
-                          description=f"{dept.name}: items by user and state")
-    markdown = report.read_text(encoding="utf-8")
-    if url := os.environ.get("UMSTIEG_DASHBOARD_URL"):
-        markdown += f"\n\n[Open {dept.name} in the dashboard]({url.rstrip('/')}/departments/{quote(dept.name)})\n"
-    create_markdown_artifact(key=f"{dept.name.lower()}-run", markdown=markdown,
-                             description=f"{dept.name}: run report ({report})")
 
 
 def _execute(dept_file: str, flow_name: str,
@@ -164,7 +147,7 @@ def _execute(dept_file: str, flow_name: str,
     except BaseException as exc:
         ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
         raise
-    _publish_artifacts(dept, summary, report)
+    artifacts.publish(dept, summary, report)
     logger.info("%s: report at %s", dept.name, report)
     return summary
 
