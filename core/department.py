@@ -50,6 +50,10 @@ class SecretRef(str):
         if not cls._PATTERN.match(value):
             raise ValueError("a secret must be a reference, `env:NAME` or `prefect-secret:BLOCK`, "
                              "never the secret itself")
+        kind, _, name = value.partition(":")
+        if kind == "prefect-secret" and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+            raise ValueError(f"{name!r} cannot be a Prefect block name: Prefect names blocks with lowercase "
+                             "letters, digits and dashes")
         return cls(value)
 
     def resolve(self) -> SecretStr:
@@ -479,8 +483,17 @@ class Schedule(_Model):
 
     cron: str | None = None
     timezone: str = "Europe/Berlin"
-    window_start: dtime | None = Field(default=None, description="runs start no earlier than this")
-    window_end: dtime | None = Field(default=None, description="and no later than this")
+    window_start: dtime | None = Field(
+        default=None, description="runs start no earlier than this (local time in `timezone`)")
+    window_end: dtime | None = Field(
+        default=None, description="no chunk starts after this; before window_start, the window spans midnight")
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.window_start is not None and self.window_start == self.window_end:
+            raise ValueError("window_start and window_end are equal: the window would never open "
+                             "(leave both out to run at any time)")
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -500,9 +513,11 @@ class Schedule(_Model):
 
 
 class Limits(_Model):
-    """Concurrency limits, applied as Prefect tag limits when a server is configured."""
+    """Concurrency limits, applied by the flow before a chunk starts (flows/limits.py), with or
+    without a Prefect server, on threads or on Dask."""
 
-    converter: int = Field(default=0, ge=0, description="documents converting at once (0 = number of workers)")
+    converter: int = Field(default=0, ge=0,
+                           description="documents converting at once on each converting host (0 = its workers)")
     source: int = Field(default=4, ge=1, description="chunks reading from one source host at once")
     target: int = Field(default=4, ge=1, description="chunks writing to one target host at once")
     chunk_size: int = Field(default=50, ge=1, le=5000, description="items per Prefect task")

@@ -6,7 +6,7 @@ these classes. Callers decide what to do by class, never by message text.
 
 from __future__ import annotations
 
-__all__ = ["UmstiegError", "ConfigError", "TransientError", "ItemError", "UserStopped", "FatalError"]
+__all__ = ["UmstiegError", "ConfigError", "TransientError", "ItemError", "UserStopped", "FatalError", "RunInProgress"]
 
 
 class UmstiegError(Exception):
@@ -47,3 +47,8 @@ class UserStopped(UmstiegError):
 
 class FatalError(UmstiegError):
     """The run cannot go on (a dead dependency, a full disk): stop the batch cleanly."""
+
+
+class RunInProgress(FatalError):
+    """Another run of the department is alive (a scheduled run and a manual one): this one refuses
+    to start, since both would take the same items."""

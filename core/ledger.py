@@ -14,7 +14,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
 
@@ -23,7 +23,14 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "now"]
+from core.errors import RunInProgress
+
+__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "now", "HEARTBEAT", "STALE_AFTER"]
+
+#: A running run writes its heartbeat this often (seconds) ...
+HEARTBEAT = 60
+#: ... and one silent for this long, on another host, was cut off (ten missed beats).
+STALE_AFTER = 600
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -41,6 +48,11 @@ def _alive(pid: int) -> bool:
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without their zone; they were written in UTC."""
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
 
 
 class State(StrEnum):
@@ -75,6 +87,7 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(20), default="running")    # running / completed / failed / interrupted
     prefect_flow_run: Mapped[str | None] = mapped_column(String(64))
     summary: Mapped[dict | None] = mapped_column(JSON)
+    heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))   # see Ledger.beat
 
 
 class Batch(Base):
@@ -185,27 +198,61 @@ class Ledger:
 
     # ----------------------------------------------------------------- runs and batches
     def start_run(self, department: str, flow: str, prefect_flow_run: str | None = None) -> int:
+        """Open a run, unless another run of the department is alive (RunInProgress).
+
+        The new run is written first and the others are looked at afterwards, so that of two runs
+        started at the same moment at least one sees the other: each refuses when it sees another
+        live run (both may refuse; none goes on beside the other)."""
         with self.session() as s:
-            run = Run(department=department, flow=flow, prefect_flow_run=prefect_flow_run,
+            run = Run(department=department, flow=flow, prefect_flow_run=prefect_flow_run, heartbeat=now(),
                       summary={"host": socket.gethostname(), "pid": os.getpid()})
             s.add(run)
             s.flush()
-            return run.id
+            run_id = run.id
+        self.close_abandoned_runs(department)
+        with self.session() as s:
+            other = s.scalars(select(Run).where(Run.department == department, Run.status == "running",
+                                                Run.id != run_id).order_by(Run.id)).first()
+            if other is not None:
+                facts = other.summary or {}
+                why = (f"{department}: run {other.id} ({other.flow}, started {other.started:%Y-%m-%d %H:%M} UTC on "
+                       f"{facts.get('host', '?')}, pid {facts.get('pid', '?')}) is still running; two runs of one "
+                       f"department at once would take the same items. Nothing was moved.")
+                mine = s.get(Run, run_id)
+                mine.status, mine.finished = "refused", now()
+                mine.summary = {**(mine.summary or {}), "error": why}
+        if other is not None:
+            raise RunInProgress(why)
+        return run_id
+
+    def beat(self, run_id: int) -> None:
+        """The run is alive (called every HEARTBEAT seconds by the process that runs it)."""
+        with self.session() as s:
+            s.execute(update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat=now()))
 
     def close_abandoned_runs(self, department: str) -> list[int]:
-        """Mark `interrupted` the runs of `department` still `running` whose process on this host is
-        gone (killed, the machine restarted): a run that never finished must not look busy for
-        ever. Runs started on other hosts are left alone (their processes cannot be seen here).
-        Their items need nothing: each keeps the last state it reached, and the next run goes on."""
+        """Mark `interrupted` the runs of `department` still `running` that nobody runs any more: on
+        this host, their process is gone (killed, the machine restarted); on another host, they
+        have not beaten for STALE_AFTER seconds. A run that never finished must not look busy for
+        ever. Their items need nothing: each keeps the last state it reached, and the next run goes on."""
         host, closed = socket.gethostname(), []
+        stale = now() - timedelta(seconds=STALE_AFTER)
         with self.session() as s:
             for run in s.scalars(select(Run).where(Run.department == department, Run.status == "running")):
                 facts = run.summary or {}
-                if facts.get("host") != host or not isinstance(facts.get("pid"), int) or _alive(facts["pid"]):
-                    continue
+                if facts.get("host") == host and isinstance(facts.get("pid"), int):
+                    if _alive(facts["pid"]):
+                        continue
+                    why = (f"the process ({host}, pid {facts['pid']}) ended without closing this run "
+                           "(killed, or the machine stopped)")
+                else:
+                    last = _aware(run.heartbeat or run.started)
+                    if last is None or last > stale:
+                        continue
+                    why = (f"its process on {facts.get('host', 'another host')} stopped saying it is alive "
+                           f"at {last:%Y-%m-%d %H:%M} UTC (killed, or the machine stopped)")
                 run.status, run.finished = "interrupted", now()
-                run.summary = {**facts, "error": f"the process ({host}, pid {facts['pid']}) ended without "
-                                                 "closing this run (killed, or the machine stopped)"}
+                run.summary = {**facts, "error": why}
                 closed.append(run.id)
         return closed
 

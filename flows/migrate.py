@@ -7,23 +7,28 @@ department file's path and item ids, never documents, so they can run on any Das
 
 from __future__ import annotations
 
-import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from itertools import zip_longest
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
+from sqlalchemy import select
 
 from core.department import Department
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
-from core.ledger import Ledger
+from core.items import Kind
+from core.ledger import HEARTBEAT, Item, Ledger
 from core.settings import usable_cpus
 from flows import artifacts, runtime
-from flows.steps import discover, process_chunk, reset_for_rerun, select_failed, source_of, targets_of
+from flows.limits import Chunk, ChunkGate, Window, host_of
+from flows.steps import (TARGET_FIELD, discover, process_chunk, reset_for_rerun, select_failed, source_of,
+                         targets_of)
 from reports.migration import run_summary, write_run_report
 
 __all__ = ["migrate", "rerun", "assess", "check_department", "task_runner_for"]
@@ -86,42 +91,131 @@ def _flow_run_id() -> str | None:
     return str(flow_run.id) if flow_run.id else None
 
 
-def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
-                todo: dict[str, list[int]]) -> Counter:
-    """Submit every chunk, wait for all, keep a progress artifact up to date."""
+def _chunks(dept: Department, ledger: Ledger, todo: dict[str, list[int]]) -> list[Chunk]:
+    """Each user's items cut into chunks of one source each (a chunk reads from one host), the
+    users' chunks taken in turn so that everyone moves forward together."""
     size = dept.limits.chunk_size
-    chunks = [(owner, n, ids[i:i + size]) for owner, ids in todo.items()
-              for n, i in enumerate(range(0, len(ids), size), start=1)]
+    source_hosts = {cfg.name: host_of(cfg) for cfg in dept.sources}
+    kind_hosts = {kind: host_of(getattr(dept, name)) for kind, name in TARGET_FIELD.items()
+                  if getattr(dept, name) is not None}
+    archive = {host_of(dept.archive)} if dept.archive is not None else set()
+    wanted = {i for ids in todo.values() for i in ids}
+    by_user: dict[str, list[Chunk]] = {}
+    with ledger.session() as s:
+        for owner in todo:
+            groups: dict[str, list[tuple[int, str]]] = {}
+            for item_id, source, kind in s.execute(select(Item.id, Item.source, Item.kind).where(
+                    Item.department == dept.name, Item.owner == owner).order_by(Item.id)):
+                if item_id in wanted:
+                    groups.setdefault(source, []).append((item_id, kind))
+            chunks = by_user.setdefault(owner, [])
+            for source, rows in groups.items():
+                for i in range(0, len(rows), size):
+                    part = rows[i:i + size]
+                    targets = {kind_hosts.get(Kind(kind), "local") for _, kind in part}
+                    if any(kind == Kind.FILE.value for _, kind in part):
+                        targets |= archive
+                    chunks.append(Chunk(owner, len(chunks) + 1, tuple(i for i, _ in part),
+                                        source_hosts.get(source, "local"), frozenset(targets)))
+    return [c for turn in zip_longest(*by_user.values()) for c in turn if c is not None]
+
+
+def _in_flight_cap(dept: Department) -> int | None:
+    """How many chunks to hand the runner at once: two per LibreOffice worker on threads; on Dask
+    the cluster queues them and only the host limits count."""
+    return None if dept.cluster is not None else 2 * (dept.conversion.workers or usable_cpus())
+
+
+def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
+                todo: dict[str, list[int]], window: Window) -> tuple[Counter, dict]:
+    """Hand chunks to the runner as the host limits and the window allow, wait for all, keep the
+    progress artifact up to date. Returns the counts by final state and what was left undone."""
+    logger = get_run_logger()
+    waiting = _chunks(dept, ledger, todo)
+    gate = ChunkGate(dept.limits.source, dept.limits.target)
+    cap = _in_flight_cap(dept)
     progress = artifacts.Progress(dept, todo)
-    tags = [f"converter:{socket.gethostname()}", f"target:{dept.target.root}"] + \
-        [f"source:{s.name}" for s in dept.sources]
     counts: Counter = Counter()
+    left: dict = {}
+    running: dict = {}                                  # future -> chunk
     # The department decides where chunks run (threads here, or its Dask cluster), so the runner
     # is chosen now, not when the flow was decorated.
     with task_runner_for(dept) as runner:
-        task_ = chunk_task.with_options(tags=tags)
-        pending = [(runner.submit(task_, parameters=dict(dept_file=dept_file, run_id=run_id, owner=owner,
-                                                         number=n, item_ids=ids)), owner, ids)
-                   for owner, n, ids in chunks]
-        while pending:
-            done, _ = wait([f for f, _, _ in pending], timeout=2)
-            still = []
-            for fut, owner, ids in pending:
-                if fut in done:
-                    counts.update(fut.result())
-                    progress.advance(owner, len(ids))
-                else:
-                    still.append((fut, owner, ids))
-            pending = still
+        while waiting or running:
+            if waiting and not window.is_open():
+                left = {"chunks": len(waiting), "items": sum(len(c.item_ids) for c in waiting),
+                        "why": f"the allowed window ({window.describe()}) closed"}
+                logger.warning("%s: the allowed window %s closed: %d item(s) wait for the next run",
+                               dept.name, window.describe(), left["items"])
+                waiting = []
+            while waiting and (cap is None or len(running) < cap):
+                chunk = gate.next_fitting(waiting)
+                if chunk is None:
+                    break
+                waiting.remove(chunk)
+                gate.take(chunk)
+                # tags name the hosts, for Prefect tag limits across several departments on one server
+                task_ = chunk_task.with_options(tags=[f"source:{chunk.source_host}",
+                                                      *(f"target:{h}" for h in sorted(chunk.target_hosts))])
+                running[runner.submit(task_, parameters=dict(
+                    dept_file=dept_file, run_id=run_id, owner=chunk.owner, number=chunk.number,
+                    item_ids=list(chunk.item_ids)))] = chunk
+            if not running:
+                break
+            done, _ = wait(list(running), timeout=2)
+            for fut in done:
+                chunk = running.pop(fut)
+                gate.release(chunk)
+                counts.update(fut.result())
+                progress.advance(chunk.owner, len(chunk.item_ids))
             progress.show()
-    return counts
+    ledger.note_run(run_id, most_at_once={"source": dict(gate.most_reading), "target": dict(gate.most_writing)})
+    return counts, left
 
 
-def _execute(dept_file: str, flow_name: str,
-             select: Callable[[Department, Ledger, int], tuple[dict[str, list[int]], dict]]) -> dict:
+class _Heartbeat:
+    """Beats for the run in the ledger every HEARTBEAT seconds while the run lives (see
+    Ledger.close_abandoned_runs: a run on another host that stops beating was cut off)."""
+
+    def __init__(self, ledger: Ledger, run_id: int) -> None:
+        self.ledger, self.run_id = ledger, run_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"umstieg-heartbeat-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT):
+            try:
+                self.ledger.beat(self.run_id)
+            except Exception:  # noqa: BLE001 - a missed beat is not worth stopping the run for
+                pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _publish(dept: Department, summary: dict, report: Path | None) -> None:
+    """Artifacts are a view: failing to show them must neither fail a finished run nor hide why a
+    run failed."""
+    try:
+        artifacts.publish(dept, summary, report)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("%s: the run's Prefect artifacts could not be written: %s", dept.name, exc)
+
+
+def _execute(dept_file: str, flow_name: str, ignore_window: bool,
+             choose: Callable[[Department, Ledger, int, set[str]], tuple[dict[str, list[int]], dict]]) -> dict:
     """The common life of a run: check, select items, process chunks, report, record."""
     logger = get_run_logger()
     dept = runtime.department(dept_file)
+    window = Window.of(dept.schedule)
+    if ignore_window:
+        window = Window(None, None, window.zone)
+    window.refuse_if_closed(dept)
     problems = check_department(dept)
     if problems:
         raise ConfigError(f"{dept.name}: nothing was moved:\n  " + "\n  ".join(problems))
@@ -131,52 +225,59 @@ def _execute(dept_file: str, flow_name: str,
     run_id = ledger.start_run(dept.name, flow_name, _flow_run_id())
     started = time.monotonic()
     try:
-        todo, delta = select(dept, ledger, run_id)
-        stopped = stopped_users(dept)
-        for owner, why in stopped.items():
-            if todo.pop(owner, None):
+        with _Heartbeat(ledger, run_id):
+            stopped = stopped_users(dept)
+            todo, delta = choose(dept, ledger, run_id, set(stopped))
+            for owner, why in stopped.items():
                 logger.warning("%s: %s waits: %s", dept.name, owner, why)
-        ledger.note_run(run_id, todo=sum(map(len, todo.values())), delta=delta, stopped_users=stopped)
-        logger.info("%s: %d item(s) to process for %d user(s)", dept.name, sum(map(len, todo.values())), len(todo))
-        _run_chunks(dept_file, dept, ledger, run_id, todo)
-        summary = run_summary(dept, ledger, run_id, delta, time.monotonic() - started)
-        summary["stopped_users"] = {**stopped, **ledger.stopped_users(run_id)}
-        report = write_run_report(dept, summary)
-        summary["report"] = str(report)
-        ledger.finish_run(run_id, "completed", summary)
+            ledger.note_run(run_id, todo=sum(map(len, todo.values())), delta=delta, stopped_users=stopped)
+            logger.info("%s: %d item(s) to process for %d user(s)", dept.name, sum(map(len, todo.values())),
+                        len(todo))
+            _, left = _run_chunks(dept_file, dept, ledger, run_id, todo, window)
+            summary = run_summary(dept, ledger, run_id, delta, time.monotonic() - started)
+            summary["stopped_users"] = {**stopped, **ledger.stopped_users(run_id)}
+            if left:
+                summary["left_for_next_run"] = left
+            report = write_run_report(dept, summary)
+            summary["report"] = str(report)
+            ledger.finish_run(run_id, "completed", summary)
     except BaseException as exc:
-        ledger.finish_run(run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        ledger.finish_run(run_id, "failed", {"error": error})
+        _publish(dept, {"run": run_id, "status": "failed", "error": error}, None)
         raise
-    artifacts.publish(dept, summary, report)
+    _publish(dept, summary, report)
     logger.info("%s: report at %s", dept.name, report)
     return summary
 
 
 @flow(name="umstieg-migrate")
-def migrate(department_file: str, users: list[str] | None = None) -> dict:
+def migrate(department_file: str, users: list[str] | None = None, ignore_window: bool = False) -> dict:
     """Move a department: discover → extract → convert → load → verify → report.
 
     Run again, it is the delta pass: only new and changed items move, and items deleted at the
     source are reported (and removed at the target only if the department says so).
     """
-    def select(dept, ledger, run_id):
+    def choose(dept, ledger, run_id, waiting):
         found = discover(dept, ledger, run_id, users)
-        return found.todo, found.as_dict()
-    return _execute(str(Path(department_file).resolve()), "migrate", select)
+        return {owner: ids for owner, ids in found.todo.items() if owner not in waiting}, found.as_dict()
+    return _execute(str(Path(department_file).resolve()), "migrate", ignore_window, choose)
 
 
 @flow(name="umstieg-rerun")
 def rerun(department_file: str, batch: int | None = None, error_class: str | None = None,
-          user: str | None = None) -> dict:
+          user: str | None = None, ignore_window: bool = False) -> dict:
     """Retry exactly the failed items that match every given filter; nothing else runs."""
-    def select(dept, ledger, run_id):
-        items = select_failed(ledger, dept.name, batch=batch, error_class=error_class, owner=user)
+    def choose(dept, ledger, run_id, waiting):
+        # a user who must wait keeps their failures (and reasons) for a rerun that can reach them
+        items = [i for i in select_failed(ledger, dept.name, batch=batch, error_class=error_class, owner=user)
+                 if i.owner not in waiting]
         reset_for_rerun(ledger, [i.id for i in items], run_id)
         todo: dict[str, list[int]] = {}
         for item in items:
             todo.setdefault(item.owner, []).append(item.id)
         return todo, {"rerun": len(items)}
-    return _execute(str(Path(department_file).resolve()), "rerun", select)
+    return _execute(str(Path(department_file).resolve()), "rerun", ignore_window, choose)
 
 
 @flow(name="umstieg-assess")

@@ -17,7 +17,7 @@ from core.department import Department, load_department
 from core.ledger import Ledger
 from core.settings import ConversionSettings, usable_cpus
 
-__all__ = ["department", "ledger", "converter_pool", "close_all"]
+__all__ = ["department", "ledger", "pool_settings", "converter_pool", "close_all"]
 
 _lock = threading.Lock()
 _departments: dict[str, tuple[float, Department]] = {}
@@ -48,11 +48,18 @@ def ledger(dept: Department) -> Ledger:
         return _ledgers[url]
 
 
+def pool_settings(dept: Department) -> ConversionSettings:
+    """The department's LibreOffice pool for one process: its workers, at most `limits.converter`."""
+    conv = dept.conversion
+    workers = conv.workers or usable_cpus()
+    if dept.limits.converter:                     # documents converting at once on this host
+        workers = min(workers, dept.limits.converter)
+    return ConversionSettings(workers=workers, timeout=conv.timeout, recycle_after=conv.recycle_after)
+
+
 def converter_pool(dept: Department) -> ConverterPool:
     """This process's LibreOffice pool, started on first use."""
-    conv = dept.conversion
-    settings = ConversionSettings(workers=conv.workers or usable_cpus(), timeout=conv.timeout,
-                                  recycle_after=conv.recycle_after)
+    settings = pool_settings(dept)
     key = (settings.workers, settings.timeout, settings.recycle_after)
     with _lock:
         pool = _pools.get(key)

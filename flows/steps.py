@@ -37,7 +37,7 @@ from sinks.localdir import LocalDir
 from sources.fileshare import FolderShare, odf_stem
 
 __all__ = ["Discovery", "discover", "process_chunk", "with_retries", "pending_items", "select_failed", "reset_for_rerun",
-           "source_of", "target_of", "targets_of", "sink_for", "NoTarget"]
+           "source_of", "target_of", "targets_of", "sink_for", "NoTarget", "TARGET_FIELD"]
 
 log = logging.getLogger("umstieg.flows")
 
@@ -54,7 +54,7 @@ _SOURCE_MODULES = {"smb": "sources.smb", "s3": "sources.s3", "onedrive": "source
 _SINK_MODULES = {"nextcloud": "sinks.webdav", "oxdrive": "sinks.webdav", "imap": "sinks.imap",
                  "caldav": "sinks.groupware", "carddav": "sinks.groupware", "s3": "sinks.s3"}
 #: which department field receives items of which kind
-_TARGET_FIELD = {Kind.FILE: "target", Kind.MESSAGE: "mail_target", Kind.EVENT: "calendar_target",
+TARGET_FIELD = {Kind.FILE: "target", Kind.MESSAGE: "mail_target", Kind.EVENT: "calendar_target",
                  Kind.CONTACT: "contacts_target"}
 
 
@@ -81,7 +81,7 @@ def sink_for(config) -> Sink:
 
 def target_of(dept: Department, kind: Kind | str = Kind.FILE) -> Sink:
     """The sink that receives items of `kind` in this department."""
-    field_name = _TARGET_FIELD[Kind(kind)]
+    field_name = TARGET_FIELD[Kind(kind)]
     config = getattr(dept, field_name)
     if config is None:
         raise NoTarget(f"the department has no {field_name} for items of kind {Kind(kind).value}; "
@@ -91,7 +91,7 @@ def target_of(dept: Department, kind: Kind | str = Kind.FILE) -> Sink:
 
 def targets_of(dept: Department) -> dict[str, Sink]:
     """Every configured target, by its department field (for checks before anything moves)."""
-    return {name: sink_for(getattr(dept, name)) for name in (*_TARGET_FIELD.values(), "archive")
+    return {name: sink_for(getattr(dept, name)) for name in (*TARGET_FIELD.values(), "archive")
             if getattr(dept, name) is not None}
 
 
@@ -215,8 +215,10 @@ def pending_items(ledger: Ledger, department: str, owner: str) -> list[int]:
 
 def select_failed(ledger: Ledger, department: str, batch: int | None = None, error_class: str | None = None,
                   owner: str | None = None) -> list[Item]:
-    """Failed items matching every given filter."""
-    q = select(Item).where(Item.department == department, Item.state == State.FAILED)
+    """Failed items matching every given filter (not those deleted at the source since: they have
+    nothing left to move)."""
+    q = select(Item).where(Item.department == department, Item.state == State.FAILED,
+                           Item.removed_at_source.is_(False))
     if batch is not None:
         q = q.where(Item.batch_id == batch)
     if error_class is not None:

@@ -87,7 +87,7 @@ def test_ledger_schema_migrates_forward_keeping_rows(tmp_path):
     ledger = Ledger(url)
     ledger.migrate()
     with ledger.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
         row = conn.execute(text("SELECT key, state, fidelity, meta FROM items")).one()
     assert tuple(row) == ("k", "verified", None, None)
     ledger.close()
@@ -122,18 +122,24 @@ def test_many_outcomes_are_recorded_together_or_not_at_all(tmp_path):
 def test_runs_whose_process_is_gone_are_marked_interrupted(tmp_path):
     import subprocess
     import sys
+    import os
+    import socket
     from sqlalchemy import select
-    from core.ledger import Ledger, Run
+    from core.ledger import Ledger, Run, now
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.migrate()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    ids = [ledger.start_run("amt", "migrate") for _ in range(3)] + [ledger.start_run("other", "migrate")]
+    here = {"host": socket.gethostname(), "pid": os.getpid()}
+    facts = [("amt", {**here, "pid": dead.pid}),                       # killed
+             ("amt", {"host": "elsewhere", "pid": dead.pid}),          # not seen here, and beating
+             ("amt", here),                                            # this live process
+             ("other", {**here, "pid": dead.pid})]                     # another department
     with ledger.session() as s:
-        runs = {r.id: r for r in s.scalars(select(Run))}
-        runs[ids[0]].summary = {**runs[ids[0]].summary, "pid": dead.pid}             # killed
-        runs[ids[1]].summary = {**runs[ids[1]].summary, "host": "elsewhere", "pid": dead.pid}   # not seen here
-        runs[ids[3]].summary = {**runs[ids[3]].summary, "pid": dead.pid}             # another department
+        rows = [Run(department=d, flow="migrate", summary=f, heartbeat=now()) for d, f in facts]
+        s.add_all(rows)
+        s.flush()
+        ids = [r.id for r in rows]
     assert ledger.close_abandoned_runs("amt") == [ids[0]]                            # ids[2]: this live process
     with ledger.session() as s:
         status = {r.id: r.status for r in s.scalars(select(Run))}
