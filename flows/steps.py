@@ -181,7 +181,7 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                 gone = [i for k, i in known.items() if k not in seen and not i.removed_at_source
                         and not (unlisted and (i.location.startswith(unlisted) or "./" in unlisted))]
                 for item in gone:
-                    item.removed_at_source, item.change = True, "removed"
+                    item.removed_at_source, item.change, item.run_id = True, "removed", run_id
                     found.removed[user.source] += 1
                 s.flush()
             for kind, ref in moved_away:

@@ -12,17 +12,21 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from core.department import Department
 from core.items import ItemRef, Kind
 from core.ledger import Batch, Item, Ledger, Run, State
 
-__all__ = ["run_summary", "write_run_report", "department_status", "sharing_status", "write_assessment", "reports_dir"]
+__all__ = ["run_summary", "write_run_report", "write_status_report", "department_status", "sharing_status",
+           "write_assessment", "reports_dir", "REPORT_LIST_LIMIT"]
 
 #: Documents per second per LibreOffice worker assumed by the assessment until a run has measured
 #: it (measured here on the developer corpus: 3.4 documents/s per worker).
 DEFAULT_DOCS_PER_SECOND_PER_WORKER = 3.0
+
+#: Lists of single items or batches in a report stop after this many rows ("and N more").
+REPORT_LIST_LIMIT = 50
 
 
 def reports_dir(dept: Department) -> Path:
@@ -53,6 +57,12 @@ def department_status(dept: Department, ledger: Ledger) -> dict:
                 Item.department == dept.name, Item.conversion.in_(["encrypted", "unreadable"])).order_by(Item.id)
             .limit(1000))]
         last_run = s.scalars(select(Run).where(Run.department == dept.name).order_by(Run.id.desc()).limit(1)).first()
+        fidelity = dict(s.execute(
+            select(Item.fidelity_verdict, func.count(Item.id)).where(Item.department == dept.name,
+                                                                    Item.fidelity_verdict.isnot(None))
+            .group_by(Item.fidelity_verdict)).all())
+        batches, batch_count = _failed_batches(s, dept)
+        last_failures = _failures_of_run(s, dept, last_run.id) if last_run else {}
     states = [s.value for s in State]
     table = [{"user": u, **{st: users[u].get(st, 0) for st in states}, "total": sum(users[u].values())}
              for u in sorted(users)]
@@ -64,11 +74,38 @@ def department_status(dept: Department, ledger: Ledger) -> dict:
         kinds[kind][state] = n
     return {"department": dept.name, "users": table, "totals": dict(totals), "by_kind": dict(kinds),
             "sharing": sharing_status(dept, ledger), "failures": failures,
+            "failed_batches": batches, "failed_batch_count": batch_count, "fidelity": fidelity,
             "conversions": conversions, "removed_at_source": removed, "needs_a_person": needs_person,
             "last_run": {"id": last_run.id, "flow": last_run.flow, "status": last_run.status,
                          "started": last_run.started.isoformat(),
-                         "finished": last_run.finished.isoformat() if last_run.finished else None}
+                         "finished": last_run.finished.isoformat() if last_run.finished else None,
+                         "failures": last_failures}
             if last_run else None}
+
+
+def _failed_batches(s, dept: Department, limit: int = REPORT_LIST_LIMIT) -> tuple[list[dict], int]:
+    """Failed items by the batch that last processed them (newest batches first, at most
+    `limit`), each with its user, count and error classes: what `rerun --batch` takes. Items
+    that failed before any batch (e.g. a folder that could not be listed) show batch None."""
+    rows = s.execute(select(Item.batch_id, Item.owner, Item.reason, func.count(Item.id))
+                     .where(Item.department == dept.name, Item.state == State.FAILED.value)
+                     .group_by(Item.batch_id, Item.owner, Item.reason)).all()
+    batches: dict[tuple, dict] = {}
+    for batch_id, owner, reason, n in rows:
+        b = batches.setdefault((batch_id, owner), {"batch": batch_id, "user": owner, "failures": 0, "classes": {}})
+        b["failures"] += n
+        b["classes"][reason or "unknown"] = n
+    ordered = sorted(batches.values(), key=lambda b: (b["batch"] is None, -(b["batch"] or 0), b["user"]))
+    return ordered[:limit], len(ordered)
+
+
+def _failures_of_run(s, dept: Department, run_id: int) -> dict[str, dict]:
+    """Failures by class among the items one run's batches processed (and left failed)."""
+    q = (select(Item.reason, func.count(Item.id), func.min(Item.message))
+         .join(Batch, Item.batch_id == Batch.id)
+         .where(Item.department == dept.name, Batch.run_id == run_id, Item.state == State.FAILED.value)
+         .group_by(Item.reason).order_by(func.count(Item.id).desc()))
+    return {reason or "unknown": {"count": n, "example": example} for reason, n, example in s.execute(q)}
 
 
 def sharing_status(dept: Department, ledger: Ledger, examples: int = 3) -> dict:
@@ -107,9 +144,27 @@ def run_summary(dept: Department, ledger: Ledger, run_id: int, delta: dict, seco
                                   .group_by(Item.state)).all())
         converted = s.scalar(select(func.count(Item.id)).join(Batch, Item.batch_id == Batch.id).where(
             Item.department == dept.name, Batch.run_id == run_id, Item.conversion == "converted")) or 0
+        removed = _removed_in_run(s, dept, run_id)
     return {**status, "run": run_id, "delta": delta, "this_run": this_run, "this_run_converted": converted,
+            "removed_this_run": removed,
             "seconds": round(seconds, 2),
             "finished": datetime.now(timezone.utc).isoformat()}
+
+
+def _removed_in_run(s, dept: Department, run_id: int, limit: int = REPORT_LIST_LIMIT) -> dict:
+    """Items this run's discovery found deleted at the source: how many, the first `limit` of them
+    (user, path), and what the department does with their copies at the target.
+
+    An item belongs to this run when the run marked it (its `run_id`) or when it changed since the
+    run started (discovery does not always stamp the run on removed items)."""
+    started = select(Run.started).where(Run.id == run_id).scalar_subquery()
+    where = (Item.department == dept.name, Item.removed_at_source.is_(True),
+             or_(Item.run_id == run_id, Item.updated >= started))
+    count = s.scalar(select(func.count(Item.id)).where(*where)) or 0
+    items = [{"owner": o, "location": loc} for o, loc in s.execute(
+        select(Item.owner, Item.location).where(*where).order_by(Item.owner, Item.location).limit(limit))]
+    return {"count": count, "items": items,
+            "at_target": "removed" if dept.delete_at_target else "kept"}
 
 
 def write_run_report(dept: Department, summary: dict) -> Path:
@@ -124,12 +179,80 @@ def write_run_report(dept: Department, summary: dict) -> Path:
                   "| | " + " | ".join(summary["delta"]) + " |", "|---|" + "---|" * len(summary["delta"]),
                   "| items | " + " | ".join(str(sum(v.values()) if isinstance(v, dict) else v)
                                           for v in summary["delta"].values()) + " |", ""]
+    lines += _removed_section(summary.get("removed_this_run"))
+    lines += _status_sections(dept, summary)
+    path = out / f"{stem}.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    latest = out / "latest.md"
+    latest.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    return path
+
+
+def write_status_report(dept: Department, status: dict) -> Path:
+    """A snapshot of the department's status (`umstieg report`) as `status-<UTC time>.md` beside the
+    same data as JSON. Run reports (`run-NNNNN.md`, `latest.md`) are left as they are."""
+    out = reports_dir(dept)
+    taken = datetime.now(timezone.utc)
+    stem = f"status-{taken:%Y%m%dT%H%M%SZ}"
+    n = 1
+    while (out / f"{stem}.md").exists() or (out / f"{stem}.json").exists():   # two snapshots in one second
+        n += 1
+        stem = f"status-{taken:%Y%m%dT%H%M%SZ}-{n}"
+    status = {**status, "taken": taken.isoformat()}
+    (out / f"{stem}.json").write_text(json.dumps(status, indent=2, default=str), encoding="utf-8")
+    lines = [f"# {dept.name}: status at {taken:%Y-%m-%d %H:%M:%S} UTC", "",
+             f"A snapshot of the ledger (`{_safe_url(dept)}`); each run's own report is `run-NNNNN.md`.", ""]
+    last = status.get("last_run")
+    if last:
+        lines += ["## Last run", "",
+                  f"Run {last['id']} ({last['flow']}): {last['status']}, started {last['started']}"
+                  + (f", finished {last['finished']}." if last.get("finished") else "."), ""]
+        if last.get("failures"):
+            lines += [f"Failures among the items run {last['id']} processed:", ""]
+            lines += _failures_table(last["failures"])
+        else:
+            lines += [f"No item that run {last['id']} processed is failed now.", ""]
+    else:
+        lines += ["No run of this department is in the ledger yet.", ""]
+    lines += _status_sections(dept, status)
+    path = out / f"{stem}.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _failures_table(failures: dict[str, dict]) -> list[str]:
+    lines = ["| class | items | example |", "|---|---:|---|"]
+    lines += [f"| {reason} | {f['count']} | {_cell(f['example'])} |" for reason, f in failures.items()]
+    return lines + [""]
+
+
+def _removed_section(removed: dict | None) -> list[str]:
+    """The items this run found deleted at the source, and what became of their target copies."""
+    if not removed or not removed.get("count"):
+        return []
+    action = ("removed at the target too (`delete_at_target: true`)" if removed["at_target"] == "removed"
+              else "left at the target (`delete_at_target` is off)")
+    lines = ["## Deleted at the source in this run", "",
+             f"{removed['count']} item(s) were deleted at the source since the last run; their copies were "
+             f"{action}.", "", "| user | path at the source |", "|---|---|"]
+    lines += [f"| {i['owner']} | {_cell(i['location'])} |" for i in removed["items"]]
+    if removed["count"] > len(removed["items"]):
+        lines += ["", f"… and {removed['count'] - len(removed['items'])} more (`umstieg status --json` "
+                      "or the dashboard list them all)."]
+    return lines + [""]
+
+
+def _status_sections(dept: Department, summary: dict) -> list[str]:
+    """The parts a run report and a status snapshot share: where the department stands."""
     states = [s.value for s in State]
-    lines += ["## Items by user and state", "", "| user | " + " | ".join(states) + " | total |",
-              "|---|" + "---:|" * (len(states) + 1)]
+    lines = ["## Items by user and state", "", "| user | " + " | ".join(states) + " | total |",
+             "|---|" + "---:|" * (len(states) + 1)]
     for row in summary["users"]:
         lines.append(f"| {row['user']} | " + " | ".join(str(row[s]) for s in states) + f" | {row['total']} |")
     lines.append("")
+    if left := summary.get("left_for_next_run"):
+        lines += ["## Left for the next run", "", f"{left['items']} item(s) in {left['chunks']} chunk(s) did not start: "
+                  f"{_cell(left['why'])}. They keep their state; the next run takes them up.", ""]
     if summary.get("stopped_users"):
         lines += ["## Users who wait: nothing of theirs moved", "", "| user | why |", "|---|---|"]
         lines += [f"| {u} | {_cell(why)} |" for u, why in sorted(summary["stopped_users"].items())]
@@ -149,26 +272,34 @@ def write_run_report(dept: Department, summary: dict) -> Path:
                   "|---|---|---:|---|---|"]
         lines += [f"| {_cell(g['principal'])} | {', '.join(g['rights'])} | {g['items']} | {_cell(g['reason'])} | "
                   f"{_cell(', '.join(g['examples']))} |" for g in sharing["not_carried"]] + [""]
-    if summary["failures"]:
-        lines += ["## Failures by class", "", "| class | items | example |", "|---|---:|---|"]
-        for reason, f in summary["failures"].items():
-            lines.append(f"| {reason} | {f['count']} | {_cell(f['example'])} |")
-        lines += ["", "Rerun them after fixing the cause: `umstieg rerun DEPARTMENT.yaml [--error-class CLASS]`.", ""]
-    if summary["conversions"]:
+    if summary.get("failures"):
+        lines += ["## Failures by class", ""] + _failures_table(summary["failures"])
+        lines += ["Rerun them after fixing the cause: `umstieg rerun DEPARTMENT.yaml [--error-class CLASS]`.", ""]
+    if summary.get("failed_batches"):
+        lines += ["## Failures by batch", "", "| batch | user | failed | classes |", "|---:|---|---:|---|"]
+        lines += [f"| {b['batch'] if b['batch'] is not None else '–'} | {b['user']} | {b['failures']} | "
+                  + ", ".join(f"{c} {n}" for c, n in sorted(b["classes"].items())) + " |"
+                  for b in summary["failed_batches"]]
+        more = summary.get("failed_batch_count", 0) - len(summary["failed_batches"])
+        lines += ([f"", f"… and {more} older batch(es) with failures."] if more > 0 else [])
+        lines += ["", "Rerun one batch: `umstieg rerun DEPARTMENT.yaml --batch ID`.", ""]
+    if summary.get("conversions"):
         lines += ["## Office documents", "", "| conversion outcome | items |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(summary["conversions"].items())] + [""]
-    if summary["needs_a_person"]:
+    if summary.get("fidelity"):
+        order = {v: i for i, v in enumerate(("identical", "minor", "review", "broken"))}
+        lines += ["## Fidelity verdicts", "", "| verdict | documents |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(summary["fidelity"].items(),
+                                                      key=lambda kv: (order.get(kv[0], 99), kv[0]))] + [""]
+    if summary.get("needs_a_person"):
         lines += ["## Moved unconverted: a person should look at these", "", "| user | path | why |", "|---|---|---|"]
         lines += [f"| {n['owner']} | {_cell(n['path'])} | {_cell(n['message'] or n['conversion'])} |"
                   for n in summary["needs_a_person"]] + [""]
-    if summary["removed_at_source"]:
+    if summary.get("removed_at_source"):
         action = "removed at the target too" if dept.delete_at_target else "kept at the target (delete_at_target is off)"
-        lines += [f"{summary['removed_at_source']} item(s) were deleted at the source; {action}.", ""]
-    path = out / f"{stem}.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    latest = out / "latest.md"
-    latest.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    return path
+        lines += [f"In all, {summary['removed_at_source']} item(s) of this department have been deleted at the "
+                  f"source; {action}.", ""]
+    return lines
 
 
 def measured_rate(dept: Department, ledger: Ledger) -> float | None:

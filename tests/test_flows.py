@@ -75,7 +75,8 @@ def ledger_rows(dept_file: Path) -> list[dict]:
         with ledger.session() as s:
             return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "message", "target_ref",
                                                   "target_digest", "conversion", "change", "removed_at_source",
-                                                  "batch_id", "fidelity_verdict", "fidelity_score", "original_ref")}
+                                                  "batch_id", "fidelity_verdict", "fidelity_score", "original_ref",
+                                                  "attempts", "updated")}
                     for i in s.scalars(select(Item).where(Item.department == dept.name).order_by(Item.id))]
     finally:
         ledger.close()
@@ -211,11 +212,12 @@ def test_failures_are_recorded_and_rerun_retries_only_them(tmp_path):
     # fix one cause, rerun that class only: the timeout item stays failed and untouched
     (tmp_path / "target" / "t-ben").unlink()
     verified_before = {k: r["batch_id"] for k, r in rows.items() if r["state"] == "verified"}
+    gross_before = rows[("anna", "gross.docx")]
     summary = rerun(str(dept_file), error_class="load_error")
     assert summary["delta"] == {"rerun": len(ben)}
     rows = {(r["owner"], r["location"]): r for r in ledger_rows(dept_file)}
     assert all(rows[k]["state"] == "verified" for k in rows if k[0] == "ben")
-    assert rows[("anna", "gross.docx")]["state"] == "failed"
+    assert rows[("anna", "gross.docx")] == gross_before     # the other class untouched: attempts, updated, batch
     assert {k: rows[k]["batch_id"] for k in verified_before} == verified_before   # not run again
 
     # fix the other cause (a longer timeout), rerun everything failed

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from datetime import datetime, time as dtime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -277,6 +277,8 @@ def test_when_the_window_closes_no_chunk_starts_and_the_next_run_goes_on(tmp_pat
     started = 2                            # two chunks in flight per LibreOffice worker (1 worker)
     assert summary["this_run"] == {"verified": started}
     assert left["items"] == 18 - started and "closed" in left["why"]
+    report = Path(summary["report"]).read_text(encoding="utf-8")
+    assert f"{18 - started} item(s) in {18 - started} chunk(s) did not start" in report
     monkeypatch.setattr(limits, "clock", lambda zone: at(23).astimezone(zone))
     again = migrate(str(dept_file))
     assert again["this_run"] == {"verified": 18 - started}

@@ -42,11 +42,24 @@ def _load(department_file: Path):
         raise typer.Exit(2) from exc
 
 
+def _open_ledger(dept):
+    """The department's ledger as the flows open it (flows.runtime): with `ledger_password`
+    resolved only now, so a PostgreSQL ledger that needs one can be read by status and report."""
+    from core.ledger import Ledger
+    password = dept.ledger_password.resolve().get_secret_value() if dept.ledger_password else None
+    return Ledger(dept.ledger_url, password=password)
+
+
 def _watch_progress(dept, stop: threading.Event) -> None:
     """Show this run's progress from the ledger (works whatever runs the chunks: threads or Dask)."""
+    import logging
     from sqlalchemy import func, select
-    from core.ledger import Batch, Item, Ledger, Run, State
-    ledger = Ledger(dept.ledger_url)
+    from core.ledger import Batch, Item, Run, State
+    try:
+        ledger = _open_ledger(dept)
+    except Exception as exc:  # noqa: BLE001 - display only: the run itself reports this, and stops
+        logging.getLogger(__name__).debug("no progress display: %s", exc)
+        return
     progress = Progress(TextColumn(f"[bold]{dept.name}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
     task = None
@@ -100,8 +113,22 @@ def _print_summary(summary: dict) -> None:
         failures.add_column("items", justify="right")
         failures.add_column("example")
         for reason, f in summary["failures"].items():
-            failures.add_row(reason, str(f["count"]), (f["example"] or "")[:100])
+            failures.add_row(reason, str(f["count"]), escape((f["example"] or "")[:100]))
         console.print(failures)
+    if summary.get("failed_batches"):
+        batches = Table(title="failures by batch")
+        batches.add_column("batch", justify="right")
+        batches.add_column("user")
+        batches.add_column("failed", justify="right")
+        batches.add_column("classes")
+        for b in summary["failed_batches"]:
+            batches.add_row("–" if b["batch"] is None else str(b["batch"]), escape(b["user"]), str(b["failures"]),
+                            ", ".join(f"{c} {n}" for c, n in sorted(b["classes"].items())))
+        console.print(batches)
+        more = summary.get("failed_batch_count", 0) - len(summary["failed_batches"])
+        if more > 0:
+            console.print(f"… and {more} older batch(es) with failures (--json lists the newest only)")
+        console.print("rerun one batch: umstieg rerun DEPARTMENT.yaml --batch ID", soft_wrap=True)
 
 
 def _run_flow(dept, call) -> dict:
@@ -119,7 +146,10 @@ def _run_flow(dept, call) -> dict:
 
 
 def run(department_file: Path = DeptFile,
-        user: list[str] = typer.Option([], "--user", "-u", help="only this source user; repeatable")) -> None:
+        user: list[str] = typer.Option([], "--user", "-u", help="only this source user; repeatable"),
+        ignore_window: bool = typer.Option(False, "--ignore-window",
+                                           help="run now even outside the department's allowed window"),
+) -> None:
     """Migrate a department on this machine (the embedded default: no Prefect server needed).
 
     Run it again for the delta pass: only new and changed items move.
@@ -127,15 +157,22 @@ def run(department_file: Path = DeptFile,
     dept = _load(department_file)
     _quiet_prefect()
     from flows.migrate import migrate
-    summary = _run_flow(dept, lambda: migrate(str(department_file), users=user or None))
+    summary = _run_flow(dept, lambda: migrate(str(department_file), users=user or None,
+                                                 ignore_window=ignore_window))
     _print_summary(summary)
     console.print(f"Report: [bold]{summary['report']}[/bold]; target: [bold]{dept.target.root}[/bold]")
     failed = summary["totals"].get("failed", 0)
     if failed:
         console.print(f"[red]{failed} item(s) failed[/red]: fix the cause, then `umstieg rerun {department_file}`")
     _print_stopped(summary, department_file)
+    _print_left(summary)
     if failed or summary.get("stopped_users"):
         raise typer.Exit(1)
+
+
+def _print_left(summary: dict) -> None:
+    if left := summary.get("left_for_next_run"):
+        console.print(f"[yellow]{left['items']} item(s) wait for the next run[/yellow]: {left['why']}", soft_wrap=True)
 
 
 def _print_stopped(summary: dict, department_file: Path) -> None:
@@ -148,25 +185,32 @@ def _print_stopped(summary: dict, department_file: Path) -> None:
 def rerun(department_file: Path = DeptFile,
           batch: int = typer.Option(None, help="only items last processed in this batch"),
           error_class: str = typer.Option(None, "--error-class", "-e", help="only failures of this class"),
-          user: str = typer.Option(None, "--user", "-u", help="only this source user")) -> None:
+          user: str = typer.Option(None, "--user", "-u", help="only this source user"),
+          ignore_window: bool = typer.Option(False, "--ignore-window",
+                                           help="run now even outside the department's allowed window"),
+) -> None:
     """Retry exactly the failed items that match the filters; nothing else runs."""
     dept = _load(department_file)
     _quiet_prefect()
     from flows.migrate import rerun as rerun_flow
     summary = _run_flow(dept, lambda: rerun_flow(str(department_file), batch=batch, error_class=error_class,
-                                                 user=user))
+                                                 user=user, ignore_window=ignore_window))
     console.print(f"{summary['delta'].get('rerun', 0)} failed item(s) retried")
     _print_summary(summary)
     _print_stopped(summary, department_file)
+    _print_left(summary)
     if summary["totals"].get("failed", 0) or summary.get("stopped_users"):
         raise typer.Exit(1)
 
 
 def _status(dept) -> dict:
     """The department's status from its ledger (schema brought up to date first)."""
-    from core.ledger import Ledger
     from reports.migration import department_status
-    ledger = Ledger(dept.ledger_url)
+    try:
+        ledger = _open_ledger(dept)
+    except ConfigError as exc:
+        print_error(exc)
+        raise typer.Exit(2) from exc
     try:
         ledger.migrate()
         return department_status(dept, ledger)
@@ -189,14 +233,12 @@ def status(department_file: Path = DeptFile,
 
 
 def report(department_file: Path = DeptFile) -> None:
-    """Write the department's report from the ledger now and say where it is."""
+    """Write a snapshot of the department's status from the ledger now (status-<UTC time>.md
+    and .json beside the run reports, which stay as they are) and say where it is."""
     dept = _load(department_file)
-    from reports.migration import write_run_report
-    summary = _status(dept)
-    from datetime import datetime, timezone
-    summary.update(run=0, delta={}, seconds=0, finished=datetime.now(timezone.utc).isoformat())
-    path = write_run_report(dept, summary)
-    console.print(f"Report: [bold]{path}[/bold]")
+    from reports.migration import write_status_report
+    path = write_status_report(dept, _status(dept))
+    console.print(f"Report: [bold]{escape(str(path))}[/bold]", soft_wrap=True)
 
 
 def assess(department_file: Path = DeptFile) -> None:
@@ -224,16 +266,20 @@ def deployments(department_files: list[Path] = typer.Argument(..., exists=True, 
                                               "UMSTIEG_HOME variable of the worker's environment)")) -> None:
     """Write prefect.yaml with one scheduled deployment per department (for `prefect deploy --all`)."""
     import yaml
+    from flows.limits import host_of
     root = Path.cwd().resolve()
     entries = []
     limits: dict[str, int] = {}
     for path in department_files:
         dept = _load(path)
-        for src in dept.sources:
-            limits[f"source:{src.name}"] = dept.limits.source
-        limits[f"target:{dept.target.root}"] = dept.limits.target
-        if dept.limits.converter:
-            limits["converter:<each worker host>"] = dept.limits.converter
+        # the tags chunk tasks carry name hosts (flows/migrate.py), never this machine's paths, so
+        # the file stays the same wherever it is generated
+        # `local` (folders, export files, a local target) means a different thing on each machine:
+        # no limit across machines for it
+        for tag, n in [(f"source:{host_of(src)}", dept.limits.source) for src in dept.sources] + \
+                [(f"target:{host_of(dept.target)}", dept.limits.target)]:
+            if not tag.endswith(":local"):
+                limits[tag] = min(limits.get(tag, n), n)
         schedules = []
         if dept.schedule.cron:
             schedules.append({"cron": dept.schedule.cron, "timezone": dept.schedule.timezone, "active": True})
@@ -253,10 +299,14 @@ def deployments(department_files: list[Path] = typer.Argument(..., exists=True, 
     document = {"name": "umstieg", "prefect-version": "3.8.8",
                 "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": home}}],
                 "deployments": entries}
-    header = ("# Generated by `umstieg deployments`; one deployment per department.\n"
+    header = ("# Generated by `umstieg deployments`; one deployment per department. Regenerate from umstieg's\n"
+              f"# folder: umstieg deployments {' '.join(e['parameters']['department_file'] for e in entries)}\n"
               f"# Deploy: prefect work-pool create {work_pool} --type process; prefect deploy --all\n"
               "# Workers: UMSTIEG_HOME=/path/to/umstieg prefect worker start --pool " + work_pool + "\n"
-              "# Concurrency limits from the departments' `limits:` (chunk tasks carry these tags):\n"
+              "# Each run keeps its department's `limits:` itself"
+              + (";\n# across departments sharing a Prefect server, these tag limits (chunk tasks carry the tags)\n"
+                 "# hold the smallest of them:\n" if limits else
+                 " (its sources and target are local to each machine:\n# no tag limit across machines).\n")
               + "".join(f"#   prefect concurrency-limit create '{tag}' {n}\n" for tag, n in sorted(limits.items())))
     out.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
     console.print(f"wrote {out} with {len(entries)} deployment(s)")
