@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from core.department import Department
 
-__all__ = ["Progress", "publish", "artifact_key", "slug", "MAX_USER_PROGRESS"]
+__all__ = ["Progress", "publish", "publish_assessment", "artifact_key", "slug", "MAX_USER_PROGRESS"]
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +139,12 @@ def publish(dept: Department, summary: dict, report: Path | None) -> None:
         _quietly("dashboard link", lambda: create_link_artifact(
             key=key("dashboard"), link=page, link_text=f"{dept.name} in the dashboard",
             description=f"{dept.name}: items, fidelity and annotations"))
+
+
+def publish_assessment(dept: Department, result: dict) -> None:
+    """The assessment's Markdown (counts, risk scan, duration) as the assess run's artifact."""
+    from prefect.artifacts import create_markdown_artifact
+    markdown = Path(result["markdown"]).read_text(encoding="utf-8")
+    _quietly("assessment", lambda: create_markdown_artifact(
+        key=artifact_key(dept.name, "assessment"), markdown=markdown,
+        description=f"{dept.name}: assessment ({result['report']})"))

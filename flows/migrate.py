@@ -299,4 +299,6 @@ def assess(department_file: str) -> dict:
                 continue
             if cfg.type == "folder" and (cfg.root / folder).is_dir():
                 scan_folders.append((cfg.name, user.source, cfg.root / folder))
-    return write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders)
+    result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders)
+    artifacts.publish_assessment(dept, result)
+    return result

@@ -17,6 +17,7 @@ from sqlalchemy import func, or_, select
 from core.department import Department
 from core.items import ItemRef, Kind
 from core.ledger import Batch, Item, Ledger, Run, State
+from core.settings import usable_cpus
 
 __all__ = ["run_summary", "write_run_report", "write_status_report", "department_status", "sharing_status",
            "write_assessment", "reports_dir", "REPORT_LIST_LIMIT"]
@@ -311,6 +312,15 @@ def measured_rate(dept: Department, ledger: Ledger) -> float | None:
     return converted / seconds if converted and seconds else None
 
 
+def measured_item_rate(dept: Department, ledger: Ledger) -> float | None:
+    """Items taken through every step per second by this department's completed runs, if any ran."""
+    with ledger.session() as s:
+        runs = s.scalars(select(Run).where(Run.department == dept.name, Run.status == "completed")).all()
+    done = [(r.summary or {}) for r in runs if (r.summary or {}).get("todo")]
+    items, seconds = sum(f["todo"] for f in done), sum(f.get("seconds", 0) for f in done)
+    return items / seconds if items and seconds else None
+
+
 def write_assessment(dept: Department, problems: list[str], ledger: Ledger | None = None,
                      listing: Iterable[tuple[str, ItemRef]] = (), scan_folders: Iterable[tuple[str, str, Path]] = ()) -> dict:
     """Inventory of every source (counts and sizes by format and kind per user), the risk scan of
@@ -341,13 +351,18 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
         categories.update(scan.by_category)
         scans[f"{source_name}/{user}"] = str(scan.paths.get("html", ""))
     documents = sum(n for ext, n in by_format.items() if ext in office)
-    workers = dept.conversion.workers or 1
+    workers = dept.conversion.workers or usable_cpus()
     rate, basis = DEFAULT_DOCS_PER_SECOND_PER_WORKER * workers, \
         f"{DEFAULT_DOCS_PER_SECOND_PER_WORKER} documents/s per worker × {workers} worker(s) (no run measured yet)"
+    whole = None
     if ledger is not None:
         measured = measured_rate(dept, ledger)
         if measured:
             rate, basis = measured, f"{measured:.2f} documents/s measured by this department's runs"
+        items_rate = measured_item_rate(dept, ledger)
+        if items_rate:
+            whole = (round(sum(by_kind.values()) / items_rate, 1),
+                     f"{items_rate:.2f} items/s (every step, all kinds) measured by this department's runs")
     estimate = documents / rate
     result = {"department": dept.name, "problems": problems, "items": sum(by_kind.values()),
               "by_kind": dict(by_kind),
@@ -356,11 +371,50 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
               "by_user": dict(per_user), "risk_flags": dict(risk_flags.most_common()),
               "planning": dict(categories), "scan_reports": scans,
               "estimated_conversion_seconds": round(estimate, 1),
-              "estimate_basis": basis}
+              "estimate_basis": basis,
+              "estimated_seconds": whole[0] if whole else None,
+              "estimated_seconds_basis": whole[1] if whole else
+              "no run of this department measured yet: run a pilot (a few users) for an estimate of the whole"}
     out = reports_dir(dept)
     (out / "assessment.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out / "assessment.md").write_text(assessment_markdown(result), encoding="utf-8")
     result["report"] = str(out / "assessment.json")
+    result["markdown"] = str(out / "assessment.md")
     return result
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def assessment_markdown(result: dict) -> str:
+    """The assessment for people (and Prefect): what is there, what needs care, how long it takes."""
+    lines = [f"# {result['department']}: assessment", ""]
+    if result["problems"]:
+        lines += ["## Problems to fix before anything moves", ""] + [f"- {_cell(p)}" for p in result["problems"]] + [""]
+    lines += [f"{result['items']} item(s), {result['bytes'] / 2**20:.1f} MiB of files, "
+              f"{result['office_documents']} Office document(s) to convert.", "",
+              "| kind | items |", "|---|---:|"] + [f"| {k} | {n} |" for k, n in sorted(result["by_kind"].items())]
+    if result["by_format"]:
+        lines += ["", "| format | files | MiB |", "|---|---:|---:|"]
+        lines += [f"| {ext} | {v['items']} | {v['bytes'] / 2**20:.1f} |"
+                  for ext, v in sorted(result["by_format"].items(), key=lambda kv: -kv[1]["items"])[:30]]
+    if result["planning"]:
+        lines += ["", "## Risk scan", "", "| category | files |", "|---|---:|"]
+        lines += [f"| {c} | {n} |" for c, n in sorted(result["planning"].items())]
+        if result["risk_flags"]:
+            lines += ["", "| risk flag | files |", "|---|---:|"]
+            lines += [f"| {f} | {n} |" for f, n in list(result["risk_flags"].items())[:20]]
+    lines += ["", "## Duration", "",
+              f"Conversion: about {_duration(result['estimated_conversion_seconds'])} "
+              f"({result['estimate_basis']}).", ""]
+    if result["estimated_seconds"] is not None:
+        lines += [f"Whole migration: about {_duration(result['estimated_seconds'])} "
+                  f"({result['estimated_seconds_basis']}).", ""]
+    else:
+        lines += [f"Whole migration: {result['estimated_seconds_basis']}.", ""]
+    return "\n".join(lines) + "\n"
 
 
 def _cell(text: str | None) -> str:

@@ -394,9 +394,13 @@ def test_assess_inventories_without_moving_and_learns_the_rate(tmp_path):
         assert first["risk_flags"].get("encrypted") == 1                    # the corpus pick
     assert all(Path(p).is_file() for p in first["scan_reports"].values())
     assert Path(first["report"]).is_file()
+    assert first["estimated_seconds"] is None and "pilot" in first["estimated_seconds_basis"]
+    markdown = Path(first["markdown"]).read_text(encoding="utf-8")
+    assert f"{first['items']} item(s)" in markdown and "| docx |" in markdown and "Whole migration" in markdown
     migrate(str(dept_file))
     second = assess(str(dept_file))
     assert "measured" in second["estimate_basis"] and second["estimated_conversion_seconds"] > 0
+    assert second["estimated_seconds"] > 0 and "items/s" in second["estimated_seconds_basis"]
 
 
 def test_a_folder_that_cannot_be_listed_is_not_taken_for_deleted(tmp_path, monkeypatch):

@@ -251,8 +251,11 @@ def assess(department_file: Path = DeptFile) -> None:
         console.print(f"[yellow]problem:[/yellow] {problem}")
     console.print(f"{result['items']} item(s), {result['bytes'] / 2**20:.1f} MiB, "
                   f"{result['office_documents']} Office document(s); estimated conversion time "
-                  f"{result['estimated_conversion_seconds']:.0f} s ({result['estimate_basis']})")
-    console.print(f"Assessment: [bold]{result['report']}[/bold]")
+                  f"{result['estimated_conversion_seconds']:.0f} s ({result['estimate_basis']})", soft_wrap=True)
+    if result["estimated_seconds"] is not None:
+        console.print(f"estimated duration of the whole migration {result['estimated_seconds']:.0f} s "
+                      f"({result['estimated_seconds_basis']})", soft_wrap=True)
+    console.print(f"Assessment: [bold]{result['markdown']}[/bold] (data: {result['report']})", soft_wrap=True)
 
 
 
