@@ -7,15 +7,15 @@ not count tables cannot say that tables were lost.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from converters.formats import Family
-from reports.facts import Facts, SheetFacts
+from reports.facts import Facts, PageSetup, SheetFacts
 from reports.presentations import SHAPE_COUNTS
 from reports.scoring import FidelitySettings
 from reports.spreadsheets import VOLATILE, same_value
-from reports.text import containment, lost_words, similarity
+from reports.text import TextBag, containment, lost_words, similarity
 
 __all__ = ["Check", "compare", "count_check", "label", "LABELS"]
 
@@ -67,6 +67,10 @@ LABELS: dict[str, str] = {
 # inside indexes).
 _TOLERANCE = {"paragraphs": 0.02, "lists": 0.1, "changes": 0.5, "format_changes": 0.5, "fields": 0.2,
               "bookmarks": 0.1, "shapes": 0.2, "animations": 0.2, "connectors": 0.2}
+# The same, as a number of items. A continuous Word section break becomes a text section in ODF
+# when its columns differ, and nothing at all when they do not: one section more or less is how
+# ODF represents the same layout (a lost page setup is charged by the page checks).
+_ABS_TOLERANCE = {"sections": 1}
 
 _WORD_COUNTS = ("paragraphs", "headings", "lists", "tables", "images", "images_inline", "images_floating",
                 "objects", "charts", "equations", "text_boxes", "shapes", "footnotes", "endnotes",
@@ -74,7 +78,8 @@ _WORD_COUNTS = ("paragraphs", "headings", "lists", "tables", "images", "images_i
                 "headers", "footers")
 _SHEET_COUNTS = ("sheets", "hidden_sheets", "merged", "validations", "conditional_formats", "autofilters",
                  "comments", "hyperlinks", "charts", "pivot_tables", "names", "protected", "structure_protected")
-_SLIDE_COUNTS = ("slides", "hidden_slides") + tuple(SHAPE_COUNTS.values()) + ("notes", "transitions", "animations")
+_SLIDE_COUNTS = ("slides", "hidden_slides") + tuple(SHAPE_COUNTS.values()) + ("notes", "comments", "transitions",
+                                                                             "animations")
 
 
 def label(name: str) -> str:
@@ -99,7 +104,7 @@ def count_check(name: str, source: int, output: int, settings: FidelitySettings)
     check = Check(name, source, output)
     if source == output:
         return check
-    tolerance = _TOLERANCE.get(name, 0.0) * max(source, 1)
+    tolerance = max(_TOLERANCE.get(name, 0.0) * max(source, 1), _ABS_TOLERANCE.get(name, 0))
     diff = output - source
     if abs(diff) <= tolerance:
         check.detail = f"{_label(name)}: {source} in the source, {output} in the ODF (within tolerance)"
@@ -133,7 +138,15 @@ def compare(src: Facts, out: Facts, settings: FidelitySettings) -> list[Check]:
 
 # -------------------------------------------------------------------------------------- text ----
 
+def _without(whole: TextBag, part: TextBag) -> TextBag:
+    return TextBag(whole.words - part.words, max(0, whole.chars - part.chars))
+
+
 def _text_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Check]:
+    # Comments only the output's reader measured (a .ppt's or .xlsb's reader does not see them) are
+    # left out of the output's text: otherwise their words would count as new text.
+    if "comments" not in src.parts and out.parts.get("comments", TextBag()).word_count:
+        out = replace(out, text=_without(out.text, out.parts["comments"]))
     sim = similarity(src.text, out.text)
     check = Check("text", f"{src.text.word_count} words", f"{out.text.word_count} words")
     if src.family is not Family.SPREADSHEET and sim < 1.0:
@@ -209,21 +222,65 @@ def _word_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Che
             check.points = _points(settings.weight("table_text"), sum(1 - s for _, s in texts) / n * 3)
             check.detail = "table text changed: " + ", ".join(f"table {i} {s:.0%} the same" for i, s in texts[:5])
         checks.append(check)
-    if src.page is not None and out.page is not None:
-        a, b = src.page, out.page
-        check = Check("page_size", f"{a.width:.0f}×{a.height:.0f} mm", f"{b.width:.0f}×{b.height:.0f} mm")
-        if abs(a.width - b.width) > 1.5 or abs(a.height - b.height) > 1.5:
-            check.points = settings.weight("page_size")
-            check.detail = f"page size {check.source} ({a.orientation}) became {check.output} ({b.orientation})"
+    if src.pages and out.pages:
+        checks += _page_checks(src.pages, out.pages, settings)
+    return checks
+
+
+_PAGE_TOLERANCE = 1.5     # mm: rounding through twips, inches and LibreOffice's header heights
+
+
+def _page_checks(src: list[PageSetup], out: list[PageSetup], settings: FidelitySettings) -> list[Check]:
+    """Page size and orientation, and all four margins, of every section both sides have."""
+    def size(p: PageSetup) -> str:
+        return f"{p.width:.0f}×{p.height:.0f} mm {p.orientation}"
+
+    def margins(p: PageSetup) -> str:
+        return "top {:.0f}, bottom {:.0f}, left {:.0f}, right {:.0f} mm".format(*p.margins) if p.margins else "?"
+
+    def near(x: float, y: float) -> bool:
+        return abs(x - y) <= _PAGE_TOLERANCE
+
+    def same(a: PageSetup, b: PageSetup) -> bool:
+        return (near(a.width, b.width) and near(a.height, b.height)
+                and (a.margins is None) == (b.margins is None)
+                and all(near(x, y) for x, y in zip(a.margins or (), b.margins or ())))
+
+    def runs(pages: list[PageSetup]) -> list[PageSetup]:
+        # consecutive sections with the same setup are one run: LibreOffice turns a continuous section
+        # break into a text section, not a new page style, so only changes of setup can be paired
+        kept: list[PageSetup] = []
+        for p in pages:
+            if not kept or not same(kept[-1], p):
+                kept.append(p)
+        return kept
+
+    src, out = runs(src), runs(out)
+    pairs = list(zip(src, out))
+    n = max(1, len(src), len(out))
+    sizes = [f"section {i}: {size(a)} became {size(b)}" for i, (a, b) in enumerate(pairs, 1)
+             if not (near(a.width, b.width) and near(a.height, b.height))]
+    if len(src) != len(out):
+        gone = [size(a) for a in src if not any(near(a.width, b.width) and near(a.height, b.height) for b in out)]
+        sizes += [f"{len(src)} page setups in the source, {len(out)} in the ODF"
+                  + (f" (no {', '.join(gone[:3])} pages left)" if gone else "")] * abs(len(src) - len(out))
+    check = Check("page_size", [size(p) for p in src[:10]], [size(p) for p in out[:10]])
+    if sizes:
+        check.points = _points(settings.weight("page_size"), len(sizes) / n * 2)
+        check.detail = "page size changed: " + "; ".join(sizes[:3]) + (
+            f"; and {len(sizes) - 3} more" if len(sizes) > 3 else "")
+    checks = [check]
+    with_margins = [(i, a, b) for i, (a, b) in enumerate(pairs, 1) if a.margins and b.margins]
+    if with_margins:
+        moved = [f"section {i}: {margins(a)} became {margins(b)}" for i, a, b in with_margins
+                 if not all(near(x, y) for x, y in zip(a.margins, b.margins))]
+        check = Check("margins", [margins(a) for _, a, _ in with_margins[:10]],
+                      [margins(b) for _, _, b in with_margins[:10]])
+        if moved:
+            check.points = _points(settings.weight("margins"), len(moved) / len(with_margins) * 2)
+            check.detail = "page margins changed: " + "; ".join(moved[:3]) + (
+                f"; and {len(moved) - 3} more" if len(moved) > 3 else "")
         checks.append(check)
-        if a.margins and b.margins:
-            # Left and right only: with a header, ODF counts the top margin to the header, Word to the text.
-            check = Check("margins", f"left {a.margins[2]:.0f}, right {a.margins[3]:.0f} mm",
-                          f"left {b.margins[2]:.0f}, right {b.margins[3]:.0f} mm")
-            if abs(a.margins[2] - b.margins[2]) > 1.5 or abs(a.margins[3] - b.margins[3]) > 1.5:
-                check.points = settings.weight("margins")
-                check.detail = f"page margins {check.source} became {check.output}"
-            checks.append(check)
     return checks
 
 
@@ -255,7 +312,8 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
             n for n in b_names if n not in a_names)
     checks.append(check)
     check = Check("sheet_names", a_names[:30], b_names[:30])
-    if a_names != b_names and not missing:
+    # Sheets only added are charged once, under `sheets`; renamed or reordered ones here.
+    if [n for n in b_names if n in set(a_names)] != a_names and not missing:
         check.points = settings.weight("sheet_names")
         check.detail = "sheet names or order changed"
     checks.append(check)
@@ -296,6 +354,10 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
                 if formulas_known:
                     formulas.add(pos in twin.formulas, f"{sheet.name}!{_a1(pos)}")
                 text = formula_cells[pos] or twin.formulas.get(pos, "")
+                # An error LibreOffice computes where Excel stored none is caught whatever Excel stored:
+                # with no cached value, an untrusted one, or a volatile formula, it is still an error now.
+                if b is not None and b[0] == "e" and (a is None or a[0] != "e"):
+                    new_errors.append(f"{sheet.name}!{_a1(pos)} {b[1]}")
                 if VOLATILE.search(text):
                     volatile += 1
                     continue
@@ -303,8 +365,6 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
                     uncached += 1
                     continue
                 recalc.add(same_value(a, b), f"{sheet.name}!{_a1(pos)}: {_show(a)} → {_show(b)}")
-                if b is not None and b[0] == "e" and (a is None or a[0] != "e"):
-                    new_errors.append(f"{sheet.name}!{_a1(pos)} {b[1]}")
             else:
                 values.add(same_value(a, b), f"{sheet.name}!{_a1(pos)}: {_show(a)} → {_show(b)}")
     if formulas_known:

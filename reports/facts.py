@@ -32,7 +32,11 @@ class TableFacts:
 
 @dataclass
 class PageSetup:
-    """Size and margins of the first page, in millimetres."""
+    """Size and margins of the pages of one section, in millimetres.
+
+    Top and bottom margins are measured to the body text as Word does: in ODF the page margin ends
+    at the header, so an ODF reader adds the header's (footer's) height to it.
+    """
 
     width: float
     height: float
@@ -55,6 +59,7 @@ class SheetFacts:
     counts: dict[str, int] = field(default_factory=dict)                # merged, validations, comments, …
     truncated: bool = False                                             # stopped reading at the row limit
     pivot_ranges: list[tuple[int, int, int, int]] = field(default_factory=list)  # (row1, col1, row2, col2) of pivot output
+    comments: list[str] = field(default_factory=list)                   # text of each cell comment (note)
 
     @property
     def used_range(self) -> tuple[int, int]:
@@ -75,6 +80,7 @@ class SlideFacts:
     notes: TextBag = field(default_factory=TextBag)
     transition: bool = False
     animations: int = 0
+    comments: list[str] = field(default_factory=list)       # text of each comment (and reply) on the slide
 
 
 @dataclass
@@ -88,7 +94,8 @@ class Facts:
     counts: dict[str, int] = field(default_factory=dict)      # feature -> count (only what was measured)
     headings: dict[int, int] | None = None              # outline level -> paragraphs
     tables: list[TableFacts] | None = None
-    page: PageSetup | None = None
+    page: PageSetup | None = None                       # the first section's page setup
+    pages: list[PageSetup] | None = None                # every section's page setup, in document order
     sheets: list[SheetFacts] | None = None
     slides: list[SlideFacts] | None = None
     metadata: dict[str, str] = field(default_factory=dict)    # title, subject, author, created, modified

@@ -41,8 +41,9 @@ __all__ = ["FidelityRecord", "Status", "assess", "make_assessor", "read_facts", 
 
 log = logging.getLogger("umstieg.reports")
 
-#: Renders a document (source or ODF) to PDF on a LibreOffice worker: render(path, pdf, format, pages).
-Renderer = Callable[[Path, Path, OfficeFormat, int], None]
+#: Renders a document (source or ODF) to PDF on a LibreOffice worker: render(path, pdf, format, pages),
+#: `pages` the most pages to export (None: the whole document).
+Renderer = Callable[[Path, Path, OfficeFormat, int | None], None]
 
 SOURCE_RENDER_NOTE = ("The source's page images are LibreOffice's reading of the file, not how Microsoft Office "
                       "shows it: they show what LibreOffice's ODF export changed, not differences to Word, "

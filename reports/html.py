@@ -249,6 +249,9 @@ def scan_html(table: pd.DataFrame, *, source: str, seconds: float) -> str:
         for _, row in rows.head(2000).iterrows():
             details = row.get("details") if isinstance(row.get("details"), dict) else {}
             extra = "".join(f"<br><span class='sub'>{_e(k)}: {_e(', '.join(v))}</span>" for k, v in details.items())
+            error = row.get("error")
+            if isinstance(error, str) and error:
+                extra += f"<br><span class='sub'>inspection failed part-way: {_e(error)}</span>"
             body.append(f"<tr><td class='path'>{_e(row['path'])}</td><td>{_e(row['format'])}</td>"
                         f"<td class='num'>{row['size'] / 1024:.0f} KiB</td><td>{_e(', '.join(row['flags']))}{extra}</td></tr>")
         body.append("</table>")

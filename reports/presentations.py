@@ -141,6 +141,7 @@ def read_pptx(path: Path) -> Facts:
             if tree is not None:
                 _pptx_shapes(tree, slide.shapes, pkg, rel.target, slide.text)
             slide.notes = _pptx_notes(pkg, rel.target)
+            slide.comments = _pptx_comments(pkg, rel.target)
             slide.transition = root.find(f".//{_p('transition')}") is not None
             timing = root.find(_p("timing"))
             if timing is not None:
@@ -152,16 +153,49 @@ def read_pptx(path: Path) -> Facts:
     return facts
 
 
+def _pptx_comments(pkg: Ooxml, slide: str) -> list[str]:
+    """Text of the comments on a slide: classic ones (ppt/comments/comment*.xml, <p:cm><p:text>) and
+    modern ones (ppt/comments/modernComment_*.xml, a text body per comment and per reply).
+
+    Both relationship types end in "comments" (the modern one is Microsoft's 2018 extension).
+    """
+    texts: list[str] = []
+    for part in pkg.related(slide, "comments"):
+        try:
+            root = pkg.xml(part)
+        except (etree.XMLSyntaxError, PartTooBig):
+            continue
+        for el in root.iter("{*}cm", "{*}reply"):          # document order: a comment, then its replies
+            body = next((c for c in el if _local(c) in ("text", "txBody")), None)
+            if body is None:
+                texts.append("")
+            elif _local(body) == "text":
+                texts.append(body.text or "")
+            else:
+                texts.append("\n".join("".join(t.text or "" for t in p.iter(f"{{{_A}}}t"))
+                                       for p in body.iter(f"{{{_A}}}p")))
+    return texts
+
+
+def _local(el: etree._Element) -> str:
+    return el.tag.rsplit("}", 1)[-1] if isinstance(el.tag, str) else ""
+
+
 def _totals(facts: Facts) -> None:
     slides = facts.slides or []
+    comments = TextBag()
     for slide in slides:
         facts.text += slide.text
         facts.text += slide.notes
+        comments.add("\n".join(slide.comments))
+    facts.text += comments
     notes = TextBag()
     for slide in slides:
         notes += slide.notes
     facts.parts["speaker notes"] = notes
+    facts.parts["comments"] = comments
     c = facts.counts
+    c["comments"] = sum(len(s.comments) for s in slides)
     c["slides"] = len(slides)
     c["hidden_slides"] = sum(s.hidden for s in slides)
     for kind in SHAPE_KINDS:
@@ -172,6 +206,9 @@ def _totals(facts: Facts) -> None:
 
 
 # ============================================================================ ODF (odp) ========
+
+_OFFICEOOO = "http://openoffice.org/2009/office"
+
 
 def _n(prefix: str, tag: str) -> str:
     return f"{{{ODF_NS[prefix]}}}{tag}"
@@ -274,6 +311,9 @@ def read_odp(path: Path) -> Facts:
                 slide.transition = any(props.get(_n(ns, attr)) not in (None, "none") for ns, attr in (
                     ("presentation", "transition-type"), ("smil", "type"), ("presentation", "transition-style")))
             _odp_shapes(page, slide.shapes, pkg, slide.text)
+            # LibreOffice writes a slide's comments as officeooo:annotation (office:annotation in ODF 1.4)
+            for note in page.iter(f"{{{_OFFICEOOO}}}annotation", _n("office", "annotation")):
+                slide.comments.append("\n".join(_odf_paragraphs(note)))
             notes = page.find(_n("presentation", "notes"))
             if notes is not None:
                 for frame in notes.iter(_n("draw", "frame")):

@@ -101,7 +101,7 @@ class RiskReport:
 
     @property
     def category(self) -> str:
-        return category(self.flags, self.format)
+        return category(self.flags, self.format, error=self.error)
 
     def to_json(self) -> dict:
         data = {"path": self.path, "format": self.format, "family": self.family, "size": self.size,
@@ -113,14 +113,18 @@ class RiskReport:
         return data
 
 
-def category(flags: list[str], fmt: str | None) -> str:
-    """The planning category: person, review, clean (Office files) or other (not Office)."""
+def category(flags: list[str], fmt: str | None, *, error: str | None = None) -> str:
+    """The planning category: person, review, clean (Office files) or other (not Office).
+
+    An Office file whose inspection failed part-way (`error`) is at least review: its flags may be
+    incomplete, so nobody can call it clean.
+    """
     if fmt is None and "unreadable" not in flags and "encrypted" not in flags:
         return "other"
     levels = {RISK_FLAGS[f].level for f in flags if f in RISK_FLAGS}
     if "person" in levels:
         return "person"
-    if "review" in levels:
+    if "review" in levels or error:
         return "review"
     return "clean"
 
@@ -247,7 +251,8 @@ def _scan_part(zf: zipfile.ZipFile, name: str, pattern: re.Pattern, limit: int =
             data = tail + chunk
             for m in pattern.finditer(data):
                 if m.end() > len(tail):
-                    found.append(m.group(1) if m.groups() else m.group(0))
+                    # the first group that matched: with alternatives, the others are None
+                    found.append(next((g for g in m.groups() if g is not None), m.group(0)))
             tail = data[-4096:]
     return found
 

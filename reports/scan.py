@@ -34,7 +34,8 @@ class ScanSummary:
 
     files: int = 0
     bytes: int = 0
-    by_format: Counter = field(default_factory=Counter)
+    by_format: Counter = field(default_factory=Counter)          # files per format ("other": not Office)
+    bytes_by_format: Counter = field(default_factory=Counter)    # bytes per format
     by_category: Counter = field(default_factory=Counter)
     by_flag: Counter = field(default_factory=Counter)
     errors: int = 0
@@ -87,6 +88,7 @@ def scan_tree(src: Path, out: Path, *, jobs: int = 4, oversize: int = DEFAULT_OV
                 summary.files += 1
                 summary.bytes += report.size
                 summary.by_format[report.format or "other"] += 1
+                summary.bytes_by_format[report.format or "other"] += report.size
                 summary.by_category[report.category] += 1
                 summary.by_flag.update(report.flags)
                 summary.errors += report.error is not None

@@ -42,7 +42,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "paragraphs": 3, "headings": 5, "lists": 3, "tables": 15, "table_shapes": 8, "table_text": 10,
     "images": 15, "images_inline": 2, "images_floating": 2, "objects": 10, "charts": 10,
     "equations": 10, "text_boxes": 5, "shapes": 3, "footnotes": 10, "endnotes": 10, "comments": 10,
-    "changes": 10, "format_changes": 2, "fields": 3, "bookmarks": 2, "hyperlinks": 5, "sections": 0,
+    "changes": 10, "format_changes": 2, "fields": 3, "bookmarks": 2, "hyperlinks": 5, "sections": 2,
     "headers": 5, "footers": 5, "page_size": 5, "margins": 1,
     # spreadsheets
     "sheets": 40, "sheet_names": 5, "hidden_sheets": 3, "values": 40, "formulas": 30,

@@ -40,6 +40,7 @@ VOLATILE = re.compile(r"\b(NOW|TODAY|RAND|RANDBETWEEN|RANDARRAY|INFO|CELL)\s*\("
 _CELL_REF = re.compile(r"^\$?([A-Z]{1,3})\$?(\d+)$")
 _XML_ESCAPE = re.compile(r"_x([0-9A-Fa-f]{4})_")
 _EXCEL_EPOCH = datetime(1899, 12, 30)
+_EXCEL_EPOCH_1904 = datetime(1904, 1, 1)      # workbooks with date1904 (old Excel for Mac) count from here
 
 
 def _col_index(letters: str) -> int:
@@ -114,7 +115,8 @@ def _shared_strings(pkg: Ooxml, main: str) -> list[str]:
     return strings
 
 
-def _xlsx_value(t: str | None, raw: str | None, cell: etree._Element, strings: list[str]) -> Value | None:
+def _xlsx_value(t: str | None, raw: str | None, cell: etree._Element, strings: list[str],
+                epoch: datetime = _EXCEL_EPOCH) -> Value | None:
     if t == "inlineStr":
         return ("s", _text("".join(x.text or "" for x in cell.iter("{*}t"))))
     if raw is None:
@@ -130,7 +132,7 @@ def _xlsx_value(t: str | None, raw: str | None, cell: etree._Element, strings: l
         return ("e", raw.strip())
     if t == "d":
         try:
-            return ("n", _serial(datetime.fromisoformat(raw.strip()), _EXCEL_EPOCH))
+            return ("n", _serial(datetime.fromisoformat(raw.strip()), epoch))
         except ValueError:
             return ("s", raw)
     try:
@@ -146,7 +148,8 @@ def _serial(moment: datetime | date, epoch: datetime) -> float:
     return delta.days + delta.seconds / 86400 + delta.microseconds / 86400e6
 
 
-def _read_xlsx_sheet(pkg: Ooxml, part: str, sheet: SheetFacts, strings: list[str], max_rows: int) -> None:
+def _read_xlsx_sheet(pkg: Ooxml, part: str, sheet: SheetFacts, strings: list[str], max_rows: int,
+                     epoch: datetime = _EXCEL_EPOCH) -> None:
     counts = sheet.counts
     for key in ("merged", "validations", "conditional_formats", "autofilters", "hyperlinks", "protected"):
         counts[key] = 0
@@ -178,7 +181,8 @@ def _read_xlsx_sheet(pkg: Ooxml, part: str, sheet: SheetFacts, strings: list[str
                         formula = child
                     elif local == "v":
                         value_el = child
-                value = _xlsx_value(el.get("t"), value_el.text if value_el is not None else None, el, strings)
+                value = _xlsx_value(el.get("t"), value_el.text if value_el is not None else None, el, strings,
+                                    epoch)
                 if formula is not None:
                     text = formula.text or ""
                     si = formula.get("si")
@@ -188,7 +192,8 @@ def _read_xlsx_sheet(pkg: Ooxml, part: str, sheet: SheetFacts, strings: list[str
                         else:
                             text = shared.get(si, "")
                     sheet.formulas[(row, col)] = text
-                    if value_el is None:
+                    # no value, or an empty one that is not an empty text result (openpyxl writes <v/>)
+                    if value_el is None or (not value_el.text and el.get("t") != "str"):
                         sheet.uncached.add((row, col))
                 if value is not None and not _empty(value):
                     sheet.cells[(row, col)] = value
@@ -217,7 +222,10 @@ def _read_xlsx_sheet(pkg: Ooxml, part: str, sheet: SheetFacts, strings: list[str
     comments = 0
     for rel in pkg.related(part, "comments"):
         try:
-            comments += sum(1 for el in pkg.xml(rel).iter("{*}comment"))
+            for el in pkg.xml(rel).iter("{*}comment"):
+                comments += 1
+                sheet.comments.append(_text("".join(t.text or "" for t in el.iter("{*}t")
+                                                    if _local(t.getparent()) != "rPh")))
         except (etree.XMLSyntaxError, PartTooBig):
             pass
     counts["comments"] = comments
@@ -275,11 +283,20 @@ def read_xlsx(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
             if rel.kind == "chartsheet":
                 sheet.counts["charts"] = sum(len(pkg.related(d, "chart")) for d in pkg.related(rel.target, "drawing"))
                 continue
-            _read_xlsx_sheet(pkg, rel.target, sheet, strings, max_rows)
+            _read_xlsx_sheet(pkg, rel.target, sheet, strings, max_rows,
+                             _EXCEL_EPOCH_1904 if facts.date1904 else _EXCEL_EPOCH)
         _sheet_totals(facts)
-        facts.text = bag(*(v[1] for s in facts.sheets for v in s.cells.values() if v[0] == "s"))
+        _sheet_text(facts)
         facts.metadata = ooxml_metadata(pkg)
     return facts
+
+
+def _sheet_text(facts: Facts) -> None:
+    """The workbook's text: every text cell, and the cell comments (also a part of their own)."""
+    comments = bag(*(text for s in facts.sheets for text in s.comments))
+    facts.text = bag(*(v[1] for s in facts.sheets for v in s.cells.values() if v[0] == "s"))
+    facts.text += comments
+    facts.parts["comments"] = comments
 
 
 def _sheet_totals(facts: Facts) -> None:
@@ -327,6 +344,12 @@ def _collect(el: etree._Element, parts: list[str]) -> None:
             _collect(child, parts)
         if child.tail:
             parts.append(child.tail)
+
+
+def _ods_paragraph(p: etree._Element) -> str:
+    parts: list[str] = []
+    _collect(p, parts)
+    return "".join(parts)
 
 
 def _ods_value(cell: etree._Element, epoch: datetime) -> Value | None:
@@ -455,7 +478,7 @@ def read_ods(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
         counts[key] = sum(s.counts.get(key, 0) for s in facts.sheets)
     counts["sheets"] = len(facts.sheets)
     counts["hidden_sheets"] = sum(1 for s in facts.sheets if s.hidden)
-    facts.text = bag(*(v[1] for s in facts.sheets for v in s.cells.values() if v[0] == "s"))
+    _sheet_text(facts)
     return facts
 
 
@@ -486,6 +509,7 @@ def _ods_row(el: etree._Element, sheet: SheetFacts, row: int, repeat: int, epoch
             for child in cell:
                 if child.tag == _ANNOTATION:
                     annotations += 1
+                    sheet.comments.append(_text("\n".join(_ods_paragraph(p) for p in child.iter(_P))))
                 elif len(child):                     # a paragraph with markup: maybe a hyperlink
                     links += sum(1 for _ in child.iter(_LINK))
             merged = (get(_SPAN_COLS) or "1") != "1" or (get(_SPAN_ROWS) or "1") != "1"
@@ -543,7 +567,9 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
                         sheet.cells[(r, c)] = ("e", errors.get(cell.value, f"#ERR{cell.value}"))
             sheet.truncated = xs.nrows > max_rows
             sheet.counts["merged"] = len(xs.merged_cells)
-            sheet.counts["comments"] = len(getattr(xs, "cell_note_map", {}) or {})
+            notes = getattr(xs, "cell_note_map", {}) or {}
+            sheet.counts["comments"] = len(notes)
+            sheet.comments = [_text(note.text or "") for note in notes.values()]
             sheet.counts["hyperlinks"] = len(getattr(xs, "hyperlink_list", []) or [])
             book.unload_sheet(index)
         # xlrd lists worksheets only: chart sheets (and their places) come from the BOUNDSHEET records
@@ -559,7 +585,7 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
             facts.counts[key] = sum(s.counts.get(key, 0) for s in facts.sheets)
         facts.counts["sheets"] = len(facts.sheets)
         facts.counts["hidden_sheets"] = sum(1 for s in facts.sheets if s.hidden)
-        facts.text = bag(*(v[1] for s in facts.sheets for v in s.cells.values() if v[0] == "s"))
+        _sheet_text(facts)
         facts.metadata = ole_metadata(path)
         application = facts.metadata.pop("application", "")
         if "excel" not in application.lower():

@@ -1,7 +1,8 @@
 """The visual tier: render source and ODF output to page images and compare them page by page.
 
 Both files are rendered by LibreOffice (on the converter pool's workers, through the `render`
-function the caller passes in) to PDF, then to grey page images by poppler's `pdftoppm`. Pages
+function the caller passes in) to PDF — the whole document, so that the page counts compared are
+true — then the first `visual_pages` pages to grey page images by poppler's `pdftoppm`. Pages
 are compared with SSIM (structural similarity, Wang et al. 2004, on 7×7 windows; computed with
 numpy). The source's render is LibreOffice's reading of it, not Microsoft Office's: the check
 shows what the ODF export changed, not how far LibreOffice's layout is from Word's.
@@ -32,6 +33,7 @@ from reports.scoring import FidelitySettings
 __all__ = ["visual_checks", "ssim", "page_images", "THUMB_WIDTH"]
 
 THUMB_WIDTH = 180
+_SHEET_PAGE_CAP = 300       # pages of a workbook exported at most (a count this high means "at least")
 _W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 _ODF_OUTPUT = {Family.TEXT: "odt", Family.SPREADSHEET: "ods", Family.PRESENTATION: "odp"}
 
@@ -64,7 +66,8 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
 
 def page_images(pdf: Path, folder: Path, prefix: str, pages: int, dpi: int) -> list[Path]:
     """Grey PNG images of the first `pages` pages of `pdf` (poppler's pdftoppm)."""
-    subprocess.run(["pdftoppm", "-r", str(dpi), "-gray", "-png", "-l", str(pages), str(pdf), str(folder / prefix)],
+    subprocess.run(["pdftoppm", "-r", str(dpi), "-gray", "-png", "-f", "1", "-l", str(pages), str(pdf),
+                    str(folder / prefix)],
                    check=True, capture_output=True, timeout=120)
     return sorted(folder.glob(f"{prefix}-*.png"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
 
@@ -149,8 +152,12 @@ def visual_checks(source: Path, output: Path, fmt: OfficeFormat, render, setting
             return [], {"status": "not_rendered", "reason": str(exc)}
         out_copy = _without_comments(output, odf, work, "output", None)
         src_pdf, out_pdf = work / "source.pdf", work / "output.pdf"
-        render(src_copy, src_pdf, fmt, settings.visual_pages)
-        render(out_copy, out_pdf, odf, settings.visual_pages)
+        # The whole document is exported, so that the page counts are true; only the first
+        # `visual_pages` pages are turned into images and compared. A workbook can print to
+        # thousands of pages: its export stops at _SHEET_PAGE_CAP, and a count at the cap is a floor.
+        cap = _SHEET_PAGE_CAP if fmt.family is Family.SPREADSHEET else None
+        render(src_copy, src_pdf, fmt, cap)
+        render(out_copy, out_pdf, odf, cap)
         pages_src, pages_out = _pdf_pages(src_pdf), _pdf_pages(out_pdf)
         src_pages = page_images(src_pdf, work, "s", settings.visual_pages, settings.visual_dpi)
         out_pages = page_images(out_pdf, work, "o", settings.visual_pages, settings.visual_dpi)
@@ -173,7 +180,9 @@ def visual_checks(source: Path, output: Path, fmt: OfficeFormat, render, setting
 
     checks = []
     check = Check("pages", pages_src, pages_out)
-    if pages_src != pages_out:
+    if cap and pages_src >= cap and pages_out >= cap:
+        check.detail = f"both print to at least {cap} pages: only the first {cap} were exported"
+    elif pages_src != pages_out:
         check.points = max(0.1, round(settings.weight("pages") * min(1.0, abs(pages_out - pages_src) / max(1, pages_src)), 2))
         check.detail = f"{pages_src} page(s) rendered from the source, {pages_out} from the ODF"
     checks.append(check)

@@ -293,21 +293,28 @@ def _mm(twips: str | None) -> float | None:
     return abs(value) * _TWIP_MM if value is not None else None
 
 
-def _docx_page(body: etree._Element) -> tuple[PageSetup | None, int, list[etree._Element]]:
-    sects = list(body.iter(_w("sectPr")))
-    page = None
-    if sects:
-        first = sects[0]
-        size, margin = first.find(_w("pgSz")), first.find(_w("pgMar"))
+def _docx_page(body: etree._Element) -> tuple[list[PageSetup], int, list[etree._Element]]:
+    """Each section's page setup (sections without a page size are left out), the sections, their sectPr."""
+    # a sectPr inside a tracked change (sectPrChange, pPrChange) is the setup before the change
+    sects = [el for el in body.iter(_w("sectPr"))
+             if not any(a.tag in (_w("sectPrChange"), _w("pPrChange")) for a in el.iterancestors())]
+    pages = []
+    for sect in sects:
+        size, margin = sect.find(_w("pgSz")), sect.find(_w("pgMar"))
         width = _mm(size.get(_w("w"))) if size is not None else None
         height = _mm(size.get(_w("h"))) if size is not None else None
         if width and height:
             margins = None
             if margin is not None:
                 values = [_mm(margin.get(_w(k))) for k in ("top", "bottom", "left", "right")]
-                margins = tuple(values) if None not in values else None
-            page = PageSetup(round(width, 1), round(height, 1), margins)
-    return page, len(sects), sects
+                if None not in values:
+                    # the gutter widens the inner margin; ODF (LibreOffice) counts it in the margin too
+                    rtl = sect.find(_w("rtlGutter"))
+                    right_gutter = rtl is not None and rtl.get(_w("val"), "1") not in ("0", "false", "off")
+                    values[3 if right_gutter else 2] += _mm(margin.get(_w("gutter"))) or 0.0
+                    margins = tuple(round(v, 1) for v in values)
+            pages.append(PageSetup(round(width, 1), round(height, 1), margins))
+    return pages, len(sects), sects
 
 
 def _docx_header_texts(pkg: Ooxml, main: str, sects: list, even_odd: bool) -> dict[str, set[str]]:
@@ -409,8 +416,9 @@ def read_docx(path: Path) -> Facts:
         c["bookmarks"] = sum(1 for el in body.iter(_w("bookmarkStart")) if el.get(_w("name")) != "_GoBack")
         fields = _docx_fields(body)
         c["hyperlinks"] = sum(1 for _ in body.iter(_w("hyperlink"))) + fields.get("HYPERLINK", 0)
-        page, c["sections"], sects = _docx_page(body)
-        facts.page = page
+        pages, c["sections"], sects = _docx_page(body)
+        facts.pages = pages or None
+        facts.page = pages[0] if pages else None
 
         # headers and footers: the distinct texts Word shows; their fields count as fields
         shown = _docx_header_texts(pkg, main, sects, even_odd)
@@ -636,8 +644,13 @@ def odf_length_mm(value: str | None) -> float | None:
     return abs(number * factor)
 
 
-def _odt_page(content: etree._Element, styles: etree._Element | None, body: etree._Element) -> tuple[PageSetup | None, int]:
-    """First page's size and margins, and how many page styles the body switches to."""
+def _odt_page(content: etree._Element, styles: etree._Element | None,
+              body: etree._Element) -> tuple[list[PageSetup], int]:
+    """Each section's page setup (one per master page the body uses, in order), and the sections.
+
+    A section is a switch of master page or a text:section. The body starts on the default master
+    page ("Standard") unless its first paragraph or table names another one.
+    """
     auto = {}
     for root in (content, styles):
         if root is None:
@@ -647,33 +660,61 @@ def _odt_page(content: etree._Element, styles: etree._Element | None, body: etre
             if master is not None:
                 auto[style.get(_ns("style", "name"))] = master
     masters_used = []
+    first = True
     for el in body.iter(_TEXT_P, _TEXT_H, _ns("table", "table")):
         master = auto.get(el.get(_ns("text", "style-name")) or el.get(_ns("table", "style-name")))
+        if first and not master:
+            masters_used.append("")                  # the default master page
+        first = False
         if master:
             masters_used.append(master)
-    first_master = masters_used[0] if masters_used else "Standard"
     sections = max(1, len(masters_used)) + sum(1 for _ in body.iter(_ns("text", "section")))
     if styles is None:
-        return None, sections
+        return [], sections
     layouts = {pl.get(_ns("style", "name")): pl for pl in styles.iter(_ns("style", "page-layout"))}
     masters = {mp.get(_ns("style", "name")): mp for mp in styles.iter(_ns("style", "master-page"))}
-    master = masters.get(first_master)
+    default = masters["Standard"] if "Standard" in masters else next(iter(masters.values()), None)
+    pages = []
+    for name in masters_used or [""]:
+        master = masters.get(name) if name else default
+        page = _odt_master_page(master if master is not None else default, layouts)
+        if page is not None:
+            pages.append(page)
+    return pages, sections
+
+
+def _odt_master_page(master: etree._Element | None, layouts: dict) -> PageSetup | None:
     if master is None:
-        master = next(iter(masters.values()), None)
-    if master is None:
-        return None, sections
+        return None
     layout = layouts.get(master.get(_ns("style", "page-layout-name")))
     props = layout.find(_ns("style", "page-layout-properties")) if layout is not None else None
     if props is None:
-        return None, sections
+        return None
     width = odf_length_mm(props.get(_ns("fo", "page-width")))
     height = odf_length_mm(props.get(_ns("fo", "page-height")))
     if not width or not height:
-        return None, sections
+        return None
     margin = props.get(_ns("fo", "margin"))
-    values = [odf_length_mm(props.get(_ns("fo", f"margin-{k}")) or margin) or 0.0
-              for k in ("top", "bottom", "left", "right")]
-    return PageSetup(round(width, 1), round(height, 1), tuple(values)), sections
+    top, bottom, left, right = (odf_length_mm(props.get(_ns("fo", f"margin-{k}")) or margin) or 0.0
+                                for k in ("top", "bottom", "left", "right"))
+    # Word measures top and bottom margins to the text, ODF to the header and footer: add their height
+    for kind, index in (("header", 0), ("footer", 1)):
+        shown = master.find(_ns("style", kind))
+        if shown is None or shown.get(_ns("style", "display")) == "false":
+            continue
+        hf = layout.find(f"{_ns('style', kind + '-style')}/{_ns('style', 'header-footer-properties')}")
+        if hf is None:
+            continue
+        extra = odf_length_mm(hf.get(_ns("fo", "min-height")))
+        if extra is None:
+            spacing = hf.get(_ns("fo", "margin-bottom" if kind == "header" else "margin-top"))
+            extra = (odf_length_mm(hf.get(_ns("svg", "height"))) or 0.0) + (odf_length_mm(spacing) or 0.0)
+        if index == 0:
+            top += extra
+        else:
+            bottom += extra
+    return PageSetup(round(width, 1), round(height, 1), (round(top, 1), round(bottom, 1), round(left, 1),
+                                                          round(right, 1)))
 
 
 def _odf_header_texts(styles: etree._Element | None) -> dict[str, set[str]]:
@@ -771,8 +812,9 @@ def read_odt(path: Path) -> Facts:
         c["bookmarks"] = sum(1 for el in body.iter(_ns("text", "bookmark"), _ns("text", "bookmark-start"))
                              if el.get(_ns("text", "name")) != "_GoBack")
         c["hyperlinks"] = sum(1 for _ in body.iter(_ns("text", "a")))
-        page, c["sections"] = _odt_page(content, styles, body)
-        facts.page = page
+        pages, c["sections"] = _odt_page(content, styles, body)
+        facts.pages = pages or None
+        facts.page = pages[0] if pages else None
         shown = _odf_header_texts(styles)
         c["headers"], c["footers"] = len(shown["headers"]), len(shown["footers"])
         header_bag = bag(*shown["headers"], *shown["footers"])

@@ -241,3 +241,169 @@ def make_xlsx_with_cached_values(path: Path, wrong: bool = False) -> Path:
             zout.writestr(item, data)
     tmp.unlink()
     return path
+
+
+def make_xlsx_1904(path: Path, iso_dates: bool = False) -> Path:
+    """A workbook in the 1904 date system (old Excel for Mac) with dates, a time and a plain number.
+
+    With `iso_dates`, openpyxl writes the dates as ISO text cells (t="d"), otherwise as serial
+    days counted from 1904-01-01: A1 2027-01-31, A2 1904-01-02 (serial 1), A3 12:00 on
+    2030-06-15, A4 the number 100 (not a date).
+    """
+    from datetime import date, datetime
+
+    import openpyxl
+    from openpyxl.utils.datetime import CALENDAR_MAC_1904
+    wb = openpyxl.Workbook()
+    wb.epoch = CALENDAR_MAC_1904
+    wb.iso_dates = iso_dates
+    ws = wb.active
+    ws.title = "Termine"
+    ws["A1"], ws["A2"], ws["A3"], ws["A4"] = date(2027, 1, 31), date(1904, 1, 2), datetime(2030, 6, 15, 12), 100
+    ws["B1"] = "Fristende"
+    wb.save(path)
+    return path
+
+
+def make_paged_docx(path: Path, pages: int) -> Path:
+    """A Word document of exactly `pages` pages: a heading and a short paragraph on each, then a page break."""
+    import docx
+    from docx.enum.text import WD_BREAK
+    d = docx.Document()
+    for i in range(1, pages + 1):
+        d.add_heading(f"Seite {i}", level=2)
+        p = d.add_paragraph(f"Inhalt der Seite {i}: Der Antrag wird geprüft.")
+        if i < pages:
+            p.add_run().add_break(WD_BREAK.PAGE)
+    d.save(path)
+    return path
+
+
+def make_xlsx_with_new_errors(path: Path) -> Path:
+    """A workbook whose formulas have no stored values (openpyxl does not calculate) and give errors
+    in LibreOffice: B1 =NICHTDA(A1) (#NAME?, no such function), B2 ="abc"+1 (#VALUE!), B3 =A1*2 (fine),
+    B4 =NOW()+NICHTDA(1) (volatile, #NAME?)."""
+    import openpyxl
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Fehler"
+    ws["A1"] = 2
+    ws["B1"], ws["B2"], ws["B3"], ws["B4"] = "=NICHTDA(A1)", '="abc"+1', "=A1*2", "=NOW()+NICHTDA(1)"
+    wb.save(path)
+    return path
+
+
+def make_xlsx_with_comments(path: Path) -> Path:
+    """A workbook with two cell comments (notes) on two sheets: their words appear nowhere else."""
+    import openpyxl
+    from openpyxl.comments import Comment
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "Haushalt"
+    ws["A1"], ws["A2"] = "Posten", 120
+    ws["A2"].comment = Comment("Betrag vorläufig geschätzt", "Kämmerei")
+    other = wb.create_sheet("Personal")
+    other["B3"] = "Stellen"
+    other["B3"].comment = Comment("Stellenplan Entwurf Dezember", "Personalamt")
+    wb.save(path)
+    return path
+
+
+def make_pptx_with_comments(path: Path, modern: bool = False) -> Path:
+    """A presentation of two slides with comments python-pptx cannot write, added to the package.
+
+    Classic comments (ppt/comments/comment1.xml, as PowerPoint 2007-2019 writes them): one on
+    slide 1, "Zahlen bitte prüfen". With `modern`, PowerPoint 365's threaded comments instead
+    (ppt/comments/modernComment_*.xml): one on slide 1 with one reply, "Ergebnis bestätigt".
+    """
+    import re
+    import zipfile
+    tmp = path.with_suffix(".tmp.pptx")
+    make_pptx(tmp, slides=2)
+    p = "http://schemas.openxmlformats.org/presentationml/2006/main"
+    rel_ns = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    if modern:
+        part, authors = "ppt/comments/modernComment_100_1.xml", "ppt/authors.xml"
+        body = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+                '<p188:cmLst xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" '
+                f'xmlns:r="{rel_ns}" xmlns:p188="http://schemas.microsoft.com/office/powerpoint/2018/8/main">'
+                '<p188:cm id="{11111111-1111-4111-8111-111111111111}" authorId="{22222222-2222-4222-8222-222222222222}" '
+                'created="2026-11-02T09:00:00.000">'
+                '<pc:sldMkLst xmlns:pc="http://schemas.microsoft.com/office/powerpoint/2013/main/command">'
+                '<pc:docMk/><pc:sldMk cId="0" sldId="256"/></pc:sldMkLst>'
+                '<p188:replyLst><p188:reply id="{33333333-3333-4333-8333-333333333333}" '
+                'authorId="{22222222-2222-4222-8222-222222222222}" created="2026-11-02T10:00:00.000">'
+                '<p188:txBody><a:bodyPr/><a:lstStyle/><a:p><a:r><a:t>Ergebnis bestätigt</a:t></a:r></a:p>'
+                '</p188:txBody></p188:reply></p188:replyLst>'
+                '<p188:txBody><a:bodyPr/><a:lstStyle/><a:p><a:r><a:t>Quelle der Zahlen angeben</a:t></a:r></a:p>'
+                '</p188:txBody></p188:cm></p188:cmLst>')
+        author_xml = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+                      '<p188:authorLst xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" '
+                      f'xmlns:r="{rel_ns}" xmlns:p188="http://schemas.microsoft.com/office/powerpoint/2018/8/main">'
+                      '<p188:author id="{22222222-2222-4222-8222-222222222222}" name="Referat 1" initials="R1" '
+                      'userId="Referat 1" providerId="None"/></p188:authorLst>')
+        slide_rel = "http://schemas.microsoft.com/office/2018/10/relationships/comments"
+        author_rel = "http://schemas.microsoft.com/office/2018/10/relationships/authors"
+        types = ('<Override PartName="/ppt/comments/modernComment_100_1.xml" ContentType="application/'
+                 'vnd.ms-powerpoint.comments+xml"/><Override PartName="/ppt/authors.xml" '
+                 'ContentType="application/vnd.ms-powerpoint.authors+xml"/>')
+        target = "../comments/modernComment_100_1.xml"
+    else:
+        part, authors = "ppt/comments/comment1.xml", "ppt/commentAuthors.xml"
+        body = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+                f'<p:cmLst xmlns:p="{p}"><p:cm authorId="0" dt="2026-11-02T09:00:00.000" idx="1">'
+                '<p:pos x="10" y="10"/><p:text>Zahlen bitte prüfen</p:text></p:cm></p:cmLst>')
+        author_xml = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+                      f'<p:cmAuthorLst xmlns:p="{p}"><p:cmAuthor id="0" name="Referat 1" initials="R1" '
+                      'lastIdx="1" clrIdx="0"/></p:cmAuthorLst>')
+        slide_rel = f"{rel_ns}/comments"
+        author_rel = f"{rel_ns}/commentAuthors"
+        types = ('<Override PartName="/ppt/comments/comment1.xml" ContentType="application/'
+                 'vnd.openxmlformats-officedocument.presentationml.comments+xml"/><Override '
+                 'PartName="/ppt/commentAuthors.xml" ContentType="application/'
+                 'vnd.openxmlformats-officedocument.presentationml.commentAuthors+xml"/>')
+        target = "../comments/comment1.xml"
+    with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "ppt/slides/_rels/slide1.xml.rels":
+                data = data.replace(b"</Relationships>", (
+                    f'<Relationship Id="rIdComments" Type="{slide_rel}" Target="{target}"/></Relationships>'
+                ).encode())
+            elif item.filename == "ppt/_rels/presentation.xml.rels":
+                data = data.replace(b"</Relationships>", (
+                    f'<Relationship Id="rIdAuthors" Type="{author_rel}" Target="{authors[4:]}"/></Relationships>'
+                ).encode())
+            elif item.filename == "[Content_Types].xml":
+                data = data.replace(b"</Types>", (types + "</Types>").encode())
+            zout.writestr(item, data)
+        zout.writestr(part, body)
+        zout.writestr(authors, author_xml)
+    tmp.unlink()
+    if modern:                                  # the slide's id in the comment must be the real one
+        with zipfile.ZipFile(path) as z:
+            sld_id = re.search(rb'<p:sldId id="(\d+)"', z.read("ppt/presentation.xml")).group(1)
+        assert sld_id == b"256", sld_id
+    return path
+
+
+def make_sectioned_docx(path: Path) -> Path:
+    """A Word document of two sections: A4 portrait with top 30, bottom 25, left and right 20 mm and a
+    header (15 mm from the edge) and footer (10 mm); then A4 landscape with the same margins."""
+    import docx
+    from docx.enum.section import WD_ORIENT, WD_SECTION
+    from docx.shared import Mm
+    d = docx.Document()
+    first = d.sections[0]
+    first.page_width, first.page_height = Mm(210), Mm(297)
+    first.top_margin, first.bottom_margin, first.left_margin, first.right_margin = Mm(30), Mm(25), Mm(20), Mm(20)
+    first.header_distance, first.footer_distance = Mm(15), Mm(10)
+    first.header.paragraphs[0].text = "Amt für Ordnung"
+    first.footer.paragraphs[0].text = "Seite"
+    d.add_paragraph("Erster Abschnitt im Hochformat.")
+    second = d.add_section(WD_SECTION.NEW_PAGE)
+    second.orientation = WD_ORIENT.LANDSCAPE
+    second.page_width, second.page_height = Mm(297), Mm(210)
+    d.add_paragraph("Zweiter Abschnitt im Querformat.")
+    d.save(path)
+    return path

@@ -62,7 +62,11 @@ def test_known_conversion_traits_are_not_counted_as_losses(assessed):
     assert pivots["values"].points == 0 and pivots["pivot_values"].points > 0
 
 
-def test_structural_tier_costs_less_than_the_conversions(assessed):
-    conversion = sum(result.seconds for result, _ in assessed.values())
-    structural = sum(record.seconds["structural"] for _, record in assessed.values())
-    assert structural < conversion, (structural, conversion)
+def test_every_document_records_what_the_benchmark_sums(assessed):
+    # How the structural tier's cost compares with the conversions' is measured by
+    # benchmarks/fidelity_throughput.py, not asserted here: it sums each result's `seconds` and each
+    # fidelity record's `seconds` by tier, so every document must carry both.
+    for rel, (result, record) in assessed.items():
+        assert result.seconds > 0, rel
+        tiers = record.to_json()["seconds"]
+        assert set(tiers) == {"structural"} and tiers["structural"] >= 0, (rel, tiers)

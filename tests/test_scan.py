@@ -136,3 +136,78 @@ def test_an_unreadable_file_is_a_finding_not_a_crash(tmp_path):
     report = inspect(broken)
     assert report.flags == ["unreadable"] and report.category == "person"
     assert inspect(Path(__file__)).category == "other"
+
+
+def test_hidden_rows_do_not_hide_newer_functions_and_fonts(tmp_path):
+    """A hidden row and an XLOOKUP in one sheet: every flag is found, none lost to the other."""
+    import openpyxl
+    from openpyxl.styles import Font
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append([1, "a", "x"])
+    ws.append([2, "b", "y"])
+    ws.row_dimensions[1].hidden = True
+    ws.column_dimensions["C"].hidden = True
+    ws["D1"] = "=_xlfn.XLOOKUP(A1,A1:A2,B1:B2)"
+    ws["D1"].font = Font(name="Fantasie Grotesk Pro")
+    path = tmp_path / "versteckt.xlsx"
+    wb.save(path)
+    report = inspect(path)
+    assert report.error is None, report.error
+    assert {"hidden_content", "newer_functions"} <= set(report.flags), report.flags
+    assert report.details["newer_functions"] == ["XLOOKUP"]
+    if FontCatalog.installed() is not None:
+        assert "fonts_without_substitute" in report.flags
+        assert report.details["fonts_without_substitute"] == ["Fantasie Grotesk Pro"]
+    assert report.category == "review"
+
+
+def test_a_failed_inspection_is_never_clean(tmp_path):
+    """A docx whose styles part is not well-formed XML: the scan says so and puts it up for review."""
+    plain = make_docx(tmp_path / "plain.docx")
+    assert inspect(plain).category == "clean"
+    src = tmp_path / "share"
+    src.mkdir()
+    damaged = src / "kaputte-formatvorlagen.docx"
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(damaged, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename == "word/styles.xml":
+                data = data[: len(data) // 2]            # cut off in the middle of an element
+            zout.writestr(info, data)
+    report = inspect(damaged)
+    assert report.error and report.flags == []
+    assert report.category == "review"
+    assert report.to_json()["error"] == report.error
+
+    out = tmp_path / "scan"
+    scan_tree(src, out, jobs=1)
+    record = json.loads((out / "scan.jsonl").read_text().splitlines()[0])
+    assert record["category"] == "review" and record["error"] == report.error
+    csv = pd.read_csv(out / "scan.csv")
+    assert csv.loc[0, "category"] == "review" and csv.loc[0, "error"] == report.error
+    page = (out / "scan.html").read_text()
+    assert "inspection failed part-way" in page and "kaputte-formatvorlagen.docx" in page
+
+
+def test_scan_command_shows_counts_and_sizes_by_format(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "share"
+    src.mkdir()
+    for i in range(3):
+        make_docx(src / f"brief{i}.docx", paragraphs=2, seed=i)
+    make_xlsx(src / "liste.xlsx")
+    (src / "notiz.txt").write_text("kein Office-Dokument")
+    run = subprocess.run([sys.executable, "-m", "umstieg", "scan", str(src), "--out", str(tmp_path / "scan")],
+                         capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Files by format" in line)
+    cells = [[c.strip() for c in line.strip().strip("│").split("│")] for line in lines[start:start + 12]]
+    rows = {c[0]: c[1:3] for c in cells if len(c) >= 3 and c[0] in ("docx", "xlsx", "other")}
+    docx_mib = sum(p.stat().st_size for p in src.glob("*.docx")) / 2**20
+    assert rows["docx"] == ["3", f"{docx_mib:.1f}"]
+    assert rows["xlsx"][0] == "1" and rows["other"][0] == "1"

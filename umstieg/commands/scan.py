@@ -38,6 +38,13 @@ def scan(
 
         summary = scan_tree(src, out, jobs=jobs, oversize=int(oversize * 2**20), on_file=on_file)
 
+    formats = Table(title="Files by format")
+    for column in ("format", "files", "MiB"):
+        formats.add_column(column, justify="left" if column == "format" else "right")
+    for fmt, n in sorted(summary.by_format.items(), key=lambda kv: (kv[0] == "other", -kv[1], kv[0])):
+        formats.add_row(fmt, str(n), f"{summary.bytes_by_format.get(fmt, 0) / 2**20:.1f}")
+    if summary.by_format:
+        console.print(formats)
     table = Table(title="Files by planning category")
     for column in ("category", "files", "meaning"):
         table.add_column(column, justify="right" if column == "files" else "left")
