@@ -175,10 +175,10 @@ class ExportFiles:
             return [f"source {self.name}: folder {root} does not exist"]
         problems = [f"source {self.name}: user folder {root / f} does not exist"
                     for f in folders if not (root / f).is_dir()]
-        if any(p.suffix.lower() in _PST for f in folders if (root / f).is_dir() for p in (root / f).rglob("*")):
-            try:
-                import pypff  # noqa: F401
-            except ImportError:
+        try:
+            import pypff  # noqa: F401
+        except ImportError:                      # only then is it worth walking the folders for PSTs
+            if any(p.suffix.lower() in _PST for f in folders if (root / f).is_dir() for p in (root / f).rglob("*")):
                 problems.append(f"source {self.name}: PST files need libpff (pip install libpff-python)")
         return problems
 
