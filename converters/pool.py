@@ -13,6 +13,7 @@ workers, each with its own profile and ports. The pool:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import queue
@@ -42,6 +43,35 @@ __all__ = ["ConverterPool", "atomic_copy"]
 log = logging.getLogger("umstieg.converters")
 
 atexit.register(kill_all_workers)
+
+
+class _OutputFailed(Exception):
+    """The output (or a temporary file beside it) could not be written: the document is not at fault."""
+
+    def __init__(self, dst: Path, error: OSError) -> None:
+        super().__init__(f"{dst}: {_os_reason(error)}")
+        self.dst, self.error = dst, error
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _writing(dst: Path) -> Iterator[None]:
+    """Turn an OSError while writing the output `dst` into _OutputFailed."""
+    try:
+        yield
+    except OSError as exc:
+        raise _OutputFailed(dst, exc) from exc
+
+
+#: The outcome of a document whose output cannot be written (read-only or full output folder, a
+#: folder in the way of the output name). core/outcomes.py has no outcome of its own for this;
+#: `crashed` is the one whose handling is right: it counts as failed, is tried again on the next
+#: run, and the migration flows retry the item instead of delivering the original as if the
+#: document were broken (which `unreadable` would do). The message says what really happened.
+_OUTPUT_FAILED = Outcome.CRASHED
 
 
 def _partial_path(dst: Path) -> Path:
@@ -74,6 +104,13 @@ def _publish(tmp: Path, dst: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _source_failed(exc: OSError, src: Path) -> bool:
+    """Whether an OSError while copying `src` came from the source (vanished, unreadable)."""
+    if exc.filename is not None and os.fsdecode(exc.filename) == str(src):
+        return True
+    return not src.exists()
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
@@ -111,6 +148,7 @@ class ConverterPool:
         self._spares: dict[int, tuple[LocalWorker, Future]] = {}   # slot -> successor being started
         self._maintenance = ThreadPoolExecutor(max_workers=max(1, self.settings.workers),
                                                thread_name_prefix="recycle")
+        self._dropped: list[str] = []      # why remote workers were given up, for error messages
         self.restarts = 0          # workers replaced after a crash or timeout
         self.recycled = 0          # workers replaced after `recycle_after` conversions
         self.peak_rss = 0          # highest LibreOffice RSS seen on one worker, in bytes
@@ -136,7 +174,8 @@ class ConverterPool:
             self._python = find_worker_python()
         _install_signal_handlers()
         starters = [lambda s=s: self._new_local(s) for s in range(1, self.settings.workers + 1)]
-        starters += [lambda r=r: RemoteWorkerHandle(r.host, r.port) for r in self.settings.remote]
+        starters += [lambda r=r: RemoteWorkerHandle(r.host, r.port, cooldown=self.settings.remote_cooldown)
+                     for r in self.settings.remote]
         with ThreadPoolExecutor(max_workers=max(1, len(starters))) as ex:
             futures = [ex.submit(self._start_one, make) for make in starters]
             errors = [f.exception() for f in futures if f.exception()]
@@ -201,8 +240,9 @@ class ConverterPool:
                 sha256: str | None = None) -> ConversionResult:
         """Convert one file into `dst_dir` (as `<stem>.<odf ext>`) and say what became of it.
 
-        Never raises for a bad document: every problem with the input is an outcome. Raises
-        only when the pool itself cannot work (closed, no worker can start).
+        Never raises for a bad document: every problem with the input is an outcome, and so is
+        an output that cannot be written. Raises only when the pool itself cannot work (closed,
+        no worker can start, every worker gone).
         """
         started = time.monotonic()
         src = Path(src)
@@ -211,23 +251,26 @@ class ConverterPool:
         try:
             result.input_bytes = src.stat().st_size
             sniffed = sniff(src)
-        except OSError as exc:
-            result.message = f"cannot read the file: {exc.strerror or exc}"
-            result.seconds = time.monotonic() - started
-            return result
-        fmt = sniffed.format
-        result.format = fmt.name if fmt else None
-        if sniffed.outcome is not None or fmt is None:
-            result.outcome = sniffed.outcome or Outcome.UNSUPPORTED
-            result.message = sniffed.reason
-        else:
-            result.target = fmt.target
-            result.sha256 = sha256 or sha256_file(src)
-            dst = Path(dst_dir) / f"{stem}.{fmt.target}"
-            if fmt.is_odf:
-                self._pass_through(src, dst, result)
+            fmt = sniffed.format
+            result.format = fmt.name if fmt else None
+            if sniffed.outcome is not None or fmt is None:
+                result.outcome = sniffed.outcome or Outcome.UNSUPPORTED
+                result.message = sniffed.reason
             else:
-                self._convert_office(src, dst, fmt, result)
+                result.target = fmt.target
+                result.sha256 = sha256 or sha256_file(src)
+                dst = Path(dst_dir) / f"{stem}.{fmt.target}"
+                if fmt.is_odf:
+                    self._pass_through(src, dst, result)
+                else:
+                    self._convert_office(src, dst, fmt, result)
+        except _OutputFailed as exc:
+            result.outcome, result.output, result.output_bytes = _OUTPUT_FAILED, None, None
+            result.message = (f"could not write the output {exc}; the document itself is not at fault: "
+                              "convert it again once the output folder is writable")
+        except OSError as exc:          # the source vanished or cannot be read (sniffing, hashing, copying)
+            result.outcome, result.output, result.output_bytes = Outcome.UNREADABLE, None, None
+            result.message = f"cannot read the file: {_os_reason(exc)}"
         result.seconds = time.monotonic() - started
         return result
 
@@ -268,17 +311,40 @@ class ConverterPool:
             result.outcome = Outcome.UNREADABLE
             result.message = "invalid ODF package: " + "; ".join(problems[:3])
             return
-        atomic_copy(src, dst)
+        try:
+            atomic_copy(src, dst)
+        except OSError as exc:
+            if _source_failed(exc, src):
+                raise
+            raise _OutputFailed(dst, exc) from exc
+        with _writing(dst):
+            result.output_bytes = dst.stat().st_size
         result.outcome = Outcome.PASSTHROUGH
-        result.output, result.output_bytes = str(dst), dst.stat().st_size
+        result.output = str(dst)
         result.message = "already OpenDocument: copied unchanged after a validity check"
 
     def _convert_office(self, src: Path, dst: Path, fmt: OfficeFormat, result: ConversionResult) -> None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        """Convert on a worker; after a timeout or crash, retry once on the worker started to replace it."""
+        with _writing(dst):
+            dst.parent.mkdir(parents=True, exist_ok=True)
         failures: list[Outcome] = []
+        tried: list[str] = []              # worker of each attempt, "the freshly started …" for a retry on one
+        fresh: Worker | None = None        # the replacement of the worker that just failed, kept for the retry
         while True:
-            worker = self._acquire()
-            staging = _staging_dir(dst)
+            try:
+                with _writing(dst):
+                    staging = _staging_dir(dst)     # before taking a worker: a failure here must not lose one
+            except _OutputFailed:
+                if fresh is not None:
+                    self._release(fresh)
+                raise
+            try:
+                worker = fresh if fresh is not None else self._acquire()
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            tried.append(f"the freshly started {worker.id}" if fresh is not None else worker.id)
+            fresh = None
             tmp = staging / f"document.{fmt.target}"
             result.attempts += 1
             result.worker = worker.id
@@ -287,11 +353,11 @@ class ConverterPool:
             except WorkerTimeout as exc:
                 failures.append(Outcome.TIMEOUT)
                 result.history.append(f"{worker.id}: timeout ({exc})")
-                self._replace(worker, "timeout")
+                fresh = self._replace(worker, "timeout", keep=len(failures) < 2)
             except WorkerDied as exc:
                 failures.append(Outcome.CRASHED)
                 result.history.append(f"{worker.id}: crashed ({exc})")
-                self._replace(worker, "crash")
+                fresh = self._replace(worker, "crash", keep=len(failures) < 2)
             except ConversionRefused as exc:
                 self._release(worker)
                 result.outcome = Outcome.UNREADABLE
@@ -299,17 +365,21 @@ class ConverterPool:
                 return
             else:
                 self._release(worker)
-                problems = check_package(tmp) if tmp.exists() else ["LibreOffice wrote nothing"]
-                if problems:
-                    result.outcome = Outcome.UNREADABLE
-                    result.message = "LibreOffice did not produce a valid ODF package: " + "; ".join(problems[:3])
-                    return
-                _publish(tmp, dst)
+                with _writing(dst):
+                    problems = check_package(tmp) if tmp.exists() else ["LibreOffice wrote nothing"]
+                    if problems:
+                        result.outcome = Outcome.UNREADABLE
+                        result.message = ("LibreOffice did not produce a valid ODF package: "
+                                          + "; ".join(problems[:3]))
+                        return
+                    _publish(tmp, dst)
+                    result.output_bytes = dst.stat().st_size
                 result.outcome = Outcome.CONVERTED
-                result.output, result.output_bytes = str(dst), dst.stat().st_size
+                result.output = str(dst)
                 result.message = f"{fmt.description} converted to .{fmt.target}"
                 if failures:
-                    result.message += f" on a fresh worker after a {failures[-1].value}"
+                    what = "timeout" if failures[-1] is Outcome.TIMEOUT else "crash"
+                    result.message += f" on {tried[-1]} after a {what} on {tried[0]}"
                 return
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -317,7 +387,7 @@ class ConverterPool:
                 result.outcome = failures[-1]
                 what = "did not finish within" if result.outcome is Outcome.TIMEOUT else "crashed LibreOffice"
                 limit = f" {self.settings.timeout:g} s" if result.outcome is Outcome.TIMEOUT else ""
-                result.message = f"{what}{limit} twice, on two fresh workers"
+                result.message = f"{what}{limit} twice: on {tried[0]}, then on {tried[1]}"
                 return
 
     def render_pdf(self, src: Path, dst: Path, fmt: OfficeFormat, pages: int | None = None) -> None:
@@ -362,16 +432,30 @@ class ConverterPool:
             if self._closed:
                 raise FatalError("the converter pool is closed")
             if self.size == 0:
-                raise FatalError("no LibreOffice worker is left in the pool")
+                raise FatalError("no LibreOffice worker is left in the pool"
+                                 + (": " + "; ".join(self._dropped) if self._dropped else ""))
             try:
                 worker = self._idle.get(timeout=1.0)
             except queue.Empty:
                 continue
             if not worker.ready():          # a remote worker cooling down after a failure
+                if (isinstance(worker, RemoteWorkerHandle)
+                        and worker.unreachable_for() >= self.settings.remote_give_up):
+                    self._drop(worker)
+                    continue
                 self._idle.put(worker)
                 time.sleep(0.05)
                 continue
             return worker
+
+    def _drop(self, worker: RemoteWorkerHandle) -> None:
+        """Give up on a remote worker that has not answered for `remote_give_up` seconds."""
+        why = (f"remote worker {worker.id} has not answered for {worker.unreachable_for():.0f} s "
+               f"and was left out for the rest of the run")
+        log.error("%s", why)
+        with self._lock:
+            self._workers.pop(worker.id, None)
+            self._dropped.append(why)
 
     def _release(self, worker: Worker) -> None:
         if isinstance(worker, LocalWorker):
@@ -434,18 +518,22 @@ class ConverterPool:
             self._workers[f"w{fresh.slot}"] = fresh
         self._idle.put(fresh)
 
-    def _replace(self, worker: Worker, why: str) -> None:
-        """Kill a worker and start a fresh one in its slot (remote workers cool down instead)."""
+    def _replace(self, worker: Worker, why: str, keep: bool = False) -> Worker | None:
+        """Kill a worker and start a fresh one in its slot (remote workers cool down instead).
+
+        With `keep`, the fresh worker is returned to the caller (who retries a document on it and
+        then releases it) instead of being handed to whoever waits; otherwise None.
+        """
         if isinstance(worker, RemoteWorkerHandle):
             worker.kill()
             self._idle.put(worker)
-            return
+            return None
         worker.kill()
         if why != "recycle":
             self.restarts += 1
             shutil.rmtree(worker.profile, ignore_errors=True)   # a crash may leave it corrupt
         if self._closed:
-            return
+            return None
         log.info("replacing worker %s (%s)", worker.id, why)
         with self._lock:
             spare, starting = self._spares.pop(worker.slot, (None, None))
@@ -454,12 +542,20 @@ class ConverterPool:
         try:
             fresh = self._new_local(worker.slot)
             fresh.start()
-        except WorkerDied as exc:
+        except (WorkerDied, OSError) as exc:
             log.error("worker slot w%s could not restart: %s", worker.slot, exc)
             with self._lock:
                 self._workers.pop(f"w{worker.slot}", None)
-            return
+            return None
+        if keep:
+            with self._lock:
+                if not self._closed:
+                    self._workers[f"w{fresh.slot}"] = fresh
+                    return fresh
+            fresh.kill()
+            return None
         self._install(fresh)
+        return None
 
 
 _HANDLERS_INSTALLED = False

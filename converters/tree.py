@@ -9,6 +9,7 @@ nothing already done), and the file is rewritten with one line per document at t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from converters.result import ConversionResult
 __all__ = ["TreeSummary", "convert_tree", "plan_tree", "load_results", "RESULTS_NAME"]
 
 RESULTS_NAME = "results.jsonl"
+
+_log = logging.getLogger("umstieg.converters")
 
 
 @dataclass
@@ -77,24 +80,45 @@ def plan_tree(src: Path, out: Path) -> list[_Job]:
 
 
 def load_results(path: Path) -> dict[str, dict]:
-    """The last record per document in an existing results file (torn last line ignored)."""
+    """The last record per document in an existing results file.
+
+    A torn last line is ignored; a line that parses but is not a usable record (no path, or an
+    outcome umstieg does not know, e.g. edited by hand or written by another version) is
+    skipped with a warning, so its document counts as not done and is converted again.
+    """
     records: dict[str, dict] = {}
     if not path.exists():
         return records
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
             try:
                 record = json.loads(line)
-                records[record["path"]] = record
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 continue
+            if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+                _log.warning("%s line %d: not a document record; ignored", path, number)
+                continue
+            try:
+                Outcome(record.get("outcome"))
+            except ValueError:
+                _log.warning("%s line %d: unknown outcome %r for %s; the document will be converted again",
+                             path, number, record.get("outcome"), record["path"])
+                records.pop(record["path"], None)        # an earlier line must not count either
+                continue
+            records[record["path"]] = record
     return records
 
 
 def _already_done(record: dict | None, sha256: str) -> bool:
-    return bool(record and record.get("sha256") == sha256
-                and Outcome(record.get("outcome")).ok
-                and record.get("output") and Path(record["output"]).exists())
+    if not record:
+        return False
+    try:
+        ok = Outcome(record.get("outcome")).ok
+    except ValueError:
+        return False
+    output = record.get("output")
+    return bool(ok and record.get("sha256") == sha256 and isinstance(output, str) and output
+                and Path(output).exists())
 
 
 def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported: bool = False,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,10 @@ log = logging.getLogger("umstieg.worker")
 # com.sun.star.document.MacroExecMode.NEVER_EXECUTE and UpdateDocMode.NO_UPDATE
 _NEVER_EXECUTE = 0
 _NO_UPDATE = 0
+
+# Link update modes that mean "never" (see PROFILE_SETTINGS)
+WRITER_LINKS_NEVER = 0
+CALC_LINKS_NEVER = 1
 
 # A port on loopback where nothing listens: LibreOffice's HTTP/FTP access goes there and fails.
 DEAD_PROXY_PORT = 9
@@ -61,9 +66,12 @@ PROFILE_SETTINGS = [
     ("/org.openoffice.Office.Common/Security/Scripting", "MacroSecurityLevel", "int", "3"),
     ("/org.openoffice.Office.Common/Security/Scripting", "DisableMacrosExecution", "boolean", "true"),
     ("/org.openoffice.Office.Common/Security/Scripting", "BlockUntrustedRefererLinks", "boolean", "true"),
-    # links: never update links to other files or the web while loading
-    ("/org.openoffice.Office.Writer/Content/Update", "Link", "int", "2"),
-    ("/org.openoffice.Office.Calc/Content/Update", "Link", "int", "1"),
+    # links: never update links to other files or the web while loading. The two applications
+    # number their modes differently: Writer's are sw/inc/linkenum.hxx `UpdateLinks` (NEVER=0,
+    # MANUAL=1, AUTOMATIC=2, GLOBALSETTING=3; the shipped default is 1, "on request"), Calc's
+    # are sc/inc/global.hxx `ScLkUpdMode` (LM_ALWAYS=0, LM_NEVER=1, LM_ON_DEMAND=2; default 2).
+    ("/org.openoffice.Office.Writer/Content/Update", "Link", "int", str(WRITER_LINKS_NEVER)),
+    ("/org.openoffice.Office.Calc/Content/Update", "Link", "int", str(CALC_LINKS_NEVER)),
     # network: every HTTP/HTTPS/FTP access goes through a proxy that does not exist, no bypass
     ("/org.openoffice.Inet/Settings", "ooInetProxyType", "int", "1"),
     ("/org.openoffice.Inet/Settings", "ooInetHTTPProxyName", "string", "127.0.0.1"),
@@ -97,12 +105,23 @@ def prepare_profile(profile: Path) -> None:
         items = "\n".join(_item(*s) for s in PROFILE_SETTINGS)
         xcu.write_text(_REGISTRY.format(items=items), encoding="utf-8")
         return
-    # A profile kept from an earlier version (UMSTIEG_RUNTIME_DIR): add the settings it lacks.
-    text = xcu.read_text(encoding="utf-8", errors="replace")
-    missing = [s for s in PROFILE_SETTINGS if f'oor:path="{s[0]}"><prop oor:name="{s[1]}"' not in text]
+    # A profile kept from an earlier version (UMSTIEG_RUNTIME_DIR): set the values that differ
+    # (an older umstieg wrote Writer's link mode as 2, which means "always update"), add the
+    # settings it lacks.
+    original = text = xcu.read_text(encoding="utf-8", errors="replace")
+    missing = []
+    for path, name, type_, value in PROFILE_SETTINGS:
+        pattern = re.compile(rf'(<item oor:path="{re.escape(path)}"><prop oor:name="{re.escape(name)}"'
+                             rf'[^>]*>)\s*(?:<value>[^<]*</value>|<value/>)')
+        if pattern.search(text):
+            text = pattern.sub(lambda m, v=value: f"{m.group(1)}<value>{v}</value>", text)
+        else:
+            missing.append((path, name, type_, value))
     if missing and "</oor:items>" in text:
         items = "\n".join(_item(*s) for s in missing)
-        xcu.write_text(text.replace("</oor:items>", items + "\n</oor:items>", 1), encoding="utf-8")
+        text = text.replace("</oor:items>", items + "\n</oor:items>", 1)
+    if text != original:
+        xcu.write_text(text, encoding="utf-8")
 
 
 def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:

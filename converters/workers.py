@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from xmlrpc.client import Fault, ServerProxy
+from xmlrpc.client import Fault, ServerProxy, Transport
 
 import psutil
 from unoserver.client import UnoClient
@@ -26,7 +26,7 @@ from unoserver.client import UnoClient
 from core.errors import ConfigError
 
 __all__ = ["Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerTimeout",
-           "ConversionRefused", "live_worker_groups", "kill_all_workers"]
+           "ConversionRefused", "live_worker_groups", "kill_all_workers", "probe", "url_host"]
 
 log = logging.getLogger("umstieg.converters")
 
@@ -35,9 +35,15 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: How long a remote worker that failed stays out of the pool before it is tried again.
 REMOTE_COOLDOWN = 60.0
 
+#: Seconds a liveness probe (unoserver's `info()`) may take. unoserver's XML-RPC server answers one
+#: request at a time, so behind a hung conversion the probe would otherwise wait for ever.
+PROBE_TIMEOUT = 10.0
+
 # Every local worker's process group, so that exit paths (atexit, signals) can remove them all.
+# Re-entrant: the SIGTERM handler kills the groups from the main thread, which may be holding
+# the lock at that moment (starting or killing a worker); a plain Lock would deadlock there.
 _GROUPS: set[int] = set()
-_GROUPS_LOCK = threading.Lock()
+_GROUPS_LOCK = threading.RLock()
 
 
 def live_worker_groups() -> set[int]:
@@ -93,6 +99,35 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def url_host(host: str) -> str:
+    """`host` as it goes into a URL: IPv6 addresses in brackets (`[::1]`), others unchanged."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class _TimeoutTransport(Transport):
+    """xmlrpc's HTTP transport with a socket timeout (the stock one has none)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def make_connection(self, host):
+        connection = super().make_connection(host)
+        connection.timeout = self._timeout
+        return connection
+
+
+def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a unoserver answers `info()` at host:port within `timeout` seconds."""
+    try:
+        with ServerProxy(f"http://{url_host(host)}:{port}", allow_none=True,
+                         transport=_TimeoutTransport(timeout)) as proxy:
+            proxy.info()
+        return True
+    except (OSError, Fault):          # refused, reset, timed out (socket.timeout is an OSError)
+        return False
 
 
 class Worker:
@@ -233,15 +268,12 @@ class LocalWorker(Worker):
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        proxy = ServerProxy(f"http://127.0.0.1:{self.port}", allow_none=True)
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise WorkerDied(f"exited with status {self.process.returncode} during start-up")
-            try:
-                proxy.info()
+            if probe("127.0.0.1", self.port, timeout=max(1.0, min(PROBE_TIMEOUT, deadline - time.monotonic()))):
                 return
-            except (OSError, Fault):
-                time.sleep(0.1)
+            time.sleep(0.1)
         raise WorkerDied(f"no answer within {self.startup_timeout:g} s")
 
     def _client(self) -> UnoClient:
@@ -310,27 +342,32 @@ def _is_office(p: psutil.Process) -> bool:
 
 
 class RemoteWorkerHandle(Worker):
-    """A unoserver on another host: the pool sends it documents but cannot kill or recycle it."""
+    """A unoserver on another host: the pool sends it documents but cannot kill or recycle it.
+
+    After a failure it cools down for `cooldown` seconds, then is probed again; `unreachable_for()`
+    says how long it has been failing without a break, so the pool can give up on it.
+    """
 
     remote = True
 
-    def __init__(self, host: str, port: int) -> None:
-        self.id = f"{host}:{port}"
+    def __init__(self, host: str, port: int, cooldown: float = REMOTE_COOLDOWN,
+                 probe_timeout: float = PROBE_TIMEOUT) -> None:
+        host = host.strip("[]")                       # IPv6 is kept bare, bracketed in URLs and ids
+        self.id = f"{url_host(host)}:{port}"
         self.host, self.port = host, port
+        self.url = f"http://{url_host(host)}:{port}"
         self.conversions = 0
-        self._uno = _Client(server=host, port=str(port), host_location="remote")
-        self._down_since: float | None = None
+        self.cooldown, self.probe_timeout = cooldown, probe_timeout
+        self._uno = _Client(server=url_host(host), port=str(port), host_location="remote")
+        self._down_since: float | None = None         # start of the current outage
+        self._next_probe = 0.0
 
     def start(self) -> None:
         if not self.alive():
             raise WorkerDied(f"remote worker {self.id} does not answer")
 
     def alive(self) -> bool:
-        try:
-            ServerProxy(f"http://{self.host}:{self.port}", allow_none=True).info()
-            return True
-        except (OSError, Fault):
-            return False
+        return probe(self.host, self.port, self.probe_timeout)
 
     def _client(self) -> UnoClient:
         return self._uno
@@ -339,17 +376,24 @@ class RemoteWorkerHandle(Worker):
         """False while cooling down after a failure; then true again once it answers."""
         if self._down_since is None:
             return True
-        if time.monotonic() - self._down_since < REMOTE_COOLDOWN:
+        if time.monotonic() < self._next_probe:
             return False
         if self.alive():
             self._down_since = None
             return True
-        self._down_since = time.monotonic()
+        self._next_probe = time.monotonic() + self.cooldown
         return False
+
+    def unreachable_for(self) -> float:
+        """Seconds since this worker last failed without answering again (0 when it is fine)."""
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     def kill(self) -> None:
         """A remote worker cannot be killed from here; the pool stops using it for a while."""
-        self._down_since = time.monotonic()
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        self._next_probe = now + self.cooldown
 
 
 def find_worker_python() -> str:

@@ -15,10 +15,24 @@ __all__ = ["ConversionSettings", "RemoteWorker", "usable_cpus"]
 
 
 class RemoteWorker(BaseModel):
-    """A unoserver already running on another host that joins the pool."""
+    """A unoserver already running on another host that joins the pool.
+
+    `host` is kept bare (an IPv6 address without brackets, `::1`); `url_host` and `str()` put the
+    brackets back wherever a port follows, as URLs need (`http://[::1]:2003`).
+    """
 
     host: str
     port: int = Field(ge=1, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, value: str) -> str:
+        value = value.strip()
+        if value.startswith("[") and value.endswith("]"):
+            value = value[1:-1]
+        if not value or any(c in value for c in "[]/ "):
+            raise ValueError(f"not a host name or address: {value!r}")
+        return value
 
     @classmethod
     def parse(cls, text: str) -> "RemoteWorker":
@@ -26,10 +40,22 @@ class RemoteWorker(BaseModel):
         host, sep, port = text.strip().rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"remote worker {text!r}: expected host:port, e.g. 10.0.0.5:2003")
-        return cls(host=host.strip("[]"), port=int(port))
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f"remote worker {text!r}: an IPv6 address goes in brackets, e.g. [::1]:2003")
+        return cls(host=host, port=int(port))
+
+    @property
+    def url_host(self) -> str:
+        """The host as written in a URL: IPv6 addresses in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def url(self) -> str:
+        """unoserver's XML-RPC address, e.g. `http://[::1]:2003`."""
+        return f"http://{self.url_host}:{self.port}"
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.url_host}:{self.port}"
 
 
 def usable_cpus() -> int:
@@ -57,6 +83,12 @@ class ConversionSettings(BaseModel):
                                   description="a worker whose LibreOffice grows beyond this (MiB) is replaced")
     startup_timeout: float = Field(default=90.0, gt=0,
                                    description="seconds a new worker may take to answer")
+    remote_cooldown: float = Field(default_factory=lambda: float(_env("REMOTE_COOLDOWN", "60")), gt=0,
+                                   description="seconds a remote worker that failed is left out before it is "
+                                               "tried again")
+    remote_give_up: float = Field(default_factory=lambda: float(_env("REMOTE_GIVE_UP", "600")), gt=0,
+                                  description="seconds a remote worker may stay unreachable before the pool "
+                                              "drops it for the rest of the run")
     remote: list[RemoteWorker] = Field(default_factory=lambda: [
         RemoteWorker.parse(x) for x in (_env("REMOTE_WORKERS", "") or "").split(",") if x.strip()
     ])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import psutil
@@ -14,6 +15,13 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 # Every pool the tests start keeps its profiles under this directory, so the end of the session
 # can prove that no LibreOffice process of ours survived.
 RUNTIME_BASE = Path(tempfile.mkdtemp(prefix="umstieg-test-runtime-"))
+
+# Every process this session starts inherits this marker (workers copy os.environ, LibreOffice
+# gets the worker's), wherever its pool keeps its profiles (tmp_path, the default temporary
+# folder of flows/runtime.py, a Dask worker's): the end of the session finds them by it, and
+# never mistakes someone else's LibreOffice on this machine for ours.
+SESSION_MARKER = ("UMSTIEG_TEST_SESSION", uuid.uuid4().hex)
+os.environ[SESSION_MARKER[0]] = SESSION_MARKER[1]
 
 # Prefect: an ephemeral server with its own database per test session, quiet, no telemetry.
 os.environ["PREFECT_HOME"] = str(RUNTIME_BASE / "prefect-home")
@@ -34,17 +42,48 @@ def processes_using(marker: str) -> list[psutil.Process]:
     return found
 
 
+def _is_office_or_worker(p: psutil.Process) -> bool:
+    name = p.info["name"] or ""
+    cmdline = " ".join(p.info["cmdline"] or [])
+    return name.startswith(("soffice", "oosplash")) or "converters.worker" in cmdline
+
+
+def session_processes() -> list[psutil.Process]:
+    """Live LibreOffice and worker processes started by this test session (they carry its marker)."""
+    wanted = "=".join(SESSION_MARKER).encode()
+    found = []
+    for p in psutil.process_iter(["name", "cmdline", "status"]):
+        try:
+            if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid == os.getpid() or not _is_office_or_worker(p):
+                continue
+            with open(f"/proc/{p.pid}/environ", "rb") as f:
+                if wanted in f.read().split(b"\0"):
+                    found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _leftovers() -> list[psutil.Process]:
+    by_pid = {p.pid: p for p in processes_using(str(RUNTIME_BASE)) + session_processes()}
+    return list(by_pid.values())
+
+
 def pytest_sessionfinish(session, exitstatus):
     import time
     deadline = time.monotonic() + 5          # workers whose pool just died end themselves in < 1 s
-    while (leftovers := processes_using(str(RUNTIME_BASE))) and time.monotonic() < deadline:
+    while (leftovers := _leftovers()) and time.monotonic() < deadline:
         time.sleep(0.2)
     if leftovers:
+        names = []
         for p in leftovers:
-            p.kill()
+            try:
+                names.append(f"{p.pid} {p.name()}")
+                p.kill()
+            except psutil.Error:
+                continue
         session.exitstatus = 1
-        print(f"\nFAILED: {len(leftovers)} LibreOffice/worker process(es) outlived the tests: "
-              + ", ".join(f"{p.pid} {p.name()}" for p in leftovers))
+        print(f"\nFAILED: {len(leftovers)} LibreOffice/worker process(es) outlived the tests: " + ", ".join(names))
 
 
 @pytest.fixture(scope="session")

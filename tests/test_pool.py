@@ -262,18 +262,26 @@ def test_a_document_that_kills_libreoffice_twice_is_crashed(tmp_path):
 
 
 def test_timeout_kills_and_replaces_the_worker(tmp_path):
+    """Two workers: the retry goes to the worker started to replace the one that timed out, not to
+    the other, idle one (which the message would otherwise wrongly call fresh)."""
     slow = make_heavy_docx(tmp_path / "slow.docx", paragraphs=20000)
     quick = make_docx(tmp_path / "quick.docx")
-    settings = ConversionSettings(workers=1, timeout=1.5, runtime_dir=runtime_dir("timeout"))
+    settings = ConversionSettings(workers=2, timeout=1.5, runtime_dir=runtime_dir("timeout"))
     with ConverterPool(settings) as pool:
-        first = pool.workers()[0]
+        before = {w.id: w for w in pool.workers()}
         result = pool.convert(slow, tmp_path / "out")
         assert result.outcome is Outcome.TIMEOUT
         assert result.attempts == 2 and len(result.history) == 2
         assert "1.5 s" in result.message
+        first_id, second_id = (h.split(":")[0] for h in result.history)
+        slot = first_id.split(".")[0]
+        assert first_id in before and second_id == f"{slot}.2"         # the replacement, not the idle one
+        assert f"then on the freshly started {second_id}" in result.message
+        first = before[first_id]
         assert not first.alive()
         assert pool.restarts == 2
-        assert _healthy(pool, 1) and pool.workers()[0] is not first
+        assert _healthy(pool, 2) and first not in pool.workers()
+        assert {w.id for w in pool.workers()} == {f"{slot}.3"} | (set(before) - {first_id})
         assert not (tmp_path / "out" / "slow.odt").exists()
         assert list((tmp_path / "out").iterdir()) == []            # no staging or partial file left
         pool.settings.timeout = 60
@@ -465,3 +473,306 @@ def test_document_macros_never_run(tmp_path, env_without_proxy):
         os.killpg(lax.pid, signal.SIGKILL)
         lax.wait()
     assert marker.exists(), "LibreOffice with macros allowed did not run the macro: the fixture proves nothing"
+
+
+# ----------------------------------------------------------------------------- templates
+_MAIN_TYPES = {
+    "docx": ("wordprocessingml.document.main+xml", "wordprocessingml.template.main+xml"),
+    "xlsx": ("spreadsheetml.sheet.main+xml", "spreadsheetml.template.main+xml"),
+    "pptx": ("presentationml.presentation.main+xml", "presentationml.template.main+xml"),
+}
+
+
+def _as_template(src: Path, dst: Path) -> Path:
+    """The OOXML file `src` declared as a template (.dotx, .xltx, .potx), as Office saves one."""
+    old, new = (f"application/vnd.openxmlformats-officedocument.{x}" for x in _MAIN_TYPES[src.suffix[1:]])
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "[Content_Types].xml":
+                assert old.encode() in data
+                data = data.replace(old.encode(), new.encode())
+            zout.writestr(item, data)
+    return dst
+
+
+@pytest.mark.parametrize("make, ext, fmt, target, mimetype", [
+    (make_docx, "docx", "dotx", "ott", "application/vnd.oasis.opendocument.text-template"),
+    (make_xlsx, "xlsx", "xltx", "ots", "application/vnd.oasis.opendocument.spreadsheet-template"),
+    (make_pptx, "pptx", "potx", "otp", "application/vnd.oasis.opendocument.presentation-template"),
+])
+def test_office_templates_become_odf_templates(pool, tmp_path, make, ext, fmt, target, mimetype):
+    # named like a plain document: the template is recognised by its content, not its name
+    src = _as_template(make(tmp_path / f"plain.{ext}"), tmp_path / f"Vorlage.{ext}")
+    result = pool.convert(src, tmp_path / "out")
+    assert result.outcome is Outcome.CONVERTED, result.message
+    assert result.format == fmt and result.target == target
+    out = Path(result.output)
+    assert out.name == f"Vorlage.{target}"
+    assert check_package(out) == []
+    assert odf_mimetype(out) == mimetype
+
+
+# ----------------------------------------------------------------------------- outputs that cannot be written
+@pytest.fixture
+def immutable_dir(tmp_path):
+    """An empty folder that nobody, root included, can create files in (chattr +i)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not possible here (file system or missing capability)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+
+
+def test_read_only_output_folder_is_an_outcome_not_an_exception(pool, tmp_path, immutable_dir):
+    office = make_docx(tmp_path / "brief.docx")
+    from odf.opendocument import OpenDocumentText
+    odt = OpenDocumentText()
+    odt.save(str(tmp_path / "offen.odt"))
+    for src in (office, tmp_path / "offen.odt"):
+        result = pool.convert(src, immutable_dir)
+        assert result.outcome is Outcome.CRASHED, (src.name, result.outcome, result.message)
+        assert "could not write the output" in result.message and str(immutable_dir) in result.message
+        assert "not at fault" in result.message
+        assert result.output is None and result.attempts == 0
+    assert list(immutable_dir.iterdir()) == []
+    assert pool.convert(office, tmp_path / "ok").outcome is Outcome.CONVERTED
+
+
+def test_output_name_taken_by_a_folder_is_an_outcome(pool, tmp_path):
+    """Publishing (the rename after LibreOffice wrote the file) fails: the batch goes on."""
+    src = make_docx(tmp_path / "bericht.docx")
+    blocker = tmp_path / "out" / "bericht.odt"
+    (blocker / "inside").mkdir(parents=True)
+    result = pool.convert(src, tmp_path / "out")
+    assert result.outcome is Outcome.CRASHED, result.message
+    assert result.attempts == 1 and "could not write the output" in result.message
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bericht.odt"]    # no staging left
+    assert blocker.is_dir()
+
+
+def test_source_that_vanished_is_unreadable(pool, tmp_path):
+    result = pool.convert(tmp_path / "weg.docx", tmp_path / "out")
+    assert result.outcome is Outcome.UNREADABLE and "cannot read the file" in result.message
+    assert result.attempts == 0
+
+
+# ----------------------------------------------------------------------------- remote workers that go away
+class _Silent:
+    """A TCP port on loopback that accepts connections but never answers (a hung unoserver)."""
+
+    def __init__(self, family=None, host="127.0.0.1"):
+        import socket
+        self.sock = socket.socket(family or socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()
+
+
+def _ends(call, seconds: float = 60):
+    """Run `call` in a thread; (finished, its value or exception)."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001
+            box["value"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive(), box.get("value")
+
+
+def test_liveness_probe_of_a_hung_remote_worker_ends():
+    """unoserver answers one request at a time: behind a hung conversion info() never returns."""
+    from converters.workers import RemoteWorkerHandle
+    silent = _Silent()
+    try:
+        handle = RemoteWorkerHandle("127.0.0.1", silent.port, probe_timeout=1.0)
+        finished, alive = _ends(handle.alive)
+        assert finished, "the liveness probe is still waiting for an answer"
+        assert alive is False
+    finally:
+        silent.close()
+
+
+def test_ipv6_remote_worker_addresses_keep_their_brackets():
+    import socket
+    from urllib.parse import urlsplit
+    from converters.workers import RemoteWorkerHandle
+    from core.settings import RemoteWorker
+    remote = RemoteWorker.parse("[::1]:2003")
+    assert (remote.host, remote.port, str(remote)) == ("::1", 2003, "[::1]:2003")
+    assert ConversionSettings(workers=0, remote="[::1]:2003,10.0.0.5:2003").remote[0] == remote
+    with pytest.raises(ValueError, match="brackets"):
+        RemoteWorker.parse("::1:2003")
+    handle = RemoteWorkerHandle(remote.host, remote.port)
+    assert handle.id == "[::1]:2003"
+    for url in (handle.url, remote.url, f"{handle._uno.protocol}://{handle._uno.server}:{handle._uno.port}"):
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port) == ("::1", 2003), url
+    if not socket.has_ipv6:
+        return
+    try:
+        silent = _Silent(socket.AF_INET6, "::1")
+    except OSError:
+        return                                   # no IPv6 loopback on this machine
+    try:
+        finished, alive = _ends(RemoteWorkerHandle("::1", silent.port, probe_timeout=1.0).alive)
+        assert finished and alive is False
+    finally:
+        silent.close()
+
+
+def test_remote_worker_on_a_closed_port_stops_the_start(tmp_path):
+    from converters.workers import _free_port
+    port = _free_port()                         # nothing listens there
+    from core.errors import FatalError
+    with pytest.raises(FatalError, match=f"127.0.0.1:{port}"):
+        ConverterPool(ConversionSettings(workers=0, remote=[f"127.0.0.1:{port}"])).start()
+
+
+def _start_remote_worker(name: str) -> tuple[subprocess.Popen, int]:
+    from converters.workers import _free_port, probe
+    port, uno_port = _free_port(), _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "converters.worker", "--port", str(port),
+                             "--uno-port", str(uno_port), "--profile", str(runtime_dir(name) / "profile")],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while not probe("127.0.0.1", port, timeout=2):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail("the remote worker did not start")
+        time.sleep(0.3)
+    return proc, port
+
+
+def test_pool_of_a_remote_worker_that_went_away_ends(tmp_path):
+    """Its only (remote) worker dies mid-run: the pool says so within `remote_give_up`, it does not wait for ever."""
+    from core.errors import FatalError
+    proc, port = _start_remote_worker("remote-gone")
+    try:
+        settings = ConversionSettings(workers=0, remote=[f"127.0.0.1:{port}"], remote_cooldown=0.5,
+                                      remote_give_up=3)
+        with ConverterPool(settings) as pool:
+            assert pool.convert(make_docx(tmp_path / "a.docx"), tmp_path / "out").outcome is Outcome.CONVERTED
+            os.killpg(proc.pid, signal.SIGKILL)          # the port is closed from now on
+            proc.wait()
+            finished, outcome = _ends(lambda: pool.convert(make_docx(tmp_path / "b.docx"), tmp_path / "out"), 120)
+            assert finished, "the pool waits for ever for a remote worker that is gone"
+            assert isinstance(outcome, FatalError), outcome
+            assert f"remote worker 127.0.0.1:{port} has not answered" in str(outcome)
+            assert pool.size == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ----------------------------------------------------------------------------- signals
+def test_sigterm_while_the_main_thread_holds_the_worker_lock_does_not_deadlock():
+    """The SIGTERM handler kills every worker group; the main thread may hold that registry's lock
+    (starting or killing a worker) when the signal arrives."""
+    code = ("import os, signal, time\n"
+            "from converters import workers\n"
+            "from converters.pool import _install_signal_handlers\n"
+            "_install_signal_handlers()\n"
+            "with workers._GROUPS_LOCK:\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n")
+    root = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the SIGTERM handler deadlocked on the worker registry's lock")
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr.decode()[-2000:]
+
+
+# ----------------------------------------------------------------------------- hardening: profile settings
+def _schema_props() -> dict[str, tuple[str, str | None]]:
+    """'/package.Component/group/…/prop' -> (xs type, shipped default) from the installed .xcd files."""
+    import glob
+    import xml.etree.ElementTree as ET
+    oor = "{http://openoffice.org/2001/registry}"
+    props: dict[str, tuple[str, str | None]] = {}
+
+    def walk(node, path):
+        for child in node:
+            name = child.get(f"{oor}name")
+            if child.tag == "group" and name:
+                walk(child, f"{path}/{name}")
+            elif child.tag == "prop" and name:
+                value = child.find("value")
+                props[f"{path}/{name}"] = (child.get(f"{oor}type"), None if value is None else (value.text or ""))
+
+    files = glob.glob("/usr/lib/libreoffice/share/registry/*.xcd")
+    if not files:
+        pytest.skip("LibreOffice's registry (/usr/lib/libreoffice/share/registry) is not installed")
+    for xcd in files:
+        for schema in ET.parse(xcd).getroot().iter(f"{oor}component-schema"):
+            component = schema.find("component")
+            if component is not None:
+                walk(component, f"/{schema.get(f'{oor}package')}.{schema.get(f'{oor}name')}")
+    return props
+
+
+def test_profile_settings_exist_in_libreoffice_schema_and_links_are_never_updated():
+    """Every setting the worker writes names a real property of the right type (a typo would be
+    ignored silently by LibreOffice); link updates are set to the value that means "never".
+
+    Writer numbers its link modes as sw/inc/linkenum.hxx `UpdateLinks` {NEVER, MANUAL, AUTOMATIC,
+    GLOBALSETTING}, Calc as sc/inc/global.hxx `ScLkUpdMode` {LM_ALWAYS, LM_NEVER, LM_ON_DEMAND}: the
+    shipped defaults, both "on request", must read 1 (MANUAL) and 2 (LM_ON_DEMAND), which ties
+    these enums to the installed schema.
+    """
+    from converters.worker import PROFILE_SETTINGS
+    props = _schema_props()
+    for path, name, type_, value in PROFILE_SETTINGS:
+        if "['" in path:                        # an entry of a set (Jobs), not a schema property
+            continue
+        key = f"{path}/{name}"
+        assert key in props, f"{key} is not a LibreOffice setting"
+        assert props[key][0] == f"xs:{type_}", (key, props[key])
+    writer, calc = "/org.openoffice.Office.Writer/Content/Update/Link", "/org.openoffice.Office.Calc/Content/Update/Link"
+    assert props[writer][1] == "1" and props[calc][1] == "2"     # MANUAL / LM_ON_DEMAND: "on request"
+    written = {f"{p}/{n}": v for p, n, _, v in PROFILE_SETTINGS}
+    assert written[writer] == "0", "Writer: 0 is NEVER (2 would be AUTOMATIC, 'always update')"
+    assert written[calc] == "1", "Calc: 1 is LM_NEVER"
+
+
+def test_a_kept_profile_gets_the_corrected_settings(tmp_path):
+    """A profile kept from an earlier version (UMSTIEG_RUNTIME_DIR) with Writer's links on "always"."""
+    from converters.worker import prepare_profile
+    prepare_profile(tmp_path / "p")
+    xcu = tmp_path / "p" / "user" / "registrymodifications.xcu"
+    fresh = xcu.read_text()
+    old = fresh.replace('Writer/Content/Update"><prop oor:name="Link" oor:op="fuse"><value>0<',
+                        'Writer/Content/Update"><prop oor:name="Link" oor:op="fuse"><value>2<')
+    assert old != fresh
+    xcu.write_text(old)
+    prepare_profile(tmp_path / "p")
+    assert xcu.read_text() == fresh
+
+
+# ----------------------------------------------------------------------------- the session's orphan check
+def test_orphan_check_sees_pools_outside_the_test_runtime(tmp_path):
+    """A pool whose profiles live elsewhere (tmp_path, the default temporary folder of the flows)
+    is still found by the end-of-session check, through the marker its processes inherit."""
+    from conftest import RUNTIME_BASE, session_processes
+    with ConverterPool(ConversionSettings(workers=1, runtime_dir=tmp_path / "rt")) as pool:
+        worker = pool.workers()[0]
+        pids = {worker.process.pid, worker.office_pid()}
+        assert pids <= {p.pid for p in session_processes()}
+        assert not pids & {p.pid for p in processes_using(str(RUNTIME_BASE))}
+    deadline = time.monotonic() + 10
+    while pids & {p.pid for p in session_processes()}:
+        assert time.monotonic() < deadline, "the closed pool left processes behind"
+        time.sleep(0.2)
