@@ -35,8 +35,8 @@ from converters.formats import OfficeFormat
 from converters.odf import check_package
 from converters.result import ConversionResult
 from converters.sniff import sniff
-from converters.workers import (ConversionRefused, LocalWorker, RemoteWorkerHandle, Worker,
-                                WorkerDied, WorkerTimeout, find_worker_python, kill_all_workers)
+from converters.workers import (ConversionRefused, LocalWorker, RemoteWorkerHandle, Worker, WorkerDied,
+                                WorkerOutOfMemory, WorkerTimeout, find_worker_python, kill_all_workers)
 
 __all__ = ["ConverterPool", "atomic_copy"]
 
@@ -67,11 +67,9 @@ def _writing(dst: Path) -> Iterator[None]:
 
 
 #: The outcome of a document whose output cannot be written (read-only or full output folder, a
-#: folder in the way of the output name). core/outcomes.py has no outcome of its own for this;
-#: `crashed` is the one whose handling is right: it counts as failed, is tried again on the next
-#: run, and the migration flows retry the item instead of delivering the original as if the
-#: document were broken (which `unreadable` would do). The message says what really happened.
-_OUTPUT_FAILED = Outcome.CRASHED
+#: folder in the way of the output name): failed, tried again on the next run, and the migration
+#: flows retry the item instead of delivering the original as if the document were broken.
+_OUTPUT_FAILED = Outcome.UNWRITABLE
 
 
 def _partial_path(dst: Path) -> Path:
@@ -349,7 +347,17 @@ class ConverterPool:
             result.attempts += 1
             result.worker = worker.id
             try:
-                worker.convert(src, tmp, fmt.import_filter, fmt.export_filter, self.settings.timeout)
+                worker.convert(src, tmp, fmt.import_filter, fmt.export_filter, self.settings.timeout,
+                               memory_limit=self._memory_limit)
+            except WorkerOutOfMemory as exc:
+                # not tried again: the same document grows the next LibreOffice the same way
+                result.history.append(f"{worker.id}: too large ({exc})")
+                self._replace(worker, "memory", keep=False)
+                result.outcome = Outcome.TOO_LARGE
+                result.message = (f"{exc} while converting on {worker.id}: stopped to protect the machine; "
+                                  "raise conversion memory_limit_mb (UMSTIEG_MEMORY_LIMIT_MB) on a machine "
+                                  "with the memory for it and convert it again")
+                return
             except WorkerTimeout as exc:
                 failures.append(Outcome.TIMEOUT)
                 result.history.append(f"{worker.id}: timeout ({exc})")
@@ -411,7 +419,8 @@ class ConverterPool:
         staging = _staging_dir(Path(dst))
         tmp = staging / "render.pdf"
         try:
-            worker.convert(Path(src), tmp, import_filter, export, self.settings.timeout, filter_options=options)
+            worker.convert(Path(src), tmp, import_filter, export, self.settings.timeout, filter_options=options,
+                           memory_limit=self._memory_limit)
         except (WorkerTimeout, WorkerDied) as exc:
             self._replace(worker, "timeout" if isinstance(exc, WorkerTimeout) else "crash")
             raise ItemError(f"LibreOffice could not render {Path(src).name} to PDF: {exc}") from exc
@@ -493,10 +502,12 @@ class ConverterPool:
             spare, starting = self._spares.pop(worker.slot, (None, None))
 
         def swap() -> None:
+            if starting is None:                  # grown too big before its successor was due
+                log.info("recycling %s (LibreOffice grew beyond %d MiB)", worker.id, self.settings.recycle_above_mb)
+                self._replace(worker, "recycle")
+                return
             worker.kill()
             try:
-                if starting is None:
-                    raise WorkerDied("no successor was started")
                 starting.result()
             except Exception as exc:  # noqa: BLE001 - the slot falls back to a plain restart
                 log.warning("successor of %s did not start (%s); restarting the slot", worker.id, exc)
@@ -517,6 +528,12 @@ class ConverterPool:
                 return
             self._workers[f"w{fresh.slot}"] = fresh
         self._idle.put(fresh)
+
+    @property
+    def _memory_limit(self) -> int:
+        """Bytes a worker's LibreOffice may reach during one document (0: no limit; remote workers'
+        memory cannot be seen from here)."""
+        return self.settings.memory_limit_mb * 2**20
 
     def _replace(self, worker: Worker, why: str, keep: bool = False) -> Worker | None:
         """Kill a worker and start a fresh one in its slot (remote workers cool down instead).

@@ -46,7 +46,7 @@ class TreeSummary:
 
     @property
     def failed(self) -> int:
-        """Documents that need attention: encrypted, unreadable, timed out or crashed."""
+        """Documents that need attention: encrypted, unreadable, timed out, crashed, too large or unwritable."""
         return sum(n for outcome, n in self.by_outcome.items() if Outcome(outcome).failed)
 
 

@@ -25,7 +25,7 @@ from unoserver.client import UnoClient
 
 from core.errors import ConfigError
 
-__all__ = ["Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerTimeout",
+__all__ = ["Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerOutOfMemory", "WorkerTimeout",
            "ConversionRefused", "live_worker_groups", "kill_all_workers", "probe", "url_host"]
 
 log = logging.getLogger("umstieg.converters")
@@ -69,6 +69,10 @@ def _killpg(pgid: int) -> None:
 
 class WorkerDied(Exception):
     """The worker's LibreOffice is gone (crashed, killed, or the remote stopped answering)."""
+
+
+class WorkerOutOfMemory(WorkerDied):
+    """LibreOffice grew beyond the memory limit on this document; the worker has been killed."""
 
 
 class WorkerTimeout(Exception):
@@ -138,10 +142,12 @@ class Worker:
     remote: bool = False
 
     def convert(self, src: Path, dst: Path, import_filter: str, export_filter: str, timeout: float,
-                filter_options: list[str] | None = None) -> None:
-        """Convert `src` into `dst` (an ODF path, or a PDF for rendering), or raise WorkerDied / WorkerTimeout / ConversionRefused.
+                filter_options: list[str] | None = None, memory_limit: int = 0) -> None:
+        """Convert `src` into `dst` (an ODF path, or a PDF for rendering), or raise WorkerDied /
+        WorkerOutOfMemory / WorkerTimeout / ConversionRefused.
 
         `filter_options` ("Name=Value") go to the export filter, e.g. "PageRange=1-12" for PDF.
+        `memory_limit` (bytes, 0 = none): LibreOffice is killed when it grows beyond it meanwhile.
         """
         client = self._client()
         error: list[BaseException] = []
@@ -159,11 +165,22 @@ class Worker:
         # unoserver's client has no timeout: the call runs in a thread the pool can abandon.
         thread = threading.Thread(target=call, daemon=True, name=f"convert-{self.id}")
         thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
-            self.kill()
-            thread.join(5)
-            raise WorkerTimeout(f"no answer after {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while True:
+            thread.join(max(0.0, min(_WATCH_EVERY, deadline - time.monotonic())))
+            if not thread.is_alive():
+                break
+            if memory_limit and (rss := self.rss()) > memory_limit:
+                # one document can grow LibreOffice without bound (a few hundred KB of empty
+                # sheets reach 18 GB): stopped here, before the machine's OOM killer picks a victim
+                self.kill()
+                thread.join(5)
+                raise WorkerOutOfMemory(f"LibreOffice grew to {rss / 2**20:.0f} MiB (limit "
+                                        f"{memory_limit / 2**20:.0f} MiB)")
+            if time.monotonic() >= deadline:
+                self.kill()
+                thread.join(5)
+                raise WorkerTimeout(f"no answer after {timeout:g} s")
         self.conversions += 1
         if not error:
             return
@@ -199,6 +216,9 @@ class Worker:
         """Resident memory of the worker's LibreOffice, in bytes (0 when unknown)."""
         return 0
 
+
+#: How often (seconds) a conversion in progress is looked at: its time, its worker's memory.
+_WATCH_EVERY = 0.25
 
 #: The UNO exception class unoserver relays when LibreOffice's end of the bridge is gone.
 _BRIDGE_GONE = "com.sun.star.lang.DisposedException"

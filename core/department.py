@@ -458,6 +458,9 @@ class Conversion(_Model):
     workers: int | None = Field(default=None, ge=1, description="local LibreOffice workers (default: CPU cores)")
     timeout: float = Field(default=120, gt=0)
     recycle_after: int = Field(default=200, ge=1)
+    memory_limit_mb: int | None = Field(
+        default=None, ge=0, description="a document that grows LibreOffice beyond this (MiB) is stopped and fails "
+                                        "as conversion_too_large (default 6144, UMSTIEG_MEMORY_LIMIT_MB; 0: none)")
     keep_original: KeepOriginal = KeepOriginal.BELOW_SCORE
     keep_original_below: int = Field(default=90, ge=0, le=100,
                                      description="with below_score: keep the original when fidelity is below this")

@@ -20,6 +20,8 @@ class Outcome(StrEnum):
     UNSUPPORTED = "unsupported"  # not an Office format umstieg converts
     TIMEOUT = "timeout"          # LibreOffice did not finish in time, twice
     CRASHED = "crashed"          # LibreOffice died on it, twice
+    TOO_LARGE = "too_large"      # LibreOffice grew beyond the memory limit converting it
+    UNWRITABLE = "unwritable"    # the output could not be written (the document is not at fault)
 
     @property
     def ok(self) -> bool:

@@ -81,6 +81,10 @@ class ConversionSettings(BaseModel):
                                description="conversions after which a worker is replaced, to bound memory")
     recycle_above_mb: int = Field(default_factory=lambda: int(_env("RECYCLE_ABOVE_MB", "1024")), ge=1,
                                   description="a worker whose LibreOffice grows beyond this (MiB) is replaced")
+    memory_limit_mb: int = Field(
+        default_factory=lambda: int(_env("MEMORY_LIMIT_MB", "6144")), ge=0,
+        description="a document that makes LibreOffice grow beyond this (MiB) while converting is stopped "
+                    "and reported too_large (0: no limit); a 410 KB workbook of empty sheets reaches 18 GB")
     startup_timeout: float = Field(default=90.0, gt=0,
                                    description="seconds a new worker may take to answer")
     remote_cooldown: float = Field(default_factory=lambda: float(_env("REMOTE_COOLDOWN", "60")), gt=0,

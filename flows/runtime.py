@@ -54,13 +54,14 @@ def pool_settings(dept: Department) -> ConversionSettings:
     workers = conv.workers or usable_cpus()
     if dept.limits.converter:                     # documents converting at once on this host
         workers = min(workers, dept.limits.converter)
-    return ConversionSettings(workers=workers, timeout=conv.timeout, recycle_after=conv.recycle_after)
+    limit = {} if conv.memory_limit_mb is None else {"memory_limit_mb": conv.memory_limit_mb}
+    return ConversionSettings(workers=workers, timeout=conv.timeout, recycle_after=conv.recycle_after, **limit)
 
 
 def converter_pool(dept: Department) -> ConverterPool:
     """This process's LibreOffice pool, started on first use."""
     settings = pool_settings(dept)
-    key = (settings.workers, settings.timeout, settings.recycle_after)
+    key = (settings.workers, settings.timeout, settings.recycle_after, settings.memory_limit_mb)
     with _lock:
         pool = _pools.get(key)
         if pool is None:

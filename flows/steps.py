@@ -453,7 +453,7 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
             shutil.rmtree(out_dir)
         result = runtime.converter_pool(dept).convert(staged, out_dir, sha256=item.sha256)
         outcome, message = result.outcome, result.message
-        if outcome in (Outcome.TIMEOUT, Outcome.CRASHED):
+        if outcome in (Outcome.TIMEOUT, Outcome.CRASHED, Outcome.TOO_LARGE, Outcome.UNWRITABLE):
             raise _ConversionFailed(outcome, message)
         if outcome is Outcome.CONVERTED:
             converted = result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -71,6 +72,10 @@ def _leftovers() -> list[psutil.Process]:
 
 def pytest_sessionfinish(session, exitstatus):
     import time
+    # the pools the flows start in this process close at its exit, as in a real run (flows/runtime.py
+    # registers that with atexit): closed here first, so that only what nothing would close counts
+    if "flows.runtime" in sys.modules:
+        sys.modules["flows.runtime"].close_all()
     deadline = time.monotonic() + 5          # workers whose pool just died end themselves in < 1 s
     while (leftovers := _leftovers()) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -204,9 +204,19 @@ def test_the_converter_limit_caps_each_hosts_pool(tmp_path):
                 target={"type": "localdir", "root": tmp_path / "t"}, conversion={"workers": 3})
     assert pool_settings(Department(**base)).workers == 3
     assert pool_settings(Department(**base, limits={"converter": 1})).workers == 1
+    assert pool_settings(Department(**base)).memory_limit_mb == 6144
+    limited = {**base, "conversion": {"workers": 3, "memory_limit_mb": 2048}}
+    assert pool_settings(Department(**limited)).memory_limit_mb == 2048
 
 
 # ------------------------------------------------------------------------- in a real migration
+@pytest.fixture(scope="module", autouse=True)
+def _close_runtime_pools():
+    yield
+    from flows import runtime
+    runtime.close_all()
+
+
 def text_department(tmp_path, users=("anna", "ben", "carl"), files=6, **overrides):
     """A department of plain files (nothing to convert: no LibreOffice needed)."""
     import yaml

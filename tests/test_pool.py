@@ -288,6 +288,27 @@ def test_timeout_kills_and_replaces_the_worker(tmp_path):
         assert pool.convert(quick, tmp_path / "out").outcome is Outcome.CONVERTED
 
 
+def test_a_document_that_grows_libreoffice_beyond_the_limit_is_stopped(tmp_path):
+    """The worker is killed while converting (not after), replaced, and the document recorded
+    too_large without a second try; the pool goes on."""
+    heavy = make_heavy_docx(tmp_path / "gross.docx", paragraphs=40000)
+    quick = make_docx(tmp_path / "klein.docx")
+    settings = ConversionSettings(workers=1, runtime_dir=runtime_dir("memory"))
+    with ConverterPool(settings) as pool:
+        (worker,) = pool.workers()
+        at_rest = worker.rss() / 2**20
+        assert at_rest > 0
+        pool.settings.memory_limit_mb = int(at_rest) + 40     # a heavy document grows it by far more
+        result = pool.convert(heavy, tmp_path / "out")
+        assert result.outcome is Outcome.TOO_LARGE, result.message
+        assert result.attempts == 1 and f"limit {pool.settings.memory_limit_mb} MiB" in result.message
+        assert not worker.alive() and pool.restarts == 1 and _healthy(pool, 1)
+        assert not (tmp_path / "out" / "gross.odt").exists()
+        pool.settings.memory_limit_mb = 0                     # no limit: the same document converts
+        assert pool.convert(heavy, tmp_path / "out").outcome is Outcome.CONVERTED
+        assert pool.convert(quick, tmp_path / "out").outcome is Outcome.CONVERTED
+
+
 def test_workers_are_recycled(tmp_path):
     docs = make_mixed_set(tmp_path / "in", 7)
     settings = ConversionSettings(workers=1, recycle_after=3, runtime_dir=runtime_dir("recycle"))
@@ -534,7 +555,7 @@ def test_read_only_output_folder_is_an_outcome_not_an_exception(pool, tmp_path, 
     odt.save(str(tmp_path / "offen.odt"))
     for src in (office, tmp_path / "offen.odt"):
         result = pool.convert(src, immutable_dir)
-        assert result.outcome is Outcome.CRASHED, (src.name, result.outcome, result.message)
+        assert result.outcome is Outcome.UNWRITABLE, (src.name, result.outcome, result.message)
         assert "could not write the output" in result.message and str(immutable_dir) in result.message
         assert "not at fault" in result.message
         assert result.output is None and result.attempts == 0
@@ -548,7 +569,7 @@ def test_output_name_taken_by_a_folder_is_an_outcome(pool, tmp_path):
     blocker = tmp_path / "out" / "bericht.odt"
     (blocker / "inside").mkdir(parents=True)
     result = pool.convert(src, tmp_path / "out")
-    assert result.outcome is Outcome.CRASHED, result.message
+    assert result.outcome is Outcome.UNWRITABLE, result.message
     assert result.attempts == 1 and "could not write the output" in result.message
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bericht.odt"]    # no staging left
     assert blocker.is_dir()
