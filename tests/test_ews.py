@@ -510,6 +510,7 @@ def test_flow_discovery_records_the_delta_in_the_ledger(server, tmp_path):
         run = ledger.start_run(dept.name, "test")
         first = discover(dept, ledger, run)
         assert first.new == {"anna": 4}
+        ledger.finish_run(run, "completed")
         mb.update(ids[0], is_read=True)
         mb.delete(ids[1])
         second = discover(dept, ledger, ledger.start_run(dept.name, "test"))

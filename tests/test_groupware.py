@@ -569,6 +569,7 @@ def test_department_moves_calendars_and_contacts_end_to_end(radicale, tmp_path):
         found = discover(dept, ledger, run)
         for owner, ids in found.todo.items():
             process_chunk(str(dept_file), run, owner, attempt, ids)
+        ledger.finish_run(run, "completed")
         with ledger.session() as s:
             rows = {i.key.split("/", 1)[1]: (i.state, i.reason) for i in s.scalars(select(Item))}
     assert rows["Dienst.ics#ics:dept-1@amt.example"] == ("verified", None)

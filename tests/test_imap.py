@@ -566,6 +566,7 @@ def test_a_department_moves_mail_end_to_end(servers, tmp_path):
                 assert counts == {"verified": 6}
             else:
                 assert found.unchanged["carla"] == 6 and not found.todo
+            ledger.finish_run(run, "completed")
         with ledger.session() as s:
             rows = list(s.scalars(select(Item)))
         assert {parse_ref(r.target_ref)[1] for r in rows} == {"INBOX", "Sent"}

@@ -396,7 +396,9 @@ def test_discovery_through_the_flows_records_every_kind_with_its_meta(graph, tmp
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     dept = runtime.department(path)
     ledger = runtime.ledger(dept)
-    found = discover(dept, ledger, ledger.start_run(dept.name, "test"))
+    first = ledger.start_run(dept.name, "test")
+    found = discover(dept, ledger, first)
+    ledger.finish_run(first, "completed")
     assert found.new[UPN] == len(sent) + 2
     with ledger.session() as s:
         items = {i.key: i for i in s.scalars(select(Item).where(Item.department == "m365-amt"))}
@@ -604,6 +606,7 @@ def test_answered_and_forwarded_arrive_at_dovecot_and_a_later_reply_follows(grap
             "beantwortet": [("\\Answered", "\\Seen")], "allen geantwortet": [("\\Answered", "\\Seen")],
             "weitergeleitet": [("$Forwarded", "\\Seen")], "nur geoeffnet": [()], "ohne Antwort": [("\\Seen",)]}
 
+        ledger.finish_run(run, "completed")
         graph.set_last_verb(box, sent["plain"]["id"], 102)      # answered at Microsoft 365 after the first run
         run = ledger.start_run(dept.name, "migrate")
         again = discover(dept, ledger, run)

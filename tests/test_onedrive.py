@@ -319,6 +319,7 @@ def test_the_department_pipeline_moves_a_onedrive(graph, tmp_path):
     for rel, data in files.items():
         assert (target / rel).read_bytes() == data
     assert (target / "Ablage/2025/Haushalt.xlsx").stat().st_mtime == 1_700_000_000 + 60
+    ledger.finish_run(run_id, "completed")
     graph.put_file(drive, "Bericht.docx", b"second version")
     again = discover(dept, ledger, ledger.start_run(dept.name, "test"))
     assert again.changed[UPN] == 1 and again.unchanged[UPN] == len(files) - 1
