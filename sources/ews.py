@@ -22,8 +22,10 @@ Choices a reader would otherwise guess wrong:
   the item's properties list. Without MimeContent (Exchange 2007), or when that check fails, the
   event is rebuilt from its properties (`event_to_ical`): the Recurrence pattern becomes an RRULE,
   deleted occurrences EXDATEs, each modified occurrence (fetched by its id) a RECURRENCE-ID VEVENT,
-  and the Windows zone, which exchangelib maps to its IANA name, a VTIMEZONE. The rebuild keeps
-  summary, times, location and description only.
+  and the Windows zone, which exchangelib maps to its IANA name, a VTIMEZONE. The rebuild goes
+  through the same writer as Microsoft 365's and Outlook files' events (sources/mstime): it keeps
+  organizer, attendees and their answers, reminder, free/busy, sensitivity, importance and
+  categories besides summary, times, location and description.
 - **Contacts as vCard**: the MimeContent (a vCard on Exchange 2010 SP1 and later); without one, a
   vCard 3.0 is built from the contact's properties with vobject.
 - **Throttling waits, it does not fail.** ErrorServerBusy carries BackOffMilliseconds; exchangelib
@@ -40,7 +42,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from datetime import datetime, time, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +51,9 @@ import requests.adapters
 from core.department import EwsSource
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
+from sources import mstime
 
-__all__ = ["EwsMailboxes", "source_for", "event_to_ical", "recurrence_to_rrule"]
+__all__ = ["EwsMailboxes", "source_for", "event_to_ical", "graph_recurrence"]
 
 log = logging.getLogger("umstieg.sources.ews")
 
@@ -70,7 +73,10 @@ _CONTACT_FIELDS = ["display_name", "given_name", "surname", "company_name", "job
                    "phone_numbers"]
 #: what an event is rebuilt from when Exchange's own iCalendar is missing or incomplete
 _EVENT_FIELDS = ["subject", "body", "start", "end", "is_all_day", "location", "uid", "type", "recurrence",
-                 "modified_occurrences", "deleted_occurrences", "original_start"]
+                 "modified_occurrences", "deleted_occurrences", "original_start", "organizer",
+                 "required_attendees", "optional_attendees", "resources", "legacy_free_busy_status",
+                 "sensitivity", "importance", "categories", "reminder_is_set", "reminder_minutes_before_start",
+                 "is_cancelled", "datetime_created", "last_modified_time"]
 
 #: snapshots of mailboxes synced by this process: (source, endpoint, account, mailbox) -> snapshot
 _SNAPSHOTS: dict[tuple[str, ...], dict] = {}
@@ -584,15 +590,20 @@ def _local_date(value, item):
     return _plain(value, _zone(item)).date() if _is_instant(value) else value
 
 
-#: EWS weekday names (and exchangelib's 1-based numbers) -> RFC 5545 BYDAY codes; 8-10 are EWS's
-#: "Day", "Weekday" and "WeekendDay", which RFC 5545 writes as a set of days with BYSETPOS
-_BYDAY = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]
-_DAY_SETS = {8: _BYDAY, 9: _BYDAY[:5], 10: _BYDAY[5:]}
+#: EWS weekday names (exchangelib also gives 1-based numbers); 8-10 are EWS's "Day", "Weekday" and
+#: "WeekendDay", which Graph (and RFC 5545) write as a set of days
 _EWS_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Day", "Weekday",
                  "WeekendDay"]
-_WEEK_INDEX = {"First": 1, "Second": 2, "Third": 3, "Fourth": 4, "Last": -1}
+_GRAPH_DAYS = [d.lower() for d in _EWS_WEEKDAYS[:7]]
+_DAY_SETS = {8: _GRAPH_DAYS, 9: _GRAPH_DAYS[:5], 10: _GRAPH_DAYS[5:]}
+_WEEK_INDEX = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "last", -1: "last"}
 _MONTH_NAMES = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
                 "October", "November", "December"]
+#: EWS LegacyFreeBusyStatus / ResponseType -> Graph's showAs / attendee response
+_SHOW_AS = {"Free": "free", "Tentative": "tentative", "Busy": "busy", "OOF": "oof",
+            "WorkingElsewhere": "workingElsewhere", "NoData": "unknown"}
+_RESPONSE = {"Accept": "accepted", "Decline": "declined", "Tentative": "tentativelyAccepted",
+             "Organizer": "organizer", "NoResponseReceived": "notResponded", "Unknown": "none"}
 
 
 def _number(value, names: list[str]) -> int:
@@ -600,108 +611,133 @@ def _number(value, names: list[str]) -> int:
     return value if isinstance(value, int) else names.index(str(value)) + 1
 
 
-def _week(value) -> int:
-    n = value if isinstance(value, int) else _WEEK_INDEX[str(value)] if str(value) in _WEEK_INDEX else None
-    if n is None:
-        raise ValueError(f"unknown week index {value!r}")
-    return -1 if n == 5 else n
+def _week(value) -> str:
+    if isinstance(value, int):
+        return _WEEK_INDEX.get(value) or _fail(f"unknown week index {value!r}")
+    name = str(value).lower()
+    return name if name in _WEEK_INDEX.values() else _fail(f"unknown week index {value!r}")
+
+
+def _fail(message: str):
+    raise ValueError(message)
 
 
 def _days(value) -> list[str]:
     n = _number(value, _EWS_WEEKDAYS)
-    return _DAY_SETS.get(n, [_BYDAY[n - 1]] if 1 <= n <= 7 else [])
+    return _DAY_SETS.get(n, [_GRAPH_DAYS[n - 1]] if 1 <= n <= 7 else [])
 
 
-def recurrence_to_rrule(recurrence, start, zone) -> dict:
-    """An EWS Recurrence (exchangelib pattern + boundary) as an RRULE for icalendar's vRecur.
-
-    `start` is the series' first start (a date for all-day series, else an aware datetime) and
-    `zone` its time zone: EWS's end date is a local date, RFC 5545's UNTIL a UTC instant.
-    """
+def graph_recurrence(recurrence, zone) -> dict:
+    """An EWS Recurrence (exchangelib pattern + boundary) as Graph's patternedRecurrence, for
+    sources/mstime's one RFC 5545 writer (Graph, Outlook files and EWS share it)."""
     from exchangelib import recurrence as r
     p = recurrence.pattern
-    rule: dict = {}
     if isinstance(p, r.DailyPattern):
-        rule = {"FREQ": "DAILY", "INTERVAL": p.interval}
+        pattern = {"type": "daily", "interval": p.interval}
     elif isinstance(p, r.WeeklyPattern):
         weekdays = p.weekdays if isinstance(p.weekdays, (list, tuple)) else [p.weekdays]
-        rule = {"FREQ": "WEEKLY", "INTERVAL": p.interval,
-                "BYDAY": [_BYDAY[_number(d, _EWS_WEEKDAYS) - 1] for d in weekdays],
-                "WKST": _BYDAY[_number(p.first_day_of_week, _EWS_WEEKDAYS) - 1]}
+        pattern = {"type": "weekly", "interval": p.interval,
+                   "daysOfWeek": [d for day in weekdays for d in _days(day)],
+                   "firstDayOfWeek": _GRAPH_DAYS[_number(p.first_day_of_week, _EWS_WEEKDAYS) - 1]}
     elif isinstance(p, r.AbsoluteMonthlyPattern):
-        rule = {"FREQ": "MONTHLY", "INTERVAL": p.interval, "BYMONTHDAY": p.day_of_month}
-    elif isinstance(p, (r.RelativeMonthlyPattern, r.RelativeYearlyPattern)):
-        days, n = _days(p.weekday), _week(p.week_number)
-        rule = {"FREQ": "MONTHLY", "INTERVAL": p.interval} if isinstance(p, r.RelativeMonthlyPattern) \
-            else {"FREQ": "YEARLY", "BYMONTH": _number(p.month, _MONTH_NAMES)}
-        if len(days) == 1:
-            rule["BYDAY"] = [f"{n}{days[0]}"]
-        else:
-            rule.update(BYDAY=days, BYSETPOS=n)
+        pattern = {"type": "absoluteMonthly", "interval": p.interval, "dayOfMonth": p.day_of_month}
+    elif isinstance(p, r.RelativeMonthlyPattern):
+        pattern = {"type": "relativeMonthly", "interval": p.interval, "daysOfWeek": _days(p.weekday),
+                   "index": _week(p.week_number)}
     elif isinstance(p, r.AbsoluteYearlyPattern):
-        rule = {"FREQ": "YEARLY", "BYMONTH": _number(p.month, _MONTH_NAMES), "BYMONTHDAY": p.day_of_month}
+        pattern = {"type": "absoluteYearly", "interval": 1, "month": _number(p.month, _MONTH_NAMES),
+                   "dayOfMonth": p.day_of_month}
+    elif isinstance(p, r.RelativeYearlyPattern):
+        pattern = {"type": "relativeYearly", "interval": 1, "month": _number(p.month, _MONTH_NAMES),
+                   "daysOfWeek": _days(p.weekday), "index": _week(p.week_number)}
     else:
         raise ValueError(f"recurrence pattern {type(p).__name__} has no RFC 5545 form")
     b = recurrence.boundary
+    rng: dict = {"type": "noEnd", "recurrenceTimeZone": zone.key}
     if isinstance(b, r.NumberedPattern):
-        rule["COUNT"] = b.number
+        rng.update(type="numbered", numberOfOccurrences=b.number)
     elif isinstance(b, r.EndDatePattern):
-        end = b.end if not isinstance(b.end, datetime) else b.end.date()
-        if isinstance(start, datetime):
-            rule["UNTIL"] = datetime.combine(end, time(23, 59, 59), tzinfo=zone).astimezone(timezone.utc)
-        else:
-            rule["UNTIL"] = end
-    return rule
+        end = b.end.date() if isinstance(b.end, datetime) else b.end
+        rng.update(type="endDate", endDate=end.isoformat())
+    if getattr(b, "start", None) is not None:
+        rng["startDate"] = (b.start.date() if isinstance(b.start, datetime) else b.start).isoformat()
+    return {"pattern": pattern, "range": rng}
+
+
+def _graph_when(value, all_day: bool) -> dict:
+    """A start or end as Graph's dateTimeTimeZone (an all-day date as its midnight)."""
+    if all_day and not isinstance(value, datetime):
+        return {"dateTime": f"{value.isoformat()}T00:00:00", "timeZone": "UTC"}
+    utc = _plain(value).replace(tzinfo=None)
+    return {"dateTime": utc.isoformat(timespec="seconds"), "timeZone": "UTC"}
+
+
+def _iso_z(value) -> str | None:
+    return _plain(value).isoformat().replace("+00:00", "Z") if _is_instant(value) else None
+
+
+def _address(mailbox) -> dict:
+    return {"name": getattr(mailbox, "name", None) or "", "address": getattr(mailbox, "email_address", None) or ""}
+
+
+def _graph_event(it, zone) -> dict:
+    """One EWS calendar item (a master, a single event or a modified occurrence) in Graph's event shape."""
+    from exchangelib import HTMLBody
+    all_day = bool(getattr(it, "is_all_day", False))
+    end = it.end
+    if all_day and end is not None and not isinstance(end, datetime):
+        end = end + timedelta(days=1)              # EWS gives an all-day event's last day; Graph the day after
+    body = getattr(it, "body", None)
+    event = {
+        "id": getattr(it, "id", None), "subject": it.subject or "", "isAllDay": all_day,
+        "start": _graph_when(it.start, all_day),
+        "end": _graph_when(end if end is not None else it.start, all_day),
+        "originalStartTimeZone": zone.key, "originalEndTimeZone": zone.key,
+        "body": {"contentType": "html" if isinstance(body, HTMLBody) else "text", "content": str(body or "")},
+        "location": {"displayName": it.location} if getattr(it, "location", None) else {},
+        "categories": list(getattr(it, "categories", None) or []),
+        "sensitivity": str(getattr(it, "sensitivity", None) or "Normal").lower(),
+        "importance": str(getattr(it, "importance", None) or "Normal").lower(),
+        "showAs": _SHOW_AS.get(str(getattr(it, "legacy_free_busy_status", None) or "Busy"), "busy"),
+        "isReminderOn": bool(getattr(it, "reminder_is_set", False)),
+        "reminderMinutesBeforeStart": getattr(it, "reminder_minutes_before_start", None),
+        "isCancelled": bool(getattr(it, "is_cancelled", False)),
+        "createdDateTime": _iso_z(getattr(it, "datetime_created", None)),
+        "lastModifiedDateTime": _iso_z(getattr(it, "last_modified_time", None)),
+        "type": "singleInstance",
+    }
+    organizer = getattr(it, "organizer", None)
+    if organizer is not None and getattr(organizer, "email_address", None):
+        event["organizer"] = {"emailAddress": _address(organizer)}
+    event["attendees"] = [
+        {"type": kind, "emailAddress": _address(att.mailbox),
+         "status": {"response": _RESPONSE.get(str(att.response_type or "Unknown"), "none")}}
+        for kind, field in (("required", "required_attendees"), ("optional", "optional_attendees"),
+                            ("resource", "resources"))
+        for att in getattr(it, field, None) or [] if getattr(att, "mailbox", None) is not None]
+    return event
 
 
 def event_to_ical(item, exceptions: list) -> bytes:
-    """One VCALENDAR for an EWS calendar item: the master with RRULE and EXDATEs, and each modified
-    occurrence as a VEVENT with the master's UID and a RECURRENCE-ID (its original start)."""
-    import icalendar
+    """One VCALENDAR for an EWS calendar item: the master with its rule and deleted occurrences, and
+    each modified occurrence with the master's UID and a RECURRENCE-ID (its original start),
+    written by sources/mstime like every other source's events."""
     zone = _zone(item)
-
-    def when(value):
-        return _plain(value, zone)                      # all-day dates stay dates
-
-    def vevent(it, recurrence_id=None):
-        ev = icalendar.Event()
-        ev.add("UID", item.uid or item.id)
-        ev.add("SUMMARY", it.subject or "")
-        ev.add("DTSTART", when(it.start))
-        if it.end is not None:
-            ev.add("DTEND", it.end + timedelta(days=1) if it.is_all_day else when(it.end))
-        if it.location:
-            ev.add("LOCATION", it.location)
-        if it.body:
-            ev.add("DESCRIPTION", _plain_text(it.body))
-        if recurrence_id is not None:
-            ev.add("RECURRENCE-ID", recurrence_id)
-        return ev
-
-    cal = icalendar.Calendar()
-    cal.add("PRODID", "-//umstieg//EWS calendar item//EN")
-    cal.add("VERSION", "2.0")
-    master = vevent(item)
-    if item.recurrence is not None:
-        master.add("RRULE", recurrence_to_rrule(item.recurrence, when(item.start), zone))
-        for gone in item.deleted_occurrences or []:
-            master.add("EXDATE", _local_date(gone.start, item) if item.is_all_day else when(gone.start))
-    cal.add_component(master)
+    event = _graph_event(item, zone)
+    event["id"] = event["iCalUId"] = item.uid or item.id
+    if item.recurrence is None:
+        return mstime.event_to_ical(event)
+    event["type"] = "seriesMaster"
+    event["recurrence"] = graph_recurrence(item.recurrence, zone)
+    changed = []
     for exc in exceptions:
-        original = exc.original_start
-        rid = _local_date(original, item) if item.is_all_day else when(original)
-        cal.add_component(vevent(exc, rid))
-    cal.add_missing_timezones()
-    return cal.to_ical()
-
-
-def _plain_text(body) -> str:
-    """A body as plain text (EWS may give HTML)."""
-    from exchangelib import HTMLBody
-    if isinstance(body, HTMLBody):
-        import lxml.html
-        return lxml.html.fromstring(str(body)).text_content().strip()
-    return str(body)
+        inst = _graph_event(exc, zone)
+        inst.update(type="exception", originalStart=_iso_z(exc.original_start) if _is_instant(exc.original_start)
+                    else f"{exc.original_start.isoformat()}T00:00:00Z")
+        changed.append(inst)
+    cancelled = [_local_date(gone.start, item) if item.is_all_day else _plain(gone.start, zone)
+                 for gone in item.deleted_occurrences or []]
+    return mstime.event_to_ical(event, changed=changed, cancelled=cancelled)
 
 
 def _contact_vcard(item) -> bytes:

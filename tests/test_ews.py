@@ -252,6 +252,43 @@ def test_incomplete_exchange_export_is_rebuilt(server, tmp_path):
     assert instances((tmp_path / "series.ics").read_bytes()) == instances(full)
 
 
+MEETING = b"""BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\nUID:meeting@amt.example\r
+SUMMARY:Haushaltsrunde\r\nDTSTART;TZID=Europe/Berlin:20260112T140000\r\nDTEND;TZID=Europe/Berlin:20260112T153000\r
+RRULE:FREQ=WEEKLY;BYDAY=MO;COUNT=6\r\nCLASS:CONFIDENTIAL\r\nPRIORITY:1\r\nTRANSP:TRANSPARENT\r
+CATEGORIES:Haushalt,Referat 2\r\nORGANIZER;CN=Anna Amt:mailto:anna@amt.example\r
+ATTENDEE;CN=Ben Berg;ROLE=REQ-PARTICIPANT;PARTSTAT=ACCEPTED:mailto:ben@amt.example\r
+ATTENDEE;CN=Carla Cruz;ROLE=OPT-PARTICIPANT;PARTSTAT=DECLINED:mailto:carla@amt.example\r
+ATTENDEE;CN=Raum 2.14;CUTYPE=RESOURCE;PARTSTAT=ACCEPTED:mailto:raum214@amt.example\r
+DTSTAMP:20260101T000000Z\r\nBEGIN:VALARM\r\nACTION:DISPLAY\r\nDESCRIPTION:Haushaltsrunde\r\nTRIGGER:-PT15M\r
+END:VALARM\r\nEND:VEVENT\r\nEND:VCALENDAR\r
+"""
+
+
+def test_a_rebuilt_meeting_keeps_who_comes_and_how(server, tmp_path):
+    """Without Exchange's own export, a meeting is rebuilt from its properties with its organizer,
+    attendees and their answers, reminder, free/busy, sensitivity, importance and categories."""
+    import icalendar
+    mb = server.mailbox(ANNA)
+    mb.calendar_mime = False
+    mb.add_event(MEETING)
+    source = source_for(config(server))
+    [ref] = list(source.discover("anna", ANNA))
+    source.extract(ANNA, ref.location, tmp_path / "m.ics", ref.key)
+    data = (tmp_path / "m.ics").read_bytes()
+    assert instances(data) == instances(MEETING)
+    [ev] = icalendar.Calendar.from_ical(data).walk("VEVENT")
+    assert str(ev["ORGANIZER"]) == "mailto:anna@amt.example" and ev["ORGANIZER"].params["CN"] == "Anna Amt"
+    people = {str(a).removeprefix("mailto:"): dict(a.params) for a in ev["ATTENDEE"]}
+    assert people["ben@amt.example"]["ROLE"] == "REQ-PARTICIPANT" and people["ben@amt.example"]["PARTSTAT"] == "ACCEPTED"
+    assert people["carla@amt.example"]["ROLE"] == "OPT-PARTICIPANT"
+    assert people["carla@amt.example"]["PARTSTAT"] == "DECLINED"
+    assert people["raum214@amt.example"]["CUTYPE"] == "RESOURCE"
+    [alarm] = [c for c in ev.subcomponents if c.name == "VALARM"]
+    assert alarm.decoded("TRIGGER").total_seconds() == -15 * 60
+    assert str(ev["TRANSP"]) == "TRANSPARENT" and str(ev["CLASS"]) == "CONFIDENTIAL" and int(ev["PRIORITY"]) == 1
+    assert ev["CATEGORIES"].cats == ["Haushalt", "Referat 2"]
+
+
 def rule_series(n: int, rrule: str, start: str = "20260107T083000", minutes: int = 45, exdate: str = "") -> bytes:
     from datetime import timedelta
     end = (datetime.strptime(start, "%Y%m%dT%H%M%S") + timedelta(minutes=minutes)).strftime("%Y%m%dT%H%M%S")

@@ -610,12 +610,22 @@ class EwsTestServer:
         add("item:ItemClass", "ItemClass", {"message": "IPM.Note", "event": "IPM.Appointment",
                                             "contact": "IPM.Contact"}[item.kind])
         add("item:Subject", "Subject", f.get("subject") or f.get("display_name"))
+        if item.kind == "event":
+            add("item:Sensitivity", "Sensitivity", f.get("sensitivity"))
         body = add("item:Body", "Body", f.get("description"))
         if body is not None:
             body.set("BodyType", "Text")
         if item.kind == "message":
             add("item:DateTimeReceived", "DateTimeReceived", f["received"])
         add("item:Size", "Size", len(item.mime))
+        if item.kind == "event":
+            if "item:Categories" in wanted and f.get("categories"):
+                box = etree.SubElement(el, f"{{{T}}}Categories")
+                for name in f["categories"]:
+                    etree.SubElement(box, f"{{{T}}}String").text = name
+            add("item:Importance", "Importance", f.get("importance"))
+            add("item:ReminderIsSet", "ReminderIsSet", f.get("reminder") is not None)
+            add("item:ReminderMinutesBeforeStart", "ReminderMinutesBeforeStart", f.get("reminder"))
         if item.kind == "message":
             add("item:IsDraft", "IsDraft", f["is_draft"])
             for tag, prop in ((0x1081, "last_verb"), (0x1090, "flag_status")):
@@ -656,8 +666,27 @@ class EwsTestServer:
         add("calendar:End", "End", end)
         add("calendar:OriginalStart", "OriginalStart", f.get("original_start"))
         add("calendar:IsAllDayEvent", "IsAllDayEvent", f.get("all_day", False))
+        add("calendar:LegacyFreeBusyStatus", "LegacyFreeBusyStatus", f.get("free_busy"))
         add("calendar:Location", "Location", f.get("location"))
         add("calendar:CalendarItemType", "CalendarItemType", f["type"])
+
+        def mailbox(parent, who: dict) -> None:
+            box = etree.SubElement(parent, f"{{{T}}}Mailbox")
+            etree.SubElement(box, f"{{{T}}}Name").text = who["name"]
+            etree.SubElement(box, f"{{{T}}}EmailAddress").text = who["address"]
+            etree.SubElement(box, f"{{{T}}}RoutingType").text = "SMTP"
+        if "calendar:Organizer" in wanted and f.get("organizer"):
+            mailbox(etree.SubElement(el, f"{{{T}}}Organizer"), f["organizer"])
+        for uri, tag, group in (("calendar:RequiredAttendees", "RequiredAttendees", "required"),
+                                ("calendar:OptionalAttendees", "OptionalAttendees", "optional"),
+                                ("calendar:Resources", "Resources", "resources")):
+            people = (f.get("attendees") or {}).get(group)
+            if uri in wanted and people:
+                box = etree.SubElement(el, f"{{{T}}}{tag}")
+                for who in people:
+                    att = etree.SubElement(box, f"{{{T}}}Attendee")
+                    mailbox(att, who)
+                    etree.SubElement(att, f"{{{T}}}ResponseType").text = who["response"]
         rec = f.get("recurrence")
         if "calendar:Recurrence" in wanted and rec:
             box = etree.SubElement(el, f"{{{T}}}Recurrence")
@@ -735,7 +764,35 @@ def _event_fields(ev) -> dict:
             "start": start if all_day else _utc(start, zone), "end": end if all_day else _utc(end, zone),
             "all_day": all_day, "location": str(ev["LOCATION"]) if "LOCATION" in ev else None,
             "description": str(ev["DESCRIPTION"]) if "DESCRIPTION" in ev else None,
-            "type": "Single", "recurrence": None, "modified": [], "deleted": []}
+            "type": "Single", "recurrence": None, "modified": [], "deleted": [], **_meeting_fields(ev)}
+
+
+#: iCalendar -> what Exchange stores for it (PARTSTAT -> ResponseType, CLASS -> Sensitivity, …)
+_RESPONSE_TYPES = {"ACCEPTED": "Accept", "DECLINED": "Decline", "TENTATIVE": "Tentative",
+                   "NEEDS-ACTION": "NoResponseReceived"}
+_SENSITIVITY = {"PUBLIC": "Normal", "PRIVATE": "Private", "CONFIDENTIAL": "Confidential"}
+
+
+def _meeting_fields(ev) -> dict:
+    """Organizer, attendees, reminder, free/busy, sensitivity, importance and categories of a VEVENT."""
+    def person(prop) -> dict:
+        return {"name": str(prop.params.get("CN", "")), "address": str(prop).removeprefix("mailto:")}
+    attendees = {"required": [], "optional": [], "resources": []}
+    for att in _as_list(ev.get("ATTENDEE")):
+        group = ("resources" if att.params.get("CUTYPE") == "RESOURCE" else
+                 "optional" if att.params.get("ROLE") == "OPT-PARTICIPANT" else "required")
+        attendees[group].append({**person(att),
+                                 "response": _RESPONSE_TYPES.get(att.params.get("PARTSTAT", ""), "Unknown")})
+    alarms = [a for a in ev.subcomponents if a.name == "VALARM"]
+    trigger = alarms[0].decoded("TRIGGER") if alarms else None
+    categories = [str(c) for cats in _as_list(ev.get("CATEGORIES")) for c in cats.cats] if "CATEGORIES" in ev else []
+    priority = int(ev.get("PRIORITY", 0))
+    return {"organizer": person(ev["ORGANIZER"]) if "ORGANIZER" in ev else None, "attendees": attendees,
+            "reminder": int(-trigger.total_seconds() // 60) if trigger is not None else None,
+            "free_busy": "Free" if str(ev.get("TRANSP", "")) == "TRANSPARENT" else "Busy",
+            "sensitivity": _SENSITIVITY.get(str(ev.get("CLASS", "PUBLIC")), "Normal"),
+            "importance": "High" if 0 < priority < 5 else "Low" if priority > 5 else "Normal",
+            "categories": categories}
 
 
 def _recurrence(ev) -> dict | None:
