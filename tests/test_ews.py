@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime, timezone
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +130,14 @@ def instances(ics: bytes, start=date(2026, 1, 1), end=date(2027, 1, 1)) -> list[
     cal = icalendar.Calendar.from_ical(ics)
     return sorted((utc(e.decoded("DTSTART")), utc(e.decoded("DTEND")), str(e["SUMMARY"]))
                   for e in recurring_ical_events.of(cal).between(start, end))
+
+
+def extract_only_item(server, dst: Path) -> bytes:
+    """Discover Anna's one item and extract it to `dst`; its bytes."""
+    source = source_for(config(server))
+    [ref] = list(source.discover("anna", ANNA))
+    source.extract(ANNA, ref.location, dst, ref.key)
+    return dst.read_bytes()
 
 
 def by_location(refs):
@@ -271,10 +280,7 @@ def test_a_rebuilt_meeting_keeps_who_comes_and_how(server, tmp_path):
     mb = server.mailbox(ANNA)
     mb.calendar_mime = False
     mb.add_event(MEETING)
-    source = source_for(config(server))
-    [ref] = list(source.discover("anna", ANNA))
-    source.extract(ANNA, ref.location, tmp_path / "m.ics", ref.key)
-    data = (tmp_path / "m.ics").read_bytes()
+    data = extract_only_item(server, tmp_path / "m.ics")
     assert instances(data) == instances(MEETING)
     [ev] = icalendar.Calendar.from_ical(data).walk("VEVENT")
     assert str(ev["ORGANIZER"]) == "mailto:anna@amt.example" and ev["ORGANIZER"].params["CN"] == "Anna Amt"
@@ -337,10 +343,7 @@ def test_contact_as_vcard(server, tmp_path, server_gives_vcard):
     mb = server.mailbox(ANNA)
     mb.contact_mime = server_gives_vcard
     mb.add_contact(CARD)
-    source = source_for(config(server))
-    [ref] = list(source.discover("anna", ANNA))
-    source.extract(ANNA, ref.location, tmp_path / "c.vcf", ref.key)
-    card = vobject.readOne((tmp_path / "c.vcf").read_text(encoding="utf-8"))
+    card = vobject.readOne(extract_only_item(server, tmp_path / "c.vcf").decode("utf-8"))
     assert card.fn.value == "Erika Müller"
     assert (card.n.value.family, card.n.value.given) == ("Müller", "Erika")
     assert card.org.value == ["Stadtverwaltung Musterstadt"]
