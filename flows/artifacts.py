@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 from core.department import Department
 
-__all__ = ["Progress", "publish", "publish_assessment", "artifact_key", "slug", "MAX_USER_PROGRESS"]
+__all__ = ["Progress", "publish", "publish_assessment", "publish_status", "artifact_key", "slug",
+           "MAX_USER_PROGRESS"]
 
 log = logging.getLogger(__name__)
 
@@ -148,3 +149,11 @@ def publish_assessment(dept: Department, result: dict) -> None:
     _quietly("assessment", lambda: create_markdown_artifact(
         key=artifact_key(dept.name, "assessment"), markdown=markdown,
         description=f"{dept.name}: assessment ({result['report']})"))
+
+
+def publish_status(dept: Department, path: Path) -> None:
+    """A status snapshot (`report` flow) as a Markdown artifact."""
+    from prefect.artifacts import create_markdown_artifact
+    markdown = Path(path).read_text(encoding="utf-8")
+    _quietly("status", lambda: create_markdown_artifact(
+        key=artifact_key(dept.name, "status"), markdown=markdown, description=f"{dept.name}: status ({path})"))

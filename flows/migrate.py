@@ -31,7 +31,7 @@ from flows.steps import (TARGET_FIELD, discover, process_chunk, reset_for_rerun,
                          targets_of)
 from reports.migration import run_summary, write_run_report
 
-__all__ = ["migrate", "rerun", "assess", "check_department", "task_runner_for"]
+__all__ = ["migrate", "rerun", "assess", "report", "check_department", "task_runner_for"]
 
 
 def _transient(task, task_run, state) -> bool:
@@ -302,3 +302,14 @@ def assess(department_file: str) -> dict:
     result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders)
     artifacts.publish_assessment(dept, result)
     return result
+
+
+@flow(name="umstieg-report")
+def report(department_file: str) -> str:
+    """Write a snapshot of the department's status from its ledger now (as `umstieg report` does)
+    and show it in Prefect; nothing moves."""
+    from reports.migration import department_status, write_status_report
+    dept = runtime.department(str(Path(department_file).resolve()))
+    path = write_status_report(dept, department_status(dept, runtime.ledger(dept)))
+    artifacts.publish_status(dept, path)
+    return str(path)

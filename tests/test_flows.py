@@ -374,10 +374,18 @@ def test_teams_deploy_departments_to_a_prefect_server(tmp_path, prefect_server):
     listing = cli(*prefect, "deployment", "inspect", "umstieg-migrate/teamamt")
     assert "0 22 * * 1-5" in listing and "Europe/Berlin" in listing and str(dept_file) in listing
 
+    for operators in ("umstieg-rerun/teamamt", "umstieg-assess/teamamt", "umstieg-report/teamamt"):
+        listing = cli(*prefect, "deployment", "inspect", operators)
+        assert str(dept_file) in listing and "0 22" not in listing           # run when asked, not scheduled
+
     cli(*prefect, "deployment", "run", "umstieg-migrate/teamamt")
     cli(*prefect, "worker", "start", "--pool", "teamtest", "--run-once", timeout=300)
     rows = assert_target_matches_ledger(dept_file, tmp_path)
     assert rows and all(r["state"] == "verified" for r in rows)
+    cli(*prefect, "deployment", "run", "umstieg-report/teamamt")
+    cli(*prefect, "worker", "start", "--pool", "teamtest", "--run-once", timeout=300)
+    [snapshot] = (tmp_path / "work" / "reports").glob("status-*.md")
+    assert "anna" in snapshot.read_text(encoding="utf-8")
 
 
 def test_assess_inventories_without_moving_and_learns_the_rate(tmp_path):

@@ -405,4 +405,6 @@ def test_the_committed_prefect_yaml_is_generated_and_portable(tmp_path):
     assert out.read_text(encoding="utf-8") == text, \
         "deployments/prefect.yaml is stale: regenerate it with `umstieg deployments deployments/buergeramt.yaml`"
     document = yaml.safe_load(text)
-    assert [d["parameters"]["department_file"] for d in document["deployments"]] == ["deployments/buergeramt.yaml"]
+    assert {d["parameters"]["department_file"] for d in document["deployments"]} == {"deployments/buergeramt.yaml"}
+    assert sorted(d["entrypoint"] for d in document["deployments"]) == [
+        f"flows/migrate.py:{f}" for f in ("assess", "migrate", "report", "rerun")]

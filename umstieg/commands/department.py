@@ -267,7 +267,8 @@ def deployments(department_files: list[Path] = typer.Argument(..., exists=True, 
                 home: str = typer.Option("{{ $UMSTIEG_HOME }}",
                                          help="umstieg's folder on the worker machines (default: the "
                                               "UMSTIEG_HOME variable of the worker's environment)")) -> None:
-    """Write prefect.yaml with one scheduled deployment per department (for `prefect deploy --all`)."""
+    """Write prefect.yaml for `prefect deploy --all`: per department, its scheduled migration and
+    deployments of rerun, assess and report for operators."""
     import yaml
     from flows.limits import host_of
     root = Path.cwd().resolve()
@@ -290,15 +291,22 @@ def deployments(department_files: list[Path] = typer.Argument(..., exists=True, 
             rel = path.resolve().relative_to(root).as_posix()
         except ValueError:
             rel = str(path.resolve())
-        entries.append({
-            "name": dept.name,
-            "description": dept.description or f"migration of {dept.name}",
-            "entrypoint": "flows/migrate.py:migrate",
-            "parameters": {"department_file": rel},
-            "work_pool": {"name": work_pool},
-            "schedules": schedules,
-            "tags": ["umstieg", f"department:{dept.name}"],
-        })
+        # the migration on its schedule; the operators' flows beside it, run from Prefect's UI or
+        # `prefect deployment run umstieg-rerun/NAME --param error_class=...` when needed
+        for flow_name, what, runs in (("migrate", f"migration of {dept.name}", schedules),
+                                      ("rerun", f"{dept.name}: retry failed items (filters: batch, "
+                                                "error_class, user)", []),
+                                      ("assess", f"{dept.name}: inventory and risk scan, nothing moves", []),
+                                      ("report", f"{dept.name}: status snapshot from the ledger", [])):
+            entries.append({
+                "name": dept.name,
+                "description": (dept.description or what) if flow_name == "migrate" else what,
+                "entrypoint": f"flows/migrate.py:{flow_name}",
+                "parameters": {"department_file": rel},
+                "work_pool": {"name": work_pool},
+                "schedules": runs,
+                "tags": ["umstieg", f"department:{dept.name}", f"flow:{flow_name}"],
+            })
     document = {"name": "umstieg", "prefect-version": "3.8.8",
                 "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": home}}],
                 "deployments": entries}
@@ -312,7 +320,7 @@ def deployments(department_files: list[Path] = typer.Argument(..., exists=True, 
                  " (its sources and target are local to each machine:\n# no tag limit across machines).\n")
               + "".join(f"#   prefect concurrency-limit create '{tag}' {n}\n" for tag, n in sorted(limits.items())))
     out.write_text(header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    console.print(f"wrote {out} with {len(entries)} deployment(s)")
+    console.print(f"wrote {out} with {len(entries)} deployment(s) for {len(department_files)} department(s)")
 
 
 def register(app: typer.Typer) -> None:
