@@ -110,12 +110,12 @@ def _chunks(dept: Department, ledger: Ledger, todo: dict[str, list[int]]) -> lis
                     groups.setdefault(source, []).append((item_id, kind))
             chunks = by_user.setdefault(owner, [])
             for source, rows in groups.items():
-                for i in range(0, len(rows), size):
-                    part = rows[i:i + size]
+                for first in range(0, len(rows), size):
+                    part = rows[first:first + size]
                     targets = {kind_hosts.get(Kind(kind), "local") for _, kind in part}
                     if any(kind == Kind.FILE.value for _, kind in part):
                         targets |= archive
-                    chunks.append(Chunk(owner, len(chunks) + 1, tuple(i for i, _ in part),
+                    chunks.append(Chunk(owner, len(chunks) + 1, tuple(item_id for item_id, _ in part),
                                         source_hosts.get(source, "local"), frozenset(targets)))
     return [c for turn in zip_longest(*by_user.values()) for c in turn if c is not None]
 
