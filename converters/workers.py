@@ -185,7 +185,7 @@ class Worker:
         if not error:
             return
         exc = error[0]
-        if not self.alive():
+        if self._gone(grace=_DEATH_GRACE):
             raise WorkerDied(f"LibreOffice died while converting ({_short(exc)})") from exc
         if isinstance(exc, Fault):
             if _BRIDGE_GONE in str(exc.faultString):
@@ -201,6 +201,17 @@ class Worker:
 
     def ready(self) -> bool:
         """Whether the pool may hand this worker a document now."""
+        return True
+
+    def _gone(self, grace: float) -> bool:
+        """Whether LibreOffice is gone, looking again for `grace` seconds: a killed soffice.bin can
+        still be exiting when its error reaches the client, and its error then reads like any
+        refusal (a document blamed for a crash would be recorded unreadable instead of retried)."""
+        deadline = time.monotonic() + grace
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
         return True
 
     def _client(self) -> UnoClient:
@@ -219,6 +230,9 @@ class Worker:
 
 #: How often (seconds) a conversion in progress is looked at: its time, its worker's memory.
 _WATCH_EVERY = 0.25
+#: How long (seconds) a worker whose conversion failed is watched for dying before the failure is
+#: taken for the document's (see Worker._gone).
+_DEATH_GRACE = 0.5
 
 #: The UNO exception class unoserver relays when LibreOffice's end of the bridge is gone.
 _BRIDGE_GONE = "com.sun.star.lang.DisposedException"

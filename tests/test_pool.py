@@ -223,7 +223,8 @@ def test_kill_9_of_a_worker_loses_nothing(tmp_path):
         assert _healthy(pool, 2)
     sources = [r.source for r in results]
     assert sorted(sources) == sorted(str(d) for d in docs)          # each exactly once
-    assert all(r.outcome is Outcome.CONVERTED for r in results), [(r.source, r.message) for r in results]
+    assert all(r.outcome is Outcome.CONVERTED for r in results), \
+        [(Path(r.source).name, r.outcome, r.message, r.history) for r in results if r.outcome is not Outcome.CONVERTED]
     assert any(r.attempts == 2 and r.history for r in results)      # the victim was retried
     outputs = sorted((tmp_path / "out").iterdir())
     assert len(outputs) == 24 and all(check_package(p) == [] for p in outputs)
