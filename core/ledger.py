@@ -84,7 +84,7 @@ class Run(Base):
     flow: Mapped[str] = mapped_column(String(40))
     started: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(20), default="running")    # running / completed / failed / interrupted
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running/completed/failed/interrupted/refused
     prefect_flow_run: Mapped[str | None] = mapped_column(String(64))
     summary: Mapped[dict | None] = mapped_column(JSON)
     heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))   # see Ledger.beat
