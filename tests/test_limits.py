@@ -294,3 +294,24 @@ def test_when_the_window_closes_no_chunk_starts_and_the_next_run_goes_on(tmp_pat
     assert again["this_run"] == {"verified": 18 - started}
     assert "left_for_next_run" not in again
     assert len(list((tmp_path / "target").rglob("*.txt"))) == 18
+
+
+def test_umstieg_run_refuses_while_another_run_of_the_department_lives(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from core.department import load_department
+    dept_file = text_department(tmp_path, users=("anna",), files=1)
+    dept = load_department(dept_file)
+    dept.work_dir.mkdir(parents=True, exist_ok=True)
+    led = Ledger(dept.ledger_url)
+    led.migrate()
+    with led.session() as s:                  # a run of this very test process: alive on this host
+        s.add(Run(department=dept.name, flow="migrate", summary={"host": socket.gethostname(), "pid": os.getpid()},
+                  heartbeat=datetime.now(timezone.utc)))
+    led.close()
+    result = subprocess.run([sys.executable, "-m", "umstieg", "run", str(dept_file)], capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, COLUMNS="200"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "is still running" in result.stderr and "Nothing was moved" in result.stderr
+    assert not [f for f in (tmp_path / "target").rglob("*") if f.is_file()]
