@@ -112,27 +112,33 @@ End Sub
     return path
 
 
+def rewrite_package(src: Path, dst: Path, edits: dict, extra: dict | None = None) -> Path:
+    """Copy the OOXML package `src` to `dst`, each part named in `edits` passed (as text) through its
+    function, and the parts in `extra` (name -> text) added; `src` is removed."""
+    import zipfile
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename in edits:
+                data = edits[item.filename](data.decode("utf-8")).encode("utf-8")
+            zout.writestr(item, data)
+        for name, text in (extra or {}).items():
+            zout.writestr(name, text)
+    src.unlink()
+    return dst
+
+
 def make_heavy_docx(path: Path, paragraphs: int) -> Path:
     """A docx with many paragraphs, written as raw XML (python-docx adds paragraphs in O(n)).
 
     LibreOffice needs roughly 1.5 s per 10 000 paragraphs here: a reliable slow document.
     """
-    import zipfile
     small = path.with_suffix(".seed.docx")
     make_docx(small, paragraphs=1)
     para = ("<w:p><w:r><w:t>Absatz {i}: Der Antrag wurde fristgerecht gestellt und wird "
             "von der Behörde geprüft.</w:t></w:r></w:p>")
     body = "".join(para.format(i=i) for i in range(paragraphs))
-    with zipfile.ZipFile(small) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item)
-            if item.filename == "word/document.xml":
-                text = data.decode("utf-8")
-                text = text.replace("<w:body>", "<w:body>" + body, 1)
-                data = text.encode("utf-8")
-            zout.writestr(item, data)
-    small.unlink()
-    return path
+    return rewrite_package(small, path, {"word/document.xml": lambda t: t.replace("<w:body>", "<w:body>" + body, 1)})
 
 
 # --- documents with known content, for the fidelity tests -----------------------------------------
@@ -153,7 +159,6 @@ def make_fidelity_docx(path: Path) -> Path:
     part, its relationship, content type and reference are added to the package afterwards.
     """
     import io
-    import zipfile
 
     import docx
     from docx.shared import Inches
@@ -181,24 +186,16 @@ def make_fidelity_docx(path: Path) -> Path:
                  '<w:footnote w:id="1"><w:p><w:r><w:footnoteRef/></w:r><w:r><w:t xml:space="preserve"> Gemäß Verwaltungskostengesetz.</w:t></w:r></w:p></w:footnote>'
                  '</w:footnotes>')
     reference = '</w:t></w:r><w:r><w:footnoteReference w:id="1"/></w:r><w:r><w:t>'
-    with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "word/document.xml":
-                data = data.decode("utf-8").replace(" FUSSNOTE_HIER", "", 1).replace(
-                    "gebührenfrei.</w:t>", "gebührenfrei." + reference + "</w:t>", 1).encode("utf-8")
-            elif item.filename == "word/_rels/document.xml.rels":
-                data = data.decode("utf-8").replace("</Relationships>", (
-                    '<Relationship Id="rIdFootnotes" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
-                    'relationships/footnotes" Target="footnotes.xml"/></Relationships>')).encode("utf-8")
-            elif item.filename == "[Content_Types].xml":
-                data = data.decode("utf-8").replace("</Types>", (
-                    '<Override PartName="/word/footnotes.xml" ContentType="application/vnd.openxmlformats-'
-                    'officedocument.wordprocessingml.footnotes+xml"/></Types>')).encode("utf-8")
-            zout.writestr(item, data)
-        zout.writestr("word/footnotes.xml", footnotes)
-    tmp.unlink()
-    return path
+    return rewrite_package(tmp, path, {
+        "word/document.xml": lambda t: t.replace(" FUSSNOTE_HIER", "", 1).replace(
+            "gebührenfrei.</w:t>", "gebührenfrei." + reference + "</w:t>", 1),
+        "word/_rels/document.xml.rels": lambda t: t.replace("</Relationships>", (
+            '<Relationship Id="rIdFootnotes" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+            'relationships/footnotes" Target="footnotes.xml"/></Relationships>')),
+        "[Content_Types].xml": lambda t: t.replace("</Types>", (
+            '<Override PartName="/word/footnotes.xml" ContentType="application/vnd.openxmlformats-'
+            'officedocument.wordprocessingml.footnotes+xml"/></Types>')),
+    }, {"word/footnotes.xml": footnotes})
 
 
 def make_xlsx_with_cached_values(path: Path, wrong: bool = False) -> Path:
@@ -209,7 +206,6 @@ def make_xlsx_with_cached_values(path: Path, wrong: bool = False) -> Path:
     A6 = A1>A2 (FALSE). With `wrong`, A3's stored value is 7: a value LibreOffice will not compute.
     """
     import re
-    import zipfile
     from datetime import date
 
     import openpyxl
@@ -224,23 +220,18 @@ def make_xlsx_with_cached_values(path: Path, wrong: bool = False) -> Path:
     tmp = path.with_suffix(".tmp.xlsx")
     wb.save(tmp)
     cached = {"A3": ("", "7" if wrong else "6"), "A4": ("", "5"), "A5": ("str", "2x"), "A6": ("b", "0")}
-    with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "xl/worksheets/sheet1.xml":
-                text = data.decode("utf-8")
-                for ref, (kind, value) in cached.items():
-                    t_attr = f' t="{kind}"' if kind else ""
 
-                    def with_value(m, ref=ref, t_attr=t_attr, value=value):
-                        attrs = re.sub(r' t="[^"]*"', "", m.group(1))
-                        return f'<c r="{ref}"{attrs}{t_attr}><f>{m.group(2)}</f><v>{value}</v></c>'
+    def with_cached_values(text: str) -> str:
+        for ref, (kind, value) in cached.items():
+            t_attr = f' t="{kind}"' if kind else ""
 
-                    text = re.sub(rf'<c r="{ref}"([^>]*)><f>(.*?)</f>(<v>.*?</v>|<v/>)?</c>', with_value, text)
-                data = text.encode("utf-8")
-            zout.writestr(item, data)
-    tmp.unlink()
-    return path
+            def with_value(m, ref=ref, t_attr=t_attr, value=value):
+                attrs = re.sub(r' t="[^"]*"', "", m.group(1))
+                return f'<c r="{ref}"{attrs}{t_attr}><f>{m.group(2)}</f><v>{value}</v></c>'
+
+            text = re.sub(rf'<c r="{ref}"([^>]*)><f>(.*?)</f>(<v>.*?</v>|<v/>)?</c>', with_value, text)
+        return text
+    return rewrite_package(tmp, path, {"xl/worksheets/sheet1.xml": with_cached_values})
 
 
 def make_xlsx_1904(path: Path, iso_dates: bool = False) -> Path:
@@ -363,23 +354,13 @@ def make_pptx_with_comments(path: Path, modern: bool = False) -> Path:
                  'PartName="/ppt/commentAuthors.xml" ContentType="application/'
                  'vnd.openxmlformats-officedocument.presentationml.commentAuthors+xml"/>')
         target = "../comments/comment1.xml"
-    with zipfile.ZipFile(tmp) as zin, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename == "ppt/slides/_rels/slide1.xml.rels":
-                data = data.replace(b"</Relationships>", (
-                    f'<Relationship Id="rIdComments" Type="{slide_rel}" Target="{target}"/></Relationships>'
-                ).encode())
-            elif item.filename == "ppt/_rels/presentation.xml.rels":
-                data = data.replace(b"</Relationships>", (
-                    f'<Relationship Id="rIdAuthors" Type="{author_rel}" Target="{authors[4:]}"/></Relationships>'
-                ).encode())
-            elif item.filename == "[Content_Types].xml":
-                data = data.replace(b"</Types>", (types + "</Types>").encode())
-            zout.writestr(item, data)
-        zout.writestr(part, body)
-        zout.writestr(authors, author_xml)
-    tmp.unlink()
+    rewrite_package(tmp, path, {
+        "ppt/slides/_rels/slide1.xml.rels": lambda t: t.replace("</Relationships>", (
+            f'<Relationship Id="rIdComments" Type="{slide_rel}" Target="{target}"/></Relationships>')),
+        "ppt/_rels/presentation.xml.rels": lambda t: t.replace("</Relationships>", (
+            f'<Relationship Id="rIdAuthors" Type="{author_rel}" Target="{authors[4:]}"/></Relationships>')),
+        "[Content_Types].xml": lambda t: t.replace("</Types>", types + "</Types>"),
+    }, {part: body, authors: author_xml})
     if modern:                                  # the slide's id in the comment must be the real one
         with zipfile.ZipFile(path) as z:
             sld_id = re.search(rb'<p:sldId id="(\d+)"', z.read("ppt/presentation.xml")).group(1)
