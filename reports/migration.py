@@ -282,7 +282,7 @@ def _status_sections(dept: Department, summary: dict) -> list[str]:
                   + ", ".join(f"{c} {n}" for c, n in sorted(b["classes"].items())) + " |"
                   for b in summary["failed_batches"]]
         more = summary.get("failed_batch_count", 0) - len(summary["failed_batches"])
-        lines += ([f"", f"… and {more} older batch(es) with failures."] if more > 0 else [])
+        lines += (["", f"… and {more} older batch(es) with failures."] if more > 0 else [])
         lines += ["", "Rerun one batch: `umstieg rerun DEPARTMENT.yaml --batch ID`.", ""]
     if summary.get("conversions"):
         lines += ["## Office documents", "", "| conversion outcome | items |", "|---|---:|"]

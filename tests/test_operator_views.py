@@ -404,6 +404,7 @@ def test_the_committed_prefect_yaml_is_generated_and_portable(tmp_path):
     assert result.returncode == 0, result.stderr
     assert out.read_text(encoding="utf-8") == text, \
         "deployments/prefect.yaml is stale: regenerate it with `umstieg deployments deployments/buergeramt.yaml`"
+    assert "umstieg deployments deployments/buergeramt.yaml\n" in text      # each department file named once
     document = yaml.safe_load(text)
     assert {d["parameters"]["department_file"] for d in document["deployments"]} == {"deployments/buergeramt.yaml"}
     assert sorted(d["entrypoint"] for d in document["deployments"]) == [
