@@ -597,6 +597,12 @@ class Department(_Model):
         """Where the ledger lives (the password, if any, is added when connecting)."""
         return self.ledger or f"sqlite:///{(self.work_dir / 'ledger.sqlite').resolve()}"
 
+    def open_ledger(self):
+        """A new connection to the ledger, `ledger_password` resolved only now (the caller closes it)."""
+        from core.ledger import Ledger
+        password = self.ledger_password.resolve().get_secret_value() if self.ledger_password else None
+        return Ledger(self.ledger_url, password=password)
+
 
 #: Source types whose items are files (and so land in `target`, below their `target_folder`).
 FILE_SOURCE_TYPES = ("folder", "smb", "s3", "onedrive", "sharepoint")

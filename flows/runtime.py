@@ -41,8 +41,7 @@ def ledger(dept: Department) -> Ledger:
     url = dept.ledger_url
     with _lock:
         if url not in _ledgers:
-            password = dept.ledger_password.resolve().get_secret_value() if dept.ledger_password else None
-            led = Ledger(url, password=password)
+            led = dept.open_ledger()
             led.migrate()
             _ledgers[url] = led
         return _ledgers[url]

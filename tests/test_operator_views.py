@@ -379,12 +379,11 @@ def test_the_progress_display_reads_a_ledger_that_needs_a_password(password_ledg
 def test_the_ledger_password_is_resolved_into_the_url(tmp_path, monkeypatch):
     """Without a server: the URL the commands connect with carries the resolved password."""
     from core.department import load_department
-    from umstieg.commands.department import _open_ledger
     dept_file = make_department(tmp_path, users=("anna",), docs_per_user=1,
                                 ledger="postgresql+psycopg://op@127.0.0.1:9/ledger",
                                 ledger_password="env:UMSTIEG_TEST_LEDGER_PW")
     monkeypatch.setenv("UMSTIEG_TEST_LEDGER_PW", "s3cret-Wert")
-    ledger = _open_ledger(load_department(dept_file))
+    ledger = load_department(dept_file).open_ledger()
     try:
         assert ledger.url.password == "s3cret-Wert"
         assert "s3cret-Wert" not in repr(ledger)

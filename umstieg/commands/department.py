@@ -42,21 +42,13 @@ def _load(department_file: Path):
         raise typer.Exit(2) from exc
 
 
-def _open_ledger(dept):
-    """The department's ledger as the flows open it (flows.runtime): with `ledger_password`
-    resolved only now, so a PostgreSQL ledger that needs one can be read by status and report."""
-    from core.ledger import Ledger
-    password = dept.ledger_password.resolve().get_secret_value() if dept.ledger_password else None
-    return Ledger(dept.ledger_url, password=password)
-
-
 def _watch_progress(dept, stop: threading.Event) -> None:
     """Show this run's progress from the ledger (works whatever runs the chunks: threads or Dask)."""
     import logging
     from sqlalchemy import func, select
     from core.ledger import Batch, Item, Run, State
     try:
-        ledger = _open_ledger(dept)
+        ledger = dept.open_ledger()
     except Exception as exc:  # noqa: BLE001 - display only: the run itself reports this, and stops
         logging.getLogger(__name__).debug("no progress display: %s", exc)
         return
@@ -207,7 +199,7 @@ def _status(dept) -> dict:
     """The department's status from its ledger (schema brought up to date first)."""
     from reports.migration import department_status
     try:
-        ledger = _open_ledger(dept)
+        ledger = dept.open_ledger()
     except ConfigError as exc:
         print_error(exc)
         raise typer.Exit(2) from exc

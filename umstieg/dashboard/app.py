@@ -66,8 +66,7 @@ class Site:
             self.files[dept.name] = Path(path).resolve()
             led = self.ledgers.get(dept.ledger_url)
             if led is None:
-                password = dept.ledger_password.resolve().get_secret_value() if dept.ledger_password else None
-                led = self.ledgers[dept.ledger_url] = Ledger(dept.ledger_url, password=password)
+                led = self.ledgers[dept.ledger_url] = dept.open_ledger()
                 led.migrate()
             self.ledger_of[dept.name] = led
         if not self.departments:
