@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from collections.abc import Iterable
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from core.department import Department
 from core.items import ItemRef, Kind
@@ -154,13 +154,9 @@ def run_summary(dept: Department, ledger: Ledger, run_id: int, delta: dict, seco
 
 def _removed_in_run(s, dept: Department, run_id: int, limit: int = REPORT_LIST_LIMIT) -> dict:
     """Items this run's discovery found deleted at the source: how many, the first `limit` of them
-    (user, path), and what the department does with their copies at the target.
-
-    An item belongs to this run when the run marked it (its `run_id`) or when it changed since the
-    run started (discovery does not always stamp the run on removed items)."""
-    started = select(Run.started).where(Run.id == run_id).scalar_subquery()
-    where = (Item.department == dept.name, Item.removed_at_source.is_(True),
-             or_(Item.run_id == run_id, Item.updated >= started))
+    (user, path), and what the department does with their copies at the target. Discovery stamps
+    the run that found an item gone on it (`run_id`)."""
+    where = (Item.department == dept.name, Item.removed_at_source.is_(True), Item.run_id == run_id)
     count = s.scalar(select(func.count(Item.id)).where(*where)) or 0
     items = [{"owner": o, "location": loc} for o, loc in s.execute(
         select(Item.owner, Item.location).where(*where).order_by(Item.owner, Item.location).limit(limit))]
