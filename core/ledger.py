@@ -10,6 +10,7 @@ many machines. The schema is managed by alembic (core/migrations), from the firs
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,6 +25,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from core.errors import RunInProgress
+
+log = logging.getLogger("umstieg.ledger")
 
 __all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "now", "HEARTBEAT", "STALE_AFTER"]
 
@@ -209,7 +212,8 @@ class Ledger:
             s.add(run)
             s.flush()
             run_id = run.id
-        self.close_abandoned_runs(department)
+        for abandoned in self.close_abandoned_runs(department):
+            log.warning("%s: run %d had been cut off (its process is gone): marked interrupted", department, abandoned)
         with self.session() as s:
             other = s.scalars(select(Run).where(Run.department == department, Run.status == "running",
                                                 Run.id != run_id).order_by(Run.id)).first()

@@ -57,9 +57,7 @@ def task_runner_for(dept: Department):
     if dept.cluster is not None:
         from prefect_dask import DaskTaskRunner
         return DaskTaskRunner(address=dept.cluster.address)
-    workers = dept.conversion.workers or usable_cpus()
-    # two chunks per LibreOffice worker: one converts while the other reads, loads and verifies
-    return ThreadPoolTaskRunner(max_workers=2 * workers)
+    return ThreadPoolTaskRunner(max_workers=_chunks_at_once(dept))
 
 
 def check_department(dept: Department) -> list[str]:
@@ -120,10 +118,16 @@ def _chunks(dept: Department, ledger: Ledger, todo: dict[str, list[int]]) -> lis
     return [c for turn in zip_longest(*by_user.values()) for c in turn if c is not None]
 
 
+def _chunks_at_once(dept: Department) -> int:
+    """Chunks one machine works on at once: two per LibreOffice worker, so that one converts while
+    the other reads, loads and verifies."""
+    return 2 * (dept.conversion.workers or usable_cpus())
+
+
 def _in_flight_cap(dept: Department) -> int | None:
-    """How many chunks to hand the runner at once: two per LibreOffice worker on threads; on Dask
-    the cluster queues them and only the host limits count."""
-    return None if dept.cluster is not None else 2 * (dept.conversion.workers or usable_cpus())
+    """How many chunks to hand the runner at once: as many as its threads take; on Dask the
+    cluster queues them and only the host limits count."""
+    return None if dept.cluster is not None else _chunks_at_once(dept)
 
 
 def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
@@ -220,9 +224,7 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
     if problems:
         raise ConfigError(f"{dept.name}: nothing was moved:\n  " + "\n  ".join(problems))
     ledger = runtime.ledger(dept)
-    for abandoned in ledger.close_abandoned_runs(dept.name):
-        logger.warning("%s: run %d had been cut off (its process is gone): marked interrupted", dept.name, abandoned)
-    run_id = ledger.start_run(dept.name, flow_name, _flow_run_id())
+    run_id = ledger.start_run(dept.name, flow_name, _flow_run_id())     # closes abandoned runs first
     started = time.monotonic()
     try:
         with _Heartbeat(ledger, run_id):
