@@ -110,15 +110,13 @@ def load_results(path: Path) -> dict[str, dict]:
 
 
 def _already_done(record: dict | None, sha256: str) -> bool:
+    """Whether a record (from load_results: its outcome is known) says the same bytes were converted
+    and the output is still there."""
     if not record:
         return False
-    try:
-        ok = Outcome(record.get("outcome")).ok
-    except ValueError:
-        return False
     output = record.get("output")
-    return bool(ok and record.get("sha256") == sha256 and isinstance(output, str) and output
-                and Path(output).exists())
+    return bool(Outcome(record["outcome"]).ok and record.get("sha256") == sha256 and isinstance(output, str)
+                and output and Path(output).exists())
 
 
 def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported: bool = False,

@@ -24,9 +24,10 @@ import psutil
 from unoserver.client import UnoClient
 
 from core.errors import ConfigError
+from core.settings import url_host
 
 __all__ = ["Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerOutOfMemory", "WorkerTimeout",
-           "ConversionRefused", "live_worker_groups", "kill_all_workers", "probe", "url_host"]
+           "ConversionRefused", "live_worker_groups", "kill_all_workers", "probe"]
 
 log = logging.getLogger("umstieg.converters")
 
@@ -103,11 +104,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def url_host(host: str) -> str:
-    """`host` as it goes into a URL: IPv6 addresses in brackets (`[::1]`), others unchanged."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 class _TimeoutTransport(Transport):

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 
-__all__ = ["ConversionSettings", "RemoteWorker", "usable_cpus"]
+__all__ = ["ConversionSettings", "RemoteWorker", "usable_cpus", "url_host"]
+
+
+def url_host(host: str) -> str:
+    """`host` as it goes into a URL: IPv6 addresses in brackets (`[::1]`), others unchanged."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 class RemoteWorker(BaseModel):
@@ -47,7 +52,7 @@ class RemoteWorker(BaseModel):
     @property
     def url_host(self) -> str:
         """The host as written in a URL: IPv6 addresses in brackets."""
-        return f"[{self.host}]" if ":" in self.host else self.host
+        return url_host(self.host)
 
     @property
     def url(self) -> str:
