@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from core.department import Department
 
-__all__ = ["Progress", "publish", "publish_assessment", "publish_status", "artifact_key", "slug",
+__all__ = ["Progress", "publish", "publish_markdown", "artifact_key", "slug",
            "MAX_USER_PROGRESS"]
 
 log = logging.getLogger(__name__)
@@ -142,18 +142,9 @@ def publish(dept: Department, summary: dict, report: Path | None) -> None:
             description=f"{dept.name}: items, fidelity and annotations"))
 
 
-def publish_assessment(dept: Department, result: dict) -> None:
-    """The assessment's Markdown (counts, risk scan, duration) as the assess run's artifact."""
-    from prefect.artifacts import create_markdown_artifact
-    markdown = Path(result["markdown"]).read_text(encoding="utf-8")
-    _quietly("assessment", lambda: create_markdown_artifact(
-        key=artifact_key(dept.name, "assessment"), markdown=markdown,
-        description=f"{dept.name}: assessment ({result['report']})"))
-
-
-def publish_status(dept: Department, path: Path) -> None:
-    """A status snapshot (`report` flow) as a Markdown artifact."""
+def publish_markdown(dept: Department, what: str, path: Path) -> None:
+    """A Markdown report file (the assessment, a status snapshot) as the run's artifact `what`."""
     from prefect.artifacts import create_markdown_artifact
     markdown = Path(path).read_text(encoding="utf-8")
-    _quietly("status", lambda: create_markdown_artifact(
-        key=artifact_key(dept.name, "status"), markdown=markdown, description=f"{dept.name}: status ({path})"))
+    _quietly(what, lambda: create_markdown_artifact(
+        key=artifact_key(dept.name, what), markdown=markdown, description=f"{dept.name}: {what} ({path})"))

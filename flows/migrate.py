@@ -302,7 +302,7 @@ def assess(department_file: str) -> dict:
             if cfg.type == "folder" and (cfg.root / folder).is_dir():
                 scan_folders.append((cfg.name, user.source, cfg.root / folder))
     result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders)
-    artifacts.publish_assessment(dept, result)
+    artifacts.publish_markdown(dept, "assessment", Path(result["markdown"]))
     return result
 
 
@@ -313,5 +313,5 @@ def report(department_file: str) -> str:
     from reports.migration import department_status, write_status_report
     dept = runtime.department(str(Path(department_file).resolve()))
     path = write_status_report(dept, department_status(dept, runtime.ledger(dept)))
-    artifacts.publish_status(dept, path)
+    artifacts.publish_markdown(dept, "status", path)
     return str(path)
