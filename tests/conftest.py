@@ -246,3 +246,21 @@ def dask_cluster(prefect_server):
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="session")
+def nextcloud_server():
+    """A real Nextcloud 27 (../shared/nextcloud) on a loopback port, for the whole session.
+
+    Tests share the server, never an account: each makes its own with `new_user`. Skips with the
+    reason when the server or PHP is not on this machine."""
+    from servers.nextcloud import NextcloudServer, nextcloud_missing
+    reason = nextcloud_missing()
+    if reason:
+        pytest.skip(f"real Nextcloud tests skipped: {reason}")
+    server = NextcloudServer(Path(tempfile.mkdtemp(prefix="umstieg-test-nextcloud-")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
