@@ -288,6 +288,40 @@ class _Dav(HttpTarget):
                 problems.append(f"{self.kind} target {self.config.root}: {exc}")
         return problems
 
+    def user_problems(self, owners: list[str]) -> dict[str, str]:
+        """Target users whose home cannot take objects now, with why (never a secret): a login the
+        server refuses, a home that does not exist (the user is not provisioned), no credentials
+        configured. Those users wait; the others go on. A server out of reach and a service
+        account that cannot log in (or whose secret cannot be read) concern every user: `check`
+        reports them, and nothing is named here."""
+        problems: dict[str, str] = {}
+        service_works: bool | None = None
+        for owner in owners:
+            try:
+                user = self._login(owner)
+            except ConfigError as exc:                 # no credentials for this user at all
+                problems[owner] = str(exc)
+                continue
+            try:
+                found = self._check_home(user, owner)
+                if found and user != owner:
+                    if service_works is None:         # the service account itself, once
+                        service_works = self._probe("PROPFIND", user, self._url(self.home(user)),
+                                                    headers={"Depth": "0"}).status_code != 401
+                    if not service_works:
+                        return {}
+            except _Unreachable:
+                return {}
+            except ConfigError as exc:
+                if user != owner:
+                    return {}
+                found = [str(exc)]
+            except (TransientError, FatalError, ItemError) as exc:
+                found = [str(exc)]
+            if found:
+                problems[owner] = "; ".join(found)
+        return problems
+
     def _check_home(self, user: str, owner: str) -> list[str]:
         home = self.home(owner)
         resp = self._probe("PROPFIND", user, self._url(home), headers={"Depth": "0"})

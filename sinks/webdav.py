@@ -21,10 +21,18 @@ put returns (the ledger's `target_ref`) shows the mapped name. A reference is th
 address with the account in the user part and the path as the Files app shows it, not
 URL-encoded: `https://svc@cloud.example/remote.php/dav/files/svc/t-anna/Ablage/Plan%3A 2026.odt`.
 
-Failures are decided here: no answer in time, connection failures, 423, 429, 500, 502, 503 and
-504 are `TransientError` (with the server's Retry-After); 401 is `FatalError` (the credentials
-stopped working mid-run); 507 is `QuotaExceeded`, which stops the user whose account is full; every
-other refusal is an `ItemError` for that file. No message carries a password.
+Failures are decided here: no answer in time, connection failures, 429, 500, 502, 503 and 504 are
+`TransientError` (with the server's Retry-After); 401 is `FatalError` (the credentials stopped
+working mid-run); 507 is `QuotaExceeded`, which stops the user whose account is full; every other
+refusal is an `ItemError` for that file. No message carries a password.
+
+**423 Locked** on the upload of a file means a lock at the target. Nextcloud keeps its file locks
+in its database (or memcache) until the request that took them ends; a request killed while it
+wrote (a crashed upload, a PHP worker ended by a time limit) leaves its lock behind until
+`filelocking.ttl` (an hour by default) has passed and a background job clears it. Each further
+request that bumps into it renews that hour. So `put` waits a little (`LOCK_WAITS`, for a lock a
+live upload holds for a moment) and then gives up on the file with `Locked` (error class
+`locked`), whose message says from when a rerun will succeed, rather than retrying for an hour.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ from core.http import retry_after
 from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
 from sinks.names import safe_path
 
-__all__ = ["WebDav", "Nextcloud", "OXDrive", "QuotaExceeded", "sink_for"]
+__all__ = ["WebDav", "Nextcloud", "OXDrive", "QuotaExceeded", "Locked", "LOCK_TTL", "sink_for"]
 
 log = logging.getLogger("umstieg.sinks.webdav")
 
@@ -70,6 +78,14 @@ ASSEMBLY_SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
 LISTINGS_KEPT = 512
 #: How long `check` waits, at most, each time a busy server (429, 503, …) asks it to come back.
 CHECK_WAITS = (1.0, 3.0, 10.0)
+#: Waits before asking again while the target answers 423 Locked to an upload (about a minute in
+#: all: a lock that outlives them is a stale one, which holds for `LOCK_TTL`).
+LOCK_WAITS = (2.0, 8.0, 20.0, 30.0)
+#: How long Nextcloud keeps a lock nobody releases (its `filelocking.ttl`, one hour by default),
+#: counted from the last request that found it.
+LOCK_TTL = 3600.0
+#: How often Nextcloud's background job (CleanupFileLocks) removes expired locks.
+LOCK_CLEANUP = 300.0
 
 _DAV = "{DAV:}"
 _OC = "{http://owncloud.org/ns}"
@@ -87,6 +103,24 @@ class QuotaExceeded(UserStopped):
     def __init__(self, message: str, owner: str, account: str) -> None:
         super().__init__(message, owner)
         self.account = account
+
+
+class Locked(ItemError):
+    """The file is locked at the target and stayed locked through `LOCK_WAITS` (HTTP 423).
+
+    Error class `locked`: `umstieg rerun --error-class locked` takes these items up once the lock
+    has expired; `retry_at` (seconds since the epoch) is when that will be at the latest.
+    """
+
+    reason = "locked"
+
+    def __init__(self, message: str, retry_at: float) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class _LockedNow(TransientError):
+    """A 423 Locked answer (the flows retry it as any transient failure, unless `put` decides)."""
 
 
 class _Missing(ItemError):
@@ -219,6 +253,8 @@ class WebDav(HttpTarget):
                 f"{self.product} has no room left for {owner}'s files ({detail}); raise the quota of "
                 f"account {user!r} (or free space on the server), then run the department again: "
                 "what arrived stays and nothing is sent twice", owner=owner, account=user)
+        if status == 423:
+            raise _LockedNow(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER))
         if status in _TRANSIENT_STATUS:
             raise TransientError(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER))
         if status == 401:
@@ -298,6 +334,33 @@ class WebDav(HttpTarget):
                 problems.append(f"target {self.config.root}: {exc}")
             except _Unreachable as exc:               # the server itself is out of reach: once is enough
                 return problems + [f"target {self.config.root}: {exc}"]
+        return problems
+
+    def user_problems(self, owners: list[str]) -> dict[str, str]:
+        """Target users whose own account cannot take files now, with why (never a secret): a login
+        the server refuses (no such account, or a wrong app password: WebDAV answers 401 to both),
+        a quota used up, no credentials configured. Those users wait; the others go on. Only
+        accounts that log in as themselves are asked: a service account's problems and a server
+        out of reach concern every user, and `check` reports them (the department stops)."""
+        problems: dict[str, str] = {}
+        for owner in owners:
+            try:
+                acct = self._account(owner)
+                if acct.user != owner:
+                    continue
+                resp = self._probe("PROPFIND", owner, self._url(self._root(owner) + "/"), headers={"Depth": "0"})
+                if resp.status_code == 401:
+                    found = [f"{self.product} refused the login of account {owner!r} (HTTP 401): the account does "
+                             "not exist at the target, or its app password is wrong; create the account or "
+                             "correct its app password"]
+                else:
+                    found = self._check_account(acct)
+            except _Unreachable:
+                return {}
+            except (ConfigError, TransientError, FatalError, ItemError) as exc:
+                found = [str(exc)]
+            if found:
+                problems[owner] = "; ".join(found)
         return problems
 
     def _check_account(self, acct: _Account) -> list[str]:
@@ -483,8 +546,27 @@ class WebDav(HttpTarget):
     def _upload(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None,
                 digest: str | None) -> None:
         headers = {"Content-Length": str(size), **self._put_headers(src, mtime, digest)}
-        self._request("PUT", acct.user, dav_path, owner=acct.owner, headers=headers,
-                      content=_blocks(src, 0, size))
+        self._while_locked(dav_path, lambda: self._request("PUT", acct.user, dav_path, owner=acct.owner,
+                                                           headers=headers, content=_blocks(src, 0, size)))
+
+    def _while_locked(self, dav_path: str, step):
+        """`step()`, asked again after each of LOCK_WAITS while the target answers 423 Locked; then
+        `Locked`, saying when a rerun will succeed (see the module doc)."""
+        for wait in (*LOCK_WAITS, None):
+            try:
+                return step()
+            except _LockedNow as exc:
+                if wait is None:
+                    # the lock expires LOCK_TTL after this attempt; a background job that runs every
+                    # 5 minutes (with the server's cron) then removes it
+                    retry_at = time.time() + LOCK_TTL + LOCK_CLEANUP
+                    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(retry_at))
+                    raise Locked(
+                        f"locked at the target: {exc} (a lock an earlier upload left, which {self.product} "
+                        "keeps for its filelocking.ttl, 1 hour by default, from this last attempt); "
+                        f"`umstieg rerun --error-class locked` after {when} will succeed", retry_at=retry_at) from None
+                log.info("%s is locked at the target; trying again in %.0f s", dav_path, wait)
+                self._sleep(wait)
 
     def _put_headers(self, src: Path, mtime: float | None, digest: str | None) -> dict[str, str]:
         return {}
@@ -606,8 +688,9 @@ class Nextcloud(WebDav):
             headers = {**common, "OC-Checksum": f"SHA256:{known or digest.hexdigest()}"}
             if mtime is not None:
                 headers["X-OC-MTime"] = str(int(mtime))
-            self._request("MOVE", user, f"{folder}/.file", owner=acct.owner, headers=headers,
-                          timeout=self.config.timeout + size * ASSEMBLY_SECONDS_PER_BYTE)
+            self._while_locked(dav_path, lambda: self._request(
+                "MOVE", user, f"{folder}/.file", owner=acct.owner, headers=headers,
+                timeout=self.config.timeout + size * ASSEMBLY_SECONDS_PER_BYTE))
         except BaseException:
             try:                                     # let the server drop the chunks now, not in 24 h
                 self._request("DELETE", user, folder, ok=(200, 204, 404), timeout=min(self.config.timeout, 10.0))
