@@ -222,7 +222,7 @@ class NextcloudServer:
     def download(self, user: NextcloudUser, rel: str) -> bytes | None:
         """What the server answers for `rel` in the user's files, through WebDAV (None: 404)."""
         with self.dav(user) as client:
-            r = client.get(f"/remote.php/dav/files/{user.login}/{rel.lstrip('/')}")
+            r = client.get(quote(f"/remote.php/dav/files/{user.login}/{rel.lstrip('/')}"))
         if r.status_code == 404:
             return None
         r.raise_for_status()
