@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import zip_longest
 from pathlib import Path
 
@@ -60,28 +60,42 @@ def task_runner_for(dept: Department):
     return ThreadPoolTaskRunner(max_workers=_chunks_at_once(dept))
 
 
-def check_department(dept: Department) -> list[str]:
-    """Every problem that must stop the department before anything moves (all at once)."""
+def check_department(dept: Department, users: list[str] | None = None,
+                     waiting: Iterable[str] = ()) -> list[str]:
+    """Every problem that must stop the department before anything moves (all at once): a source
+    root missing, a target out of reach or not trusted, a service account that cannot log in.
+
+    `users` (source logins) limits the check to the users a run takes (`run -u`); the users in
+    `waiting` (see `stopped_users`) are left out of the target checks, because their own
+    account's problem stops only them."""
+    chosen = _chosen(dept, users)
     problems: list[str] = []
     for cfg in dept.sources:
-        problems += source_of(dept, cfg.name).check([u.folder_in(cfg.name) for u in dept.users])
+        problems += source_of(dept, cfg.name).check([u.folder_in(cfg.name) for u in chosen])
+    waiting = set(waiting)
+    owners = [u.target for u in chosen if u.source not in waiting]
     for field_name, sink in targets_of(dept).items():
-        problems += [p if field_name == "target" else f"{field_name}: {p}"
-                     for p in sink.check([u.target for u in dept.users])]
+        problems += [p if field_name == "target" else f"{field_name}: {p}" for p in sink.check(owners)]
     return problems
 
 
-def stopped_users(dept: Department) -> dict[str, str]:
-    """Users who must not move now, by source login, with why: their target account is missing or
-    refuses the login (a message must never land in the wrong mailbox). Only they wait; the
-    department goes on. Targets that can tell offer `user_problems(target logins)`."""
+def stopped_users(dept: Department, users: list[str] | None = None) -> dict[str, str]:
+    """Users who must not move now, by source login, with why: their target account is missing,
+    refuses the login or is full (a message must never land in the wrong mailbox, a file never
+    half-way into a full account). Only they wait; the other users go on. Targets that can tell
+    offer `user_problems(target logins)`; `users` limits the question to the users a run takes."""
+    chosen = _chosen(dept, users)
     by_target: dict[str, str] = {}
     for field_name, sink in targets_of(dept).items():
         probe = getattr(sink, "user_problems", None)
-        if probe is not None:
-            for login, why in probe([u.target for u in dept.users]).items():
+        if probe is not None and chosen:
+            for login, why in probe([u.target for u in chosen]).items():
                 by_target.setdefault(login, f"{field_name}: {why}")
-    return {u.source: by_target[u.target] for u in dept.users if u.target in by_target}
+    return {u.source: by_target[u.target] for u in chosen if u.target in by_target}
+
+
+def _chosen(dept: Department, users: list[str] | None) -> list:
+    return [u for u in dept.users if users is None or u.source in users]
 
 
 def _flow_run_id() -> str | None:
@@ -212,15 +226,20 @@ def _publish(dept: Department, summary: dict, report: Path | None) -> None:
 
 
 def _execute(dept_file: str, flow_name: str, ignore_window: bool,
-             choose: Callable[[Department, Ledger, int, set[str]], tuple[dict[str, list[int]], dict]]) -> dict:
-    """The common life of a run: check, select items, process chunks, report, record."""
+             choose: Callable[[Department, Ledger, int, set[str]], tuple[dict[str, list[int]], dict]],
+             users: list[str] | None = None) -> dict:
+    """The common life of a run: check, select items, process chunks, report, record. `users`
+    (source logins) are the users the run takes, all when None: only their accounts are checked.
+    A user whose own target account cannot take data waits with the reason; only problems that
+    concern everyone (a source root, a target out of reach, a service account) stop the run."""
     logger = get_run_logger()
     dept = runtime.department(dept_file)
     window = Window.of(dept.schedule)
     if ignore_window:
         window = Window(None, None, window.zone)
     window.refuse_if_closed(dept)
-    problems = check_department(dept)
+    stopped = stopped_users(dept, users)
+    problems = check_department(dept, users, waiting=stopped)
     if problems:
         raise ConfigError(f"{dept.name}: nothing was moved:\n  " + "\n  ".join(problems))
     ledger = runtime.ledger(dept)
@@ -228,7 +247,6 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
     started = time.monotonic()
     try:
         with _Heartbeat(ledger, run_id):
-            stopped = stopped_users(dept)
             todo, delta = choose(dept, ledger, run_id, set(stopped))
             for owner, why in stopped.items():
                 logger.warning("%s: %s waits: %s", dept.name, owner, why)
@@ -263,7 +281,7 @@ def migrate(department_file: str, users: list[str] | None = None, ignore_window:
     def choose(dept, ledger, run_id, waiting):
         found = discover(dept, ledger, run_id, users)
         return {owner: ids for owner, ids in found.todo.items() if owner not in waiting}, found.as_dict()
-    return _execute(str(Path(department_file).resolve()), "migrate", ignore_window, choose)
+    return _execute(str(Path(department_file).resolve()), "migrate", ignore_window, choose, users)
 
 
 @flow(name="umstieg-rerun")
@@ -279,7 +297,8 @@ def rerun(department_file: str, batch: int | None = None, error_class: str | Non
         for item in items:
             todo.setdefault(item.owner, []).append(item.id)
         return todo, {"rerun": len(items)}
-    return _execute(str(Path(department_file).resolve()), "rerun", ignore_window, choose)
+    return _execute(str(Path(department_file).resolve()), "rerun", ignore_window, choose,
+                    [user] if user else None)
 
 
 @flow(name="umstieg-assess")
