@@ -1,5 +1,5 @@
-"""Source permissions become Nextcloud shares (OCS share API, against the Nextcloud protocol test
-server); what cannot be carried over is listed with its reason."""
+"""Source permissions become Nextcloud shares (OCS share API, against a real Nextcloud 27); what
+cannot be carried over is listed with its reason."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import pytest
 from core.department import Department
 from core.errors import ItemError
 from flows.sharing import Grant, plan_shares
-from servers.nextcloud_dav import NextcloudDav
-from test_webdav import PASSWORDS, _secrets, nc_sink  # noqa: F401  (_secrets: the app passwords' env)
 
 
 def department(**sharing) -> Department:
@@ -61,27 +59,38 @@ def test_the_strongest_right_wins_and_logins_can_be_left_unmatched():
     assert grants == [] and unmapped[0]["principal"] == "ben"
 
 
-@pytest.fixture
-def nextcloud(tmp_path):
-    with NextcloudDav(tmp_path / "nc", dict(PASSWORDS), groups={"statik"}) as server:
-        yield server
-    assert not server.errors, server.errors[0]
-
-
-def test_shares_are_made_once_with_the_rights_a_file_or_folder_can_have(nextcloud, tmp_path):
-    sink = nc_sink(nextcloud)
+def test_shares_are_made_once_with_the_rights_a_file_or_folder_can_have(nextcloud_server, tmp_path, monkeypatch):
+    import httpx
+    from core.department import NextcloudTarget
+    from sinks.webdav import Nextcloud
+    nc = nextcloud_server
+    group = f"statik-{tmp_path.name[-6:]}"
+    anna, ben = nc.new_user("t-anna", groups=(group,)), nc.new_user("t-ben")
+    monkeypatch.setenv("SHARE_PW_ANNA", anna.secret)
+    sink = Nextcloud(NextcloudTarget(url=nc.url, app_passwords={anna.login: "env:SHARE_PW_ANNA"}, timeout=120))
     src = tmp_path / "plan.odt"
     src.write_bytes(b"plan")
-    sink.put("t-anna", "Projekte/Brücke/plan.odt", src)
-    sink.share("t-anna", "Projekte/Brücke/plan.odt", "user", "t-ben", "write")
-    sink.share("t-anna", "Projekte/Brücke/plan.odt", "group", "statik", "full", folder=True)
-    again = sink.share("t-anna", "Projekte/Brücke/plan.odt", "user", "t-ben", "write")   # a rerun
+    sink.put(anna.login, "Projekte/Brücke/plan.odt", src)
+    sink.share(anna.login, "Projekte/Brücke/plan.odt", "user", ben.login, "write")
+    sink.share(anna.login, "Projekte/Brücke/plan.odt", "group", group, "full", folder=True)
+    again = sink.share(anna.login, "Projekte/Brücke/plan.odt", "user", ben.login, "write")   # a rerun
     assert "already shared" in again
-    shares = {(s["path"], s["share_type"], s["share_with"]): s["permissions"] for s in nextcloud.shares}
-    assert shares == {("/Projekte/Brücke/plan.odt", 0, "t-ben"): 3,          # read + update: all a file takes
-                      ("/Projekte/Brücke", 1, "statik"): 31}
-    with pytest.raises(ItemError, match="valid user"):
-        sink.share("t-anna", "Projekte/Brücke/plan.odt", "user", "t-nobody", "read")
+    with pytest.raises(ItemError, match="valid user|not exist|unknown"):
+        sink.share(anna.login, "Projekte/Brücke/plan.odt", "user", "t-nobody-at-all", "read")
     with pytest.raises(ItemError, match="root folder"):
-        sink.share("t-anna", "plan.odt", "user", "t-ben", "read", folder=True)
-    assert len(nextcloud.shares) == 2
+        sink.share(anna.login, "plan.odt", "user", ben.login, "read", folder=True)
+    sink.close()
+    r = httpx.get(f"{nc.url}/ocs/v2.php/apps/files_sharing/api/v1/shares", timeout=120,
+                  params={"format": "json", "path": "/Projekte/Brücke", "subfiles": "true"},
+                  auth=(anna.login, anna.secret), headers={"OCS-APIRequest": "true"})
+    made = {(s["path"], int(s["share_type"]), s["share_with"]): int(s["permissions"])
+            for s in r.json()["ocs"]["data"]}
+    r = httpx.get(f"{nc.url}/ocs/v2.php/apps/files_sharing/api/v1/shares", timeout=120,
+                  params={"format": "json", "path": "/Projekte/Brücke"}, auth=(anna.login, anna.secret),
+                  headers={"OCS-APIRequest": "true"})
+    made |= {(s["path"], int(s["share_type"]), s["share_with"]): int(s["permissions"])
+             for s in r.json()["ocs"]["data"]}
+    # read + update: all a file can take; a folder takes everything
+    assert made == {("/Projekte/Brücke/plan.odt", 0, ben.login): 3, ("/Projekte/Brücke", 1, group): 31}
+    # the recipient sees the file in his own files
+    assert nc.download(ben, "plan.odt") == b"plan"
