@@ -9,8 +9,20 @@ from __future__ import annotations
 __all__ = ["UmstiegError", "ConfigError", "TransientError", "ItemError", "UserStopped", "FatalError", "RunInProgress"]
 
 
+def _rebuilt(cls: type, args: tuple) -> "UmstiegError":
+    """An error of class `cls` with `args`, made without calling its __init__ (see __reduce__)."""
+    return cls.__new__(cls, *args)
+
+
 class UmstiegError(Exception):
     """Base of every error umstieg raises on purpose."""
+
+    def __reduce__(self):
+        # Errors leave a task by pickle (Dask pickles what escapes a task). Python's default
+        # rebuilds an exception as cls(*args), which fails for every subclass whose __init__ takes
+        # more than the message (UserStopped's owner, Refused's reason, ...): rebuild it from its
+        # args without __init__, then restore its attributes.
+        return _rebuilt, (type(self), self.args), self.__dict__ or None
 
 
 class ConfigError(UmstiegError):
