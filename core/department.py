@@ -432,6 +432,17 @@ class CalDavTarget(_DavAccount):
         description="suppress: ORGANIZER and ATTENDEE are marked SCHEDULE-AGENT=CLIENT (RFC 6638) so that "
                     "the server sends no invitation for a migrated meeting; server: the server schedules "
                     "as for a meeting just created (mail to every attendee)")
+    max_calendars: int | None = Field(
+        default=None, ge=-1,
+        description="calendars (and subscriptions) one account may have, -1 for no limit (default: 30 for "
+                    "Nextcloud, its app config dav/maximumCalendarsSubscriptions; none for other servers)")
+    new_calendars_per_period: int | None = Field(
+        default=None, ge=1,
+        description="new calendars one account may make per calendar_creation_period (default: 10 for "
+                    "Nextcloud, dav/rateLimitCalendarCreation; none for other servers)")
+    calendar_creation_period: int = Field(
+        default=3600, ge=1,
+        description="seconds of that window (Nextcloud: dav/rateLimitPeriodCalendarCreation, 3600)")
 
 
 class CardDavTarget(_DavAccount):

@@ -4,33 +4,37 @@ CalDAV and CardDAV servers rewrite what they are sent (Radicale re-serialises ev
 Nextcloud adds properties, folds lines differently, reorders parameters), so the bytes that come
 back never equal the bytes that went up. What must survive is a handful of fields: for an event
 its UID, SUMMARY, DTSTART, recurrence (RRULE, EXDATE, RECURRENCE-ID) and attendees; for a contact
-its UID, FN, N, e-mail addresses, telephone numbers and ORG. A **fingerprint** is those fields,
-normalised (times in UTC, telephone numbers as digits, addresses in lower case), each hashed on
+its UID, FN, N, e-mail addresses and telephone numbers with their types, ORG, addresses, notes
+(line breaks included) and photo. A **fingerprint** is those fields, normalised (times in UTC,
+telephone numbers as digits, e-mail addresses in lower case, types as a sorted set), each hashed on
 its own so that a difference can be named ("SUMMARY differs", "2 attendees instead of 3") and the
 whole fits the ledger's 64-character digest column.
 
 Pure functions shared by sources (splitting a multi-event .ics into one calendar object per UID,
-a .vcf into one card each) and sinks (fingerprints for find/verify): neither imports the other.
+a .vcf into one card each, the name of the calendar an .ics file belongs to) and sinks
+(fingerprints for find/verify, vCard 2.1 written as 3.0): neither imports the other.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import quopri
 import re
 from datetime import date, datetime, timezone
 
 __all__ = ["EVENT_FIELDS", "CONTACT_FIELDS", "PimError", "split_calendar", "split_vcards", "event_uid",
            "contact_uid", "event_fingerprint", "contact_fingerprint", "fingerprint", "differences",
-           "with_contact_uid", "instance_count"]
+           "with_contact_uid", "instance_count", "calendar_identity", "components", "vcard_version", "vcard_30"]
 
 #: The fields of an event's fingerprint, in digest order.
 EVENT_FIELDS = ("UID", "SUMMARY", "DTSTART", "RRULE", "EXDATE", "RECURRENCE-ID", "ATTENDEE")
 #: The fields of a contact's fingerprint, in digest order.
-CONTACT_FIELDS = ("UID", "FN", "N", "EMAIL", "TEL", "ORG")
+CONTACT_FIELDS = ("UID", "FN", "N", "EMAIL", "TEL", "ORG", "ADR", "NOTE", "PHOTO")
 #: Components of a calendar object resource that carry a UID (RFC 4791 4.1).
 _OBJECTS = ("VEVENT", "VTODO", "VJOURNAL", "VFREEBUSY")
 _HEX = 6                      # hex characters per field: a change goes unnoticed with p = 1/16.7 million
-_EVENT_TAG, _CONTACT_TAG = "E1", "C1"
+_EVENT_TAG, _CONTACT_TAG = "E1", "C2"     # C1: contacts before ADR, NOTE, PHOTO and types
 
 
 class PimError(ValueError):
@@ -119,6 +123,40 @@ def event_uid(data: bytes) -> str:
     if len(uids) != 1:
         raise PimError(f"a calendar object holds exactly one UID, this one {len(uids)}")
     return uids.pop()
+
+
+def components(data: bytes) -> set[str]:
+    """The kinds of calendar object a calendar object resource holds (VEVENT, VTODO, VJOURNAL, …)."""
+    return {c.name for cal in _calendar(data) for c in cal.subcomponents if c.name in _OBJECTS}
+
+
+_CAL_PROPERTY = re.compile(rb"^(X-WR-CALNAME|X-WR-RELCALID)(?:;[^:\r\n]*)?:((?:[^\r\n]*)(?:\r?\n[ \t][^\r\n]*)*)",
+                           re.IGNORECASE | re.MULTILINE)
+
+
+def calendar_identity(data: bytes) -> tuple[str | None, str | None]:
+    """(name, id) of the calendar an iCalendar file was exported from: `X-WR-CALNAME` and
+    `X-WR-RELCALID` (Outlook, Apple and Google write them), None where the file has none.
+
+    A calendar exported as many files (one per month, per item, per export run) is one calendar
+    by these, whatever the files are called. Read with a pattern over the raw text rather than
+    with icalendar: only two properties of the calendar itself are wanted, and listing a folder
+    of large exports must not parse every event a second time (split_calendar does that once).
+    """
+    found: dict[str, str] = {}
+    for match in _CAL_PROPERTY.finditer(data):
+        name = match.group(1).upper().decode()
+        if name in found:
+            continue
+        raw = re.sub(rb"\r?\n[ \t]", b"", match.group(2))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("cp1252", "replace")
+        text = re.sub(r"\\([\\;,nN])", lambda m: "\n" if m.group(1) in "nN" else m.group(1), text).strip()
+        if text:
+            found[name] = text
+    return found.get("X-WR-CALNAME"), found.get("X-WR-RELCALID")
 
 
 def _when(value) -> str:
@@ -220,8 +258,188 @@ def split_vcards(data: bytes) -> list[bytes]:
     return cards
 
 
+_VERSION = re.compile(rb"^VERSION\s*:\s*([0-9.]+)\s*$", re.IGNORECASE | re.MULTILINE)
+#: vCard 2.1 parameters written bare (`TEL;WORK;VOICE:`) that are not types.
+_BARE_ENCODINGS = {"QUOTED-PRINTABLE", "BASE64", "8BIT", "7BIT", "B"}
+#: Properties whose value has components separated by `;` (vCard 3.0: RFC 2426 3.1.2, 3.2.1, 3.5.5).
+_STRUCTURED = {"N", "ADR", "ORG"}
+#: Properties whose value is taken as it is: numbers, addresses, dates, identifiers, URIs, binary data.
+_VERBATIM = {"VERSION", "TEL", "EMAIL", "URL", "UID", "BDAY", "REV", "TZ", "KEY", "PHOTO", "LOGO", "SOUND",
+             "PRODID", "SORT-STRING", "CLASS"}
+
+
+def vcard_version(data: bytes) -> str | None:
+    """The VERSION of a vCard ("2.1", "3.0", "4.0"), or None when it states none."""
+    match = _VERSION.search(data)
+    return match.group(1).decode() if match else None
+
+
+def _logical_lines(data: bytes) -> list[bytes]:
+    """The content lines of a vCard 2.1, each on one line.
+
+    vCard 2.1 folds like later versions (a line starting with white space continues the one
+    before) but also has quoted-printable values whose soft line breaks (`=` at the end of a line)
+    continue on a line that does not start with white space. Base64 values end with an empty line.
+    """
+    lines: list[bytes] = []
+    quoted = False
+    for raw in data.splitlines():
+        if quoted and lines:
+            lines[-1] += b"\r\n" + raw                # quopri takes the soft line break out
+            quoted = raw.endswith(b"=")
+            continue
+        if raw[:1] in (b" ", b"\t") and lines:
+            lines[-1] += raw[1:] if not _base64_line(lines[-1]) else raw.strip()
+            continue
+        if not raw.strip():
+            continue
+        lines.append(raw)
+        head = raw.split(b":", 1)[0].upper()
+        quoted = b"QUOTED-PRINTABLE" in head and raw.endswith(b"=")
+    return lines
+
+
+def _base64_line(line: bytes) -> bool:
+    head = line.split(b":", 1)[0].upper()
+    return b"BASE64" in head or b"ENCODING=B" in head
+
+
+def _split_escaped(text: str, sep: str) -> list[str]:
+    """`text` split at every `sep` not escaped with a backslash, the escapes of `sep` taken out."""
+    parts, current, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text) and text[i + 1] == sep:
+            current.append(sep)
+            i += 2
+            continue
+        if ch == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def _param_value(value: str) -> str:
+    return f'"{value}"' if any(c in value for c in ':;,') else value
+
+
+def _fold(line: str) -> bytes:
+    """One content line as UTF-8, folded at 75 octets without splitting a character (RFC 2426 2.6)."""
+    out, width = bytearray(), 0
+    for ch in line:
+        size = len(ch.encode("utf-8"))
+        if width + size > 75:
+            out += b"\r\n "
+            width = 1
+        out += ch.encode("utf-8")
+        width += size
+    return bytes(out) + b"\r\n"
+
+
+def vcard_30(data: bytes) -> bytes:
+    """A vCard 2.1 written as vCard 3.0 (RFC 2426), keeping every property; other versions as they are.
+
+    CardDAV servers must refuse 2.1 (Nextcloud answers 415), and Outlook exports 2.1. What changes
+    between the two versions is the syntax of a content line, so the conversion is done here line
+    by line rather than through vobject, whose 2.1 reading loses data: it cannot parse a
+    quoted-printable value with soft line breaks (with `ignoreUnreadable` it drops the line), it
+    keeps bare parameters (`TEL;WORK;VOICE:`) apart from TYPE and writes them nowhere, and it cuts
+    a NOTE at its first comma (unescaped in 2.1, a list separator in 3.0). What changes:
+
+    - bare parameters become TYPE values (`TEL;TYPE=WORK,VOICE:`), `ENCODING=BASE64` becomes
+      `ENCODING=b`, quoted-printable values are decoded, `CHARSET` values are decoded to UTF-8
+      (a card without CHARSET is read as UTF-8 when it is, else as Windows-1252, Outlook's default);
+    - text is escaped as 3.0 wants (`,` `;` `\\` and line breaks), structured values (N, ADR, ORG)
+      per component, GEO `lat,long` becomes `lat;long`, `VALUE=URL` becomes `VALUE=uri`;
+    - a card without FN gets one made from N (3.0 requires FN).
+    """
+    if vcard_version(data) != "2.1":
+        return data
+    try:
+        data.decode("utf-8")
+        default_charset = "utf-8"
+    except UnicodeDecodeError:
+        default_charset = "cp1252"
+    out: list[str] = []
+    names: dict[str, list[str]] = {}
+    for line in _logical_lines(data):
+        head, colon, raw_value = line.partition(b":")
+        if not colon:
+            raise PimError(f"not a vCard 2.1 content line: {line[:60]!r}")
+        head_text = head.decode("ascii", "replace")
+        name, *params = [p.strip() for p in head_text.split(";")]
+        group, _, bare_name = name.rpartition(".")
+        upper = bare_name.upper()
+        types: list[str] = []
+        kept: list[tuple[str, str]] = []
+        encoding, charset = None, default_charset
+        for param in params:
+            key, eq, val = param.partition("=")
+            key_u = key.strip().upper()
+            if not eq:
+                if key_u in _BARE_ENCODINGS:
+                    encoding = key_u
+                elif key_u:
+                    types.append(key.strip())
+            elif key_u == "TYPE":
+                types += [t.strip() for t in val.split(",") if t.strip()]
+            elif key_u == "ENCODING":
+                encoding = val.strip().upper()
+            elif key_u == "CHARSET":
+                charset = val.strip()
+            elif key_u == "VALUE" and val.strip().upper() in ("URL", "URI"):
+                kept.append(("VALUE", "uri"))
+            else:
+                kept.append((key.strip().upper(), val.strip()))
+        if encoding in ("BASE64", "B"):
+            value = re.sub(r"\s+", "", raw_value.decode("ascii", "replace"))
+            kept.insert(0, ("ENCODING", "b"))
+        else:
+            value_bytes = quopri.decodestring(raw_value) if encoding == "QUOTED-PRINTABLE" else raw_value
+            try:
+                value = value_bytes.decode(charset)
+            except (LookupError, UnicodeDecodeError):
+                value = value_bytes.decode(default_charset, "replace")
+            if upper == "VERSION":
+                value = "3.0"
+            elif upper == "GEO":
+                value = ";".join(v.strip() for v in value.split(","))
+            elif upper in _STRUCTURED:
+                parts = _split_escaped(value, ";")
+                names.setdefault(upper, parts)
+                value = ";".join(_escape(part) for part in parts)
+            elif upper == "CATEGORIES":
+                value = ",".join(_escape(v.strip()) for v in value.split(","))
+            elif upper not in _VERBATIM:
+                value = _escape(value)
+        param_text = "".join(f";{k}={_param_value(v)}" for k, v in kept)
+        if types:
+            param_text += ";TYPE=" + ",".join(_param_value(t) for t in types)
+        out.append(f"{group + '.' if group else ''}{bare_name}{param_text}:{value}")
+    upper_names = {o.split(":", 1)[0].split(";", 1)[0].rpartition(".")[2].upper() for o in out}
+    if "FN" not in upper_names:
+        n = names.get("N") or []
+        parts = [p.strip() for p in (n[3:4] + n[1:3] + n[0:1] + n[4:5]) if p.strip()]
+        fn = " ".join(parts) or (names.get("ORG") or [""])[0].strip()
+        if fn:
+            end = next(i for i, o in enumerate(out) if o.upper().startswith("VERSION"))
+            out.insert(end + 1, f"FN:{_escape(fn)}")
+    return b"".join(_fold(line) for line in out)
+
+
+def _escape(text: str) -> str:
+    """Text escaped as vCard 3.0 wants it (RFC 2426 4): backslash, comma, semicolon, line breaks."""
+    from vobject.base import backslashEscape
+    return backslashEscape(text)
+
+
 def _card(data: bytes):
     import vobject
+    data = vcard_30(data)              # vobject reads 2.1 badly (see vcard_30): read it as 3.0
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -265,22 +483,58 @@ def _tel(value: str) -> str:
     return ("+" if value.startswith("+") else "") + digits
 
 
+def _types(line) -> str:
+    """A property's types as a sorted set in lower case, however written: `TYPE=WORK,VOICE`,
+    `TYPE=work;TYPE=voice`, 4.0's `TYPE="work,voice"`, or 2.1's bare `WORK;VOICE` in a 3.0 card."""
+    found = set()
+    for value in [*line.params.get("TYPE", []), *getattr(line, "singletonparams", [])]:
+        found |= {t.strip().strip('"').lower() for t in str(value).split(",") if t.strip().strip('"')}
+    return "+".join(sorted(found))
+
+
+def _note(value) -> str:
+    """A note with its line breaks, white space inside each line collapsed."""
+    lines = [" ".join(line.split()) for line in str(value or "").replace("\r\n", "\n").split("\n")]
+    return "\n".join(lines).strip("\n")
+
+
+def _photo(value) -> str:
+    """A photo as the hash of its bytes (inline, base64 or a `data:` URI) or as its URI."""
+    if isinstance(value, str) and value.startswith("data:") and "," in value:
+        head, _, body = value.partition(",")
+        if head.endswith(";base64"):
+            try:
+                value = base64.b64decode(body)
+            except ValueError:
+                pass
+    if isinstance(value, (bytes, bytearray)):
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+    return _text(value)
+
+
 def contact_fields(data: bytes) -> dict[str, str]:
     """The normalised fields of one vCard (what its fingerprint hashes)."""
     card = _card(data)
     def joined(v) -> str:
         if hasattr(v, "family"):            # vobject's Name
             v = [v.family, v.given, v.additional, v.prefix, v.suffix]
+        elif hasattr(v, "street"):          # vobject's Address
+            v = [v.box, v.extended, v.street, v.city, v.region, v.code, v.country]
         if isinstance(v, (list, tuple)):
             return ";".join(_text(" ".join(x) if isinstance(x, (list, tuple)) else x) for x in v).rstrip(";")
         return _text(v)
+    lines = lambda name: card.contents.get(name, [])      # noqa: E731
     return {
         "UID": ",".join(_text(v) for v in _values(card, "uid")),
         "FN": ",".join(_text(v) for v in _values(card, "fn")),
         "N": ",".join(joined(v) for v in _values(card, "n")),
-        "EMAIL": ",".join(sorted({_text(v).lower().removeprefix("mailto:") for v in _values(card, "email")})),
-        "TEL": ",".join(sorted({_tel(v) for v in _values(card, "tel")})),
+        "EMAIL": ",".join(sorted({f"{_text(c.value).lower().removeprefix('mailto:')}/{_types(c)}"
+                                  for c in lines("email")})),
+        "TEL": ",".join(sorted({f"{_tel(c.value)}/{_types(c)}" for c in lines("tel")})),
         "ORG": ",".join(joined(v) for v in _values(card, "org")),
+        "ADR": ",".join(sorted(f"{joined(c.value)}/{_types(c)}" for c in lines("adr"))),
+        "NOTE": "\n--\n".join(_note(v) for v in _values(card, "note")),
+        "PHOTO": ",".join(sorted(_photo(v) for v in _values(card, "photo"))),
     }
 
 

@@ -1,9 +1,12 @@
 """Calendars and address books as targets, over CalDAV (RFC 4791) and CardDAV (RFC 6352).
 
-Each source calendar (an event item's `location`) becomes one calendar collection in the user's
-calendar home, made with MKCALENDAR; each source address book one address book, made with an
+Each source calendar (an event item's `location`: the calendar's name, not the file it was
+exported in) becomes one calendar collection in the user's calendar home, made with MKCALENDAR and
+accepting events, tasks and journals; each source address book one address book, made with an
 extended MKCOL (RFC 5689). Collection names are made URL-safe; the name people see is set as
-DAV:displayname. Homes:
+DAV:displayname. Where calendars and address books may share one home (`generic`: Radicale), an
+address book's name carries `.contacts`, which no calendar name can, so that the calendar and the
+address book of one source folder stay two collections. Homes:
 
 - Nextcloud: `<url>/remote.php/dav/calendars/<user>/`, `<url>/remote.php/dav/addressbooks/users/<user>/`;
 - Open-Xchange: `<url>/servlet/dav/caldav/`, `<url>/servlet/dav/carddav/` (the logged-in user's folders);
@@ -20,11 +23,21 @@ Servers rewrite what they store, so `digest` is not a hash of the bytes but a fi
 fields a server must keep (core.pim); `find` and `verify` read the object back and compare the
 fingerprint field by field, naming what differs.
 
+vCard 2.1 cards (Outlook's export) are sent as vCard 3.0 (core.pim.vcard_30): CardDAV servers
+must refuse 2.1 (Nextcloud: 415), and Radicale, which takes them, loses their types and cuts their
+notes at the first comma.
+
 Refusals are typed: an object over the server's size limit (413, 403 `max-resource-size`, or —
 Radicale — 412 for an object that does not exist) fails as `too_large`; a series with more
 occurrences than the server allows (403 `max-instances`, or over `max_instances` before sending)
-as `too_many_instances`; data the server cannot read as `rejected`. 423, 429, 5xx and time-outs
-are `TransientError` (with Retry-After); 401 is `FatalError`; 507 is `QuotaExceeded`.
+as `too_many_instances`; data the server cannot read as `rejected` (Nextcloud answers 500 for
+iCalendar its parser, sabre/vobject, refuses, naming the parser's exception: that is the object,
+not the server, and no retry helps); a kind of component the calendar does not take as
+`unsupported_item`. A calendar the server will not make because the account made too many lately
+(Nextcloud: 10 an hour, 429 without Retry-After) or has too many (30, 403) fails its items as
+`calendar_limit`, saying when a rerun will succeed; `check_calendars` tells before a run. 423,
+other 429s, 5xx and time-outs are `TransientError` (with Retry-After); 401 is `FatalError`; 507
+is `QuotaExceeded`.
 """
 
 from __future__ import annotations
@@ -47,7 +60,8 @@ from core.plugins import PerProcess
 from core.department import CalDavTarget, CardDavTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from core.http import retry_after
-from core.pim import PimError, differences, event_uid, fingerprint, instance_count, with_contact_uid
+from core.pim import PimError, components, differences, event_uid, fingerprint, instance_count, vcard_30, \
+    with_contact_uid
 from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
 from sinks.webdav import MAX_RETRY_AFTER, QuotaExceeded
 
@@ -58,12 +72,21 @@ log = logging.getLogger("umstieg.sinks.groupware")
 _DAV, _CAL, _CARD = "{DAV:}", "{urn:ietf:params:xml:ns:caldav}", "{urn:ietf:params:xml:ns:carddav}"
 #: Nextcloud's documented defaults when a collection does not announce its own limits.
 _NEXTCLOUD_LIMITS = {"calendar": (10 * 1024 * 1024, 3500), "addressbook": (5 * 1024 * 1024, None)}
+#: Nextcloud 27's defaults for calendars per account (app config dav/maximumCalendarsSubscriptions,
+#: calendars and subscriptions together) and new calendars per period (dav/rateLimitCalendarCreation
+#: per dav/rateLimitPeriodCalendarCreation seconds): apps/dav/lib/CalDAV/Security/RateLimitingPlugin.php.
+_NEXTCLOUD_CALENDARS, _NEXTCLOUD_NEW_CALENDARS = 30, 10
+#: What a calendar made here accepts: a source calendar may hold tasks and journals beside events
+#: (Nextcloud's MKCALENDAR default is VEVENT and VTODO: a VJOURNAL is then refused with 403).
+_COMPONENTS = ("VEVENT", "VTODO", "VJOURNAL")
+#: The longest Retry-After one MKCALENDAR waits for, and how often, before its items fail.
+_MKCALENDAR_WAIT, _MKCALENDAR_TRIES = 60.0, 3
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,119}$")
 
 
 class Refused(ItemError):
     """The server will not store this object; `reason` says why (`too_large`, `too_many_instances`,
-    `rejected`, `invalid_data`, `precondition_failed`)."""
+    `rejected`, `invalid_data`, `precondition_failed`, `unsupported_item`, `calendar_limit`)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -91,6 +114,18 @@ def _unscheduled(data: bytes) -> bytes:
     return cal.to_ical()
 
 
+def _sabre_error(resp: httpx.Response) -> tuple[str, str]:
+    """(exception class, message) a SabreDAV server (Nextcloud) names in its error body, or ('', '')."""
+    if "xml" not in resp.headers.get("Content-Type", ""):
+        return "", ""
+    try:
+        tree = ET.fromstring(resp.content)
+    except ET.ParseError:
+        return "", ""
+    return ((tree.findtext("{http://sabredav.org/ns}exception") or "").strip(),
+            " ".join((tree.findtext("{http://sabredav.org/ns}message") or "").split())[:500])
+
+
 def collection_name(display: str) -> str:
     """A URL-safe collection name for a calendar or address book called `display`.
 
@@ -116,6 +151,8 @@ class _Dav(HttpTarget):
     """What CalDAV and CardDAV share: addressing, requests, collections, create-only PUTs."""
 
     kind = "calendar"                  # or "addressbook"
+    #: added to collection names where calendars and address books may share a home (see module doc)
+    marker = ""
     suffix = ".ics"
     content_type = "text/calendar; charset=utf-8"
     product = "the CalDAV server"
@@ -126,6 +163,7 @@ class _Dav(HttpTarget):
         self._make_lock = threading.Lock()
         self._collections: dict[tuple[str, str], dict] = {}      # (account, path) -> its limits
         self._uids: OrderedDict[str, str] = OrderedDict()         # digest -> uid, see digest()
+        self._refusals: dict[str, tuple[float, Refused]] = {}    # account -> (until, why), see CalDav
 
     # ----------------------------------------------------------------------- addressing
     def home(self, owner: str) -> str:
@@ -138,6 +176,11 @@ class _Dav(HttpTarget):
             return f"{self._prefix}/servlet/dav/{'caldav' if self.kind == 'calendar' else 'carddav'}/"
         folder = (self.config.folder or "{user}").replace("{user}", owner).strip("/")
         return f"{self._prefix}/{folder}/" if folder else f"{self._prefix}/"
+
+    def collection_path(self, owner: str, display: str) -> str:
+        """The unencoded server path of `owner`'s collection called `display`, ending in '/'."""
+        marker = self.marker if self.config.flavour == "generic" else ""
+        return self.home(owner) + collection_name(display) + marker + "/"
 
     def _url(self, path: str) -> str:
         return self._origin + quote(path, safe="/@+")
@@ -164,6 +207,11 @@ class _Dav(HttpTarget):
     def _fail(self, resp: httpx.Response, what: str, user: str) -> None:
         status = resp.status_code
         detail = f"HTTP {status} {resp.reason_phrase}"
+        exception, message = _sabre_error(resp)
+        if status == 500 and exception.startswith("Sabre\\VObject\\"):
+            # Nextcloud's parser refused the data (RSCALE, an unknown FREQ, …): the same object
+            # gets the same answer however often it is sent
+            raise Refused(f"{what}: the server cannot read it ({detail}: {message or exception})", "rejected")
         if status == 507:
             raise QuotaExceeded(f"{self.product} has no room left for account {user!r} ({detail})",
                                 owner=user, account=user)
@@ -207,12 +255,13 @@ class _Dav(HttpTarget):
     # ----------------------------------------------------------------------- collections
     def _collection(self, user: str, owner: str, display: str) -> tuple[str, dict]:
         """The path of the collection for `display` (made if missing) and its announced limits."""
-        path = self.home(owner) + collection_name(display) + "/"
+        path = self.collection_path(owner, display)
         with self._lock:
             known = self._collections.get((user, path))
         if known is not None:
             return path, known
-        props = ("<d:resourcetype/><c:max-resource-size/><c:max-instances/><cr:max-resource-size/>")
+        props = ("<d:resourcetype/><c:max-resource-size/><c:max-instances/><cr:max-resource-size/>"
+                 "<c:supported-calendar-component-set/>")
         with self._make_lock:            # two threads making one calendar at once: the second gets 409
             with self._lock:
                 known = self._collections.get((user, path))
@@ -239,7 +288,10 @@ class _Dav(HttpTarget):
         if self.config.flavour == "nextcloud":
             default_size, default_instances = _NEXTCLOUD_LIMITS[self.kind]
             size, instances = size or default_size, instances or default_instances
-        return {"size": size, "instances": getattr(self.config, "max_instances", None) or instances}
+        comps = prop.find(f"{_CAL}supported-calendar-component-set")
+        accepted = {c.get("name", "").upper() for c in comps.iter(f"{_CAL}comp")} if comps is not None else None
+        return {"size": size, "instances": getattr(self.config, "max_instances", None) or instances,
+                "components": accepted or None}
 
     def _make_collection(self, user: str, path: str, display: str) -> None:
         raise NotImplementedError
@@ -400,6 +452,9 @@ class _Dav(HttpTarget):
             raise Refused(f"{what} has more occurrences than the server allows (HTTP {status})",
                           "too_many_instances")
         condition = self._condition(body)
+        if "supported-calendar-component" in condition:
+            raise Refused(f"{what}: the calendar does not take this kind of entry (HTTP {status}: "
+                          f"{_sabre_error(resp)[1] or condition})", "unsupported_item")
         raise Refused(f"{what}: the server refused it (HTTP {status} {resp.reason_phrase}"
                       f"{': ' + condition if condition else ''})", "rejected")
 
@@ -451,11 +506,118 @@ class CalDav(_Dav):
     """Calendars over CalDAV: one calendar per source calendar, one resource per UID."""
 
     def _make_collection(self, user: str, path: str, display: str) -> None:
-        self._mkcol(user, path, "MKCALENDAR",
-                    '<?xml version="1.0" encoding="utf-8"?><c:mkcalendar xmlns:d="DAV:" '
-                    'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:set><d:prop>'
-                    f"<d:displayname>{escape(display)}</d:displayname>"
-                    "</d:prop></d:set></c:mkcalendar>")
+        """MKCALENDAR, accepting events, tasks and journals (a server that will not: its default set).
+
+        A server that refuses to make one more calendar for this account now (429) or at all (403
+        "Calendar limit reached", Nextcloud) fails the items of that calendar as `calendar_limit`,
+        and every later calendar of the account without asking again until the window has passed.
+        A Retry-After up to a minute is waited for (Nextcloud sends none: its window is an hour)."""
+        with self._lock:
+            refused = self._refusals.get(user)
+        if refused is not None and refused[0] > time.time():
+            raise Refused(str(refused[1]), "calendar_limit")
+        comps = "".join(f'<c:comp name="{c}"/>' for c in _COMPONENTS)
+        bodies = [f"<c:supported-calendar-component-set>{comps}</c:supported-calendar-component-set>", ""]
+        for attempt in range(_MKCALENDAR_TRIES):
+            resp = self._request("MKCALENDAR", user, path, ok=(200, 201, 207, 400, 403, 405, 409, 415, 429),
+                                 headers={"Content-Type": "application/xml; charset=utf-8"},
+                                 content=('<?xml version="1.0" encoding="utf-8"?><c:mkcalendar xmlns:d="DAV:" '
+                                          'xmlns:c="urn:ietf:params:xml:ns:caldav"><d:set><d:prop>'
+                                          f"<d:displayname>{escape(display)}</d:displayname>{bodies[0]}"
+                                          "</d:prop></d:set></c:mkcalendar>").encode("utf-8"))
+            status = resp.status_code
+            if status in (200, 201, 207, 405, 409):  # made (or made meanwhile: the PROPFIND after it tells)
+                return
+            exception, message = _sabre_error(resp)
+            if status == 429:
+                wait = retry_after(resp)
+                if wait is not None and wait <= _MKCALENDAR_WAIT and attempt + 1 < _MKCALENDAR_TRIES:
+                    self._sleep(wait)
+                    continue
+                self._refuse(user, display, wait, message or "HTTP 429 Too Many Requests")
+            if status == 403 and "limit" in message.lower():
+                self._refuse(user, display, None, message, total=True)
+            if status in (400, 403, 415) and len(bodies) > 1:  # a server that will not take the set
+                bodies.pop(0)
+                continue
+            self._fail(resp, f"MKCALENDAR {path}", user)
+        self._refuse(user, display, None, "HTTP 429 Too Many Requests")
+
+    def _refuse(self, user: str, display: str, wait: float | None, said: str, total: bool = False) -> None:
+        """Fail (and remember for the account) a calendar the server will not make now."""
+        if total:
+            limit = self._calendar_limits()[0]
+            why = (f"the server will not make calendar {display!r} for account {user!r}: it has as many "
+                   f"calendars as the server allows{f' ({limit})' if limit and limit > 0 else ''} ({said}). "
+                   "Raise the limit (Nextcloud: occ config:app:set dav maximumCalendarsSubscriptions "
+                   "--value=N), or remove calendars there, then rerun the class calendar_limit")
+            until = time.time() + 365 * 86400
+        else:
+            period = self.config.calendar_creation_period
+            wait = wait if wait is not None else float(period)
+            until = time.time() + wait
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+            per = self._calendar_limits()[1]
+            why = (f"the server will not make calendar {display!r} for account {user!r} now: too many "
+                   f"calendars made lately ({said}; it allows {per or 'a few'} new calendars per "
+                   f"{period // 60} minutes). Rerun the class calendar_limit after {when}, or raise the "
+                   "limit first (Nextcloud: occ config:app:set dav rateLimitCalendarCreation --value=N)")
+        refusal = Refused(why, "calendar_limit")
+        with self._lock:
+            self._refusals[user] = (until, refusal)
+        raise refusal
+
+    def _calendar_limits(self) -> tuple[int | None, int | None]:
+        """(calendars per account, new calendars per period): configured, else Nextcloud's defaults."""
+        cfg = self.config
+        nextcloud = cfg.flavour == "nextcloud"
+        total = cfg.max_calendars if cfg.max_calendars is not None else _NEXTCLOUD_CALENDARS if nextcloud else None
+        per = cfg.new_calendars_per_period or (_NEXTCLOUD_NEW_CALENDARS if nextcloud else None)
+        return (None if total == -1 else total), per
+
+    def check_calendars(self, planned: dict[str, set[str]]) -> list[str]:
+        """Problems with the calendars a run would make, before it makes any: `planned` holds per
+        target login the names of the source calendars its items are in.
+
+        The calendars an account does not have yet are counted against the server's limits (the
+        department's `max_calendars` and `new_calendars_per_period`, else Nextcloud's defaults):
+        more new ones than the server makes per period, or more in all than it allows, is one
+        problem per account, with what to change. Servers without known limits: no problem."""
+        total, per = self._calendar_limits()
+        if total is None and per is None:
+            return []
+        problems = []
+        for owner, names in sorted(planned.items()):
+            if not names:
+                continue
+            try:
+                user = self._login(owner)
+                listing = self._propfind(user, self.home(owner), "<d:resourcetype/>", depth="1")
+            except (ConfigError, TransientError, FatalError, ItemError) as exc:
+                problems.append(f"calendar target {self.config.root}: cannot count the calendars of {owner!r}: {exc}")
+                continue
+            if listing is None:
+                continue                                # check() says that the home is missing
+            existing = {href.rstrip("/") + "/" for href, prop in listing.items()
+                        if prop.find(f"{_DAV}resourcetype/{_CAL}calendar") is not None
+                        or prop.find("{DAV:}resourcetype/{http://calendarserver.org/ns/}subscribed") is not None}
+            new = sorted(n for n in names if self.collection_path(owner, n) not in existing)
+            period = f"{self.config.calendar_creation_period // 60} minutes"
+            if per is not None and len(new) > per:
+                problems.append(
+                    f"calendar target {self.config.root}: {owner!r} would get {len(new)} new calendars "
+                    f"({', '.join(repr(n) for n in new[:5])}{', …' if len(new) > 5 else ''}); the server makes "
+                    f"{per} per account in {period}, and the calendars beyond would wait for a rerun. Raise "
+                    f"the limit for the migration (Nextcloud: occ config:app:set dav rateLimitCalendarCreation "
+                    f"--value={len(new)}) and say so in the department (calendar_target: new_calendars_per_period)")
+            if total is not None and len(existing) + len(new) > total:
+                problems.append(
+                    f"calendar target {self.config.root}: {owner!r} would have {len(existing) + len(new)} "
+                    f"calendars ({len(existing)} there, {len(new)} new); the server allows {total} per account. "
+                    f"Raise it (Nextcloud: occ config:app:set dav maximumCalendarsSubscriptions "
+                    f"--value={len(existing) + len(new)}) and say so in the department (calendar_target: "
+                    "max_calendars)")
+        return problems
 
     def _object(self, src: Path) -> tuple[str, bytes]:
         data = self._read(src)
@@ -469,6 +631,16 @@ class CalDav(_Dav):
 
     def _precheck(self, data: bytes, limits: dict, src: Path) -> None:
         super()._precheck(data, limits, src)
+        accepted = limits.get("components")
+        if accepted:
+            try:
+                kinds = components(data)
+            except PimError:
+                kinds = set()
+            if kinds - accepted:
+                raise Refused(f"{src.name}: a {', '.join(sorted(kinds - accepted))} entry, and the calendar at the "
+                              f"target takes only {', '.join(sorted(accepted))} (it was there before the "
+                              "migration, or its server will not take more)", "unsupported_item")
         cap = limits["instances"]
         if cap is not None:
             try:
@@ -503,6 +675,7 @@ class CardDav(_Dav):
     """Address books over CardDAV: one address book per source address book, one card per UID."""
 
     kind = "addressbook"
+    marker = ".contacts"
     suffix = ".vcf"
     content_type = "text/vcard; charset=utf-8"
     product = "the CardDAV server"
@@ -518,7 +691,8 @@ class CardDav(_Dav):
     def _object(self, src: Path) -> tuple[str, bytes]:
         data = self._read(src)
         try:
-            return with_contact_uid(data)
+            uid, card = with_contact_uid(data)
+            return uid, vcard_30(card)
         except PimError as exc:
             raise Refused(f"{src.name}: {exc}", "invalid_data") from None
 

@@ -15,7 +15,10 @@ What each file yields:
   `unsupported_item`. Appointments and contacts at the top of the user's folder go to the
   calendar "Calendar" / the address book "Contacts".
 - **ICS**: one item per UID (a series with its changed occurrences), as its own VCALENDAR with
-  the VTIMEZONEs it uses; location = the file's name without extension (the calendar's name).
+  the VTIMEZONEs it uses; location = the calendar the file was exported from: its `X-WR-CALNAME`,
+  else the name another file with the same `X-WR-RELCALID` gives, else the file's name without
+  extension. A calendar exported as 197 files is one calendar at the target, not 197 (servers
+  limit how many calendars an account may make: Nextcloud 10 an hour, 30 in all).
 - **VCF**: one item per vCard; location = the file's name without extension (the address book).
 
 A file that cannot be read at all yields one item whose extraction fails as `unreadable_export`,
@@ -47,7 +50,7 @@ from pathlib import Path, PurePosixPath
 from core.department import ExportSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
-from core.pim import PimError, split_calendar, split_vcards, with_contact_uid
+from core.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
 from sources.outlook import ansi_codepage, appointment_uid, contact_uid, msg_appointment_ical, msg_contact_vcard
 
 __all__ = ["ExportFiles", "UnreadableExport", "UnsupportedItem", "special_use_of", "source_for"]
@@ -183,9 +186,42 @@ class ExportFiles:
         return problems
 
     # ------------------------------------------------------------------------- discover
+    def calendars(self, owner: str, folder: str) -> set[str]:
+        """The names of the calendars the user's .ics files belong to (what discover gives their
+        events as location), read from the files' headers without listing every event: for the
+        pre-run check of how many calendars the target must make. Appointments in .msg files are
+        not counted (telling them from mail means opening every file)."""
+        base = self.config.root / folder
+        return set(self._calendar_names(base).values()) if base.is_dir() else set()
+
+    @staticmethod
+    def _calendar_names(base: Path) -> dict[str, str]:
+        """rel path of each .ics file -> the name of the calendar it belongs to (see the module doc)."""
+        found: dict[str, tuple[str | None, str | None]] = {}
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                path = Path(dirpath) / fname
+                if path.suffix.lower() not in _ICS:
+                    continue
+                try:
+                    found[path.relative_to(base).as_posix()] = calendar_identity(path.read_bytes())
+                except OSError:
+                    continue
+        by_id: dict[str, str] = {}
+        for rel, (name, calid) in sorted(found.items()):
+            if calid and name:
+                by_id.setdefault(calid, name)
+        for rel, (name, calid) in sorted(found.items()):   # an id no file names: its first file's name
+            if calid and not name:
+                by_id.setdefault(calid, PurePosixPath(rel).stem)
+        return {rel: name or (by_id[calid] if calid else PurePosixPath(rel).stem)
+                for rel, (name, calid) in found.items()}
+
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
         """Every message, event and contact in the user's export files."""
         base = self.config.root / folder
+        calendars = self._calendar_names(base)
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames.sort()
             for fname in sorted(filenames):
@@ -200,13 +236,13 @@ class ExportFiles:
                 rel = path.relative_to(base).as_posix()
                 version = f"{st.st_mtime_ns}:{st.st_size}"
                 try:
-                    yield from self._list(owner, path, rel, suffix, version, st.st_size)
+                    yield from self._list(owner, path, rel, suffix, version, st.st_size, calendars.get(rel))
                 except (UnreadableExport, OSError, ValueError, EOFError) as exc:
                     log.info("%s: unreadable export file: %s", rel, exc)
                     kind = (Kind.EVENT if suffix in _ICS else Kind.CONTACT if suffix in _VCF else Kind.MESSAGE)
                     yield ItemRef(source=self.name, key=f"{owner}/{rel}#bad:", kind=kind, owner=owner,
-                                  location=self._location(rel, suffix), version=version, size=st.st_size,
-                                  meta={"error": str(exc)[:500]})
+                                  location=calendars.get(rel) or self._location(rel, suffix), version=version,
+                                  size=st.st_size, meta={"error": str(exc)[:500]})
 
     @staticmethod
     def _location(rel: str, suffix: str) -> str:
@@ -217,9 +253,10 @@ class ExportFiles:
             return str(p.with_suffix(""))
         return str(p.parent) if str(p.parent) != "." else "INBOX"
 
-    def _list(self, owner: str, path: Path, rel: str, suffix: str, version: str, size: int) -> Iterator[ItemRef]:
+    def _list(self, owner: str, path: Path, rel: str, suffix: str, version: str, size: int,
+              calendar: str | None = None) -> Iterator[ItemRef]:
         ref = dict(source=self.name, owner=owner, version=version)
-        location = self._location(rel, suffix)
+        location = calendar or self._location(rel, suffix)
         if suffix in _MAIL_ONE:
             msg = email.message_from_bytes(_emlx_body(path) if suffix == ".emlx" else path.read_bytes(),
                                            policy=email.policy.compat32)
