@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from core.errors import RunInProgress
+from core.messages import clip
 
 log = logging.getLogger("umstieg.ledger")
 
@@ -124,6 +125,8 @@ class Item(Base):
     target_owner: Mapped[str] = mapped_column(String(300))   # target login
     location: Mapped[str] = mapped_column(String(2000))      # path / folder at the source
     target_stem: Mapped[str] = mapped_column(String(2000))   # path at the target, without the ODF extension
+    target_path: Mapped[str | None] = mapped_column(String(2000))   # path at the target unconverted (None: location)
+    renamed: Mapped[str | None] = mapped_column(String(40))   # why target_path/target_stem differ (sinks.twins)
     version: Mapped[str] = mapped_column(String(200))
     size: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
@@ -339,7 +342,9 @@ class Ledger:
 
     def fail(self, item_id: int, reason: str, message: str, step: str, **values) -> None:
         """Mark an item failed with a typed reason; the batch goes on."""
-        self.record(item_id, state=State.FAILED, reason=reason, message=f"{step}: {message}"[:4000], **values)
+        text = f"{step}: {message}"
+        self.record(item_id, state=State.FAILED, reason=reason, message=text if len(text) <= 4000 else clip(text, 4000),
+                    **values)
 
     def counts(self, department: str, by: Iterable[str] = ("state",)) -> list[tuple]:
         """Item counts grouped by the given columns (aggregated in SQL)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core.department import Department
+from core.messages import clip
 
 __all__ = ["Progress", "publish", "publish_markdown", "artifact_key", "slug",
            "MAX_USER_PROGRESS"]
@@ -107,7 +108,7 @@ def publish(dept: Department, summary: dict, report: Path | None) -> None:
             key=key("users"), table=summary["users"], description=f"{dept.name}: items by user and state"))
     if summary.get("failures") is not None:
         # published even when empty, so the key's newest version never shows an older run's failures
-        rows = [{"class": reason, "items": f.get("count", 0), "example": (f.get("example") or "")[:300]}
+        rows = [{"class": reason, "items": f.get("count", 0), "example": clip(f.get("example"), 300)}
                 for reason, f in summary["failures"].items()]
         _quietly("failures", lambda: create_table_artifact(
             key=key("failures"), table=rows,

@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -33,7 +34,9 @@ from core.outcomes import Outcome
 from flows import runtime
 from flows.sharing import plan_shares
 from core.digests import sha256_file
+from converters.formats import FORMATS, ODF_FORMATS
 from sinks.localdir import LocalDir
+from sinks.twins import NamePlan
 from sources.fileshare import FolderShare, odf_stem
 
 __all__ = ["Discovery", "discover", "process_chunk", "with_retries", "pending_items", "select_failed", "reset_for_rerun",
@@ -141,6 +144,7 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                                for r in refs)
             seen: set[str] = set()
             moved_away: list[tuple[str, str]] = []  # (kind, target copy) at a place the source no longer has
+            naming: list[Item] = []                 # new or moved files: their target names are decided below
             with ledger.session() as s:
                 known = {i.key: i for i in s.scalars(select(Item).where(
                     Item.department == dept.name, Item.source == source.name, Item.owner == user.source))}
@@ -156,8 +160,10 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                                     change="new", run_id=run_id)
                         s.add(item)
                         found.new[user.source] += 1
+                        relocated = True
                     elif item.version != ref.version or item.removed_at_source or item.location != ref.location:
-                        if item.location != ref.location:   # moved or renamed at the source (same key)
+                        relocated = item.location != ref.location
+                        if relocated:                       # moved or renamed at the source (same key)
                             if item.target_ref and dept.delete_at_target:
                                 moved_away.append((item.kind, item.target_ref))
                             item.location = ref.location
@@ -176,6 +182,9 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                     if ref.kind is Kind.FILE and _skipped_name(dept, ref.location):
                         item.state, item.reason = State.SKIPPED.value, "skipped_name"
                         item.message = "matches the department's skip patterns (lock file or system cache)"
+                    elif ref.kind is Kind.FILE and relocated:
+                        naming.append(item)
+                _decide_names(dept, s, user.target, source.name, naming)
                 # what was found before in a folder that could not be listed now is not gone
                 unlisted = tuple(r.location for r in refs if (r.meta or {}).get("unlisted"))
                 gone = [i for k, i in known.items() if k not in seen and not i.removed_at_source
@@ -198,6 +207,43 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
         if todo:
             found.todo[user.source] = todo
     return found
+
+
+def _converts(dept: Department, location: str) -> bool:
+    """Whether a file of this name is expected to become an ODF copy (its extension says Office)."""
+    fmt = FORMATS.get(PurePosixPath(location).suffix.lower().lstrip("."))
+    return dept.conversion.enabled and fmt is not None and not fmt.is_odf
+
+
+def _decide_names(dept: Department, s, target_owner: str, source: str, items: list[Item]) -> None:
+    """The target names of new or moved files (sinks.twins): the names earlier runs decided for
+    this account's files of this source claim first, whoever's they are (users merged into one
+    account share one tree), then `items` in an order that does not depend on the listing's.
+    Files removed at the target, or never sent (skip patterns), claim nothing."""
+    if not items:
+        return
+    plan = NamePlan(sorted(ODF_FORMATS))
+    moving = [i.id for i in items if i.id is not None]
+    with s.no_autoflush:                       # the new items are not claims of an earlier run
+        rows = s.execute(select(Item.location, Item.target_path, Item.target_stem, Item.conversion, Item.state,
+                                Item.reason).where(
+            Item.department == dept.name, Item.source == source, Item.target_owner == target_owner,
+            Item.kind == Kind.FILE.value, Item.id.notin_(moving)).order_by(Item.id))
+        for location, path, stem, conversion, state, reason in rows:
+            if state == State.SKIPPED.value and reason in ("removed_at_source", "skipped_name"):
+                continue
+            converted = conversion == Outcome.CONVERTED.value or _converts(dept, location)
+            plan.keep(location, path or location, stem if converted else None)
+    ordered = sorted(items, key=lambda i: (unicodedata.normalize("NFC", i.location) != i.location, i.location))
+    decided = plan.plain_many([i.location for i in ordered])
+    for item in ordered:
+        item.target_path, item.renamed = decided[item.location]
+    for item in ordered:
+        if _converts(dept, item.location):
+            item.target_stem, why = plan.converted(item.location, item.target_path, item.target_stem)
+            item.renamed = item.renamed or why
+        else:       # should its content still make it an ODF copy, that copy keeps the whole name
+            item.target_stem = item.target_path
 
 
 def _skipped_name(dept: Department, location: str) -> bool:
@@ -495,9 +541,10 @@ def _target_names(dept: Department, item: Item) -> tuple[str, str | None]:
 
     def under(path: str) -> str:
         return f"{folder}/{path}" if folder else path
+    plain = item.target_path or item.location   # decided at discovery (sinks.twins); rows from before: location
     if not item.converted_path:
-        return under(item.location), None
-    return under(item.target_stem + Path(item.converted_path).suffix), under(item.location)
+        return under(plain), None
+    return under(item.target_stem + Path(item.converted_path).suffix), under(plain)
 
 
 def _keep_original(dept: Department, item: Item) -> bool:

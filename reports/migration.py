@@ -7,6 +7,7 @@ fast as one of a hundred.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -17,10 +18,11 @@ from sqlalchemy import func, select
 from core.department import Department
 from core.items import ItemRef, Kind
 from core.ledger import Batch, Item, Ledger, Run, State
+from core.messages import clip
 from core.settings import usable_cpus
 
 __all__ = ["run_summary", "write_run_report", "write_status_report", "department_status", "sharing_status",
-           "write_assessment", "reports_dir", "REPORT_LIST_LIMIT"]
+           "renamed_files", "write_assessment", "reports_dir", "REPORT_LIST_LIMIT", "RENAME_REASONS"]
 
 #: Documents per second per LibreOffice worker assumed by the assessment until a run has measured
 #: it (measured here on the developer corpus: 3.4 documents/s per worker).
@@ -28,6 +30,16 @@ DEFAULT_DOCS_PER_SECOND_PER_WORKER = 3.0
 
 #: Lists of single items or batches in a report stop after this many rows ("and N more").
 REPORT_LIST_LIMIT = 50
+
+#: Why a file landed under another name than it had at the source (the reasons sinks.twins gives).
+RENAME_REASONS = {
+    "nfc_twin": "NFC twin: the same name in another Unicode spelling (Mac and Windows write umlauts differently); "
+                "one file at Nextcloud",
+    "case_twin": "case twin: the same name in other upper/lower case; one file on Windows clients and "
+                 "case-insensitive targets",
+    "converted_clash": "converted-name clash: the name its copy would get was another file's",
+    "same_name": "same name: another source user merged into this account has a file of that name",
+}
 
 
 def reports_dir(dept: Department) -> Path:
@@ -51,8 +63,7 @@ def department_status(dept: Department, ledger: Ledger) -> dict:
         conversions = dict(s.execute(
             select(Item.conversion, func.count(Item.id)).where(Item.department == dept.name, Item.conversion.isnot(None))
             .group_by(Item.conversion)).all())
-        removed = s.scalar(select(func.count(Item.id)).where(Item.department == dept.name,
-                                                              Item.removed_at_source.is_(True))) or 0
+        removed = _removed_totals(s, dept)
         needs_person = [dict(owner=o, path=p, conversion=c, message=m) for o, p, c, m in s.execute(
             select(Item.owner, Item.location, Item.conversion, Item.message).where(
                 Item.department == dept.name, Item.conversion.in_(["encrypted", "unreadable"])).order_by(Item.id)
@@ -76,12 +87,52 @@ def department_status(dept: Department, ledger: Ledger) -> dict:
     return {"department": dept.name, "users": table, "totals": dict(totals), "by_kind": dict(kinds),
             "sharing": sharing_status(dept, ledger), "failures": failures,
             "failed_batches": batches, "failed_batch_count": batch_count, "fidelity": fidelity,
-            "conversions": conversions, "removed_at_source": removed, "needs_a_person": needs_person,
+            "conversions": conversions, "removed_at_source": removed["count"], "removed_totals": removed,
+            "renamed": renamed_files(dept, ledger), "needs_a_person": needs_person,
             "last_run": {"id": last_run.id, "flow": last_run.flow, "status": last_run.status,
                          "started": last_run.started.isoformat(),
                          "finished": last_run.finished.isoformat() if last_run.finished else None,
                          "failures": last_failures}
             if last_run else None}
+
+
+def _removed_at_target():
+    """The items whose target copy discovery removed (delete_at_target on when it found them gone)."""
+    return (Item.state == State.SKIPPED.value) & (Item.reason == "removed_at_source") & Item.target_ref.isnot(None)
+
+
+def _removed_totals(s, dept: Department) -> dict:
+    """Items deleted at the source, and what became of their target copies, item by item: the
+    department's setting may have changed since, so it does not say what happened."""
+    where = (Item.department == dept.name, Item.removed_at_source.is_(True))
+    count = s.scalar(select(func.count(Item.id)).where(*where)) or 0
+    removed = s.scalar(select(func.count(Item.id)).where(*where, _removed_at_target())) or 0
+    never = s.scalar(select(func.count(Item.id)).where(*where, Item.target_ref.is_(None))) or 0
+    return {"count": count, "removed": removed, "kept": count - removed - never, "never_arrived": never}
+
+
+def renamed_files(dept: Department, ledger: Ledger, limit: int = REPORT_LIST_LIMIT) -> dict:
+    """Files that landed (or will land) under another name than at the source, with why: how many
+    and the first `limit` (user, source name, target name, reason). The target name is the ODF
+    copy's for a converted document, else the name decided at discovery (sinks.twins)."""
+    items: list[dict] = []
+    count = 0
+    with ledger.session() as s:
+        q = (select(Item.owner, Item.location, Item.target_path, Item.target_stem, Item.conversion, Item.target_ref,
+                    Item.renamed)
+             .where(Item.department == dept.name, Item.renamed.isnot(None), Item.removed_at_source.is_(False))
+             .order_by(Item.owner, Item.location).execution_options(yield_per=1000))
+        for owner, location, path, stem, conversion, ref, reason in s.execute(q):
+            if conversion == "converted" and ref:
+                target = stem + PurePosixPath(ref).suffix
+            else:
+                target = path or location
+            if target == unicodedata.normalize("NFC", location):    # e.g. a copy that was not made after all
+                continue
+            count += 1
+            if len(items) < limit:
+                items.append({"owner": owner, "source": location, "target": target, "reason": reason})
+    return {"count": count, "items": items}
 
 
 def _failed_batches(s, dept: Department, limit: int = REPORT_LIST_LIMIT) -> tuple[list[dict], int]:
@@ -145,8 +196,15 @@ def run_summary(dept: Department, ledger: Ledger, run_id: int, delta: dict, seco
                                   .group_by(Item.state)).all())
         converted = s.scalar(select(func.count(Item.id)).join(Batch, Item.batch_id == Batch.id).where(
             Item.department == dept.name, Batch.run_id == run_id, Item.conversion == "converted")) or 0
+        by_user: dict[str, dict] = defaultdict(dict)
+        for owner, state, n in s.execute(select(Item.owner, Item.state, func.count(Item.id))
+                                         .join(Batch, Item.batch_id == Batch.id)
+                                         .where(Item.department == dept.name, Batch.run_id == run_id)
+                                         .group_by(Item.owner, Item.state)):
+            by_user[owner][state] = n
         removed = _removed_in_run(s, dept, run_id)
     return {**status, "run": run_id, "delta": delta, "this_run": this_run, "this_run_converted": converted,
+            "this_run_by_user": dict(by_user),
             "removed_this_run": removed,
             "seconds": round(seconds, 2),
             "finished": datetime.now(timezone.utc).isoformat()}
@@ -158,10 +216,15 @@ def _removed_in_run(s, dept: Department, run_id: int, limit: int = REPORT_LIST_L
     the run that found an item gone on it (`run_id`)."""
     where = (Item.department == dept.name, Item.removed_at_source.is_(True), Item.run_id == run_id)
     count = s.scalar(select(func.count(Item.id)).where(*where)) or 0
-    items = [{"owner": o, "location": loc} for o, loc in s.execute(
-        select(Item.owner, Item.location).where(*where).order_by(Item.owner, Item.location).limit(limit))]
-    return {"count": count, "items": items,
-            "at_target": "removed" if dept.delete_at_target else "kept"}
+    removed = s.scalar(select(func.count(Item.id)).where(*where, _removed_at_target())) or 0
+    never = s.scalar(select(func.count(Item.id)).where(*where, Item.target_ref.is_(None))) or 0
+    at_target = _removed_at_target().label("removed_at_target")
+    items = [{"owner": o, "location": loc, "at_target": "removed" if gone else ("kept" if ref else "never_arrived")}
+             for o, loc, ref, gone in s.execute(
+                 select(Item.owner, Item.location, Item.target_ref, at_target).where(*where)
+                 .order_by(Item.owner, Item.location).limit(limit))]
+    return {"count": count, "items": items, "removed": removed, "kept": count - removed - never,
+            "never_arrived": never}
 
 
 def write_run_report(dept: Department, summary: dict) -> Path:
@@ -219,20 +282,32 @@ def write_status_report(dept: Department, status: dict) -> Path:
 
 def _failures_table(failures: dict[str, dict]) -> list[str]:
     lines = ["| class | items | example |", "|---|---:|---|"]
-    lines += [f"| {reason} | {f['count']} | {_cell(f['example'])} |" for reason, f in failures.items()]
+    lines += [f"| {reason} | {f['count']} | {_cell(f['example'], 200)} |" for reason, f in failures.items()]
     return lines + [""]
+
+
+def _fate(removed: dict) -> str:
+    """What became of the target copies of items deleted at the source, as it happened."""
+    parts = []
+    if removed.get("removed"):
+        parts.append(f"{removed['removed']} removed at the target too (`delete_at_target: true`)")
+    if removed.get("kept"):
+        parts.append(f"{removed['kept']} still at the target (`delete_at_target` was off when they were found gone)")
+    if removed.get("never_arrived"):
+        parts.append(f"{removed['never_arrived']} had never reached the target")
+    return "; ".join(parts) or "none had a copy at the target"
 
 
 def _removed_section(removed: dict | None) -> list[str]:
     """The items this run found deleted at the source, and what became of their target copies."""
     if not removed or not removed.get("count"):
         return []
-    action = ("removed at the target too (`delete_at_target: true`)" if removed["at_target"] == "removed"
-              else "left at the target (`delete_at_target` is off)")
+    fate = {"removed": "removed at the target", "kept": "still at the target", "never_arrived": "never arrived"}
     lines = ["## Deleted at the source in this run", "",
-             f"{removed['count']} item(s) were deleted at the source since the last run; their copies were "
-             f"{action}.", "", "| user | path at the source |", "|---|---|"]
-    lines += [f"| {i['owner']} | {_cell(i['location'])} |" for i in removed["items"]]
+             f"{removed['count']} item(s) were deleted at the source since the last run. Their target copies: "
+             f"{_fate(removed)}.", "", "| user | path at the source | target copy |", "|---|---|---|"]
+    lines += [f"| {i['owner']} | {_cell(i['location'])} | {fate.get(i.get('at_target'), '?')} |"
+              for i in removed["items"]]
     if removed["count"] > len(removed["items"]):
         lines += ["", f"… and {removed['count'] - len(removed['items'])} more (`umstieg status --json` "
                       "or the dashboard list them all)."]
@@ -251,9 +326,17 @@ def _status_sections(dept: Department, summary: dict) -> list[str]:
         lines += ["## Left for the next run", "", f"{left['items']} item(s) in {left['chunks']} chunk(s) did not start: "
                   f"{_cell(left['why'])}. They keep their state; the next run takes them up.", ""]
     if summary.get("stopped_users"):
-        lines += ["## Users who wait: nothing of theirs moved", "", "| user | why |", "|---|---|"]
-        lines += [f"| {u} | {_cell(why)} |" for u, why in sorted(summary["stopped_users"].items())]
-        lines += ["", "Fix the identity map or create the account, then run the department again.", ""]
+        lines += _waiting_section(summary)
+    if renamed := (summary.get("renamed") or {}).get("items"):
+        lines += ["## Renamed at the target", "",
+                  "These files would have been one file with another at the target; each got a name of its "
+                  "own, kept in the ledger, so that nothing overwrote anything and later runs use the same name.",
+                  "", "| user | name at the source | name at the target | why |", "|---|---|---|---|"]
+        lines += [f"| {r['owner']} | {_cell(r['source'])} | {_cell(r['target'])} | "
+                  f"{_cell(RENAME_REASONS.get(r['reason'], r['reason']))} |" for r in renamed]
+        more = summary["renamed"]["count"] - len(renamed)
+        lines += (["", f"… and {more} more (`umstieg status --json` lists the first {len(renamed)})."] if more > 0 else [])
+        lines.append("")
     if len(summary.get("by_kind") or {}) > 1:
         lines += ["## Items by kind and state", "", "| kind | " + " | ".join(states) + " |",
                   "|---|" + "---:|" * len(states)]
@@ -290,13 +373,30 @@ def _status_sections(dept: Department, summary: dict) -> list[str]:
                                                       key=lambda kv: (order.get(kv[0], 99), kv[0]))] + [""]
     if summary.get("needs_a_person"):
         lines += ["## Moved unconverted: a person should look at these", "", "| user | path | why |", "|---|---|---|"]
-        lines += [f"| {n['owner']} | {_cell(n['path'])} | {_cell(n['message'] or n['conversion'])} |"
+        lines += [f"| {n['owner']} | {_cell(n['path'])} | {_cell(n['message'] or n['conversion'], 300)} |"
                   for n in summary["needs_a_person"]] + [""]
     if summary.get("removed_at_source"):
-        action = "removed at the target too" if dept.delete_at_target else "kept at the target (delete_at_target is off)"
+        totals = summary.get("removed_totals") or {"count": summary["removed_at_source"]}
         lines += [f"In all, {summary['removed_at_source']} item(s) of this department have been deleted at the "
-                  f"source; {action}.", ""]
+                  f"source. Their target copies: {_fate(totals)}.", ""]
     return lines
+
+
+def _waiting_section(summary: dict) -> list[str]:
+    """The users who wait, what of theirs this run moved before they stopped (often nothing), and
+    why, in the words of the check that stopped them: the reason names the cause (a missing
+    account, a refused login, a full quota, a source that could not be listed), so no advice
+    here may name one cause for all."""
+    by_user = summary.get("this_run_by_user") or {}
+    lines = ["## Users who wait", "", "| user | moved in this run | why |", "|---|---|---|"]
+    for user, why in sorted(summary["stopped_users"].items()):
+        states = by_user.get(user) or {}
+        moved = states.get(State.VERIFIED.value, 0) + states.get(State.LOADED.value, 0)
+        done = (f"{moved} item(s) arrived before they stopped; the rest waits" if moved
+                else "nothing of theirs moved")
+        lines.append(f"| {user} | {done} | {_cell(why)} |")
+    return lines + ["", "Fix what each reason names, then run the department again (`umstieg run DEPARTMENT.yaml`, "
+                    "or `-u USER` for one of them): what arrived stays, and nothing is sent twice.", ""]
 
 
 def measured_rate(dept: Department, ledger: Ledger) -> float | None:
@@ -413,8 +513,10 @@ def assessment_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(text: str | None) -> str:
-    return (text or "").replace("|", "\\|").replace("\n", " ")[:200]
+def _cell(text: str | None, limit: int | None = None) -> str:
+    """`text` for a Markdown table cell: one line, `|` escaped, cut at a word boundary if `limit`."""
+    flat = clip(text, limit) if limit else " ".join((text or "").split())
+    return flat.replace("|", "\\|")
 
 
 def _safe_url(dept: Department) -> str:

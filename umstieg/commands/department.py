@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from core.errors import ConfigError, FatalError
+from core.messages import clip
 from rich.markup import escape
 
 from umstieg.console import console, print_error
@@ -105,7 +106,7 @@ def _print_summary(summary: dict) -> None:
         failures.add_column("items", justify="right")
         failures.add_column("example")
         for reason, f in summary["failures"].items():
-            failures.add_row(reason, str(f["count"]), escape((f["example"] or "")[:100]))
+            failures.add_row(reason, str(f["count"]), escape(clip(f["example"], 100)))
         console.print(failures)
     if summary.get("failed_batches"):
         batches = Table(title="failures by batch")
@@ -121,6 +122,9 @@ def _print_summary(summary: dict) -> None:
         if more > 0:
             console.print(f"… and {more} older batch(es) with failures (--json lists the newest only)")
         console.print("rerun one batch: umstieg rerun DEPARTMENT.yaml --batch ID", soft_wrap=True)
+    if renamed := (summary.get("renamed") or {}).get("count"):
+        console.print(f"{renamed} file(s) got a name of their own at the target (NFC or case twins, converted-name "
+                      "clashes): the run report lists each, source name → target name", soft_wrap=True)
 
 
 def _run_flow(dept, call) -> dict:
