@@ -75,32 +75,71 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"UMSTIEG_{name}", default)
 
 
+def _env_number(name: str, kind: type, default, *, least: float | None = None, above: float | None = None,
+                what: str = ""):
+    """`UMSTIEG_<name>` read as a number (`kind` int or float) within its bounds, else `default`.
+
+    Pydantic does not validate defaults, so a value from the environment is checked here, and a
+    bad one is a ConfigError naming the variable, what it is for and what it holds: a value
+    out of range would otherwise surface far away (UMSTIEG_WORKERS=-3 as "no LibreOffice worker
+    is left"), and int("two")'s message names neither the variable nor the setting.
+    """
+    var = f"UMSTIEG_{name}"
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return default() if callable(default) else default
+    expected = "a whole number" if kind is int else "a number"
+    bound = (f" of at least {least:g}" if least is not None else "") + (f" above {above:g}" if above is not None else "")
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or (least is not None and value < least) or (above is not None and value <= above) \
+            or value != value:                               # NaN
+        from core.errors import ConfigError
+        raise ConfigError(f"{var}={raw!r} in the environment: expected {expected}{bound} ({what}); "
+                          f"fix or unset {var}")
+    return value
+
+
+def _env_remote_workers() -> list[RemoteWorker]:
+    raw = _env("REMOTE_WORKERS", "") or ""
+    try:
+        return [RemoteWorker.parse(x) for x in raw.split(",") if x.strip()]
+    except ValueError as exc:
+        from core.errors import ConfigError
+        raise ConfigError(f"UMSTIEG_REMOTE_WORKERS={raw!r} in the environment: {exc}") from None
+
+
 class ConversionSettings(BaseModel):
     """How the LibreOffice converter pool runs."""
 
-    workers: int = Field(default_factory=lambda: int(_env("WORKERS") or usable_cpus()), ge=0,
-                         description="local LibreOffice workers (0 = remote workers only)")
-    timeout: float = Field(default_factory=lambda: float(_env("TIMEOUT", "120")), gt=0,
-                           description="seconds one document may take before its worker is killed")
-    recycle_after: int = Field(default_factory=lambda: int(_env("RECYCLE_AFTER", "200")), ge=1,
-                               description="conversions after which a worker is replaced, to bound memory")
-    recycle_above_mb: int = Field(default_factory=lambda: int(_env("RECYCLE_ABOVE_MB", "1024")), ge=1,
-                                  description="a worker whose LibreOffice grows beyond this (MiB) is replaced")
+    workers: int = Field(
+        default_factory=lambda: _env_number("WORKERS", int, usable_cpus, least=0, what="local LibreOffice workers"),
+        ge=0, description="local LibreOffice workers (0 = remote workers only)")
+    timeout: float = Field(
+        default_factory=lambda: _env_number("TIMEOUT", float, 120.0, above=0, what="seconds per document"),
+        gt=0, description="seconds one document may take before its worker is killed")
+    recycle_after: int = Field(
+        default_factory=lambda: _env_number("RECYCLE_AFTER", int, 200, least=1, what="conversions per worker"),
+        ge=1, description="conversions after which a worker is replaced, to bound memory")
+    recycle_above_mb: int = Field(
+        default_factory=lambda: _env_number("RECYCLE_ABOVE_MB", int, 1024, least=1, what="MiB per worker"),
+        ge=1, description="a worker whose LibreOffice grows beyond this (MiB) is replaced")
     memory_limit_mb: int = Field(
-        default_factory=lambda: int(_env("MEMORY_LIMIT_MB", "6144")), ge=0,
+        default_factory=lambda: _env_number("MEMORY_LIMIT_MB", int, 6144, least=0,
+                                            what="MiB one document may take; 0: no limit"), ge=0,
         description="a document that makes LibreOffice grow beyond this (MiB) while converting is stopped "
                     "and reported too_large (0: no limit); a 410 KB workbook of empty sheets reaches 18 GB")
     startup_timeout: float = Field(default=90.0, gt=0,
                                    description="seconds a new worker may take to answer")
-    remote_cooldown: float = Field(default_factory=lambda: float(_env("REMOTE_COOLDOWN", "60")), gt=0,
-                                   description="seconds a remote worker that failed is left out before it is "
-                                               "tried again")
-    remote_give_up: float = Field(default_factory=lambda: float(_env("REMOTE_GIVE_UP", "600")), gt=0,
-                                  description="seconds a remote worker may stay unreachable before the pool "
-                                              "drops it for the rest of the run")
-    remote: list[RemoteWorker] = Field(default_factory=lambda: [
-        RemoteWorker.parse(x) for x in (_env("REMOTE_WORKERS", "") or "").split(",") if x.strip()
-    ])
+    remote_cooldown: float = Field(
+        default_factory=lambda: _env_number("REMOTE_COOLDOWN", float, 60.0, above=0, what="seconds"), gt=0,
+        description="seconds a remote worker that failed is left out before it is tried again")
+    remote_give_up: float = Field(
+        default_factory=lambda: _env_number("REMOTE_GIVE_UP", float, 600.0, above=0, what="seconds"), gt=0,
+        description="seconds a remote worker may stay unreachable before the pool drops it for the rest of the run")
+    remote: list[RemoteWorker] = Field(default_factory=_env_remote_workers)
     soffice: str = Field(default_factory=lambda: _env("SOFFICE", "soffice") or "soffice",
                          description="LibreOffice executable")
     runtime_dir: Path | None = Field(default_factory=lambda: Path(p) if (p := _env("RUNTIME_DIR")) else None,

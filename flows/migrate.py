@@ -1,23 +1,37 @@
-"""Prefect flows for one department: assess, migrate (also the delta pass) and rerun.
+"""Department runs: assess, migrate (also the delta pass), rerun and report.
 
-A Prefect task handles a chunk of items (tens to hundreds), never a single item: each task run
-costs ~20 ms of orchestration, and maps of thousands of tasks destabilise a server. Tasks get the
-department file's path and item ids, never documents, so they can run on any Dask worker.
+The work of a run is written once, here, as plain Python: `_execute` checks the department,
+selects its items, hands them in chunks (tens to hundreds, never single items) to a chunk runner
+and reports. Who runs the chunks, and where the run is shown, is the caller's `Orchestration`:
+
+- `Here` (`umstieg run` with no Prefect server configured): this process's threads; a chunk that
+  failed for a reason that may go away by itself is retried as the Prefect task would be; logs go
+  to Python's logging, there are no artifacts. Nothing of Prefect is imported and no server
+  starts: Prefect's temporary server took 13 s to start on a quiet machine, 24-60 s on a busy
+  one, and now and then did not come up in time at all (the run then died before moving a thing).
+- `InPrefect` (flows/prefect_flows.py: deployments, Prefect workers, a department on a Dask
+  cluster, `umstieg run` with PREFECT_API_URL set): each chunk is a Prefect task run, and the
+  run's progress, tables and report are artifacts on the server.
+
+The Prefect flows and their chunk task (`migrate`, `rerun`, `assess`, `report`, `chunk_task`)
+are served from flows/prefect_flows.py on first access, so deployments keep their entrypoints
+(`flows/migrate.py:migrate`) while importing this module stays cheap. Chunks get the department
+file's path and item ids, never documents, so they can run in any process of a Dask cluster.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait as wait_for
+from contextlib import nullcontext
 from itertools import zip_longest
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
 from sqlalchemy import select
 
 from core.department import Department
@@ -25,39 +39,94 @@ from core.errors import ConfigError, ItemError, TransientError, UserStopped
 from core.items import Kind
 from core.ledger import HEARTBEAT, Item, Ledger
 from core.settings import usable_cpus
-from flows import artifacts, runtime
+from flows import runtime
 from flows.limits import Chunk, ChunkGate, Window, host_of
 from flows.steps import (TARGET_FIELD, discover, process_chunk, reset_for_rerun, select_failed, source_of,
-                         targets_of)
+                         targets_of, with_retries)
 from reports.migration import run_summary, write_run_report
 
-__all__ = ["migrate", "rerun", "assess", "report", "check_department", "task_runner_for"]
+__all__ = ["migrate", "rerun", "assess", "report", "check_department", "stopped_users", "task_runner_for",
+           "Here", "migrate_body", "rerun_body", "assess_body", "report_body", "orchestrated", "run_flow",
+           "CHUNK_RETRY_WAITS"]
+
+#: Waits (seconds) before the retries of a chunk that failed with a TransientError: the Prefect
+#: chunk task's retry delays and the local runner's alike.
+CHUNK_RETRY_WAITS = (5, 30, 120)
+
+#: What flows/prefect_flows.py offers under this module's name (see the module's docstring).
+_IN_PREFECT = {"migrate", "rerun", "assess", "report", "chunk_task", "task_runner_for"}
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry a chunk only when it failed for a reason that may go away by itself."""
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except BaseException:  # noqa: BLE001 - any other failure is not retried
-        return False
-    return False
+def __getattr__(name: str):
+    if name in _IN_PREFECT:
+        from flows import prefect_flows
+        return getattr(prefect_flows, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@task(name="convert-chunk", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=_transient,
-      cache_policy=NO_CACHE, persist_result=False)
-def chunk_task(dept_file: str, run_id: int, owner: str, number: int, item_ids: list[int]) -> dict:
-    """Take one chunk of one user's items through extract → convert → load → verify."""
-    return process_chunk(dept_file, run_id, owner, number, item_ids)
+class _Threads:
+    """Chunks on this process's threads, at most `workers` at once. A chunk that failed with a
+    TransientError runs again after each of CHUNK_RETRY_WAITS (or the server's Retry-After), as
+    Prefect retries the chunk task; any other failure ends it at once."""
+
+    def __init__(self, dept_file: str, run_id: int, workers: int) -> None:
+        self.dept_file, self.run_id, self.workers = dept_file, run_id, workers
+
+    def __enter__(self) -> "_Threads":
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"umstieg-run-{self.run_id}-chunk")
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        # chunks already running finish (each item stays in the last state it really reached);
+        # after a failure, those not started yet are dropped
+        self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+    def submit(self, chunk: Chunk):
+        return self.pool.submit(with_retries, process_chunk, self.dept_file, self.run_id, chunk.owner, chunk.number,
+                                list(chunk.item_ids), waits=CHUNK_RETRY_WAITS)
+
+    @staticmethod
+    def wait(futures: list, timeout: float) -> set:
+        return wait_for(futures, timeout=timeout, return_when=FIRST_COMPLETED).done
 
 
-def task_runner_for(dept: Department):
-    """Threads on this machine by default; the department's Dask cluster when it names one."""
-    if dept.cluster is not None:
-        from prefect_dask import DaskTaskRunner
-        return DaskTaskRunner(address=dept.cluster.address)
-    return ThreadPoolTaskRunner(max_workers=_chunks_at_once(dept))
+class _Unshown:
+    """Progress nobody watches here (the command's progress bar reads the ledger)."""
+
+    def advance(self, owner: str, n: int) -> None:
+        pass
+
+    def show(self) -> None:
+        pass
+
+
+class Here:
+    """The orchestration of a run on this machine with no Prefect server (see the module's
+    docstring). flows/prefect_flows.py's `InPrefect` offers the same methods."""
+
+    log = logging.getLogger("umstieg.flows")
+
+    def flow_run(self) -> str | None:
+        """The Prefect flow run this run is, if any (recorded in the ledger)."""
+        return None
+
+    def chunk_runner(self, dept: Department, dept_file: str, run_id: int):
+        """What runs the run's chunks: a context manager with `submit(chunk) -> future` and
+        `wait(futures, timeout) -> the futures done`."""
+        return _Threads(dept_file, run_id, _chunks_at_once(dept))
+
+    def in_flight_cap(self, dept: Department) -> int | None:
+        """How many chunks to hand the runner at once: as many as its threads take."""
+        return _chunks_at_once(dept)
+
+    def progress(self, dept: Department, todo: dict[str, list[int]]):
+        return _Unshown()
+
+    def publish(self, dept: Department, summary: dict, report: Path | None) -> None:
+        """Show the run's result where operators look (nothing to do here: the report file is it)."""
+
+    def publish_markdown(self, dept: Department, what: str, path: Path) -> None:
+        """Show a Markdown report (the assessment, a status snapshot) where operators look."""
 
 
 def check_department(dept: Department, users: list[str] | None = None,
@@ -98,11 +167,6 @@ def _chosen(dept: Department, users: list[str] | None) -> list:
     return [u for u in dept.users if users is None or u.source in users]
 
 
-def _flow_run_id() -> str | None:
-    from prefect.runtime import flow_run
-    return str(flow_run.id) if flow_run.id else None
-
-
 def _chunks(dept: Department, ledger: Ledger, todo: dict[str, list[int]]) -> list[Chunk]:
     """Each user's items cut into chunks of one source each (a chunk reads from one host), the
     users' chunks taken in turn so that everyone moves forward together."""
@@ -138,33 +202,26 @@ def _chunks_at_once(dept: Department) -> int:
     return 2 * (dept.conversion.workers or usable_cpus())
 
 
-def _in_flight_cap(dept: Department) -> int | None:
-    """How many chunks to hand the runner at once: as many as its threads take; on Dask the
-    cluster queues them and only the host limits count."""
-    return None if dept.cluster is not None else _chunks_at_once(dept)
-
-
 def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
-                todo: dict[str, list[int]], window: Window) -> tuple[Counter, dict]:
+                todo: dict[str, list[int]], window: Window, via: Here) -> tuple[Counter, dict]:
     """Hand chunks to the runner as the host limits and the window allow, wait for all, keep the
-    progress artifact up to date. Returns the counts by final state and what was left undone."""
-    logger = get_run_logger()
+    progress shown up to date. Returns the counts by final state and what was left undone."""
     waiting = _chunks(dept, ledger, todo)
     gate = ChunkGate(dept.limits.source, dept.limits.target)
-    cap = _in_flight_cap(dept)
-    progress = artifacts.Progress(dept, todo)
+    cap = via.in_flight_cap(dept)
+    progress = via.progress(dept, todo)
     counts: Counter = Counter()
     left: dict = {}
     running: dict = {}                                  # future -> chunk
     # The department decides where chunks run (threads here, or its Dask cluster), so the runner
-    # is chosen now, not when the flow was decorated.
-    with task_runner_for(dept) as runner:
+    # is chosen now, for this run; none is started when there is nothing to do.
+    with via.chunk_runner(dept, dept_file, run_id) if waiting else nullcontext() as runner:
         while waiting or running:
             if waiting and not window.is_open():
                 left = {"chunks": len(waiting), "items": sum(len(c.item_ids) for c in waiting),
                         "why": f"the allowed window ({window.describe()}) closed"}
-                logger.warning("%s: the allowed window %s closed: %d item(s) wait for the next run",
-                               dept.name, window.describe(), left["items"])
+                via.log.warning("%s: the allowed window %s closed: %d item(s) wait for the next run",
+                                dept.name, window.describe(), left["items"])
                 waiting = []
             while waiting and (cap is None or len(running) < cap):
                 chunk = gate.next_fitting(waiting)
@@ -172,16 +229,10 @@ def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
                     break
                 waiting.remove(chunk)
                 gate.take(chunk)
-                # tags name the hosts, for Prefect tag limits across several departments on one server
-                task_ = chunk_task.with_options(tags=[f"source:{chunk.source_host}",
-                                                      *(f"target:{h}" for h in sorted(chunk.target_hosts))])
-                running[runner.submit(task_, parameters=dict(
-                    dept_file=dept_file, run_id=run_id, owner=chunk.owner, number=chunk.number,
-                    item_ids=list(chunk.item_ids)))] = chunk
+                running[runner.submit(chunk)] = chunk
             if not running:
                 break
-            done, _ = wait(list(running), timeout=2)
-            for fut in done:
+            for fut in runner.wait(list(running), timeout=2):
                 chunk = running.pop(fut)
                 gate.release(chunk)
                 counts.update(fut.result())
@@ -216,23 +267,28 @@ class _Heartbeat:
         self.thread.join(timeout=5)
 
 
-def _publish(dept: Department, summary: dict, report: Path | None) -> None:
-    """Artifacts are a view: failing to show them must neither fail a finished run nor hide why a
-    run failed."""
+def _publish(via: Here, dept: Department, summary: dict, report: Path | None) -> None:
+    """What is published is a view: failing to show it must neither fail a finished run nor hide
+    why a run failed."""
     try:
-        artifacts.publish(dept, summary, report)
+        via.publish(dept, summary, report)
     except Exception as exc:  # noqa: BLE001
-        get_run_logger().warning("%s: the run's Prefect artifacts could not be written: %s", dept.name, exc)
+        via.log.warning("%s: the run's Prefect artifacts could not be written: %s", dept.name, exc)
 
 
 def _execute(dept_file: str, flow_name: str, ignore_window: bool,
              choose: Callable[[Department, Ledger, int, set[str]], tuple[dict[str, list[int]], dict]],
-             users: list[str] | None = None) -> dict:
+             users: list[str] | None = None, via: Here | None = None) -> dict:
     """The common life of a run: check, select items, process chunks, report, record. `users`
     (source logins) are the users the run takes, all when None: only their accounts are checked.
     A user whose own target account cannot take data waits with the reason; only problems that
-    concern everyone (a source root, a target out of reach, a service account) stop the run."""
-    logger = get_run_logger()
+    concern everyone (a source root, a target out of reach, a service account) stop the run.
+
+    A failure of the machine rather than of an item (the ledger's database refusing the login
+    or gone, a full disk) is raised as the ConfigError or FatalError that says what to do
+    (runtime.plain_failure); the ledger keeps every item in the last state it really reached."""
+    via = via or Here()
+    logger = via.log
     dept = runtime.department(dept_file)
     window = Window.of(dept.schedule)
     if ignore_window:
@@ -242,8 +298,11 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
     problems = check_department(dept, users, waiting=stopped)
     if problems:
         raise ConfigError(f"{dept.name}: nothing was moved:\n  " + "\n  ".join(problems))
-    ledger = runtime.ledger(dept)
-    run_id = ledger.start_run(dept.name, flow_name, _flow_run_id())     # closes abandoned runs first
+    try:
+        ledger = runtime.ledger(dept)
+        run_id = ledger.start_run(dept.name, flow_name, via.flow_run())     # closes abandoned runs first
+    except Exception as exc:
+        _raise_plainly(exc, dept)
     started = time.monotonic()
     try:
         with _Heartbeat(ledger, run_id):
@@ -253,7 +312,7 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
             ledger.note_run(run_id, todo=sum(map(len, todo.values())), delta=delta, stopped_users=stopped)
             logger.info("%s: %d item(s) to process for %d user(s)", dept.name, sum(map(len, todo.values())),
                         len(todo))
-            _, left = _run_chunks(dept_file, dept, ledger, run_id, todo, window)
+            _, left = _run_chunks(dept_file, dept, ledger, run_id, todo, window, via)
             summary = run_summary(dept, ledger, run_id, delta, time.monotonic() - started)
             summary["stopped_users"] = {**stopped, **ledger.stopped_users(run_id)}
             if left:
@@ -262,17 +321,33 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
             summary["report"] = str(report)
             ledger.finish_run(run_id, "completed", summary)
     except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        ledger.finish_run(run_id, "failed", {"error": error})
-        _publish(dept, {"run": run_id, "status": "failed", "error": error}, None)
+        plain = runtime.plain_failure(exc, dept) if isinstance(exc, Exception) else None
+        error = str(plain) if plain is not None else f"{type(exc).__name__}: {exc}"
+        try:
+            ledger.finish_run(run_id, "failed", {"error": error[:2000]})
+        except Exception as why:  # noqa: BLE001 - the ledger itself may be what failed
+            # the run stays `running` without a heartbeat: the next run marks it interrupted
+            logger.warning("%s: run %d could not be marked failed in the ledger: %s", dept.name, run_id,
+                           runtime.plain_failure(why, dept) or why)
+        _publish(via, dept, {"run": run_id, "status": "failed", "error": error[:2000]}, None)
+        if plain is not None:
+            raise plain from exc
         raise
-    _publish(dept, summary, report)
+    _publish(via, dept, summary, report)
     logger.info("%s: report at %s", dept.name, report)
     return summary
 
 
-@flow(name="umstieg-migrate")
-def migrate(department_file: str, users: list[str] | None = None, ignore_window: bool = False) -> dict:
+def _raise_plainly(exc: Exception, dept: Department):
+    """Raise what a person can act on for `exc` (runtime.plain_failure), else `exc` itself."""
+    plain = runtime.plain_failure(exc, dept)
+    if plain is not None:
+        raise plain from exc
+    raise exc
+
+
+def migrate_body(department_file: str, users: list[str] | None = None, ignore_window: bool = False,
+                 via: Here | None = None) -> dict:
     """Move a department: discover → extract → convert → load → verify → report.
 
     Run again, it is the delta pass: only new and changed items move, and items deleted at the
@@ -281,12 +356,11 @@ def migrate(department_file: str, users: list[str] | None = None, ignore_window:
     def choose(dept, ledger, run_id, waiting):
         found = discover(dept, ledger, run_id, users)
         return {owner: ids for owner, ids in found.todo.items() if owner not in waiting}, found.as_dict()
-    return _execute(str(Path(department_file).resolve()), "migrate", ignore_window, choose, users)
+    return _execute(str(Path(department_file).resolve()), "migrate", ignore_window, choose, users, via)
 
 
-@flow(name="umstieg-rerun")
-def rerun(department_file: str, batch: int | None = None, error_class: str | None = None,
-          user: str | None = None, ignore_window: bool = False) -> dict:
+def rerun_body(department_file: str, batch: int | None = None, error_class: str | None = None,
+               user: str | None = None, ignore_window: bool = False, via: Here | None = None) -> dict:
     """Retry exactly the failed items that match every given filter; nothing else runs."""
     def choose(dept, ledger, run_id, waiting):
         # a user who must wait keeps their failures (and reasons) for a rerun that can reach them
@@ -298,13 +372,13 @@ def rerun(department_file: str, batch: int | None = None, error_class: str | Non
             todo.setdefault(item.owner, []).append(item.id)
         return todo, {"rerun": len(items)}
     return _execute(str(Path(department_file).resolve()), "rerun", ignore_window, choose,
-                    [user] if user else None)
+                    [user] if user else None, via)
 
 
-@flow(name="umstieg-assess")
-def assess(department_file: str) -> dict:
+def assess_body(department_file: str, via: Here | None = None) -> dict:
     """Inventory every source of the department (no data moves) and write the assessment."""
     from reports.migration import write_assessment
+    via = via or Here()
     dept = runtime.department(str(Path(department_file).resolve()))
     problems = check_department(dept)
     listing: list[tuple[str, object]] = []
@@ -320,17 +394,42 @@ def assess(department_file: str) -> dict:
                 continue
             if cfg.type == "folder" and (cfg.root / folder).is_dir():
                 scan_folders.append((cfg.name, user.source, cfg.root / folder))
-    result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders)
-    artifacts.publish_markdown(dept, "assessment", Path(result["markdown"]))
+    try:
+        result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders)
+    except Exception as exc:
+        _raise_plainly(exc, dept)
+    via.publish_markdown(dept, "assessment", Path(result["markdown"]))
     return result
 
 
-@flow(name="umstieg-report")
-def report(department_file: str) -> str:
+def report_body(department_file: str, via: Here | None = None) -> str:
     """Write a snapshot of the department's status from its ledger now (as `umstieg report` does)
-    and show it in Prefect; nothing moves."""
+    and show it where operators look; nothing moves."""
     from reports.migration import department_status, write_status_report
+    via = via or Here()
     dept = runtime.department(str(Path(department_file).resolve()))
-    path = write_status_report(dept, department_status(dept, runtime.ledger(dept)))
-    artifacts.publish_markdown(dept, "status", path)
+    try:
+        path = write_status_report(dept, department_status(dept, runtime.ledger(dept)))
+    except Exception as exc:
+        _raise_plainly(exc, dept)
+    via.publish_markdown(dept, "status", path)
     return str(path)
+
+
+_BODIES = {"migrate": migrate_body, "rerun": rerun_body, "assess": assess_body, "report": report_body}
+
+
+def orchestrated(dept: Department) -> bool:
+    """Whether this department's runs from here go through Prefect: when a Prefect server is
+    configured (runtime.prefect_configured), or its chunks run on a Dask cluster."""
+    return dept.cluster is not None or runtime.prefect_configured()
+
+
+def run_flow(name: str, department_file: str | Path, **params):
+    """Run the department flow `name` (migrate, rerun, assess, report) as this machine is set up:
+    as the Prefect flow when `orchestrated`, else here, with no server (see the module's
+    docstring). The commands and the dashboard's reruns come through here."""
+    department_file = str(Path(department_file).resolve())
+    if orchestrated(runtime.department(department_file)):
+        return getattr(sys.modules[__name__], name)(department_file, **params)
+    return _BODIES[name](department_file, **params)

@@ -248,7 +248,7 @@ def _batches(dept_file):
 
 
 def test_a_source_limit_of_one_runs_one_chunk_at_a_time(tmp_path):
-    from flows.migrate import migrate
+    from flows.migrate import migrate_body as migrate
     dept_file = text_department(tmp_path, limits={"chunk_size": 1, "source": 1})
     summary = migrate(str(dept_file))
     assert summary["this_run"] == {"verified": 18}
@@ -260,7 +260,7 @@ def test_a_source_limit_of_one_runs_one_chunk_at_a_time(tmp_path):
 
 def test_a_run_outside_its_window_moves_nothing_unless_told(tmp_path, monkeypatch):
     from flows import limits
-    from flows.migrate import migrate
+    from flows.migrate import migrate_body as migrate
     dept_file = text_department(tmp_path, schedule={"timezone": "Europe/Berlin", "window_start": "19:00",
                                                     "window_end": "06:00"})
     monkeypatch.setattr(limits, "clock", lambda zone: at(12).astimezone(zone))
@@ -273,7 +273,7 @@ def test_a_run_outside_its_window_moves_nothing_unless_told(tmp_path, monkeypatc
 
 def test_when_the_window_closes_no_chunk_starts_and_the_next_run_goes_on(tmp_path, monkeypatch):
     from flows import limits
-    from flows.migrate import migrate
+    from flows.migrate import migrate_body as migrate
     dept_file = text_department(tmp_path, schedule={"timezone": "Europe/Berlin", "window_start": "19:00",
                                                     "window_end": "06:00"})
     asked = []

@@ -1,4 +1,8 @@
-"""The `umstieg` command line: the Typer app; each command lives in umstieg/commands/."""
+"""The `umstieg` command line: the Typer app; each command lives in umstieg/commands/.
+
+Start-up counts (a delta pass with nothing to do must finish in a few seconds): the commands
+import what they need when they run, not here.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,31 @@ import sys
 
 import typer
 
+from umstieg import console
 from umstieg.commands import department
 from umstieg.commands.convert import convert
 from umstieg.commands.scan import scan
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Move a public administration from Microsoft to open source, and prove nothing was lost.")
+
+class _App(typer.Typer):
+    """Typer, with failures told in words a person can act on (umstieg.console.tell_failure)
+    instead of a traceback, whichever command they come from."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - SystemExit and Ctrl-C pass as they are
+            sys.exit(console.tell_failure(exc))
+
+
+app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+           help="Move a public administration from Microsoft to open source, and prove nothing was lost.")
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log what the pool does")) -> None:
+def main(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                      help="log what the pool and the flows do; show tracebacks")) -> None:
+    console.verbose = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
