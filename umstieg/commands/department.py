@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.errors import ConfigError, FatalError
+from core.errors import ConfigError
 from core.messages import clip
 from rich.markup import escape
 
@@ -22,16 +22,29 @@ __all__ = ["register"]
 DeptFile = typer.Argument(..., exists=True, dir_okay=False, help="the department file (YAML)")
 
 
+def _start(name: str, dept, department_file: Path, **params):
+    """Run the department flow `name` as this machine is set up (flows.migrate.run_flow): here,
+    with no server and without importing Prefect, unless a Prefect server is configured or the
+    department's chunks run on a Dask cluster."""
+    from flows.migrate import orchestrated, run_flow
+    if orchestrated(dept):
+        _quiet_prefect()
+    return run_flow(name, department_file, **params)
+
+
 def _quiet_prefect() -> None:
     """Prefect's own logs and telemetry stay out of the operator's terminal (unless -v); a run
-    killed outright does not leave Prefect's temporary server behind (flows.sentinel)."""
+    killed outright does not leave a Prefect temporary server behind (flows.sentinel)."""
     import logging
+    from flows.runtime import prefect_configured
     from flows.sentinel import guard
-    guard()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not prefect_configured():           # a Dask department without a server: Prefect starts its own
+        guard()
     if logging.getLogger().level > logging.INFO:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+        if not prefect_configured():       # a team's server keeps the run's logs
+            os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
 
 
 def _load(department_file: Path):
@@ -128,14 +141,12 @@ def _print_summary(summary: dict) -> None:
 
 
 def _run_flow(dept, call) -> dict:
+    """`call()` with the run's progress shown meanwhile; its failures are told by umstieg.cli."""
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_progress, args=(dept, stop), daemon=True)
     watcher.start()
     try:
         return call()
-    except (ConfigError, FatalError) as exc:
-        print_error(exc)
-        raise typer.Exit(2) from exc
     finally:
         stop.set()
         watcher.join(5)
@@ -151,10 +162,8 @@ def run(department_file: Path = DeptFile,
     Run it again for the delta pass: only new and changed items move.
     """
     dept = _load(department_file)
-    _quiet_prefect()
-    from flows.migrate import migrate
-    summary = _run_flow(dept, lambda: migrate(str(department_file), users=user or None,
-                                                 ignore_window=ignore_window))
+    summary = _run_flow(dept, lambda: _start("migrate", dept, department_file, users=user or None,
+                                             ignore_window=ignore_window))
     _print_summary(summary)
     console.print(f"Report: [bold]{summary['report']}[/bold]; target: [bold]{dept.target.root}[/bold]")
     failed = summary["totals"].get("failed", 0)
@@ -187,10 +196,8 @@ def rerun(department_file: Path = DeptFile,
 ) -> None:
     """Retry exactly the failed items that match the filters; nothing else runs."""
     dept = _load(department_file)
-    _quiet_prefect()
-    from flows.migrate import rerun as rerun_flow
-    summary = _run_flow(dept, lambda: rerun_flow(str(department_file), batch=batch, error_class=error_class,
-                                                 user=user, ignore_window=ignore_window))
+    summary = _run_flow(dept, lambda: _start("rerun", dept, department_file, batch=batch, error_class=error_class,
+                                             user=user, ignore_window=ignore_window))
     console.print(f"{summary['delta'].get('rerun', 0)} failed item(s) retried")
     _print_summary(summary)
     _print_stopped(summary, department_file)
@@ -210,6 +217,12 @@ def _status(dept) -> dict:
     try:
         ledger.migrate()
         return department_status(dept, ledger)
+    except Exception as exc:
+        from flows.runtime import plain_failure
+        plain = plain_failure(exc, dept)          # a refused login, a database gone, a full disk
+        if plain is None:
+            raise
+        raise plain from exc
     finally:
         ledger.close()
 
@@ -239,10 +252,8 @@ def report(department_file: Path = DeptFile) -> None:
 
 def assess(department_file: Path = DeptFile) -> None:
     """Inventory the department's sources (nothing moves) and estimate the conversion time."""
-    _load(department_file)                    # a bad department file stops here, with its errors
-    _quiet_prefect()
-    from flows.migrate import assess as assess_flow
-    result = assess_flow(str(department_file))
+    dept = _load(department_file)             # a bad department file stops here, with its errors
+    result = _start("assess", dept, department_file)
     for problem in result["problems"]:
         console.print(f"[yellow]problem:[/yellow] {problem}")
     console.print(f"{result['items']} item(s), {result['bytes'] / 2**20:.1f} MiB, "
