@@ -34,6 +34,48 @@ __all__ = ["Department", "User", "FolderSource", "SmbSource", "S3Source", "OneDr
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*")
+    @classmethod
+    def _no_secret_in_url(cls, value, info):
+        """Every URL of a department file (ledger, servers, identity platforms, clusters) is refused
+        when it carries a literal secret: a password in its user part, or a query parameter named
+        like one (`password=`, `token=`, `sig=`, …). Secrets go in their own fields, as references."""
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and "://" in text:
+                why = literal_secret_in_url(text, database=info.field_name == "ledger")
+                if why:
+                    where = ("give the password as `ledger_password: env:NAME`" if info.field_name == "ledger"
+                             else "give the secret in the field meant for it, as a reference (`env:NAME`)")
+                    raise ValueError(f"{why}: a secret is never written in the file; remove it from the URL and "
+                                     f"{where}")
+        return value
+
+
+#: Query parameters that carry a secret (passwords, tokens, signatures of pre-signed URLs, API keys).
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|signature|^sig$|api_?key|credential", re.IGNORECASE)
+
+
+def literal_secret_in_url(url: str, database: bool = False) -> str | None:
+    """What literal secret `url` carries (never the secret itself), or None. A `database` URL is
+    read as SQLAlchemy reads it (its password runs to the last `@` and may hold a `/`)."""
+    from urllib.parse import parse_qsl, urlsplit
+    try:
+        if database:
+            from sqlalchemy.engine import make_url
+            u = make_url(url)
+            password, query = u.password, list(u.query)
+        else:
+            parts = urlsplit(url)
+            password, query = parts.password, [n for n, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    except (ValueError, TypeError):
+        return None                    # not a URL these readers understand: the field's own checks say why
+    if password:
+        return "the URL holds a password (user:password@)"
+    for name in query:
+        if _SECRET_PARAMETER.search(name):
+            return f"the URL holds a secret in its query parameter {name!r}"
+    return None
+
 
 class SecretRef(str):
     """A reference to a secret: `env:NAME` or `prefect-secret:BLOCK`; never the secret itself."""

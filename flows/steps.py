@@ -40,6 +40,7 @@ from sinks.twins import NamePlan
 from sources.fileshare import FolderShare, odf_stem
 
 __all__ = ["Discovery", "discover", "process_chunk", "with_retries", "pending_items", "select_failed", "reset_for_rerun",
+           "relist_unlisted",
            "source_of", "target_of", "targets_of", "sink_for", "NoTarget", "TARGET_FIELD"]
 
 log = logging.getLogger("umstieg.flows")
@@ -141,7 +142,7 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
             source = source_of(dept, src_cfg.name)
             refs = listings[src_cfg.name]
             siblings = Counter((str(PurePosixPath(r.location).parent), PurePosixPath(r.location).stem)
-                               for r in refs)
+                               for r in refs if not (r.meta or {}).get("skipped"))
             seen: set[str] = set()
             moved_away: list[tuple[str, str]] = []  # (kind, target copy) at a place the source no longer has
             naming: list[Item] = []                 # new or moved files: their target names are decided below
@@ -161,7 +162,8 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                         s.add(item)
                         found.new[user.source] += 1
                         relocated = True
-                    elif item.version != ref.version or item.removed_at_source or item.location != ref.location:
+                    elif item.version != ref.version or item.removed_at_source or item.location != ref.location \
+                            or (item.state == State.FAILED.value and item.reason == "changed_at_source"):
                         relocated = item.location != ref.location
                         if relocated:                       # moved or renamed at the source (same key)
                             if item.target_ref and dept.delete_at_target:
@@ -179,7 +181,11 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                         item.change = "unchanged"
                         found.unchanged[user.source] += 1
                         continue
-                    if ref.kind is Kind.FILE and _skipped_name(dept, ref.location):
+                    if ref.kind is Kind.FILE and (ref.meta or {}).get("skipped"):
+                        # a link, FIFO, socket or device: listed so that a person sees it was not moved
+                        item.state, item.reason, item.message = State.SKIPPED.value, ref.meta["skipped"], \
+                            ref.meta.get("why")
+                    elif ref.kind is Kind.FILE and _skipped_name(dept, ref.location):
                         item.state, item.reason = State.SKIPPED.value, "skipped_name"
                         item.message = "matches the department's skip patterns (lock file or system cache)"
                     elif ref.kind is Kind.FILE and relocated:
@@ -192,6 +198,12 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                 for item in gone:
                     item.removed_at_source, item.change, item.run_id = True, "removed", run_id
                     found.removed[user.source] += 1
+                    if (item.meta or {}).get("unlisted") and item.state in (State.FAILED.value,
+                                                                               State.DISCOVERED.value):
+                        # the placeholder of a folder that lists again (its files are items of their
+                        # own now) or is gone: nothing is left failed for it
+                        item.state, item.reason = State.SKIPPED.value, "listed_again"
+                        item.message = "the folder could be listed again (or is gone); its files are items of their own"
                 s.flush()
             for kind, ref in moved_away:
                 target_of(dept, kind).remove(ref)
@@ -235,15 +247,22 @@ def _decide_names(dept: Department, s, target_owner: str, source: str, items: li
             converted = conversion == Outcome.CONVERTED.value or _converts(dept, location)
             plan.keep(location, path or location, stem if converted else None)
     ordered = sorted(items, key=lambda i: (unicodedata.normalize("NFC", i.location) != i.location, i.location))
-    decided = plan.plain_many([i.location for i in ordered])
+    decided = plan.plain_many([_spelling(i) for i in ordered])
     for item in ordered:
-        item.target_path, item.renamed = decided[item.location]
+        item.target_path, item.renamed = decided[_spelling(item)]
+        item.renamed = item.renamed or (item.meta or {}).get("renamed")    # e.g. undecodable_name
     for item in ordered:
         if _converts(dept, item.location):
-            item.target_stem, why = plan.converted(item.location, item.target_path, item.target_stem)
+            item.target_stem, why = plan.converted(_spelling(item), item.target_path, item.target_stem)
             item.renamed = item.renamed or why
         else:       # should its content still make it an ODF copy, that copy keeps the whole name
             item.target_stem = item.target_path
+
+
+def _spelling(item: Item) -> str:
+    """The name a file is to land as before twins are told apart: its location, or for a name
+    whose bytes are not UTF-8 the decoded name its source gives (`latin1-\\xe4.txt` → `latin1-ä.txt`)."""
+    return (item.meta or {}).get("decoded_name") or item.location
 
 
 def _skipped_name(dept: Department, location: str) -> bool:
@@ -273,6 +292,29 @@ def select_failed(ledger: Ledger, department: str, batch: int | None = None, err
         q = q.where(Item.owner == owner)
     with ledger.session() as s:
         return list(s.scalars(q.order_by(Item.id)))
+
+
+def relist_unlisted(dept: Department, ledger: Ledger, run_id: int, items: list[Item]) -> dict[str, list[int]]:
+    """List again the users of the folders that could not be listed (the placeholders, reason
+    `unlisted_folder`, among the failed `items` a rerun takes), so that a rerun after the cause is
+    fixed moves what those folders hold: {owner: ids of the items now found in them}. A folder that
+    lists now has its placeholder closed (`listed_again`); one that still does not stays failed."""
+    folders: dict[str, set[str]] = {}
+    for item in items:
+        if item.reason == "unlisted_folder" and item.location.endswith("/"):
+            folders.setdefault(item.owner, set()).add(item.location)
+    if not folders:
+        return {}
+    discover(dept, ledger, run_id, list(folders))
+    found: dict[str, list[int]] = {}
+    with ledger.session() as s:
+        for owner, locations in folders.items():
+            whole = "./" in locations               # the top of the user's folder itself
+            rows = s.execute(select(Item.id, Item.location).where(
+                Item.department == dept.name, Item.owner == owner, Item.removed_at_source.is_(False),
+                Item.state.in_([State.DISCOVERED, State.EXTRACTED, State.CONVERTED, State.LOADED])))
+            found[owner] = [i for i, loc in rows if whole or loc.startswith(tuple(locations))]
+    return found
 
 
 def reset_for_rerun(ledger: Ledger, ids: list[int], run_id: int) -> None:
@@ -469,10 +511,12 @@ def _extract(dept: Department, ledger: Ledger, item: Item) -> Item:
         user = dept.user(item.owner)
     except (KeyError, StopIteration) as exc:
         raise ItemError(f"source {item.source!r} or user {item.owner!r} is no longer in the department file") from exc
-    staged = _staging(dept, item) / "source" / PurePosixPath(item.location).name
+    staged = _staging(dept, item) / "source" / PurePosixPath(item.target_path or item.location).name
     if staged.parent.exists():
         shutil.rmtree(staged.parent)
-    size, mtime = source.extract(user.folder_in(item.source), item.location, staged, key=item.key)
+    # sources that can tell a swapped file from the one they listed get what they listed
+    listed = {"listed": item.meta or {}} if getattr(source, "compares_with_listing", False) else {}
+    size, mtime = source.extract(user.folder_in(item.source), item.location, staged, key=item.key, **listed)
     digest = sha256_file(staged)
     if mtime is not None:
         item.meta = {**(item.meta or {}), "mtime": mtime}

@@ -39,7 +39,12 @@ RENAME_REASONS = {
                  "case-insensitive targets",
     "converted_clash": "converted-name clash: the name its copy would get was another file's",
     "same_name": "same name: another source user merged into this account has a file of that name",
+    "undecodable_name": "the name's bytes at the source are not UTF-8 (shown with \\xNN escapes): decoded as "
+                        "Windows-1252",
 }
+
+#: Reasons of entries a source lists but umstieg does not move (core.localtree): a person decides.
+NOT_MOVED_REASONS = ("skipped_link", "skipped_fifo", "skipped_socket", "skipped_device", "skipped_special")
 
 
 def reports_dir(dept: Department) -> Path:
@@ -74,6 +79,7 @@ def department_status(dept: Department, ledger: Ledger) -> dict:
                                                                     Item.fidelity_verdict.isnot(None))
             .group_by(Item.fidelity_verdict)).all())
         batches, batch_count = _failed_batches(s, dept)
+        not_moved = _not_moved(s, dept)
         last_failures = _failures_of_run(s, dept, last_run.id) if last_run else {}
     states = [s.value for s in State]
     table = [{"user": u, **{st: users[u].get(st, 0) for st in states}, "total": sum(users[u].values())}
@@ -88,12 +94,24 @@ def department_status(dept: Department, ledger: Ledger) -> dict:
             "sharing": sharing_status(dept, ledger), "failures": failures,
             "failed_batches": batches, "failed_batch_count": batch_count, "fidelity": fidelity,
             "conversions": conversions, "removed_at_source": removed["count"], "removed_totals": removed,
-            "renamed": renamed_files(dept, ledger), "needs_a_person": needs_person,
+            "renamed": renamed_files(dept, ledger), "needs_a_person": needs_person, "not_moved": not_moved,
             "last_run": {"id": last_run.id, "flow": last_run.flow, "status": last_run.status,
                          "started": last_run.started.isoformat(),
                          "finished": last_run.finished.isoformat() if last_run.finished else None,
                          "failures": last_failures}
             if last_run else None}
+
+
+def _not_moved(s, dept: Department, limit: int = REPORT_LIST_LIMIT) -> dict:
+    """Entries of a source that were listed but not moved (links, FIFOs, sockets, devices): how
+    many, and the first `limit` with user, path and why."""
+    where = (Item.department == dept.name, Item.state == State.SKIPPED.value, Item.reason.in_(NOT_MOVED_REASONS),
+             Item.removed_at_source.is_(False))
+    count = s.scalar(select(func.count(Item.id)).where(*where)) or 0
+    items = [{"owner": o, "path": p, "reason": r, "message": m} for o, p, r, m in s.execute(
+        select(Item.owner, Item.location, Item.reason, Item.message).where(*where)
+        .order_by(Item.owner, Item.location).limit(limit))]
+    return {"count": count, "items": items}
 
 
 def _removed_at_target():
@@ -329,8 +347,8 @@ def _status_sections(dept: Department, summary: dict) -> list[str]:
         lines += _waiting_section(summary)
     if renamed := (summary.get("renamed") or {}).get("items"):
         lines += ["## Renamed at the target", "",
-                  "These files would have been one file with another at the target; each got a name of its "
-                  "own, kept in the ledger, so that nothing overwrote anything and later runs use the same name.",
+                  "These files land under another name than at the source, for the reason in the last column; "
+                  "the name is kept in the ledger, so that nothing overwrote anything and later runs use the same name.",
                   "", "| user | name at the source | name at the target | why |", "|---|---|---|---|"]
         lines += [f"| {r['owner']} | {_cell(r['source'])} | {_cell(r['target'])} | "
                   f"{_cell(RENAME_REASONS.get(r['reason'], r['reason']))} |" for r in renamed]
@@ -371,6 +389,16 @@ def _status_sections(dept: Department, summary: dict) -> list[str]:
         lines += ["## Fidelity verdicts", "", "| verdict | documents |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(summary["fidelity"].items(),
                                                       key=lambda kv: (order.get(kv[0], 99), kv[0]))] + [""]
+    if not_moved := (summary.get("not_moved") or {}).get("items"):
+        lines += ["## Not moved: links and special files, a person should look at these", "",
+                  "The source holds these entries, but they are not files with data: links are never followed "
+                  "(one could lead outside the user's folder), pipes, sockets and devices hold nothing to move.",
+                  "", "| user | path | why |", "|---|---|---|"]
+        lines += [f"| {n['owner']} | {_cell(n['path'])} | {_cell(n['message'] or n['reason'], 300)} |"
+                  for n in not_moved]
+        more = summary["not_moved"]["count"] - len(not_moved)
+        lines += (["", f"… and {more} more (`umstieg status --json` lists the first {len(not_moved)})."] if more > 0 else [])
+        lines.append("")
     if summary.get("needs_a_person"):
         lines += ["## Moved unconverted: a person should look at these", "", "| user | path | why |", "|---|---|---|"]
         lines += [f"| {n['owner']} | {_cell(n['path'])} | {_cell(n['message'] or n['conversion'], 300)} |"

@@ -5,6 +5,8 @@ Later sources (SMB through smbprotocol, S3, OneDrive) offer the same three opera
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
 import shutil
 from collections import Counter
@@ -16,6 +18,7 @@ from typing import BinaryIO
 from core.department import FolderSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
+from core.localtree import Entry, is_plain, open_file, open_root, raw_of, target_name, walk
 
 __all__ = ["FolderShare", "odf_stem"]
 
@@ -52,73 +55,108 @@ class FolderShare:
                 for f in folders if not (root / f).is_dir()]
 
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
-        """Every file in the user's folder, with mtime+size as its version.
+        """Every entry of the user's folder: files with mtime+size as their version, and every entry
+        that is not moved (links, FIFOs, sockets, devices) with the reason, so that nothing is left
+        out unseen (the flow records those as skipped).
+
+        The tree is walked through directory handles without following a link (core.localtree):
+        a link never leads discovery out of the user's folder. Keys and locations spell names of
+        any bytes without loss (`latin1-\\xe4.txt`); a name that is not UTF-8 carries the name it
+        lands as (`decoded_name`, `latin1-ä.txt`) and the reason `undecodable_name`.
 
         A user folder that is missing or cannot be read raises ItemError (the user waits: an
         unmounted share must not look like a user who deleted everything). A sub-folder that
         cannot be listed is one item of its own, `<path>/`, whose extraction fails with the reason
         `unlisted_folder`: it shows in the report, and what was found in it before is not taken
         for deleted."""
-        base = self.config.root / folder
         try:
-            os.listdir(base)
+            top = open_root(self.config.root, folder)
         except OSError as exc:
-            raise ItemError(f"source {self.name}: the folder of {owner} cannot be read ({base}: "
-                            f"{exc.strerror or exc})") from exc
-        pending = [base]
-        while pending:
-            current = pending.pop()
-            rel_dir = current.relative_to(base).as_posix() if current != base else ""
+            raise ItemError(f"source {self.name}: the folder of {owner} cannot be read "
+                            f"({self.config.root / folder}: {_reason(exc)})") from exc
+        try:
             try:
-                with os.scandir(current) as it:
-                    entries = sorted(it, key=lambda e: e.name)
+                entries = walk(top)
+                first = next(entries, None)
             except OSError as exc:
-                location = f"{rel_dir}/"
-                yield ItemRef(source=self.name, key=f"{owner}/{location}", kind=Kind.FILE, owner=owner,
-                              location=location, version=f"unlisted:{exc.errno}", size=None,
-                              meta={"unlisted": exc.strerror or str(exc)})
-                continue
-            subdirs = []
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        subdirs.append(Path(entry.path))
-                        continue
-                    if not entry.is_file(follow_symlinks=False):
-                        continue                       # links, sockets, devices
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue                           # vanished between listing and stat
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                yield ItemRef(source=self.name, key=f"{owner}/{rel}", kind=Kind.FILE, owner=owner,
-                              location=rel, version=f"{st.st_mtime_ns}:{st.st_size}", size=st.st_size,
-                              meta={"mtime": st.st_mtime})
-            pending.extend(reversed(subdirs))          # depth first, in name order
+                raise ItemError(f"source {self.name}: the folder of {owner} cannot be read "
+                                f"({self.config.root / folder}: {_reason(exc)})") from exc
+            if first is None:
+                return
+            for entry in itertools.chain([first], entries):
+                yield self._ref(owner, entry)
+        finally:
+            os.close(top)
+
+    def _ref(self, owner: str, entry: Entry) -> ItemRef:
+        location = entry.key
+        meta: dict = {}
+        if not is_plain(entry.raw):
+            meta.update(decoded_name=target_name(entry.raw), renamed="undecodable_name")
+        if entry.kind == "unlisted":
+            location += "/"
+            return ItemRef(source=self.name, key=f"{owner}/{location}", kind=Kind.FILE, owner=owner,
+                           location=location, version=f"unlisted:{entry.error}"[:200], size=None,
+                           meta={**meta, "unlisted": entry.error})
+        if entry.kind == "file":
+            return ItemRef(source=self.name, key=f"{owner}/{location}", kind=Kind.FILE, owner=owner,
+                           location=location, version=f"{entry.mtime_ns}:{entry.size}", size=entry.size,
+                           meta={**meta, "mtime": entry.mtime_ns / 1e9, "inode": entry.identity})
+        reason, why = entry.why_skipped()
+        return ItemRef(source=self.name, key=f"{owner}/{location}", kind=Kind.FILE, owner=owner, location=location,
+                       version=f"{entry.kind}:{entry.mtime_ns}:{entry.link_target or ''}"[:200], size=None,
+                       meta={**meta, "skipped": reason, "why": why})
 
     def path_of(self, folder: str, location: str) -> Path:
         return self.config.root / folder / location
 
-    def extract(self, folder: str, location: str, dst: Path, key: str | None = None) -> tuple[int, float]:
-        """Copy one file's bytes to `dst` (bounded memory); returns (size, mtime)."""
+    #: extract() compares what it opens with what discovery listed (`listed`: the item's meta)
+    compares_with_listing = True
+
+    def extract(self, folder: str, location: str, dst: Path, key: str | None = None,
+                listed: dict | None = None) -> tuple[int, float]:
+        """Copy one file's bytes to `dst` (bounded memory); returns (size, mtime).
+
+        The file is opened below the user's folder one component at a time without following a
+        link, and must be the regular file discovery saw (`listed["inode"]`): a file swapped for a
+        link (to `/etc/passwd`, to a colleague's folder), a FIFO or another file since is
+        `changed_at_source`, nothing is read, and the next run lists it again."""
         if location.endswith("/"):
             raise _Unlisted(f"the folder {location} could not be listed at the source; fix its permissions "
                             "and run again")
-        src = self.path_of(folder, location)
+        if (listed or {}).get("skipped"):
+            raise ItemError(f"{location} is not a regular file at the source: {listed.get('why')}")
         try:
-            with open(src, "rb") as fin:
-                st = os.fstat(fin.fileno())
-                _copy_stream(fin, dst)
+            top = open_root(self.config.root, folder)
+        except OSError as exc:
+            raise ItemError(f"the folder of this user cannot be opened at the source ({_reason(exc)})") from exc
+        try:
+            fin = open_file(top, raw_of(location), (listed or {}).get("inode"))
         except FileNotFoundError as exc:
             raise ItemError(f"the file vanished at the source: {location}") from exc
         except PermissionError as exc:
             raise ItemError(f"permission denied at the source: {location}") from exc
         except OSError as exc:
             raise ItemError(f"cannot read {location} at the source: {exc.strerror or exc}") from exc
+        finally:
+            os.close(top)
+        try:
+            with fin:
+                st = os.fstat(fin.fileno())
+                _copy_stream(fin, dst)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise   # our own disk (the staged copy), not the source: the flow decides (a full disk is fatal)
+            raise ItemError(f"cannot read {location} at the source: {exc.strerror or exc}") from exc
         return st.st_size, st.st_mtime
 
 
 class _Unlisted(ItemError):
     reason = "unlisted_folder"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _copy_stream(fin: BinaryIO, dst: Path) -> None:
