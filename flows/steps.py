@@ -246,11 +246,18 @@ def _decide_names(dept: Department, s, target_owner: str, source: str, items: li
                 continue
             converted = conversion == Outcome.CONVERTED.value or _converts(dept, location)
             plan.keep(location, path or location, stem if converted else None)
-    ordered = sorted(items, key=lambda i: (unicodedata.normalize("NFC", i.location) != i.location, i.location))
-    decided = plan.plain_many([_spelling(i) for i in ordered])
+    # names whose bytes had to be decoded come last: a real `latin1-ä.txt` keeps its name
+    ordered = sorted(items, key=lambda i: ("decoded_name" in (i.meta or {}),
+                                           unicodedata.normalize("NFC", i.location) != i.location, i.location))
+    first: dict[str, Item] = {}
     for item in ordered:
-        item.target_path, item.renamed = decided[_spelling(item)]
-        item.renamed = item.renamed or (item.meta or {}).get("renamed")    # e.g. undecodable_name
+        first.setdefault(_spelling(item), item)
+    decided = plan.plain_many(list(first))
+    for item in ordered:
+        spelling = _spelling(item)
+        # a decoded name that spells another file's name is numbered like any twin
+        item.target_path, item.renamed = decided[spelling] if first[spelling] is item else plan.plain(spelling)
+        item.renamed = (item.meta or {}).get("renamed") or item.renamed    # undecodable_name says why first
     for item in ordered:
         if _converts(dept, item.location):
             item.target_stem, why = plan.converted(_spelling(item), item.target_path, item.target_stem)
