@@ -41,8 +41,8 @@ from core.ledger import HEARTBEAT, Item, Ledger
 from core.settings import usable_cpus
 from flows import runtime
 from flows.limits import Chunk, ChunkGate, Window, host_of
-from flows.steps import (TARGET_FIELD, discover, process_chunk, reset_for_rerun, select_failed, source_of,
-                         targets_of, with_retries)
+from flows.steps import (TARGET_FIELD, discover, process_chunk, relist_unlisted, reset_for_rerun, select_failed,
+                         source_of, targets_of, with_retries)
 from reports.migration import run_summary, write_run_report
 
 __all__ = ["migrate", "rerun", "assess", "report", "check_department", "stopped_users", "task_runner_for",
@@ -366,10 +366,14 @@ def rerun_body(department_file: str, batch: int | None = None, error_class: str 
         # a user who must wait keeps their failures (and reasons) for a rerun that can reach them
         items = [i for i in select_failed(ledger, dept.name, batch=batch, error_class=error_class, owner=user)
                  if i.owner not in waiting]
+        # folders that could not be listed are listed again: what they hold now joins the rerun
+        relisted = relist_unlisted(dept, ledger, run_id, items)
         reset_for_rerun(ledger, [i.id for i in items], run_id)
         todo: dict[str, list[int]] = {}
         for item in items:
             todo.setdefault(item.owner, []).append(item.id)
+        for owner, ids in relisted.items():
+            todo[owner] = sorted(set(todo.get(owner, [])) | set(ids))
         return todo, {"rerun": len(items)}
     return _execute(str(Path(department_file).resolve()), "rerun", ignore_window, choose,
                     [user] if user else None, via)
