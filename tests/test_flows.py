@@ -428,8 +428,10 @@ def test_a_folder_that_cannot_be_listed_is_not_taken_for_deleted(tmp_path, monke
         real_scandir = os.scandir
 
         def scandir(path):                     # the OS's answer for a dead network mount (root reads anything else)
-            if str(path).endswith("/anna/Privat"):
-                raise OSError(errno.EIO, "Input/output error", str(path))
+            # the folder source lists through directory handles: name the folder a handle is open on
+            where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else str(path)
+            if where.endswith("/anna/Privat"):
+                raise OSError(errno.EIO, "Input/output error", where)
             return real_scandir(path)
         monkeypatch.setattr(os, "scandir", scandir)
         summary = migrate(str(dept_file))
