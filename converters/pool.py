@@ -2,7 +2,11 @@
 
 One LibreOffice converts one document at a time; throughput comes from several isolated
 workers, each with its own profile and ports. The pool:
-- sniffs every file first, so encrypted, empty, corrupt and non-Office files cost no LibreOffice call;
+- sniffs every file first, so encrypted, empty and non-Office files cost no LibreOffice call;
+- never refuses what LibreOffice reads: a document its sniffed import filter does not load is tried
+  again with LibreOffice's package repair (ZIP packages) and then with LibreOffice's own type
+  detection; damaged files sniffing found are given to LibreOffice's repair before they are called
+  unreadable (see `_loads`);
 - bounds every conversion by a timeout, kills a worker that hangs or dies, starts a fresh one,
   and retries the document once before recording `timeout` or `crashed`;
 - recycles each local worker after a number of conversions, because LibreOffice's memory only grows;
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -25,17 +30,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.digests import sha256_file
 from core.errors import ConfigError, FatalError, ItemError
 from core.outcomes import Outcome
 from core.settings import ConversionSettings
-from converters.formats import OfficeFormat
+from converters.formats import DETECT, OfficeFormat
 from converters.odf import check_package
 from converters.result import ConversionResult
-from converters.sniff import sniff
-from converters.workers import (ConversionRefused, LocalWorker, RemoteWorkerHandle, Worker, WorkerDied,
+from converters.sniff import Sniffed, sniff
+from converters.workers import (LOAD_REPORT, ConversionRefused, LocalWorker, RemoteWorkerHandle, Worker, WorkerDied,
                                 WorkerOutOfMemory, WorkerTimeout, find_worker_python, kill_all_workers)
 
 __all__ = ["ConverterPool", "atomic_copy"]
@@ -251,17 +257,19 @@ class ConverterPool:
             sniffed = sniff(src)
             fmt = sniffed.format
             result.format = fmt.name if fmt else None
-            if sniffed.outcome is not None or fmt is None:
+            if sniffed.final or fmt is None:
                 result.outcome = sniffed.outcome or Outcome.UNSUPPORTED
-                result.message = sniffed.reason
+                result.message = sniffed.reason + _ADVICE.get(result.outcome, "")
             else:
                 result.target = fmt.target
                 result.sha256 = sha256 or sha256_file(src)
                 dst = Path(dst_dir) / f"{stem}.{fmt.target}"
-                if fmt.is_odf:
-                    self._pass_through(src, dst, result)
+                if fmt.is_odf and not sniffed.libreoffice_decides:
+                    problems = self._pass_through(src, dst, result)
+                    if problems:        # LibreOffice may still read (and repair) the package
+                        self._convert_office(src, dst, fmt, result, sniffed, problems="; ".join(problems[:3]))
                 else:
-                    self._convert_office(src, dst, fmt, result)
+                    self._convert_office(src, dst, fmt, result, sniffed)
         except _OutputFailed as exc:
             result.outcome, result.output, result.output_bytes = _OUTPUT_FAILED, None, None
             result.message = (f"could not write the output {exc}; the document itself is not at fault: "
@@ -303,12 +311,11 @@ class ConverterPool:
             pending.discard(future)
             yield future.result()
 
-    def _pass_through(self, src: Path, dst: Path, result: ConversionResult) -> None:
+    def _pass_through(self, src: Path, dst: Path, result: ConversionResult) -> list[str]:
+        """Copy a valid ODF package unchanged; the problems of an invalid one (nothing copied)."""
         problems = check_package(src)
         if problems:
-            result.outcome = Outcome.UNREADABLE
-            result.message = "invalid ODF package: " + "; ".join(problems[:3])
-            return
+            return problems
         try:
             atomic_copy(src, dst)
         except OSError as exc:
@@ -320,12 +327,19 @@ class ConverterPool:
         result.outcome = Outcome.PASSTHROUGH
         result.output = str(dst)
         result.message = "already OpenDocument: copied unchanged after a validity check"
+        return []
 
-    def _convert_office(self, src: Path, dst: Path, fmt: OfficeFormat, result: ConversionResult) -> None:
-        """Convert on a worker; after a timeout or crash, retry once on the worker started to replace it."""
+    def _convert_office(self, src: Path, dst: Path, fmt: OfficeFormat, result: ConversionResult,
+                        sniffed: Sniffed, problems: str | None = None) -> None:
+        """Convert on a worker, trying each of `_loads` in turn while LibreOffice refuses the document;
+        after a timeout or crash, retry once on the worker started to replace it."""
         with _writing(dst):
             dst.parent.mkdir(parents=True, exist_ok=True)
+        loads = _loads(fmt, sniffed, damaged=problems is not None)
+        load = loads.pop(0)
+        refusals: list[str] = []           # why LibreOffice refused each load tried so far
         failures: list[Outcome] = []
+        failed_on: list[str] = []          # worker of each attempt that timed out or crashed
         tried: list[str] = []              # worker of each attempt, "the freshly started …" for a retry on one
         fresh: Worker | None = None        # the replacement of the worker that just failed, kept for the retry
         while True:
@@ -347,8 +361,8 @@ class ConverterPool:
             result.attempts += 1
             result.worker = worker.id
             try:
-                worker.convert(src, tmp, fmt.import_filter, fmt.export_filter, self.settings.timeout,
-                               memory_limit=self._memory_limit)
+                worker.convert(src, tmp, load.import_filter, fmt.export_filter, self.settings.timeout,
+                               memory_limit=self._memory_limit, load_options=load.options)
             except WorkerOutOfMemory as exc:
                 # not tried again: the same document grows the next LibreOffice the same way
                 result.history.append(f"{worker.id}: too large ({exc})")
@@ -359,35 +373,50 @@ class ConverterPool:
                                   "with the memory for it and convert it again")
                 return
             except WorkerTimeout as exc:
+                failed_on.append(tried[-1])
                 failures.append(Outcome.TIMEOUT)
                 result.history.append(f"{worker.id}: timeout ({exc})")
                 fresh = self._replace(worker, "timeout", keep=len(failures) < 2)
             except WorkerDied as exc:
+                failed_on.append(tried[-1])
                 failures.append(Outcome.CRASHED)
                 result.history.append(f"{worker.id}: crashed ({exc})")
                 fresh = self._replace(worker, "crash", keep=len(failures) < 2)
             except ConversionRefused as exc:
                 self._release(worker)
-                result.outcome = Outcome.UNREADABLE
-                result.message = f"LibreOffice could not read it as {fmt.description}: {exc}"
+                refusals.append(str(exc))
+                result.history.append(f"{worker.id}: {load.describe(fmt)} refused ({exc})")
+                if loads:
+                    load = loads.pop(0)
+                    continue
+                result.outcome = sniffed.outcome if sniffed.outcome is not None else Outcome.UNREADABLE
+                result.message = _refusal_message(fmt, sniffed, result.outcome, refusals, problems)
                 return
             else:
                 self._release(worker)
                 with _writing(dst):
-                    problems = check_package(tmp) if tmp.exists() else ["LibreOffice wrote nothing"]
-                    if problems:
+                    written = check_package(tmp) if tmp.exists() else ["LibreOffice wrote nothing"]
+                    if written:
                         result.outcome = Outcome.UNREADABLE
-                        result.message = ("LibreOffice did not produce a valid ODF package: "
-                                          + "; ".join(problems[:3]))
+                        result.message = ("LibreOffice read the file but did not write a valid OpenDocument "
+                                          "package (" + "; ".join(written[:3]) + ")" + _ADVICE[Outcome.UNREADABLE])
                         return
+                    used = _load_report(tmp)
                     _publish(tmp, dst)
                     result.output_bytes = dst.stat().st_size
                 result.outcome = Outcome.CONVERTED
                 result.output = str(dst)
+                result.import_filter = used.get("filter") or load.import_filter or None
+                result.repaired = load.repair and (sniffed.repair or bool(refusals) or problems is not None)
                 result.message = f"{fmt.description} converted to .{fmt.target}"
+                if load.import_filter == DETECT:
+                    result.message += (f", read as LibreOffice recognised it ({result.import_filter})"
+                                       if result.import_filter else ", read as LibreOffice recognised it")
+                if result.repaired:
+                    result.message += "; the file was damaged and LibreOffice repaired it: check the result"
                 if failures:
                     what = "timeout" if failures[-1] is Outcome.TIMEOUT else "crash"
-                    result.message += f" on {tried[-1]} after a {what} on {tried[0]}"
+                    result.message += f" on {tried[-1]} after a {what} on {failed_on[0]}"
                 return
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -395,7 +424,7 @@ class ConverterPool:
                 result.outcome = failures[-1]
                 what = "did not finish within" if result.outcome is Outcome.TIMEOUT else "crashed LibreOffice"
                 limit = f" {self.settings.timeout:g} s" if result.outcome is Outcome.TIMEOUT else ""
-                result.message = f"{what}{limit} twice: on {tried[0]}, then on {tried[1]}"
+                result.message = f"{what}{limit} twice: on {failed_on[0]}, then on {failed_on[1]}"
                 return
 
     def render_pdf(self, src: Path, dst: Path, fmt: OfficeFormat, pages: int | None = None) -> None:
@@ -410,7 +439,8 @@ class ConverterPool:
         family = fmt.family.value
         export = {"text": "writer_pdf_Export", "spreadsheet": "calc_pdf_Export",
                   "presentation": "impress_pdf_Export"}[family]
-        import_filter = fmt.import_filter or fmt.export_filter    # ODF: writer8, calc8, impress8 (templates too)
+        # ODF: writer8, calc8, impress8 (templates too); DETECT: LibreOffice's type detection
+        import_filter = fmt.export_filter if fmt.is_odf else (fmt.import_filter or None)
         # explicit, so that the render does not depend on what a worker's profile remembers: LibreOffice's
         # PDF export falls back to the profile's last-used settings for every option not given
         options = ["ExportNotes=false", "ExportNotesInMargin=false", "ExportNotesPages=false",
@@ -573,6 +603,79 @@ class ConverterPool:
             return None
         self._install(fresh)
         return None
+
+
+#: What a person can do about a document that did not convert, by outcome.
+_ADVICE = {
+    Outcome.ENCRYPTED: ". Ask its owner for the password, or for a copy saved without one.",
+    Outcome.UNREADABLE: ". Ask its owner for an intact copy, or open it in the program that made it and save it again.",
+}
+
+
+@dataclass(frozen=True)
+class _Load:
+    """One way of asking LibreOffice to read a document."""
+
+    import_filter: str | None          # DETECT (""): LibreOffice's type detection
+    repair: bool = False               # load with RepairPackage (ZIP packages)
+    refuse_plain_text: bool = False    # a detection that finds only plain text is a refusal
+
+    @property
+    def options(self) -> dict[str, str]:
+        options = {}
+        if self.repair:
+            options["RepairPackage"] = "true"
+        if self.refuse_plain_text:
+            options["RefusePlainText"] = "true"
+        return options
+
+    def describe(self, fmt: OfficeFormat) -> str:
+        how = "with LibreOffice's type detection" if self.import_filter == DETECT else f"as {fmt.description}"
+        return f"reading {how}" + (" and repair" if self.repair else "")
+
+
+#: Containers whose bytes are text: LibreOffice reading them as plain text is a real reading.
+_TEXT_CONTAINERS = {"text", "mhtml", "html", "xml", "rtf", "sylk"}
+
+
+def _loads(fmt: OfficeFormat, sniffed: Sniffed, damaged: bool = False) -> list[_Load]:
+    """The ways LibreOffice is asked to read a document, in order, until one works.
+
+    First the import filter sniffing chose (with repair when sniffing found the package damaged);
+    then, for ZIP packages, the same filter with LibreOffice's package repair; last, no filter at
+    all: LibreOffice's own type detection, as `soffice --convert-to` does, refused when all it finds
+    is plain text in bytes that are not text (that is a page of gibberish, not a reading).
+    """
+    zipped = sniffed.container == "zip"
+    own = fmt.export_filter if fmt.is_odf else fmt.import_filter     # ODF: writer8, calc8, impress8
+    repair = sniffed.repair or damaged
+    loads = [_Load(own, repair=repair and zipped)]
+    if zipped and not repair:
+        loads.append(_Load(own, repair=True))
+    if own != DETECT:
+        loads.append(_Load(DETECT, repair=zipped, refuse_plain_text=sniffed.container not in _TEXT_CONTAINERS))
+    return loads
+
+
+def _refusal_message(fmt: OfficeFormat, sniffed: Sniffed, outcome: Outcome, refusals: list[str],
+                     problems: str | None) -> str:
+    """One plain sentence: what is wrong with a document LibreOffice did not read, and what to do."""
+    if outcome is Outcome.ENCRYPTED:
+        return (f"{sniffed.reason}: LibreOffice cannot open it without its password either"
+                + _ADVICE[Outcome.ENCRYPTED])
+    # what sniffing found wrong says more than LibreOffice's refusal (which stays in the history)
+    found = problems or (sniffed.reason if sniffed.outcome is not None else "") or (refusals[-1] if refusals else "")
+    why = f": {found}" if found else ""
+    return (f"LibreOffice cannot read this file as {fmt.description} or as any other format it knows; it is "
+            f"damaged or not what its name says{why}" + _ADVICE[Outcome.UNREADABLE])
+
+
+def _load_report(output: Path) -> dict:
+    """What a local worker wrote beside `output` about its load (import filter used); {} if nothing."""
+    try:
+        return json.loads(Path(str(output) + LOAD_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 _HANDLERS_INSTALLED = False

@@ -25,6 +25,8 @@ class ConversionResult:
     seconds: float = 0.0              # wall time spent on this document, sniffing included
     worker: str | None = None         # which worker produced the output (e.g. "w2.1", "10.0.0.5:2003")
     attempts: int = 0                 # LibreOffice calls made (0 when sniffing decided)
+    import_filter: str | None = None  # the LibreOffice import filter the output was read with
+    repaired: bool = False            # LibreOffice repaired a damaged package to read it
     history: list[str] = field(default_factory=list)   # what happened on earlier attempts
 
     def to_json(self) -> dict:

@@ -3,8 +3,15 @@
 LibreOffice guesses a format from the extension and then imports almost anything as *something*:
 random bytes named `.docx` become 16 s of plain-text import, an encrypted package waits for a
 password nobody types. Sniffing first lets the worker pass LibreOffice the import filter for what
-the bytes really are, and settle encrypted, empty, truncated and foreign files without starting
-LibreOffice at all.
+the bytes really are, and settle encrypted, empty and foreign files without starting LibreOffice
+at all.
+
+What LibreOffice reads is never refused, though: old formats (Word 6.0/95 and 1.x/2.0, Excel
+2.x-5.0/95, PowerPoint 4.0/95) get the filter LibreOffice uses for them; plain text, HTML, SYLK and
+WordPerfect files named like Office documents are converted as what they are; and a file that
+sniffing finds damaged, or encrypted in a way it cannot rule out LibreOffice opening, gets
+`libreoffice_decides`: its `outcome` is only what it becomes if LibreOffice cannot read it either
+(damaged packages are then loaded with LibreOffice's repair).
 
 Every file gets a `Sniffed`; bad input never raises. Only an `OSError` from reading the file itself
 (permission denied, the file vanished, an I/O error) propagates: that is a problem of the share,
@@ -33,11 +40,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import msoffcrypto
+import msoffcrypto.exceptions
 import olefile
 from lxml import etree
 from olefile.olefile import OleFileError   # not re-exported by the package
 
-from converters.formats import FORMATS, OFFICE_EXTENSIONS, OfficeFormat
+from converters.formats import FORMATS, OFFICE_EXTENSIONS, Family, OfficeFormat
 from core.outcomes import Outcome
 
 __all__ = ["Sniffed", "sniff"]
@@ -51,6 +59,13 @@ class Sniffed:
     outcome: Outcome | None       # ENCRYPTED / UNREADABLE / UNSUPPORTED when sniffing alone decides; None = go on and convert (or pass through ODF)
     reason: str                   # short human-readable reason
     container: str                # what the bytes are at the lowest level: "zip", "ole", "rtf", "xml", "text", "empty", "pdf", "unknown", ...
+    libreoffice_decides: bool = False   # `outcome` holds only if LibreOffice cannot read the file either: ask it
+    repair: bool = False                # a damaged package: LibreOffice is asked to repair it while loading
+
+    @property
+    def final(self) -> bool:
+        """Whether sniffing alone settles the file's outcome (no LibreOffice call)."""
+        return self.outcome is not None and not self.libreoffice_decides
 
 
 _HEAD = 8192                     # enough for every magic number and the prolog of an XML file
@@ -59,6 +74,7 @@ _MAX_SMALL_PART = 8 << 20        # [Content_Types].xml, .rels, manifest.xml, mim
 _MSOFFCRYPTO_MAX_STREAM = 16 << 20   # msoffcrypto loads the whole main stream into memory (see _ole_encryption)
 
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_WINWORD_MAGICS = (b"\x9b\xa5", b"\xdb\xa5")     # wIdent of Word for Windows 1.x and 2.0 files
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")   # local header, empty archive, spanned
 _BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 
@@ -120,7 +136,6 @@ _MAGICS: tuple[tuple[bytes, str, str], ...] = (
     (b"II*\x00", "tiff", "TIFF image"),
     (b"MM\x00*", "tiff", "TIFF image"),
     (b"\xffWPC", "wordperfect", "WordPerfect document"),
-    (b"\xdb\xa5\x2d\x00", "word2", "Word for Windows 2.0 document"),
     (b"\x31\xbe\x00\x00", "write", "Microsoft Write / Word for DOS document"),
     (b"\x32\xbe\x00\x00", "write", "Microsoft Write / Word for DOS document"),
     (b"%!PS", "postscript", "PostScript document"),
@@ -130,6 +145,7 @@ _MAGICS: tuple[tuple[bytes, str, str], ...] = (
     (b"MZ", "exe", "Windows executable"),
     (b"\x7fELF", "elf", "ELF executable"),
     (b"!BDN", "pst", "Outlook data file (PST)"),
+    (b"ID;P", "sylk", "SYLK spreadsheet"),
 )
 
 
@@ -155,6 +171,12 @@ def sniff(path: Path) -> Sniffed:
     body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
     if body.startswith(b"{\\rtf"):
         return Sniffed(FORMATS["rtf"], None, "Rich Text Format ({\\rtf header)", "rtf")
+    if head.startswith(_WINWORD_MAGICS):
+        # Word for Windows 1.x/2.0 (wIdent 0xA59B / 0xA5DB), from before Word used OLE files
+        return Sniffed(FORMATS["winword2"], None, "Word for Windows 1.x/2.0 document (wIdent before Word 6)", "word2")
+    biff = _raw_biff(head)
+    if biff is not None:
+        return biff
     xml = _sniff_xml(head, ext)
     if xml is not None:
         return xml
@@ -164,13 +186,71 @@ def sniff(path: Path) -> Sniffed:
 
 # --- shared helpers --------------------------------------------------------------------------------
 
+# BOF records of Excel files saved before Excel 5 wrapped them in OLE (MS-XLS 2.4.21 and the BIFF2-4
+# documentation OpenOffice published): record type, then the BIFF version it means.
+_RAW_BOF = {0x0009: "BIFF2 (Excel 2.x)", 0x0209: "BIFF3 (Excel 3.0)", 0x0409: "BIFF4 (Excel 4.0)",
+            0x0809: "BIFF5/8 stream"}
+_BIFF_SUBSTREAMS = {0x0005, 0x0006, 0x0010, 0x0020, 0x0040, 0x0100}   # globals, VB, sheet, chart, macros, workspace
+
+
+def _raw_biff(head: bytes) -> Sniffed | None:
+    """An Excel 2.x-4.0 worksheet (a bare BIFF stream, no OLE container), or None."""
+    if len(head) < 8:
+        return None
+    rec, size = struct.unpack_from("<HH", head, 0)
+    if rec not in _RAW_BOF or size not in (4, 6, 8, 16, 20) or len(head) < 4 + size:
+        return None
+    substream = struct.unpack_from("<H", head, 6)[0]
+    if substream not in _BIFF_SUBSTREAMS:
+        return None
+    biff = _RAW_BOF[rec]
+    fmt = FORMATS["xls4" if rec != 0x0809 else "xls5"]
+    # FILEPASS right after BOF: an encrypted worksheet. LibreOffice tries Excel's default password
+    # itself, so only it can say whether the file opens.
+    pos = 4 + size
+    while pos + 4 <= len(head):
+        rec, size = struct.unpack_from("<HH", head, pos)
+        if rec == _BIFF_FILEPASS:
+            return Sniffed(fmt, Outcome.ENCRYPTED, f"password-protected Excel worksheet ({biff}, FILEPASS record)",
+                           "biff", libreoffice_decides=True)
+        if rec in (_BIFF_EOF, 0x000B, 0x0200, 0x0000):    # EOF, INDEX, DIMENSIONS, BIFF2 DIMENSIONS: past the header
+            break
+        pos += 4 + size
+    return Sniffed(fmt, None, f"Excel worksheet ({biff}, without an OLE container)", "biff")
+
+
+# What LibreOffice reads in a file whose Office extension lies, by container and by the family the
+# extension claims (LibreOffice 7.4's type detection picks the same: Calc for a spreadsheet's name,
+# Writer otherwise). Anything else LibreOffice would only show as its raw bytes.
+_FOREIGN_READABLE: dict[str, dict[Family, str]] = {
+    "text": {Family.SPREADSHEET: "text-calc"}, "mhtml": {Family.SPREADSHEET: "text-calc"},
+    "html": {Family.SPREADSHEET: "html-calc"},
+    "xml": {Family.SPREADSHEET: "detect-calc", Family.PRESENTATION: "detect-impress"},
+    "sylk": {}, "wordperfect": {}, "write": {},
+}
+_FOREIGN_DEFAULT = {"text": "text-writer", "mhtml": "text-writer", "html": "html-writer", "xml": "detect-writer",
+                    "sylk": "sylk", "wordperfect": "wordperfect", "write": "detect-writer"}
+
+
 def _not_office(ext: str, container: str, what: str) -> Sniffed:
-    """Bytes that are not a format we convert: unreadable if the name claims Office, else unsupported."""
-    # formats.OFFICE_EXTENSIONS: a file named like an Office document that is not one is a broken
+    """Bytes that are not the Office format their name says: converted as what they are when
+    LibreOffice reads that, else unreadable if the name claims Office, else unsupported."""
+    # formats.OFFICE_EXTENSIONS: a file named like an Office document that is not one is a
     # document someone expects to see converted; anything else simply is not our business.
     if ext in OFFICE_EXTENSIONS:
+        if container in _FOREIGN_READABLE:
+            family = FORMATS[ext].family
+            fmt = FORMATS[_FOREIGN_READABLE[container].get(family, _FOREIGN_DEFAULT[container])]
+            return Sniffed(fmt, None, f"{what} named .{ext}: read as {fmt.description}", container)
         return Sniffed(None, Outcome.UNREADABLE, f"not an Office file: {what}", container)
     return Sniffed(None, Outcome.UNSUPPORTED, f"{what}: not an Office format", container)
+
+
+def _damaged(fmt: OfficeFormat | None, reason: str, container: str, *, repair: bool = False) -> Sniffed:
+    """A damaged file of format `fmt`: unreadable unless LibreOffice reads (or repairs) it after all."""
+    if fmt is None:
+        return Sniffed(None, Outcome.UNREADABLE, reason, container)
+    return Sniffed(fmt, Outcome.UNREADABLE, reason, container, libreoffice_decides=True, repair=repair)
 
 
 def _is_io_failure(exc: BaseException) -> bool:
@@ -195,19 +275,25 @@ def _short(exc: BaseException) -> str:
 
 # --- OLE2 compound files -----------------------------------------------------------------------------
 
+_OLE_EXTENSIONS = ("doc", "dot", "xls", "xlt", "ppt", "pps", "pot")
+
+
 def _sniff_ole(fh: io.BufferedReader, ext: str) -> Sniffed:
+    # A compound file olefile cannot parse may still open in LibreOffice, whose own OLE reader is
+    # more forgiving: named like an Office binary, it is LibreOffice's to decide.
+    guess = FORMATS[ext] if ext in _OLE_EXTENSIONS else None
     try:
         ole = olefile.OleFileIO(fh)
     except Exception as exc:
         if _is_io_failure(exc):
             raise
-        return Sniffed(None, Outcome.UNREADABLE, f"damaged OLE compound file ({_short(exc)})", "ole")
+        return _damaged(guess, f"damaged OLE compound file ({_short(exc)})", "ole")
     try:
         return _classify_ole(ole, fh, ext)
     except Exception as exc:
         if _is_io_failure(exc):
             raise
-        return Sniffed(None, Outcome.UNREADABLE, f"damaged OLE compound file ({_short(exc)})", "ole")
+        return _damaged(guess, f"damaged OLE compound file ({_short(exc)})", "ole")
     finally:
         ole.close()
 
@@ -218,20 +304,26 @@ def _classify_ole(ole: olefile.OleFileIO, fh: io.BufferedReader, ext: str) -> Sn
 
     if "encryptedpackage" in root or "encryptioninfo" in root:
         # An encrypted OOXML package: the OLE file holds the encrypted ZIP, so which OOXML format
-        # it is cannot be read without the password. The extension is the only hint left; it
-        # does not change the outcome.
+        # it is cannot be read without the password. The extension is the only hint left.
         fmt = FORMATS.get(ext) if ext in _OOXML_MAIN_TYPES.values() else None
         if drm:
             reason = "IRM-protected OOXML package (EncryptedPackage with DRM transform)"
-        else:
-            reason = "encrypted OOXML package (EncryptedPackage stream)"
-        return Sniffed(fmt, Outcome.ENCRYPTED, reason, "ole")
+            return Sniffed(fmt, Outcome.ENCRYPTED, reason, "ole")
+        opened = _ooxml_default_password(fh)
+        if opened is not None:
+            # Excel (and LibreOffice, whose OOXML import tries the same built-in password) opens
+            # a package encrypted with "VelvetSweatshop" without asking: it converts like any other.
+            fmt = opened or fmt
+            if fmt is not None:
+                return Sniffed(fmt, None, f"{fmt.description} encrypted with Excel's default password: "
+                                          "opens without one", "ole")
+        return Sniffed(fmt, Outcome.ENCRYPTED, "encrypted OOXML package (EncryptedPackage stream)", "ole")
 
     if "worddocument" in root:
         return _classify_word(ole, fh, root["worddocument"], drm)
     if "workbook" in root or "book" in root:
         return _classify_excel(ole, fh, root, ext, drm)
-    if "powerpoint document" in root:
+    if "powerpoint document" in root or "pp40" in root:
         return _classify_powerpoint(ole, fh, root, ext, drm)
 
     if drm:
@@ -307,12 +399,14 @@ def _classify_word(ole: olefile.OleFileIO, fh: io.BufferedReader, entry, drm: bo
     # File Information Block (MS-DOC 2.5.2): wIdent, nFib, ..., flags at offset 0x0A.
     fib = _ole_stream_head(ole, fh, entry, 32)
     if len(fib) < 12:
-        return Sniffed(FORMATS["doc"], Outcome.UNREADABLE,
-                       "damaged Word document: WordDocument stream too short for a FIB", "ole")
+        return _damaged(FORMATS["doc"], "damaged Word document: WordDocument stream too short for a FIB", "ole")
     n_fib, flags = struct.unpack_from("<H", fib, 2)[0], struct.unpack_from("<H", fib, 0x0A)[0]
     f_dot, f_encrypted, f_obfuscated = bool(flags & 0x0001), bool(flags & 0x0100), bool(flags & 0x8000)
-    fmt = FORMATS["dot" if f_dot else "doc"]
-    version = "Word 6.0/95" if 101 <= n_fib <= 105 else "Word 97-2003"
+    # nFib (MS-DOC 2.5.15): Word 97 and later write 0x00C1 or more; Word 6.0 and 95 wrote 101-105,
+    # and LibreOffice reads those only with its Word 6/95 filter.
+    old = n_fib < 0xC1
+    fmt = FORMATS[("dot" if f_dot else "doc") + ("6" if old else "")]
+    version = "Word 6.0/95" if old else "Word 97-2003"
     if drm:
         return Sniffed(fmt, Outcome.ENCRYPTED, "IRM-protected Word document (DRMContent stream)", "ole")
     encrypted = f_encrypted or _msoffcrypto_says_encrypted(fh, entry.size)
@@ -333,11 +427,14 @@ def _classify_excel(ole: olefile.OleFileIO, fh: io.BufferedReader, root: dict, e
     head = _ole_stream_head(ole, fh, entry, 65536)
     rec, size = struct.unpack_from("<HH", head, 0) if len(head) >= 8 else (None, 0)
     if rec not in _BIFF_BOF:
-        return Sniffed(FORMATS["xls"], Outcome.UNREADABLE,
-                       f"damaged Excel workbook: {entry.name} stream does not start with a BOF record", "ole")
+        return _damaged(FORMATS["xls"], f"damaged Excel workbook: {entry.name} stream does not start with a BOF record",
+                        "ole")
     biff = _BIFF_BOF[rec]
+    biff5 = False
     if biff is None:
         vers = struct.unpack_from("<H", head, 4)[0] if size >= 2 else 0
+        # LibreOffice reads a BIFF5 "Book" (Excel 5.0 and 95) with its "MS Excel 95" filter
+        biff5 = vers == 0x0500 or ("workbook" not in root and vers != 0x0600)
         biff = ("BIFF8" if vers == 0x0600 else "BIFF5, Excel 5.0/95" if vers == 0x0500
                 else f"BIFF version {vers:#06x}")
     # Walk the workbook globals up to their EOF (bounded by the head we read). FILEPASS and TEMPLATE
@@ -354,34 +451,72 @@ def _classify_excel(ole: olefile.OleFileIO, fh: io.BufferedReader, root: dict, e
             break
         pos += 4 + size
     # The template record is content; an .xlt name is the tie-breaker for templates saved without it.
-    fmt = FORMATS["xlt" if template or ext == "xlt" else "xls"]
+    template = template or ext == "xlt"
+    fmt = FORMATS[("xlt" if template else "xls") + ("5" if biff5 else "")]
     if drm:
         return Sniffed(fmt, Outcome.ENCRYPTED, "IRM-protected Excel workbook (DRMContent stream)", "ole")
     # msoffcrypto-tool reads only "Workbook" (BIFF8); a "Book"-only BIFF5 file is ours alone.
     if filepass or ("workbook" in root and _msoffcrypto_says_encrypted(fh, entry.size)):
-        if _excel_default_password(fh, entry.size):
+        default = _excel_default_password(fh, entry.size) if "workbook" in root else None
+        if default:
             # Excel encrypts workbooks with a protected structure under the built-in password
             # "VelvetSweatshop" and opens them without asking; LibreOffice does the same (checked
             # with LibreOffice 7.4): such a file converts like any other.
             return Sniffed(fmt, None, f"Excel workbook ({biff}) encrypted with Excel's default password: "
                                       "opens without one", "ole")
-        return Sniffed(fmt, Outcome.ENCRYPTED, f"password-protected Excel workbook ({biff}, FILEPASS record)", "ole")
+        reason = f"password-protected Excel workbook ({biff}, FILEPASS record)"
+        if default is None:
+            # msoffcrypto-tool could not say whether the default password opens it (BIFF5, an
+            # encryption it does not know): LibreOffice tries its own default passwords.
+            return Sniffed(fmt, Outcome.ENCRYPTED, reason, "ole", libreoffice_decides=True)
+        return Sniffed(fmt, Outcome.ENCRYPTED, reason, "ole")
     return Sniffed(fmt, None, f"Excel workbook ({biff}, {entry.name} stream)", "ole")
 
 
-def _excel_default_password(fh: io.BufferedReader, stream_size: int) -> bool:
-    """True when an encrypted workbook opens with Excel's built-in password "VelvetSweatshop"."""
+def _excel_default_password(fh: io.BufferedReader, stream_size: int) -> bool | None:
+    """Whether an encrypted workbook opens with Excel's built-in password "VelvetSweatshop";
+    None when msoffcrypto-tool cannot tell (too big, an encryption or BIFF variant it does not read)."""
     # Verifying a password is cryptography msoffcrypto-tool already does well: not hand-written.
     if stream_size > _MSOFFCRYPTO_MAX_STREAM:
-        return False
+        return None
     try:
         fh.seek(0)
         office_file = msoffcrypto.OfficeFile(fh)
         office_file.load_key(password="VelvetSweatshop")
         return True
+    except msoffcrypto.exceptions.InvalidKeyError:
+        return False
     except Exception as exc:
         if _is_io_failure(exc):
             raise
+        return None
+
+
+_DECRYPT_MAX = 64 << 20      # decrypting a default-password package to learn its format: bounded
+
+
+def _ooxml_default_password(fh: io.BufferedReader) -> OfficeFormat | None | bool:
+    """For an encrypted OOXML package: its format when "VelvetSweatshop" opens it (False when it
+    opens but its format could not be read), None when it does not open with that password."""
+    try:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(0)
+        office_file = msoffcrypto.OfficeFile(fh)
+        office_file.load_key(password="VelvetSweatshop", verify_password=True)
+        if size > _DECRYPT_MAX:
+            return False
+        plain = io.BytesIO()
+        office_file.decrypt(plain)
+    except Exception as exc:
+        if _is_io_failure(exc):
+            raise
+        return None
+    try:
+        plain.seek(0)
+        with zipfile.ZipFile(plain) as zf:
+            return _classify_zip(zf, "").format or False
+    except Exception:  # noqa: BLE001 - the password opens it; only its kind stays unknown
         return False
 
 
@@ -393,6 +528,10 @@ def _classify_powerpoint(ole: olefile.OleFileIO, fh: io.BufferedReader, root: di
     # A binary presentation, slide show and template differ in nothing PowerPoint writes into the
     # file: the extension is the only way to tell them apart.
     fmt = FORMATS[ext] if ext in ("pps", "pot") else FORMATS["ppt"]
+    if "pp40" in root or _powerpoint95(ole, fh, root):
+        # PowerPoint 4.0 ("PP40" stream) and 95 (no CurrentUserAtom): LibreOffice reads them with
+        # libmwaw's "PowerPoint 3" filter, not its PowerPoint 97 import
+        return Sniffed(FORMATS["ppt95"], None, "PowerPoint 4.0/95 presentation (before the PowerPoint 97 format)", "ole")
     if drm:
         return Sniffed(fmt, Outcome.ENCRYPTED, "IRM-protected PowerPoint presentation (DRMContent stream)", "ole")
     token_encrypted = False
@@ -408,6 +547,18 @@ def _classify_powerpoint(ole: olefile.OleFileIO, fh: io.BufferedReader, root: di
                     "CurrentUserAtom headerToken" if token_encrypted else "CryptSession10Container")
         return Sniffed(fmt, Outcome.ENCRYPTED, f"password-protected PowerPoint presentation ({evidence})", "ole")
     return Sniffed(fmt, None, f"{fmt.description} (PowerPoint Document stream)", "ole")
+
+
+_PPT_CURRENT_USER_ATOM = 0x0FF6      # RecordHeader.recType of the CurrentUserAtom (MS-PPT 2.3.2)
+
+
+def _powerpoint95(ole: olefile.OleFileIO, fh: io.BufferedReader, root: dict) -> bool:
+    """True for a PowerPoint 95 file: its "Current User" stream holds no PowerPoint 97 CurrentUserAtom."""
+    current_user = root.get("current user")
+    if current_user is None or "powerpoint document" not in root:
+        return False
+    atom = _ole_stream_head(ole, fh, current_user, 8)
+    return len(atom) < 8 or struct.unpack_from("<H", atom, 2)[0] != _PPT_CURRENT_USER_ATOM
 
 
 def _describe_other_ole(root: dict) -> str:
@@ -459,7 +610,8 @@ def _sniff_zip(fh: io.BufferedReader, ext: str) -> Sniffed:
             # zipfile's "File ... is encrypted, password required": a password-protected ZIP
             # (PKZIP encryption), not Office encryption, but locked all the same.
             return Sniffed(None, Outcome.ENCRYPTED, "password-protected ZIP entries (PKZIP encryption)", "zip")
-        return Sniffed(None, Outcome.UNREADABLE, f"damaged ZIP package ({_short(exc)})", "zip")
+        guess = FORMATS[ext] if ext in OFFICE_EXTENSIONS and ext not in _OLE_EXTENSIONS and ext != "rtf" else None
+        return _damaged(guess, f"damaged ZIP package ({_short(exc)})", "zip", repair=True)
 
 
 def _classify_zip(zf: zipfile.ZipFile, ext: str) -> Sniffed:
@@ -487,8 +639,8 @@ def _classify_ooxml(zf: zipfile.ZipFile, lower: dict, ext: str) -> Sniffed:
     try:
         types = _parse_small_xml(zf, lower["[content_types].xml"])
     except (etree.XMLSyntaxError, _PartTooBig) as exc:
-        return Sniffed(None, Outcome.UNREADABLE,
-                       f"damaged OOXML package: [Content_Types].xml unreadable ({_short(exc)})", "zip")
+        return _damaged(_ooxml_guess(ext), f"damaged OOXML package: [Content_Types].xml unreadable ({_short(exc)})",
+                        "zip", repair=True)
     defaults, overrides = {}, {}
     for el in types:
         if not isinstance(el.tag, str):
@@ -517,8 +669,13 @@ def _classify_ooxml(zf: zipfile.ZipFile, lower: dict, ext: str) -> Sniffed:
         return _not_office(ext, "zip", what)
     fmt = FORMATS[name]
     if main not in lower and unquote(main) not in lower:
-        return Sniffed(fmt, Outcome.UNREADABLE, f"damaged OOXML package: main part {main} is missing", "zip")
+        return _damaged(fmt, f"damaged OOXML package: main part {main} is missing", "zip", repair=True)
     return Sniffed(fmt, None, f"{fmt.description} (OOXML, main part {main})", "zip")
+
+
+def _ooxml_guess(ext: str) -> OfficeFormat | None:
+    """The OOXML format a damaged package's name claims, if it claims one."""
+    return FORMATS[ext] if ext in _OOXML_MAIN_TYPES.values() else None
 
 
 def _ooxml_main_part(zf: zipfile.ZipFile, lower: dict) -> str | None:
@@ -595,7 +752,10 @@ def _sniff_broken_zip(fh: io.BufferedReader, ext: str, exc: BaseException) -> Sn
     # A broken archive of something else is not ours to convert.
     if office or ext in OFFICE_EXTENSIONS:
         what = f" ({fmt.description}, by its first entries)" if fmt else ""
-        return Sniffed(fmt, Outcome.UNREADABLE, why + what, "zip")
+        if fmt is None and ext in OFFICE_EXTENSIONS and ext not in _OLE_EXTENSIONS and ext != "rtf":
+            fmt = FORMATS[ext]
+        # LibreOffice's package repair reads the entries' local headers: it may rescue the document
+        return _damaged(fmt, why + what, "zip", repair=True)
     return Sniffed(None, Outcome.UNSUPPORTED, f"{why}: not an Office format", "zip")
 
 

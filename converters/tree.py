@@ -260,4 +260,5 @@ def _from_record(record: dict, job: _Job) -> ConversionResult:
                             output=record.get("output"), format=record.get("format"),
                             target=record.get("target"), input_bytes=record.get("input_bytes"),
                             output_bytes=record.get("output_bytes"), sha256=record.get("sha256"),
+                            import_filter=record.get("import_filter"), repaired=bool(record.get("repaired")),
                             worker=record.get("worker"))

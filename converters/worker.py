@@ -17,6 +17,16 @@ What it changes in unoserver 3.7, and why:
   server binds as soon as the UNO bridge answers.
 - The worker exits as soon as LibreOffice dies or the pool that started it goes away, so the pool
   can treat "process gone" as "worker dead" and no `soffice` outlives its pool.
+- Load options unoserver's API has no place for travel as export filter options named
+  `umstieg-load:NAME=VALUE` (a plain unoserver passes them to the export filter, which ignores
+  them): `RepairPackage=true` loads a damaged package with LibreOffice's repair, and
+  `RefusePlainText=true` refuses a load that LibreOffice's type detection could only turn into
+  plain text (its last resort for bytes it recognises as nothing). Without an import filter, the
+  worker runs LibreOffice's type detection itself, so that such a document, too, loads into a bare
+  model; the filter a document was loaded with is written beside the output, as
+  `<output>.umstieg-load.json`, for the pool to report.
+- LibreOffice's load errors name its C++ sources ("at ./sfx2/source/doc/sfxbasemodel.cxx:1812");
+  the worker raises them as one plain sentence instead.
 
 This module must run under a Python that can `import uno` (Debian's /usr/bin/python3, or a venv
 made from it with --system-site-packages); it is never imported by the pool itself.
@@ -25,6 +35,7 @@ made from it with --system-site-packages); it is never imported by the pool itse
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -36,6 +47,15 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("umstieg.worker")
+
+#: Prefix of the load options passed among the export filter options (see the module docstring).
+LOAD_OPTION = "umstieg-load:"
+#: Suffix of the file, beside the output, that names the import filter used and whether it repaired.
+LOAD_REPORT = ".umstieg-load.json"
+#: Import filters that take any bytes as plain text (converters.formats.PLAIN_TEXT_FILTERS; this
+#: module runs under another Python and imports nothing from the project).
+_PLAIN_TEXT = frozenset({"Text", "Text (encoded)", "Text - txt - csv (StarCalc)", "Text (StarWriter/Web)",
+                         "Text (encoded) (StarWriter/Web)"})
 
 # com.sun.star.document.MacroExecMode.NEVER_EXECUTE and UpdateDocMode.NO_UPDATE
 _NEVER_EXECUTE = 0
@@ -139,6 +159,30 @@ def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:
 _WRITER = "com.sun.star.text.TextDocument"
 # Set while the current thread renders a PDF: Writer needs a layout, hence a view, to print.
 _RENDERING = threading.local()
+# The load options of the current thread's conversion, and the import filter its load used.
+_LOAD = threading.local()
+
+
+class LoadRefused(RuntimeError):
+    """LibreOffice could not load the document; the message is a plain sentence."""
+
+
+def plain_load_error(exc: BaseException) -> str:
+    """One plain sentence for a LibreOffice load failure, without C++ source paths or file URLs."""
+    name = type(exc).__name__
+    text = str(getattr(exc, "Message", "") or exc)
+    text = re.sub(r"\s*at \S+\.(?:cxx|hxx|cpp|c):\d+", "", text)          # "at ./sfx2/source/....cxx:1812"
+    text = re.sub(r"<?file://\S+>?", "the file", text)
+    text = re.sub(r"\b(?:SfxBaseModel|SfxObjectShell)::\w+\s*", "", text).strip(" :\"")
+    if "IOException" in name or "IOException" in text:
+        why = "the file's content could not be read (LibreOffice reported an input/output error)"
+    elif "IllegalArgument" in name or "IllegalArgument" in text or "type detection failed" in text:
+        why = "LibreOffice recognises no format it reads in it"
+    elif "WrongFormat" in name or "WrongFormat" in text:
+        why = "it is not in the format LibreOffice was told to read"
+    else:
+        why = text.splitlines()[-1][:200] if text else "LibreOffice refused it"
+    return why
 
 
 def _harden_converter() -> None:
@@ -150,28 +194,42 @@ def _harden_converter() -> None:
     class _SafeDesktop:
         """Wraps the UNO desktop so that every load is safe, and viewless where possible."""
 
-        def __init__(self, desktop, service_manager, context, filters):
-            self._desktop, self._sm, self._ctx, self._filters = desktop, service_manager, context, filters
+        def __init__(self, desktop, service_manager, context, filters, types):
+            self._desktop, self._sm, self._ctx, self._filters, self._types = (
+                desktop, service_manager, context, filters, types)
 
         def loadComponentFromURL(self, url, frame, flags, props):  # noqa: N802 (UNO's name)
+            options = getattr(_LOAD, "options", {})
+            extra = [("Hidden", True), ("MacroExecutionMode", _NEVER_EXECUTE), ("UpdateDocMode", _NO_UPDATE)]
+            if options.get("RepairPackage") == "true":
+                extra.append(("RepairPackage", True))
             names = {p.Name for p in props}
-            props = tuple(props) + tuple(PropertyValue(Name=n, Value=v) for n, v in (
-                ("Hidden", True),
-                ("MacroExecutionMode", _NEVER_EXECUTE),
-                ("UpdateDocMode", _NO_UPDATE),
-            ) if n not in names)
+            props = tuple(props) + tuple(PropertyValue(Name=n, Value=v) for n, v in extra if n not in names)
+            if "FilterName" not in names:
+                props += self._detect(url, props, refuse_plain_text=options.get("RefusePlainText") == "true")
+            _LOAD.filter = next((p.Value for p in props if p.Name == "FilterName"), None)
             service = self._document_service(props)
-            if service is None:
-                return self._desktop.loadComponentFromURL(url, frame, flags, props)
-            # Load into a bare document model, with no frame and no view: with LibreOffice 7.4, a
-            # view's asynchronous set-up (comment windows in Writer) crashes soffice when the
-            # document is loaded from another thread, as unoserver does; ODF export needs no view.
-            document = self._sm.createInstanceWithContext(service, self._ctx)
             try:
-                document.load(props + (PropertyValue(Name="URL", Value=url),))
-            except Exception:
-                document.dispose()          # a failed load must not leave a model in memory
+                if service is None:
+                    document = self._desktop.loadComponentFromURL(url, frame, flags, props)
+                    if document is None:
+                        raise LoadRefused("LibreOffice loaded nothing")
+                    return document
+                # Load into a bare document model, with no frame and no view: with LibreOffice 7.4, a
+                # view's asynchronous set-up (comment windows in Writer) crashes soffice when the
+                # document is loaded from another thread, as unoserver does; ODF export needs no view.
+                document = self._sm.createInstanceWithContext(service, self._ctx)
+                try:
+                    document.load(props + (PropertyValue(Name="URL", Value=url),))
+                except Exception:
+                    document.dispose()          # a failed load must not leave a model in memory
+                    raise
+            except LoadRefused:
                 raise
+            except Exception as exc:
+                if "DisposedException" in type(exc).__name__:
+                    raise                       # LibreOffice is gone: the pool must see a dead worker
+                raise LoadRefused(plain_load_error(exc)) from None
             if service == _WRITER and getattr(_RENDERING, "pdf", False):
                 return self._with_view(document)
             return document
@@ -197,6 +255,24 @@ def _harden_converter() -> None:
                 PropertyValue(Name="Model", Value=document), PropertyValue(Name="Hidden", Value=True)))
             return viewed or document
 
+        def _detect(self, url, props, refuse_plain_text):
+            """The FilterName LibreOffice's own type detection picks (deep detection, by content)."""
+            descriptor = tuple(p for p in props if p.Name in ("RepairPackage",)) + (
+                PropertyValue(Name="URL", Value=url),)
+            try:
+                type_name, detected = self._types.queryTypeByDescriptor(descriptor, True)
+            except Exception as exc:
+                raise LoadRefused(plain_load_error(exc)) from None
+            found = {p.Name: p.Value for p in detected}.get("FilterName")
+            if not found and type_name:
+                found = {p.Name: p.Value for p in self._types.getByName(type_name)}.get("PreferredFilter")
+            if not found:
+                raise LoadRefused("LibreOffice recognises no format it reads in it")
+            if refuse_plain_text and found in _PLAIN_TEXT:
+                raise LoadRefused("LibreOffice recognises no format in it: it could only show the file's raw "
+                                  "bytes as plain text")
+            return (PropertyValue(Name="FilterName", Value=found),)
+
         def _document_service(self, props):
             name = next((p.Value for p in props if p.Name == "FilterName"), None)
             if not name or not self._filters.hasByName(name):
@@ -212,15 +288,25 @@ def _harden_converter() -> None:
     class HardenedConverter(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.desktop = _SafeDesktop(self.desktop, self.service, self.context, self.filter_service)
+            self.desktop = _SafeDesktop(self.desktop, self.service, self.context, self.filter_service,
+                                        self.type_service)
 
         def convert(self, inpath=None, indata=None, outpath=None, convert_to=None, filtername=None,
-                    *args, **kwargs):
+                    filter_options=(), *args, **kwargs):
             _RENDERING.pdf = bool(filtername) and filtername.endswith("_pdf_Export")
+            options = [o for o in (filter_options or []) if not o.startswith(LOAD_OPTION)]
+            _LOAD.options = dict(o[len(LOAD_OPTION):].partition("=")[::2] for o in (filter_options or [])
+                                 if o.startswith(LOAD_OPTION))
+            _LOAD.filter = None
             try:
-                return super().convert(inpath, indata, outpath, convert_to, filtername, *args, **kwargs)
+                result = super().convert(inpath, indata, outpath, convert_to, filtername, options, *args, **kwargs)
+                if outpath:
+                    report = {"filter": _LOAD.filter, "repair": _LOAD.options.get("RepairPackage") == "true"}
+                    Path(str(outpath) + LOAD_REPORT).write_text(json.dumps(report), encoding="utf-8")
+                return result
             finally:
                 _RENDERING.pdf = False
+                _LOAD.options, _LOAD.filter = {}, None
 
     converter.UnoConverter = HardenedConverter
 

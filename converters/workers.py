@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,12 +27,18 @@ from unoserver.client import UnoClient
 from core.errors import ConfigError
 from core.settings import url_host
 
-__all__ = ["Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerOutOfMemory", "WorkerTimeout",
+__all__ = ["LOAD_REPORT", "Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerOutOfMemory", "WorkerTimeout",
            "ConversionRefused", "live_worker_groups", "kill_all_workers", "probe"]
 
 log = logging.getLogger("umstieg.converters")
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: Prefix of the load options among the filter options (kept equal to converters.worker.LOAD_OPTION,
+#: which runs under LibreOffice's Python and is never imported here).
+LOAD_OPTION = "umstieg-load:"
+#: Suffix of the report a local worker writes beside its output (converters.worker.LOAD_REPORT).
+LOAD_REPORT = ".umstieg-load.json"
 
 #: How long a remote worker that failed stays out of the pool before it is tried again.
 REMOTE_COOLDOWN = 60.0
@@ -137,16 +144,22 @@ class Worker:
     conversions: int = 0
     remote: bool = False
 
-    def convert(self, src: Path, dst: Path, import_filter: str, export_filter: str, timeout: float,
-                filter_options: list[str] | None = None, memory_limit: int = 0) -> None:
+    def convert(self, src: Path, dst: Path, import_filter: str | None, export_filter: str, timeout: float,
+                filter_options: list[str] | None = None, memory_limit: int = 0,
+                load_options: dict[str, str] | None = None) -> None:
         """Convert `src` into `dst` (an ODF path, or a PDF for rendering), or raise WorkerDied /
         WorkerOutOfMemory / WorkerTimeout / ConversionRefused.
 
+        `import_filter` None or "": LibreOffice's type detection chooses it.
         `filter_options` ("Name=Value") go to the export filter, e.g. "PageRange=1-12" for PDF.
+        `load_options` ("RepairPackage": "true", "RefusePlainText": "true") go to the worker's load
+        (converters.worker); a plain unoserver ignores them.
         `memory_limit` (bytes, 0 = none): LibreOffice is killed when it grows beyond it meanwhile.
         """
         client = self._client()
         error: list[BaseException] = []
+        filter_options = list(filter_options or []) + [f"{LOAD_OPTION}{k}={v}" for k, v in (load_options or {}).items()]
+        import_filter = import_filter or None
 
         def call() -> None:
             try:
@@ -240,12 +253,15 @@ def _short(exc: BaseException) -> str:
 
 
 def _fault_message(fault: Fault) -> str:
-    """The useful last line of a LibreOffice error relayed by unoserver."""
+    """The useful last line of a LibreOffice error relayed by unoserver, without C++ source paths."""
     text = str(fault.faultString or "").strip()
     # unoserver relays "<class 'X'>:message"; keep the message, drop the class repr
     if ">:" in text:
         text = text.split(">:", 1)[1]
-    return (text.strip().splitlines() or ["LibreOffice refused the document"])[-1][:300]
+    text = (text.strip().splitlines() or ["LibreOffice refused the document"])[-1]
+    # a plain unoserver (remote) relays LibreOffice's own text: "… at ./pyuno/source/….cxx:91 …"
+    text = re.sub(r"\s*at \S+\.(?:cxx|hxx|cpp|c):\d+", "", text).strip()
+    return text[:300] or "LibreOffice refused the document"
 
 
 class LocalWorker(Worker):
