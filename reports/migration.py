@@ -241,8 +241,10 @@ def _removed_in_run(s, dept: Department, run_id: int, limit: int = REPORT_LIST_L
              for o, loc, ref, gone in s.execute(
                  select(Item.owner, Item.location, Item.target_ref, at_target).where(*where)
                  .order_by(Item.owner, Item.location).limit(limit))]
-    return {"count": count, "items": items, "removed": removed, "kept": count - removed - never,
-            "never_arrived": never}
+    kept = count - removed - never
+    at_target = "mixed" if removed and kept else "removed" if removed else "kept" if kept else "none"
+    return {"count": count, "items": items, "removed": removed, "kept": kept, "never_arrived": never,
+            "at_target": at_target}
 
 
 def write_run_report(dept: Department, summary: dict) -> Path:
@@ -310,7 +312,7 @@ def _fate(removed: dict) -> str:
     if removed.get("removed"):
         parts.append(f"{removed['removed']} removed at the target too (`delete_at_target: true`)")
     if removed.get("kept"):
-        parts.append(f"{removed['kept']} still at the target (`delete_at_target` was off when they were found gone)")
+        parts.append(f"{removed['kept']} left at the target (`delete_at_target` was off when they were found gone)")
     if removed.get("never_arrived"):
         parts.append(f"{removed['never_arrived']} had never reached the target")
     return "; ".join(parts) or "none had a copy at the target"
@@ -320,11 +322,13 @@ def _removed_section(removed: dict | None) -> list[str]:
     """The items this run found deleted at the source, and what became of their target copies."""
     if not removed or not removed.get("count"):
         return []
-    fate = {"removed": "removed at the target", "kept": "still at the target", "never_arrived": "never arrived"}
+    if "removed" not in removed:         # a summary from before copies were counted one by one
+        removed = {**removed, "removed" if removed.get("at_target") == "removed" else "kept": removed["count"]}
+    fate = {"removed": "removed at the target", "kept": "left at the target", "never_arrived": "never arrived"}
     lines = ["## Deleted at the source in this run", "",
              f"{removed['count']} item(s) were deleted at the source since the last run. Their target copies: "
              f"{_fate(removed)}.", "", "| user | path at the source | target copy |", "|---|---|---|"]
-    lines += [f"| {i['owner']} | {_cell(i['location'])} | {fate.get(i.get('at_target'), '?')} |"
+    lines += [f"| {i['owner']} | {_cell(i['location'])} | {fate.get(i.get('at_target') or removed.get('at_target'), '–')} |"
               for i in removed["items"]]
     if removed["count"] > len(removed["items"]):
         lines += ["", f"… and {removed['count'] - len(removed['items'])} more (`umstieg status --json` "

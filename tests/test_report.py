@@ -123,3 +123,111 @@ def test_scan_command(tmp_path):
     assert record["path"] == "Bescheid.docx" and "comments" in record["flags"]
     for name in ("scan.csv", "scan.ods", "scan.html"):
         assert (tmp_path / "scan" / name).is_file()
+
+
+# ------------------------------------------------------------------ run report texts that are true
+def _ledger_with(tmp_path, rows, **overrides):
+    """A department (folder source, local target) and its SQLite ledger holding `rows` (Item fields),
+    processed in one run's batch; returns (department, ledger, run id)."""
+    from core.department import load_department
+    from core.ledger import Item, Ledger
+    from test_flows import make_department
+    dept = load_department(make_department(tmp_path, users=("anna", "ben", "cem"), docs_per_user=1, **overrides))
+    ledger = Ledger(dept.ledger_url)
+    ledger.migrate()
+    run = ledger.start_run(dept.name, "migrate")
+    batches = {}
+    with ledger.session() as s:
+        for n, row in enumerate(rows):
+            owner = row.get("owner", "anna")
+            if owner not in batches:
+                batches[owner] = ledger.start_batch(run, owner, 1, 1, "here/1")
+            s.add(Item(department=dept.name, source="homes", key=f"k{n}", kind="file", owner=owner,
+                       target_owner=f"t-{owner}", location=row.get("location", f"f{n}.txt"),
+                       target_stem=f"f{n}", version="1", batch_id=batches[owner], run_id=run,
+                       **{k: v for k, v in row.items() if k not in ("owner", "location")}))
+    return dept, ledger, run
+
+
+def test_copies_of_deleted_items_are_reported_as_they_really_are(tmp_path):
+    """`removed at the target too` only for copies discovery really removed: the department's
+    setting today says nothing about items found gone while it was off."""
+    from reports.migration import run_summary, write_run_report
+    dept, ledger, run = _ledger_with(tmp_path, [
+        dict(location="weg.txt", state="verified", removed_at_source=True, target_ref="/t/weg.txt"),   # found gone while off
+        dict(location="entfernt.txt", state="skipped", reason="removed_at_source", removed_at_source=True,
+             target_ref="/t/entfernt.txt"),                                                             # really removed
+        dict(location="nie.txt", state="failed", reason="extract_error", removed_at_source=True),         # never arrived
+    ], delete_at_target=True)
+    try:
+        summary = run_summary(dept, ledger, run, {}, 1.0)
+        text = write_run_report(dept, summary).read_text(encoding="utf-8")
+    finally:
+        ledger.close()
+    removed = summary["removed_this_run"]
+    assert (removed["count"], removed["removed"], removed["kept"], removed["never_arrived"]) == (3, 1, 1, 1)
+    section = text.split("## Deleted at the source in this run", 1)[1].split("\n## ", 1)[0]
+    assert "1 removed at the target too" in section and "1 left at the target" in section
+    assert "1 had never reached the target" in section
+    assert "| anna | weg.txt | left at the target |" in section
+    assert "| anna | entfernt.txt | removed at the target |" in section
+    assert summary["removed_totals"] == {"count": 3, "removed": 1, "kept": 1, "never_arrived": 1}
+
+
+def test_copies_left_at_the_target_are_never_called_removed(tmp_path):
+    from reports.migration import run_summary, write_run_report
+    dept, ledger, run = _ledger_with(tmp_path, [
+        dict(location="weg.txt", state="verified", removed_at_source=True, target_ref="/t/weg.txt")])
+    try:
+        text = write_run_report(dept, run_summary(dept, ledger, run, {}, 1.0)).read_text(encoding="utf-8")
+    finally:
+        ledger.close()
+    assert "removed at the target" not in text and "left at the target" in text
+
+
+def test_users_who_wait_are_told_what_of_theirs_moved_and_why(tmp_path):
+    """`nothing of theirs moved` only for a user of whom nothing moved; the advice names no cause
+    of its own (a full quota is not an identity-map problem): each reason says what to fix."""
+    from reports.migration import run_summary, write_run_report
+    dept, ledger, run = _ledger_with(tmp_path, [
+        dict(owner="ben", state="verified", target_ref="/t/1"), dict(owner="ben", state="verified", target_ref="/t/2"),
+        dict(owner="ben", state="discovered"), dict(owner="anna", state="verified", target_ref="/t/3")])
+    quota = ("Nextcloud has no room left for t-ben's files (HTTP 507 Insufficient Storage); raise the quota of "
+             "account 't-ben' (or free space on the server), then run the department again")
+    try:
+        summary = run_summary(dept, ledger, run, {}, 1.0)
+        summary["stopped_users"] = {"ben": quota, "cem": "target: the account 't-cem' does not exist"}
+        text = write_run_report(dept, summary).read_text(encoding="utf-8")
+    finally:
+        ledger.close()
+    section = text.split("## Users who wait", 1)[1].split("\n## ", 1)[0]
+    ben = next(line for line in section.splitlines() if line.startswith("| ben |"))
+    cem = next(line for line in section.splitlines() if line.startswith("| cem |"))
+    assert "2 item(s) arrived before they stopped" in ben and "nothing of theirs moved" not in ben
+    assert "raise the quota" in ben                         # the reason in full, with its own advice
+    assert "nothing of theirs moved" in cem
+    assert "identity map" not in text and "Users who wait: nothing of theirs moved" not in text
+
+
+def test_reasons_are_cut_at_a_word_boundary():
+    from core.messages import clip
+    reason = "permission denied: the account does not exist at the target, or its app password is wrong"
+    cut = clip(reason, 60)
+    assert len(cut) <= 60 and cut.endswith("…")
+    assert reason.startswith(cut[:-1]) and reason[len(cut) - 1] == " "      # the next character was a space
+    assert clip(reason, 200) == reason and clip("a\nb  c", 10) == "a b c"
+    long_word = "https://cloud.example.org/remote.php/dav/files/" + "x" * 80
+    assert clip(long_word, 40) == long_word[:39] + "…"                       # no boundary: cut, and say so
+
+
+def test_failure_examples_in_the_report_end_on_whole_words(tmp_path):
+    from reports.migration import run_summary, write_run_report
+    message = "load: " + " ".join(f"Wort{n}" for n in range(80))          # ~560 characters
+    dept, ledger, run = _ledger_with(tmp_path, [dict(state="failed", reason="load_error", message=message)])
+    try:
+        text = write_run_report(dept, run_summary(dept, ledger, run, {}, 1.0)).read_text(encoding="utf-8")
+    finally:
+        ledger.close()
+    row = next(line for line in text.splitlines() if line.startswith("| load_error |"))
+    example = row.split(" | ")[2].rstrip(" |")
+    assert example.endswith("…") and example[:-1].split()[-1] in message.split()
