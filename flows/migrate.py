@@ -294,6 +294,7 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
     if ignore_window:
         window = Window(None, None, window.zone)
     window.refuse_if_closed(dept)
+    runtime.pool_settings(dept)              # UMSTIEG_* settings from the environment: checked before anything moves
     stopped = stopped_users(dept, users)
     problems = check_department(dept, users, waiting=stopped)
     if problems:

@@ -195,9 +195,13 @@ def plain_failure(exc: BaseException, dept: Department) -> UmstiegError | None:
     where = f"the ledger {url.render_as_string(hide_password=True)}"
     said = (str(db.orig).strip().splitlines() or [type(db.orig).__name__])[0][:300]
     state = getattr(db.orig, "sqlstate", None) or ""
-    if state.startswith("28"):             # invalid authorization: a wrong password or user
-        return ConfigError(f"{dept.name}: {where} refused the login ({said}): check ledger_password and the "
-                           "user in `ledger:` in the department file")
+    # libpq gives no SQLSTATE for a refused connection; it does say whether the server asked for
+    # the password (and so was reached): then the password, the user or the database is wrong
+    pgconn = getattr(db.orig, "pgconn", None)
+    asked = pgconn is not None and (getattr(pgconn, "used_password", False) or getattr(pgconn, "needs_password", False))
+    if state.startswith("28") or asked:    # invalid authorization: a wrong password or user
+        return ConfigError(f"{dept.name}: {where} refused the login ({said}): check ledger_password, and the "
+                           "user and database in `ledger:`, in the department file")
     if state == "3D000":                   # no such database
         return ConfigError(f"{dept.name}: {where} does not exist ({said}): create the database or fix `ledger:`")
     if db.connection_invalidated or state.startswith(("08", "57P")) or \

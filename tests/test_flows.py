@@ -470,3 +470,154 @@ def test_the_visual_tier_leaves_thumbnails_for_the_dashboard(tmp_path):
         assert (item.fidelity or {}).get("visual"), item.location
         assert (thumbs / f"{item.sha256[:16]}-source.png").is_file()
         assert (thumbs / f"{item.sha256[:16]}-output.png").is_file()
+
+
+# ------------------------------------------------------------- failures a person can act on
+def error_lines(stderr: str) -> list[str]:
+    """What a failed command told the person, without its progress display."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.lstrip().startswith(("testamt", "pgamt"))]
+
+
+@pytest.fixture
+def own_postgres():
+    """A password-protected PostgreSQL of this test's own (it may stop it)."""
+    from servers.postgres import PostgresServer, postgres_missing
+    if reason := postgres_missing():
+        pytest.skip(reason)
+    server = PostgresServer().create()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+def test_a_wrong_ledger_password_is_one_line_and_exit_2(tmp_path, own_postgres):
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=1, name="pgamt", ledger=own_postgres.url,
+                                ledger_password="env:UMSTIEG_TEST_PG_PW")
+    env = dict(os.environ, UMSTIEG_TEST_PG_PW="not-" + own_postgres.password, COLUMNS="200")
+    result = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    told = error_lines(result.stderr)
+    assert len(told) <= 2 and "Traceback" not in result.stderr, result.stderr
+    assert "refused the login" in told[0] and "ledger_password" in told[0] and "127.0.0.1" in told[0]
+    assert own_postgres.password not in result.stderr
+    assert target_files(tmp_path) == []                                  # nothing moved
+    verbose = subprocess.run(UMSTIEG + ["-v", "run", str(dept_file)], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr and "refused the login" in verbose.stderr
+
+
+def test_postgresql_gone_mid_run_says_so_and_the_next_run_resumes(tmp_path, own_postgres):
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=12, name="pgamt",
+                                ledger=own_postgres.url, ledger_password="env:UMSTIEG_TEST_PG_PW",
+                                limits={"chunk_size": 2})
+    env = dict(os.environ, UMSTIEG_TEST_PG_PW=own_postgres.password, COLUMNS="200")
+    os.environ["UMSTIEG_TEST_PG_PW"] = own_postgres.password          # for ledger_rows here
+    try:
+        proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        wait_until_verified(proc, dept_file, 3, timeout=300, poll=0.2)
+        own_postgres.stop()
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 2, stderr
+        told = error_lines(stderr)
+        assert "Traceback" not in stderr and len(told) <= 3, stderr
+        assert any("cannot be reached" in line and "the next run goes on" in line for line in told), stderr
+
+        own_postgres.start()
+        again = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True,
+                               timeout=900)
+        assert again.returncode == 0, again.stderr
+        rows = assert_target_matches_ledger(dept_file, tmp_path)
+        assert len(rows) == len([p for p in (tmp_path / "home").rglob("*") if p.is_file()])
+        assert all(r["state"] == "verified" for r in rows)
+    finally:
+        os.environ.pop("UMSTIEG_TEST_PG_PW", None)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs at tmp_path/small (root only; unmounted afterwards)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a full disk is made with a small tmpfs: needs root and the right to mount")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_work_dir_stops_the_run_with_what_to_do_and_the_next_run_resumes(tmp_path, small_disk):
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=2, work_dir=str(small_disk / "work"),
+                                conversion={"enabled": False}, limits={"chunk_size": 1})
+    (tmp_path / "home" / "anna" / "zz-gross.bin").write_bytes(os.urandom(6 * 2**20))     # more than the disk
+    env = dict(os.environ, COLUMNS="200")
+    first = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 2, first.stderr
+    told = error_lines(first.stderr)
+    assert "Traceback" not in first.stderr and len(told) <= 2, first.stderr
+    assert f"no space left in work_dir {small_disk / 'work'}" in told[0] and "at the source" not in first.stderr
+    rows = {r["location"]: r for r in ledger_rows(dept_file)}
+    assert rows["zz-gross.bin"]["state"] != "verified" and rows["zz-gross.bin"]["reason"] is None   # not blamed
+    for r in rows.values():                  # what is recorded as moved is there, once
+        if r["state"] == "verified":
+            assert sha(Path(r["target_ref"])) == r["target_digest"]
+
+    # the ledger's own file cannot grow either: said the same way
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+        except OSError:
+            pass
+    full = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert "no space left" in full.stderr
+
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    again = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    assert all(r["state"] == "verified" for r in rows)
+    assert len(rows) == len([p for p in (tmp_path / "home").rglob("*") if p.is_file()])
+
+
+def test_environment_settings_are_checked_and_named(tmp_path):
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=1)
+    for value in ("-3", "two"):
+        result = subprocess.run(UMSTIEG + ["convert", str(tmp_path / "home"), str(tmp_path / "out")],
+                                env=dict(os.environ, UMSTIEG_WORKERS=value, COLUMNS="200"),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"UMSTIEG_WORKERS='{value}'" in result.stderr and "whole number of at least 0" in result.stderr
+    result = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=dict(os.environ, UMSTIEG_RECYCLE_ABOVE_MB="lots"),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "UMSTIEG_RECYCLE_ABOVE_MB='lots'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and target_files(tmp_path) == []      # checked before anything moved
+
+
+# ---------------------------------------------------------------------------- a busy machine
+def test_umstieg_run_succeeds_while_every_core_is_busy(tmp_path):
+    """Migration machines are busy by nature (LibreOffice takes every core): a run must not depend on
+    anything starting within a deadline. Asserts success, never time."""
+    from core.settings import usable_cpus
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=3)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * usable_cpus())]
+    try:
+        time.sleep(1)
+        assert all(h.poll() is None for h in hogs)
+        result = subprocess.run(UMSTIEG + ["run", str(dept_file)], capture_output=True, text=True, timeout=1800,
+                                env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"})
+        assert all(h.poll() is None for h in hogs)                 # the machine stayed busy throughout
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert result.returncode == 0, result.stderr
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    assert len(rows) == len([p for p in (tmp_path / "home").rglob("*") if p.is_file()])
+    assert all(r["state"] == "verified" for r in rows)
