@@ -4,10 +4,22 @@ Resumable: `results.jsonl` in the output folder records every document with the 
 bytes it was converted from; run again on the same folders, a document whose bytes and output
 are unchanged is not converted again. Lines are appended as documents finish (a crash loses
 nothing already done), and the file is rewritten with one line per document at the end.
+
+The source tree may be written by others while it is converted (core.localtree): it is listed
+through directory handles without following a link, and each document is read once, through a
+handle opened below the tree one component at a time with `O_NOFOLLOW` and checked to be the
+regular file that was listed, into a private staging copy that LibreOffice, the fidelity check
+and `--copy-unsupported` work on. A file swapped for a link (to `/etc/passwd`) after listing is
+`changed_at_source` and nothing of it is read; links, pipes, sockets and devices are `skipped`
+with the reason; a folder that cannot be listed is `unreadable`. Every entry gets a line. Names of
+any bytes keep a lossless `path` (`latin1-\\xe4.txt`) and land under a decoded name (`latin1-ä.odt`,
+`"renamed": "undecodable_name"`).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -19,9 +31,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import ItemError
+from core.localtree import ChangedAtSource, Entry, is_plain, key_of, open_file, open_root, target_name, walk
 from core.outcomes import Outcome
 from converters.pool import ConverterPool, atomic_copy
-from core.digests import sha256_file
 from converters.result import ConversionResult
 
 __all__ = ["TreeSummary", "convert_tree", "plan_tree", "load_results", "RESULTS_NAME"]
@@ -52,31 +65,64 @@ class TreeSummary:
 
 @dataclass(frozen=True)
 class _Job:
-    src: Path
-    rel: str          # path relative to the source root, POSIX style: the document's identity
+    src: str          # the source file as people read it (SRC/<rel>): for results and messages
+    rel: str          # path below SRC, lossless (core.localtree.key_of): the document's identity
     out_dir: Path
     stem: str
+    raw: bytes = b""  # path below SRC in the file system's bytes
+    name: str = ""    # the file's name at the output (decoded when its bytes are not UTF-8)
+    identity: str | None = None   # device:inode as listed
+    size: int = 0
 
 
-def plan_tree(src: Path, out: Path) -> list[_Job]:
-    """Every file under `src` with where its output goes; `out` is left out if it lies inside.
+def plan_tree(src: Path, out: Path) -> tuple[list[_Job], list[Entry]]:
+    """Every file under `src` with where its output goes, and every other entry (links, pipes,
+    sockets, devices, folders that could not be listed); `out` is left out if it lies inside.
 
     Output names are `<stem>.<odf ext>`; when two files in one folder share a stem
     (`report.doc`, `report.docx`), each keeps its full name (`report.doc.odt`) so none
-    overwrites another.
+    overwrites another. A decoded name that is another file's name gets ` (2)`.
     """
-    src, out = src.resolve(), out.resolve()
+    out = out.resolve()
+    try:
+        st = os.stat(out)
+        exclude = {f"{st.st_dev}:{st.st_ino}"}
+    except OSError:
+        exclude = set()
+    top = open_root(src)
+    try:
+        entries = list(walk(top, exclude=exclude))
+    finally:
+        os.close(top)
+    files = [e for e in entries if e.kind == "file"]
+    others = [e for e in entries if e.kind != "file"]
+    shown = key_of(os.fsencode(src))
+    by_folder: dict[bytes, list[Entry]] = {}
+    for entry in files:
+        by_folder.setdefault(entry.raw.rpartition(b"/")[0], []).append(entry)
     jobs: list[_Job] = []
-    for dirpath, dirnames, filenames in os.walk(src):          # does not follow directory links
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() != out)
-        files = sorted(f for f in filenames if (here / f).is_file())
-        stems = Counter(Path(f).stem for f in files)
-        rel_dir = here.relative_to(src)
-        for name in files:
+    for folder, members in by_folder.items():
+        out_dir = out.joinpath(*[target_name(p) for p in folder.split(b"/") if p]) if folder else out
+        names: dict[bytes, str] = {}
+        taken: set[str] = set()
+        # plain UTF-8 names claim first: a real `latin1-ä.txt` keeps its name beside a decoded one
+        for entry in sorted(members, key=lambda e: (not is_plain(e.raw), e.raw)):
+            name = target_name(entry.raw.rpartition(b"/")[2])
+            n = 1
+            candidate = name
+            while candidate in taken:
+                n += 1
+                stem, dot, ext = name.rpartition(".")
+                candidate = f"{stem} ({n}).{ext}" if dot and stem else f"{name} ({n})"
+            taken.add(candidate)
+            names[entry.raw] = candidate
+        stems = Counter(Path(n).stem for n in names.values())
+        for entry in members:
+            name = names[entry.raw]
             stem = Path(name).stem if stems[Path(name).stem] == 1 else name
-            jobs.append(_Job(here / name, (rel_dir / name).as_posix(), out / rel_dir, stem))
-    return jobs
+            jobs.append(_Job(f"{shown}/{entry.key}", entry.key, out_dir, stem, entry.raw, name, entry.identity,
+                             entry.size or 0))
+    return jobs, others
 
 
 def load_results(path: Path) -> dict[str, dict]:
@@ -138,12 +184,14 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
     _remove_stale_staging(out)
     results_path = out / RESULTS_NAME
     previous = load_results(results_path)
-    jobs = plan_tree(src, out)
-    summary = TreeSummary(total=len(jobs), results_path=results_path)
+    jobs, others = plan_tree(src, out)
+    summary = TreeSummary(total=len(jobs) + len(others), results_path=results_path)
     if on_start:
-        on_start(len(jobs))
+        on_start(summary.total)
     latest: dict[str, dict] = dict(previous)
-    by_source: dict[str, _Job] = {str(j.src): j for j in jobs}
+    by_staged: dict[str, _Job] = {}
+    staging = out / f"{_STAGING_PREFIX}source-{os.getpid()}"       # removed at the end, or by the next run
+    shown = key_of(os.fsencode(src))
 
     def record(result: ConversionResult, job: _Job, skipped: bool, fidelity: dict | None = None) -> None:
         summary.by_outcome[result.outcome.value] += 1
@@ -171,6 +219,7 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
             log.write(json.dumps(line, ensure_ascii=False) + "\n")
             log.flush()
         latest[job.rel] = line
+        shutil.rmtree(staging / str(id(job)), ignore_errors=True)     # its staged copy is no longer needed
         record(result, job, skipped, line.get("fidelity"))
 
     def drain(block: bool) -> None:
@@ -183,7 +232,7 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
 
     def settle(line: dict, result: ConversionResult, job: _Job, skipped: bool) -> None:
         """Record a finished document, after measuring it when an assessor is set."""
-        if assessor is None or (skipped and line.get("fidelity")):
+        if assessor is None or (skipped and line.get("fidelity")) or not result.source.startswith(str(staging)):
             finish(line, result, job, skipped, None)
             return
         waiting[assessor.submit(measured, result)] = (line, result, job, skipped)
@@ -191,37 +240,65 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
             drain(block=True)
         drain(block=False)
 
+    def line_of(job: _Job, result: ConversionResult) -> dict:
+        line = {"path": job.rel, **result.to_json(), "source": job.src, "finished": time.time()}
+        if not is_plain(job.raw):
+            line.update(name=job.name, renamed="undecodable_name")
+        return line
+
+    def unread(job: _Job, outcome: Outcome, message: str) -> None:
+        """A document that was not read: it gets its line like any other."""
+        result = ConversionResult(source=job.src, outcome=outcome, message=message)
+        settle(line_of(job, result), result, job, False)
+
     def todo() -> Iterator[tuple]:
         # Largest first: a big document started last would leave the other workers idle
         # while it finishes (longest-processing-time-first scheduling).
-        for job in sorted(jobs, key=_size, reverse=True):
-            try:
-                digest = sha256_file(job.src)
-            except OSError:
-                digest = None                  # the pool reports why it cannot read the file
-            prior = previous.get(job.rel)
-            if digest and _already_done(prior, digest):
-                summary.skipped += 1
-                settle(dict(prior), _from_record(prior, job), job, True)
-                continue
-            yield (job.src, job.out_dir, job.stem, digest)
+        top = open_root(src)
+        try:
+            for job in sorted(jobs, key=lambda j: j.size, reverse=True):
+                prior = previous.get(job.rel)
+                try:
+                    staged, digest, done = _stage(top, job, staging / str(id(job)), prior,
+                                                  measure=assessor is not None and not (prior or {}).get("fidelity"))
+                except ChangedAtSource as exc:
+                    unread(job, Outcome.CHANGED, str(exc))
+                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise                      # our own disk: the staging copy cannot be written
+                    unread(job, Outcome.UNREADABLE, f"cannot read {job.rel} at the source: {exc.strerror or exc}")
+                    continue
+                except ItemError as exc:
+                    unread(job, Outcome.UNREADABLE, str(exc))
+                    continue
+                if done:
+                    summary.skipped += 1
+                    settle(dict(prior), _from_record(prior, job, staged), job, True)
+                    continue
+                by_staged[str(staged)] = job
+                yield (staged, job.out_dir, job.stem, digest)
+        finally:
+            os.close(top)
 
     with open(results_path, "a", encoding="utf-8") as log:
         try:
+            for entry in others:                    # links, pipes, sockets, devices, unlisted folders
+                settle(*_not_converted(entry, shown), False)
             for result in pool.convert_many(todo()):
-                job = by_source[result.source]
+                job = by_staged.pop(result.source)
                 if result.outcome is Outcome.UNSUPPORTED and copy_unsupported:
-                    target = job.out_dir / job.src.name
-                    atomic_copy(job.src, target)
+                    target = job.out_dir / job.name
+                    atomic_copy(Path(result.source), target)        # the staged copy: what was checked
                     result.output, result.output_bytes = str(target), target.stat().st_size
                     result.message += "; copied unchanged"
-                line = {"path": job.rel, **result.to_json(), "finished": time.time()}
-                settle(line, result, job, False)
+                settle(line_of(job, result), result, job, False)
             while waiting:
                 drain(block=True)
         finally:
             if assessor is not None:
                 assessor.shutdown(wait=not waiting, cancel_futures=True)
+            shutil.rmtree(staging, ignore_errors=True)
 
     # one line per document: rewrite atomically in source order
     order = {j.rel: i for i, j in enumerate(jobs)}
@@ -246,16 +323,57 @@ def _remove_stale_staging(out: Path) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _size(job: _Job) -> int:
-    try:
-        return job.src.stat().st_size
-    except OSError:
-        return 0
+#: Staging folders in OUT start so (the pool's own too): a killed run's are removed by the next.
+_STAGING_PREFIX = ".umstieg-"
+_BLOCK = 1 << 20
 
 
-def _from_record(record: dict, job: _Job) -> ConversionResult:
-    """A result standing for a document converted by an earlier run."""
-    return ConversionResult(source=str(job.src), outcome=Outcome(record["outcome"]),
+def _stage(top: int, job: _Job, where: Path, prior: dict | None, measure: bool) -> tuple[Path | None, str, bool]:
+    """(staged copy, sha256, already converted): the document read once through a checked handle
+    (core.localtree.open_file). Its bytes are hashed first; a document converted from the same
+    bytes before is not copied unless it is still to be measured. The copy keeps the source's
+    modification time, which `--copy-unsupported` passes on."""
+    with open_file(top, job.raw, job.identity) as fin:
+        st = os.fstat(fin.fileno())
+        digest = hashlib.sha256()
+        for block in iter(lambda: fin.read(_BLOCK), b""):
+            digest.update(block)
+        done = _already_done(prior, digest.hexdigest())
+        if done and not measure:
+            return None, digest.hexdigest(), True
+        fin.seek(0)
+        where.mkdir(parents=True, exist_ok=True)
+        staged = where / job.name
+        copied = hashlib.sha256()
+        with open(staged, "wb") as fout:
+            for block in iter(lambda: fin.read(_BLOCK), b""):
+                copied.update(block)
+                fout.write(block)
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return staged, (digest if done else copied).hexdigest(), done
+
+
+def _not_converted(entry: Entry, shown: str) -> tuple[dict, ConversionResult, _Job]:
+    """The line, result and job of an entry that is not a file with data, or a folder that could
+    not be listed: nothing of it is read, and the results say why."""
+    rel = entry.key + ("/" if entry.kind == "unlisted" else "")
+    job = _Job(f"{shown}/{rel}", rel, Path(), "", entry.raw, target_name(entry.raw.rpartition(b"/")[2]))
+    if entry.kind == "unlisted":
+        result = ConversionResult(source=job.src, outcome=Outcome.UNREADABLE,
+                                  message=f"the folder could not be listed: {entry.error}; nothing in it was read")
+        reason = "unlisted_folder"
+    else:
+        reason, why = entry.why_skipped()
+        result = ConversionResult(source=job.src, outcome=Outcome.SKIPPED, message=why)
+    line = {"path": rel, **result.to_json(), "reason": reason, "finished": time.time()}
+    if not is_plain(entry.raw):
+        line.update(name=target_name(entry.raw), renamed="undecodable_name")
+    return line, result, job
+
+
+def _from_record(record: dict, job: _Job, staged: Path | None = None) -> ConversionResult:
+    """A result standing for a document converted by an earlier run (`staged`: its copy, to measure)."""
+    return ConversionResult(source=str(staged) if staged else job.src, outcome=Outcome(record["outcome"]),
                             message="already converted from the same bytes by an earlier run",
                             output=record.get("output"), format=record.get("format"),
                             target=record.get("target"), input_bytes=record.get("input_bytes"),

@@ -203,7 +203,7 @@ def _kind(mode: int) -> str:
     return "other"
 
 
-def _listing(dir_fd: int, rel: bytes) -> tuple[list[Entry], list[bytes]]:
+def _listing(dir_fd: int, rel: bytes, exclude: set[str] = frozenset()) -> tuple[list[Entry], list[bytes]]:
     """The entries of one folder (by name) and its sub-folders' names, the listing finished first."""
     with os.scandir(dir_fd) as it:
         names = sorted(os.fsencode(e.name) for e in it)
@@ -219,7 +219,8 @@ def _listing(dir_fd: int, rel: bytes) -> tuple[list[Entry], list[bytes]]:
             continue
         kind = _kind(st.st_mode)
         if kind == "dir":
-            subdirs.append(name)
+            if f"{st.st_dev}:{st.st_ino}" not in exclude:
+                subdirs.append(name)
         elif kind == "file":
             entries.append(Entry(path, "file", st.st_size, st.st_mtime_ns, f"{st.st_dev}:{st.st_ino}"))
         else:
@@ -233,12 +234,13 @@ def _listing(dir_fd: int, rel: bytes) -> tuple[list[Entry], list[bytes]]:
     return entries, subdirs
 
 
-def walk(top_fd: int) -> Iterator[Entry]:
+def walk(top_fd: int, exclude: set[str] = frozenset()) -> Iterator[Entry]:
     """Every entry below the folder `top_fd`, depth first, in byte order of names, the files of a
     folder before its sub-folders. Links are reported, never entered; a sub-folder that cannot be
     opened or listed is one entry of kind `unlisted`. A top folder that cannot be listed raises
-    OSError. The handle `top_fd` stays open (the caller's)."""
-    entries, subdirs = _listing(top_fd, b"")
+    OSError. Folders whose "device:inode" is in `exclude` are left out (an output folder inside the
+    tree). The handle `top_fd` stays open (the caller's)."""
+    entries, subdirs = _listing(top_fd, b"", exclude)
     yield from entries
     frames = [(os.dup(top_fd), b"", iter(subdirs))]
     try:
@@ -256,7 +258,7 @@ def walk(top_fd: int) -> Iterator[Entry]:
                 yield Entry(path, "unlisted", error=_why_not_listed(exc))
                 continue
             try:
-                entries, subdirs = _listing(child, path)
+                entries, subdirs = _listing(child, path, exclude)
             except OSError as exc:
                 os.close(child)
                 yield Entry(path, "unlisted", error=_why_not_listed(exc))

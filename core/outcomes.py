@@ -22,6 +22,8 @@ class Outcome(StrEnum):
     CRASHED = "crashed"          # LibreOffice died on it, twice
     TOO_LARGE = "too_large"      # LibreOffice grew beyond the memory limit converting it
     UNWRITABLE = "unwritable"    # the output could not be written (the document is not at fault)
+    CHANGED = "changed_at_source"  # swapped for a link or another file after it was listed: not read
+    SKIPPED = "skipped"          # not a file with data (a link, a pipe, a socket, a device): not read
 
     @property
     def ok(self) -> bool:
@@ -31,4 +33,4 @@ class Outcome(StrEnum):
     @property
     def failed(self) -> bool:
         """True when the document needs attention (a rerun or a person)."""
-        return not self.ok and self is not Outcome.UNSUPPORTED
+        return not self.ok and self not in (Outcome.UNSUPPORTED, Outcome.SKIPPED)

@@ -65,3 +65,56 @@ def test_a_file_deleted_after_listing_is_unreadable_and_the_batch_goes_on(pool, 
     assert lines["bleibt.docx"]["outcome"] == "converted"
     assert lines["weg.docx"]["outcome"] == "unreadable" and "cannot read" in lines["weg.docx"]["message"]
     assert Outcome(lines["weg.docx"]["outcome"]).failed and summary.failed == 1
+
+
+SECRET = b"SECRET-FROM-OUTSIDE-THE-TREE\n"
+
+
+def test_nothing_outside_the_tree_is_read_and_every_entry_gets_a_line(pool, tmp_path):
+    """Links (to a file and a folder outside), a pipe, a name in Latin-1 bytes, and a file swapped
+    for a link to an outside file after the tree was listed: every entry gets its line, the links
+    and the pipe are `skipped`, the swapped file `changed_at_source`, the Latin-1 name converts
+    under its decoded name, and no byte from outside reaches OUT, even with --copy-unsupported."""
+    import os
+    src, out, elsewhere = tmp_path / "src", tmp_path / "out", tmp_path / "elsewhere"
+    src.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "passwd").write_bytes(SECRET)
+    make_docx(src / "a.docx")
+    make_docx(Path(os.fsdecode(os.fsencode(src) + b"/Bericht-\xe4.docx")), seed=2)
+    (src / "notiz.txt").write_text("Notiz\n")
+    (src / "tausch.txt").write_text("harmlos\n")
+    os.symlink(elsewhere / "passwd", src / "hostname.txt")
+    os.symlink(elsewhere, src / "ordner")
+    os.mkfifo(src / "pipe")
+
+    def swap_after_listing(total: int) -> None:
+        assert total == 7
+        (src / "tausch.txt").unlink()
+        os.symlink(elsewhere / "passwd", src / "tausch.txt")
+
+    summary = convert_tree(pool, src, out, copy_unsupported=True, on_start=swap_after_listing)
+    raw = (out / RESULTS_NAME).read_bytes()
+    raw.decode("utf-8")                                        # no surrogate escapes: valid UTF-8
+    lines = _lines(out)
+    assert set(lines) == {"a.docx", "Bericht-\\xe4.docx", "notiz.txt", "tausch.txt", "hostname.txt", "ordner",
+                          "pipe"}
+    assert {p: r["outcome"] for p, r in lines.items()} == {
+        "a.docx": "converted", "Bericht-\\xe4.docx": "converted", "notiz.txt": "unsupported",
+        "tausch.txt": "changed_at_source", "hostname.txt": "skipped", "ordner": "skipped", "pipe": "skipped"}
+    assert lines["hostname.txt"]["reason"] == "skipped_link" and str(elsewhere) in lines["hostname.txt"]["message"]
+    assert lines["pipe"]["reason"] == "skipped_fifo"
+    assert "link" in lines["tausch.txt"]["message"]
+    odd = lines["Bericht-\\xe4.docx"]
+    assert odd["renamed"] == "undecodable_name" and odd["output"] == str(out / "Bericht-ä.odt")
+    assert (out / "Bericht-ä.odt").is_file() and (out / "notiz.txt").read_text() == "Notiz\n"
+    assert summary.failed == 1 and summary.by_outcome["skipped"] == 3
+    for p in out.rglob("*"):
+        assert not p.is_symlink(), p
+        if p.is_file():
+            assert SECRET not in p.read_bytes(), p
+    assert not [p for p in out.iterdir() if p.name.startswith(".umstieg-")]    # staging copies are gone
+    # run again: the swapped file is a link now (skipped), the rest is already done
+    again = convert_tree(pool, src, out, copy_unsupported=True)
+    assert _lines(out)["tausch.txt"]["outcome"] == "skipped" and again.failed == 0
+    assert again.skipped == 2                                  # a.docx and Bericht: same bytes

@@ -107,9 +107,23 @@ def convert(
                   f"[bold]{summary.results_path}[/bold]")
     if fidelity_settings is not None:
         _print_fidelity(summary, out)
+    _print_attention(summary)
     if summary.failed:
         console.print(f"[red]{summary.failed} document(s) failed[/red] (see the outcome column and results.jsonl)")
         raise typer.Exit(1)
+
+
+def _print_attention(summary) -> None:
+    """What a person should look at beside the failures: entries that were not read, and why."""
+    skipped = summary.by_outcome.get(Outcome.SKIPPED.value, 0)
+    changed = summary.by_outcome.get(Outcome.CHANGED.value, 0)
+    if skipped:
+        console.print(f"[yellow]{skipped} entr(y/ies) not read[/yellow]: links (never followed), pipes, sockets or "
+                      "devices; each has a line with outcome `skipped` and the reason in results.jsonl", soft_wrap=True)
+    if changed:
+        console.print(f"[yellow]{changed} file(s) changed at the source while converting[/yellow] (replaced by a link "
+                      "or another file after the tree was listed): nothing of them was read; run the command again",
+                      soft_wrap=True)
 
 
 def _print_summary(summary, pool) -> None:
