@@ -32,7 +32,7 @@ from reports.compare import Check, compare
 from reports.facts import Facts
 from reports.legacy import NotReadable, read_doc, read_ppt, read_rtf, read_wordml
 from reports.presentations import read_odp, read_pptx
-from reports.scoring import FidelitySettings, Verdict, verdict_for
+from reports.scoring import LOST_WORDS_FOR_REVIEW, FidelitySettings, Verdict, is_critical_loss, verdict_for
 from reports.spreadsheets import read_ods, read_xls, read_xlsb, read_xlsx
 from reports.text import similarity
 from reports.wordprocessing import read_docx, read_odt
@@ -52,8 +52,10 @@ SOURCE_RENDER_NOTE = ("The source's page images are LibreOffice's reading of the
 _READERS: dict[str, Callable[..., Facts]] = {
     "docx": read_docx, "docm": read_docx, "dotx": read_docx, "dotm": read_docx,
     "doc": read_doc, "dot": read_doc, "rtf": read_rtf, "wordml": read_wordml,
+    "doc6": read_doc, "dot6": read_doc,          # read_doc says why it does not read Word 6.0/95
     "xlsx": read_xlsx, "xlsm": read_xlsx, "xltx": read_xlsx, "xltm": read_xlsx,
     "xls": read_xls, "xlt": read_xls, "xlsb": read_xlsb,
+    "xls5": read_xls, "xlt5": read_xls, "xls4": read_xls,    # xlrd reads BIFF2 to BIFF8
     "pptx": read_pptx, "pptm": read_pptx, "ppsx": read_pptx, "ppsm": read_pptx, "potx": read_pptx,
     "potm": read_pptx, "ppt": read_ppt, "pps": read_ppt, "pot": read_ppt,
     "odt": read_odt, "ott": read_odt, "ods": read_ods, "ots": read_ods, "odp": read_odp, "otp": read_odp,
@@ -85,6 +87,8 @@ class FidelityRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     text_similarity: float | None = None        # share of the source's words the output holds (Dice)
     source_words: int = 0
+    words_lost: int | None = None               # words of the source the output lacks (multiset difference)
+    repaired: bool = False                      # LibreOffice repaired the source to read it: review at best
     source_comments: int | None = field(default=None, repr=False)   # for the visual tier's safety rule
 
     @property
@@ -102,6 +106,10 @@ class FidelityRecord:
             data["checks"] = [c.to_json() for c in self.checks]
         if self.text_similarity is not None:
             data["text_similarity"] = round(self.text_similarity, 4)
+        if self.words_lost is not None:
+            data["words_lost"] = self.words_lost
+        if self.repaired:
+            data["repaired"] = True
         for key in ("reader", "visual"):
             if getattr(self, key):
                 data[key] = getattr(self, key)
@@ -125,15 +133,20 @@ def read_facts(path: Path, fmt: OfficeFormat, settings: FidelitySettings | None 
 
 def assess(source: Path, output: Path, fmt: OfficeFormat, settings: FidelitySettings | None = None, *,
            render: Renderer | None = None, visual: bool | None = None, thumbs: Path | None = None,
-           key: str | None = None) -> FidelityRecord:
+           key: str | None = None, repaired: bool = False) -> FidelityRecord:
     """Compare `source` (of format `fmt`) with its ODF `output`.
 
     `render` enables the visual tier; `visual` forces it on or off (default: as settings say, from
     the structural verdict). Thumbnails of the first pages go to `thumbs` as `<key>-source.png`
-    and `<key>-output.png`.
+    and `<key>-output.png`. `repaired`: LibreOffice repaired the source to read it, so the verdict
+    is "review" at best (what it dropped while repairing cannot be measured against a reader that
+    failed on the same damage).
     """
     settings = settings or FidelitySettings()
-    record = FidelityRecord(status=Status.ASSESSED)
+    record = FidelityRecord(status=Status.ASSESSED, repaired=repaired)
+    if repaired:
+        record.notes.append("LibreOffice repaired the damaged file before it could read it: what it left out while "
+                            "repairing cannot be measured, so the verdict is review at best")
     started = time.perf_counter()
     try:
         _structural(source, output, fmt, settings, record)
@@ -190,6 +203,8 @@ def _structural(source: Path, output: Path, fmt: OfficeFormat, settings: Fidelit
     record.source_comments = src_facts.counts.get("comments")
     record.text_similarity = similarity(src_facts.text, out_facts.text)
     record.source_words = src_facts.text.word_count
+    if fmt.family is not Family.SPREADSHEET:
+        record.words_lost = sum((src_facts.text.words - out_facts.text.words).values())
 
 
 def _judge(record: FidelityRecord, settings: FidelitySettings, family: Family) -> None:
@@ -199,7 +214,10 @@ def _judge(record: FidelityRecord, settings: FidelitySettings, family: Family) -
     if (family is not Family.SPREADSHEET and record.source_words >= 20
             and record.text_similarity is not None and record.text_similarity < 0.5):
         broken = True
-    record.verdict = verdict_for(record.score, len(record.deductions), settings, broken=broken)
+    critical = [c for c in record.checks if is_critical_loss(c.name, c.source, c.output, c.points)]
+    lost_text = record.words_lost is not None and record.words_lost >= LOST_WORDS_FOR_REVIEW
+    record.verdict = verdict_for(record.score, len(record.deductions), settings, broken=broken,
+                                 review=bool(critical) or lost_text or record.repaired)
 
 
 def _wants_visual(record: FidelityRecord, settings: FidelitySettings, forced: bool | None, key: str) -> bool:
@@ -247,6 +265,8 @@ def make_assessor(settings: FidelitySettings | None = None, *, render: Renderer 
         except Exception as exc:  # noqa: BLE001 - risk flags are a bonus here; the scan reports failures
             log.debug("risk flags of %s: %s", result.source, exc)
         risk_seconds = time.perf_counter() - started
+        if result.repaired:
+            flags.append("repaired")
         if result.outcome is Outcome.PASSTHROUGH:
             record = FidelityRecord(status=Status.ASSESSED, score=100.0, verdict=Verdict.IDENTICAL,
                                     notes=["already OpenDocument: copied unchanged"])
@@ -255,7 +275,7 @@ def make_assessor(settings: FidelitySettings | None = None, *, render: Renderer 
         else:
             key = (result.sha256 or hashlib.sha256(result.source.encode()).hexdigest())[:16]
             record = assess(Path(result.source), Path(result.output), fmt, settings, render=render,
-                            thumbs=thumbs, key=key)
+                            thumbs=thumbs, key=key, repaired=result.repaired)
         record.risks = flags
         record.seconds["risks"] = risk_seconds
         return record.to_json()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from converters.formats import Family
+from converters.formats import LEGACY_FORMATS, Family
 from converters.sniff import sniff
 from core.outcomes import Outcome
 
@@ -47,6 +47,8 @@ RISK_FLAGS: dict[str, RiskFlag] = {
     "encrypted": RiskFlag("person", "password-protected or encrypted: needs its owner's password"),
     "irm": RiskFlag("person", "rights-managed (IRM): only its owner's organisation can open it"),
     "unreadable": RiskFlag("person", "empty, damaged or not what its name claims"),
+    "damaged": RiskFlag("review", "damaged: LibreOffice may still read or repair it; check the result"),
+    "repaired": RiskFlag("review", "damaged: LibreOffice repaired it to convert it; check what is left"),
     "macros_vba": RiskFlag("person", "VBA macros: they do not run in LibreOffice; someone must port or drop them"),
     "macros_xlm": RiskFlag("person", "Excel 4.0 (XLM) macro sheets"),
     "macros_autorun": RiskFlag("person", "macros that run by themselves on opening (AutoOpen, Workbook_Open …)"),
@@ -69,12 +71,12 @@ RISK_FLAGS: dict[str, RiskFlag] = {
                                                    "lines and pages may break differently"),
     "oversized": RiskFlag("review", "very large file: slow to convert, check it converted completely"),
     "comments": RiskFlag("info", "comments or notes"),
-    "legacy_binary": RiskFlag("info", "Office 97-2003 binary format"),
+    "legacy_binary": RiskFlag("info", "Office 97-2003 or older binary format"),
     "template": RiskFlag("info", "a template"),
 }
 
 _LEVEL_ORDER = {"person": 0, "review": 1, "info": 2}
-_LEGACY_BINARY = {"doc", "dot", "xls", "xlt", "ppt", "pps", "pot"}
+_LEGACY_BINARY = LEGACY_FORMATS
 
 #: Functions Excel writes with the _xlfn. prefix that LibreOffice 7.4 does not implement.
 NEWER_EXCEL_FUNCTIONS = frozenset("""
@@ -200,7 +202,8 @@ def inspect(path: Path, *, root: Path | None = None, oversize: int = DEFAULT_OVE
     if sniffed.outcome is Outcome.ENCRYPTED:
         flags.add("irm" if "IRM" in sniffed.reason else "encrypted")
     elif sniffed.outcome is Outcome.UNREADABLE:
-        flags.add("unreadable")
+        # damage LibreOffice may read past or repair is for review; the rest needs a person
+        flags.add("damaged" if sniffed.libreoffice_decides else "unreadable")
     if size > oversize:
         flags.add("oversized")
     if fmt is not None:

@@ -85,7 +85,7 @@ def test_wrong_extension_is_converted_by_content(pool, tmp_path):
 @pytest.mark.parametrize("name, data, outcome", [
     ("random.docx", os.urandom(4096), Outcome.UNREADABLE),
     ("empty.xlsx", b"", Outcome.UNREADABLE),
-    ("text.doc", b"Dies ist kein Word-Dokument.\n" * 20, Outcome.UNREADABLE),
+    ("noise.doc", bytes(range(256)) * 16, Outcome.UNREADABLE),     # LibreOffice would only show it as raw text
     ("photo.jpg", b"\xff\xd8\xff\xe0" + os.urandom(200), Outcome.UNSUPPORTED),
     ("notes.txt", b"plain text", Outcome.UNSUPPORTED),
 ])
@@ -100,12 +100,67 @@ def test_bad_input_costs_no_libreoffice_call(pool, tmp_path, name, data, outcome
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_truncated_docx_is_unreadable(pool, tmp_path):
+@pytest.mark.parametrize("name, data, fmt, mimetype, words", [
+    ("notiz.doc", "Dies ist kein Word-Dokument, sondern Text.\n" * 3, "text-writer", "text", "sondern"),
+    ("liste.xls", "Name;Betrag\nMiete;1200\n", "text-calc", "spreadsheet", "Miete"),
+    ("export.xls", "<html><body><table><tr><td>Haushalt</td><td>42</td></tr></table></body></html>", "html-calc",
+     "spreadsheet", "Haushalt"),
+    ("bericht.doc", "<html><body><h1>Bericht</h1><p>Inhalt folgt</p></body></html>", "html-writer", "text", "Inhalt"),
+    ("tabelle.xls", "ID;PWXL;N;E\r\nC;Y1;X1;K\"Kasse\"\r\nE\r\n", "sylk", "spreadsheet", "Kasse"),
+])
+def test_files_whose_office_extension_lies_are_converted_as_what_they_are(pool, tmp_path, name, data, fmt,
+                                                                         mimetype, words):
+    # LibreOffice reads them (plain `soffice --convert-to` converts each): never refused
+    (tmp_path / name).write_text(data, encoding="utf-8")
+    result = pool.convert(tmp_path / name, tmp_path / "out")
+    assert result.outcome is Outcome.CONVERTED, result.message
+    assert result.format == fmt and result.import_filter
+    assert odf_mimetype(Path(result.output)) == f"application/vnd.oasis.opendocument.{mimetype}"
+    with zipfile.ZipFile(result.output) as z:
+        assert words in z.read("content.xml").decode("utf-8")
+
+
+def test_a_truncated_docx_libreoffice_repairs_is_converted_and_flagged(pool, tmp_path):
+    from reports.fidelity import make_assessor
+    from reports.scoring import FidelitySettings
+
     src = make_docx(tmp_path / "whole.docx", paragraphs=50)
     data = src.read_bytes()
     (tmp_path / "cut.docx").write_bytes(data[: len(data) // 2])
     result = pool.convert(tmp_path / "cut.docx", tmp_path / "out")
-    assert result.outcome is Outcome.UNREADABLE and result.attempts == 0
+    assert result.outcome is Outcome.CONVERTED and result.repaired and "repaired" in result.message
+    assert check_package(Path(result.output)) == []
+    record = make_assessor(FidelitySettings(visual="none"))(result)
+    assert "repaired" in record["risks"] and record["repaired"]
+    assert record["verdict"] in ("review", "broken")
+
+
+def test_a_package_libreoffice_cannot_repair_is_unreadable_in_plain_words(pool, tmp_path):
+    # 700 bytes of a docx: the first entry only, cut short; LibreOffice's repair finds nothing to read
+    src = make_docx(tmp_path / "whole.docx", paragraphs=50)
+    (tmp_path / "stub.docx").write_bytes(src.read_bytes()[:700])
+    result = pool.convert(tmp_path / "stub.docx", tmp_path / "out")
+    assert result.outcome is Outcome.UNREADABLE and result.attempts >= 1
+    assert ".cxx" not in result.message and "pyuno" not in result.message
+    assert "Ask its owner" in result.message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_workbooks_with_excels_default_password_convert(pool, tmp_path):
+    import base64
+    import zlib
+
+    from msoffcrypto.format.ooxml import OOXMLFile
+    from test_sniff import VELVET_XLS
+
+    (tmp_path / "rc4.xls").write_bytes(zlib.decompress(base64.b64decode("".join(VELVET_XLS))))
+    plain = make_xlsx(tmp_path / "plain.xlsx")
+    with open(plain, "rb") as f, open(tmp_path / "velvet.xlsx", "wb") as out:
+        OOXMLFile(f).encrypt("VelvetSweatshop", out)
+    for name in ("rc4.xls", "velvet.xlsx"):
+        result = pool.convert(tmp_path / name, tmp_path / "out")
+        assert result.outcome is Outcome.CONVERTED, (name, result.message)
+        assert odf_mimetype(Path(result.output)) == "application/vnd.oasis.opendocument.spreadsheet"
 
 
 def test_encrypted_ooxml_is_reported_without_libreoffice(pool, tmp_path):
@@ -134,9 +189,22 @@ def test_odf_passes_through_after_a_validity_check(pool, tmp_path):
         for item in zin.infolist():
             data = zin.read(item)
             zout.writestr(item, data[:-40] if item.filename == "content.xml" else data)
-    result = pool.convert(broken, tmp_path / "out")
-    assert result.outcome is Outcome.UNREADABLE
-    assert not (tmp_path / "out" / "broken.odt").exists()
+    result = pool.convert(broken, tmp_path / "out2")
+    # an invalid package is not copied: LibreOffice is asked to read (and repair) it; whatever it
+    # makes of it is a repaired conversion, never a pass-through
+    assert result.outcome in (Outcome.UNREADABLE, Outcome.CONVERTED) and result.attempts >= 1
+    assert result.outcome is Outcome.UNREADABLE or result.repaired
+    if result.outcome is Outcome.UNREADABLE:
+        assert not (tmp_path / "out2" / "broken.odt").exists()
+
+    unlisted = tmp_path / "unlisted.odt"
+    with zipfile.ZipFile(tmp_path / "open.odt") as zin, zipfile.ZipFile(unlisted, "w") as zout:
+        for item in zin.infolist():
+            if item.filename != "META-INF/manifest.xml":
+                zout.writestr(item, zin.read(item))
+    result = pool.convert(unlisted, tmp_path / "out3")
+    assert result.outcome is Outcome.CONVERTED and result.repaired, result.message
+    assert check_package(Path(result.output)) == []
 
 
 def test_hostile_names_convert(pool, tmp_path):
