@@ -69,10 +69,10 @@ def target_files(tmp_path: Path) -> list[Path]:
 def ledger_rows(dept_file: Path) -> list[dict]:
     """The ledger's items as dicts (the columns the tests look at)."""
     from core.department import load_department
-    from core.ledger import Item, Ledger
+    from core.ledger import Item
     from sqlalchemy import select
     dept = load_department(dept_file)
-    ledger = Ledger(dept.ledger_url)
+    ledger = dept.open_ledger()
     try:
         with ledger.session() as s:
             return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "message", "target_ref",
@@ -515,10 +515,10 @@ def test_postgresql_gone_mid_run_says_so_and_the_next_run_resumes(tmp_path, own_
     os.environ["UMSTIEG_TEST_PG_PW"] = own_postgres.password          # for ledger_rows here
     try:
         proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True)
         wait_until_verified(proc, dept_file, 3, timeout=300, poll=0.2)
         own_postgres.stop()
-        _, stderr = proc.communicate(timeout=600)
+        stderr = proc.communicate(timeout=600)[1].decode()
         assert proc.returncode == 2, stderr
         told = error_lines(stderr)
         assert "Traceback" not in stderr and len(told) <= 3, stderr
