@@ -43,19 +43,16 @@ def processes_using(marker: str) -> list[psutil.Process]:
     return found
 
 
-def _is_office_or_worker(p: psutil.Process) -> bool:
-    name = p.info["name"] or ""
-    cmdline = " ".join(p.info["cmdline"] or [])
-    return name.startswith(("soffice", "oosplash")) or "converters.worker" in cmdline
-
-
 def session_processes() -> list[psutil.Process]:
-    """Live LibreOffice and worker processes started by this test session (they carry its marker)."""
+    """Live processes started by this test session, of every kind: LibreOffice and its workers,
+    Prefect's servers, PostgreSQL, Dovecot, Samba, Radicale, WsgiDAV, Nextcloud's `php -S`, Dask.
+    They carry the session's marker in the environment they started with (a server that cleans
+    its environment later still shows the one it was started with in /proc/PID/environ)."""
     wanted = "=".join(SESSION_MARKER).encode()
     found = []
-    for p in psutil.process_iter(["name", "cmdline", "status"]):
+    for p in psutil.process_iter(["status"]):
         try:
-            if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid == os.getpid() or not _is_office_or_worker(p):
+            if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid == os.getpid():
                 continue
             with open(f"/proc/{p.pid}/environ", "rb") as f:
                 if wanted in f.read().split(b"\0"):
@@ -70,25 +67,45 @@ def _leftovers() -> list[psutil.Process]:
     return list(by_pid.values())
 
 
-def pytest_sessionfinish(session, exitstatus):
-    import time
-    # the pools the flows start in this process close at its exit, as in a real run (flows/runtime.py
-    # registers that with atexit): closed here first, so that only what nothing would close counts
+def _close_what_this_process_would_close_at_exit() -> None:
+    """The pools the flows started in this process and Prefect's temporary servers (a test that
+    calls a Prefect flow starts one) end at this process's exit, as in a real run (atexit): ended
+    here first, so that only what nothing would end counts."""
     if "flows.runtime" in sys.modules:
         sys.modules["flows.runtime"].close_all()
-    deadline = time.monotonic() + 5          # workers whose pool just died end themselves in < 1 s
-    while (leftovers := _leftovers()) and time.monotonic() < deadline:
+    prefect_server = sys.modules.get("prefect.server.api.server")
+    for server in list(getattr(getattr(prefect_server, "SubprocessASGIServer", None), "_instances", {}).values()):
+        try:
+            server.stop()
+        except Exception as exc:  # noqa: BLE001 - what is left is found and named below
+            print(f"\nPrefect's temporary server did not stop: {exc}")
+
+
+def _described(p: psutil.Process) -> str:
+    try:
+        return f"{p.pid} {p.name()} ({' '.join(p.cmdline())[:120]})"
+    except psutil.Error:
+        return str(p.pid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when anything it started outlived it (a server, LibreOffice, a worker);
+    end those processes, so that no test run leaves a port or memory taken on a shared machine."""
+    import time
+    _close_what_this_process_would_close_at_exit()
+    deadline = time.monotonic() + 10         # workers whose pool just died end themselves in < 1 s;
+    while (leftovers := _leftovers()) and time.monotonic() < deadline:   # servers told to stop, in a few
         time.sleep(0.2)
     if leftovers:
-        names = []
+        names = [_described(p) for p in leftovers]
         for p in leftovers:
             try:
-                names.append(f"{p.pid} {p.name()}")
                 p.kill()
             except psutil.Error:
                 continue
+        psutil.wait_procs(leftovers, timeout=5)
         session.exitstatus = 1
-        print(f"\nFAILED: {len(leftovers)} LibreOffice/worker process(es) outlived the tests: " + ", ".join(names))
+        print(f"\nFAILED: {len(leftovers)} process(es) started by the tests outlived them: " + "; ".join(names))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from conftest import processes_using, runtime_dir
 from docgen import make_docx, make_heavy_docx, make_mixed_set
 
@@ -136,3 +138,29 @@ def test_missing_libreoffice_is_a_clear_error(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "LibreOffice" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_test_session_fails_when_a_server_it_started_outlives_it(tmp_path):
+    """The end-of-session check covers every process a session starts, not only LibreOffice: here a
+    server that detached itself (its own session, its parent gone, as pg_ctl's and smbd's do)."""
+    pidfile = tmp_path / "server.pid"
+    (tmp_path / "test_leaves_a_server.py").write_text(f'''
+import subprocess, sys, time
+from pathlib import Path
+
+def test_starts_a_server_and_forgets_it():
+    # double fork: the server's parent exits at once, as a daemon's does
+    subprocess.run([sys.executable, "-c", "import os, subprocess, sys; "
+                    "p = subprocess.Popen([sys.executable, '-m', 'http.server', '--bind', '127.0.0.1', '0'], "
+                    "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+                    "open({str(pidfile)!r}, 'w').write(str(p.pid))"], check=True)
+    assert Path({str(pidfile)!r}).read_text()
+''', encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                             str(tmp_path / "test_leaves_a_server.py")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    pid = int(pidfile.read_text())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "outlived them" in result.stdout and f"{pid} python" in result.stdout and "http.server" in result.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE    # and ended it
