@@ -43,12 +43,14 @@ from smbprotocol.exceptions import (AccessDenied, BadNetworkName, LogonFailure, 
 from smbprotocol.file_info import InfoType
 from smbprotocol.open import FilePipePrinterAccessMask, SMB2QueryInfoRequest, SMB2QueryInfoResponse
 from smbprotocol.security_descriptor import AccessAllowedAce, AccessDeniedAce, AceFlags, SMB2CreateSDBuffer
-from smbclient._io import SMBFileTransaction, SMBRawIO   # the security query has no public helper
+from smbclient._io import SMBFileIO, SMBFileTransaction, SMBRawIO, query_info   # no public helper for these
+from smbprotocol.file_info import FileAttributes, FileAttributeTagInformation, FileInternalInformation
 
 from core.plugins import PerProcess
 from core.department import SmbSource
 from core.errors import FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
+from core.localtree import ChangedAtSource
 
 __all__ = ["SmbShare", "source_for", "permissions_of", "principal_name", "BLOCK"]
 
@@ -335,13 +337,22 @@ class SmbShare:
             for entry in entries:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 info = entry.smb_info
+                link = _link_kind(info.file_attributes, info.ea_size)   # ea_size holds a reparse point's tag
+                if link:                                   # never entered nor read: it may lead anywhere
+                    yield ItemRef(source=self.name, key=f"{owner}/{rel}", kind=Kind.FILE, owner=owner, location=rel,
+                                  version=f"link:{_mtime_ns(info.last_write_time)}", size=None,
+                                  meta={"skipped": "skipped_link",
+                                        "why": f"a {link} on the share: links are not followed (it could lead "
+                                               "outside the user's folder); copy what it points to by hand if it "
+                                               "belongs here"})
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(rel)
                     continue
                 if not entry.is_file(follow_symlinks=False):
-                    continue                               # links and other reparse points
+                    continue                               # nothing else exists on a share
                 mtime_ns = _mtime_ns(info.last_write_time)
-                meta = {"mtime": mtime_ns / 1e9}
+                meta = {"mtime": mtime_ns / 1e9, "file_id": str(info.file_id)}
                 if self.config.read_acl:
                     meta.update(_waiting_for_credits(self._acl, self._unc(folder, rel), rel))
                 yield ItemRef(source=self.name, key=f"{owner}/{rel}", kind=Kind.FILE, owner=owner, location=rel,
@@ -390,18 +401,31 @@ class SmbShare:
             return {"acl_error": str(translated)}
 
     # ------------------------------------------------------------------------------ extract
-    def extract(self, folder: str, location: str, dst: Path, key: str | None = None) -> tuple[int, float]:
-        """Copy one file's bytes to `dst` in 1 MiB blocks; returns (size, mtime)."""
+    #: extract() compares what it opens with what discovery listed (`listed`: the item's meta)
+    compares_with_listing = True
+
+    def extract(self, folder: str, location: str, dst: Path, key: str | None = None,
+                listed: dict | None = None) -> tuple[int, float]:
+        """Copy one file's bytes to `dst` in 1 MiB blocks; returns (size, mtime).
+
+        The open answers with the file's id (compounded with the open: no extra round trip),
+        which must be the one discovery listed (`listed["file_id"]`): a file that was swapped for
+        a link after listing, which the server (Samba follows links inside a share itself) or
+        smbprotocol (it follows a Windows server's symbolic links within the share) would lead
+        elsewhere, opens another file, and is `changed_at_source`: nothing of it is written."""
         if location.endswith("/"):
             raise _Unlisted(f"folder {location.rstrip('/') or '.'} could not be listed at the source; "
                             "give the service account the right to list it, then run again")
+        if (listed or {}).get("skipped"):
+            raise ItemError(f"{location} is not a regular file at the source: {listed.get('why')}")
         parts = PurePosixPath(location).parts
         if not parts or PurePosixPath(location).is_absolute() or ".." in parts:
             raise ItemError(f"refusing a location outside the user's folder: {location!r}")
         self._connect_or_raise(location)
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return _waiting_for_credits(self._copy, self._unc(folder, location), dst)
+            return _waiting_for_credits(self._copy, self._unc(folder, location), dst, location,
+                                        (listed or {}).get("file_id"))
         except OSError as exc:
             if not isinstance(exc, SMBOSError) and exc.filename == str(dst):
                 raise   # our own disk, not the share: the flow decides (a full disk is fatal)
@@ -409,9 +433,26 @@ class SmbShare:
         except (SMBException, ValueError) as exc:
             raise self._translate(exc, location) from None
 
-    def _copy(self, path: str, dst: Path) -> tuple[int, float]:
+    def _copy(self, path: str, dst: Path, location: str, file_id: str | None) -> tuple[int, float]:
         size = 0
-        with smbclient.open_file(path, mode="rb", buffering=0, share_access="rw", **self._kwargs()) as fin:
+        fin = SMBFileIO(path, mode="rb", share_access="rw", **self._kwargs())
+        transaction = SMBFileTransaction(fin)
+        fin.open(transaction=transaction)                    # the open and the id query: one compound request
+        query_info(transaction, FileInternalInformation)
+        query_info(transaction, FileAttributeTagInformation)
+        try:
+            transaction.commit()
+        except BaseException:
+            if not fin.closed:
+                fin.close()
+            raise
+        with fin:
+            opened_id, tag = transaction.results[1], transaction.results[2]
+            if _link_kind(tag["file_attributes"].get_value(), tag["reparse_tag"].get_value()):
+                raise ChangedAtSource(f"{location} is a link at the source now; nothing was read")
+            if file_id is not None and str(opened_id["index_number"].get_value()) != file_id:
+                raise ChangedAtSource(f"{location} was replaced (by a link or another file) after it was listed; "
+                                      "nothing was read, the next run lists it again")
             mtime = _mtime_ns(fin.fd.last_write_time) / 1e9      # from the open's answer: no extra call
             with open(dst, "wb") as fout:
                 buf = bytearray(BLOCK)
@@ -423,6 +464,20 @@ class SmbShare:
                     fout.write(view[:n])
                     size += n
         return size, mtime
+
+
+#: A reparse point whose tag has the name-surrogate bit ([MS-FSCC] 2.1.2.1) stands for another
+#: name: a symbolic link or a junction (mount point). Others (deduplicated, cloud, HSM files) are
+#: files with data and are read as such.
+_NAME_SURROGATE = 0x20000000
+_REPARSE_WORDS = {0xA000000C: "symbolic link", 0xA0000003: "junction (mount point)"}
+
+
+def _link_kind(attributes: int, tag: int) -> str | None:
+    """What link an entry is (from its attributes and reparse tag), or None for a file or folder."""
+    if not attributes & FileAttributes.FILE_ATTRIBUTE_REPARSE_POINT or not tag & _NAME_SURROGATE:
+        return None
+    return _REPARSE_WORDS.get(tag, f"link (reparse point {tag:#x})")
 
 
 def _out_of_credits(exc: BaseException) -> bool:

@@ -17,6 +17,7 @@ import pytest
 
 from core.department import SmbSource
 from core.errors import FatalError, ItemError, TransientError
+from core.localtree import ChangedAtSource
 from servers.samba import SambaServer, smbd_missing
 from sources.smb import SmbShare, principal_name, source_for
 
@@ -162,7 +163,7 @@ def test_acl_entries_travel_in_meta(samba):
     assert by_principal["Unix User\\0"]["rights"] in ("write", "full")
     assert all(set(p) == {"principal", "kind", "rights", "deny", "inherited"} for p in meta["permissions"])
     plain = next(r for r in SmbShare(config(samba, read_acl=False)).discover("ben", "ben"))
-    assert set(plain.meta) == {"mtime"}
+    assert set(plain.meta) == {"mtime", "file_id"}
 
 
 def test_well_known_principals_are_named():
@@ -306,3 +307,116 @@ def test_a_department_reads_the_share_and_archives_originals_in_s3(tmp_path, mon
         assert (tmp_path / "target" / "t-anna" / "Ablage" / "Bericht Grüße.odt").is_file()
         original = s3.get_object(Bucket="originale", Key="2026/smbamt/anna/Ablage/Bericht Grüße.docx")
         assert original["Body"].read() == (home / "anna" / "Ablage" / "Bericht Grüße.docx").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ hostile shares
+def _user_folder(server: SambaServer, name: str, files: dict[str, str]) -> Path:
+    home = server.root / name
+    home.mkdir()
+    for rel, text in files.items():
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text(text, encoding="utf-8")
+    server.make_readable()
+    return home
+
+
+def test_a_file_swapped_for_a_link_after_listing_is_changed_at_source(samba, tmp_path):
+    """Samba follows a link inside the share by itself and shows it as a plain file (`follow
+    symlinks`, the default), so a link put in a listed file's place would read a colleague's
+    file: the id the open answers with is not the listed one, and nothing is written. A link to
+    outside the share is refused by Samba (`wide links = no`, the default): the file vanished."""
+    carla = _user_folder(samba, "carla", {"brief.txt": "Brief\n", "bericht.txt": "Bericht\n",
+                                         "neu.txt": "alt\n", "bleibt.txt": "bleibt\n"})
+    dora = _user_folder(samba, "dora", {"geheim.txt": "DORAS GEHEIMNIS\n"})
+    outside = tmp_path / "passwd"
+    outside.write_text("OUTSIDE THE SHARE\n")
+    os.chmod(tmp_path, 0o755)
+    source = SmbShare(config(samba, read_acl=False))
+    refs = {r.location: r for r in source.discover("carla", "carla")}
+    assert all(r.meta.get("file_id") for r in refs.values())
+    # discovery's id is the one the open answers with: a file left alone extracts
+    size, _ = source.extract("carla", "bleibt.txt", tmp_path / "bleibt.txt", listed=refs["bleibt.txt"].meta)
+    assert size == len("bleibt\n")
+
+    os.unlink(carla / "brief.txt")
+    os.symlink(dora / "geheim.txt", carla / "brief.txt")           # inside the share: Samba follows it
+    os.unlink(carla / "bericht.txt")
+    os.symlink(outside, carla / "bericht.txt")                      # outside the share
+    (carla / "neu.tmp").write_text("neu\n")
+    os.replace(carla / "neu.tmp", carla / "neu.txt")                # saved over, as editors do: another file
+    samba.make_readable()
+    with pytest.raises(ChangedAtSource) as exc:
+        source.extract("carla", "brief.txt", tmp_path / "brief.txt", listed=refs["brief.txt"].meta)
+    assert exc.value.reason == "changed_at_source"
+    with pytest.raises(ItemError):
+        source.extract("carla", "bericht.txt", tmp_path / "bericht.txt", listed=refs["bericht.txt"].meta)
+    with pytest.raises(ChangedAtSource):
+        source.extract("carla", "neu.txt", tmp_path / "neu.txt", listed=refs["neu.txt"].meta)
+    for p in tmp_path.rglob("*"):
+        if p.is_file() and p != outside:
+            assert b"GEHEIMNIS" not in p.read_bytes() and b"OUTSIDE" not in p.read_bytes(), p
+    # listed again, the file saved over is an ordinary new version and moves
+    again = {r.location: r for r in source.discover("carla", "carla")}
+    assert "bericht.txt" not in again                               # Samba hides a link that leaves the share
+    source.extract("carla", "neu.txt", tmp_path / "neu.txt", listed=again["neu.txt"].meta)
+    assert (tmp_path / "neu.txt").read_text() == "neu\n"
+
+
+def test_a_department_run_never_loads_a_swapped_file(tmp_path, monkeypatch):
+    """The same swap between discovery and extraction in a department run: the item fails
+    `changed_at_source`, the colleague's file reaches no target, the next run moves it as a new
+    version once it is a plain file again."""
+    import yaml
+
+    from flows import runtime
+    from flows.steps import discover, process_chunk
+    from test_flows import ledger_rows
+
+    with SambaServer(password=PASSWORD) as server:
+        erik = _user_folder(server, "erik", {"Akten/vertrag.txt": "Vertrag\n", "notiz.txt": "Notiz\n"})
+        _user_folder(server, "fritz", {"privat.txt": "FRITZ PRIVAT\n"})
+        dept_file = tmp_path / "department.yaml"
+        dept_file.write_text(yaml.safe_dump({
+            "name": "smbswap", "work_dir": str(tmp_path / "work"),
+            "users": [{"source": "erik", "target": "t-erik"}],
+            "sources": [{"name": "share", "type": "smb", "server": "127.0.0.1", "port": server.port,
+                         "share": server.share, "username": server.username, "password": "env:SMB_TEST_PW",
+                         "timeout": 10, "read_acl": False}],
+            "target": {"type": "localdir", "root": str(tmp_path / "target")},
+            "conversion": {"enabled": False},
+        }), encoding="utf-8")
+
+        def one_run(between):
+            try:
+                dept = runtime.department(str(dept_file))
+                ledger = runtime.ledger(dept)
+                run_id = ledger.start_run(dept.name, "migrate")
+                found = discover(dept, ledger, run_id)
+                between()
+                for owner, ids in found.todo.items():
+                    process_chunk(str(dept_file), run_id, owner, 1, ids)
+                ledger.finish_run(run_id, "completed")
+            finally:
+                runtime.close_all()
+
+        def swap():
+            os.unlink(erik / "Akten" / "vertrag.txt")
+            os.symlink(server.root / "fritz" / "privat.txt", erik / "Akten" / "vertrag.txt")
+
+        one_run(swap)
+        rows = {r["location"]: r for r in ledger_rows(dept_file)}
+        assert rows["notiz.txt"]["state"] == "verified"
+        assert (rows["Akten/vertrag.txt"]["state"], rows["Akten/vertrag.txt"]["reason"]) == \
+            ("failed", "changed_at_source")
+        for p in (tmp_path / "target").rglob("*"):
+            assert not p.is_file() or b"FRITZ" not in p.read_bytes(), p
+
+        def put_back():
+            pass
+        os.unlink(erik / "Akten" / "vertrag.txt")
+        (erik / "Akten" / "vertrag.txt").write_text("Vertrag, neu\n")
+        server.make_readable()
+        one_run(put_back)
+        rows = {r["location"]: r for r in ledger_rows(dept_file)}
+        assert rows["Akten/vertrag.txt"]["state"] == "verified"
+        assert (tmp_path / "target" / "t-erik" / "Akten" / "vertrag.txt").read_text() == "Vertrag, neu\n"
