@@ -393,7 +393,8 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
         for user in dept.users:
             folder = user.folder_in(cfg.name)
             try:
-                listing += [(user.source, ref) for ref in source.discover(user.source, folder)]
+                listing += [(user.source, ref) for ref in source.discover(user.source, folder)
+                            if not (ref.meta or {}).get("skipped")]       # links, pipes: nothing to move
             except (ItemError, TransientError, UserStopped, ConfigError, OSError) as exc:
                 problems.append(f"source {cfg.name}: cannot list {user.source}: {exc}")
                 continue

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.localtree import key_of
 from reports.batch import write_ods
 from reports.risk import DEFAULT_OVERSIZE, RiskReport, inspect
 
@@ -84,7 +85,10 @@ def scan_tree(src: Path, out: Path, *, jobs: int = 4, oversize: int = DEFAULT_OV
             for future in done:
                 pending.discard(future)
                 report = future.result()
-                log.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
+                record = report.to_json()
+                # a name that is not UTF-8 (`latin1-\xe4.txt`) is written with its bytes escaped, losslessly
+                record["path"] = key_of(os.fsencode(record["path"]))
+                log.write(json.dumps(record, ensure_ascii=False) + "\n")
                 summary.files += 1
                 summary.bytes += report.size
                 summary.by_format[report.format or "other"] += 1
