@@ -14,7 +14,7 @@ from converters.formats import Family
 from reports.facts import Facts, PageSetup, SheetFacts
 from reports.presentations import SHAPE_COUNTS
 from reports.scoring import FidelitySettings
-from reports.spreadsheets import VOLATILE, same_value
+from reports.spreadsheets import VOLATILE, XLS_BIFF4_READER, same_value
 from reports.text import TextBag, containment, lost_words, similarity
 
 __all__ = ["Check", "compare", "count_check", "label", "LABELS"]
@@ -312,8 +312,10 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
             n for n in b_names if n not in a_names)
     checks.append(check)
     check = Check("sheet_names", a_names[:30], b_names[:30])
-    # Sheets only added are charged once, under `sheets`; renamed or reordered ones here.
-    if [n for n in b_names if n in set(a_names)] != a_names and not missing:
+    # Sheets only added are charged once, under `sheets`; renamed or reordered ones here (an Excel
+    # 2.x-4.0 worksheet has no name of its own: LibreOffice names it).
+    if ([n for n in b_names if n in set(a_names)] != a_names and not missing
+            and src.reader != XLS_BIFF4_READER):
         check.points = settings.weight("sheet_names")
         check.detail = "sheet names or order changed"
     checks.append(check)
@@ -325,7 +327,7 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
         check.detail = f"hidden sheets {sorted(a_hidden)} became {sorted(b_hidden)}"
     checks.append(check)
 
-    formulas_known = src.reader not in ("xls-xlrd", "xlsb-pyxlsb")     # those readers see values only
+    formulas_known = src.reader not in ("xls-xlrd", "xlsb-pyxlsb", XLS_BIFF4_READER)   # those see values only
     trusted = src.cached_values is None
     pivots = Tally()
     values = Tally()

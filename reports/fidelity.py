@@ -37,7 +37,8 @@ from reports.spreadsheets import read_ods, read_xls, read_xlsb, read_xlsx
 from reports.text import similarity
 from reports.wordprocessing import read_docx, read_odt
 
-__all__ = ["FidelityRecord", "Status", "assess", "make_assessor", "read_facts", "Renderer", "SOURCE_RENDER_NOTE"]
+__all__ = ["FidelityRecord", "Status", "assess", "assess_pair", "NotComparable", "make_assessor", "read_facts", "Renderer",
+           "SOURCE_RENDER_NOTE"]
 
 log = logging.getLogger("umstieg.reports")
 
@@ -205,6 +206,43 @@ def _structural(source: Path, output: Path, fmt: OfficeFormat, settings: Fidelit
     record.source_words = src_facts.text.word_count
     if fmt.family is not Family.SPREADSHEET:
         record.words_lost = sum((src_facts.text.words - out_facts.text.words).values())
+
+
+class NotComparable(ValueError):
+    """A pair of files that cannot be compared; the message says why in plain words."""
+
+
+def assess_pair(original: Path, converted: Path, settings: FidelitySettings | None = None, *,
+                render: Renderer | None = None, visual: bool | None = None) -> FidelityRecord:
+    """The fidelity record of any original and its ODF copy, however it was made (by umstieg, by hand,
+    by Collabora or ONLYOFFICE, by an earlier run): the same checks and scoring as the pipeline.
+
+    What each file is comes from its bytes (converters.sniff), not its name. Raises NotComparable
+    when the original is not a document fidelity reads, the copy is not OpenDocument of the same
+    kind, or the structural check itself failed.
+    """
+    from converters.sniff import sniff
+
+    original, converted = Path(original), Path(converted)
+    for path in (original, converted):
+        if not path.is_file():
+            raise NotComparable(f"{path} is not a file")
+    source = sniff(original)
+    if source.format is None:
+        raise NotComparable(f"{original.name} is not a document umstieg compares ({source.reason})")
+    if source.final and source.outcome is not None:
+        raise NotComparable(f"{original.name} cannot be read ({source.reason})")
+    output = sniff(converted)
+    if output.format is None or not output.format.is_odf or output.final:
+        raise NotComparable(f"{converted.name} is not an OpenDocument file ({output.reason})")
+    if output.format.family is not source.format.family:
+        raise NotComparable(f"{original.name} is a {source.format.family.value} document but {converted.name} is an "
+                            f"OpenDocument {output.format.family.value} file: they cannot be compared")
+    record = assess(original, converted, source.format, settings, render=render, visual=visual,
+                    repaired=source.repair)
+    if record.status != Status.ASSESSED:
+        raise NotComparable(record.reason or "the comparison failed")
+    return record
 
 
 def _judge(record: FidelityRecord, settings: FidelitySettings, family: Family) -> None:

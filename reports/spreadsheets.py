@@ -30,7 +30,7 @@ from reports.legacy import biff_sheets, ole_metadata
 from reports.package import ODF_NS, OdfPackage, Ooxml, PartTooBig, odf_metadata, ooxml_metadata
 from reports.text import bag
 
-__all__ = ["read_xlsx", "read_ods", "read_xls", "read_xlsb", "same_value", "VOLATILE", "DEFAULT_MAX_ROWS"]
+__all__ = ["read_xlsx", "read_ods", "read_xls", "read_xlsb", "same_value", "VOLATILE", "DEFAULT_MAX_ROWS", "XLS_BIFF4_READER"]
 
 DEFAULT_MAX_ROWS = 100_000
 
@@ -530,6 +530,10 @@ def _ods_row(el: etree._Element, sheet: SheetFacts, row: int, repeat: int, epoch
 
 # ============================================================================ BIFF (xls) =======
 
+#: The reader name of Excel 2.x-4.0 worksheets (xlrd reads their values, not their sheet name).
+XLS_BIFF4_READER = "xls-biff4-xlrd"
+
+
 def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
     """Facts of an Excel 97-2003 (or 5.0/95) workbook, as far as xlrd reads it.
 
@@ -545,6 +549,13 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
     with open(os.devnull, "w") as quiet:
         book = xlrd.open_workbook(str(path), formatting_info=True, logfile=quiet, verbosity=0,
                                   on_demand=True)
+    # BIFF2-4 (Excel 2.x-4.0) worksheets store one sheet without a name, and xlrd reads neither their
+    # merged cells nor their names: those are left unmeasured rather than counted as none
+    old = book.biff_version < 50
+    if old:
+        facts.reader = XLS_BIFF4_READER
+        facts.notes.append("Excel 2.x-4.0 worksheet: it stores no sheet name; merged cells and defined names are "
+                           "not read from it")
     try:
         facts.date1904 = bool(book.datemode)
         facts.sheets = []
@@ -583,6 +594,8 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
         facts.counts["names"] = sum(1 for n in book.name_obj_list if not n.builtin)
         for key in ("merged", "comments", "hyperlinks"):
             facts.counts[key] = sum(s.counts.get(key, 0) for s in facts.sheets)
+        if old:
+            del facts.counts["names"], facts.counts["merged"]
         facts.counts["sheets"] = len(facts.sheets)
         facts.counts["hidden_sheets"] = sum(1 for s in facts.sheets if s.hidden)
         _sheet_text(facts)

@@ -42,6 +42,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 app.command()(convert)
 app.command()(scan)
+app.command()(__import__("umstieg.commands.compare", fromlist=["compare"]).compare)
 department.register(app)
 from umstieg.commands.dashboard import dashboard  # noqa: E402 - the web face's command
 app.command()(dashboard)
