@@ -6,13 +6,15 @@ abilities this module uses when the target is a Nextcloud:
 
 - **chunked upload v2** for files at or above `chunk_threshold`: MKCOL
   `/remote.php/dav/uploads/<account>/<id>`, PUT numbered chunks, MOVE `.file` to the destination,
-  every request with `Destination` (and the chunks with `OC-Total-Length`, so that the quota is
-  checked before the bytes travel);
+  every request with `Destination` and `OC-Total-Length`. Nextcloud 27 checks the quota only when
+  the MOVE assembles the file (measured: the chunks of a file that cannot fit are all accepted),
+  so the sink first asks the folder's `quota-available-bytes` and does not send a large file
+  that cannot fit;
 - **`X-OC-MTime`**, so that a file keeps its modification time;
 - **`OC-Checksum: SHA256:<hex>`** on upload, read back as `oc:checksums` by `find`, so that a rerun
-  recognises a file it already sent without downloading it. Nextcloud stores this checksum
-  without checking it (and not at all for chunked uploads), so `verify` always downloads the
-  file and hashes what arrived.
+  recognises a file it already sent without downloading it (chunked uploads carry it on the
+  MOVE that assembles them; Nextcloud 27 keeps it for both). Nextcloud stores this checksum
+  without checking it, so `verify` always downloads the file and hashes what arrived.
 
 Every body is streamed from the local file in blocks: a 5 GB file moves with bounded memory.
 
@@ -249,10 +251,7 @@ class WebDav(HttpTarget):
         message = _server_message(resp)
         detail = f"{reason}: {message}" if message else reason
         if status == 507:
-            raise QuotaExceeded(
-                f"{self.product} has no room left for {owner}'s files ({detail}); raise the quota of "
-                f"account {user!r} (or free space on the server), then run the department again: "
-                "what arrived stays and nothing is sent twice", owner=owner, account=user)
+            raise self._quota_exceeded(owner, user, detail)
         if status == 423:
             raise _LockedNow(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER))
         if status in _TRANSIENT_STATUS:
@@ -263,6 +262,12 @@ class WebDav(HttpTarget):
         if status in (404, 409):
             raise _Missing(f"{what}: {detail}")
         raise ItemError(f"{what}: {detail}")
+
+    def _quota_exceeded(self, owner: str, user: str, detail: str) -> QuotaExceeded:
+        return QuotaExceeded(
+            f"{self.product} has no room left for {owner}'s files ({detail}); raise the quota of "
+            f"account {user!r} (or free space on the server), then run the department again: "
+            "what arrived stays and nothing is sent twice", owner=owner, account=user)
 
     def _propfind(self, user: str, dav_path: str, props: tuple[str, ...]) -> ET.Element | None:
         """The `<prop>` of one resource (Depth: 0), or None when it does not exist."""
@@ -468,10 +473,8 @@ class WebDav(HttpTarget):
         with self._lock:
             listing = self._listings.get((user, folder))
             if listing is not None:
-                listing[name] = (False, digest if self._keeps_checksums else None)
+                listing[name] = (False, digest)
 
-    #: Whether the server keeps the checksum sent with a plain PUT (Nextcloud does).
-    _keeps_checksums = False
 
     def _expect(self, owner: str, rel: str, digest: str) -> None:
         """Remember the sha256 `find` was given: the load step puts exactly those bytes next."""
@@ -527,27 +530,32 @@ class WebDav(HttpTarget):
         try:
             try:
                 self._ensure_folders(acct.user, path, owner=owner)
-                self._upload(acct, path, src, size, mtime, digest)
+                sent = self._upload(acct, path, src, size, mtime, digest)
             except _Missing:
                 # a folder we remembered is gone (deleted at the target meanwhile): make it again, once
                 self._forget_folders(acct.user)
                 self._ensure_folders(acct.user, path, owner=owner)
-                self._upload(acct, path, src, size, mtime, digest)
+                sent = self._upload(acct, path, src, size, mtime, digest)
         except BaseException:
             # the file may have arrived even so (an answer lost after the server did the work): the
             # retry's `find` must ask the server, not the remembered listing
             with self._lock:
                 self._listings.pop((acct.user, path.rpartition("/")[0]), None)
             raise
-        chunked = size >= getattr(self.config, "chunk_threshold", size + 1) and size > 0
-        self._note_put(acct.user, path, None if chunked else digest)
+        self._note_put(acct.user, path, sent)
         return self._ref(acct.user, path)
 
     def _upload(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None,
-                digest: str | None) -> None:
+                digest: str | None) -> str | None:
+        """Send the file; the sha256 the server now keeps for it (None: it keeps none)."""
         headers = {"Content-Length": str(size), **self._put_headers(src, mtime, digest)}
         self._while_locked(dav_path, lambda: self._request("PUT", acct.user, dav_path, owner=acct.owner,
                                                            headers=headers, content=_blocks(src, 0, size)))
+        return self._kept_checksum(headers)
+
+    def _kept_checksum(self, headers: dict[str, str]) -> str | None:
+        """The sha256 the server keeps from an upload's headers (a plain WebDAV server: none)."""
+        return None
 
     def _while_locked(self, dav_path: str, step):
         """`step()`, asked again after each of LOCK_WAITS while the target answers 423 Locked; then
@@ -613,7 +621,6 @@ class Nextcloud(WebDav):
     """Nextcloud files: WebDAV plus chunked upload v2, X-OC-MTime and OC-Checksum."""
 
     product = "Nextcloud"
-    _keeps_checksums = True
     config: NextcloudTarget
 
     def _root(self, user: str) -> str:
@@ -657,13 +664,30 @@ class Nextcloud(WebDav):
         return headers
 
     def _upload(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None,
-                digest: str | None) -> None:
+                digest: str | None) -> str | None:
         if size < self.config.chunk_threshold or size == 0:
             return super()._upload(acct, dav_path, src, size, mtime, digest)
-        self._upload_chunked(acct, dav_path, src, size, mtime, digest)
+        return self._upload_chunked(acct, dav_path, src, size, mtime, digest)
+
+    def _kept_checksum(self, headers: dict[str, str]) -> str | None:
+        algo, _, value = headers.get("OC-Checksum", "").partition(":")
+        return value.lower() if algo == "SHA256" and value else None
+
+    def _fits(self, acct: _Account, dav_path: str, size: int) -> None:
+        """`QuotaExceeded` before a chunk travels when the folder has less room than `size` bytes
+        (the server's `quota-available-bytes`; negative means unlimited or unknown)."""
+        prop = self._propfind(acct.user, dav_path.rpartition("/")[0], ("d:quota-available-bytes",))
+        text = prop.findtext(f"{_DAV}quota-available-bytes") if prop is not None else None
+        try:
+            free = int(float(text)) if text else -1
+        except ValueError:
+            free = -1
+        if 0 <= free < size:
+            raise self._quota_exceeded(acct.owner, acct.user, f"{size} bytes to send, {free} available: "
+                                                              "nothing was sent")
 
     def _upload_chunked(self, acct: _Account, dav_path: str, src: Path, size: int, mtime: float | None,
-                        known: str | None) -> None:
+                        known: str | None) -> str | None:
         """Chunked upload v2; without a known digest the chunks are hashed on the way (one read)."""
         user = acct.user
         folder = f"{self._uploads(user)}/umstieg-{uuid.uuid4().hex}"
@@ -671,6 +695,7 @@ class Nextcloud(WebDav):
         common = {"Destination": destination, "OC-Total-Length": str(size)}
         chunk = max(self.config.chunk_size, math.ceil(size / 10000))     # at most 10000 chunks
         digest = _NoDigest() if known else hashlib.sha256()
+        self._fits(acct, dav_path, size)
         # a lost answer to this MKCOL makes its repetition answer 405: the folder is there then
         self._again(f"starting the upload of {dav_path}", lambda: self._request(
             "MKCOL", user, folder, owner=acct.owner, headers={"Destination": destination}, ok=(201, 405)))
@@ -691,6 +716,7 @@ class Nextcloud(WebDav):
             self._while_locked(dav_path, lambda: self._request(
                 "MOVE", user, f"{folder}/.file", owner=acct.owner, headers=headers,
                 timeout=self.config.timeout + size * ASSEMBLY_SECONDS_PER_BYTE))
+            return self._kept_checksum(headers)
         except BaseException:
             try:                                     # let the server drop the chunks now, not in 24 h
                 self._request("DELETE", user, folder, ok=(200, 204, 404), timeout=min(self.config.timeout, 10.0))

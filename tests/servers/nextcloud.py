@@ -17,6 +17,7 @@ process lives, and a port another process took first means a new port and a new 
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -258,6 +259,69 @@ class NextcloudServer:
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+    # ----------------------------------------------------------------------- crashes and locks
+    def crash_upload(self, user: NextcloudUser, rel: str, size: int = 32 * 1024 * 1024, attempts: int = 3) -> None:
+        """Upload `size` bytes to `rel` and kill (SIGKILL) the PHP worker serving it while it writes:
+        the file lock that request held stays behind, as after a real crash, and every later upload
+        of `rel` gets 423 Locked until the lock expires (`set_lock_ttl`, `expire_locks`).
+
+        The killed worker is not replaced (`php -S` does not restart workers): use this on a server
+        of the test's own, not the session's. `php -S` reads a whole request before running it, so
+        the moment to kill is when the upload's `.part` file appears beside the target."""
+        import psutil
+        folder = self.files_of(user.login) / rel.rpartition("/")[0]
+        name = rel.rpartition("/")[2]
+        auth = base64.b64encode(f"{user.login}:{user.secret}".encode()).decode()
+        block = os.urandom(1 << 20)
+        for _ in range(attempts):
+            with socket.create_connection(("127.0.0.1", self.port)) as conn:
+                mine = conn.getsockname()[1]
+                conn.sendall(f"PUT /remote.php/dav/files/{user.login}/{quote(rel)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             f"Authorization: Basic {auth}\r\nContent-Length: {size}\r\n\r\n".encode())
+                for offset in range(0, size, len(block)):
+                    conn.sendall(block[:min(len(block), size - offset)])
+                worker, deadline = None, time.monotonic() + 60
+                while worker is None:              # the worker that accepted this connection
+                    master = psutil.Process(self.pid())
+                    for proc in (master, *master.children()):
+                        try:
+                            if any(c.raddr and c.raddr.port == mine for c in proc.net_connections(kind="tcp")):
+                                worker = proc
+                        except psutil.Error:
+                            continue
+                    if worker is None and time.monotonic() > deadline:
+                        raise RuntimeError("no Nextcloud worker took the upload to crash")
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    try:
+                        writing = any(p.startswith(name) and p.endswith(".part") for p in os.listdir(folder))
+                    except FileNotFoundError:
+                        writing = False
+                    if writing:
+                        worker.kill()
+                        # not our child, and `php -S` does not reap it: dead is a zombie here
+                        while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE:
+                            time.sleep(0.01)
+                        break
+                    time.sleep(0.0005)
+            with self.dav(user) as client:         # the lock is there when a new upload is refused
+                probe = client.put(f"/remote.php/dav/files/{user.login}/{quote(rel)}", content=b"probe")
+            if probe.status_code == 423:
+                return
+        raise RuntimeError(f"no stale lock on {rel} after {attempts} crashed uploads (last answer "
+                           f"{probe.status_code})")
+
+    def set_lock_ttl(self, seconds: int) -> None:
+        """How long a lock nobody releases lasts (`filelocking.ttl`; Nextcloud's default is 3600)."""
+        self.occ("config:system:set", "filelocking.ttl", "--type=integer", f"--value={seconds}")
+
+    def expire_locks(self) -> None:
+        """Run Nextcloud's background job that removes expired file locks (it runs every 5 minutes
+        with the server's cron)."""
+        listing = self.occ("background-job:list", "--limit=500")
+        job = next(line.split("|")[1].strip() for line in listing.splitlines() if "CleanupFileLocks" in line)
+        self.occ("background-job:execute", "--force-execute", job)
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         pid = self.pid()
