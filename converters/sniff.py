@@ -752,6 +752,9 @@ def _sniff_broken_zip(fh: io.BufferedReader, ext: str, exc: BaseException) -> Sn
     # A broken archive of something else is not ours to convert.
     if office or ext in OFFICE_EXTENSIONS:
         what = f" ({fmt.description}, by its first entries)" if fmt else ""
+        if not any(names):
+            # not one named entry: there is nothing LibreOffice's repair could read
+            return Sniffed(fmt, Outcome.UNREADABLE, why + what, "zip")
         if fmt is None and ext in OFFICE_EXTENSIONS and ext not in _OLE_EXTENSIONS and ext != "rtf":
             fmt = FORMATS[ext]
         # LibreOffice's package repair reads the entries' local headers: it may rescue the document
