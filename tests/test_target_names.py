@@ -133,7 +133,7 @@ EXPECTED = {   # source name -> (name at the target, reason)
 
 @pytest.mark.parametrize("target", ["localdir", "nextcloud"])
 def test_every_twin_arrives_under_its_own_name_and_the_report_lists_each(target, tmp_path, request, monkeypatch):
-    from flows.migrate import migrate
+    from flows.migrate import run_flow
     sources = _share(tmp_path / "home")
     if target == "localdir":
         dept_file = _department(tmp_path, {"type": "localdir", "root": str(tmp_path / "target")})
@@ -152,7 +152,7 @@ def test_every_twin_arrives_under_its_own_name_and_the_report_lists_each(target,
         def held() -> dict[str, bytes]:
             return nc.tree(account)
 
-    summary = migrate(str(dept_file))
+    summary = run_flow("migrate", dept_file)
 
     rows = {r["location"]: r for r in ledger_rows(dept_file)}
     assert set(rows) == set(sources) and all(r["state"] == "verified" for r in rows.values()), \
@@ -178,13 +178,13 @@ def test_every_twin_arrives_under_its_own_name_and_the_report_lists_each(target,
     assert len(json_report["renamed"]["items"]) == 4
 
     # a second run moves nothing and renames nothing again
-    again = migrate(str(dept_file))
+    again = run_flow("migrate", dept_file)
     assert again["this_run"] == {} and held() == arrived
 
     # a file of the share that arrives later yields to a name an earlier run gave: nothing overwritten
     # (`Bericht (2).odt` is taken too: `bericht (2).odt` is one file with it on Windows)
     late = make_odt(tmp_path / "home" / "anna" / "Bericht.odt", "später dazugekommen").read_bytes()
-    third = migrate(str(dept_file))
+    third = run_flow("migrate", dept_file)
     assert third["this_run"] == {"verified": 1}
     now = held()
     assert now["Bericht (3).odt"] == late and now["Bericht.odt"] == arrived["Bericht.odt"]
