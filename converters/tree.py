@@ -96,7 +96,7 @@ def plan_tree(src: Path, out: Path) -> tuple[list[_Job], list[Entry]]:
         os.close(top)
     files = [e for e in entries if e.kind == "file"]
     others = [e for e in entries if e.kind != "file"]
-    shown = key_of(os.fsencode(src))
+    shown = key_of(os.fsencode(Path(src).resolve()))
     by_folder: dict[bytes, list[Entry]] = {}
     for entry in files:
         by_folder.setdefault(entry.raw.rpartition(b"/")[0], []).append(entry)
@@ -191,7 +191,7 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
     latest: dict[str, dict] = dict(previous)
     by_staged: dict[str, _Job] = {}
     staging = out / f"{_STAGING_PREFIX}source-{os.getpid()}"       # removed at the end, or by the next run
-    shown = key_of(os.fsencode(src))
+    shown = key_of(os.fsencode(Path(src).resolve()))
 
     def record(result: ConversionResult, job: _Job, skipped: bool, fidelity: dict | None = None) -> None:
         summary.by_outcome[result.outcome.value] += 1
