@@ -51,8 +51,15 @@ class FolderShare:
             return [f"source {self.name}: folder {root} does not exist"]
         if not os.access(root, os.R_OK | os.X_OK):
             return [f"source {self.name}: folder {root} is not readable"]
-        return [f"source {self.name}: user folder {root / f} does not exist"
-                for f in folders if not (root / f).is_dir()]
+        problems = []
+        for f in folders:
+            if (root / f).is_symlink():                # discovery does not follow it: say so before anything moves
+                problems.append(f"source {self.name}: user folder {root / f} is a symbolic link, which umstieg "
+                                "does not follow (a user could point it anywhere): give the real folder as "
+                                "the user's `folder`, or make root the folder that holds it")
+            elif not (root / f).is_dir():
+                problems.append(f"source {self.name}: user folder {root / f} does not exist")
+        return problems
 
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
         """Every entry of the user's folder: files with mtime+size as their version, and every entry

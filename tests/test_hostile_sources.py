@@ -378,3 +378,19 @@ def test_urls_without_secrets_pass(tmp_path):
     path = tmp_path / "clean.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     assert load_department(path).ledger.startswith("postgresql://umstieg@")
+
+
+def test_a_user_folder_that_is_a_link_is_a_problem_before_anything_moves(tmp_path):
+    from core.department import load_department
+    from sources.fileshare import FolderShare
+    dept_file = department(tmp_path, users=("anna",))
+    (tmp_path / "home" / "anna").rmdir()
+    os.symlink(outside(tmp_path).parent, tmp_path / "home" / "anna")
+    dept = load_department(dept_file)
+    problems = FolderShare(dept.sources[0]).check(["anna"])
+    assert len(problems) == 1 and "symbolic link" in problems[0]
+    with pytest.raises(ItemError):
+        list(FolderShare(dept.sources[0]).discover("anna", "anna"))
+    result = run_cli("run", str(dept_file))
+    assert result.returncode == 2 and "symbolic link" in result.stdout + result.stderr
+    nothing_outside_arrived(tmp_path)
