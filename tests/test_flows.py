@@ -621,3 +621,20 @@ def test_umstieg_run_succeeds_while_every_core_is_busy(tmp_path):
     rows = assert_target_matches_ledger(dept_file, tmp_path)
     assert len(rows) == len([p for p in (tmp_path / "home").rglob("*") if p.is_file()])
     assert all(r["state"] == "verified" for r in rows)
+
+
+def test_with_a_prefect_server_a_problem_found_at_run_time_is_one_line_too(tmp_path, prefect_server):
+    """With PREFECT_API_URL set the run goes through Prefect (a flow run on the server), and a
+    problem its checks find is still told in one line, without Prefect's traceback."""
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=1, name="srvamt")
+    shutil.rmtree(tmp_path / "home")                          # the source root is gone at run time
+    env = dict(os.environ, PREFECT_API_URL=prefect_server, COLUMNS="200")
+    result = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "nothing was moved" in result.stderr, result.stderr
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["umstieg-migrate"])))
+    assert any(r.parameters.get("department_file") == str(dept_file) and r.state.is_failed() for r in runs)

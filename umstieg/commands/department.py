@@ -29,7 +29,26 @@ def _start(name: str, dept, department_file: Path, **params):
     from flows.migrate import orchestrated, run_flow
     if orchestrated(dept):
         _quiet_prefect()
+        _no_tracebacks_from_prefect()
     return run_flow(name, department_file, **params)
+
+
+def _no_tracebacks_from_prefect() -> None:
+    """Prefect logs a failed flow or task run with its traceback; the command says what failed
+    itself, in a line or two (umstieg.cli), the traceback only under -v. The terminal leaves
+    Prefect's failure records out; the server still gets them (its handler sits on Prefect's own
+    loggers, before the terminal's on the root logger)."""
+    import logging
+    from umstieg import console as terminal
+    if terminal.verbose:
+        return
+    from flows import prefect_flows  # noqa: F401 - Prefect sets up its logging when imported
+
+    class _NoPrefectFailures(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.name.startswith("prefect") and record.exc_info)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NoPrefectFailures())
 
 
 def _quiet_prefect() -> None:
