@@ -315,3 +315,43 @@ def test_umstieg_run_refuses_while_another_run_of_the_department_lives(tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "is still running" in result.stderr and "Nothing was moved" in result.stderr
     assert not [f for f in (tmp_path / "target").rglob("*") if f.is_file()]
+
+
+def test_a_chunk_that_failed_transiently_runs_again_and_others_do_not(tmp_path, monkeypatch):
+    """With no Prefect server the chunks run on this process's threads, retried as the Prefect chunk
+    task is: after a TransientError (a server said "not now" for the whole chunk), not after any
+    other failure."""
+    from core.errors import TransientError
+    from flows import migrate as flows_migrate
+    from flows.migrate import migrate_body
+    dept_file = text_department(tmp_path, users=("anna", "ben"), files=2, limits={"chunk_size": 2})
+    real = flows_migrate.process_chunk
+    calls: list[tuple[str, int]] = []
+
+    def flaky(dept_file, run_id, owner, number, item_ids):
+        calls.append((owner, number))
+        if owner == "anna" and calls.count((owner, number)) == 1:
+            raise TransientError("the target said 503 for the whole chunk")
+        return real(dept_file, run_id, owner, number, item_ids)
+    monkeypatch.setattr(flows_migrate, "process_chunk", flaky)
+    monkeypatch.setattr(flows_migrate, "CHUNK_RETRY_WAITS", (0.1, 0.1, 0.1))
+    summary = migrate_body(str(dept_file))
+    assert summary["this_run"] == {"verified": 4}
+    assert calls.count(("anna", 1)) == 2 and calls.count(("ben", 1)) == 1
+
+    (tmp_path / "home" / "ben" / "notiz-9.txt").write_text("neu\n", encoding="utf-8")
+
+    def broken(dept_file, run_id, owner, number, item_ids):
+        calls.append((owner, -number))
+        raise RuntimeError("a bug, not a blip")
+    monkeypatch.setattr(flows_migrate, "process_chunk", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        migrate_body(str(dept_file))
+    assert calls.count(("ben", -1)) == 1                       # not retried
+    led = Ledger(f"sqlite:///{tmp_path / 'work' / 'ledger.sqlite'}")
+    try:
+        with led.session() as s:
+            last = s.query(Run).order_by(Run.id.desc()).first()
+            assert last.status == "failed" and "a bug" in last.summary["error"]
+    finally:
+        led.close()
