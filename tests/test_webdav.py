@@ -592,7 +592,7 @@ def test_rerun_of_the_class_locked_moves_the_file_once_the_lock_expired(crashabl
     """The load step records the locked file with the class `locked` (its message says when a
     rerun will succeed), the others go on; `rerun --error-class locked` then moves it."""
     import sinks.webdav
-    from flows.migrate import migrate, rerun
+    from flows.migrate import migrate_body as migrate, rerun_body as rerun
     monkeypatch.setattr(sinks.webdav, "LOCK_WAITS", (0.1, 0.1))
     nc = crashable_nextcloud
     anna = nc.new_user("t-anna")
