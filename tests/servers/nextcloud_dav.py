@@ -6,9 +6,9 @@ is still used from here is `nextcloud_rejects`, a model of the names Nextcloud 3
 Windows-compatible names on (stricter than 27, which accepts `:` or `CON`): the property test of
 the name mapping checks 20,000 random names against it, which the real server (~18 PUT/s) cannot
 do; the conformance suite checks that every name the real 27 refuses, the model refuses too. The
-server itself (and its `sparse` mode for a 5 GB benchmark) stays for benchmarks that need a
-server faster than the real one; it models Nextcloud 30, and differs from the real 27: 27 keeps
-`OC-Checksum` on chunked uploads and checks the quota only when MOVE assembles the file.
+server itself is used by no test or benchmark any more. It models Nextcloud 30 and differs from
+the real 27, which keeps `OC-Checksum` on chunked uploads and checks the quota only when MOVE
+assembles the file.
 
 It follows Nextcloud's documented behaviour, and its code where the documentation is silent
 (server 30: apps/dav ChunkingV2Plugin and Connector/Sabre/File.php, lib/private/Files/FilenameValidator):
