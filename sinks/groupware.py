@@ -455,8 +455,9 @@ class _Dav(HttpTarget):
         if "supported-calendar-component" in condition:
             raise Refused(f"{what}: the calendar does not take this kind of entry (HTTP {status}: "
                           f"{_sabre_error(resp)[1] or condition})", "unsupported_item")
+        said = ": ".join(x for x in (condition, _sabre_error(resp)[1]) if x)
         raise Refused(f"{what}: the server refused it (HTTP {status} {resp.reason_phrase}"
-                      f"{': ' + condition if condition else ''})", "rejected")
+                      f"{': ' + said if said else ''})", "rejected")
 
     def _precheck(self, data: bytes, limits: dict, src: Path) -> None:
         """Refuse before sending what the server has announced it would refuse."""

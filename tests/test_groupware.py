@@ -19,7 +19,7 @@ import yaml
 
 from core.department import CalDavTarget, CardDavTarget, ExportSource
 from core.errors import ConfigError, FatalError, ItemError, TransientError
-from core.pim import differences, event_fingerprint
+from core.pim import contact_fields, contact_fingerprint, differences, event_fingerprint, vcard_30
 from servers.radicale import RadicaleServer
 from sinks.groupware import CalDav, CardDav, collection_name, resource_name
 from sources.export import source_for
@@ -363,6 +363,70 @@ def test_contacts_go_up_verify_and_rerun_without_duplicates(radicale, tmp_path):
     resp = httpx.request("PROPFIND", f"{radicale.url}/ben/{collection_name(book)}.contacts/", headers={"Depth": "0"},
                          auth=("ben", PASSWORDS["ben"]))
     assert "addressbook" in resp.text and book in resp.text
+
+
+OUTLOOK_21 = (b"BEGIN:VCARD\r\nVERSION:2.1\r\nUID:outlook-21@amt.example\r\nN:Beispiel;Berta\r\n"
+              b"FN:Berta Beispiel\r\nTEL;WORK;VOICE:030 777 88\r\nTEL;CELL:0170 1\r\n"
+              b"EMAIL;PREF;INTERNET:berta@amt.example\r\n"
+              b"NOTE;ENCODING=QUOTED-PRINTABLE:Zustaendig fuer Wahlen, Meldewesen=0D=0Aund Paesse\r\n"
+              b"END:VCARD\r\n")
+
+
+def test_radicale_loses_a_21_cards_fields_and_the_fingerprint_names_them(radicale, tmp_path):
+    """What happened before cards were converted: Radicale took the 2.1 card as it was, dropped
+    the types of its numbers and addresses and cut the note at its comma. Verify now sees it;
+    the converted card keeps every field."""
+    book = f"Kontakte {uuid.uuid4().hex[:6]}"
+    sink = carddav(radicale)
+    sink._collection("ben", "ben", book)                       # the address book, as the sink makes it
+    url = f"{radicale.url}{sink.collection_path('ben', book)}raw.vcf"
+    assert httpx.put(url, content=OUTLOOK_21, auth=("ben", PASSWORDS["ben"]),
+                     headers={"Content-Type": "text/vcard"}).status_code == 201
+    mangled = httpx.get(url, auth=("ben", PASSWORDS["ben"])).content
+    assert differences(contact_fingerprint(OUTLOOK_21), contact_fingerprint(mangled)) == \
+        ["EMAIL differs", "TEL differs", "NOTE differs"]
+    # the same UID is there now, mangled: create-only keeps it, and verify says what differs
+    src = write(tmp_path, "c.vcf", OUTLOOK_21)
+    ref = load(sink, "ben", book, src)
+    assert ref.endswith("/raw.vcf")
+    assert sink.verify(ref, sink.digest(src)) == f"{ref}: EMAIL differs; TEL differs; NOTE differs"
+    # into a fresh address book, converted to 3.0, it keeps every field
+    ref = load(sink, "ben", book + " neu", src)
+    assert sink.verify(ref, sink.digest(src)) is None
+    kept = contact_fields(read_back(ref))
+    assert kept == contact_fields(OUTLOOK_21)
+    assert kept["NOTE"] == "Zustaendig fuer Wahlen, Meldewesen\nund Paesse"
+    assert kept["TEL"] == "01701/cell,03077788/voice+work" and kept["EMAIL"] == "berta@amt.example/internet+pref"
+
+
+def test_vcard_21_lines_written_as_30():
+    """The line-level changes, one by one; 3.0 and 4.0 cards are left as they are."""
+    card = (b"BEGIN:VCARD\r\nVERSION:2.1\r\nN:Roth;Eva\r\nitem1.TEL;HOME:030 1\r\nGEO:52.5,13.4\r\n"
+            b"CATEGORIES:Amt,Presse\r\nPHOTO;VALUE=URL;JPEG:http://amt.example/eva.jpg\r\n"
+            b"ADR;HOME:;;Weg 2\\; Hinterhaus;Berlin;;10115;DE\r\nX-ABC;CHARSET=ISO-8859-1:Gr\xfc\xdfe, \\x\r\n"
+            b"END:VCARD\r\n")
+    text = vcard_30(card).decode("utf-8")
+    assert text.splitlines() == [
+        "BEGIN:VCARD", "VERSION:3.0", "FN:Eva Roth", "N:Roth;Eva", "item1.TEL;TYPE=HOME:030 1", "GEO:52.5;13.4",
+        "CATEGORIES:Amt,Presse", "PHOTO;VALUE=uri;TYPE=JPEG:http://amt.example/eva.jpg",
+        "ADR;TYPE=HOME:;;Weg 2\\; Hinterhaus;Berlin;;10115;DE", "X-ABC:Grüße\\, \\\\x", "END:VCARD"]
+    for other in cards()["v3"], cards()["v4"]:
+        assert vcard_30(other) == other
+
+
+def test_calendar_and_address_book_of_one_folder_are_two_collections(radicale, tmp_path):
+    """Radicale keeps calendars and address books in one home: a source folder "Team" with both
+    an appointment and a contact must become a calendar and an address book, not one collection
+    refusing the other kind."""
+    name = f"Team {uuid.uuid4().hex[:6]}"
+    event_ref = load(caldav(radicale), "ben", name, write(tmp_path, "e.ics", recurring_event("team@amt.example")))
+    card_src = write(tmp_path, "c.vcf", cards()["v3"])
+    book = carddav(radicale)
+    card_ref = load(book, "ben", name, card_src)
+    assert book.verify(card_ref, book.digest(card_src)) is None
+    assert event_ref.rsplit("/", 2)[1] != card_ref.rsplit("/", 2)[1]
+    assert card_ref.rsplit("/", 2)[1].endswith(".contacts")
+    assert len(objects_in(radicale, "ben", name)) == 1 and len(objects_in(radicale, "ben", name, "addressbook")) == 1
 
 
 def test_verify_catches_a_changed_name_and_phone(radicale, tmp_path):
