@@ -40,6 +40,7 @@ from core.items import Kind
 from core.ledger import HEARTBEAT, Item, Ledger
 from core.settings import usable_cpus
 from flows import runtime
+from flows.calendars import calendar_problems
 from flows.limits import Chunk, ChunkGate, Window, host_of
 from flows.steps import (TARGET_FIELD, discover, process_chunk, relist_unlisted, reset_for_rerun, select_failed,
                          source_of, targets_of, with_retries)
@@ -145,7 +146,7 @@ def check_department(dept: Department, users: list[str] | None = None,
     owners = [u.target for u in chosen if u.source not in waiting]
     for field_name, sink in targets_of(dept).items():
         problems += [p if field_name == "target" else f"{field_name}: {p}" for p in sink.check(owners)]
-    return problems
+    return problems or calendar_problems(dept, [u for u in chosen if u.source not in waiting])
 
 
 def stopped_users(dept: Department, users: list[str] | None = None) -> dict[str, str]:

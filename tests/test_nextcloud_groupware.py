@@ -504,3 +504,33 @@ def test_corpus_calendars_into_nextcloud(corpus, nextcloud_server, monkeypatch, 
             or "the server cannot read it (HTTP 500" in line, line
     print(f"\ncorpus into Nextcloud: {puts} objects loaded in {time.monotonic() - started:.1f} s, "
           + ", ".join(f"{k} {len(v)}" for k, v in sorted(outcomes.items())))
+
+
+def test_the_departments_check_names_the_calendars_beyond_the_limit(nextcloud_server, monkeypatch, tmp_path):
+    """`check_department`, before anything moves: twelve calendars in one user's export files are
+    more than Nextcloud makes in an hour; stated limits of the server's (raised) are believed."""
+    import yaml
+    from flows import runtime
+    from flows.migrate import check_department
+    nc = nextcloud_server
+    users, refs = accounts(nc, monkeypatch, 2)
+    export = tmp_path / "export"
+    for i in range(12):
+        exported_calendar(export / "anna", 2, f"Projekt {i:02d}", None, f"p{i:02d}")
+    exported_calendar(export / "ben", 30, "Kalender", None, "k")
+    def department(**limits) -> Path:
+        path = tmp_path / f"department-{len(limits)}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "kalenderamt", "work_dir": str(tmp_path / "work"),
+            "users": [{"source": "anna", "target": users[0].login}, {"source": "ben", "target": users[1].login}],
+            "sources": [{"name": "exports", "type": "export", "root": str(export)}],
+            "target": {"type": "localdir", "root": str(tmp_path / "files")},
+            "calendar_target": {"type": "caldav", "url": nc.url, "flavour": "nextcloud", "app_passwords": refs,
+                                **limits},
+            "conversion": {"enabled": False},
+        }), encoding="utf-8")
+        return path
+    problems = check_department(runtime.department(str(department())))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"calendar_target: calendar target {nc.url}: {users[0].login!r} would get 12 new")
+    assert check_department(runtime.department(str(department(new_calendars_per_period=12)))) == []
