@@ -1,11 +1,14 @@
 """Names that Nextcloud (and OX Drive) refuse, made safe by a documented, reversible mapping.
 
-Windows file shares and Office documents carry names that a Nextcloud server rejects: the
-characters `\\ / : * ? " < > |` and control characters, leading or trailing spaces, trailing dots,
-reserved names (`.htaccess`, Windows device names such as `CON`), the `.part` and `.filepart`
-suffixes Nextcloud uses for its own uploads, and names longer than 250 bytes. Rather than fail
-such an item, each offending character is written as `%` and its two hexadecimal digits, the way
-a URL escapes it:
+Windows file shares and Office documents carry names that a Nextcloud server rejects, or that
+its Windows desktop clients cannot sync: the characters `\\ / : * ? " < > |` and control
+characters, leading or trailing spaces, trailing dots, reserved names (`.htaccess`, Windows device
+names such as `CON`), the `.part` and `.filepart` suffixes Nextcloud uses for its own uploads, and
+names longer than 250 bytes. (Measured on Nextcloud 27 on Linux: the server itself refuses `\\`,
+control characters, over-long names, `.htaccess` and `*.part`, and accepts the rest, which
+Nextcloud 30 refuses with its Windows-compatible names on; tests/test_sink_conformance.py records
+it.) Rather than fail such an item, each offending character is written as `%` and its two
+hexadecimal digits, the way a URL escapes it:
 
     Protokoll: 3.docx   →   Protokoll%3A 3.docx
     Angebot?.odt        →   Angebot%3F.odt
