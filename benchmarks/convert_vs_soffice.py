@@ -44,6 +44,18 @@ FOLDERS = ("documents", "spreadsheets", "presentations", "legacy")
 CONVERTED = {"converted", "passthrough"}
 
 
+def by_design(result: dict) -> str | None:
+    """Why umstieg refuses, on purpose, a file soffice "converts"; None for any other refusal."""
+    message = result.get("message", "")
+    if result.get("outcome") == "encrypted" and "IRM" in message:
+        # LibreOffice reads the stub Word writes in front of the protected content: the ODF holds
+        # only "Permission for this document is currently restricted ...", not the document
+        return "rights-managed (IRM): soffice converts only the placeholder page Word puts in front of it"
+    if result.get("outcome") == "unreadable" and message.startswith("empty file (0 bytes)"):
+        return "0 bytes: soffice makes a new, empty document of it"
+    return None
+
+
 def office_files(folder: Path) -> list[Path]:
     """Files named like Office documents (or ODF), at any depth, hidden files left out."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
@@ -137,8 +149,13 @@ def main() -> int:
     print(f"{'all':<16}{len(files):>7}{len(by_soffice):>10}{len(by_umstieg):>10}")
     print(f"wall time: soffice {soffice_seconds:.0f} s ({len(files) / soffice_seconds:.2f} files/s), "
           f"umstieg {umstieg_seconds:.0f} s ({len(files) / umstieg_seconds:.2f} files/s, worker start-up included)")
-    missed = sorted(by_soffice - by_umstieg)
+    designed = {key: why for key in by_soffice - by_umstieg if (why := by_design(results.get(key, {})))}
+    missed = sorted(by_soffice - by_umstieg - set(designed))
     extra = sorted(by_umstieg - by_soffice)
+    if designed:
+        print(f"\nsoffice converted, umstieg refuses on purpose ({len(designed)}):")
+        for key, why in sorted(designed.items()):
+            print(f"  {key}: {results[key]['outcome']}: {why}")
     if missed:
         print(f"\nsoffice converted, umstieg did not ({len(missed)}):")
         for key in missed:
@@ -150,7 +167,8 @@ def main() -> int:
             print(f"  {key}: {results[key]['message']}")
     refused = Counter(r["outcome"] for key, r in results.items() if key not in by_umstieg)
     print(f"\numstieg's other outcomes: {dict(refused)}")
-    print(f"target (umstieg converts every file soffice converts): {'met' if not missed else 'NOT met'}")
+    print(f"target (umstieg converts every file soffice converts, but for the refusals on purpose above): "
+          f"{'met' if not missed else 'NOT met'}")
     return 0 if not missed else 1
 
 
