@@ -122,4 +122,4 @@ def test_a_killed_groupware_run_resumes_without_duplicates(tmp_path, dovecot_fac
         assert folders["Sent"] == 20, folders             # the MBOX of sent mail landed in Sent
         # every event and contact once
         assert len(objects_in(dav, "t-anna", "Kalender")) == counts["event"]
-        assert len(objects_in(dav, "t-anna", "Kontakte")) == counts["contact"]
+        assert len(objects_in(dav, "t-anna", "Kontakte", "addressbook")) == counts["contact"]
