@@ -32,7 +32,7 @@ def test_every_user_of_a_department_lands_in_their_own_account(nextcloud_server,
     """Three users with app passwords and one with a login password: each one's files arrive in
     that user's account (a client that kept Nextcloud's session cookie acted as the first user for
     all of them, and every later user's MKCOL was refused)."""
-    from flows.migrate import migrate
+    from flows.migrate import migrate_body as migrate
     nc = nextcloud_server
     people = ("anna", "ben", "cem", "dora")
     accounts = {p: nc.new_user(f"t-{p}", app_password=(p != "dora")) for p in people}

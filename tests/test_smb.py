@@ -265,7 +265,7 @@ def test_a_department_reads_the_share_and_archives_originals_in_s3(tmp_path, mon
 
     from docgen import make_docx
     from flows import runtime
-    from flows.migrate import migrate
+    from flows.migrate import migrate_body as migrate
     from servers.s3 import MotoS3
     from test_flows import ledger_rows
 

@@ -719,7 +719,7 @@ def unfinished(dept_file: Path) -> list[tuple]:
 
 
 def test_a_department_migrates_into_nextcloud_twice_without_duplicates(nextcloud_server, accounts, proxy, tmp_path):
-    from flows.migrate import migrate
+    from flows.migrate import migrate_body as migrate
     nc = nextcloud_server
     anna, ben = accounts("anna", "ben")
     dept_file = nextcloud_department(tmp_path, proxy.url, {"anna": anna, "ben": ben})
@@ -754,7 +754,7 @@ def test_a_department_migrates_into_nextcloud_twice_without_duplicates(nextcloud
 
 
 def test_a_full_account_waits_and_the_next_run_completes_it(nextcloud_server, accounts, tmp_path):
-    from flows.migrate import migrate
+    from flows.migrate import migrate_body as migrate
     nc = nextcloud_server
     anna, ben = accounts("anna", "ben")
     dept_file = nextcloud_department(tmp_path, nc.url, {"anna": anna, "ben": ben}, conversion=False)
