@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+from pydantic import (BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError, field_validator,
                       model_validator)
 
 from core.errors import ConfigError
@@ -27,7 +27,7 @@ __all__ = ["Department", "User", "FolderSource", "SmbSource", "S3Source", "OneDr
            "M365Source", "EwsSource", "ImapSource", "ImapOAuth", "ExportSource", "SourceConfig",
            "LocalDirTarget", "NextcloudTarget", "OXDriveTarget", "S3ArchiveTarget",
            "ImapTarget", "CalDavTarget", "CardDavTarget", "TargetConfig",
-           "Conversion", "KeepOriginal", "Sharing",
+           "Conversion", "KeepOriginal", "Sharing", "MailOptions", "FolderRename",
            "Schedule", "Limits", "Cluster", "SecretRef", "load_department", "identity_problems"]
 
 
@@ -324,6 +324,9 @@ class ImapSource(_Tls):
                                                description="source login -> OAuth access token (XOAUTH2)")
     oauth: ImapOAuth | None = Field(default=None, description="get access tokens for every mailbox (XOAUTH2) "
                                                               "from an identity platform, renewed as they expire")
+    bandwidth: ByteSize | None = Field(default=None, gt=0,
+                                       description="bytes per second this process reads from this host at most "
+                                                   "(e.g. 4MB), shared by all its threads (imapsync's --maxbytespersecond)")
 
     @model_validator(mode="after")
     def _one_way_for_all(self):
@@ -585,6 +588,69 @@ class Cluster(_Model):
     address: str = Field(pattern=r"^(tcp|tls|inproc)://.+")
 
 
+class FolderRename(_Model):
+    """One folder rename: a regular expression on the source folder (levels joined by "/") and what
+    it becomes (imapsync's `--regextrans2`; `\\1` refers to a group)."""
+
+    pattern: str = Field(min_length=1, description="regular expression searched in the source folder's name")
+    to: str = Field(description="its replacement (re.sub syntax: \\1 is the first group)")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
+class MailOptions(_Model):
+    """What of each mailbox moves and where its folders land (imapsync's selection options)."""
+
+    include: list[str] = Field(default_factory=list, description="folders to take (names, shell patterns, or "
+                                                                 "re:<regex>); a folder taken takes its sub-folders. "
+                                                                 "Empty: every folder")
+    exclude: list[str] = Field(default_factory=list, description="folders left out, with their sub-folders "
+                                                                 "(same forms as include); wins over include")
+    folder_map: dict[str, str] = Field(default_factory=dict,
+                                       description="source folder -> target folder, exactly (imapsync's --f1f2)")
+    renames: list[FolderRename] = Field(default_factory=list,
+                                        description="renames by pattern, applied in order (imapsync's --regextrans2)")
+    max_age_days: float | None = Field(default=None, gt=0, description="only messages at most this old (--maxage)")
+    min_age_days: float | None = Field(default=None, ge=0, description="only messages at least this old (--minage)")
+    max_size: ByteSize | None = Field(default=None, gt=0, description="only messages at most this large (--maxsize)")
+    min_size: ByteSize | None = Field(default=None, ge=0, description="only messages at least this large (--minsize)")
+    folders_only: bool = Field(default=False, description="create the folders at the target, move no message")
+    dry_run: bool = Field(default=False, description="a run lists what would move per folder and moves nothing")
+    subscriptions: Literal["all", "source", "none"] = Field(
+        default="all", description="subscribe at the target every folder made (all), those the source had "
+                                   "subscribed (source; all where a source has no subscriptions), or none")
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern.strip("/"):
+                raise ValueError("an empty folder name matches nothing")
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.max_age_days is not None and self.min_age_days is not None and self.min_age_days >= self.max_age_days:
+            raise ValueError(f"min_age_days ({self.min_age_days}) must be less than max_age_days "
+                             f"({self.max_age_days}): no message would move")
+        if self.max_size is not None and self.min_size is not None and self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) is more than max_size ({self.max_size}): no message "
+                             "would move")
+        return self
+
+
 class Department(_Model):
     """One department's migration."""
 
@@ -606,6 +672,8 @@ class Department(_Model):
     schedule: Schedule = Schedule()
     limits: Limits = Limits()
     cluster: Cluster | None = None
+    mail: MailOptions = Field(default_factory=MailOptions,
+                              description="which folders and messages of each mailbox move, and where they land")
     skip: list[str] = Field(
         default_factory=lambda: ["~$*", "Thumbs.db", "desktop.ini", ".DS_Store"],
         description="file names (shell patterns) recorded as skipped, not moved: Office lock files and the "

@@ -38,6 +38,7 @@ from core.department import Department
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
 from core.items import Kind
 from core.ledger import HEARTBEAT, Item, Ledger
+from core.mailselection import MailSelection
 from core.settings import usable_cpus
 from flows import runtime
 from flows.calendars import calendar_problems
@@ -358,6 +359,8 @@ def migrate_body(department_file: str, users: list[str] | None = None, ignore_wi
     def choose(dept, ledger, run_id, waiting):
         found = discover(dept, ledger, run_id, users)
         return {owner: ids for owner, ids in found.todo.items() if owner not in waiting}, found.as_dict()
+    if runtime.department(str(Path(department_file).resolve())).mail.dry_run:
+        return {**assess_body(department_file, via), "dry_run": True}     # what would move; nothing does
     return _execute(str(Path(department_file).resolve()), "migrate", ignore_window, choose, users, via)
 
 
@@ -389,12 +392,16 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
     problems = check_department(dept)
     listing: list[tuple[str, object]] = []
     scan_folders = []
+    volumes: list[tuple[str, str, dict]] = []        # (user, source, {folder, messages, bytes}) as counted there
+    selection = MailSelection.of(dept)
     for cfg in dept.sources:
         source = source_of(dept, cfg.name)
         for user in dept.users:
             folder = user.folder_in(cfg.name)
             try:
-                listing += [(user.source, ref) for ref in source.discover(user.source, folder)
+                if hasattr(source, "mail_volume"):
+                    volumes += [(user.source, cfg.name, v) for v in source.mail_volume(user.source, folder)]
+                listing += [(user.source, ref) for ref in selection.listed(source, user.source, folder)
                             if not (ref.meta or {}).get("skipped")]       # links, pipes: nothing to move
             except (ItemError, TransientError, UserStopped, ConfigError, OSError) as exc:
                 problems.append(f"source {cfg.name}: cannot list {user.source}: {exc}")
@@ -402,7 +409,7 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
             if cfg.type == "folder" and (cfg.root / folder).is_dir():
                 scan_folders.append((cfg.name, user.source, cfg.root / folder))
     try:
-        result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders)
+        result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders, volumes)
     except Exception as exc:
         _raise_plainly(exc, dept)
     via.publish_markdown(dept, "assessment", Path(result["markdown"]))

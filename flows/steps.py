@@ -30,6 +30,7 @@ from core.errors import ItemError, TransientError, UserStopped
 from core.items import ItemRef, Kind
 from core.plugins import Sink, Source
 from core.ledger import Item, Ledger, State, now
+from core.mailselection import FolderPlan, MailSelection
 from core.outcomes import Outcome
 from flows import runtime
 from flows.sharing import plan_shares
@@ -122,6 +123,7 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
     """
     found = Discovery()
     users = [u for u in dept.users if owners is None or u.source in owners]
+    selection = MailSelection.of(dept)
     for user in users:
         todo: list[int] = []
         listings = {}
@@ -131,7 +133,8 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                 # a listing is all or nothing (what is missing from it counts as removed): a blip
                 # of the server lists again, from the start
                 listings[src_cfg.name] = with_retries(
-                    lambda: list(source.discover(user.source, user.folder_in(source.name))))
+                    lambda: selection.listed(source, user.source, user.folder_in(source.name)))
+                _make_mail_folders(dept, selection, source, user, listings[src_cfg.name])
         except (UserStopped, TransientError, ItemError) as exc:
             # this user cannot be listed now (a refused mailbox login, a server that stays away):
             # nothing of theirs is marked removed or moved; the other users go on
@@ -194,6 +197,7 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
                 # what was found before in a folder that could not be listed now is not gone
                 unlisted = tuple(r.location for r in refs if (r.meta or {}).get("unlisted"))
                 gone = [i for k, i in known.items() if k not in seen and not i.removed_at_source
+                        and selection.takes(i.kind, i.location, i.meta, i.size)     # not merely left out now
                         and not (unlisted and (i.location.startswith(unlisted) or "./" in unlisted))]
                 for item in gone:
                     item.removed_at_source, item.change, item.run_id = True, "removed", run_id
@@ -219,6 +223,38 @@ def discover(dept: Department, ledger: Ledger, run_id: int, owners: list[str] | 
         if todo:
             found.todo[user.source] = todo
     return found
+
+
+def _make_mail_folders(dept: Department, selection: MailSelection, source, user, refs: list[ItemRef]) -> None:
+    """Create the user's target mail folders the selection takes, empty ones too (as imapsync does):
+    the source's own list where it has one (with its subscriptions), else the folders of the
+    messages listed."""
+    if dept.mail_target is None or dept.mail.dry_run:
+        return
+    if hasattr(source, "mail_folders"):
+        found = source.mail_folders(user.source, user.folder_in(source.name))
+    else:
+        found = {r.location: FolderPlan(r.location, (r.meta or {}).get("special_use"))
+                 for r in refs if r.kind is Kind.MESSAGE}.values()
+    policy = dept.mail.subscriptions
+    folders = [(f.location, {"special_use": f.special_use, "target_folder": selection.target_folder(f.location)},
+                policy == "all" or (policy == "source" and f.subscribed is not False))
+               for f in selection.folders(found)]
+    if not folders:
+        return
+    try:
+        with_retries(target_of(dept, Kind.MESSAGE).make_folders, user.target, folders)
+    except (UserStopped, TransientError, ItemError) as exc:
+        # the account waits (checked before the run) or a name was refused: the folders that hold
+        # messages are still made as those arrive
+        log.warning("%s: the mail folders of %s could not all be made at the target: %s", dept.name, user.target, exc)
+
+
+def _held_by_others(ledger: Ledger, dept: Department, key: str, refs: list[str]) -> set[str]:
+    """Which of these target references other items of the department hold (identical messages)."""
+    with ledger.session() as s:
+        return set(s.scalars(select(Item.target_ref).where(
+            Item.department == dept.name, Item.target_ref.in_(refs), Item.key != key)))
 
 
 def _converts(dept: Department, location: str) -> bool:
@@ -401,7 +437,8 @@ def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: i
         loaded: list[Item] = []
         pending: list[tuple[int, dict]] = []       # appended, not yet committed (see the docstring)
         try:
-            for result in sink.append_stream(group[0].target_owner, stream):
+            for result in sink.append_stream(group[0].target_owner, stream,
+                                             taken=lambda key, refs: _held_by_others(ledger, dept, key, refs)):
                 item = by_key[result.key]
                 item.batch_id, item.attempts = batch, item.attempts + 1
                 if result.error is not None:
@@ -623,7 +660,10 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
     unchanged_file = item.kind == Kind.FILE.value and not item.converted_path
     digest = item.sha256 if unchanged_file else sink.digest(payload)
     mtime = _source_mtime(item)
-    ref = (sink.find(item.target_owner, rel, digest, item.meta)
+    # identical messages each have their own copy: one another message holds is not this one's
+    held = {"taken": lambda refs: _held_by_others(ledger, dept, item.key, refs)} \
+        if item.kind == Kind.MESSAGE.value else {}
+    ref = (sink.find(item.target_owner, rel, digest, item.meta, **held)
            or sink.put(item.target_owner, rel, payload, mtime, item.meta))
     meta = item.meta
     if item.kind == Kind.FILE.value and (meta or {}).get("permissions"):

@@ -449,11 +449,41 @@ def measured_item_rate(dept: Department, ledger: Ledger) -> float | None:
     return items / seconds if items and seconds else None
 
 
+def mail_volume(listing: Iterable[tuple[str, ItemRef]], volumes: Iterable[tuple[str, str, dict]] = ()) -> list[dict]:
+    """Mail per user, source and folder: what the source holds (its server's counts where it gave
+    them, `volumes` as (user, source, {folder, messages, bytes})) and what the department's mail
+    options select to move (from the listing), with the folder it is renamed to, if any."""
+    rows: dict[tuple[str, str, str], dict] = {}
+
+    def row(user: str, source: str, folder: str) -> dict:
+        return rows.setdefault((user, source, folder), {
+            "user": user, "source": source, "folder": folder, "messages": None, "bytes": None,
+            "selected_messages": 0, "selected_bytes": 0, "target_folder": None})
+    for user, source, v in volumes:
+        r = row(user, source, v["folder"])
+        r["messages"], r["bytes"] = v.get("messages"), v.get("bytes")
+    for user, ref in listing:
+        if ref.kind is not Kind.MESSAGE:
+            continue
+        r = row(user, ref.source, ref.location)
+        r["selected_messages"] += 1
+        r["selected_bytes"] += ref.size or (ref.meta or {}).get("size") or 0
+        r["target_folder"] = r["target_folder"] or (ref.meta or {}).get("target_folder")
+    for r in rows.values():
+        if r["messages"] is None:            # a source without server-side counts: what it listed
+            r["messages"], r["bytes"] = r["selected_messages"], r["selected_bytes"]
+    return sorted(rows.values(), key=lambda r: (r["user"], r["source"], r["folder"].upper() != "INBOX", r["folder"]))
+
+
 def write_assessment(dept: Department, problems: list[str], ledger: Ledger | None = None,
-                     listing: Iterable[tuple[str, ItemRef]] = (), scan_folders: Iterable[tuple[str, str, Path]] = ()) -> dict:
+                     listing: Iterable[tuple[str, ItemRef]] = (), scan_folders: Iterable[tuple[str, str, Path]] = (),
+                     mail_volumes: Iterable[tuple[str, str, dict]] = ()) -> dict:
     """Inventory of every source (counts and sizes by format and kind per user), the risk scan of
     the folders given, and a duration estimate. `listing` is (source user, item) for every item the
-    sources list; `scan_folders` is (source name, source user, local folder) for the risk scan."""
+    sources list; `scan_folders` is (source name, source user, local folder) for the risk scan;
+    `mail_volumes` the mail folders as their servers count them (see `mail_volume`)."""
+    listing = list(listing)
+    mail = mail_volume(listing, mail_volumes)
     by_format: Counter = Counter()
     bytes_by_format: Counter = Counter()
     per_user: Counter = Counter()
@@ -497,6 +527,11 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
               "bytes": sum(bytes_by_format.values()), "office_documents": documents,
               "by_format": {k: {"items": by_format[k], "bytes": bytes_by_format[k]} for k in sorted(by_format)},
               "by_user": dict(per_user), "risk_flags": dict(risk_flags.most_common()),
+              "mail": mail, "mail_messages": sum(r["messages"] or 0 for r in mail),
+              "mail_bytes": sum(r["bytes"] or 0 for r in mail),
+              "mail_selected_messages": sum(r["selected_messages"] for r in mail),
+              "mail_selected_bytes": sum(r["selected_bytes"] for r in mail),
+              "mail_dry_run": bool(dept.mail.dry_run),
               "planning": dict(categories), "scan_reports": scans,
               "estimated_conversion_seconds": round(estimate, 1),
               "estimate_basis": basis,
@@ -528,6 +563,7 @@ def assessment_markdown(result: dict) -> str:
         lines += ["", "| format | files | MiB |", "|---|---:|---:|"]
         lines += [f"| {ext} | {v['items']} | {v['bytes'] / 2**20:.1f} |"
                   for ext, v in sorted(result["by_format"].items(), key=lambda kv: -kv[1]["items"])[:30]]
+    lines += _mail_section(result)
     if result["planning"]:
         lines += ["", "## Risk scan", "", "| category | files |", "|---|---:|"]
         lines += [f"| {c} | {n} |" for c, n in sorted(result["planning"].items())]
@@ -543,6 +579,24 @@ def assessment_markdown(result: dict) -> str:
     else:
         lines += [f"Whole migration: {result['estimated_seconds_basis']}.", ""]
     return "\n".join(lines) + "\n"
+
+
+def _mail_section(result: dict) -> list[str]:
+    """Mail per user and folder: at the source, and what the department's mail options move."""
+    mail = result.get("mail") or []
+    if not mail:
+        return []
+    lines = ["", "## Mail", "",
+             f"{result['mail_messages']} message(s), {result['mail_bytes'] / 2**20:.1f} MiB at the source; "
+             f"{result['mail_selected_messages']} message(s), {result['mail_selected_bytes'] / 2**20:.1f} MiB "
+             + ("would move (dry run: nothing moved)." if result.get("mail_dry_run") else
+                "selected to move by the department's mail options."), "",
+             "| user | source | folder | messages | MiB | to move | MiB to move | renamed to |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {_cell(r['user'])} | {_cell(r['source'])} | {_cell(r['folder'])} | {r['messages']} | "
+              f"{(r['bytes'] or 0) / 2**20:.2f} | {r['selected_messages']} | {r['selected_bytes'] / 2**20:.2f} | "
+              f"{_cell(r['target_folder']) if r['target_folder'] else ''} |" for r in mail]
+    return lines
 
 
 def _cell(text: str | None, limit: int | None = None) -> str:

@@ -36,7 +36,7 @@ import queue
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -191,13 +191,31 @@ class ImapSink(ImapAccounts):
             return self._mailboxes.setdefault(owner, box)
 
     def target_folder(self, owner: str, rel: str, meta: dict | None = None) -> str:
-        """The server's name of the folder a message of source folder `rel` lands in."""
+        """The server's name of the folder a message of source folder `rel` lands in: where the
+        department renamed the folder (meta `target_folder`, core.mailselection), exactly there."""
         box = self._mailbox(owner)
-        levels = target_levels(rel, (meta or {}).get("special_use"), box.announced, self.config.folder_names)
+        renamed = (meta or {}).get("target_folder")
+        if renamed:
+            levels = [lv for lv in renamed.split("/") if lv] or ["INBOX"]
+            levels = ["INBOX", *levels[1:]] if levels[0].upper() == "INBOX" else levels
+        else:
+            levels = target_levels(rel, (meta or {}).get("special_use"), box.announced, self.config.folder_names)
         delim = box.delimiter
         return delim.join(lv.replace(delim, "_") if delim else lv for lv in levels)
 
-    def _ensure_folder(self, owner: str, folder: str) -> None:
+    def make_folders(self, owner: str, folders: Iterable[tuple[str, dict, bool]]) -> list[str]:
+        """Create the target folders of these source folders (location, meta with `special_use` and
+        maybe `target_folder`, whether to subscribe it), even empty ones, as imapsync does; returns
+        the server's names of those made now. A folder that exists is left as it is."""
+        made = []
+        for rel, meta, subscribe in folders:
+            folder = self.target_folder(owner, rel, meta)
+            if folder not in self._mailbox(owner).folders:
+                self._ensure_folder(owner, folder, subscribe=subscribe)
+                made.append(folder)
+        return made
+
+    def _ensure_folder(self, owner: str, folder: str, subscribe: bool = True) -> None:
         box = self._mailbox(owner)
         if folder in box.folders:
             return
@@ -218,7 +236,8 @@ class ImapSink(ImapAccounts):
                     except IMAPClientError:
                         if not conn.client.folder_exists(name):   # made meanwhile by another process: fine
                             raise
-                    conn.client.subscribe_folder(name)
+                    if subscribe:
+                        conn.client.subscribe_folder(name)
                     box.folders.add(name)
 
             self._call(owner, f"creating folder {folder!r}", create)
@@ -286,8 +305,13 @@ class ImapSink(ImapAccounts):
         except OSError as exc:
             raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
 
-    def find(self, owner: str, rel: str, digest: str, meta: dict | None = None) -> str | None:
-        """The reference of this exact message if the target folder holds it (its flags made equal)."""
+    def find(self, owner: str, rel: str, digest: str, meta: dict | None = None,
+             taken: Callable[[list[str]], set[str]] | None = None) -> str | None:
+        """The reference of this exact message if the target folder holds it (its flags made equal).
+
+        Identical messages of one folder each have their own copy (imapsync's --syncduplicates):
+        `taken(refs)` says which of the matching copies other source messages already hold, and
+        the first copy no other holds is this message's."""
         meta = meta or {}
         folder = self.target_folder(owner, rel, meta)
         if folder not in self._mailbox(owner).folders:
@@ -306,16 +330,19 @@ class ImapSink(ImapAccounts):
                 uids = conn.client.search(criteria)
             else:
                 return None
-            for uid in sorted(uids, reverse=True)[:MAX_CANDIDATES]:
+            matches: dict[str, tuple[int, tuple]] = {}
+            for uid in sorted(uids)[-MAX_CANDIDATES:]:
                 data = conn.client.fetch([uid], ["FLAGS", "INTERNALDATE", "BODY.PEEK[]"]).get(uid)
                 if data is None or _sha256(data.get(b"BODY[]") or b"") != digest:
                     continue
                 if not mid and when is not None and data.get(b"INTERNALDATE") != when:
                     continue
-                ref = make_ref(owner, folder, conn.uidvalidity, uid)
-                self._sync_flags(conn, uid, data.get(b"FLAGS", ()), meta.get("flags"))
-                return ref
-            return None
+                matches[make_ref(owner, folder, conn.uidvalidity, uid)] = (uid, data.get(b"FLAGS", ()))
+            held = taken(list(matches)) if matches and taken is not None else set()
+            ref = next((r for r in matches if r not in held), None)
+            if ref is not None:
+                self._sync_flags(conn, matches[ref][0], matches[ref][1], meta.get("flags"))
+            return ref
 
         ref = self._call(owner, f"looking for a message in {folder!r}", look)
         if ref is not None and meta.get("flags") is not None:
@@ -475,7 +502,8 @@ class ImapSink(ImapAccounts):
     # ------------------------------------------------------------------ fast path
     def append_stream(self, owner: str, messages: Iterable[tuple[str, str, dict, bytes | None]],
                       workers: int = 2, max_bytes: int = 48 << 20, batch_count: int = 50,
-                      batch_bytes: int = 8 << 20) -> Iterator[Appended]:
+                      batch_bytes: int = 8 << 20,
+                      taken: Callable[[str, list[str]], set[str]] | None = None) -> Iterator[Appended]:
         """Append many messages of one owner; yields one `Appended` per message, as they land.
 
         `messages` yields (key, location, meta, bytes or None for a message that vanished). It is
@@ -485,8 +513,11 @@ class ImapSink(ImapAccounts):
         transaction. Each folder is appended to by one of `workers` connections only: parallel
         appends into one folder wait for each other's lock (Dovecot's maildir measured slower with
         more connections), appends into different folders do not. A message already in its target
-        folder (same Message-ID or size and date, same sha256) is not appended again."""
+        folder (same Message-ID or size and date, same sha256) is not appended again; identical
+        messages each have their own copy: a copy this stream handed out, or one that `taken(key,
+        refs)` says another source message holds, is not this one's."""
         workers = max(1, workers)
+        claims = _Claims(taken)
         lanes = [queue.Queue() for _ in range(workers)]
         done: queue.Queue = queue.Queue()
         budget = _Budget(max_bytes)
@@ -527,7 +558,7 @@ class ImapSink(ImapAccounts):
                 while (job := lane.get()) is not None:
                     batch, size = job
                     try:
-                        for result in self._append_batch(owner, batch):
+                        for result in self._append_batch(owner, batch, claims):
                             done.put(result)
                     except (UserStopped, FatalError) as exc:
                         done.put(exc)
@@ -566,8 +597,34 @@ class ImapSink(ImapAccounts):
             for t in threads:
                 t.join(timeout=60)
 
-    def _append_batch(self, owner: str, batch: list) -> list[Appended]:
+    def _append_batch(self, owner: str, batch: list, claims: "_Claims | None" = None) -> list[Appended]:
         """Dedupe, then append what is new in one MULTIAPPEND (one by one if the server refuses it)."""
+        claims = claims or _Claims(None)
+        results = self._append_unclaimed(owner, batch, claims)
+        claims.hold(r.ref for r in results if r.ref)
+        sent = {key: (meta, data) for key, _, meta, data in batch}
+        for r in results:
+            if r.ref and not r.found:
+                self._note(owner, r.ref, *sent[r.key])
+        return results
+
+    def _note(self, owner: str, ref: str, meta: dict, data: bytes) -> None:
+        """Add a message just appended to its folder's index, so that the index of this process
+        stays whole for later streams (a rerun in the same process finds it)."""
+        _, folder, uidvalidity, uid = parse_ref(ref)
+        box = self._mailbox(owner)
+        with box.lock:
+            index = box.index.get(folder)
+            if index is None or index.uidvalidity != uidvalidity:
+                box.index.pop(folder, None)
+                return
+            data = canonical(data)
+            mid = meta.get("message_id")
+            key = (mid, len(data)) if mid else (None, len(data), _parse_date(meta.get("internaldate")))
+            index.by_key.setdefault(key, []).append(uid)
+            index.hashes[uid] = _sha256(data)
+
+    def _append_unclaimed(self, owner: str, batch: list, claims: "_Claims") -> list[Appended]:
         results: list[Appended] = []
         new: list[tuple[str, dict, bytes, str]] = []
         location = batch[0][1]
@@ -578,7 +635,7 @@ class ImapSink(ImapAccounts):
             try:
                 data = canonical(data)
                 digest = _sha256(data)
-                ref = self._indexed(owner, location, meta, data, digest)
+                ref = self._indexed(owner, location, meta, data, digest, key, claims)
             except (ItemError, TransientError, ConfigError) as exc:
                 results.append(Appended(key, None, None, error=exc))
                 continue
@@ -625,8 +682,11 @@ class ImapSink(ImapAccounts):
             self._remember(ref, meta.get("flags") or [])
         return refs
 
-    def _indexed(self, owner: str, location: str, meta: dict, data: bytes, digest: str) -> str | None:
-        """The existing copy of this message in its target folder, from one listing of the folder."""
+    def _indexed(self, owner: str, location: str, meta: dict, data: bytes, digest: str, key: str = "",
+                 claims: "_Claims | None" = None) -> str | None:
+        """The existing copy of this message in its target folder, from one listing of the folder,
+        that no other source message holds (`claims`)."""
+        claims = claims or _Claims(None)
         folder = self.target_folder(owner, location, meta)
         box = self._mailbox(owner)
         if folder not in box.folders:
@@ -644,15 +704,18 @@ class ImapSink(ImapAccounts):
 
         def compare(conn: _Conn) -> str | None:
             conn.select(folder)
+            matches = {}
             for uid in uids:
                 if uid not in index.hashes:
                     body = (conn.client.fetch([uid], ["BODY.PEEK[]"]).get(uid) or {}).get(b"BODY[]")
                     index.hashes[uid] = _sha256(body) if body is not None else None
                 if index.hashes[uid] == digest:
-                    flags = conn.client.get_flags([uid]).get(uid, ())
-                    self._sync_flags(conn, uid, flags, meta.get("flags"))
-                    return make_ref(owner, folder, index.uidvalidity, uid)
-            return None
+                    matches[make_ref(owner, folder, index.uidvalidity, uid)] = uid
+            ref = claims.first_free(key, list(matches))
+            if ref is not None:
+                uid = matches[ref]
+                self._sync_flags(conn, uid, conn.client.get_flags([uid]).get(uid, ()), meta.get("flags"))
+            return ref
 
         return self._call(owner, f"comparing with {folder!r}", compare)
 
@@ -694,6 +757,34 @@ def _uid_set(text: str) -> list[int]:
         a, b = int(first), int(last or first)
         uids.extend(range(a, b + 1) if a <= b else range(a, b - 1, -1))
     return uids
+
+
+class _Claims:
+    """The target copies one `append_stream` has handed out, and what the ledger says other source
+    messages hold (`taken(key, refs)`), so that identical messages each get a copy of their own."""
+
+    def __init__(self, taken: Callable[[str, list[str]], set[str]] | None) -> None:
+        self.taken = taken
+        self.held: set[str] = set()
+        self.lock = threading.Lock()
+
+    def first_free(self, key: str, refs: list[str]) -> str | None:
+        """The first of `refs` no other message holds; it is held from now on."""
+        with self.lock:
+            free = [r for r in refs if r not in self.held]
+        if free and self.taken is not None:
+            held = self.taken(key, free)
+            free = [r for r in free if r not in held]
+        with self.lock:
+            for ref in free:
+                if ref not in self.held:
+                    self.held.add(ref)
+                    return ref
+        return None
+
+    def hold(self, refs: Iterable[str]) -> None:
+        with self.lock:
+            self.held.update(refs)
 
 
 class _Budget:

@@ -36,8 +36,10 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import imapclient
@@ -49,8 +51,9 @@ from core.errors import ConfigError, ItemError, TransientError, UserStopped
 from core.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused, TlsFailed, TokenRefused, list_folders,
                        server_words as _server_words, text as _text)
 from core.items import ItemRef, Kind
+from core.mailselection import FolderPlan, MailSelection
 
-__all__ = ["ImapMailboxes", "FolderInfo", "source_for", "SPECIAL_USES"]
+__all__ = ["ImapMailboxes", "FolderInfo", "Bandwidth", "bandwidth_of", "source_for", "SPECIAL_USES"]
 
 log = logging.getLogger("umstieg.sources.imap")
 
@@ -138,6 +141,11 @@ class ImapMailboxes(ImapAccounts):
         # a NO or BAD for this command: this item only
         return ItemError(f"{self._where()}: {what} for {mailbox!r} was refused: {_server_words(exc)}")
 
+    def _throttle(self, n: int) -> None:
+        """Wait as long as the configured bandwidth asks after `n` bytes were read from this host."""
+        if self.config.bandwidth:
+            bandwidth_of(self.config.host, self.config.port, self.config.bandwidth).take(n)
+
     # ------------------------------------------------------------------ folders
     def folders(self, mailbox: str, refresh: bool = False) -> dict[str, FolderInfo]:
         """The selectable folders of a mailbox by location, with their special use."""
@@ -172,13 +180,48 @@ class ImapMailboxes(ImapAccounts):
             _Conn(client).close()
         return problems
 
-    def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
-        """Every message of every selectable folder of mailbox `folder`, with its metadata."""
+    #: `discover` takes a `selection` (core.mailselection) and asks the server only for what it selects
+    narrows_mail = True
+
+    def discover(self, owner: str, folder: str, selection: MailSelection | None = None) -> Iterator[ItemRef]:
+        """Every message of every selectable folder of mailbox `folder`, with its metadata; with a
+        `selection`, folders it leaves out are not opened and the server searches by date and size."""
         mailbox = folder
         for info in self.folders(mailbox, refresh=True).values():
-            yield from self._discover_folder(owner, mailbox, info)
+            if selection is not None and (selection.options.folders_only or not selection.folder_taken(info.location)):
+                continue
+            yield from self._discover_folder(owner, mailbox, info, _criteria(selection))
 
-    def _discover_folder(self, owner: str, mailbox: str, info: FolderInfo) -> Iterator[ItemRef]:
+    def mail_folders(self, owner: str, folder: str) -> list[FolderPlan]:
+        """Every selectable folder of the mailbox, with its special use and whether it is subscribed."""
+        mailbox = folder
+        found = self.folders(mailbox, refresh=True)
+        subscribed = set(self._call(mailbox, "LSUB", lambda conn: [name for _, _, name in
+                                                                   conn.client.list_sub_folders()]))
+        return [FolderPlan(info.location, info.special_use, info.name in subscribed or info.name.upper() == "INBOX")
+                for info in found.values()]
+
+    def mail_volume(self, owner: str, folder: str) -> list[dict]:
+        """Messages and bytes of every folder as the server counts them (STATUS, and RFC822.SIZE
+        where the server has no STATUS=SIZE): no message is read. [{folder, messages, bytes}]"""
+        mailbox = folder
+        out = []
+        for info in self.folders(mailbox, refresh=True).values():
+            def count(conn: _Conn, info=info) -> tuple[int, int]:
+                sized = conn.client.has_capability("STATUS=SIZE")
+                status = conn.client.folder_status(info.name, ["MESSAGES", "SIZE"] if sized else ["MESSAGES"])
+                messages = int(status.get(b"MESSAGES", 0))
+                if sized or not messages:
+                    return messages, int(status.get(b"SIZE", 0))
+                conn.examine(info.name)
+                sizes = conn.client.fetch(conn.client.search("ALL"), ["RFC822.SIZE"])
+                return len(sizes), sum(int(d.get(b"RFC822.SIZE", 0)) for d in sizes.values())
+            messages, size = self._call(mailbox, f"counting folder {info.location!r}", count)
+            out.append({"folder": info.location, "messages": messages, "bytes": size})
+        return out
+
+    def _discover_folder(self, owner: str, mailbox: str, info: FolderInfo,
+                         criteria: list | None = None) -> Iterator[ItemRef]:
         def listing(conn: _Conn) -> list[ItemRef]:
             try:
                 selected = conn.examine(info.name)
@@ -191,7 +234,7 @@ class ImapMailboxes(ImapAccounts):
             if not selected.get(b"EXISTS"):
                 return []
             uidvalidity = conn.uidvalidity
-            uids = sorted(conn.client.search("ALL"))
+            uids = sorted(conn.client.search(criteria or "ALL"))
             refs: list[ItemRef] = []
             for start in range(0, len(uids), LIST_BATCH):
                 chunk = uids[start:start + LIST_BATCH]
@@ -248,6 +291,7 @@ class ImapMailboxes(ImapAccounts):
                         break
                     out.write(part)
                     size += len(part)
+                    self._throttle(len(part))
                     if len(part) < PART:
                         break
             return size
@@ -294,6 +338,7 @@ class ImapMailboxes(ImapAccounts):
             return conn.client.fetch(list(uids), ["BODY.PEEK[]"])
 
         answer = self._call(mailbox, f"fetching messages of {location!r}", fetch)
+        self._throttle(sum(len(d.get(b"BODY[]") or b"") for d in answer.values()))
         out = []
         for uid, ref in uids.items():
             data = answer.get(uid)
@@ -308,6 +353,53 @@ def _uid_of(key: str | None) -> tuple[int, int]:
         return int(uidvalidity), int(uid)
     except ValueError:
         raise ItemError(f"{key!r} is not the key of an IMAP message (<owner>/<folder>/<uidvalidity>/<uid>)") from None
+
+
+def _criteria(selection: MailSelection | None) -> list | None:
+    """The SEARCH that asks the server for what `selection` takes by date and size: a superset (SEARCH
+    dates are whole days in the server's time zone), narrowed exactly by the selection afterwards."""
+    if selection is None:
+        return None
+    o, criteria = selection.options, []
+    if selection.since is not None:
+        criteria += ["SINCE", (selection.since - timedelta(days=1)).date()]
+    if selection.before is not None:
+        criteria += ["BEFORE", (selection.before + timedelta(days=2)).date()]
+    if o.min_size:
+        criteria += ["LARGER", str(int(o.min_size) - 1)]
+    if o.max_size is not None:
+        criteria += ["SMALLER", str(int(o.max_size) + 1)]
+    return criteria or None
+
+
+class Bandwidth:
+    """A byte budget per second for one source host, shared by every thread of the process: each
+    read reserves its bytes' share of time after what was reserved before it, and waits for it."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        if n <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now)
+            self._next = start + n / self.rate
+        if start > now:
+            time.sleep(start - now)
+
+
+_BANDWIDTHS: dict[tuple[str, int, int], Bandwidth] = {}
+_BANDWIDTHS_LOCK = threading.Lock()
+
+
+def bandwidth_of(host: str, port: int, rate: int) -> Bandwidth:
+    """This process's budget for one source host (one per host, port and rate)."""
+    with _BANDWIDTHS_LOCK:
+        return _BANDWIDTHS.setdefault((host, port, rate), Bandwidth(rate))
 
 
 def _list_folders(conn: _Conn) -> dict[str, FolderInfo]:
