@@ -529,13 +529,15 @@ class CalDav(_Dav):
             status = resp.status_code
             if status in (200, 201, 207, 405, 409):  # made (or made meanwhile: the PROPFIND after it tells)
                 return
-            exception, message = _sabre_error(resp)
+            message = _sabre_error(resp)[1]
             if status == 429:
                 wait = retry_after(resp)
                 if wait is not None and wait <= _MKCALENDAR_WAIT and attempt + 1 < _MKCALENDAR_TRIES:
                     self._sleep(wait)
                     continue
                 self._refuse(user, display, wait, message or "HTTP 429 Too Many Requests")
+            # Nextcloud says it with a plain Forbidden ("Calendar limit reached"): its words are all
+            # that tell this 403 from one for a home the account may not write in
             if status == 403 and "limit" in message.lower():
                 self._refuse(user, display, None, message, total=True)
             if status in (400, 403, 415) and len(bodies) > 1:  # a server that will not take the set

@@ -18,7 +18,7 @@ import pytest
 
 from core.department import CalDavTarget, CardDavTarget, ExportSource
 from core.errors import ItemError
-from core.pim import contact_fields, differences, event_fingerprint, fingerprint
+from core.pim import contact_fields
 from sinks.groupware import CalDav, CardDav, Refused
 from sources.export import source_for
 from test_groupware import load, recurring_event, write
