@@ -147,7 +147,7 @@ def check_department(dept: Department, users: list[str] | None = None,
     owners = [u.target for u in chosen if u.source not in waiting]
     for field_name, sink in targets_of(dept).items():
         problems += [p if field_name == "target" else f"{field_name}: {p}" for p in sink.check(owners)]
-    return problems or calendar_problems(dept, [u for u in chosen if u.source not in waiting])
+    return problems
 
 
 def stopped_users(dept: Department, users: list[str] | None = None) -> dict[str, str]:
@@ -301,6 +301,11 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
     problems = check_department(dept, users, waiting=stopped)
     if problems:
         raise ConfigError(f"{dept.name}: nothing was moved:\n  " + "\n  ".join(problems))
+    # calendars beyond the server's limits are told before anything moves, but stop nobody: the
+    # calendars within them load now, the others fail as `calendar_limit` and a later rerun takes them
+    warnings = calendar_problems(dept, [u for u in _chosen(dept, users) if u.source not in stopped])
+    for warning in warnings:
+        logger.warning("%s: %s", dept.name, warning)
     try:
         ledger = runtime.ledger(dept)
         run_id = ledger.start_run(dept.name, flow_name, via.flow_run())     # closes abandoned runs first
@@ -318,6 +323,8 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
             _, left = _run_chunks(dept_file, dept, ledger, run_id, todo, window, via)
             summary = run_summary(dept, ledger, run_id, delta, time.monotonic() - started)
             summary["stopped_users"] = {**stopped, **ledger.stopped_users(run_id)}
+            if warnings:
+                summary["warnings"] = warnings
             if left:
                 summary["left_for_next_run"] = left
             report = write_run_report(dept, summary)
@@ -389,7 +396,7 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
     from reports.migration import write_assessment
     via = via or Here()
     dept = runtime.department(str(Path(department_file).resolve()))
-    problems = check_department(dept)
+    problems = check_department(dept) + calendar_problems(dept)
     listing: list[tuple[str, object]] = []
     scan_folders = []
     volumes: list[tuple[str, str, dict]] = []        # (user, source, {folder, messages, bytes}) as counted there

@@ -259,6 +259,10 @@ def write_run_report(dept: Department, summary: dict) -> Path:
                   "| | " + " | ".join(summary["delta"]) + " |", "|---|" + "---|" * len(summary["delta"]),
                   "| items | " + " | ".join(str(sum(v.values()) if isinstance(v, dict) else v)
                                           for v in summary["delta"].values()) + " |", ""]
+    if summary.get("warnings"):
+        lines += ["## Told before the run", "",
+                  "Said by the pre-run check; the run went on (what it concerns may fail and wait for a rerun):",
+                  "", *[f"- {w}" for w in summary["warnings"]], ""]
     lines += _removed_section(summary.get("removed_this_run"))
     lines += _status_sections(dept, summary)
     path = out / f"{stem}.md"

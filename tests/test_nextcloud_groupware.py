@@ -507,11 +507,14 @@ def test_corpus_calendars_into_nextcloud(corpus, nextcloud_server, monkeypatch, 
 
 
 def test_the_departments_check_names_the_calendars_beyond_the_limit(nextcloud_server, monkeypatch, tmp_path):
-    """`check_department`, before anything moves: twelve calendars in one user's export files are
-    more than Nextcloud makes in an hour; stated limits of the server's (raised) are believed."""
+    """Before anything moves: twelve calendars in one user's export files are more than Nextcloud
+    makes in an hour; stated limits of the server's (raised) are believed. It is told, in the
+    assessment and in the run's report, but stops nobody: one user's calendars must not keep the
+    department's files and the other users' calendars from moving."""
     import yaml
     from flows import runtime
-    from flows.migrate import check_department
+    from flows.calendars import calendar_problems
+    from flows.migrate import assess_body, check_department, migrate_body
     nc = nextcloud_server
     users, refs = accounts(nc, monkeypatch, 2)
     export = tmp_path / "export"
@@ -530,7 +533,15 @@ def test_the_departments_check_names_the_calendars_beyond_the_limit(nextcloud_se
             "conversion": {"enabled": False},
         }), encoding="utf-8")
         return path
-    problems = check_department(runtime.department(str(department())))
+    dept_file = department()
+    problems = calendar_problems(runtime.department(str(dept_file)))
     assert len(problems) == 1
     assert problems[0].startswith(f"calendar_target: calendar target {nc.url}: {users[0].login!r} would get 12 new")
-    assert check_department(runtime.department(str(department(new_calendars_per_period=12)))) == []
+    assert calendar_problems(runtime.department(str(department(new_calendars_per_period=12)))) == []
+    assert check_department(runtime.department(str(dept_file))) == []          # nothing stops the run
+    assessment = assess_body(str(dept_file))
+    assert any("would get 12 new" in p for p in assessment["problems"]), assessment["problems"]
+    summary = migrate_body(str(dept_file))
+    assert summary["warnings"] == problems
+    assert "## Told before the run" in Path(summary["report"]).read_text(encoding="utf-8")
+    assert summary["totals"].get("verified", 0) >= 30                        # ben's calendar moved
