@@ -26,7 +26,7 @@ import pytest
 
 from core.department import LocalDirTarget, NextcloudTarget, OXDriveTarget, S3ArchiveTarget
 from core.errors import ItemError
-from servers.nextcloud_dav import nextcloud_rejects
+from servers.nextcloud_names import nextcloud_rejects
 from servers.s3 import MotoS3
 from servers.wsgidav_server import WsgiDavServer
 from sinks.localdir import LocalDir

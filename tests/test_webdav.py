@@ -5,8 +5,8 @@ end to end.
 What the real server cannot be made to do on demand — answer 429/503 with a Retry-After, lose an
 answer after it did the work, speak TLS — a fault-injecting proxy in front of it does
 (tests/servers/faultproxy.py); the proxy's request log is also how a test sees what the sink sent.
-The stand-in tests/servers/nextcloud_dav.py serves only `nextcloud_rejects`, its model of the
-names Nextcloud (30, Windows-compatible names on) refuses, for the property test of the mapping.
+tests/servers/nextcloud_names.py models the names Nextcloud (30, Windows-compatible names on)
+refuses, for the property test of the mapping.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from core.errors import ConfigError, FatalError, ItemError, TransientError, User
 from flows.steps import with_retries
 from servers.faultproxy import Fault, FaultProxy
 from servers.nextcloud import NextcloudServer, NextcloudUser
-from servers.nextcloud_dav import nextcloud_rejects
+from servers.nextcloud_names import nextcloud_rejects
 from servers.wsgidav_server import WsgiDavServer
 from sinks.names import MAX_NAME_BYTES, original_name, original_path, safe_name, safe_path
 from sinks.webdav import Locked, Nextcloud, OXDrive, QuotaExceeded
