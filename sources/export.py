@@ -51,7 +51,8 @@ from core.department import ExportSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from core.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
-from sources.outlook import ansi_codepage, appointment_uid, contact_uid, msg_appointment_ical, msg_contact_vcard
+from sources.outlook import (ansi_codepage, appointment_uid, contact_uid, msg_appointment_ical, msg_contact_vcard,
+                              msg_text)
 
 __all__ = ["ExportFiles", "UnreadableExport", "UnsupportedItem", "special_use_of", "source_for"]
 
@@ -467,9 +468,34 @@ def _msg_bytes(path: Path, rel: str, key: str) -> bytes:
                 or low.startswith("ipm.post") or low.startswith("ipm.schedule.meeting") or low == "ipm"):
             raise UnsupportedItem(f"{rel} is an Outlook {cls} item, which is not converted "
                                   "(mail, appointments and contacts are)")
-        return _msg_mime(msg, rel)
+        return _with_own_subject(_msg_mime(msg, rel), path, rel)
     finally:
         msg.close()
+
+
+def _with_own_subject(mime: bytes, path: Path, rel: str) -> bytes:
+    """The message with the subject its .msg file holds (PidTagSubject, read by sources.outlook in
+    the code page the file declares) and no NUL in any header: transport headers that Exchange
+    folded inside a word, and extract-msg's NUL padding, would otherwise change the subject
+    ("о бмена", "20\t18"), and Dovecot stores a NUL as 0x80."""
+    try:
+        subject = msg_text(path).subject
+    except Exception:  # noqa: BLE001 - olefile refuses what extract-msg read: its subject stays
+        subject = None
+    parsed = email.message_from_bytes(mime, policy=email.policy.SMTP)
+    changed = False
+    for name, value in list(parsed.items()):
+        if "\x00" in str(value):
+            parsed.replace_header(name, str(value).replace("\x00", "").strip())
+            changed = True
+    if subject is not None and str(parsed.get("Subject") or "") != subject:
+        del parsed["Subject"]
+        parsed["Subject"] = subject
+        changed = True
+    if not changed:
+        return mime
+    log.debug("%s: subject or NUL-padded headers taken from the .msg properties", rel)
+    return parsed.as_bytes(policy=email.policy.SMTP)
 
 
 def _msg_mime(msg, rel: str) -> bytes:

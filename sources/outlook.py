@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 from core.errors import ItemError
 from sources.mstime import contact_to_vcard, event_to_ical, iana_zone
 
-__all__ = ["Appointment", "Recurrence", "RecurrenceError", "ansi_codepage", "appointment_event", "appointment_uid",
+__all__ = ["Appointment", "MsgText", "Recurrence", "RecurrenceError", "ansi_codepage", "declared_codec", "msg_text", "appointment_event", "appointment_uid",
            "contact_uid",
            "msg_appointment", "msg_appointment_ical", "msg_contact_vcard", "parse_recurrence"]
 
@@ -350,16 +350,100 @@ def _changed(event: dict, change: Change, original: datetime, zone: ZoneInfo) ->
 # ------------------------------------------------------------------------------------ .msg files
 def ansi_codepage(msg) -> str | None:
     """The code page of a .msg file's 8-bit strings, when extract-msg would guess it wrongly:
-    PidTagMessageCodepage, else the Windows ANSI code page of PidTagMessageLocaleId."""
+    PidTagMessageCodepage, else PidTagInternetCodepage, else the Windows ANSI code page of
+    PidTagMessageLocaleId (a Python codec name)."""
     if msg.areStringsUnicode:
         return None
-    codepage = msg.getPropertyVal("3FFD0003")
-    if codepage:
-        return f"cp{codepage}"
-    locale = msg.getPropertyVal("3FF10003")
-    if locale:
-        return _ANSI_BY_LANGUAGE.get(locale & 0x3FF)
-    return None
+    return declared_codec(msg.getPropertyVal("3FFD0003"), msg.getPropertyVal("3FDE0003"),
+                          msg.getPropertyVal("3FF10003"))
+
+
+#: Windows code page identifiers whose Python codec is not simply `cp<n>`.
+_CODEPAGE_CODECS = {65001: "utf-8", 1200: "utf-16-le", 1201: "utf-16-be", 20127: "ascii", 20866: "koi8_r",
+                    21866: "koi8_u", 50220: "iso2022_jp", 50221: "iso2022_jp", 50222: "iso2022_jp",
+                    51932: "euc_jp", 51936: "gb2312", 51949: "euc_kr", 52936: "hz", 54936: "gb18030",
+                    10000: "mac_roman", **{28590 + n: f"iso8859_{n}" for n in range(1, 16)}}
+#: Chinese locales written in traditional characters (Taiwan, Hong Kong, Macao): Big5, not GBK.
+_TRADITIONAL_CHINESE = {0x0404, 0x0C04, 0x1404, 0x7C04}
+
+
+def _codec(codepage: int | None) -> str | None:
+    import codecs
+    if not codepage:
+        return None
+    name = _CODEPAGE_CODECS.get(codepage, f"cp{codepage}")
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+#: Internet code pages (PidTagInternetCodepage: the charset the message had as MIME) -> the Windows
+#: ANSI code page of the same script, which is what Outlook writes 8-bit properties in: a 7-bit
+#: iso-2022-jp message keeps its strings in Shift-JIS (932), a KOI8-R one in 1251.
+_ANSI_OF_INTERNET = {50220: 932, 50221: 932, 50222: 932, 51932: 932, 50225: 949, 51949: 949, 50227: 936,
+                     51936: 936, 52936: 936, 54936: 936, 20866: 1251, 21866: 1251, 28595: 1251, 20127: 1252,
+                     28591: 1252, 28605: 1252, 28592: 1250, 28597: 1253, 28599: 1254, 28598: 1255, 38598: 1255,
+                     28596: 1256, 28594: 1257, 28603: 1257, 51950: 950}
+
+
+def declared_codec(message_codepage: int | None, internet_codepage: int | None, locale: int | None) -> str | None:
+    """The codec of a message's 8-bit strings from what it declares, in order: its code page
+    (PidTagMessageCodepage), its Internet code page (PidTagInternetCodepage, as the ANSI code page
+    of its script), the ANSI code page of its locale (PidTagMessageLocaleId); None when it declares
+    nothing usable."""
+    found = _codec(message_codepage) or _codec(_ANSI_OF_INTERNET.get(internet_codepage or 0, internet_codepage))
+    if found or not locale:
+        return found
+    if locale & 0xFFFF in _TRADITIONAL_CHINESE:
+        return "cp950"
+    return _ANSI_BY_LANGUAGE.get(locale & 0x3FF)
+
+
+@dataclass(frozen=True)
+class MsgText:
+    """The subject and plain-text body of a .msg file, as its MAPI properties hold them."""
+
+    subject: str | None
+    body: str | None
+    codec: str | None                     # what 8-bit strings were decoded with (None: all Unicode)
+
+
+def msg_text(path) -> MsgText:
+    """Read the subject and text body of an Outlook .msg file straight from its compound file
+    (MS-OXMSG), independently of extract-msg: Unicode strings as they are, 8-bit strings in the
+    code page the file declares (`declared_codec`, Windows-1252 when it declares none); trailing
+    NULs (the padding some writers leave) removed. No whitespace is added or taken inside."""
+    import olefile
+    with olefile.OleFileIO(str(path)) as ole:
+        longs = _top_level_longs(ole)
+        codec = declared_codec(longs.get(0x3FFD), longs.get(0x3FDE), longs.get(0x3FF1)) or "cp1252"
+        used: list[str] = []
+
+        def string(prop: int) -> str | None:
+            for kind, decode in ((0x001F, "utf-16-le"), (0x001E, codec)):
+                stream = f"__substg1.0_{prop:04X}{kind:04X}"
+                if ole.exists(stream):
+                    if kind == 0x001E:
+                        used.append(codec)
+                    return ole.openstream(stream).read().decode(decode, "replace").rstrip("\x00") or None
+            return None
+        subject, body = string(0x0037), string(0x1000)
+    return MsgText(subject=subject, body=body, codec=used[0] if used else None)
+
+
+def _top_level_longs(ole) -> dict[int, int]:
+    """The 32-bit integer properties of the message itself (its property stream: a 32-byte
+    header, then 16 bytes per property: type, id, flags, value)."""
+    if not ole.exists("__properties_version1.0"):
+        return {}
+    data = ole.openstream("__properties_version1.0").read()
+    found = {}
+    for offset in range(32, len(data) - 15, 16):
+        kind, prop, _, value = struct.unpack_from("<HHIi", data, offset)
+        if kind == 0x0003:
+            found[prop] = value & 0xFFFFFFFF
+    return found
 
 
 def contact_uid(key: str) -> str:

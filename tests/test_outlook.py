@@ -246,3 +246,69 @@ def test_corpus_outlook_appointments_and_contacts_arrive_and_expand_alike(corpus
                                                                  for i in range(7)]
     assert expanded["Appointment sample EST.msg"] == [("2022-12-04T13:00:00+00:00", "Appointment sample EST")]
     assert expanded["A black friday (w tz).msg"] == [("2022-12-02", "A black friday")]      # all day, in Tokyo
+
+
+# ------------------------------------------------------------------ .msg text
+def _corpus_mail_msgs(corpus: Path) -> list[Path]:
+    from sources.export import _msg_class, _open_msg
+    found = []
+    for path in sorted((corpus / "mail").rglob("*.msg")):
+        msg = _open_msg(path, delayAttachments=True)
+        try:
+            if _msg_class(msg)[0] is Kind.MESSAGE:
+                found.append(path)
+        finally:
+            msg.close()
+    return found
+
+
+@pytest.mark.corpus
+def test_corpus_msg_subject_and_body_agree_between_two_readers_and_reach_the_mime(corpus, tmp_path):
+    """Every corpus .msg mail read twice: by extract-msg (in the code page the file declares) and by
+    sources.outlook.msg_text (olefile, MS-OXMSG streams). Subject and text body agree, the MIME the
+    export source makes carries exactly that subject, and no header of it holds a NUL."""
+    import email
+    import email.policy
+    from sources.export import _open_msg
+    from sources.outlook import msg_text
+    files = _corpus_mail_msgs(corpus)
+    assert len(files) >= 20, "the corpus has fewer .msg mails than expected"
+    user = tmp_path / "export" / "u"
+    user.mkdir(parents=True)
+    source = source_for(ExportSource(name="export", root=tmp_path / "export"))
+    differ = []
+    for n, path in enumerate(files):
+        ours = msg_text(path)
+        theirs = _open_msg(path)
+        try:
+            subject = (theirs.subject or "").rstrip("\x00") or None
+            body = (theirs.body or "").rstrip("\x00") or None
+        finally:
+            theirs.close()
+        if (subject, body) != (ours.subject, ours.body):
+            differ.append(f"{path.name}: extract-msg {subject!r} / ours {ours.subject!r}")
+            continue
+        shutil.copy(path, user / f"{n}.msg")
+        data_path = tmp_path / f"{n}.eml"
+        source.extract("u", "INBOX", data_path, key=f"u/{n}.msg")
+        data = data_path.read_bytes()
+        head = data.split(b"\r\n\r\n", 1)[0] if b"\r\n\r\n" in data else data.split(b"\n\n", 1)[0]
+        mime = email.message_from_bytes(data, policy=email.policy.default)
+        if b"\x00" in head:
+            differ.append(f"{path.name}: a NUL in the headers")
+        if str(mime["Subject"] or "") != (ours.subject or ""):
+            differ.append(f"{path.name}: the MIME's subject {str(mime['Subject'])!r} is not {ours.subject!r}")
+    assert not differ, differ
+
+
+def test_declared_code_pages_decide_how_8_bit_strings_are_read():
+    from sources.outlook import declared_codec
+    big5 = "交換伺服器".encode("cp950")
+    assert declared_codec(None, None, 0x0404) == "cp950"                  # zh-TW locale: Big5, not GBK
+    assert big5.decode(declared_codec(None, None, 0x0404)) == "交換伺服器"
+    assert declared_codec(None, None, 0x0804) == "cp936"                  # zh-CN: GBK
+    assert declared_codec(950, 936, 0x0804) == "cp950"                    # the message's own code page first
+    assert declared_codec(None, 50220, 0x0409) == "cp932"                 # iso-2022-jp mail keeps Shift-JIS strings
+    assert declared_codec(None, 20866, None) == "cp1251"
+    assert declared_codec(None, None, 0x0419) == "cp1251"
+    assert declared_codec(99999, None, None) is None                      # nothing usable declared
