@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import unicodedata
 from collections import Counter
@@ -393,7 +394,8 @@ def process_chunk(dept_file: str, run_id: int, owner: str, number: int, item_ids
         except UserStopped as exc:
             status = "stopped"
             ledger.stop_user(run_id, owner, str(exc))
-            log.warning("%s: %s stops: %s", dept.name, owner, exc)
+            if _first_word(run_id, owner):           # chunks of one user run side by side: say it once
+                log.warning("%s: %s stops: %s", dept.name, owner, exc)
             counts["waiting"] += len(item_ids) - sum(counts.values())
     except BaseException:        # fatal, a configuration error found mid-run (a revoked secret), Ctrl-C
         status = "failed"
@@ -401,6 +403,19 @@ def process_chunk(dept_file: str, run_id: int, owner: str, number: int, item_ids
     finally:
         ledger.finish_batch(batch, status)
     return dict(counts)
+
+
+_SAID: set[tuple[int, str]] = set()
+_SAID_LOCK = threading.Lock()
+
+
+def _first_word(run_id: int, owner: str) -> bool:
+    """Whether this process has not yet said in this run that `owner` stops (e.g. a full mailbox)."""
+    with _SAID_LOCK:
+        if (run_id, owner) in _SAID:
+            return False
+        _SAID.add((run_id, owner))
+        return True
 
 
 def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: int) -> dict[int, str]:

@@ -237,14 +237,24 @@ def _removed_in_run(s, dept: Department, run_id: int, limit: int = REPORT_LIST_L
     removed = s.scalar(select(func.count(Item.id)).where(*where, _removed_at_target())) or 0
     never = s.scalar(select(func.count(Item.id)).where(*where, Item.target_ref.is_(None))) or 0
     at_target = _removed_at_target().label("removed_at_target")
-    items = [{"owner": o, "location": loc, "at_target": "removed" if gone else ("kept" if ref else "never_arrived")}
-             for o, loc, ref, gone in s.execute(
-                 select(Item.owner, Item.location, Item.target_ref, at_target).where(*where)
-                 .order_by(Item.owner, Item.location).limit(limit))]
+    items = [{"owner": o, "location": loc, "item": _which(kind, meta),
+              "at_target": "removed" if gone else ("kept" if ref else "never_arrived")}
+             for o, loc, ref, gone, kind, meta in s.execute(
+                 select(Item.owner, Item.location, Item.target_ref, at_target, Item.kind, Item.meta).where(*where)
+                 .order_by(Item.owner, Item.location, Item.id).limit(limit))]
     kept = count - removed - never
     at_target = "mixed" if removed and kept else "removed" if removed else "kept" if kept else "none"
     return {"count": count, "items": items, "removed": removed, "kept": kept, "never_arrived": never,
             "at_target": at_target}
+
+
+def _which(kind: str, meta: dict | None) -> str | None:
+    """What names an item inside its folder for a person: a message's subject and Message-ID."""
+    if kind != Kind.MESSAGE.value:
+        return None
+    meta = meta or {}
+    parts = [f"“{meta['subject']}”" if meta.get("subject") else None, meta.get("message_id")]
+    return " ".join(p for p in parts if p) or "(no subject, no Message-ID)"
 
 
 def write_run_report(dept: Department, summary: dict) -> Path:
@@ -331,8 +341,9 @@ def _removed_section(removed: dict | None) -> list[str]:
     fate = {"removed": "removed at the target", "kept": "left at the target", "never_arrived": "never arrived"}
     lines = ["## Deleted at the source in this run", "",
              f"{removed['count']} item(s) were deleted at the source since the last run. Their target copies: "
-             f"{_fate(removed)}.", "", "| user | path at the source | target copy |", "|---|---|---|"]
-    lines += [f"| {i['owner']} | {_cell(i['location'])} | {fate.get(i.get('at_target') or removed.get('at_target'), '–')} |"
+             f"{_fate(removed)}.", "", "| user | path at the source | item | target copy |", "|---|---|---|---|"]
+    lines += [f"| {i['owner']} | {_cell(i['location'])} | {_cell(i.get('item') or '', 160)} | "
+              f"{fate.get(i.get('at_target') or removed.get('at_target'), '–')} |"
               for i in removed["items"]]
     if removed["count"] > len(removed["items"]):
         lines += ["", f"… and {removed['count'] - len(removed['items'])} more (`umstieg status --json` "

@@ -33,6 +33,7 @@ id, mbox index, iCalendar UID, vCard index); the version is the file's mtime and
 from __future__ import annotations
 
 import email
+import email.header
 import email.policy
 import email.utils
 import logging
@@ -159,7 +160,19 @@ def _mail_meta(msg: Message, folder: str, flags: list[str], when: datetime | Non
     special = special or special_use_of(folder)
     return {"flags": flags, "internaldate": _iso(when),
             "special_use": special if special != "\\Inbox" else None,
-            "message_id": (str(msg.get("Message-ID") or "").strip() or None)}
+            "message_id": (str(msg.get("Message-ID") or "").strip() or None), "subject": _subject(msg)}
+
+
+def _subject(msg: Message) -> str | None:
+    """The decoded subject (for reports: which message it was), or None."""
+    raw = msg.get("Subject")
+    if raw is None:
+        return None
+    try:
+        text = str(email.header.make_header(email.header.decode_header(str(raw))))
+    except Exception:  # noqa: BLE001 - a malformed encoded word: the raw text says enough
+        text = str(raw)
+    return " ".join(text.split())[:200] or None
 
 
 class ExportFiles:

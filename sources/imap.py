@@ -94,6 +94,19 @@ def message_id_of(header_block: bytes | None) -> str | None:
     return value.decode("utf-8", "replace") or None
 
 
+def subject_of(header_block: bytes | None) -> str | None:
+    """The decoded Subject from a header block (for reports: which message it was), or None."""
+    if not header_block:
+        return None
+    import email.parser
+    import email.policy
+    try:
+        value = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(header_block)["Subject"]
+        return " ".join(str(value).split())[:200] or None if value is not None else None
+    except Exception:  # noqa: BLE001 - a header the parser cannot take: the report shows the Message-ID
+        return None
+
+
 class _Conn(Conn):
     """One logged-in connection and the folder it has open (always read-only here)."""
 
@@ -240,7 +253,7 @@ class ImapMailboxes(ImapAccounts):
                 chunk = uids[start:start + LIST_BATCH]
                 answer = conn.client.fetch(chunk,
                                            ["FLAGS", "INTERNALDATE", "RFC822.SIZE",
-                                            "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+                                            "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT)]"])
                 for uid in sorted(answer):
                     data = answer[uid]
                     flags = sorted(_text(f) for f in data.get(b"FLAGS", ()) if _text(f) != "\\Recent")
@@ -252,7 +265,8 @@ class ImapMailboxes(ImapAccounts):
                         owner=owner, location=info.location, version=f"{uidvalidity}:{uid}:{_flags_hash(flags)}",
                         size=size,
                         meta={"flags": flags, "internaldate": when.isoformat() if when else None,
-                              "special_use": info.special_use, "message_id": message_id_of(header), "size": size}))
+                              "special_use": info.special_use, "message_id": message_id_of(header), "size": size,
+                              "subject": subject_of(header)}))
             return refs
 
         yield from self._call(mailbox, f"listing folder {info.location!r}", listing)

@@ -356,3 +356,37 @@ def test_selection_matches_names_patterns_and_sub_folders():
                                              {"pattern": "^Archiv", "to": "Alt"}]))
     assert ren.target_folder("Archiv/2020") == "Alt/2020" and ren.target_folder("Archiv/x") == "Alt/x"
     assert ren.target_folder("INBOX") is None
+
+
+# ------------------------------------------------------------------ what the run says
+def test_a_full_target_mailbox_is_reported_once_per_run(servers, tmp_path, caplog):
+    """Four chunks of one user hit the quota side by side: the warning is said once."""
+    import logging
+    source, _ = pair(servers, "quota")
+    fill(servers[0], source, {"INBOX": [(message(next(_ids), size=60_000), "()", when(1)) for _ in range(8)]})
+    with Dovecot(users={"t-quota": "t-quota-pw"}, master=MASTER, tls=False, quota_kb=40) as small:
+        dept_file = department(tmp_path, (servers[0], small), [(source, "t-quota")], limits={"chunk_size": 2})
+        with caplog.at_level(logging.WARNING, logger="umstieg"):
+            summary = run(dept_file)
+    said = [r for r in caplog.records if "stops" in r.getMessage() and "full" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert "t-quota" in str(summary["stopped_users"])
+
+
+def test_the_deleted_at_the_source_table_names_each_message(servers, tmp_path):
+    source, target = pair(servers, "gone")
+    first, second = message(next(_ids)), message(next(_ids))
+    fill(servers[0], source, {"INBOX": [(first, "()", when(1)), (second, "()", when(1))]})
+    dept_file = department(tmp_path, servers, [(source, target)])
+    run(dept_file)
+    with IMAPClient(servers[0].host, servers[0].port, ssl=False) as c:       # the second is deleted at the source
+        c.login(f"{source}*{MASTER[0]}", MASTER[1])
+        c.select_folder("INBOX")
+        c.delete_messages([max(c.search("ALL"))])
+        c.expunge()
+    summary = run(dept_file)
+    report = Path(summary["report"]).read_text()
+    mid = second.split(b"Message-ID: ")[1].split(b"\r\n")[0].decode()
+    line = next(l for l in report.splitlines() if mid in l)
+    assert "Grüße" in line and "| INBOX |" in line and "left at the target" in line
+    assert first.split(b"Message-ID: ")[1].split(b"\r\n")[0].decode() not in report
