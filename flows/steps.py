@@ -232,8 +232,8 @@ def _make_mail_folders(dept: Department, selection: MailSelection, source, user,
     messages listed."""
     if dept.mail_target is None or dept.mail.dry_run:
         return
-    if hasattr(source, "mail_folders"):
-        found = source.mail_folders(user.source, user.folder_in(source.name))
+    if hasattr(source, "mail_tree"):
+        found = source.mail_tree(user.source, user.folder_in(source.name))
     else:
         found = {r.location: FolderPlan(r.location, (r.meta or {}).get("special_use"))
                  for r in refs if r.kind is Kind.MESSAGE}.values()

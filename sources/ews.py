@@ -260,6 +260,20 @@ class EwsMailboxes:
                 yield ItemRef(source=self.name, key=item_id, kind=Kind(kind), owner=owner,
                               location=info["path"], version=changekey, size=size, meta=meta)
 
+    def mail_volume(self, owner: str, folder: str) -> list[dict]:
+        """Messages and bytes of every mail folder as Exchange lists them (SyncFolderItems' item
+        count and Size, the same pass `discover` makes; no message is read). [{folder, messages, bytes}]"""
+        with self._errors(f"mailbox {folder}", listing=True):
+            snapshot = self._sync(folder)
+        out = []
+        for fid, info in snapshot["folders"].items():
+            if info.get("kind") != Kind.MESSAGE.value:
+                continue
+            items = [entry for entry in (snapshot["items"].get(fid) or {}).get("items", {}).values()
+                     if entry[0] == Kind.MESSAGE.value]
+            out.append({"folder": info["path"], "messages": len(items), "bytes": sum(e[2] or 0 for e in items)})
+        return sorted(out, key=lambda v: v["folder"])
+
     def _sync(self, mailbox: str) -> dict:
         """Bring the mailbox's snapshot up to date with SyncFolderHierarchy and SyncFolderItems."""
         from exchangelib.errors import ErrorFolderNotFound, ErrorInvalidSyncStateData, ResponseMessageError, SOAPError

@@ -258,6 +258,18 @@ class ExportFiles:
                                   location=calendars.get(rel) or self._location(rel, suffix), version=version,
                                   size=st.st_size, meta={"error": str(exc)[:500]})
 
+    def mail_volume(self, owner: str, folder: str) -> list[dict]:
+        """Messages and bytes per mail folder of the user's export files, from the listing (no
+        message is converted): a single .eml/.msg counts its file's size; messages inside an mbox
+        or PST have no size before they are read and count 0 bytes. [{folder, messages, bytes}]"""
+        found: dict[str, dict] = {}
+        for ref in self.discover(owner, folder):
+            if ref.kind is Kind.MESSAGE:
+                row = found.setdefault(ref.location, {"folder": ref.location, "messages": 0, "bytes": 0})
+                row["messages"] += 1
+                row["bytes"] += ref.size or 0
+        return sorted(found.values(), key=lambda v: v["folder"])
+
     @staticmethod
     def _location(rel: str, suffix: str) -> str:
         p = PurePosixPath(rel)

@@ -205,7 +205,7 @@ class ImapMailboxes(ImapAccounts):
                 continue
             yield from self._discover_folder(owner, mailbox, info, _criteria(selection))
 
-    def mail_folders(self, owner: str, folder: str) -> list[FolderPlan]:
+    def mail_tree(self, owner: str, folder: str) -> list[FolderPlan]:
         """Every selectable folder of the mailbox, with its special use and whether it is subscribed."""
         mailbox = folder
         found = self.folders(mailbox, refresh=True)

@@ -72,6 +72,8 @@ VERB_FLAGS = {102: "\\Answered", 103: "\\Answered", 104: "$Forwarded"}
 #: gives it a new changeKey, so the next delta pass lists it as changed like a read flag.
 _MESSAGE_QUERY = {"$select": _MESSAGE_FIELDS,
                   "$expand": f"singleValueExtendedProperties($filter=id eq '{LAST_VERB}')"}
+#: The listing `mail_volume` sums: ids and PidTagMessageSize (0x0E08, PT_LONG), no message is read.
+_SIZE_QUERY = {"$select": "id", "$expand": "singleValueExtendedProperties($filter=id eq 'Integer 0x0E08')"}
 #: Graph answers event times in the mailbox's zone unless told otherwise; UTC is unambiguous.
 _UTC = {"Prefer": 'outlook.timezone="UTC"'}
 _EVENT_PREFIX, _CONTACT_PREFIX = "event:", "contact:"
@@ -168,6 +170,30 @@ class MailboxSource:
                                              need="Mail.Read", params={"$top": "100"})
                 todo[0:0] = [(c, path) for c in children]
         return result
+
+    def mail_volume(self, owner: str, upn: str) -> list[dict]:
+        """Messages and bytes of every mail folder without reading one: the folder's totalItemCount
+        as Graph counts it, and the sum of its messages' PidTagMessageSize (MAPI 0x0E08, an extended
+        property Graph gives in a listing of ids). [{folder, messages, bytes}]"""
+        base = f"/users/{quote_segment(upn)}/mailFolders"
+        counts: dict[str, int] = {}
+        todo = list(self.client.pages(base, scope=upn, need="Mail.Read", params={"$top": "100"}))
+        while todo:
+            folder = todo.pop(0)
+            counts[folder["id"]] = int(folder.get("totalItemCount") or 0)
+            if folder.get("childFolderCount"):
+                todo[0:0] = self.client.pages(f"{base}/{quote_segment(folder['id'])}/childFolders", scope=upn,
+                                              need="Mail.Read", params={"$top": "100"})
+        out = []
+        for folder_id, path, _ in self.mail_folders(upn):
+            size = 0
+            listing = self.client.delta(f"{base}/{quote_segment(folder_id)}/messages/delta", scope=upn,
+                                        need="Mail.Read", params=_SIZE_QUERY)
+            for m in listing.entries:
+                if "@removed" not in m:
+                    size += _integer_property(m, 0x0E08) or 0
+            out.append({"folder": path, "messages": counts.get(folder_id, 0), "bytes": size})
+        return out
 
     def _messages(self, owner: str, upn: str) -> Iterator[ItemRef]:
         for folder_id, path, use in self.mail_folders(upn):
@@ -284,10 +310,15 @@ def _last_verb(message: dict) -> int | None:
 
     Graph writes the id back in its own spelling (`Binary 0xe0a` for `Binary 0x0E0A`), so type and
     tag are compared, not the text; the value of an Integer property comes as a decimal string."""
+    return _integer_property(message, 0x1081)
+
+
+def _integer_property(message: dict, tag_wanted: int) -> int | None:
+    """An Integer extended property of a message (see `_last_verb`), if it has it."""
     for prop in message.get("singleValueExtendedProperties") or []:
         kind, _, tag = str(prop.get("id", "")).strip().partition(" ")
         try:
-            if kind.lower() == "integer" and int(tag.strip(), 16) == 0x1081:
+            if kind.lower() == "integer" and int(tag.strip(), 16) == tag_wanted:
                 return int(str(prop.get("value")).strip())
         except ValueError:
             continue                        # a named property ("Integer {guid} Name x"), or no number

@@ -390,3 +390,78 @@ def test_the_deleted_at_the_source_table_names_each_message(servers, tmp_path):
     line = next(l for l in report.splitlines() if mid in l)
     assert "Grüße" in line and "| INBOX |" in line and "left at the target" in line
     assert first.split(b"Message-ID: ")[1].split(b"\r\n")[0].decode() not in report
+
+
+# ------------------------------------------------------------------ assess: other mail sources
+def _assess(tmp_path: Path, source: dict, users: list[dict]) -> dict:
+    path = tmp_path / "department.yaml"
+    path.write_text(yaml.safe_dump({"name": "amt", "work_dir": str(tmp_path / "work"), "users": users,
+                                    "sources": [source], "target": {"type": "localdir", "root": str(tmp_path / "f")}}))
+    return run(path, "assess")
+
+
+def test_assess_counts_mail_per_folder_from_graph(tmp_path, monkeypatch):
+    """Microsoft 365: totalItemCount per folder and the messages' PidTagMessageSize, nothing downloaded."""
+    from servers.graph import GraphTestServer
+    monkeypatch.setenv("GRAPH_TEST_SECRET", "m365-secret-Qw3")
+    with GraphTestServer(tmp_path, client_secret="m365-secret-Qw3", page_size=3) as server:
+        box = server.add_mailbox("anna@contoso.example")
+        projects = server.add_mail_folder(box, "Projekte", box.well_known["inbox"])
+        server.add_mail_folder(box, "Leer")
+        mimes = [message(next(_ids), size=n) for n in (0, 2000, 9000, 500)]
+        for data in mimes[:3]:
+            server.put_message(box, box.well_known["inbox"], data)
+        server.put_message(box, projects["id"], mimes[3])
+        source = {"name": "exo", "type": "m365", "tenant_id": server.tenant, "client_id": server.client_id,
+                  "client_secret": "env:GRAPH_TEST_SECRET", "authority": server.authority,
+                  "graph_url": server.graph_url, "ca_file": str(server.ca_file), "calendars": False,
+                  "contacts": False}
+        result = _assess(tmp_path, source, [{"source": "anna", "target": "anna",
+                                             "folders": {"exo": "anna@contoso.example"}}])
+        assert server.log and not [path for _, path, _ in server.log if path.endswith("$value")]   # nothing read
+    rows = {r["folder"]: r for r in result["mail"]}
+    assert (rows["INBOX"]["messages"], rows["INBOX"]["bytes"]) == (3, sum(map(len, mimes[:3])))
+    assert (rows["INBOX/Projekte"]["messages"], rows["INBOX/Projekte"]["bytes"]) == (1, len(mimes[3]))
+    assert rows["Leer"]["messages"] == 0
+
+
+def test_assess_counts_mail_per_folder_from_ews(tmp_path, monkeypatch):
+    from exchangelib.protocol import Protocol
+    from servers.ews import EwsTestServer
+    monkeypatch.setenv("EWS_TEST_PASSWORD", "Pa55-w0rd-EWS-svc")
+    Protocol.clear_cache()
+    try:
+        with EwsTestServer(users={"svc": "Pa55-w0rd-EWS-svc"}, impersonation={"svc": {"anna@example.org"}}) as server:
+            mb = server.mailbox("anna@example.org")
+            mimes = [message(next(_ids), size=n) for n in (0, 3000, 700)]
+            mb.add_message(mimes[0])
+            mb.add_message(mimes[1])
+            mb.add_message(mimes[2], folder=mb.add_folder("Ablage 2025"))
+            mb.add_folder("Leer")
+            source = {"name": "exchange", "type": "ews", "url": server.url, "username": "svc",
+                      "password": "env:EWS_TEST_PASSWORD", "auth": "basic", "calendars": False, "contacts": False}
+            if server.ca_file is not None:
+                source["ca_file"] = str(server.ca_file)
+            result = _assess(tmp_path, source, [{"source": "anna", "target": "anna",
+                                                 "folders": {"exchange": "anna@example.org"}}])
+            assert "SyncFolderItems" in server.log and "GetItem" not in server.log      # no message read
+    finally:
+        Protocol.clear_cache()
+    rows = {r["folder"]: r for r in result["mail"]}
+    inbox = next(r for f, r in rows.items() if f.lower() in ("inbox", "posteingang"))
+    assert inbox["messages"] == 2 and inbox["bytes"] >= len(mimes[0]) + len(mimes[1])
+    assert rows["Ablage 2025"]["messages"] == 1 and rows["Leer"]["messages"] == 0
+
+
+def test_assess_counts_mail_per_folder_from_export_files(tmp_path):
+    user = tmp_path / "export" / "anna"
+    (user / "Akten").mkdir(parents=True)
+    first, second = message(next(_ids)), message(next(_ids), size=4000)
+    (user / "eins.eml").write_bytes(first)
+    (user / "Akten" / "zwei.eml").write_bytes(second)
+    result = _assess(tmp_path, {"name": "export", "type": "export", "root": str(tmp_path / "export")},
+                     [{"source": "anna", "target": "anna"}])
+    rows = {r["folder"]: r for r in result["mail"]}
+    assert (rows["INBOX"]["messages"], rows["INBOX"]["bytes"]) == (1, len(first))
+    assert (rows["Akten"]["messages"], rows["Akten"]["bytes"]) == (1, len(second))
+    assert result["mail_bytes"] == len(first) + len(second)

@@ -282,8 +282,10 @@ class GraphTestServer:
                "flag": {"flagStatus": "flagged" if flagged else "notFlagged"},
                "internetMessageId": message_id or f"<{new_id('m')}@test.invalid>", "parentFolderId": folder_id}
         box.mime[msg["id"]] = mime
+        # PidTagMessageSize, which Exchange keeps on every message
+        box.extended[msg["id"]] = {("integer", 0x0E08): str(len(mime))}
         if last_verb is not None:
-            box.extended[msg["id"]] = {("integer", 0x1081): str(last_verb)}
+            box.extended[msg["id"]][("integer", 0x1081)] = str(last_verb)
         box.folders[folder_id]["totalItemCount"] += 1
         return box.messages[folder_id].put(msg)
 
