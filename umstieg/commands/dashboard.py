@@ -20,6 +20,12 @@ def dashboard(department_files: list[Path] = typer.Argument(None, exists=True, d
               users: Path = typer.Option(None, "--users", exists=True, dir_okay=False,
                                          envvar="UMSTIEG_DASHBOARD_USERS",
                                          help="the users file (logins, roles, password hashes)"),
+              allowed_hosts: list[str] = typer.Option(None, "--allowed-host",
+                                                      help="a host name the dashboard answers to (repeatable; "
+                                                           "default: any with logins, loopback names without)"),
+              state_dir: Path = typer.Option(None, "--state-dir", file_okay=False,
+                                             help="where sessions and failed logins are kept "
+                                                  "(default: the first department's work_dir/dashboard)"),
               secure_cookies: bool = typer.Option(False, "--secure-cookies",
                                                   help="send the session cookie over HTTPS only (behind a TLS proxy)"),
               hash_password: bool = typer.Option(False, "--hash-password",
@@ -42,8 +48,12 @@ def dashboard(department_files: list[Path] = typer.Argument(None, exists=True, d
         if not accounts and not is_loopback(host):
             raise ConfigError(f"refusing to serve on {host} without logins: configure a users file (--users) "
                               f"or listen on 127.0.0.1")
-        # a fixed secret keeps sessions across restarts and across several dashboard processes
+        if not accounts and allowed_hosts and not all(is_loopback(h) for h in allowed_hosts):
+            raise ConfigError("without logins the dashboard answers only to loopback names "
+                              "(127.0.0.1, localhost, ::1): configure a users file (--users) for others")
+        # a fixed secret keeps login forms valid across restarts and across several dashboard processes
         site = Site(list(department_files), accounts=accounts, secure_cookies=secure_cookies,
+                    allowed_hosts=list(allowed_hosts) if allowed_hosts else None, state_dir=state_dir,
                     **({"secret": os.environ["UMSTIEG_DASHBOARD_SECRET"]}
                        if os.environ.get("UMSTIEG_DASHBOARD_SECRET") else {}))
     except ConfigError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Form, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -27,12 +29,21 @@ from reports import dashboard as data
 from umstieg.dashboard.auth import SESSION_COOKIE, Account, Role, Sessions, check_password
 from umstieg.dashboard.i18n import LANGUAGES, negotiate, translations
 from umstieg.dashboard.reruns import Reruns
+from umstieg.dashboard.store import Audit, Store, Throttle
 
 __all__ = ["Site", "create_app", "is_loopback"]
 
 log = logging.getLogger("umstieg.dashboard")
 HERE = Path(__file__).parent
 LANG_COOKIE = "umstieg_lang"
+
+
+#: Host names the dashboard answers to without logins (loopback only): a web page elsewhere that
+#: points a name of its own at 127.0.0.1 (DNS rebinding) is refused by its Host header.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: The largest page number and id a query may name (ids are 32-bit in a PostgreSQL ledger).
+MAX_PAGE = 10_000_000
+MAX_ID = 2 ** 31 - 1
 
 
 def is_loopback(host: str) -> bool:
@@ -52,6 +63,11 @@ class Site:
     accounts: dict[str, Account] = field(default_factory=dict)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     secure_cookies: bool = False
+    #: where sessions and failed logins are kept (default: the first department's work_dir/dashboard)
+    state_dir: Path | None = None
+    #: Host header values answered (None: any when logins are configured, loopback names otherwise)
+    allowed_hosts: list[str] | None = None
+    throttle: Throttle = field(default_factory=Throttle)
     departments: dict[str, Department] = field(default_factory=dict, init=False)
     files: dict[str, Path] = field(default_factory=dict, init=False)
     ledgers: dict[str, Ledger] = field(default_factory=dict, init=False)      # url -> ledger
@@ -71,6 +87,25 @@ class Site:
             self.ledger_of[dept.name] = led
         if not self.departments:
             raise ConfigError("the dashboard needs at least one department file")
+        if self.state_dir is None:
+            self.state_dir = Path(next(iter(self.departments.values())).work_dir) / "dashboard"
+        if self.allowed_hosts is None and not self.accounts:
+            self.allowed_hosts = list(LOOPBACK_HOSTS)
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if self.allowed_hosts is None:
+            return True
+        host = (host_header or "").strip().lower()
+        if host.startswith("["):                       # [::1]:8350
+            host = host[1:].split("]", 1)[0]
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        return host in {h.lower() for h in self.allowed_hosts}
+
+    def work_dirs(self, name: str | None = None) -> list[Path]:
+        """The work_dir of one department (None: of every department served here)."""
+        names = [name] if name else list(self.departments)
+        return [Path(self.departments[n].work_dir) for n in names if n in self.departments]
 
     def all_departments(self) -> list[tuple[str, Ledger]]:
         """Every department of every ledger (also those without a department file here)."""
@@ -99,9 +134,12 @@ class Refused(Exception):
 
 def create_app(site: Site) -> FastAPI:
     sessions = Sessions(site.secret)
-    reruns = Reruns(Path(next(iter(site.departments.values())).work_dir) / "reports" / "dashboard-reruns")
+    store = Store(site.state_dir / "dashboard.sqlite", site.throttle)
+    audit = Audit()
+    reruns = Reruns()
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
+    env.filters["plain"] = _plain
     css = (HERE / "static" / "dashboard.css").read_text(encoding="utf-8")
 
     @asynccontextmanager
@@ -111,7 +149,7 @@ def create_app(site: Site) -> FastAPI:
         site.close()
 
     app = FastAPI(title="umstieg dashboard", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.site, app.state.reruns = site, reruns
+    app.state.site, app.state.reruns, app.state.store = site, reruns, store
 
     # ------------------------------------------------------------------ request context
     def language(request: Request) -> str:
@@ -121,10 +159,13 @@ def create_app(site: Site) -> FastAPI:
     def session(request: Request) -> dict | None:
         if not site.accounts:          # no logins configured: loopback only, and read-only
             return {"u": "", "r": Role.VIEWER.value, "c": ""}
-        found = sessions.read(request.cookies.get(SESSION_COOKIE))
+        found = store.session(request.cookies.get(SESSION_COOKIE))
         if found and found["u"] in site.accounts and site.accounts[found["u"]].role.value == found["r"]:
             return found
         return None
+
+    def client_of(request: Request) -> str:
+        return request.client.host if request.client else "-"
 
     def fmt_number(lang: str):
         from babel.numbers import format_decimal
@@ -184,8 +225,22 @@ def create_app(site: Site) -> FastAPI:
     async def _not_found(request: Request, exc):
         return refuse(request, 404, translations(language(request)).gettext("Not found."))
 
+    @app.exception_handler(405)
+    async def _not_allowed(request: Request, exc):
+        return refuse(request, 405, translations(language(request)).gettext("This address cannot be used that way."))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        names = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
+        tr = translations(language(request)).gettext
+        return refuse(request, 400, tr("A value in the address is not valid:") + " " + ", ".join(names))
+
     @app.middleware("http")
     async def _headers(request: Request, call_next):
+        if not site.host_allowed(request.headers.get("host")):
+            # no page, no redirect: a name that is not this dashboard's gets nothing of it
+            return Response("This dashboard does not answer to that host name.\n", status_code=421,
+                            media_type="text/plain; charset=utf-8")
         lang = request.query_params.get("lang")
         if lang in LANGUAGES and request.method == "GET":       # the language switch
             params = {k: v for k, v in request.query_params.items() if k != "lang"}
@@ -261,23 +316,45 @@ def create_app(site: Site) -> FastAPI:
             return RedirectResponse("/", 303)
         if not sessions.login_token_ok(token):
             raise Refused(403, "The form has expired or did not come from this dashboard. Reload the page and try again.")
+        client, username = client_of(request), username[:200]
+        refused = store.refused_for(username, client)
+        if refused is not None:
+            what, seconds = refused
+            audit.write(site.work_dirs(), client=client, user=username, action="login_refused",
+                        target=f"too many failed logins ({what})")
+            log.warning("dashboard: login for %r from %s refused: too many failed logins (%s)", username[:60], client, what)
+            tr = translations(language(request)).gettext
+            message = (tr("Too many failed logins for this login.") if what == "login"
+                       else tr("Too many failed logins from your address.")) + " " + \
+                tr("Try again in %(minutes)d minutes.") % {"minutes": -(-seconds // 60)}
+            response = render(request, "login.html", status=429, next=_local(next), token=sessions.login_token(),
+                              failed=True, message=message, username=username)
+            response.headers["Retry-After"] = str(seconds)
+            return response
         account = site.accounts.get(username)
         # a missing login costs the same time as a wrong password: no hint which logins exist
         stored = account.password_hash if account else _DUMMY_HASH
         if not check_password(password, stored) or account is None:
-            log.warning("dashboard: failed login for %r", username[:60])
+            store.failed(username, client)
+            audit.write(site.work_dirs(), client=client, user=username, action="login_failed")
+            log.warning("dashboard: failed login for %r from %s", username[:60], client)
             return render(request, "login.html", status=401, next=_local(next), token=sessions.login_token(),
                           failed=True, username=username)
+        store.succeeded(account.name)
         response = RedirectResponse(_local(next), 303)
-        response.set_cookie(SESSION_COOKIE, sessions.issue(account), max_age=sessions.max_age, httponly=True,
-                            samesite="strict", secure=site.secure_cookies, path="/")
-        log.info("dashboard: %s logged in (%s)", account.name, account.role.value)
+        response.set_cookie(SESSION_COOKIE, store.open_session(account.name, account.role.value, client),
+                            max_age=store.max_age, httponly=True, samesite="strict", secure=site.secure_cookies,
+                            path="/")
+        audit.write(site.work_dirs(), client=client, user=account.name, action="login", target=account.role.value)
+        log.info("dashboard: %s logged in from %s (%s)", account.name, client, account.role.value)
         return response
 
     @app.post("/logout")
     def logout(request: Request, csrf: str = Form("")):
         me = session(request)
         if me and site.accounts and secrets.compare_digest(csrf, me["c"]):
+            store.end_session(request.cookies.get(SESSION_COOKIE))       # the cookie is worth nothing now
+            audit.write(site.work_dirs(), client=client_of(request), user=me["u"], action="logout")
             response = RedirectResponse("/login", 303)
             response.delete_cookie(SESSION_COOKIE, path="/")
             return response
@@ -307,20 +384,22 @@ def create_app(site: Site) -> FastAPI:
         merged["departments"].sort(key=lambda r: r["department"])
         merged["throughput"] = sorted(merged["throughput"].items())
         merged["totals"] = {k: sum(r[k] for r in merged["departments"])
-                            for k in ("items", "bytes", "done", "remaining", "failed")}
+                            for k in ("items", "bytes", *data.CATEGORIES, "remaining")}
         return merged
 
     @app.get("/", response_class=HTMLResponse)
     def overview(request: Request):
         viewer(request)
         result = overview_data()
-        return render(request, "overview.html", data=result, tables=data.overview_tables(result))
+        return render(request, "overview.html", data=result, tables=data.overview_tables(result),
+                      categories=data.CATEGORIES)
 
     @app.get("/export/overview.html")
     def overview_export(request: Request):
         viewer(request)
         result = overview_data()
-        page = render(request, "overview.html", data=result, tables=data.overview_tables(result), standalone=True)
+        page = render(request, "overview.html", data=result, tables=data.overview_tables(result), standalone=True,
+                      categories=data.CATEGORIES)
         response = download(page.body, "umstieg-overview.html", "html")
         response.headers["Content-Security-Policy"] = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
         return response
@@ -336,8 +415,8 @@ def create_app(site: Site) -> FastAPI:
     # ------------------------------------------------------------------ department
     def item_filters(request: Request) -> dict:
         filters = {k: request.query_params.get(k, "") for k in (*data.ITEM_FILTERS, "annotation", "q")}
-        if filters["batch"] and not filters["batch"].isdigit():
-            filters["batch"] = ""
+        if filters["batch"] and not (filters["batch"].isdigit() and int(filters["batch"]) <= MAX_ID):
+            raise Refused(400, "A value in the address is not valid: batch")
         return filters
 
     def risk_flags(name: str):
@@ -346,16 +425,50 @@ def create_app(site: Site) -> FastAPI:
         return (assessment or {}).get("risk_flags") or {}
 
     @app.get("/departments/{name}", response_class=HTMLResponse)
-    def department(request: Request, name: str, page: int = 1):
-        me = viewer(request)
+    def department(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PAGE),
+                   sort: str = Query("id", pattern="^(" + "|".join(data.ITEM_SORTS) + ")$"),
+                   dir: str = Query("asc", pattern="^(asc|desc)$")):
+        viewer(request)
         led = department_or_404(name)
         view = data.department_view(led, name, risk_flags=risk_flags(name))
         filters = item_filters(request)
-        items = data.item_page(led, name, filters, page, total=view["total"])
+        items = data.item_page(led, name, filters, page, total=view["total"], sort=sort, descending=dir == "desc")
+        live = data.live_run(led, name)
+        busy = reruns.busy(name)
         return render(request, "department.html", name=name, view=view, items=items, filters=filters,
-                      configured=name in site.files, reruns=data.rerun_runs(led, name, limit=5),
+                      configured=name in site.files, history=data.run_history(led, name, limit=15),
+                      live=live, busy=busy, sort=sort, descending=dir == "desc", prefect_ui=_prefect_ui(),
                       has_scan=bool(site.report_dir(name) and data.scan_files(site.report_dir(name))),
-                      states=data.STATES, annotation_verdicts=data.ANNOTATION_VERDICTS)
+                      states=data.STATES, annotation_verdicts=data.ANNOTATION_VERDICTS,
+                      sorts=data.ITEM_SORTS, attention=data.ATTENTION, categories=data.CATEGORIES)
+
+    def attention_filters(request: Request) -> dict:
+        p = request.query_params
+        why = p.get("why", "")
+        if why and why not in data.ATTENTION:
+            raise Refused(400, "A value in the address is not valid: why")
+        return {"why": why, "owner": p.get("owner", ""), "show": "all" if p.get("show") == "all" else ""}
+
+    @app.get("/departments/{name}/attention", response_class=HTMLResponse)
+    def attention(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PAGE)):
+        viewer(request)
+        led = department_or_404(name)
+        filters = attention_filters(request)
+        queue = data.attention_page(led, name, filters, page)
+        owners = data.department_owners(led, name)
+        return render(request, "attention.html", name=name, queue=queue, filters=filters, owners=owners,
+                      attention=data.ATTENTION, waiting=data.waiting_users(led, name))
+
+    @app.get("/departments/{name}/attention.{fmt}")
+    def attention_export(request: Request, name: str, fmt: str):
+        viewer(request)
+        led = department_or_404(name)
+        filters = attention_filters(request)
+        lang = language(request)
+        tr = translations(lang).gettext
+        rows = [{**r, "why": tr(r["why"])} for chunk in data.iter_attention(led, name, filters) for r in chunk]
+        return export(data.Table("attention", "Needs a person", data.ATTENTION_COLUMNS, rows[:ODS_ROWS]),
+                      f"{name}-needs-a-person", fmt, lang)
 
     @app.get("/departments/{name}/tables/{table}.{fmt}")
     def department_table(request: Request, name: str, table: str, fmt: str):
@@ -370,11 +483,11 @@ def create_app(site: Site) -> FastAPI:
                 def rows():
                     first = True
                     for chunk in data.iter_items(led, name, filters):
-                        frame = data.Table("items", "Items", data.ITEM_COLUMNS, chunk).frame(tr)
-                        yield ("\ufeff" if first else "") + frame.to_csv(index=False, header=first)
+                        text = data.csv_text(data.Table("items", "Items", data.ITEM_COLUMNS, chunk), tr, header=first)
+                        yield ("\ufeff" if first else "") + text
                         first = False
                     if first:
-                        yield "\ufeff" + data.Table("items", "Items", data.ITEM_COLUMNS, []).frame(tr).to_csv(index=False)
+                        yield "\ufeff" + data.csv_text(data.Table("items", "Items", data.ITEM_COLUMNS, []), tr)
                 return StreamingResponse(rows(), media_type="text/csv; charset=utf-8",
                                          headers={"Content-Disposition": f'attachment; filename="{name}-items.csv"'})
             rows = [r for chunk in data.iter_items(led, name, filters) for r in chunk][:ODS_ROWS]
@@ -385,7 +498,7 @@ def create_app(site: Site) -> FastAPI:
         return export(tables[table], f"{name}-{table}", fmt, lang)
 
     @app.get("/departments/{name}/items/{item_id}", response_class=HTMLResponse)
-    def item(request: Request, name: str, item_id: int):
+    def item(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID)):
         viewer(request)
         led = department_or_404(name)
         record = data.document(led, name, item_id)
@@ -393,11 +506,17 @@ def create_app(site: Site) -> FastAPI:
             raise Refused(404, "Not found.")
         report_dir = site.report_dir(name)
         thumbs = data.thumbnails(report_dir, record) if report_dir else {}
+        queue = None
+        if request.query_params.get("queue") == "1":     # worked through from the "needs a person" queue
+            filters = attention_filters(request)
+            queue = {**data.attention_neighbours(led, name, item_id, filters), "filters": filters,
+                     "query": urlencode({"queue": "1", **{k: v for k, v in filters.items() if v}})}
         return render(request, "item.html", name=name, record=record, item=record["item"], thumbs=thumbs,
-                      annotation_verdicts=data.ANNOTATION_VERDICTS)
+                      annotation_verdicts=data.ANNOTATION_VERDICTS, queue=queue,
+                      why=data.why_of(record["item"]))
 
     @app.post("/departments/{name}/items/{item_id}/annotation")
-    def annotate(request: Request, name: str, item_id: int, verdict: str = Form(""), comment: str = Form(""),
+    def annotate(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID), verdict: str = Form(""), comment: str = Form(""),
                  csrf: str = Form("")):
         me = operator(request, csrf)
         led = department_or_404(name)
@@ -405,8 +524,13 @@ def create_app(site: Site) -> FastAPI:
             raise Refused(400, "Choose accepted as it is or needs manual work.")
         if not data.annotate(led, name, item_id, verdict, comment.strip(), me["u"]):
             raise Refused(404, "Not found.")
+        audit.write(site.work_dirs(name) or site.work_dirs(), client=client_of(request), user=me["u"],
+                    action="annotation", target=f"{name}: item {item_id}", verdict=verdict)
         log.info("dashboard: %s marked item %d of %s as %s", me["u"], item_id, name, verdict)
-        return RedirectResponse(f"/departments/{quote(name)}/items/{item_id}?saved=1", 303)
+        back = request.query_params.get("back", "")
+        query = back if back.startswith("queue=1") and "#" not in back else ""
+        return RedirectResponse(f"/departments/{quote(name)}/items/{item_id}?saved=1" + (f"&{query}" if query else ""),
+                                303)
 
     @app.get("/departments/{name}/files/{relative:path}")
     def report_file(request: Request, name: str, relative: str):
@@ -426,7 +550,7 @@ def create_app(site: Site) -> FastAPI:
                 "q": p.get("q", "")}
 
     @app.get("/departments/{name}/assessment", response_class=HTMLResponse)
-    def assessment(request: Request, name: str, page: int = 1):
+    def assessment(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PAGE)):
         viewer(request)
         department_or_404(name)
         report_dir = site.report_dir(name)
@@ -455,29 +579,72 @@ def create_app(site: Site) -> FastAPI:
         led = department_or_404(name)
         if name not in site.files:
             raise Refused(409, "This department has no department file here: rerun it where its file is.")
-        batch_no = int(batch) if batch.strip().isdigit() else None
+        batch_no = int(batch) if batch.strip().isdigit() and int(batch) <= MAX_ID else None
+        if reruns.busy(name) or data.live_run(led, name):
+            raise Refused(409, "A run of this department is going on: a rerun can start when it has ended.")
         if not data.failed_count(led, name, error_class=error_class or None, user=user or None, batch=batch_no):
             raise Refused(409, "No failed item matches these filters.")
-        job = reruns.start(name, site.files[name], me["u"], error_class=error_class or None, user=user or None,
-                           batch=batch_no)
+        job = reruns.start(name, site.files[name], site.departments[name].work_dir, me["u"],
+                           error_class=error_class or None, user=user or None, batch=batch_no)
+        audit.write(site.work_dirs(name), client=client_of(request), user=me["u"], action="rerun",
+                    target=f"{name}: rerun {job.id}", filters={k: v for k, v in job.filters.items() if v is not None},
+                    log=job.log.name)
         log.info("dashboard: %s started rerun %d of %s (%s)", me["u"], job.id, name, job.filters)
         return RedirectResponse(f"/departments/{quote(name)}/reruns/{job.id}", 303)
 
     @app.get("/departments/{name}/reruns/{number}", response_class=HTMLResponse)
-    def rerun_progress(request: Request, name: str, number: int):
+    def rerun_progress(request: Request, name: str, number: int = PathParam(ge=1, le=MAX_ID)):
         viewer(request)
         led = department_or_404(name)
         job = reruns.get(number)
         if job is None or job.department != name:
             raise Refused(404, "Not found.")
-        runs = data.rerun_runs(led, name, since=job.started.replace(microsecond=0) - _SLACK, limit=1)
-        run = runs[0] if runs else None
-        log_tail = ""
-        if not job.running and job.exit_code not in (0, 1):     # 1: some items failed again
-            log_tail = job.log.read_text(encoding="utf-8", errors="replace")[-2000:]
-        return render(request, "rerun.html", name=name, job=job, run=run, log_tail=log_tail)
+        run = data.run_of_process(led, name, job.host, job.pid, since=job.started.replace(microsecond=0) - _SLACK)
+        running = job.running
+        if running:
+            status = "running" if run else "starting"
+        elif run is None:
+            status = "crashed"                   # the child ended without opening a run
+        elif run["status"] == "running":
+            status = "interrupted"               # its process is gone; the next run marks it so
+        else:
+            status = run["status"]               # completed / failed / refused / interrupted
+        error = (run or {}).get("error") if status in ("failed", "refused", "interrupted") else None
+        if status == "crashed" or (status in ("failed", "interrupted") and not error):
+            error = job.last_words() or None
+        return render(request, "rerun.html", name=name, job=job, run=run, outcome=status, error=error,
+                      prefect_ui=_prefect_ui())
 
+    app.add_middleware(HeadAsGet)
     return app
+
+
+class HeadAsGet:
+    """HEAD is answered as GET without the body (HTTP requires HEAD wherever GET is; FastAPI's
+    routes declare GET only): same status and headers, Content-Length included."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        scope = dict(scope, method="GET")
+        sent_end = False
+
+        async def head_send(message):
+            nonlocal sent_end
+            if message["type"] == "http.response.body":
+                if sent_end:
+                    return
+                if message.get("more_body"):
+                    return                    # a streamed body: drop it; the end is sent once
+                sent_end = True
+                return await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send(message)
+        await self.app(scope, receive, head_send)
+        if not sent_end:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 #: reruns read back from the ledger by start time: allow for clocks of the ledger and the dashboard
@@ -485,6 +652,26 @@ _SLACK = timedelta(seconds=5)
 #: the ODS export of the item table stops here (a spreadsheet of 500 000 rows helps no one; CSV has all)
 ODS_ROWS = 100_000
 _DUMMY_HASH = "scrypt$32768$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 43 + "="
+
+
+def _plain(value) -> str:
+    """A value of a fidelity record as words: lists joined by commas, not Python's repr."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _prefect_ui() -> str | None:
+    """The Prefect UI's address when a server is configured (PREFECT_UI_URL, else PREFECT_API_URL
+    without its /api), for links to flow runs."""
+    ui = os.environ.get("PREFECT_UI_URL")
+    if not ui and os.environ.get("PREFECT_API_URL"):
+        ui = os.environ["PREFECT_API_URL"].rstrip("/").removesuffix("/api")
+    return ui.rstrip("/") if ui and ui.startswith(("http://", "https://")) else None
 
 
 def _local(next_url: str) -> str:

@@ -1,8 +1,10 @@
 """Logins, roles, the signed session cookie and CSRF tokens of the dashboard.
 
 Passwords are kept only as scrypt hashes (hashlib, no extra dependency): `umstieg dashboard
---hash-password` prints one for the users file. The session is a cookie signed with itsdangerous
-(HttpOnly, SameSite=Strict), holding the login, its role and the CSRF token that every form posts back.
+--hash-password` prints one for the users file. Sessions are kept on the server
+(umstieg/dashboard/store.py); the cookie (HttpOnly, SameSite=Strict) holds only a random token.
+The login form carries a token signed with itsdangerous, so that a login is posted from this
+dashboard's own form.
 """
 
 from __future__ import annotations
@@ -88,24 +90,10 @@ def load_accounts(path: Path) -> dict[str, Account]:
 
 
 class Sessions:
-    """Signed session cookies and the login form's token."""
+    """The login form's signed token (the sessions themselves: store.Store)."""
 
-    def __init__(self, secret: str | bytes, max_age: int = 8 * 3600) -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt="umstieg-dashboard-session")
+    def __init__(self, secret: str | bytes) -> None:
         self._login = URLSafeTimedSerializer(secret, salt="umstieg-dashboard-login")
-        self.max_age = max_age
-
-    def issue(self, account: Account) -> str:
-        return self._serializer.dumps({"u": account.name, "r": account.role.value, "c": secrets.token_urlsafe(24)})
-
-    def read(self, cookie: str | None) -> dict | None:
-        if not cookie:
-            return None
-        try:
-            data = self._serializer.loads(cookie, max_age=self.max_age)
-        except BadSignature:
-            return None
-        return data if isinstance(data, dict) and {"u", "r", "c"} <= data.keys() else None
 
     def login_token(self) -> str:
         return self._login.dumps(secrets.token_urlsafe(8))
