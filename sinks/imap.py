@@ -16,6 +16,15 @@ Reruns never duplicate: `find` looks for the message by Message-ID (SEARCH HEADE
 one, by size and internal date, and compares the sha256 of each candidate's BODY.PEEK[]. When the
 message is there with other flags (a flag changed at the source), `find` sets them.
 
+Identical messages of one folder each get a copy of their own (imapsync's --syncduplicates), so
+that a folder's count at the target is its count at the source and no two ledger items name one
+target message: `find` and `append_stream` skip a matching copy that another source message holds
+(the caller's `taken`, from the ledger, and the copies one stream has handed out).
+
+`make_folders` creates a mailbox's folders at the start of a run, empty ones too, subscribed or
+not as the department says; a folder the department renamed (meta `target_folder`) lands exactly
+there, without the special-folder mapping.
+
 Connecting (TLS, login) and the pool of one connection per (account, thread) are `core.imap`'s,
 shared with the IMAP source; what a refusal means for the target is decided here.
 

@@ -17,6 +17,13 @@ Every message is one item:
 - meta: flags (without \\Recent, which no client can set), the internal date (ISO 8601 with its
   offset), the folder's special use (`\\Sent`, `\\Trash`, … or None), Message-ID and size.
 
+With a department's mail selection (core.mailselection), `discover` opens only the folders it
+takes and asks the server only for the messages it takes (SEARCH SINCE/BEFORE/LARGER/SMALLER), so
+listing stays proportional to what is selected. `mail_tree` lists every folder with its
+subscription (the target makes empty folders too); `mail_volume` counts messages and bytes per
+folder for `assess` without reading one. A `bandwidth` in the configuration caps the bytes per
+second this process reads from the host (`Bandwidth`, shared by its threads).
+
 `extract` streams one message's bytes into a file in 1 MiB partial fetches (`BODY.PEEK[]<o.n>`),
 so a large message is never held whole in memory. `fetch_messages` reads many messages with one
 command per batch, for the mail copy fast path (`sinks.imap.ImapSink.append_stream`).
