@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,10 +296,11 @@ def run_per_item(src: dict, tgt: dict, pairs: list[list[str]], staging: str) -> 
     return {"messages": count, "bytes": size}
 
 
-def run_flow(src: dict, tgt: dict, pairs: list[list[str]], staging: str) -> dict:
+def run_flow(src: dict, tgt: dict, pairs: list[list[str]], staging: str, mail: dict | None = None) -> dict:
     """The department flow's own path, without Prefect's start-up: discover into a SQLite ledger,
     then `process_chunk` over chunks of 200 on two threads (as `umstieg run` does on two cores);
-    each message is recorded and verified at the target."""
+    each message is recorded and verified at the target. `mail` is the department's mail options
+    (a filtered run lists and copies only what they select)."""
     import yaml
     from concurrent.futures import ThreadPoolExecutor
     from flows import runtime
@@ -306,18 +308,20 @@ def run_flow(src: dict, tgt: dict, pairs: list[list[str]], staging: str) -> dict
     (user, target), = pairs
     os.environ["BENCH_MASTER"] = MASTER[1]
     common = {"security": "none", "master_user": MASTER[0], "password": "env:BENCH_MASTER", "timeout": 60}
-    dept_file = Path(staging) / "flow" / "department.yaml"
+    dept_file = Path(staging) / ("flow-filtered" if mail else "flow") / "department.yaml"
     dept_file.parent.mkdir(parents=True, exist_ok=True)
     dept_file.write_text(yaml.safe_dump({
         "name": "bench", "work_dir": str(dept_file.parent / "work"), "users": [{"source": user, "target": target}],
         "sources": [{"name": "imap", "type": "imap", "host": src["host"], "port": src["port"], **common}],
         "target": {"type": "localdir", "root": str(dept_file.parent / "files")},
         "mail_target": {"type": "imap", "host": tgt["host"], "port": tgt["port"], **common},
-        "conversion": {"enabled": False}}))
+        "conversion": {"enabled": False}, **({"mail": mail} if mail else {})}))
     dept = runtime.department(str(dept_file))
     ledger = runtime.ledger(dept)
     run = ledger.start_run(dept.name, "migrate")
+    started = time.perf_counter()
     ids = discover(dept, ledger, run).todo[user]
+    listed = time.perf_counter() - started
     chunks = [ids[i:i + 200] for i in range(0, len(ids), 200)]
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda c: process_chunk(str(dept_file), run, user, c[0], c[1]), enumerate(chunks)))
@@ -328,7 +332,7 @@ def run_flow(src: dict, tgt: dict, pairs: list[list[str]], staging: str) -> dict
         raise RuntimeError(f"{len(ids) - verified} message(s) not verified: {reasons.most_common(5)}")
     size = sum(i.size or 0 for i in ledger.items(ids))
     runtime.close_all()
-    return {"messages": verified, "bytes": size}
+    return {"messages": verified, "bytes": size, "discover_seconds": listed}
 
 
 def peak_rss_mb() -> float:
@@ -345,7 +349,7 @@ def scenario_main(args: list[str]) -> None:
     import imapclient  # noqa: F401  (imports are not part of the copy's time)
     import sinks.imap  # noqa: F401
     import sources.imap  # noqa: F401
-    if spec["kind"] == "flow":           # a run imports these once, whatever the number of mailboxes
+    if spec["kind"].startswith("flow"):  # a run imports these once, whatever the number of mailboxes
         import flows.runtime  # noqa: F401
         import flows.steps  # noqa: F401
     kind = spec["kind"]
@@ -364,7 +368,7 @@ def scenario_main(args: list[str]) -> None:
     elif kind == "rerun-stateless":
         out = run_rerun_stateless(spec["src"], spec["tgt"], spec["pairs"], spec["workers"])
     elif kind == "flow":
-        out = run_flow(spec["src"], spec["tgt"], spec["pairs"], spec["staging"])
+        out = run_flow(spec["src"], spec["tgt"], spec["pairs"], spec["staging"], spec.get("mail"))
     else:
         out = run_per_item(spec["src"], spec["tgt"], spec["pairs"], spec["staging"])
     out["seconds"] = time.perf_counter() - started
@@ -400,7 +404,7 @@ def main() -> None:
 
     rounds = max(1, args.rounds)
     targets = ([f"base{r}" for r in range(rounds)] + [f"fast{r}" for r in range(rounds)]
-               + [f"four{i}" for i in range(4)] + ["item0", "flow0"])
+               + [f"four{i}" for i in range(4)] + ["item0", "flow0", "flow1"])
     with Dovecot(users={f"m{i}": "pw" for i in range(4)}, master=MASTER, tls=False) as src, \
             Dovecot(users={t: "pw" for t in targets}, master=MASTER, tls=False) as tgt:
         work = Path(src.base) / "bench"
@@ -444,6 +448,12 @@ def main() -> None:
             rows.append(("flow per-item path (extract, find, put, verify), 1 mailbox", per_item))
         flow = scenario("flow", src, tgt, [["m0", "flow0"]], staging=str(work))
         rows.append(("the department flow (ledger, bulk fetch/append, read back), 1 mailbox", flow))
+        # the same with the mail options on: messages of 2025 on (maxage) and 3 of the 5 folders left
+        # out (Ablage with its sub-folder, Projekte/*): listing and copying only what is selected
+        max_age = (datetime.now(timezone.utc) - datetime(2025, 1, 1, tzinfo=timezone.utc)).days
+        filtered = scenario("flow", src, tgt, [["m0", "flow1"]], staging=str(work),
+                            mail={"max_age_days": max_age, "exclude": ["Ablage", "Projekte/*"]})
+        rows.append((f"the department flow, filtered (max_age_days {max_age}, 3 of 5 folders excluded)", filtered))
         last = fast["target"]
         stateless = scenario("rerun-stateless", src, tgt, [["m0", last]], workers=args.workers)
 
@@ -462,6 +472,14 @@ def main() -> None:
               f"{stateless['seconds']:.2f} s = {stateless['seconds'] / fast['seconds']:.0%} of the full copy "
               f"({stateless['found']}/{stateless['messages']} recognised, none appended)")
         print(f"speed-up with one mailbox: {base['seconds'] / fast['seconds']:.2f} ×  [target ≥ 1.5 ×]")
+        print(f"department flow, unfiltered: {flow['messages']} messages, discovery {flow['discover_seconds']:.2f} s, "
+              f"whole run {flow['seconds']:.2f} s; filtered: {filtered['messages']} messages "
+              f"({filtered['messages'] / flow['messages']:.0%}), discovery {filtered['discover_seconds']:.2f} s "
+              f"({filtered['discover_seconds'] / flow['discover_seconds']:.0%}), whole run {filtered['seconds']:.2f} s "
+              f"({filtered['seconds'] / flow['seconds']:.0%})")
+        got = content(tgt, "flow1")
+        print(f"filtered copy: {len(got)} messages at the target, {filtered['messages']} verified in the ledger; "
+              f"folders at the target: {sorted({f for f, *_ in got})}")
         print(f"largest message {sizes[-1] / MiB:.1f} MB; peak RSS of the copying process {fast['peak_rss_mb']:.0f} MB "
               f"(1 mailbox), {four['peak_rss_mb']:.0f} MB (4 mailboxes), baseline {base['peak_rss_mb']:.0f} MB")
 
