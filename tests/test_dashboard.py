@@ -259,6 +259,108 @@ def test_csv_exports_neutralise_formulas(tmp_path):
         assert list(paths["Item"]) == sorted(paths["Item"])             # ids stay numbers
 
 
+def _synthetic_department(tmp_path, name, items, stopped=None):
+    """A department file and a SQLite ledger holding `items` (dicts of Item columns) from one run."""
+    import yaml
+
+    from core.ledger import Item, Ledger
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    dept_file = tmp_path / f"{name}.yaml"
+    owners = sorted({i["owner"] for i in items})
+    dept_file.write_text(yaml.safe_dump({
+        "name": name, "work_dir": str(tmp_path / "work"), "ledger": url,
+        "users": [{"source": o, "target": f"t-{o}"} for o in owners],
+        "sources": [{"name": "homes", "type": "folder", "root": str(tmp_path)}],
+        "target": {"type": "localdir", "root": str(tmp_path / "target")}}), encoding="utf-8")
+    ledger = Ledger(url)
+    ledger.migrate()
+    run = ledger.start_run(name, "migrate")
+    with ledger.session() as s:
+        for n, item in enumerate(items):
+            s.add(Item(department=name, source="homes", key=f"k{n}", kind="file", target_owner="t-" + item["owner"],
+                       target_stem=item["location"], version="1", **item))
+    ledger.finish_run(run, "completed", {"stopped_users": stopped or {}, "this_run": {"verified": len(items)},
+                                         "seconds": 10})
+    return dept_file, ledger
+
+
+def test_items_that_need_a_person_are_never_done_and_are_worked_through_one_by_one(tmp_path):
+    """Encrypted and unreadable documents moved unconverted, a conversion to review, a renamed file,
+    a link not moved and a document too large to convert each need a person; a waiting user's
+    items wait with the reason; only the plain file is done."""
+    from sqlalchemy import text
+
+    from reports import dashboard as data
+    from umstieg.dashboard import Site, create_app
+    items = [
+        dict(owner="anna", location="plain.docx", state="verified", conversion="converted", fidelity_verdict="identical",
+             fidelity_score=100.0),
+        dict(owner="anna", location="geheim.docx", state="verified", conversion="encrypted", message="encrypted OOXML"),
+        dict(owner="anna", location="kaputt.xlsx", state="verified", conversion="unreadable", message="damaged"),
+        dict(owner="anna", location="layout.pptx", state="verified", conversion="converted", fidelity_verdict="review",
+             fidelity_score=71.0),
+        dict(owner="anna", location="Bericht.TXT", state="verified", renamed="case_twin", target_path="Bericht (2).TXT"),
+        dict(owner="anna", location="link", state="skipped", reason="skipped_link"),
+        dict(owner="anna", location="riesig.xlsx", state="failed", reason="conversion_too_large"),
+        dict(owner="anna", location="weg.docx", state="failed", reason="load_error"),
+        dict(owner="ben", location="wartet.docx", state="discovered"),
+        dict(owner="ben", location="wartet2.docx", state="discovered"),
+    ]
+    dept_file, ledger = _synthetic_department(tmp_path, "pruefamt", items,
+                                              stopped={"ben": "the target account's quota is used up"})
+    try:
+        row = data.overview(ledger, ["pruefamt"])["departments"][0]
+        assert {c: row[c] for c in data.CATEGORIES} == {"done": 1, "needs_person": 6, "failed": 1, "waiting": 2,
+                                                         "pending": 0}
+        assert row["percent_done"] == 10.0 and row["phase"] != "done"
+        with ledger.session() as s:        # the counts read the partial index, not every item
+            sql = (f"EXPLAIN QUERY PLAN SELECT owner, count(*) FROM items WHERE department = 'pruefamt' "
+                   f"AND {data.NEEDS_A_PERSON} GROUP BY owner")
+            plan = " ".join(str(r[-1]) for r in s.execute(text(sql)))
+        assert "ix_items_needs_person" in plan, plan
+    finally:
+        ledger.close()
+    accounts_dir = tmp_path / "acc"
+    accounts_dir.mkdir()
+    from umstieg.dashboard.auth import load_accounts
+    accounts = load_accounts(users_file(accounts_dir / "users.yaml", {"otto": ("operator", OPERATOR[2])}))
+    app = create_app(Site([dept_file], accounts=accounts, state_dir=tmp_path / "state"))
+    with client(app, OPERATOR) as c:
+        page = text_of(c.get("/departments/pruefamt").text)
+        assert "10.0 % done (1 of 10)" in page and "6 need a person" in page and "1 open failures" in page
+        assert "ben" in page and "quota is used up" in page                        # who waits, and why
+        assert 'href="/departments/pruefamt/attention"' in c.get("/departments/pruefamt").text
+        queue = c.get("/departments/pruefamt/attention").text
+        rows = r'<th scope="row"><a href="/departments/pruefamt/items/(\d+)\?queue=1"'
+        listed = re.findall(rows, queue)
+        assert len(listed) == 6
+        for why in ("too large to convert", "encrypted (moved unconverted)", "unreadable or damaged", "not moved (a link",
+                    "review", "renamed at the target"):
+            assert why in text_of(queue), why                 # human names, not the ledger's codes
+        only = text_of(c.get("/departments/pruefamt/attention", params={"why": "encrypted"}).text)
+        assert "geheim.docx" in only and "kaputt.xlsx" not in only
+        assert c.get("/departments/pruefamt/attention", params={"why": "bogus"}).status_code == 400
+        csv = pd.read_csv(io.BytesIO(c.get("/departments/pruefamt/attention.csv").content), encoding="utf-8-sig")
+        assert sorted(csv["Path"]) == sorted(["geheim.docx", "kaputt.xlsx", "layout.pptx", "Bericht.TXT", "link",
+                                              "riesig.xlsx"])
+        # document by document: previous / next through the list
+        first = c.get(f"/departments/pruefamt/items/{listed[0]}?queue=1").text
+        assert 'id="queue-next"' in first and 'id="queue-previous"' not in first and "Item 1 / 6" in text_of(first)
+        nxt = re.search(r'href="([^"]+)" rel="next" id="queue-next"', first).group(1).replace("&amp;", "&")
+        second = c.get(nxt).text
+        assert 'id="queue-previous"' in second and "Item 2 / 6" in text_of(second)
+        # a person accepts the encrypted document as it is: it leaves the list and counts as done
+        enc = re.search(r'/departments/pruefamt/items/(\d+)\?queue=1"[^>]*>\d+</a></th>\s*<td>anna</td><td class="path">'
+                        r'geheim\.docx', queue).group(1)
+        token = csrf_of(first)
+        r = c.post(f"/departments/pruefamt/items/{enc}/annotation?back=queue%3D1",
+                   data={"csrf": token, "verdict": "accepted", "comment": "Passwort liegt beim Amt"})
+        assert r.status_code == 303 and "queue=1" in r.headers["location"]
+        assert len(re.findall(rows, c.get("/departments/pruefamt/attention").text)) == 5
+        overview = pd.read_csv(io.BytesIO(c.get("/tables/departments.csv").content), encoding="utf-8-sig")
+        assert tuple(overview.loc[0, ["Done", "Needs a person"]]) == (2, 5)
+
+
 def test_without_logins_only_loopback_host_names_are_answered(migrated):
     from umstieg.dashboard import Site, create_app
     with TestClient(create_app(Site([migrated.dept_file])), base_url="http://127.0.0.1:8350",
@@ -304,7 +406,7 @@ def test_department_page_progress_fidelity_failures_and_items(viewer, migrated):
     assert r.status_code == 200
     text = text_of(r.text)
     for expected in ("Progress by user", "Progress by kind", "Fidelity verdicts by format", "Score histogram by format",
-                     "Top deductions", "Top risk flags", "Failures by error class", "load_error"):
+                     "Top deductions", "Top risk flags", "Failures by error class", "could not be written to the target"):
         assert expected in text, expected
     assert "Operators can rerun" in text and 'action="/departments/testamt/rerun"' not in r.text   # viewer
     tables = {name: pd.read_csv(io.BytesIO(viewer.get(f"/departments/testamt/tables/{name}.csv").content),

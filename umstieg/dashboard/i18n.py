@@ -25,7 +25,7 @@ def translations(language: str) -> gettext.NullTranslations:
     from babel.messages.mofile import write_mo
     from babel.messages.pofile import read_po
     po = LOCALE_DIR / language / "LC_MESSAGES" / "dashboard.po"
-    if language == DEFAULT_LANGUAGE or not po.is_file():
+    if not po.is_file():                  # English's catalog holds only human names of recorded codes
         return gettext.NullTranslations()
     with po.open("rb") as f:
         catalog = read_po(f, locale=language)
