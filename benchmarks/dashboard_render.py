@@ -9,7 +9,8 @@ prints the times side by side with a baseline department of 5 000 items in the s
 
     .venv/bin/python benchmarks/dashboard_render.py [--items 500000] [--baseline 5000] [--no-postgres]
 
-The issue's budget: the department page of 500 000 items renders in under a second.
+The budget: the department page and its failed-items page of 500 000 items each render in under
+0.5 s; the full item CSV is streamed (first byte, then the whole export are timed).
 """
 
 from __future__ import annotations
@@ -123,6 +124,19 @@ def timed(client, url: str, repeat: int) -> tuple[float, float, float]:
     return first, statistics.median(warm), min(warm)
 
 
+def streamed(client, url: str) -> tuple[float, float, float]:
+    """(first byte, whole export, whole export) seconds of a streamed download."""
+    t = time.perf_counter()
+    first = None
+    with client.stream("GET", url) as r:
+        assert r.status_code == 200, (url, r.status_code)
+        for chunk in r.iter_bytes():
+            if first is None and chunk:
+                first = time.perf_counter() - t
+    whole = time.perf_counter() - t
+    return first or whole, whole, whole
+
+
 def measure(url: str, folder: Path, items: int, baseline: int, repeat: int) -> dict:
     from fastapi.testclient import TestClient
 
@@ -136,6 +150,7 @@ def measure(url: str, folder: Path, items: int, baseline: int, repeat: int) -> d
     pages = {
         "department page": "/departments/{d}",
         "department page, failed only": "/departments/{d}?state=failed",
+        "needs a person (queue)": "/departments/{d}/attention",
         "item page 200 (offset)": "/departments/{d}?page=200",
         "overview (both departments)": "/",
         "document page": "/departments/{d}/items/{first}",
@@ -143,14 +158,17 @@ def measure(url: str, folder: Path, items: int, baseline: int, repeat: int) -> d
     }
     from sqlalchemy import func, select
     results = {"fill seconds": fill_big}
-    with TestClient(create_app(site)) as client:
+    with TestClient(create_app(site), base_url="http://127.0.0.1") as client:
         for label, pattern in pages.items():
             row = {}
             for dept in ("klein", "gross"):
                 with site.ledger_of[dept].session() as s:
                     first_id = s.scalar(select(func.min(Item.id)).where(Item.department == dept))
                 n = 1 if "export" in label else repeat
-                row[dept] = timed(client, pattern.format(d=dept, first=first_id), n)
+                if "export" in label:
+                    row[dept] = streamed(client, pattern.format(d=dept, first=first_id))
+                else:
+                    row[dept] = timed(client, pattern.format(d=dept, first=first_id), n)
             results[label] = row
     site.close()
     return results
@@ -216,7 +234,7 @@ def main() -> None:
         for label, row in results.items():
             (kf, kw, kb), (gf, gw, gb) = row["klein"], row["gross"]
             print(f"  {label:32} {kf:13.3f}s {kw:7.3f}s {kb:7.3f}s {gf:11.3f}s {gw:7.3f}s {gb:7.3f}s {gw / kw:6.1f}×")
-    print("\nBudget: the department page of the large department in under 1 s.")
+    print("\nBudget: the department page and the failed-items page of the large department in under 0.5 s.")
 
 
 if __name__ == "__main__":
