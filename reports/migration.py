@@ -341,9 +341,14 @@ def _removed_section(removed: dict | None) -> list[str]:
     fate = {"removed": "removed at the target", "kept": "left at the target", "never_arrived": "never arrived"}
     lines = ["## Deleted at the source in this run", "",
              f"{removed['count']} item(s) were deleted at the source since the last run. Their target copies: "
-             f"{_fate(removed)}.", "", "| user | path at the source | item | target copy |", "|---|---|---|---|"]
-    lines += [f"| {i['owner']} | {_cell(i['location'])} | {_cell(i.get('item') or '', 160)} | "
-              f"{fate.get(i.get('at_target') or removed.get('at_target'), '–')} |"
+             f"{_fate(removed)}.", ""]
+    # a message is named by its subject and Message-ID: its folder alone does not say which it was
+    named = any(i.get("item") for i in removed["items"])
+    lines += ["| user | path at the source | message | target copy |", "|---|---|---|---|"] if named else \
+        ["| user | path at the source | target copy |", "|---|---|---|"]
+    lines += [f"| {i['owner']} | {_cell(i['location'])} | "
+              + (f"{_cell(i.get('item') or '', 160)} | " if named else "")
+              + f"{fate.get(i.get('at_target') or removed.get('at_target'), '–')} |"
               for i in removed["items"]]
     if removed["count"] > len(removed["items"]):
         lines += ["", f"… and {removed['count'] - len(removed['items'])} more (`umstieg status --json` "
