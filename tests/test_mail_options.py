@@ -465,3 +465,28 @@ def test_assess_counts_mail_per_folder_from_export_files(tmp_path):
     assert (rows["INBOX"]["messages"], rows["INBOX"]["bytes"]) == (1, len(first))
     assert (rows["Akten"]["messages"], rows["Akten"]["bytes"]) == (1, len(second))
     assert result["mail_bytes"] == len(first) + len(second)
+
+
+def test_the_commands_show_mail_per_folder_and_a_dry_run_moves_nothing(servers, tmp_path):
+    """`umstieg assess` says how much mail there is; `umstieg run` with mail.dry_run lists each
+    folder with what would move, and exits without moving anything."""
+    import os
+    import subprocess
+    import sys
+    source, target = pair(servers, "cli")
+    fill(servers[0], source, {"INBOX": [(message(next(_ids), size=200_000), "()", when(1))] * 2,
+                              "Junk": [(message(next(_ids)), "()", when(1))]})
+    dept_file = department(tmp_path, servers, [(source, target)], mail={"dry_run": True, "exclude": ["Junk"]})
+    env = {**os.environ, "UMSTIEG_RUNTIME_DIR": str(tmp_path / "rt"), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    assess = subprocess.run([sys.executable, "-m", "umstieg", "assess", str(dept_file)], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert assess.returncode == 0, assess.stderr
+    assert "mail: 3 message(s), 0.4 MiB in" in " ".join((assess.stdout + assess.stderr).split())
+    dry = subprocess.run([sys.executable, "-m", "umstieg", "run", str(dept_file)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert dry.returncode == 0, dry.stderr
+    out = " ".join((dry.stdout + dry.stderr).split())
+    assert "selected to move: 2 message(s)" in out and "Dry run (mail.dry_run): nothing moved" in out
+    assert "Junk" in out and "INBOX" in out
+    assert sum(target_counts(servers[1], target).values()) == 0 and not ledger_rows(dept_file)

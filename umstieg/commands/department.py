@@ -183,6 +183,10 @@ def run(department_file: Path = DeptFile,
     dept = _load(department_file)
     summary = _run_flow(dept, lambda: _start("migrate", dept, department_file, users=user or None,
                                              ignore_window=ignore_window))
+    if summary.get("dry_run"):                # mail.dry_run: what would move, per folder; nothing moved
+        _print_mail(summary, table=True)
+        console.print(f"Dry run (mail.dry_run): nothing moved. Plan: [bold]{summary['markdown']}[/bold]", soft_wrap=True)
+        return
     _print_summary(summary)
     console.print(f"Report: [bold]{summary['report']}[/bold]; target: [bold]{dept.target.root}[/bold]")
     failed = summary["totals"].get("failed", 0)
@@ -281,7 +285,29 @@ def assess(department_file: Path = DeptFile) -> None:
     if result["estimated_seconds"] is not None:
         console.print(f"estimated duration of the whole migration {result['estimated_seconds']:.0f} s "
                       f"({result['estimated_seconds_basis']})", soft_wrap=True)
+    _print_mail(result)
     console.print(f"Assessment: [bold]{result['markdown']}[/bold] (data: {result['report']})", soft_wrap=True)
+
+
+def _print_mail(result: dict, table: bool = False, limit: int = 200) -> None:
+    """Mail at the source and what the department's mail options move (per folder with `table`)."""
+    rows = result.get("mail") or []
+    if not rows:
+        return
+    console.print(f"mail: {result['mail_messages']} message(s), {result['mail_bytes'] / 2**20:.1f} MiB in "
+                  f"{len(rows)} folder(s); selected to move: {result['mail_selected_messages']} message(s), "
+                  f"{result['mail_selected_bytes'] / 2**20:.1f} MiB", soft_wrap=True)
+    if not table:
+        return
+    out = Table(title="mail per user and folder")
+    for name in ("user", "folder", "messages", "MiB", "to move", "MiB to move", "renamed to"):
+        out.add_column(name, justify="right" if "M" in name or name in ("messages", "to move") else "left")
+    for r in rows[:limit]:
+        out.add_row(escape(r["user"]), escape(r["folder"]), str(r["messages"]), f"{(r['bytes'] or 0) / 2**20:.2f}",
+                    str(r["selected_messages"]), f"{r['selected_bytes'] / 2**20:.2f}", escape(r["target_folder"] or ""))
+    console.print(out)
+    if len(rows) > limit:
+        console.print(f"… and {len(rows) - limit} more folders (see the plan)")
 
 
 
