@@ -263,6 +263,8 @@ class EwsMailboxes:
     def mail_volume(self, owner: str, folder: str) -> list[dict]:
         """Messages and bytes of every mail folder as Exchange lists them (SyncFolderItems' item
         count and Size, the same pass `discover` makes; no message is read). [{folder, messages, bytes}]"""
+        if not self.config.mail:
+            return []
         with self._errors(f"mailbox {folder}", listing=True):
             snapshot = self._sync(folder)
         out = []

@@ -175,6 +175,8 @@ class MailboxSource:
         """Messages and bytes of every mail folder without reading one: the folder's totalItemCount
         as Graph counts it, and the sum of its messages' PidTagMessageSize (MAPI 0x0E08, an extended
         property Graph gives in a listing of ids). [{folder, messages, bytes}]"""
+        if not self.config.mail:
+            return []
         base = f"/users/{quote_segment(upn)}/mailFolders"
         counts: dict[str, int] = {}
         todo = list(self.client.pages(base, scope=upn, need="Mail.Read", params={"$top": "100"}))
