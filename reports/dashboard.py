@@ -771,13 +771,20 @@ def annotate(ledger: Ledger, name: str, item_id: int, verdict: str, comment: str
 
 
 # ------------------------------------------------------------------------------ runs and reruns
-def _run_rows(s, runs: list[Run]) -> list[dict]:
+def _run_rows(s, runs: list[Run], live_counts: bool = True) -> list[dict]:
+    """Runs as rows. A finished run's counts are those its summary recorded (`this_run`); a running
+    run's (and, with `live_counts`, every run's) are counted from its batches' items, which has
+    no index to use (items by batch): one run at a time, never a whole history."""
     out = []
     for run in runs:
-        by_state = dict(s.execute(
-            select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
-            .where(Batch.run_id == run.id).group_by(Item.state)).all())
         summary = run.summary or {}
+        this_run = summary.get("this_run")
+        if live_counts or run.status == "running" or not isinstance(this_run, dict):
+            by_state = dict(s.execute(
+                select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
+                .where(Batch.run_id == run.id).group_by(Item.state)).all())
+        else:
+            by_state = {k: v for k, v in this_run.items() if isinstance(v, int)}
         todo = summary.get("todo")
         finished = sum(by_state.get(x, 0) for x in (State.VERIFIED.value, State.FAILED.value, State.SKIPPED.value))
         report = summary.get("report")
@@ -804,7 +811,7 @@ def run_history(ledger: Ledger, name: str, limit: int = 20) -> list[dict]:
     """The department's latest runs of every flow (migrate, rerun, assess), newest first."""
     with ledger.session() as s:
         return _run_rows(s, list(s.scalars(select(Run).where(Run.department == name)
-                                           .order_by(Run.id.desc()).limit(limit))))
+                                           .order_by(Run.id.desc()).limit(limit))), live_counts=False)
 
 
 def run_of_process(ledger: Ledger, name: str, host: str, pid: int, since: datetime) -> dict | None:
