@@ -23,7 +23,8 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     One client serves every account of a source or target. Nextcloud answers a Basic-auth request
     with a session cookie, and a later request that carries it acts as *that* account, whatever
     credentials it sends: with a shared cookie jar, every user after the first would write into the
-    first user's files (403 on their own). Each request carries its own credentials instead."""
+    first user's files (403 on their own). Each request carries its own credentials instead, and
+    the DAV targets keep each account's session apart (sinks.http.AccountAuth)."""
 
     def set_ok(self, cookie, request) -> bool:
         return False

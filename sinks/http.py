@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from core.errors import ConfigError, ItemError, TransientError
 from core.http import make_client
 
-__all__ = ["TRANSIENT_STATUS", "HttpTarget", "Unreachable", "caused_by"]
+__all__ = ["TRANSIENT_STATUS", "AccountAuth", "HttpTarget", "Unreachable", "caused_by"]
 
 #: Answers that mean "not now": locked, too many requests, a server error, a busy gateway.
 TRANSIENT_STATUS = {423, 429, 500, 502, 503, 504}
@@ -41,6 +41,31 @@ def caused_by(exc: BaseException, kind: type) -> bool:
     return False
 
 
+class AccountAuth(httpx.Auth):
+    """Basic credentials of one account, carried with that account's own session cookies.
+
+    Nextcloud answers a Basic-auth request with a session cookie. Sent back, it spares the server
+    checking the password again: an app password's token lookup, or ~0.65 s of argon2 for a login
+    password (measured on Nextcloud 27, 2 cores). A session belongs to one account, and a request
+    carrying it acts as that account whatever credentials it also sends, so cookies never go into
+    the client's shared jar (core.http keeps none): each account keeps its own here, and every
+    request still carries its own account's credentials, so a session the server dropped is
+    replaced by the next answer."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self._basic = httpx.BasicAuth(user, password)
+        self._cookies = httpx.Cookies()
+        self._lock = threading.Lock()
+
+    def auth_flow(self, request: httpx.Request):
+        request = next(self._basic.auth_flow(request))
+        with self._lock:
+            self._cookies.set_cookie_header(request)
+        response = yield request
+        with self._lock:
+            self._cookies.extract_cookies(response)
+
+
 class HttpTarget:
     """A DAV server reached at `config.url`: the client, the accounts, connection failures."""
 
@@ -55,6 +80,7 @@ class HttpTarget:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._secrets: dict[str, SecretStr] = {}
+        self._auths: dict[str, AccountAuth] = {}
         self._client = make_client(config, transport=transport)
 
     def close(self) -> None:
@@ -88,8 +114,15 @@ class HttpTarget:
             raise ItemError(f"{ref!r} is not a reference to {self.config.root}")
         return user, "/" + path
 
-    def _auth(self, user: str) -> tuple[str, str]:
-        return user, self._password(user).get_secret_value()
+    def _auth(self, user: str) -> AccountAuth:
+        """The credentials (and session) of account `user` for one request."""
+        with self._lock:
+            auth = self._auths.get(user)
+        if auth is None:
+            auth = AccountAuth(user, self._password(user).get_secret_value())
+            with self._lock:
+                auth = self._auths.setdefault(user, auth)
+        return auth
 
     @contextlib.contextmanager
     def _transient(self, what: str) -> Iterator[None]:

@@ -302,45 +302,41 @@ def test_check_says_when_a_department_would_exceed_the_calendar_limits(nextcloud
     assert generic.check_calendars({users[0].login: {f"Akte {i:02d}" for i in range(40)}}) == []
 
 
-class _Session(httpx.HTTPTransport):
-    """Keeps the session cookie Nextcloud sets, as a browser does, and counts requests per method.
-
-    Nextcloud 27.1 counts new calendars only for a request whose session names the user (its
-    rate-limiting plugin reads the user id when it is made, before Basic auth logs in): umstieg's
-    requests carry no cookie and are not counted. A session makes the real server give its real
-    limits' answers; one account per transport, so that no request acts as another account."""
+class _Counting(httpx.HTTPTransport):
+    """Counts the requests a sink sends, per method."""
 
     def __init__(self) -> None:
         super().__init__()
         self.methods: list[str] = []
-        self.cookies: dict[str, str] = {}
 
     def handle_request(self, request):
         self.methods.append(request.method)
-        if self.cookies:
-            request.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        response = super().handle_request(request)
-        for header in response.headers.get_list("set-cookie"):
-            name, _, rest = header.partition("=")
-            value = rest.split(";", 1)[0]
-            if value and value != "deleted":
-                self.cookies[name.strip()] = value
-        return response
+        return super().handle_request(request)
 
 
-def session_sink(nc, refs, transport, **kwargs) -> CalDav:
+def counting_sink(nc, refs, transport, **kwargs) -> CalDav:
     return CalDav(CalDavTarget(url=nc.url, flavour="nextcloud", app_passwords=refs, timeout=60),
                   transport=transport, **kwargs)
 
 
-def test_without_a_session_nextcloud_27_counts_no_calendars(nextcloud_server, monkeypatch, tmp_path):
-    """What the limits below depend on, measured: twelve new calendars in a row, no 429."""
+def test_each_account_keeps_its_own_session_and_nextcloud_counts_its_calendars(nextcloud_server, monkeypatch,
+                                                                                tmp_path):
+    """Nextcloud 27.1 counts new calendars only for requests whose session names the user (its
+    rate-limiting plugin reads the user before Basic auth logs in). The sink keeps one session per
+    account (sinks.http.AccountAuth), so its requests are counted like any client's and the limits
+    below are the server's real answers; two accounts' sessions never mix: each one's calendars
+    land in its own home."""
     nc = nextcloud_server
-    (user,), refs = accounts(nc, monkeypatch, 1)
+    (anna, ben), refs = accounts(nc, monkeypatch, 2)
     sink = caldav(nc, refs)
-    for i in range(12):
-        sink.put(user.login, f"Projekt {i}", write(tmp_path, f"{i}.ics", recurring_event(f"p{i}@amt.example")))
-    assert len(collections(nc, user)) == 13                      # and the account's own "Personal"
+    for i in range(3):
+        for user in (anna, ben):
+            sink.put(user.login, f"Projekt {i}", write(tmp_path, f"{user.login}{i}.ics",
+                                                       recurring_event(f"{user.login}{i}@amt.example")))
+    assert len(collections(nc, anna)) == len(collections(nc, ben)) == 4     # and each one's own "Personal"
+    # one session per account, set by the server and sent back
+    assert set(sink._auths) == {anna.login, ben.login}
+    assert all(len(auth._cookies) > 0 for auth in sink._auths.values())
 
 
 def test_past_the_creation_limit_items_fail_as_calendar_limit(nextcloud_server, monkeypatch, tmp_path):
@@ -349,8 +345,8 @@ def test_past_the_creation_limit_items_fail_as_calendar_limit(nextcloud_server, 
     account fail without asking the server again; calendars already made still take events."""
     nc = nextcloud_server
     (user,), refs = accounts(nc, monkeypatch, 1)
-    counting = _Session()
-    sink = session_sink(nc, refs, counting, sleep=lambda s: pytest.fail(f"waited {s} s for an hour-long window"))
+    counting = _Counting()
+    sink = counting_sink(nc, refs, counting, sleep=lambda s: pytest.fail(f"waited {s} s for an hour-long window"))
     for i in range(10):
         sink.put(user.login, f"Projekt {i}", write(tmp_path, f"{i}.ics", recurring_event(f"p{i}@amt.example")))
     with pytest.raises(ItemError) as err:
@@ -372,7 +368,7 @@ def test_the_calendar_limit_per_account_is_calendar_limit(nextcloud_server, monk
     (user,), refs = accounts(nc, monkeypatch, 1)
     nc.occ("config:app:set", "dav", "maximumCalendarsSubscriptions", "--value=3")
     try:
-        sink = session_sink(nc, refs, _Session())
+        sink = caldav(nc, refs)
         sink.put(user.login, "Eins", write(tmp_path, "1.ics", recurring_event("one@amt.example")))
         sink.put(user.login, "Zwei", write(tmp_path, "2.ics", recurring_event("two@amt.example")))
         with pytest.raises(ItemError) as err:           # Personal, Eins, Zwei: three
