@@ -10,9 +10,16 @@ deployments' entrypoint); import Prefect only through here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+# Without a configured server (a Dask department run from one machine), Prefect starts a temporary
+# one and gives up after 20 s: a machine whose cores LibreOffice fills needs longer (24-60 s were
+# measured). Waiting longer costs nothing when the server is quick. Set before Prefect reads its
+# settings; a value the operator set is kept.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+
+from prefect import flow, get_run_logger, task  # noqa: E402 (after the setting above)
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner

@@ -29,6 +29,9 @@ os.environ["PREFECT_HOME"] = str(RUNTIME_BASE / "prefect-home")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
+# the tests that run the Prefect flows themselves start Prefect's temporary server once: on a busy
+# machine it needs longer than Prefect's 20 s (as flows/prefect_flows.py says for umstieg itself)
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
 
 
 def processes_using(marker: str) -> list[psutil.Process]:

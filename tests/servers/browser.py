@@ -66,7 +66,7 @@ def migrate_small_department(tmp: Path, name: str = "testamt") -> Migrated:
     from core.department import load_department
     from core.ledger import Item
     from flows import runtime
-    from flows.migrate import assess, migrate
+    from flows.migrate import assess_body as assess, migrate_body as migrate
     from reports.migration import reports_dir
     from sqlalchemy import select
 
