@@ -30,11 +30,15 @@ __all__ = ["EVENT_FIELDS", "CONTACT_FIELDS", "PimError", "split_calendar", "spli
 #: The fields of an event's fingerprint, in digest order.
 EVENT_FIELDS = ("UID", "SUMMARY", "DTSTART", "RRULE", "EXDATE", "RECURRENCE-ID", "ATTENDEE")
 #: The fields of a contact's fingerprint, in digest order.
-CONTACT_FIELDS = ("UID", "FN", "N", "EMAIL", "TEL", "ORG", "ADR", "NOTE", "PHOTO")
+CONTACT_FIELDS = ("UID", "FN", "N", "EMAIL", "TEL", "ORG", "ADR", "NOTE", "PHOTO", "OTHER")
+#: vCard properties a server may rewrite by design (RFC 6350: VERSION and PRODID name the writer,
+#: REV the time of the last change; a 3.0 server adds what a 4.0 card means by KIND) or that
+#: say nothing of the person: left out of a contact's fingerprint. Every other property counts.
+_CARD_REWRITTEN = {"version", "prodid", "rev", "kind", "x-abuid"}
 #: Components of a calendar object resource that carry a UID (RFC 4791 4.1).
 _OBJECTS = ("VEVENT", "VTODO", "VJOURNAL", "VFREEBUSY")
 _HEX = 6                      # hex characters per field: a change goes unnoticed with p = 1/16.7 million
-_EVENT_TAG, _CONTACT_TAG = "E1", "C2"     # C1: contacts before ADR, NOTE, PHOTO and types
+_EVENT_TAG, _CONTACT_TAG = "E1", "C3"     # C1: before ADR, NOTE, PHOTO and types; C2: before OTHER
 
 
 class PimError(ValueError):
@@ -535,7 +539,34 @@ def contact_fields(data: bytes) -> dict[str, str]:
         "ADR": ",".join(sorted(f"{joined(c.value)}/{_types(c)}" for c in lines("adr"))),
         "NOTE": "\n--\n".join(_note(v) for v in _values(card, "note")),
         "PHOTO": ",".join(sorted(_photo(v) for v in _values(card, "photo"))),
+        "OTHER": "\n".join(sorted(_other(card))),
     }
+
+
+_CARD_FIELDS_NAMED = {"uid", "fn", "n", "email", "tel", "org", "adr", "note", "photo"}
+
+
+def _other(card) -> list[str]:
+    """Every other property of a card, each as `NAME;types:value`, so that verification sees a
+    title, a birthday, a web address, a nickname, categories or a vendor's X- property that a
+    server dropped or changed, with their types. Dates are compared without separators (a 3.0
+    server may write 1980-01-02 as 19800102); group prefixes (`item1.`) are left out."""
+    found = []
+    for name, lines in card.contents.items():
+        if name in _CARD_FIELDS_NAMED or name in _CARD_REWRITTEN:
+            continue
+        for line in lines:
+            value = line.value
+            if isinstance(value, (list, tuple)):
+                value = ",".join(_text(v) for v in value)
+            elif isinstance(value, (bytes, bytearray)):
+                value = _photo(value)
+            else:
+                value = _text(value)
+            if name in ("bday", "anniversary", "deathdate"):
+                value = re.sub(r"[-:]", "", value)
+            found.append(f"{name.upper()};{_types(line)}:{value}")
+    return found
 
 
 # ---------------------------------------------------------------------------------- fingerprints
@@ -559,7 +590,7 @@ def event_fingerprint(data: bytes) -> str:
 
 
 def contact_fingerprint(data: bytes) -> str:
-    """The fingerprint of one vCard: `C1` + a short hash per field."""
+    """The fingerprint of one vCard: `C3` + a short hash per field."""
     f = _guarded(contact_fields, data)
     return _CONTACT_TAG + "".join(_h(f[k]) for k in CONTACT_FIELDS)
 

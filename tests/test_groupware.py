@@ -440,6 +440,41 @@ def test_verify_catches_a_changed_name_and_phone(radicale, tmp_path):
     assert sink.verify(ref, sink.digest(src)) == f"{ref}: FN differs; TEL differs"
 
 
+RICH_CARD = ("BEGIN:VCARD\r\nVERSION:3.0\r\nPRODID:-//Outlook//DE\r\nUID:rich-{n}@amt.example\r\n"
+             "FN:Dora Beispiel\r\nN:Beispiel;Dora;;;\r\nTITLE:Leiterin\\, Bürgeramt\r\nROLE:Vertretung\r\n"
+             "BDAY:1980-01-02\r\nNICKNAME:Doro\r\nURL;TYPE=WORK:https://amt.example/dora\r\n"
+             "CATEGORIES:Amt,Leitung\r\nIMPP;TYPE=WORK:xmpp:dora@amt.example\r\n"
+             "X-SKYPE-USERNAME:dora.beispiel\r\nitem1.X-ABLABEL:Assistenz\r\nEND:VCARD\r\n")
+
+
+def test_every_property_a_card_carries_is_verified(radicale, tmp_path):
+    """Not only names, phones and notes: a title, role, birthday, nickname, web address, categories,
+    chat address and a vendor's X- property are each verified with their types; a server that drops
+    or changes one fails verification (only VERSION, PRODID and REV may be rewritten)."""
+    sink = carddav(radicale)
+    card = RICH_CARD.format(n=uuid.uuid4().hex[:6]).encode()
+    src = write(tmp_path, "rich.vcf", card)
+    ref = load(sink, "ben", f"Kontakte {uuid.uuid4().hex[:6]}", src)
+    assert sink.verify(ref, sink.digest(src)) is None
+    other = contact_fields(card)["OTHER"]
+    for expected in ("TITLE;:Leiterin, Bürgeramt", "BDAY;:19800102", "URL;work:https://amt.example/dora",
+                     "CATEGORIES;:Amt,Leitung", "IMPP;work:xmpp:dora@amt.example", "X-SKYPE-USERNAME;:dora.beispiel",
+                     "ROLE;:Vertretung", "NICKNAME;:Doro", "X-ABLABEL;:Assistenz"):
+        assert expected in other.split("\n"), (expected, other)
+    user, _, rest = ref.partition("://")[2].partition("@")
+    rewritten = card.replace(b"PRODID:-//Outlook//DE", b"PRODID:-//Radicale//EN").replace(b"BDAY:1980-01-02",
+                                                                                           b"BDAY:19800102")
+    for damaged in (rewritten, card.replace(b"TITLE:Leiterin\\, B\xc3\xbcrgeramt\r\n", b""),
+                    card.replace(b"URL;TYPE=WORK:", b"URL:")):
+        assert httpx.put(f"http://{rest}", content=damaged, auth=(user, PASSWORDS[user]),
+                         headers={"If-Match": "*", "Content-Type": "text/vcard"}).status_code in (201, 204)
+        problem = sink.verify(ref, sink.digest(src))
+        if damaged is rewritten:
+            assert problem is None, problem              # allowed: the writer's name, a date's spelling
+        else:
+            assert problem == f"{ref}: OTHER differs", problem
+
+
 # ------------------------------------------------------------------------------------- check
 def test_check_lists_every_problem(radicale):
     assert caldav(radicale).check(["anna", "ben"]) == []

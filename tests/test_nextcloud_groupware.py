@@ -21,7 +21,7 @@ from core.errors import ItemError
 from core.pim import contact_fields
 from sinks.groupware import CalDav, CardDav, Refused
 from sources.export import source_for
-from test_groupware import load, recurring_event, write
+from test_groupware import RICH_CARD, load, recurring_event, write
 
 
 def accounts(nc, monkeypatch, n: int, prefix: str = "pim"):
@@ -209,6 +209,19 @@ def test_cards_without_uid_or_fn_and_in_utf8(nextcloud_server, monkeypatch, tmp_
     stored = contact_fields(read_back(nc, user, refs_loaded[1]))
     assert stored["FN"] == "Jürgen Groß" and stored["NOTE"] == "Überstunden, Urlaub\nab März"
     assert stored["TEL"] == "03055/home"
+
+
+def test_every_property_of_a_card_survives_nextcloud(nextcloud_server, monkeypatch, tmp_path):
+    """What Nextcloud keeps of a card with a title, role, birthday, nickname, web address,
+    categories, chat address and vendor X- properties: all of it, as verification checks."""
+    nc = nextcloud_server
+    (user,), refs = accounts(nc, monkeypatch, 1)
+    sink = carddav(nc, refs)
+    card = RICH_CARD.format(n=uuid.uuid4().hex[:6]).encode()
+    src = write(tmp_path, "rich.vcf", card)
+    ref = load(sink, user.login, "Kontakte", src)
+    assert sink.verify(ref, sink.digest(src)) is None
+    assert contact_fields(read_back(nc, user, ref))["OTHER"] == contact_fields(card)["OTHER"]
 
 
 def test_verify_catches_dropped_types_and_a_cut_note(nextcloud_server, monkeypatch, tmp_path):
