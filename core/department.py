@@ -28,7 +28,8 @@ __all__ = ["Department", "User", "FolderSource", "SmbSource", "S3Source", "OneDr
            "LocalDirTarget", "NextcloudTarget", "OXDriveTarget", "S3ArchiveTarget",
            "ImapTarget", "CalDavTarget", "CardDavTarget", "TargetConfig",
            "Conversion", "KeepOriginal", "Sharing", "MailOptions", "FolderRename",
-           "Schedule", "Limits", "Cluster", "SecretRef", "load_department", "identity_problems"]
+           "Schedule", "Limits", "Cluster", "SecretRef", "UsersFrom", "LdapDirectory", "load_department", "identity_problems",
+           "with_users"]
 
 
 class _Model(BaseModel):
@@ -122,6 +123,10 @@ class User(_Model):
         default_factory=dict,
         description="source name -> their folder, drive or mailbox in that source, where it differs from "
                     "`folder` (e.g. a OneDrive's UPN beside a home folder's name)")
+    email: str | None = Field(default=None, description="primary e-mail address (from the directory); the "
+                                                         "identity check compares it with the target account's")
+    display_name: str | None = Field(default=None, description="display name (from the directory); the identity "
+                                                               "check compares it with the target account's")
 
     @field_validator("source", "target", "folder")
     @classmethod
@@ -140,6 +145,47 @@ class User(_Model):
     def folder_in(self, source_name: str) -> str:
         """What this user is called in the source `source_name`: their folder, drive or mailbox."""
         return self.folders.get(source_name) or self.folder or self.source
+
+
+class LdapDirectory(_Model):
+    """An LDAP directory (Active Directory, OpenLDAP, Univention) that lists the department's users:
+    the members of `group`, or the entries below `base` that match `filter` (an OU)."""
+
+    url: str = Field(pattern=r"^ldaps?://", description="ldap://host:389 or ldaps://host:636")
+    bind_dn: str | None = Field(default=None, description="the account that reads the directory")
+    password: SecretRef | None = Field(default=None, description="the bind account's password")
+    base: str = Field(min_length=1, description="where the users are searched (the OU of the department)")
+    filter: str = Field(default="(objectClass=person)", description="which entries below base are users")
+    group: str | None = Field(default=None, description="DN of a group: only its members (member, uniqueMember "
+                                                        "or memberUid) are the department's users")
+    source_attr: str = Field(default="uid", description="attribute holding the source login "
+                                                        "(sAMAccountName or userPrincipalName in Active Directory)")
+    target_attr: str = Field(default="uid", description="attribute holding the target login")
+    mail_attr: str = Field(default="mail", description="attribute holding the primary e-mail address")
+    name_attr: str = Field(default="displayName", description="attribute holding the display name")
+    ca_file: Path | None = Field(default=None, description="the CA that signed the directory's certificate")
+    start_tls: bool = Field(default=False, description="upgrade an ldap:// connection with StartTLS")
+    page_size: int = Field(default=500, ge=1, le=5000, description="entries per page of a paged search")
+
+    @model_validator(mode="after")
+    def _bind(self):
+        if (self.bind_dn is None) != (self.password is None):
+            raise ValueError("bind_dn and password go together (or neither, for an anonymous read)")
+        return self
+
+
+class UsersFrom(_Model):
+    """Where the department's users come from when they are not listed under `users:`."""
+
+    csv: Path | None = Field(default=None, description="a CSV file (columns: source, target, folder, "
+                                                       "folder:NAME, email, display_name)")
+    ldap: LdapDirectory | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.csv is None) == (self.ldap is None):
+            raise ValueError("give exactly one of csv or ldap")
+        return self
 
 
 _NAME = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="what items of this source are filed under")
@@ -659,7 +705,8 @@ class Department(_Model):
     ledger: str | None = Field(default=None, description="SQLAlchemy URL (default: SQLite in work_dir)")
     ledger_password: SecretRef | None = Field(default=None, description="for a PostgreSQL ledger")
     work_dir: Path = Field(description="staging area, ledger (by default) and reports")
-    users: list[User] = Field(min_length=1)
+    users: list[User] = Field(default_factory=list, description="the users, listed here (or see users_from)")
+    users_from: UsersFrom | None = Field(default=None, description="read the users from a CSV file or LDAP")
     sources: list[SourceConfig] = Field(min_length=1)
     target: TargetConfig = Field(description="where files and documents land")
     mail_target: ImapTarget | None = Field(default=None, description="where mail lands")
@@ -686,6 +733,8 @@ class Department(_Model):
 
     @model_validator(mode="after")
     def _identity_map(self) -> "Department":
+        if not self.users and self.users_from is None:
+            raise ValueError("no users: list them under users, or read them with users_from")
         problems = identity_problems([(u.source, u.target) for u in self.users], self.allow_merge)
         problems += [f"source name {name!r} is used {n} times"
                      for name, n in Counter(s.name for s in self.sources).items() if n > 1]
@@ -742,6 +791,16 @@ def _overlap(a: str, b: str) -> bool:
     return a == b or not a or not b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
+def with_users(dept: Department, users: list[User]) -> Department:
+    """The department with its users resolved (from a directory), checked as a listed map is:
+    a target login that receives two source users is refused unless allow_merge names it."""
+    resolved = dept.model_copy(update={"users": users})
+    try:
+        return resolved._identity_map()
+    except ValueError as exc:
+        raise ConfigError(f"{dept.source_file or dept.name}: users from the directory: {exc}") from None
+
+
 def identity_problems(pairs: list[tuple[str, str]], allow_merge: list[str]) -> list[str]:
     """What is wrong with an identity map (source login, target login): a message must never
     land in the wrong mailbox, so duplicates are errors unless a merge is declared."""
@@ -763,6 +822,11 @@ def _resolve_relative(data: dict, base: Path) -> dict:
     sources = data.get("sources") if isinstance(data.get("sources"), list) else []
     blocks = [*sources, *(data.get(name) for name in _ENDPOINTS)]
     blocks += [b.get("oauth") for b in sources if isinstance(b, dict)]     # an IMAP source's identity platform
+    users_from = data.get("users_from")
+    if isinstance(users_from, dict):
+        if isinstance(users_from.get("csv"), str):
+            users_from["csv"] = fix(users_from["csv"])
+        blocks.append(users_from.get("ldap"))
     for block in blocks:
         for key in ("root", "ca_file"):
             if isinstance(block, dict) and isinstance(block.get(key), str):
@@ -802,6 +866,28 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def _users_from_csv(data: dict) -> list[str]:
+    """Put the users of `users_from: {csv: FILE}` into `data` (every valid row) and say what is
+    wrong with the others, each with its line in the CSV file, all at once."""
+    source = data.get("users_from")
+    if isinstance(source, dict) and data.get("users"):
+        return ["users_from: the users come either from users or from users_from, not both"]
+    if not isinstance(source, dict) or not isinstance(source.get("csv"), str):
+        return []
+    from core.directory import read_users_csv
+    rows, problems = read_users_csv(Path(source["csv"]))
+    users = []
+    for row in rows:
+        line = row.pop("line")
+        try:
+            users.append(User(**row).model_dump())
+        except ValidationError as exc:
+            problems += [f"{source['csv']}:{line}: {'.'.join(str(x) for x in err['loc']) or 'row'}: "
+                         f"{err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
+    data["users"] = users              # the department checks the identity map (duplicates, merges)
+    return problems
+
+
 def load_department(path: Path | str) -> Department:
     """Read and validate a department file, or raise ConfigError listing every problem."""
     path = Path(path)
@@ -819,8 +905,12 @@ def load_department(path: Path | str) -> Department:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a department file is a YAML mapping (name:, users:, sources:, target:, …)")
     data = _resolve_relative(data, path.resolve().parent)
+    csv_lines = _users_from_csv(data)
     try:
-        return Department(**data, source_file=path.resolve())
+        dept = Department(**data, source_file=path.resolve())
+        if csv_lines:
+            raise ConfigError("the department's users file has problems:\n  " + "\n  ".join(csv_lines))
+        return dept
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -833,6 +923,7 @@ def load_department(path: Path | str) -> Department:
             elif err["type"] == "extra_forbidden":
                 msg = "is not a known setting (check the spelling)"
             lines.append(f"{path}:{line or 1}: {field}: {msg}")
+        lines += csv_lines
         if not any(err["loc"][:1] == ("users",) or err["loc"] == () for err in exc.errors()):
             # field errors stop pydantic before the identity map is checked: check it anyway
             users = data.get("users") if isinstance(data.get("users"), list) else []

@@ -162,7 +162,11 @@ def stopped_users(dept: Department, users: list[str] | None = None) -> dict[str,
         if probe is not None and chosen:
             for login, why in probe([u.target for u in chosen]).items():
                 by_target.setdefault(login, f"{field_name}: {why}")
-    return {u.source: by_target[u.target] for u in chosen if u.target in by_target}
+    stopped = {u.source: by_target[u.target] for u in chosen if u.target in by_target}
+    from flows.identity import identity_waits           # the pair is not proven to be one person
+    for source, why in identity_waits(dept, users).items():
+        stopped.setdefault(source, why)
+    return stopped
 
 
 def _chosen(dept: Department, users: list[str] | None) -> list:

@@ -41,7 +41,8 @@ def department(path: str | Path) -> Department:
     with _lock:
         cached = _departments.get(path)
         if cached is None or cached[0] != mtime:
-            _departments[path] = (mtime, load_department(path))
+            from flows.identity import resolve_users     # users_from: {ldap: ...} is read here
+            _departments[path] = (mtime, resolve_users(load_department(path)))
         return _departments[path][1]
 
 
