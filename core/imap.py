@@ -26,6 +26,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from imapclient.response_parser import parse_response
 
 from core.errors import ConfigError, TransientError
+from core.messages import clip
 
 __all__ = ["MAX_OPEN_PER_THREAD", "TOKEN_MARGIN", "AppTokens", "Conn", "ImapAccounts", "LoginRefused", "TlsFailed",
            "TokenRefused", "list_folders", "response_code", "server_words", "text", "tls_context"]
@@ -66,7 +67,7 @@ def server_words(exc: Exception) -> str:
     words = str(exc).split("failed: ", 1)[-1].strip()
     if words[:2] in ("b'", 'b"'):
         words = words[1:]
-    return words.strip("'\"")[:200] or type(exc).__name__
+    return clip(words.strip("'\""), 200) or type(exc).__name__
 
 
 def response_code(exc: Exception) -> str | None:
@@ -176,7 +177,7 @@ class AppTokens:
                     validate_authority=known, instance_discovery=known)
         except ValueError as exc:                # msal: the metadata is missing or refused (4xx)
             session.close()
-            first = self._scrub(str(exc)).split(". ")[0][:200]
+            first = clip(self._scrub(str(exc)).split(". ")[0], 200)
             raise TokenRefused(f"found no OpenID metadata for the authority {cfg.authority}: check oauth.authority "
                                "(with the tenant: https://login.microsoftonline.com/<tenant id>). "
                                f"msal said: {first}") from None

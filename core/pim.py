@@ -23,6 +23,8 @@ import quopri
 import re
 from datetime import date, datetime, timezone
 
+from core.messages import clip
+
 __all__ = ["EVENT_FIELDS", "CONTACT_FIELDS", "PimError", "split_calendar", "split_vcards", "event_uid",
            "contact_uid", "event_fingerprint", "contact_fingerprint", "fingerprint", "differences",
            "with_contact_uid", "instance_count", "calendar_identity", "components", "vcard_version", "vcard_30"]
@@ -51,7 +53,7 @@ def _calendar(data: bytes):
     try:
         cals = icalendar.Calendar.from_ical(data, multiple=True)
     except Exception as exc:                      # noqa: BLE001 - icalendar raises many kinds
-        raise PimError(f"not a readable iCalendar file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise PimError(f"not a readable iCalendar file ({type(exc).__name__}: {clip(str(exc), 200)})") from None
     if not cals:
         raise PimError("not an iCalendar file (no VCALENDAR in it)")
     for c in cals:
@@ -451,7 +453,7 @@ def _card(data: bytes):
     try:
         card = vobject.readOne(text, ignoreUnreadable=True)
     except Exception as exc:                      # noqa: BLE001 - vobject raises many kinds
-        raise PimError(f"not a readable vCard ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise PimError(f"not a readable vCard ({type(exc).__name__}: {clip(str(exc), 200)})") from None
     if card.name.upper() != "VCARD":
         raise PimError(f"not a vCard (it holds a {card.name})")
     return card
@@ -580,7 +582,7 @@ def _guarded(fields, data: bytes) -> dict[str, str]:
     except PimError:
         raise
     except Exception as exc:                      # noqa: BLE001 - odd data trips the parsers in odd ways
-        raise PimError(f"cannot read the object's fields ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise PimError(f"cannot read the object's fields ({type(exc).__name__}: {clip(str(exc), 200)})") from None
 
 
 def event_fingerprint(data: bytes) -> str:

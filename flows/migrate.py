@@ -40,6 +40,7 @@ from core.items import Kind
 from core.ledger import HEARTBEAT, Item, Ledger
 from core.mailselection import MailSelection
 from core.settings import usable_cpus
+from core.messages import clip
 from flows import runtime
 from flows.calendars import calendar_problems
 from flows.limits import Chunk, ChunkGate, Window, host_of
@@ -338,7 +339,7 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
         plain = runtime.plain_failure(exc, dept) if isinstance(exc, Exception) else None
         error = str(plain) if plain is not None else f"{type(exc).__name__}: {exc}"
         try:
-            ledger.finish_run(run_id, "failed", {"error": error[:2000]})
+            ledger.finish_run(run_id, "failed", {"error": error if len(error) <= 2000 else clip(error, 2000)})
         except Exception as why:  # noqa: BLE001 - the ledger itself may be what failed
             # the run stays `running` without a heartbeat: the next run marks it interrupted
             logger.warning("%s: run %d could not be marked failed in the ledger: %s", dept.name, run_id,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from core.department import Department, load_department
 from core.errors import ConfigError, FatalError, UmstiegError
 from core.settings import ConversionSettings, usable_cpus
+from core.messages import clip
 
 if TYPE_CHECKING:                      # imported when used: starting a run needs neither at once
     from converters.pool import ConverterPool
@@ -194,7 +195,7 @@ def plain_failure(exc: BaseException, dept: Department) -> UmstiegError | None:
     from sqlalchemy.engine import make_url
     url = make_url(dept.ledger_url)
     where = f"the ledger {url.render_as_string(hide_password=True)}"
-    said = (str(db.orig).strip().splitlines() or [type(db.orig).__name__])[0][:300]
+    said = clip((str(db.orig).strip().splitlines() or [type(db.orig).__name__])[0], 300)
     state = getattr(db.orig, "sqlstate", None) or ""
     # libpq gives no SQLSTATE for a refused connection; it does say whether the server asked for
     # the password (and so was reached): then the password, the user or the database is wrong

@@ -60,6 +60,7 @@ from core.plugins import PerProcess
 from core.department import CalDavTarget, CardDavTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from core.http import retry_after
+from core.messages import clip
 from core.pim import PimError, components, differences, event_uid, fingerprint, instance_count, vcard_30, \
     with_contact_uid
 from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
@@ -123,7 +124,7 @@ def _sabre_error(resp: httpx.Response) -> tuple[str, str]:
     except ET.ParseError:
         return "", ""
     return ((tree.findtext("{http://sabredav.org/ns}exception") or "").strip(),
-            " ".join((tree.findtext("{http://sabredav.org/ns}message") or "").split())[:500])
+            clip(tree.findtext("{http://sabredav.org/ns}message"), 500))
 
 
 def collection_name(display: str) -> str:

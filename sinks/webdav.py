@@ -58,6 +58,7 @@ from core.plugins import PerProcess
 from core.department import NextcloudTarget, OXDriveTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
 from core.http import retry_after
+from core.messages import clip
 from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
 from sinks.names import safe_path
 
@@ -146,7 +147,7 @@ def _server_message(resp: httpx.Response) -> str:
         node = ET.fromstring(resp.content).find(f"{_SABRE}message")
     except (ET.ParseError, httpx.ResponseNotRead):
         return ""
-    return (node.text or "").strip()[:300] if node is not None else ""
+    return clip(node.text, 300) if node is not None else ""
 
 
 def _blocks(src: Path, offset: int, length: int, digest=None) -> Iterator[bytes]:

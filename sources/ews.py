@@ -51,6 +51,7 @@ import requests.adapters
 from core.department import EwsSource
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
+from core.messages import clip
 from sources import mstime
 
 __all__ = ["EwsMailboxes", "source_for", "event_to_ical", "graph_recurrence"]
@@ -496,7 +497,7 @@ class _EwsErrors:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return clip(text.splitlines()[0], 300) if text else type(exc).__name__
 
 
 def _kind_of(folder_class: str) -> Kind | None:

@@ -52,6 +52,7 @@ from core.department import ExportSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from core.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
+from core.messages import clip
 from sources.outlook import (ansi_codepage, appointment_uid, contact_uid, msg_appointment_ical, msg_contact_vcard,
                               msg_text)
 
@@ -172,7 +173,7 @@ def _subject(msg: Message) -> str | None:
         text = str(email.header.make_header(email.header.decode_header(str(raw))))
     except Exception:  # noqa: BLE001 - a malformed encoded word: the raw text says enough
         text = str(raw)
-    return " ".join(text.split())[:200] or None
+    return clip(text, 200) or None
 
 
 class ExportFiles:
@@ -256,7 +257,7 @@ class ExportFiles:
                     kind = (Kind.EVENT if suffix in _ICS else Kind.CONTACT if suffix in _VCF else Kind.MESSAGE)
                     yield ItemRef(source=self.name, key=f"{owner}/{rel}#bad:", kind=kind, owner=owner,
                                   location=calendars.get(rel) or self._location(rel, suffix), version=version,
-                                  size=st.st_size, meta={"error": str(exc)[:500]})
+                                  size=st.st_size, meta={"error": clip(str(exc), 500)})
 
     def mail_volume(self, owner: str, folder: str) -> list[dict]:
         """Messages and bytes per mail folder of the user's export files, from the listing (no
@@ -341,7 +342,7 @@ class ExportFiles:
                 raise
             raise UnreadableExport(f"{rel}: {exc}") from None
         except (OSError, ValueError, EOFError, IndexError) as exc:
-            raise UnreadableExport(f"{rel}: {type(exc).__name__}: {str(exc)[:300]}") from None
+            raise UnreadableExport(f"{rel}: {type(exc).__name__}: {clip(str(exc), 300)}") from None
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(data)
         return len(data), None
@@ -350,7 +351,7 @@ class ExportFiles:
         try:
             list(self._list("x", path, path.name, path.suffix.lower(), "", 0))
         except Exception as exc:  # noqa: BLE001 - the reason is what we want to show
-            return str(exc)[:300]
+            return clip(str(exc), 300)
         return "it could not be read when it was listed (it reads now: list the folder again)"
 
     def _bytes(self, path: Path, suffix: str, kind: str | None, sub: str | None, rel: str, key: str) -> bytes:
@@ -456,7 +457,7 @@ def _msg_listing(path: Path, location: str, key: str) -> tuple[Kind, str, dict]:
     try:
         msg = _open_msg(path, delayAttachments=True)
     except Exception as exc:  # noqa: BLE001 - extract-msg raises many kinds for broken files
-        raise UnreadableExport(f"not a readable Outlook .msg file ({type(exc).__name__}: {str(exc)[:200]})") \
+        raise UnreadableExport(f"not a readable Outlook .msg file ({type(exc).__name__}: {clip(str(exc), 200)})") \
             from None
     try:
         kind, cls = _msg_class(msg)
@@ -637,7 +638,7 @@ def _open_pst(path: Path):
     try:
         pst.open(str(path))
     except (OSError, IOError) as exc:
-        raise UnreadableExport(f"not a readable PST/OST file ({str(exc)[:200]})") from None
+        raise UnreadableExport(f"not a readable PST/OST file ({clip(str(exc), 200)})") from None
     return pst
 
 
