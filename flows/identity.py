@@ -83,13 +83,14 @@ def _nextcloud_accounts(target, logins: list[str]) -> dict[str, dict | str]:
             else:
                 out[login] = NOT_CHECKED
                 continue
+            client.cookies.clear()        # the server's session cookie would answer as the previous account
             try:
                 r = client.get(f"/ocs/v2.php/cloud/users/{login}", params={"format": "json"}, auth=auth)
             except httpx.HTTPError as exc:
                 out[login] = f"the target did not answer ({type(exc).__name__})"
                 continue
             if r.status_code == 401:
-                out[login] = "the target refused the login"
+                out[login] = "the target refused the login (no such account, or a wrong password)"
             elif r.status_code == 404:
                 out[login] = "no such account at the target"
             elif r.status_code == 403 or r.status_code >= 400:

@@ -44,6 +44,7 @@ app.command()(convert)
 app.command()(scan)
 app.command()(__import__("umstieg.commands.compare", fromlist=["compare"]).compare)
 department.register(app)
+app.command()(__import__("umstieg.commands.users", fromlist=["users"]).users)
 from umstieg.commands.dashboard import dashboard  # noqa: E402 - the web face's command
 app.command()(dashboard)
 

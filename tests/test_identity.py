@@ -1,0 +1,107 @@
+"""The identity check before anything moves, against the real Nextcloud 27 and a real slapd: users
+come from the directory; one user's e-mail differs between the directory and the Nextcloud account,
+one user has no account at the target. Those two wait with their reasons; the others move."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from servers.slapd import ADMIN_DN, SUFFIX, Slapd, group_ldif, person_ldif
+from test_flows import ledger_rows, make_department
+
+UMSTIEG = [sys.executable, "-m", "umstieg"]
+
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/slapd").exists(),
+                                reason="Debian's slapd is not installed (bin/setup installs it)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_runtime_pools():
+    yield
+    from flows import runtime
+    runtime.close_all()
+
+
+@pytest.fixture
+def directory_department(nextcloud_server, tmp_path, monkeypatch):
+    """anna and ben match; cem's directory mail differs from his Nextcloud account's; dora has no
+    account at the target. Users come from a group in slapd."""
+    nc = nextcloud_server
+    anna = nc.new_user("id-anna", email="anna@amt.test", display_name="Anna Müller")
+    ben = nc.new_user("id-ben", email="ben@amt.test", display_name="Ben Krause")
+    cem = nc.new_user("id-cem", email="cem.old@amt.test", display_name="Cem Yılmaz")
+    people = {"anna": (anna.login, "ANNA@amt.test", "Anna  Müller"),      # case and spaces do not matter
+              "ben": (ben.login, "ben@amt.test", "Ben Krause"),
+              "cem": (cem.login, "cem@amt.test", "Cem Yılmaz"),
+              "dora": ("id-dora-never-made", "dora@amt.test", "Dora")}
+    ldif = "".join(person_ldif("people", p, mail=m, name=n, sam=t) for p, (t, m, n) in people.items())
+    ldif += group_ldif("groups", "amt", member_uids=list(people))
+    server = Slapd(ldif).start()
+    dept_file = make_department(tmp_path, users=tuple(people), docs_per_user=1)
+    cfg = yaml.safe_load(dept_file.read_text())
+    del cfg["users"]
+    cfg["conversion"]["enabled"] = False
+    cfg["users_from"] = {"ldap": {"url": server.url, "bind_dn": ADMIN_DN, "password": "env:LDAP_PW",
+                                  "base": f"ou=people,{SUFFIX}", "group": f"cn=amt,ou=groups,{SUFFIX}",
+                                  "source_attr": "uid", "target_attr": "sAMAccountName"}}
+    secrets = {anna.login: anna.secret, ben.login: ben.secret, cem.login: cem.secret,
+               "id-dora-never-made": "Ghost-Pass-0000"}
+    cfg["target"] = {"type": "nextcloud", "url": nc.url, "timeout": 120,
+                     "app_passwords": {login: f"env:IDPW_{i}" for i, login in enumerate(secrets)}}
+    env = {"LDAP_PW": server.admin_password, **{f"IDPW_{i}": s for i, s in enumerate(secrets.values())}}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    dept_file.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    yield dept_file, people, env
+    server.stop()
+
+
+def test_mismatch_and_missing_account_wait_the_others_move(directory_department, nextcloud_server):
+    from flows.identity import check_identities, resolve_users
+    from flows.migrate import run_flow, stopped_users
+    from core.department import load_department
+    dept_file, people, _ = directory_department
+    dept = resolve_users(load_department(dept_file))
+
+    checks = {c.source: c for c in check_identities(dept)}
+    assert {p: (c.source_account, c.target_account, c.attributes) for p, c in checks.items() if p != "cem"} == {
+        "anna": ("ok", "ok", "ok"), "ben": ("ok", "ok", "ok"),
+        "dora": ("ok", "the target refused the login (no such account, or a wrong password)", "not checked")}
+    assert "e-mail 'cem@amt.test' here, 'cem.old@amt.test' at the target" in checks["cem"].attributes
+    waiting = stopped_users(dept)
+    assert sorted(waiting) == ["cem", "dora"] and "cem.old@amt.test" in waiting["cem"]
+
+    summary = run_flow("migrate", dept_file)
+    assert sorted(summary["stopped_users"]) == ["cem", "dora"]
+    rows = ledger_rows(dept_file)
+    assert {r["state"] for r in rows if r["owner"] in ("anna", "ben")} == {"verified"}
+    assert not [r for r in rows if r["owner"] in ("cem", "dora") and r["target_ref"]]
+
+
+def test_users_command_table_json_csv(directory_department):
+    dept_file, people, env = directory_department
+    env = {**os.environ, **env, "COLUMNS": "250"}
+    out = subprocess.run(UMSTIEG + ["users", str(dept_file), "--json"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 1, out.stderr                    # cem and dora wait: a script sees it
+    rows = {r["source"]: r for r in json.loads(out.stdout)}
+    assert rows["anna"]["verdict"] == "go" and rows["cem"]["verdict"].startswith("wait: identity: attributes")
+    assert rows["dora"]["target"] == "id-dora-never-made" and rows["ben"]["email"] == "ben@amt.test"
+    csv_out = subprocess.run(UMSTIEG + ["users", str(dept_file), "--csv"], capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert csv_out.stdout.splitlines()[0].startswith("source,target,email,display_name")
+    assert len(csv_out.stdout.splitlines()) == 5
+    table = subprocess.run(UMSTIEG + ["users", str(dept_file)], capture_output=True, text=True, env=env, timeout=600)
+    assert "cem.old@amt.test" in " ".join(table.stdout.split())
+    assert "4 users: 2 go, 2 wait" in table.stderr
+    assert table.returncode == 1                              # not everyone can go: a script sees it
+    for secret in env.values():
+        if secret.startswith(("Ghost", "admin-pw")):
+            assert secret not in table.stdout + table.stderr
