@@ -421,7 +421,10 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
             if cfg.type == "folder" and (cfg.root / folder).is_dir():
                 scan_folders.append((cfg.name, user.source, cfg.root / folder))
     try:
-        result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders, volumes)
+        from flows.identity import check_identities
+        identities = [c.row() for c in check_identities(dept)]
+        result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders, volumes,
+                                  identities)
     except Exception as exc:
         _raise_plainly(exc, dept)
     via.publish_markdown(dept, "assessment", Path(result["markdown"]))

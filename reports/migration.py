@@ -497,11 +497,12 @@ def mail_volume(listing: Iterable[tuple[str, ItemRef]], volumes: Iterable[tuple[
 
 def write_assessment(dept: Department, problems: list[str], ledger: Ledger | None = None,
                      listing: Iterable[tuple[str, ItemRef]] = (), scan_folders: Iterable[tuple[str, str, Path]] = (),
-                     mail_volumes: Iterable[tuple[str, str, dict]] = ()) -> dict:
+                     mail_volumes: Iterable[tuple[str, str, dict]] = (), identities: Iterable[dict] = ()) -> dict:
     """Inventory of every source (counts and sizes by format and kind per user), the risk scan of
     the folders given, and a duration estimate. `listing` is (source user, item) for every item the
     sources list; `scan_folders` is (source name, source user, local folder) for the risk scan;
-    `mail_volumes` the mail folders as their servers count them (see `mail_volume`)."""
+    `mail_volumes` the mail folders as their servers count them (see `mail_volume`); `identities`
+    the identity map with each check (flows.identity.UserCheck.row), as `umstieg users` shows it."""
     listing = list(listing)
     mail = mail_volume(listing, mail_volumes)
     by_format: Counter = Counter()
@@ -542,7 +543,8 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
             whole = (round(sum(by_kind.values()) / items_rate, 1),
                      f"{items_rate:.2f} items/s (every step, all kinds) measured by this department's runs")
     estimate = documents / rate
-    result = {"department": dept.name, "problems": problems, "items": sum(by_kind.values()),
+    result = {"department": dept.name, "problems": problems, "identities": list(identities),
+              "items": sum(by_kind.values()),
               "by_kind": dict(by_kind),
               "bytes": sum(bytes_by_format.values()), "office_documents": documents,
               "by_format": {k: {"items": by_format[k], "bytes": bytes_by_format[k]} for k in sorted(by_format)},
@@ -571,11 +573,31 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
+def _identity_section(rows: list[dict], limit: int = 500) -> list[str]:
+    """Who becomes whom and whether each pair is proven the same person: those who would wait
+    first, so a long department's problems are not buried below thousands of good rows."""
+    if not rows:
+        return []
+    waiting = [r for r in rows if r["verdict"] != "go"]
+    lines = ["## Identity map", "", f"{len(rows)} user(s): {len(rows) - len(waiting)} go, {len(waiting)} wait "
+             "(the whole map: `umstieg users DEPT.yaml --csv`).", "",
+             "| source | target | e-mail | source account | target account | attributes | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    shown = (waiting + [r for r in rows if r["verdict"] == "go"])[:limit]
+    lines += [f"| {_cell(r['source'])} | {_cell(r['target'])} | {_cell(r['email'] or '')} | "
+              f"{_cell(r['source_account'])} | {_cell(r['target_account'])} | {_cell(r['attributes'])} | "
+              f"{_cell(r['verdict'])} |" for r in shown]
+    if len(rows) > limit:
+        lines.append(f"| … {len(rows) - limit} more | | | | | | |")
+    return lines + [""]
+
+
 def assessment_markdown(result: dict) -> str:
     """The assessment for people (and Prefect): what is there, what needs care, how long it takes."""
     lines = [f"# {result['department']}: assessment", ""]
     if result["problems"]:
         lines += ["## Problems to fix before anything moves", ""] + [f"- {_cell(p)}" for p in result["problems"]] + [""]
+    lines += _identity_section(result.get("identities") or [])
     lines += [f"{result['items']} item(s), {result['bytes'] / 2**20:.1f} MiB of files, "
               f"{result['office_documents']} Office document(s) to convert.", "",
               "| kind | items |", "|---|---:|"] + [f"| {k} | {n} |" for k, n in sorted(result["by_kind"].items())]

@@ -109,4 +109,5 @@ def users_from_ldap(cfg: LdapDirectory) -> tuple[list[User], list[str]]:
                               display_name=_first(e, cfg.name_attr)))
         except ValueError as exc:
             problems.append(f"{e['dn']}: {str(exc).splitlines()[-1].strip()[:200]}")
-    return users, problems
+    # the directory's order is its own (insertion, index): a sign-off list reads best sorted
+    return sorted(users, key=lambda u: u.source.casefold()), problems

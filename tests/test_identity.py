@@ -105,3 +105,16 @@ def test_users_command_table_json_csv(directory_department):
     for secret in env.values():
         if secret.startswith(("Ghost", "admin-pw")):
             assert secret not in table.stdout + table.stderr
+
+
+def test_assessment_shows_the_identity_map(directory_department):
+    from flows.migrate import run_flow
+    dept_file, people, _ = directory_department
+    result = run_flow("assess", dept_file)
+    rows = {r["source"]: r for r in result["identities"]}
+    assert rows["anna"]["verdict"] == "go" and rows["dora"]["verdict"].startswith("wait: identity: target")
+    text = Path(result["markdown"]).read_text(encoding="utf-8")
+    section = text.split("## Identity map", 1)[1].split("\n## ", 1)[0]
+    assert "4 user(s): 2 go, 2 wait" in section
+    lines = [line for line in section.splitlines() if line.startswith("| ") and "verdict" not in line]
+    assert {line.split("|")[1].strip() for line in lines[:2]} == {"cem", "dora"}     # who waits comes first
