@@ -72,33 +72,67 @@ def _nextcloud_accounts(target, logins: list[str]) -> dict[str, dict | str]:
     themselves); one keep-alive client, as a department has thousands of users."""
     import httpx
     verify = str(target.ca_file) if target.ca_file else target.verify_tls
-    out: dict[str, dict | str] = {}
-    with httpx.Client(base_url=target.url.rstrip("/"), verify=verify, timeout=60,
+    out: dict[str, dict | str] = {login: NOT_CHECKED for login in logins}
+    with httpx.Client(base_url=target.url.rstrip("/"), verify=verify, timeout=getattr(target, "timeout", 60),
                       headers={"OCS-APIRequest": "true"}) as client:
         for login in logins:
-            if target.username is not None:
-                auth = (target.username, target.password.resolve().get_secret_value())
-            elif login in target.app_passwords:
-                auth = (login, target.app_passwords[login].resolve().get_secret_value())
-            else:
-                out[login] = NOT_CHECKED
-                continue
+            try:
+                if target.username is not None:
+                    auth = (target.username, target.password.resolve().get_secret_value())
+                elif login in target.app_passwords:
+                    auth = (login, target.app_passwords[login].resolve().get_secret_value())
+                else:
+                    continue              # no credentials: the target's own probe makes them wait
+            except ConfigError:
+                return out                # a secret not set concerns everyone: check_department says so
             client.cookies.clear()        # the server's session cookie would answer as the previous account
             try:
                 r = client.get(f"/ocs/v2.php/cloud/users/{login}", params={"format": "json"}, auth=auth)
-            except httpx.HTTPError as exc:
-                out[login] = f"the target did not answer ({type(exc).__name__})"
-                continue
+            except httpx.HTTPError:
+                return out                # the server out of reach concerns everyone, not this user
             if r.status_code == 401:
                 out[login] = "the target refused the login (no such account, or a wrong password)"
             elif r.status_code == 404:
                 out[login] = "no such account at the target"
-            elif r.status_code == 403 or r.status_code >= 400:
-                out[login] = NOT_CHECKED if r.status_code == 403 else f"the target answered HTTP {r.status_code}"
+            elif r.status_code >= 400:
+                continue                  # not allowed to read it, or a server error: not this user's fault
             else:
-                data = r.json()["ocs"]["data"]
-                out[login] = {"email": data.get("email"), "displayname": data.get("displayname")}
+                try:
+                    data = r.json()["ocs"]["data"]
+                    out[login] = {"email": data.get("email"), "displayname": data.get("displayname")}
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue              # not Nextcloud's answer (a proxy's page): the target check says so
     return out
+
+
+def _imap_mailboxes(dept: Department, name: str, chosen: list, checks: list[UserCheck]) -> None:
+    """Each user's mailbox logs in (as the user, or as `<user>*<master>`, which Dovecot allows only
+    for a user who exists). A server out of reach concerns everyone (the department check says
+    so) and blames no user; so does a master user whom the server refuses for every mailbox."""
+    from core.errors import TransientError
+    from core.imap import TlsFailed, TokenRefused
+    from flows.steps import source_of
+    source = source_of(dept, name)
+    found: dict[int, str] = {}
+    for i, user in enumerate(chosen):
+        mailbox = user.folder_in(name)
+        try:
+            client = source.connect(mailbox)
+        except (TlsFailed, TokenRefused, TransientError, OSError):
+            return
+        except ConfigError as exc:        # this login refused, or no credentials for this mailbox
+            found[i] = f"mailbox {mailbox!r} in source {name!r} cannot be opened: {exc}"
+            continue
+        try:
+            client.logout()
+        except Exception:                 # noqa: BLE001 - the check is done; a closing error changes nothing
+            pass
+        found[i] = OK
+    if getattr(source.config, "master_user", None) and found and OK not in found.values():
+        return                            # the master user's own login, most likely: everyone's problem
+    for i, result in found.items():
+        if checks[i].source_account in (OK, NOT_CHECKED):
+            checks[i].source_account = result
 
 
 def check_identities(dept: Department, users: list[str] | None = None) -> list[UserCheck]:
@@ -111,6 +145,9 @@ def check_identities(dept: Department, users: list[str] | None = None) -> list[U
         if folder_sources:
             check.source_account = (OK if not missing else
                                     f"no user folder {user.folder_in(missing[0])!r} in source {missing[0]!r}")
+    for cfg in dept.sources:
+        if cfg.type == "imap":
+            _imap_mailboxes(dept, cfg.name, chosen, checks)
     target = dept.target
     if target.type == "nextcloud":
         accounts = _nextcloud_accounts(target, sorted({c.target for c in checks}))

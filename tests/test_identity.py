@@ -118,3 +118,25 @@ def test_assessment_shows_the_identity_map(directory_department):
     assert "4 user(s): 2 go, 2 wait" in section
     lines = [line for line in section.splitlines() if line.startswith("| ") and "verdict" not in line]
     assert {line.split("|")[1].strip() for line in lines[:2]} == {"cem", "dora"}     # who waits comes first
+
+
+def test_imap_source_mailbox_checked_with_the_master_user(tmp_path, monkeypatch):
+    """Dovecot lets `<user>*<master>` in only for a user who exists: a mailbox that is not there
+    makes that user wait; when the master user itself is refused, nobody is blamed."""
+    from servers.dovecot import Dovecot
+    from core.department import load_department
+    from flows.identity import check_identities
+    with Dovecot(users={"erik": "erik-pw-1", "fritz": "fritz-pw-2"}, tls=False, penalty=False) as server:
+        monkeypatch.setenv("IMAP_MASTER", server.master[1])
+        path = tmp_path / "department.yaml"
+        cfg = {"name": "postamt", "work_dir": str(tmp_path / "work"),
+               "users": [{"source": s, "target": f"t-{s}"} for s in ("erik", "fritz", "gone")],
+               "sources": [{"name": "imap", "type": "imap", "host": server.host, "port": server.port,
+                            "security": "none", "master_user": server.master[0], "password": "env:IMAP_MASTER"}],
+               "target": {"type": "localdir", "root": str(tmp_path / "files")}}
+        path.write_text(yaml.safe_dump(cfg))
+        checks = {c.source: c for c in check_identities(load_department(path))}
+        assert checks["erik"].source_account == "ok" and checks["fritz"].source_account == "ok"
+        assert "'gone'" in checks["gone"].source_account and checks["gone"].problem.startswith("identity: source")
+        monkeypatch.setenv("IMAP_MASTER", "not-the-master-pw")
+        assert all(c.source_account == "not checked" for c in check_identities(load_department(path)))
