@@ -29,7 +29,7 @@ from core.messages import clip
 
 log = logging.getLogger("umstieg.ledger")
 
-__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "now", "HEARTBEAT", "STALE_AFTER"]
+__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "now", "process_alive", "HEARTBEAT", "STALE_AFTER"]
 
 #: A running run writes its heartbeat this often (seconds) ...
 HEARTBEAT = 60
@@ -39,7 +39,7 @@ STALE_AFTER = 600
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process of this host has that id (a reused id counts as alive: safe side)."""
     try:
         os.kill(pid, 0)
@@ -248,7 +248,7 @@ class Ledger:
             for run in s.scalars(select(Run).where(Run.department == department, Run.status == "running")):
                 facts = run.summary or {}
                 if facts.get("host") == host and isinstance(facts.get("pid"), int):
-                    if _alive(facts["pid"]):
+                    if process_alive(facts["pid"]):
                         continue
                     why = (f"the process ({host}, pid {facts['pid']}) ended without closing this run "
                            "(killed, or the machine stopped)")

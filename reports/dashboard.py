@@ -25,7 +25,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import String
 
-from core.ledger import STALE_AFTER, Annotation, Batch, Item, Ledger, Run, State, now
+from core.ledger import STALE_AFTER, Annotation, Batch, Item, Ledger, Run, State, now, process_alive
 
 __all__ = ["NEEDS_A_PERSON", "ATTENTION", "CATEGORIES", "ATTENTION_COLUMNS", "ITEM_SORTS", "categorise",
            "waiting_users", "attention_page", "iter_attention", "attention_neighbours", "why_of",
@@ -824,16 +824,6 @@ def run_of_process(ledger: Ledger, name: str, host: str, pid: int, since: dateti
         return _run_rows(s, runs[:1])[0] if runs else None
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def live_run(ledger: Ledger, name: str) -> dict | None:
     """The department's run that is going on now, if any: {"id", "flow", "started"}.
 
@@ -848,7 +838,7 @@ def live_run(ledger: Ledger, name: str) -> dict | None:
                              .order_by(Run.id.desc())):
             facts = run.summary or {}
             if facts.get("host") == host and isinstance(facts.get("pid"), int):
-                alive = _process_alive(facts["pid"])
+                alive = process_alive(facts["pid"])
             else:
                 alive = _aware(run.heartbeat or run.started) > stale
             if alive:
