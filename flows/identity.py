@@ -68,8 +68,10 @@ def _same(ours: str | None, theirs: str | None, casefold: bool) -> bool:
 
 def _nextcloud_accounts(target, logins: list[str]) -> dict[str, dict | str]:
     """Each login's OCS user record ({'email', 'displayname'}) or why there is none. Asked as the
-    service account, or as the user with their own app password (a user may always read
-    themselves); one keep-alive client, as a department has thousands of users."""
+    user with their own app password (a user may always read themselves), or as the service
+    account: files then land in the service account's own tree, the target login need not be an
+    account, and Nextcloud answers 404 for accounts a non-admin may not see, so only an answer
+    with data counts (its attributes are compared). One keep-alive client for thousands of users."""
     import httpx
     verify = str(target.ca_file) if target.ca_file else target.verify_tls
     out: dict[str, dict | str] = {login: NOT_CHECKED for login in logins}
@@ -92,7 +94,7 @@ def _nextcloud_accounts(target, logins: list[str]) -> dict[str, dict | str]:
                 return out                # the server out of reach concerns everyone, not this user
             if r.status_code == 401:
                 out[login] = "the target refused the login (no such account, or a wrong password)"
-            elif r.status_code == 404:
+            elif r.status_code == 404 and target.username is None:
                 out[login] = "no such account at the target"
             elif r.status_code >= 400:
                 continue                  # not allowed to read it, or a server error: not this user's fault

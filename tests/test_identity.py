@@ -140,3 +140,30 @@ def test_imap_source_mailbox_checked_with_the_master_user(tmp_path, monkeypatch)
         assert "'gone'" in checks["gone"].source_account and checks["gone"].problem.startswith("identity: source")
         monkeypatch.setenv("IMAP_MASTER", "not-the-master-pw")
         assert all(c.source_account == "not checked" for c in check_identities(load_department(path)))
+
+
+def test_nextcloud_service_account_compares_only_what_it_may_see(nextcloud_server, tmp_path, monkeypatch):
+    """A plain service account cannot see other accounts (files land in its own tree): nobody is
+    blamed. An administrator service account sees them: a different e-mail makes that user wait."""
+    from core.department import load_department
+    from flows.identity import check_identities
+    nc = nextcloud_server
+    anna = nc.new_user("sa-anna", app_password=False, email="anna@amt.test")
+    ben = nc.new_user("sa-ben", app_password=False, email="ben.old@amt.test")
+    plain, admin = nc.new_user("sa-svc"), nc.new_user("sa-admin", groups=("admin",))
+    path = make_department(tmp_path, users=("anna", "ben"), docs_per_user=1)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["users"] = [{"source": "anna", "target": anna.login, "email": "anna@amt.test"},
+                    {"source": "ben", "target": ben.login, "email": "ben@amt.test"}]
+    for svc in (plain, admin):
+        monkeypatch.setenv("SVC_PW", svc.secret)
+        cfg["target"] = {"type": "nextcloud", "url": nc.url, "username": svc.login, "password": "env:SVC_PW",
+                         "folder": "Migration/{user}"}
+        path.write_text(yaml.safe_dump(cfg))
+        checks = {c.source: c for c in check_identities(load_department(path))}
+        if svc is plain:
+            assert [c.problem for c in checks.values()] == [None, None]
+            assert checks["ben"].target_account == "not checked"
+        else:
+            assert checks["anna"].problem is None and checks["anna"].attributes == "ok"
+            assert "'ben.old@amt.test' at the target" in checks["ben"].problem
