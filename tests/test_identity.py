@@ -43,24 +43,23 @@ def directory_department(nextcloud_server, tmp_path, monkeypatch):
               "dora": ("id-dora-never-made", "dora@amt.test", "Dora")}
     ldif = "".join(person_ldif("people", p, mail=m, name=n, sam=t) for p, (t, m, n) in people.items())
     ldif += group_ldif("groups", "amt", member_uids=list(people))
-    server = Slapd(ldif).start()
-    dept_file = make_department(tmp_path, users=tuple(people), docs_per_user=1)
-    cfg = yaml.safe_load(dept_file.read_text())
-    del cfg["users"]
-    cfg["conversion"]["enabled"] = False
-    cfg["users_from"] = {"ldap": {"url": server.url, "bind_dn": ADMIN_DN, "password": "env:LDAP_PW",
-                                  "base": f"ou=people,{SUFFIX}", "group": f"cn=amt,ou=groups,{SUFFIX}",
-                                  "source_attr": "uid", "target_attr": "sAMAccountName"}}
-    secrets = {anna.login: anna.secret, ben.login: ben.secret, cem.login: cem.secret,
-               "id-dora-never-made": "Ghost-Pass-0000"}
-    cfg["target"] = {"type": "nextcloud", "url": nc.url, "timeout": 120,
-                     "app_passwords": {login: f"env:IDPW_{i}" for i, login in enumerate(secrets)}}
-    env = {"LDAP_PW": server.admin_password, **{f"IDPW_{i}": s for i, s in enumerate(secrets.values())}}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    dept_file.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-    yield dept_file, people, env
-    server.stop()
+    with Slapd(ldif) as server:                     # stopped even when the set-up below fails
+        dept_file = make_department(tmp_path, users=tuple(people), docs_per_user=1)
+        cfg = yaml.safe_load(dept_file.read_text())
+        del cfg["users"]
+        cfg["conversion"]["enabled"] = False
+        cfg["users_from"] = {"ldap": {"url": server.url, "bind_dn": ADMIN_DN, "password": "env:LDAP_PW",
+                                      "base": f"ou=people,{SUFFIX}", "group": f"cn=amt,ou=groups,{SUFFIX}",
+                                      "source_attr": "uid", "target_attr": "sAMAccountName"}}
+        secrets = {anna.login: anna.secret, ben.login: ben.secret, cem.login: cem.secret,
+                   "id-dora-never-made": "Ghost-Pass-0000"}
+        cfg["target"] = {"type": "nextcloud", "url": nc.url, "timeout": 120,
+                         "app_passwords": {login: f"env:IDPW_{i}" for i, login in enumerate(secrets)}}
+        env = {"LDAP_PW": server.admin_password, **{f"IDPW_{i}": s for i, s in enumerate(secrets.values())}}
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        dept_file.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+        yield dept_file, people, env
 
 
 def test_mismatch_and_missing_account_wait_the_others_move(directory_department, nextcloud_server):
