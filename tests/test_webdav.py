@@ -541,7 +541,8 @@ def crashable_nextcloud(nextcloud_server, tmp_path_factory):
     """A real Nextcloud of this module's own: crashing an upload kills one of its PHP workers for
     good (`php -S` does not replace them), which the session's server must not suffer. Its locks
     last 8 s instead of an hour, so that a test can see one expire."""
-    server = NextcloudServer(tmp_path_factory.mktemp("crashable-nextcloud"))
+    # each crash costs a PHP worker for good: enough of them for every crash of the module's tests
+    server = NextcloudServer(tmp_path_factory.mktemp("crashable-nextcloud"), workers=10)
     server.start()
     try:
         server.set_lock_ttl(8)

@@ -79,8 +79,9 @@ class NextcloudUser:
 class NextcloudServer:
     """A real Nextcloud installed under `base` and served on 127.0.0.1 (`url`)."""
 
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, workers: int | None = None) -> None:
         self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="umstieg-test-nextcloud-"))
+        self.workers = workers                  # PHP workers (the script's default: 4)
         self.port = 0
         self.url = ""
         self._admin: httpx.Client | None = None
@@ -97,8 +98,9 @@ class NextcloudServer:
         for _ in range(5):                  # a port taken between choosing and binding: another one
             self.port = _free_port()
             self.url = f"http://127.0.0.1:{self.port}"
+            env = {**os.environ, **({"NC_WORKERS": str(self.workers)} if self.workers else {})}
             done = subprocess.run([str(SCRIPT), "start", str(self.base), str(self.port)],
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, env=env)
             if done.returncode != 0 and not (self.base / "server.pid").exists():
                 raise RuntimeError(f"Nextcloud could not be installed: {(done.stderr or done.stdout).strip()[-2000:]}")
             if self._wait_until_serving():
@@ -283,13 +285,14 @@ class NextcloudServer:
                     conn.sendall(block[:min(len(block), size - offset)])
                 worker, deadline = None, time.monotonic() + 60
                 while worker is None:              # the worker that accepted this connection
-                    master = psutil.Process(self.pid())
-                    for proc in (master, *master.children()):
-                        try:
-                            if any(c.raddr and c.raddr.port == mine for c in proc.net_connections(kind="tcp")):
-                                worker = proc
-                        except psutil.Error:
-                            continue
+                    # found by the socket itself, not as a child of the server's first process:
+                    # that one may be gone once a worker was killed (the workers serve on)
+                    for c in psutil.net_connections(kind="tcp"):
+                        if c.pid and c.laddr and c.laddr.port == self.port and c.raddr and c.raddr.port == mine:
+                            try:
+                                worker = psutil.Process(c.pid)
+                            except psutil.Error:
+                                continue
                     if worker is None and time.monotonic() > deadline:
                         raise RuntimeError("no Nextcloud worker took the upload to crash")
                 deadline = time.monotonic() + 60
