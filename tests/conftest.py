@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from servers import free_port
+
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 # Every pool the tests start keeps its profiles under this directory, so the end of the session
@@ -142,11 +144,6 @@ def env_without_proxy():
 
 
 # ----------------------------------------------------------------------- real servers on loopback
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -171,7 +168,7 @@ def postgres_url():
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
         shutil.chown(data, "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                                  "--no-sync"]), check=True, capture_output=True)
     subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
@@ -204,7 +201,7 @@ def prefect_server():
     import sys
     import time
     import urllib.request
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(RUNTIME_BASE / "prefect-server-home"))
     prefect = str(Path(sys.executable).parent / "prefect")
@@ -234,7 +231,7 @@ def dask_cluster(prefect_server):
     import subprocess
     import sys
     import time
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(RUNTIME_BASE / "dask"), PREFECT_API_URL=prefect_server)
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]

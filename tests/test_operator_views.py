@@ -20,7 +20,8 @@ from uuid import UUID
 import pytest
 import yaml
 
-from conftest import _as_postgres, _free_port
+from conftest import _as_postgres
+from servers import free_port
 from test_flows import UMSTIEG, ledger_rows, make_department
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +294,7 @@ def postgres_with_password():
     if os.geteuid() == 0:
         for p in (base, data, base / "pw"):
             shutil.chown(p, "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "scram-sha-256", "-U", "postgres",
                                  f"--pwfile={base / 'pw'}", "--no-sync"]), check=True, capture_output=True)
     subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from servers import free_port
 from test_flows import ledger_rows, make_department
 
 UMSTIEG = [sys.executable, "-m", "umstieg"]
@@ -108,12 +108,6 @@ def test_unusable_accounts_wait_with_their_reason_and_the_others_go_on(four_user
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_what_concerns_everyone_still_stops_the_department(tmp_path, monkeypatch):
     from core.department import load_department
     from flows.migrate import check_department, stopped_users
@@ -122,7 +116,7 @@ def test_what_concerns_everyone_still_stops_the_department(tmp_path, monkeypatch
     monkeypatch.setenv("NCPW_ANNA", "x")
     monkeypatch.setenv("NCPW_BEN", "y")
     # nobody listens there: the server is out of reach for everyone, no user is blamed
-    cfg["target"] = {"type": "nextcloud", "url": f"http://127.0.0.1:{_free_port()}", "timeout": 5,
+    cfg["target"] = {"type": "nextcloud", "url": f"http://127.0.0.1:{free_port()}", "timeout": 5,
                      "app_passwords": {"t-anna": "env:NCPW_ANNA", "t-ben": "env:NCPW_BEN"}}
     dept_file.write_text(yaml.safe_dump(cfg))
     dept = load_department(dept_file)
@@ -130,7 +124,7 @@ def test_what_concerns_everyone_still_stops_the_department(tmp_path, monkeypatch
     problems = check_department(dept, waiting=stopped_users(dept))
     assert len(problems) == 1 and "cannot connect" in problems[0]
     # a service account whose secret is missing: the department stops, no user waits for it
-    cfg["target"] = {"type": "nextcloud", "url": f"http://127.0.0.1:{_free_port()}", "timeout": 5,
+    cfg["target"] = {"type": "nextcloud", "url": f"http://127.0.0.1:{free_port()}", "timeout": 5,
                      "username": "svc", "password": "env:NCPW_SERVICE_UNSET"}
     monkeypatch.delenv("NCPW_SERVICE_UNSET", raising=False)
     dept_file.write_text(yaml.safe_dump(cfg))

@@ -368,9 +368,8 @@ def test_a_department_run_never_loads_a_swapped_file(tmp_path, monkeypatch):
     version once it is a plain file again."""
     import yaml
 
-    from flows import runtime
-    from flows.steps import discover, process_chunk
     from test_flows import ledger_rows
+    from test_hostile_sources import discover_then
 
     with SambaServer(password=PASSWORD) as server:
         erik = _user_folder(server, "erik", {"Akten/vertrag.txt": "Vertrag\n", "notiz.txt": "Notiz\n"})
@@ -386,24 +385,11 @@ def test_a_department_run_never_loads_a_swapped_file(tmp_path, monkeypatch):
             "conversion": {"enabled": False},
         }), encoding="utf-8")
 
-        def one_run(between):
-            try:
-                dept = runtime.department(str(dept_file))
-                ledger = runtime.ledger(dept)
-                run_id = ledger.start_run(dept.name, "migrate")
-                found = discover(dept, ledger, run_id)
-                between()
-                for owner, ids in found.todo.items():
-                    process_chunk(str(dept_file), run_id, owner, 1, ids)
-                ledger.finish_run(run_id, "completed")
-            finally:
-                runtime.close_all()
-
         def swap():
             os.unlink(erik / "Akten" / "vertrag.txt")
             os.symlink(server.root / "fritz" / "privat.txt", erik / "Akten" / "vertrag.txt")
 
-        one_run(swap)
+        discover_then(dept_file, swap)
         rows = {r["location"]: r for r in ledger_rows(dept_file)}
         assert rows["notiz.txt"]["state"] == "verified"
         assert (rows["Akten/vertrag.txt"]["state"], rows["Akten/vertrag.txt"]["reason"]) == \
@@ -416,7 +402,7 @@ def test_a_department_run_never_loads_a_swapped_file(tmp_path, monkeypatch):
         os.unlink(erik / "Akten" / "vertrag.txt")
         (erik / "Akten" / "vertrag.txt").write_text("Vertrag, neu\n")
         server.make_readable()
-        one_run(put_back)
+        discover_then(dept_file, put_back)
         rows = {r["location"]: r for r in ledger_rows(dept_file)}
         assert rows["Akten/vertrag.txt"]["state"] == "verified"
         assert (tmp_path / "target" / "t-erik" / "Akten" / "vertrag.txt").read_text() == "Vertrag, neu\n"

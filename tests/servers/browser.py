@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / ".cache" / "npm" / "node_modules" / "axe-core" / "axe.min.js"
@@ -91,12 +92,6 @@ def _thumbnails(dept, item, source: Path, thumbs: Path) -> None:
     record = assess(source, Path(item.target_ref), FORMATS["docx"], render=runtime.converter_pool(dept).render_pdf,
                     visual=True, thumbs=thumbs, key=item.sha256[:16])
     assert (record.visual or {}).get("thumbnails"), record.visual
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DashboardServer:

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from servers import free_port
+
 __all__ = ["Dovecot", "DEFAULT_SPECIAL_USE", "free_port", "dovecot_factory"]
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -43,12 +45,6 @@ DEFAULT_SPECIAL_USE = {"Sent": "\\Sent", "Trash": "\\Trash", "Junk": "\\Junk", "
                        "Archive": "\\Archive"}
 MAIL_USER = "nobody"
 MAIL_GROUP = "nogroup"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _quote(name: str) -> str:

@@ -34,6 +34,8 @@ from urllib.parse import quote, unquote
 
 import httpx
 
+from servers import free_port
+
 __all__ = ["NEXTCLOUD_HOME", "NextcloudServer", "NextcloudUser", "nextcloud_missing"]
 
 #: ../shared/nextcloud, beside the project's checkout (as ../shared/corpus is)
@@ -54,12 +56,6 @@ def nextcloud_missing() -> str | None:
     if missing:
         return f"PHP modules missing for Nextcloud ({', '.join(missing)}): run bin/setup"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -96,7 +92,7 @@ class NextcloudServer:
 
     def start(self) -> None:
         for _ in range(5):                  # a port taken between choosing and binding: another one
-            self.port = _free_port()
+            self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             env = {**os.environ, **({"NC_WORKERS": str(self.workers)} if self.workers else {})}
             done = subprocess.run([str(SCRIPT), "start", str(self.base), str(self.port)],

@@ -17,13 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from servers import free_port
+
 __all__ = ["RadicaleServer"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RadicaleServer:
@@ -33,7 +29,7 @@ class RadicaleServer:
                  max_content_length: int | None = None, max_rrule: int | None = None) -> None:
         self.root = Path(root)
         self.users = users
-        self.port = _free_port()
+        self.port = free_port()
         self.limits = {"max_resource_size": max_resource_size, "max_content_length": max_content_length,
                        "max_vevent_rrule_occurrence": max_rrule}
         self._proc: subprocess.Popen | None = None

@@ -14,27 +14,22 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from servers import free_port
+
 __all__ = ["MotoS3", "FaultProxy"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MotoS3:
     """`python -m moto.server` on 127.0.0.1 and a free port; `url` is its endpoint."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self._proc: subprocess.Popen | None = None
 
     @property

@@ -22,16 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from servers import free_port
+
 __all__ = ["SambaServer", "smbd_missing"]
 
 SMBD = "/usr/sbin/smbd"
 SMBPASSWD = "/usr/bin/smbpasswd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def smbd_missing() -> str | None:
@@ -56,7 +52,7 @@ class SambaServer:
         self.password = password
         self.force_user = force_user
         self.share = "data"
-        self.port = _free_port()
+        self.port = free_port()
         # not under pytest's tmp dirs: those are private to root, and smbd reads the share as `nobody`
         self.base = Path(tempfile.mkdtemp(prefix="umstieg-test-smb-"))
         self.root = self.base / "share"

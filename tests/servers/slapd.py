@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from servers import free_port
+
 __all__ = ["Slapd", "SUFFIX", "ADMIN_DN", "person_ldif", "group_ldif", "free_port"]
 
 SLAPD = "/usr/sbin/slapd"
@@ -40,12 +42,6 @@ attributetype ( 1.3.6.1.4.1.55555.1.2 NAME 'userPrincipalName' EQUALITY caseIgno
 objectclass ( 1.3.6.1.4.1.55555.2.1 NAME 'umstiegADAccount' SUP top AUXILIARY
   MAY ( sAMAccountName $ userPrincipalName ) )
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def person_ldif(ou: str, uid: str, mail: str | None = None, name: str | None = None,

@@ -18,13 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from servers import free_port
+
 __all__ = ["WsgiDavServer"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class WsgiDavServer:
@@ -34,7 +30,7 @@ class WsgiDavServer:
         self.root = Path(root)
         self.users = users
         self.mount = mount
-        self.port = _free_port()
+        self.port = free_port()
         self._proc: subprocess.Popen | None = None
 
     @property
