@@ -10,7 +10,6 @@ from the same tables, with column headers translated by the caller's `translate`
 from __future__ import annotations
 
 import json
-import os
 import socket
 import tempfile
 from collections import Counter, defaultdict
@@ -295,11 +294,17 @@ def attention_page(ledger: Ledger, name: str, filters: dict, page: int = 1, per_
 
 
 def iter_attention(ledger: Ledger, name: str, filters: dict, chunk: int = 5000) -> Iterator[list[dict]]:
+    """The whole "needs a person" queue in chunks (for an export)."""
+    return _by_id(ledger, _attention_query(name, filters), chunk)
+
+
+def _by_id(ledger: Ledger, query, chunk: int) -> Iterator[list[dict]]:
+    """The rows of an item query in chunks, by keyset on the id (a session per chunk, so that a
+    long export holds no transaction open and memory stays flat)."""
     last = 0
     while True:
         with ledger.session() as s:
-            rows = [dict(r._mapping) for r in s.execute(
-                _attention_query(name, filters).where(Item.id > last).order_by(Item.id).limit(chunk))]
+            rows = [dict(r._mapping) for r in s.execute(query.where(Item.id > last).order_by(Item.id).limit(chunk))]
         if not rows:
             return
         yield rows
@@ -594,8 +599,7 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
                               frozenset({"items"}))
     rf = _run_facts(ledger, [name])[name]
     rate = rf.rate
-    not_done = total_items_all = sum(totals.values())
-    not_done -= cats["done"]
+    not_done = sum(totals.values()) - cats["done"]
     trend_rows, later = [], 0
     for point in reversed(rf.runs):
         trend_rows.append({**point, "not_done": not_done + later})
@@ -670,15 +674,7 @@ def item_page(ledger: Ledger, name: str, filters: dict, page: int = 1, per_page:
 
 def iter_items(ledger: Ledger, name: str, filters: dict, chunk: int = 5000) -> Iterator[list[dict]]:
     """Every matching item in chunks (for a full export), by keyset on the id."""
-    last = 0
-    while True:
-        with ledger.session() as s:
-            rows = [dict(r._mapping) for r in s.execute(
-                _item_query(name, filters).where(Item.id > last).order_by(Item.id).limit(chunk))]
-        if not rows:
-            return
-        yield rows
-        last = rows[-1]["id"]
+    return _by_id(ledger, _item_query(name, filters), chunk)
 
 
 def failed_count(ledger: Ledger, name: str, *, error_class: str | None = None, user: str | None = None,
