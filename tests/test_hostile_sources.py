@@ -9,7 +9,6 @@ against a real Samba in test_smb.py, `umstieg convert` in test_convert_tree.py.)
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import stat

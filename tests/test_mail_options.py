@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from imapclient import IMAPClient
-from pydantic import ValidationError
 from sqlalchemy import select
 
-from conftest import CORPUS
 from core.department import MailOptions, load_department
 from core.errors import ConfigError
 from core.ledger import Item

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import struct
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -19,7 +19,6 @@ import icalendar
 import pytest
 
 from core.department import CalDavTarget, CardDavTarget, ExportSource
-from core.errors import ItemError
 from core.items import Kind
 from servers.radicale import RadicaleServer
 from sinks.groupware import CalDav, CardDav

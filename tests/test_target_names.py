@@ -5,7 +5,6 @@ folder target and at a real Nextcloud 27."""
 from __future__ import annotations
 
 import json
-import shutil
 import unicodedata
 from pathlib import Path
 

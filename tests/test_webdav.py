@@ -22,7 +22,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import pytest
 import yaml
 
