@@ -1,6 +1,6 @@
 """LibreOffice workers as the pool sees them: local processes it owns, or remote unoservers.
 
-A local worker is `python -m converters.worker` in a process group of its own (LibreOffice's
+A local worker is `python -m converters.soffice_server` in a process group of its own (LibreOffice's
 launcher and soffice.bin inherit it), so one `killpg` removes every process of that worker: the
 pid file unoserver writes names the launcher, not the worker, and killing it alone orphans
 soffice.bin with its port still bound.
@@ -34,10 +34,10 @@ log = logging.getLogger("umstieg.converters")
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-#: Prefix of the load options among the filter options (kept equal to converters.worker.LOAD_OPTION,
+#: Prefix of the load options among the filter options (kept equal to converters.soffice_server.LOAD_OPTION,
 #: which runs under LibreOffice's Python and is never imported here).
 LOAD_OPTION = "umstieg-load:"
-#: Suffix of the report a local worker writes beside its output (converters.worker.LOAD_REPORT).
+#: Suffix of the report a local worker writes beside its output (converters.soffice_server.LOAD_REPORT).
 LOAD_REPORT = ".umstieg-load.json"
 
 #: How long a remote worker that failed stays out of the pool before it is tried again.
@@ -153,7 +153,7 @@ class Worker:
         `import_filter` None or "": LibreOffice's type detection chooses it.
         `filter_options` ("Name=Value") go to the export filter, e.g. "PageRange=1-12" for PDF.
         `load_options` ("RepairPackage": "true", "RefusePlainText": "true") go to the worker's load
-        (converters.worker); a plain unoserver ignores them.
+        (converters.soffice_server); a plain unoserver ignores them.
         `memory_limit` (bytes, 0 = none): LibreOffice is killed when it grows beyond it meanwhile.
         """
         client = self._client()
@@ -296,7 +296,7 @@ class LocalWorker(Worker):
                 if self._stopped:
                     raise WorkerDied(f"worker {self.id} was stopped while starting")
                 self.process = subprocess.Popen(
-                    [self.python, "-m", "converters.worker", "--port", str(self.port),
+                    [self.python, "-m", "converters.soffice_server", "--port", str(self.port),
                      "--uno-port", str(uno_port), "--profile", str(self.profile), "--soffice", self.soffice,
                      "--parent-pid", str(os.getpid())],
                     stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, env=env,

@@ -1,4 +1,5 @@
-"""The kernel: item model, outcomes, error taxonomy and settings shared by every part.
+"""The kernel: items, the ledger, the department model, outcomes, the error taxonomy and settings.
 
-core imports nothing from the rest of umstieg; everything else may import core.
+core imports nothing from the rest of umstieg; everything else may import core. Protocol clients
+(IMAP, HTTP, S3, iCalendar/vCard) live beside it in clients/.
 """

@@ -112,7 +112,7 @@ def _imap_mailboxes(dept: Department, name: str, chosen: list, checks: list[User
     for a user who exists). A server out of reach concerns everyone (the department check says
     so) and blames no user; so does a master user whom the server refuses for every mailbox."""
     from core.errors import TransientError
-    from core.imap import TlsFailed, TokenRefused
+    from clients.imap import TlsFailed, TokenRefused
     from flows.steps import source_of
     source = source_of(dept, name)
     found: dict[int, str] = {}

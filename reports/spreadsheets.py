@@ -7,7 +7,7 @@ hyperlinks, protection), plus workbook-wide defined names, data validations, cha
 tables.
 
 Excel stores each formula's last computed ("cached") value beside the formula. The workers load
-OOXML workbooks with "recalculate on load: always" (see converters/worker.py), so the ODS holds
+OOXML workbooks with "recalculate on load: always" (see converters/soffice_server.py), so the ODS holds
 the values LibreOffice computes: comparing them with Excel's cached values shows where LibreOffice
 calculates differently. Sheets are read as streams, row by row, so memory stays bounded; past
 `max_rows` rows per sheet the comparison stops (and says so).

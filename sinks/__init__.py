@@ -1,1 +1,2 @@
-"""One module per target protocol or system (webdav, caldav, carddav, imap, localdir, s3)."""
+"""One module per target system: webdav (Nextcloud, OX Drive), groupware (CalDAV, CardDAV), imap,
+s3 and localdir; http, names, twins and mailfolders are what several of them share."""

@@ -20,10 +20,10 @@ then verifies what. A 409 `no-uid-conflict` means the UID lives under another na
 collection: that resource is the reference.
 
 Servers rewrite what they store, so `digest` is not a hash of the bytes but a fingerprint of the
-fields a server must keep (core.pim); `find` and `verify` read the object back and compare the
+fields a server must keep (clients.pim); `find` and `verify` read the object back and compare the
 fingerprint field by field, naming what differs.
 
-vCard 2.1 cards (Outlook's export) are sent as vCard 3.0 (core.pim.vcard_30): CardDAV servers
+vCard 2.1 cards (Outlook's export) are sent as vCard 3.0 (clients.pim.vcard_30): CardDAV servers
 must refuse 2.1 (Nextcloud: 415), and Radicale, which takes them, loses their types and cuts their
 notes at the first comma.
 
@@ -59,9 +59,9 @@ import icalendar
 from core.plugins import PerProcess
 from core.department import CalDavTarget, CardDavTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError
-from core.http import retry_after
+from clients.http import retry_after
 from core.messages import clip
-from core.pim import PimError, components, differences, event_uid, fingerprint, instance_count, vcard_30, \
+from clients.pim import PimError, components, differences, event_uid, fingerprint, instance_count, vcard_30, \
     with_contact_uid
 from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
 from sinks.webdav import MAX_RETRY_AFTER, QuotaExceeded
@@ -316,7 +316,7 @@ class _Dav(HttpTarget):
             raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
 
     def digest(self, src: Path) -> str:
-        """The fingerprint of the fields a server must keep (core.pim), not a hash of the bytes."""
+        """The fingerprint of the fields a server must keep (clients.pim), not a hash of the bytes."""
         uid, data = self._object(src)
         try:
             digest = fingerprint(data)

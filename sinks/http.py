@@ -19,7 +19,7 @@ import httpx
 from pydantic import SecretStr
 
 from core.errors import ConfigError, ItemError, TransientError
-from core.http import make_client
+from clients.http import make_client
 
 __all__ = ["TRANSIENT_STATUS", "AccountAuth", "HttpTarget", "Unreachable", "caused_by"]
 
@@ -48,7 +48,7 @@ class AccountAuth(httpx.Auth):
     checking the password again: an app password's token lookup, or ~0.65 s of argon2 for a login
     password (measured on Nextcloud 27, 2 cores). A session belongs to one account, and a request
     carrying it acts as that account whatever credentials it also sends, so cookies never go into
-    the client's shared jar (core.http keeps none): each account keeps its own here, and every
+    the client's shared jar (clients.http keeps none): each account keeps its own here, and every
     request still carries its own account's credentials, so a session the server dropped is
     replaced by the next answer."""
 

@@ -25,7 +25,7 @@ target message: `find` and `append_stream` skip a matching copy that another sou
 not as the department says; a folder the department renamed (meta `target_folder`) lands exactly
 there, without the special-folder mapping.
 
-Connecting (TLS, login) and the pool of one connection per (account, thread) are `core.imap`'s,
+Connecting (TLS, login) and the pool of one connection per (account, thread) are `clients.imap`'s,
 shared with the IMAP source; what a refusal means for the target is decided here.
 
 `append_stream` is the fast path for whole mailboxes: several connections append at once while
@@ -58,7 +58,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from core.plugins import PerProcess
 from core.department import ImapTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
-from core.imap import (Conn, ImapAccounts, LoginRefused as _Refused, list_folders, response_code as _response_code,
+from clients.imap import (Conn, ImapAccounts, LoginRefused as _Refused, list_folders, response_code as _response_code,
                        server_words as _server_words, text as _text, tls_context as _tls_context)
 from sinks.mailfolders import USES, target_levels
 

@@ -34,7 +34,7 @@ import botocore.exceptions
 
 from core.plugins import PerProcess
 from core.department import S3ArchiveTarget
-from core.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
+from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
 from core.digests import sha256_file
 from core.errors import FatalError, ItemError, TransientError
 

@@ -57,7 +57,7 @@ import httpx
 from core.plugins import PerProcess
 from core.department import NextcloudTarget, OXDriveTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
-from core.http import retry_after
+from clients.http import retry_after
 from core.messages import clip
 from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
 from sinks.names import safe_path

@@ -51,7 +51,7 @@ from pathlib import Path, PurePosixPath
 from core.department import ExportSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
-from core.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
+from clients.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
 from core.messages import clip
 from sources.outlook import (ansi_codepage, appointment_uid, contact_uid, msg_appointment_ical, msg_contact_vcard,
                               msg_text)

@@ -38,7 +38,7 @@ from pydantic import SecretStr
 from core.plugins import PerProcess
 from core.department import _GraphApp
 from core.errors import ConfigError, ItemError, TransientError
-from core.http import make_client, retry_after
+from clients.http import make_client, retry_after
 
 __all__ = ["GraphClient", "Delta", "DeltaExpired", "Changes", "client_for", "user_agent", "quote_segment"]
 

@@ -3,7 +3,7 @@
 A mailbox is opened with a master user (Dovecot's `<user>*<master>`), the user's own password,
 or an OAuth access token (XOAUTH2: Microsoft 365 and Gmail): handed in per mailbox (`oauth_tokens`),
 or fetched by the migration itself as an application (`oauth`, client credentials, renewed before
-it expires: `core.imap.AppTokens`). Reading never changes the source:
+it expires: `clients.imap.AppTokens`). Reading never changes the source:
 folders are opened with EXAMINE (read-only), never SELECT, and bodies are fetched with
 BODY.PEEK[], so no \\Seen flag is set by the migration.
 
@@ -29,7 +29,7 @@ so a large message is never held whole in memory. `fetch_messages` reads many me
 command per batch, for the mail copy fast path (`sinks.imap.ImapSink.append_stream`).
 
 Connections are pooled: one per (mailbox, thread), reused by every call of that thread; connecting,
-logging in and the pool are `core.imap`'s, shared with the IMAP target.
+logging in and the pool are `clients.imap`'s, shared with the IMAP target.
 Failures are decided here: connection failures and timeouts are `TransientError`; a message that
 vanished (expunged) or a folder whose UIDVALIDITY changed since discovery is an `ItemError`; a
 login refused during a run stops that user (`UserStopped`); an identity platform refusing the
@@ -55,7 +55,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from core.plugins import PerProcess
 from core.department import ImapSource
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
-from core.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused, TlsFailed, TokenRefused, list_folders,
+from clients.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused, TlsFailed, TokenRefused, list_folders,
                        server_words as _server_words, text as _text)
 from core.items import ItemRef, Kind
 from core.mailselection import FolderPlan, MailSelection

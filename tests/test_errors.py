@@ -13,7 +13,7 @@ from core.outcomes import Outcome
 
 
 def _errors():
-    from core.imap import LoginRefused
+    from clients.imap import LoginRefused
     from flows.steps import _ConversionFailed
     from sinks.groupware import Refused
     from sinks.imap import MailboxFull

@@ -19,7 +19,7 @@ import pytest
 from core.department import ExportSource, LocalDirTarget
 from core.errors import ItemError
 from core.items import Kind
-from core.pim import event_uid, split_calendar
+from clients.pim import event_uid, split_calendar
 from sinks.localdir import LocalDir
 from sources.export import ExportFiles, source_for, special_use_of
 

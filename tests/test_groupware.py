@@ -19,7 +19,7 @@ import yaml
 
 from core.department import CalDavTarget, CardDavTarget, ExportSource
 from core.errors import ConfigError, FatalError, ItemError, TransientError
-from core.pim import contact_fields, contact_fingerprint, differences, event_fingerprint, vcard_30
+from clients.pim import contact_fields, contact_fingerprint, differences, event_fingerprint, vcard_30
 from servers.radicale import RadicaleServer
 from sinks.groupware import CalDav, CardDav, collection_name, resource_name
 from sources.export import source_for

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from core.department import ImapSource, ImapTarget
 from core.errors import ConfigError, TransientError, UserStopped
-from core.imap import TokenRefused
+from clients.imap import TokenRefused
 from servers.dovecot import Dovecot, dovecot_factory, free_port  # noqa: F401  (a fixture)
 from servers.oauth import OAuthTestServer
 from sinks.imap import ImapSink

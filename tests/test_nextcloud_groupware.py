@@ -18,7 +18,7 @@ import pytest
 
 from core.department import CalDavTarget, CardDavTarget, ExportSource
 from core.errors import ItemError
-from core.pim import contact_fields
+from clients.pim import contact_fields
 from sinks.groupware import CalDav, CardDav, Refused
 from sources.export import source_for
 from test_groupware import RICH_CARD, load, recurring_event, write

@@ -408,7 +408,7 @@ def test_remote_worker_joins_the_pool(tmp_path):
     from converters.workers import _free_port
     port, uno_port = _free_port(), _free_port()
     profile = runtime_dir("remote") / "profile"
-    proc = subprocess.Popen([sys.executable, "-m", "converters.worker", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "converters.soffice_server", "--port", str(port),
                              "--uno-port", str(uno_port), "--profile", str(profile)],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -732,7 +732,7 @@ def test_remote_worker_on_a_closed_port_stops_the_start(tmp_path):
 def _start_remote_worker(name: str) -> tuple[subprocess.Popen, int]:
     from converters.workers import _free_port, probe
     port, uno_port = _free_port(), _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "converters.worker", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "converters.soffice_server", "--port", str(port),
                              "--uno-port", str(uno_port), "--profile", str(runtime_dir(name) / "profile")],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
@@ -823,7 +823,7 @@ def test_profile_settings_exist_in_libreoffice_schema_and_links_are_never_update
     shipped defaults, both "on request", must read 1 (MANUAL) and 2 (LM_ON_DEMAND), which ties
     these enums to the installed schema.
     """
-    from converters.worker import PROFILE_SETTINGS
+    from converters.soffice_server import PROFILE_SETTINGS
     props = _schema_props()
     for path, name, type_, value in PROFILE_SETTINGS:
         if "['" in path:                        # an entry of a set (Jobs), not a schema property
@@ -840,7 +840,7 @@ def test_profile_settings_exist_in_libreoffice_schema_and_links_are_never_update
 
 def test_a_kept_profile_gets_the_corrected_settings(tmp_path):
     """A profile kept from an earlier version (UMSTIEG_RUNTIME_DIR) with Writer's links on "always"."""
-    from converters.worker import prepare_profile
+    from converters.soffice_server import prepare_profile
     prepare_profile(tmp_path / "p")
     xcu = tmp_path / "p" / "user" / "registrymodifications.xcu"
     fresh = xcu.read_text()

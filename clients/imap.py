@@ -31,7 +31,7 @@ from core.messages import clip
 __all__ = ["MAX_OPEN_PER_THREAD", "TOKEN_MARGIN", "AppTokens", "Conn", "ImapAccounts", "LoginRefused", "TlsFailed",
            "TokenRefused", "list_folders", "response_code", "server_words", "text", "tls_context"]
 
-log = logging.getLogger("umstieg.core.imap")
+log = logging.getLogger("umstieg.clients.imap")
 
 #: Connections one thread keeps open (to as many accounts), the least recently used closed first.
 MAX_OPEN_PER_THREAD = 4
@@ -191,7 +191,7 @@ class AppTokens:
         """What a failed request to the identity platform means: an untrusted certificate is the
         configuration's (`TlsFailed`), anything else (no connection, a timeout, a 5xx) is transient."""
         import requests
-        from core.http import retry_after
+        from clients.http import retry_after
         if isinstance(exc, requests.exceptions.SSLError):
             return TlsFailed(f"TLS with the identity platform at {where} failed: set oauth.ca_file to the CA that "
                              "signed its certificate")

@@ -1,6 +1,6 @@
 """The program each local LibreOffice worker runs: unoserver's XML-RPC server, hardened.
 
-Started by the pool as `python -m converters.worker ...` in a process group of its own; it starts
+Started by the pool as `python -m converters.soffice_server ...` in a process group of its own; it starts
 one `soffice` with its own user profile and UNO port, and serves unoserver's XML-RPC API on its
 own port, so unoserver's client talks to it unchanged.
 
@@ -332,7 +332,7 @@ def _kill_group_and_exit(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m converters.worker")
+    parser = argparse.ArgumentParser(prog="python -m converters.soffice_server")
     parser.add_argument("--port", type=int, required=True, help="XML-RPC port (unoserver's API)")
     parser.add_argument("--uno-port", type=int, required=True, help="LibreOffice's UNO socket port")
     parser.add_argument("--profile", type=Path, required=True, help="LibreOffice user profile directory")
