@@ -304,7 +304,8 @@ def run_flow(src: dict, tgt: dict, pairs: list[list[str]], staging: str, mail: d
     import yaml
     from concurrent.futures import ThreadPoolExecutor
     from flows import runtime
-    from flows.steps import discover, process_chunk
+    from flows.discovery import discover
+    from flows.steps import process_chunk
     (user, target), = pairs
     os.environ["BENCH_MASTER"] = MASTER[1]
     common = {"security": "none", "master_user": MASTER[0], "password": "env:BENCH_MASTER", "timeout": 60}

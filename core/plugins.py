@@ -1,6 +1,6 @@
 """The shapes every source and every target (sink) module offers to the flows.
 
-flows/steps.py picks the module for a configured `type` (`source_of`, `target_of`) and uses only
+flows/systems.py picks the module for a configured `type` (`source_of`, `target_of`) and the flows use only
 these methods, so a new system is a new module plus a config model, nothing else.
 
 Items of every kind take the same road: a source lists ItemRefs and streams one item's bytes

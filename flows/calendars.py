@@ -8,7 +8,7 @@ A server limits how many calendars an account may have and how many it may make 
 from __future__ import annotations
 
 from core.department import Department
-from flows.steps import sink_for, source_of
+from flows.systems import sink_for, source_of
 
 __all__ = ["calendar_problems"]
 

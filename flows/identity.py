@@ -113,7 +113,7 @@ def _imap_mailboxes(dept: Department, name: str, chosen: list, checks: list[User
     so) and blames no user; so does a master user whom the server refuses for every mailbox."""
     from core.errors import TransientError
     from clients.imap import TlsFailed, TokenRefused
-    from flows.steps import source_of
+    from flows.systems import source_of
     source = source_of(dept, name)
     found: dict[int, str] = {}
     for i, user in enumerate(chosen):

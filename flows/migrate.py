@@ -44,8 +44,9 @@ from core.messages import clip
 from flows import runtime
 from flows.calendars import calendar_problems
 from flows.limits import Chunk, ChunkGate, Window, host_of
-from flows.steps import (TARGET_FIELD, discover, process_chunk, relist_unlisted, reset_for_rerun, select_failed,
-                         source_of, targets_of, with_retries)
+from flows.discovery import discover, relist_unlisted
+from flows.steps import process_chunk, reset_for_rerun, select_failed, with_retries
+from flows.systems import TARGET_FIELD, source_of, targets_of
 from reports.migration import run_summary, write_run_report
 
 __all__ = ["migrate", "rerun", "assess", "report", "check_department", "stopped_users", "task_runner_for",

@@ -535,10 +535,10 @@ def test_corpus_messages_and_series(server, corpus, tmp_path):
 
 # ------------------------------------------------------------------------------------ through the flow's step
 def test_flow_discovery_records_the_delta_in_the_ledger(server, tmp_path):
-    """flows.steps.discover with an `ews` source: new items, then exactly one changed and one removed."""
+    """flows.discovery.discover with an `ews` source: new items, then exactly one changed and one removed."""
     from core.department import Department
     from core.ledger import Ledger
-    from flows.steps import discover
+    from flows.discovery import discover
     mb = server.mailbox(ANNA)
     ids = [mb.add_message(mail(n)) for n in range(3)]
     mb.add_event(SERIES)

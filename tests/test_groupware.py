@@ -644,7 +644,8 @@ def test_corpus_recurring_events_expand_alike(corpus, radicale, tmp_path):
 
 def test_department_moves_calendars_and_contacts_end_to_end(radicale, tmp_path):
     """discover → extract → load → verify through the flow's steps, twice: nothing doubles."""
-    from flows.steps import discover, process_chunk
+    from flows.discovery import discover
+    from flows.steps import process_chunk
     from flows import runtime
     from core.ledger import Item
     from sqlalchemy import select

@@ -84,7 +84,8 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def discover_then(dept_file: Path, between) -> dict:
     """Discover, call `between()` (the user's move), then take every pending item through its steps."""
     from flows import runtime
-    from flows.steps import discover, process_chunk
+    from flows.discovery import discover
+    from flows.steps import process_chunk
     try:
         dept = runtime.department(str(dept_file))
         ledger = runtime.ledger(dept)

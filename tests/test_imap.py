@@ -528,7 +528,8 @@ def test_corpus_messages_arrive_byte_equal(servers, corpus):
 def test_a_department_moves_mail_end_to_end(servers, tmp_path):
     """discover + process_chunk, as flows/migrate runs them, with an imap source and mail_target."""
     from flows import runtime
-    from flows.steps import discover, process_chunk
+    from flows.discovery import discover
+    from flows.steps import process_chunk
     from core.ledger import Item
     from sqlalchemy import select
     source_server, target_server = servers

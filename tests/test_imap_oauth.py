@@ -293,7 +293,8 @@ def test_a_department_with_oauth_moves_mail(servers, idp, tmp_path, monkeypatch)
     from core.department import load_department
     from flows import runtime
     from flows.migrate import check_department
-    from flows.steps import discover, process_chunk
+    from flows.discovery import discover
+    from flows.steps import process_chunk
     from core.ledger import Batch
     from sqlalchemy import select
     import sources.imap as imap_source

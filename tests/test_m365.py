@@ -378,7 +378,7 @@ def test_discovery_through_the_flows_records_every_kind_with_its_meta(graph, tmp
     from sqlalchemy import select
     from core.ledger import Item
     from flows import runtime
-    from flows.steps import discover
+    from flows.discovery import discover
 
     box, sent = _mailbox(graph)
     weekly, instances = _weekly_series()
@@ -580,7 +580,8 @@ def test_answered_and_forwarded_arrive_at_dovecot_and_a_later_reply_follows(grap
     """discover + process_chunk as the migrate flow runs them, Graph test server → real Dovecot."""
     import yaml
     from flows import runtime
-    from flows.steps import discover, process_chunk
+    from flows.discovery import discover
+    from flows.steps import process_chunk
 
     box, sent = _replied_mailbox(graph)
     dept_file = tmp_path / "department.yaml"

@@ -294,7 +294,8 @@ def test_the_department_pipeline_moves_a_onedrive(graph, tmp_path):
     """discover → extract → load → verify through flows.steps, into a local directory target."""
     import yaml
     from flows import runtime
-    from flows.steps import discover, process_chunk
+    from flows.discovery import discover
+    from flows.steps import process_chunk
 
     drive, files, _ = _fill(graph)
     config = {
