@@ -16,11 +16,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from core.items import ItemRef
 
-__all__ = ["Source", "Sink", "PerProcess"]
+__all__ = ["Source", "Sink", "Account", "ChecksUsers", "PerProcess"]
 
 T = TypeVar("T")
 
@@ -66,6 +67,31 @@ class Sink(Protocol):
 
     def remove(self, ref: str) -> None:
         """Delete an item at the target (only for delete_at_target)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """What a system says about one user's account, mailbox, drive or folder there.
+
+    `exists` is None when it could not tell (the server out of reach, not allowed to look): that
+    concerns everyone and the department check says so, so no user is blamed for it. `email` and
+    `display_name` are what the system itself holds, where it tells them, to be compared with the
+    other side's; `why` says why an account does not exist or cannot be opened (never a secret)."""
+
+    exists: bool | None
+    email: str | None = None
+    display_name: str | None = None
+    why: str | None = None
+
+
+@runtime_checkable
+class ChecksUsers(Protocol):
+    """An optional ability of a source or a sink: say, before anything moves, whether each user's
+    account exists there and what it is called (the identity check of flows/identity.py)."""
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """Each name's Account (sources: the user's folder, drive or mailbox there; sinks: the
+        target login). Batched: one connection for thousands of users."""
 
 
 class PerProcess(Generic[T]):
