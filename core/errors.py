@@ -35,8 +35,13 @@ class ConfigError(UmstiegError):
 class TransientError(UmstiegError):
     """A failure that may go away by itself: retry with backoff.
 
-    `retry_after` (seconds) is set when the other side said how long to wait.
+    `retry_after` (seconds) is set when the other side said how long to wait. `attempts` is how
+    often a retry policy already tried (0: not yet; set, outer layers pass the error on, see
+    core/retry.py); `policy`, when set, is the retry policy of the system that raised it.
     """
+
+    attempts: int = 0
+    policy = None
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)

@@ -71,7 +71,8 @@ def __getattr__(name: str):
 class _Threads:
     """Chunks on this process's threads, at most `workers` at once. A chunk that failed with a
     TransientError runs again after each of CHUNK_RETRY_WAITS (or the server's Retry-After), as
-    Prefect retries the chunk task; any other failure ends it at once."""
+    Prefect retries the chunk task, even when a client already retried the request that failed (a
+    chunk is a new unit of work: its items that failed stay failed); any other failure ends it at once."""
 
     def __init__(self, dept_file: str, run_id: int, workers: int) -> None:
         self.dept_file, self.run_id, self.workers = dept_file, run_id, workers
@@ -87,7 +88,7 @@ class _Threads:
 
     def submit(self, chunk: Chunk):
         return self.pool.submit(with_retries, process_chunk, self.dept_file, self.run_id, chunk.owner, chunk.number,
-                                list(chunk.item_ids), waits=CHUNK_RETRY_WAITS)
+                                list(chunk.item_ids), waits=CHUNK_RETRY_WAITS, retry_spent=True)
 
     @staticmethod
     def wait(futures: list, timeout: float) -> set:

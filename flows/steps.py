@@ -29,6 +29,7 @@ from core.items import ItemRef, Kind
 from core.ledger import Item, Ledger, State, now
 from core.outcomes import Outcome
 from core.plugins import Sink
+from core.retry import with_retries  # one policy for every retry (issue 18); kept importable from here
 from flows import runtime
 from flows.sharing import plan_shares
 from flows.systems import sink_for, source_of, target_of
@@ -217,25 +218,6 @@ _COMMIT_EVERY = 100
 
 def _staging(dept: Department, item: Item) -> Path:
     return dept.work_dir / "staging" / str(item.id)
-
-
-#: Waits before the retries of a step that failed transiently (a server said "not now").
-RETRY_WAITS = (2.0, 10.0, 30.0)
-
-
-def with_retries(step, *args, waits=RETRY_WAITS, sleep=time.sleep):
-    """Run `step(*args)`, retrying on TransientError after each wait (or the server's Retry-After).
-
-    Throttling and 5xx answers are normal in a migration, not errors: only when they persist does
-    the item fail, with the class `transient`, to be rerun later.
-    """
-    for wait in (*waits, None):
-        try:
-            return step(*args)
-        except TransientError as exc:
-            if wait is None:
-                raise
-            sleep(exc.retry_after if exc.retry_after is not None else wait)
 
 
 def _process_item(dept: Department, ledger: Ledger, item: Item, batch: int) -> str:
