@@ -21,6 +21,7 @@ from converters.pool import ConverterPool
 from converters.workers import LocalWorker
 from core.outcomes import Outcome
 from core.settings import ConversionSettings
+from helpers import velvet_xls
 
 
 def odf_mimetype(path: Path) -> str:
@@ -147,13 +148,9 @@ def test_a_package_libreoffice_cannot_repair_is_unreadable_in_plain_words(pool, 
 
 
 def test_workbooks_with_excels_default_password_convert(pool, tmp_path):
-    import base64
-    import zlib
-
     from msoffcrypto.format.ooxml import OOXMLFile
-    from test_sniff import VELVET_XLS
 
-    (tmp_path / "rc4.xls").write_bytes(zlib.decompress(base64.b64decode("".join(VELVET_XLS))))
+    velvet_xls(tmp_path / "rc4.xls")
     plain = make_xlsx(tmp_path / "plain.xlsx")
     with open(plain, "rb") as f, open(tmp_path / "velvet.xlsx", "wb") as out:
         OOXMLFile(f).encrypt("VelvetSweatshop", out)
@@ -330,22 +327,57 @@ def test_a_document_that_kills_libreoffice_twice_is_crashed(tmp_path):
         assert pool.convert(make_docx(tmp_path / "next.docx"), tmp_path / "out").outcome is Outcome.CONVERTED
 
 
+class frozen_offices:
+    """While in effect, every LibreOffice of `pool` is stopped (SIGSTOP) and cannot answer: the
+    workers there on entry at once, each later one as soon as the pool lists it, before it has
+    been handed anything it could finish. A conversion on them times out whatever the machine's
+    speed; the pool's SIGKILL ends a stopped process like any other."""
+
+    def __init__(self, pool: ConverterPool) -> None:
+        self.pool, self.frozen, self._stop = pool, {}, threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+
+    def _freeze_new(self) -> None:
+        for w in self.pool.workers():
+            if w.id not in self.frozen and (pid := w.office_pid()):
+                os.kill(pid, signal.SIGSTOP)
+                self.frozen[w.id] = pid
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._freeze_new()
+            time.sleep(0.001)
+
+    def __enter__(self) -> "frozen_offices":
+        self._freeze_new()
+        assert self.frozen, "no worker to freeze"
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._watcher.join()
+
+
 def test_timeout_kills_and_replaces_the_worker(tmp_path):
     """Two workers: the retry goes to the worker started to replace the one that timed out, not to
-    the other, idle one (which the message would otherwise wrongly call fresh)."""
+    the other, idle one (which the message would otherwise wrongly call fresh). LibreOffice is kept
+    from answering (frozen_offices), so the document is slow on any machine."""
     slow = make_heavy_docx(tmp_path / "slow.docx", paragraphs=20000)
     quick = make_docx(tmp_path / "quick.docx")
     settings = ConversionSettings(workers=2, timeout=1.5, runtime_dir=runtime_dir("timeout"))
     with ConverterPool(settings) as pool:
         before = {w.id: w for w in pool.workers()}
-        result = pool.convert(slow, tmp_path / "out")
-        assert result.outcome is Outcome.TIMEOUT
+        with frozen_offices(pool) as frozen:
+            result = pool.convert(slow, tmp_path / "out")
+        assert result.outcome is Outcome.TIMEOUT, result.message
         assert result.attempts == 2 and len(result.history) == 2
         assert "1.5 s" in result.message
         first_id, second_id = (h.split(":")[0] for h in result.history)
         slot = first_id.split(".")[0]
         assert first_id in before and second_id == f"{slot}.2"         # the replacement, not the idle one
         assert f"then on the freshly started {second_id}" in result.message
+        assert {first_id, second_id} <= set(frozen.frozen)
         first = before[first_id]
         assert not first.alive()
         assert pool.restarts == 2

@@ -1,0 +1,291 @@
+"""What several test modules share: department files, ledger read-back, a run driven step by step,
+test messages and calendar objects.
+
+One place, so that a test module never imports another test module (which would run that
+module's fixtures and hide which test owns what). Servers and what they need live in
+tests/servers; generated Office documents in tests/docgen.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from email.utils import make_msgid
+from pathlib import Path
+
+import yaml
+
+from docgen import make_mixed_set
+
+#: The developer corpus (../shared/corpus); tests that need it skip when it is absent.
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+#: `umstieg` as a process, the way an operator starts it.
+UMSTIEG = [sys.executable, "-m", "umstieg"]
+
+
+# ----------------------------------------------------------------------------- departments, ledgers
+#: A few real files from the corpus join the generated ones when the corpus is there.
+CORPUS_PICKS = ["documents/testWORD_features.docx", "spreadsheets/testEXCEL_charts.xlsx",
+                "presentations/testPPT_comment.pptx", "documents/testWORD_protected_passtika.docx",
+                "documents/testRTFJapanese.rtf"]
+
+
+def make_department(tmp_path: Path, users=("anna", "ben"), docs_per_user=6, **overrides) -> Path:
+    """A department file over generated home folders (and a few corpus files for the first user)."""
+    home = tmp_path / "home"
+    for i, user in enumerate(users):
+        make_mixed_set(home / user / "Ablage", docs_per_user)
+        (home / user / "notes.txt").write_text(f"Notizen von {user}\n", encoding="utf-8")
+        if i == 0 and CORPUS.is_dir():
+            for rel in CORPUS_PICKS:
+                if (CORPUS / rel).exists():
+                    shutil.copy(CORPUS / rel, home / user / Path(rel).name)
+    config = {
+        "name": "testamt",
+        "work_dir": str(tmp_path / "work"),
+        "users": [{"source": u, "target": f"t-{u}"} for u in users],
+        "sources": [{"name": "homes", "type": "folder", "root": str(home)}],
+        "target": {"type": "localdir", "root": str(tmp_path / "target")},
+        "conversion": {"workers": 2, "timeout": 120, "keep_original": "never"},
+        "limits": {"chunk_size": 4},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = tmp_path / "department.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def ledger_rows(dept_file: Path) -> list[dict]:
+    """The ledger's items as dicts (the columns the tests look at)."""
+    from core.department import load_department
+    from core.ledger import Item
+    from sqlalchemy import select
+    dept = load_department(dept_file)
+    ledger = dept.open_ledger()
+    try:
+        with ledger.session() as s:
+            return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "message", "target_ref",
+                                                  "target_digest", "conversion", "change", "removed_at_source",
+                                                  "batch_id", "fidelity_verdict", "fidelity_score", "original_ref",
+                                                  "attempts", "updated")}
+                    for i in s.scalars(select(Item).where(Item.department == dept.name).order_by(Item.id))]
+    finally:
+        ledger.close()
+
+
+def wait_until_verified(proc: subprocess.Popen, dept_file: Path, count: int, timeout: float,
+                        poll: float = 0.1) -> None:
+    """Wait while the run `proc` goes on until `count` items of its department are verified.
+
+    `timeout` only bounds a run that hangs (the test then fails with the reason); it asserts no speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        try:
+            verified = sum(r["state"] == "verified" for r in ledger_rows(dept_file))
+        except Exception:                         # noqa: BLE001 - ledger not created yet
+            verified = 0
+        if verified >= count:
+            return
+        time.sleep(poll)
+
+
+def discover_then(dept_file: Path, between) -> dict:
+    """Discover, call `between()` (the user's move), then take every pending item through its steps."""
+    from flows import runtime
+    from flows.discovery import discover
+    from flows.steps import process_chunk
+    try:
+        dept = runtime.department(str(dept_file))
+        ledger = runtime.ledger(dept)
+        run_id = ledger.start_run(dept.name, "migrate")
+        found = discover(dept, ledger, run_id)
+        between()
+        counts = {}
+        for owner, ids in found.todo.items():
+            counts[owner] = process_chunk(str(dept_file), run_id, owner, 1, ids)
+        ledger.finish_run(run_id, "completed")
+        return counts
+    finally:
+        runtime.close_all()
+
+
+# ----------------------------------------------------------------------------------------- mail
+#: The Dovecot master user the mail tests configure (its password in $IMAP_MASTER).
+MASTER = ("migrator", "master-secret-5Tz")
+
+
+def message(n: int, size: int = 0, message_id: bool = True, lf: bool = False) -> bytes:
+    """Test message number `n`: German headers and body, about `size` bytes of text lines."""
+    head = [f"From: Absender {n} <a{n}@amt.example>", "To: anna@amt.example", f"Subject: Nachricht {n} – Grüße",
+            "Date: Mon, 05 Feb 2024 10:00:00 +0100", "MIME-Version: 1.0",
+            "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit"]
+    if message_id:
+        head.insert(0, f"Message-ID: {make_msgid(f'n{n}', 'amt.example')}")
+    body = f"Text {n} äöü\r\n" + "".join(f"Zeile {i:06d} {'x' * 60}\r\n" for i in range(size // 75))
+    data = ("\r\n".join(head) + "\r\n\r\n" + body).encode()
+    return data.replace(b"\r\n", b"\n") if lf else data
+
+
+def mutf7(folder: str) -> str:
+    """An IMAP folder name as a quoted modified-UTF-7 string."""
+    from imapclient import imap_utf7
+    return '"' + imap_utf7.encode(folder).decode() + '"'
+
+
+def fill(server, user: str, layout: dict[str, list[tuple[bytes, str, str]]]) -> None:
+    """Append (bytes, flags, internal date) messages to the user's folders on a Dovecot, creating them."""
+    conn = server.connect(user)
+    try:
+        for folder, messages in layout.items():
+            if folder != "INBOX":
+                conn.create(mutf7(folder))
+            for data, flags, when in messages:
+                typ, _ = conn.append(mutf7(folder), flags, f'"{when}"', data)
+                assert typ == "OK"
+    finally:
+        conn.logout()
+
+
+# ------------------------------------------------------------------------------ calendars, contacts
+VTIMEZONE_BERLIN = """BEGIN:VTIMEZONE
+TZID:Europe/Berlin
+BEGIN:DAYLIGHT
+TZOFFSETFROM:+0100
+TZOFFSETTO:+0200
+TZNAME:CEST
+DTSTART:19700329T020000
+RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU
+END:DAYLIGHT
+BEGIN:STANDARD
+TZOFFSETFROM:+0200
+TZOFFSETTO:+0100
+TZNAME:CET
+DTSTART:19701025T030000
+RRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU
+END:STANDARD
+END:VTIMEZONE
+"""
+
+
+def recurring_event(uid: str, summary: str = "Jour fixe", attendees: int = 3, count: int | None = None) -> bytes:
+    """A weekly series in Europe/Berlin over a DST change: one cancelled and one moved occurrence."""
+    people = "".join(f"ATTENDEE;CN=Person {i};PARTSTAT=NEEDS-ACTION:mailto:p{i}@amt.example\n"
+                     for i in range(attendees))
+    rule = f"RRULE:FREQ=WEEKLY;BYDAY=TU;COUNT={count}" if count else "RRULE:FREQ=WEEKLY;BYDAY=TU;UNTIL=20261231T230000Z"
+    text = ("BEGIN:VCALENDAR\nVERSION:2.0\nPRODID:-//umstieg tests//EN\n" + VTIMEZONE_BERLIN +
+            "BEGIN:VEVENT\n"
+            f"UID:{uid}\nDTSTAMP:20260101T000000Z\n"
+            "DTSTART;TZID=Europe/Berlin:20260106T093000\nDTEND;TZID=Europe/Berlin:20260106T103000\n"
+            f"SUMMARY:{summary}\n{rule}\n"
+            "EXDATE;TZID=Europe/Berlin:20260331T093000\n"
+            "ORGANIZER;CN=Chefin:mailto:chefin@amt.example\n" + people +
+            "END:VEVENT\n"
+            "BEGIN:VEVENT\n"
+            f"UID:{uid}\nDTSTAMP:20260101T000000Z\n"
+            "RECURRENCE-ID;TZID=Europe/Berlin:20260407T093000\n"
+            "DTSTART;TZID=Europe/Berlin:20260408T140000\nDTEND;TZID=Europe/Berlin:20260408T150000\n"
+            f"SUMMARY:{summary} (verschoben)\n" + people +
+            "END:VEVENT\nEND:VCALENDAR\n")
+    return text.replace("\n", "\r\n").encode()
+
+
+def cards() -> dict[str, bytes]:
+    """vCards 3.0, 4.0 and 2.1 (the last without a UID)."""
+    return {
+        "v3": (b"BEGIN:VCARD\r\nVERSION:3.0\r\nUID:anna-v3@amt.example\r\nFN:Anna Muster\r\nN:Muster;Anna;;;\r\n"
+               b"EMAIL;TYPE=work:Anna.Muster@Amt.Example\r\nTEL;TYPE=work:+49 (30) 1234-56\r\n"
+               b"ORG:Stadt Musterhausen;B\xc3\xbcrgeramt\r\nEND:VCARD\r\n"),
+        "v4": (b"BEGIN:VCARD\r\nVERSION:4.0\r\nUID:urn:uuid:4fbe8971-0bc3-424c-9c26-36c3e1eff6b1\r\n"
+               b"FN:J\xc3\xbcrgen Gro\xc3\x9f\r\nN:Gro\xc3\x9f;J\xc3\xbcrgen;;;\r\nEMAIL:jg@amt.example\r\n"
+               b"TEL;VALUE=uri:tel:+49-30-555\r\nEND:VCARD\r\n"),
+        "v21-no-uid": (b"BEGIN:VCARD\r\nVERSION:2.1\r\nN:Beispiel;Berta\r\nFN:Berta Beispiel\r\n"
+                       b"TEL;WORK;VOICE:030 777 88\r\nEMAIL;INTERNET:berta@amt.example\r\nEND:VCARD\r\n"),
+    }
+
+
+#: A card with a title, role, birthday, nickname, web address, categories, chat address and a
+#: vendor's X- property; {n} makes its UID unique.
+RICH_CARD = ("BEGIN:VCARD\r\nVERSION:3.0\r\nPRODID:-//Outlook//DE\r\nUID:rich-{n}@amt.example\r\n"
+             "FN:Dora Beispiel\r\nN:Beispiel;Dora;;;\r\nTITLE:Leiterin\\, Bürgeramt\r\nROLE:Vertretung\r\n"
+             "BDAY:1980-01-02\r\nNICKNAME:Doro\r\nURL;TYPE=WORK:https://amt.example/dora\r\n"
+             "CATEGORIES:Amt,Leitung\r\nIMPP;TYPE=WORK:xmpp:dora@amt.example\r\n"
+             "X-SKYPE-USERNAME:dora.beispiel\r\nitem1.X-ABLABEL:Assistenz\r\nEND:VCARD\r\n")
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def load(sink, owner: str, rel: str, src: Path) -> str:
+    """What the flow's load step does: find identical content, else put."""
+    digest = sink.digest(src)
+    return sink.find(owner, rel, digest) or sink.put(owner, rel, src)
+
+
+def objects_in(server, user: str, display: str, kind: str = "calendar") -> list[Path]:
+    """The objects a RadicaleServer stores in one of `user`'s collections (one file each)."""
+    from core.department import CalDavTarget, CardDavTarget
+    from sinks.groupware import CalDav, CardDav
+    # only the collection's path is asked for: no request is made, no password needed
+    sink = (CalDav(CalDavTarget(url=server.url, app_passwords={})) if kind == "calendar"
+            else CardDav(CardDavTarget(url=server.url, app_passwords={})))
+    folder = server.collection(user, sink.collection_path(user, display).rstrip("/").rpartition("/")[2])
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------ documents
+# A one-cell workbook saved by LibreOffice 7.4 ("MS Excel 97" filter) with the password
+# "VelvetSweatshop": RC4-encrypted, FILEPASS record. `soffice --convert-to ods` opens it without
+# asking for a password (checked), like Excel does.
+VELVET_XLS = (
+    "eNrtWAlUk0kS7oSAASGEQwFRCIeCcoX1CM4QQQ3hVOQQ8BggCIgQAigyHCKniOMthxeoHIOMIOAJOg6iqIiioAyioBAZkQHx"
+    "ABxHHCRbHX/nuT53nrjz3r7dR+VVdeXrv7s6f1VXV6ehXkGYc2zCQ/QRfY0k0LBIGkl9gJGAqe+/0BEiE9iwSCR6D4tG6X+K"
+    "3hIt9iEF/CcJjH0+hvCrNNGO0v8nOaMQ+IQjBrJCAmhXoyg0EhoPEfPhfJ8zZvgzn/tcGrX/5fZx/sZ5XAL44/2Pcz3e/zLA"
+    "Y4FlgeWAacDy744ApACsCKwErAw8ThwTCKkAqwKrAU8gbE4kWsyaoDOI79qjOea/RtJU8KKUJPpRrg67XOx7EzQL4gJ/Hqfc"
+    "lm2MWxYgGrp+xzWrOEqFzepxbuUrpd5JKZ/1kv/zYLpxToz7jE1RibYR8dXxqQ8hlsooF0Cut+mAmZajUHTMi5tTPJl5JTlS"
+    "IbY1WU7617GVsVcsZ6bu76jbmq28U7LR5Xhmd2KAXWEnarr47Jx2Wa+XxIGrX7UfWu985kGufp7OptqaCvs5qi22XVf09lY4"
+    "v7Dufl3QqCGyMX3jyQpoEBlppLVFOCSMH/86uPP6sJbaPLD+rJ5HIiOrw1UQ3mzQdO5lAZqYXgr6Au45kFJBbIjbWsb49S4t"
+    "zn0iXyctp2Dz220ulvCcL3cryGtV2iA3qdNASgyUw5jJQS2gLxWaQkRnUjkNgVpJF34YE1US59a63Vbq3muPi1OWNuTh3jLH"
+    "BJX7e2ZQWkx5YdpO27wLLNKZBcYXhBwv3Mvsfms8IF9qvftUvEf5L8rxeyXk40w5Rn1eB3BvsVeruXP0kg2LDlRIfJu4RCuG"
+    "LCjrzs1u38fSoMiiabNtqhqDmCfDvOpoQthxio9vPKI4b5+8lU3xcZ74plXWMSEU43MO1rcf9F2zRVKliTUjp97g5qWhLoyz"
+    "dz/q0SkP83hsJJUauORxqI935xKM99VFxerPcbtcal0tOG6TtXAbGlyN8bkRJX5BfM3i3ge5Jw97efT6h500wHg748y+vMKt"
+    "41k/1OXPjjIT5f7hWYBximzfCXuVEF/fPlVBTvaugrUySnEYl0h9HjlJXYkXvlZIMjGONB6crnMF4+4uw22BrnI9Wc4mIm0L"
+    "zWwFvdAWjLcw1k/8af6xWsOw11RfU+NFu3Z4mWN8lqH+N2bULBkjo8N0XffUQDerMc4Yz+c5seVtIiYX/NYX7+klSc+wL2rH"
+    "+PKsgDheT8xADIvG1jKKKazgzDfG+IkA+zUpRXFzDcb9pBz4yN2ulInOYtw+sON8JS287HS0j79WGpJccyH/Nsab2xP6gxUa"
+    "sgYOBS5t5t2tdbHoUMH4AvMbXT9y9k9Sv7qSkqF0U6fE9dFljB8qEmzUS+vzV1PKnqm3dOAsX6++CeMH4q+pFXU7SdOO/Hqa"
+    "0/asWPMyJRnj1k9rTrI7T4Xv/mZsumTabG6Q9pZ1GK849TzA2+LgGVZG30sPnX7h/ZtZM9LIFCTclLAAt/1DR1bidhrtxVzc"
+    "yvjQgnCbvpibgltdtxoDb4jdGs8NkLdLIMWv7GuW59r1Dl7t2gIZX3lAzvQCiYqeNFWmdtV0az1BSxEvwyTUxyUzLm+GLspz"
+    "Ojo/g3UoZa16fNetTvb242Gq0a96J439PTFe8GZ7bKNqv2P/smEq+67D2dLsW5yktvN9ezytTi+YNovrF/27WU+H+VFy9EuB"
+    "1N2gymXGT4bgvIg+f6226SgtkV9lqSYX9sclCxEcMAypIcNtU08a76SuoI5DPjFh9188DHHVritkFm4INSORvy9rwKfQu2xF"
+    "/5dsJQt7cpW9PEidjQog03PocHLJ6wlvL4zLVfcCJL8iHhCZzc2WR6Uj70yGtxKqnzA3AXpeZ0wDqfLKAOQ8h0SQHXeVkS5i"
+    "PojZ03rmWOXm9Obnr2ivav1p/c9s+G5Mk94210xLpyXjsi81jkNTUXxSco0T8+Dj2nNzIja6Swr5z79qTUpImVB55qJlnsbz"
+    "yuaJyRbcI4K9+Ukw9T+eJoNUHZwCixmSZws5jByhHug6ZhE6hd7VE/VBp5A33tlml9g2FfQdL2tyz2ptSctB2kjbdMKAX1zm"
+    "5mcdIflGHB07gYlh9fR11Yr++7y/W3m0eojZsRjmXhgeC6+jV/fGxsJ+5Wt315uzEJmGuj336d777sWeJ+Y/R4UUUMl0JGD3"
+    "KJD7FdpVi0IH6k9w174FD5xXGzv9jX5yZ0BpL1qExlQXn5rP8LRrtbOyebhft8vMI/Jh2Z6XBU+3OfBsGq+kB1bf/D5jRdLy"
+    "bwd/0Y9juGtlqs8c/O1wNOn64GGDGO6bBI3uW83ubrSvy+tKrFhRLZfmkBXRznKG/KVYdTrPyH/HHdJbQ/ukSVBG8PZrMg5M"
+    "2R0s4ZC2mF3avpKqgpo6W5QHdhl1KaqcyC9VPxQ9PX95vrXHPplP1TIkqBwkZN7VQHQqWYxVveviqoNYsGrF6pA1If7hDKvI"
+    "FX58xmyWkSvPx4/P9xMHz7xV/v5m/0ntRXpXPn0xDYvwHORPzYuEGw72DzoG0It2UpGB3ol7TMDWEVGP+82I+sySqNEciDrN"
+    "g6jVfIl6LZSo8brfIqRB6KbEuPf0V7pJr14bP+YBaSTrxwi56UZTlrE6PW03rN9wsISD68uPsOVEnUgimP7BWv8dPkp/H/2d"
+    "9z+xnz7ag58ag+8aVcQfSe5gfTUKQj7idQSNeP2KEBVk4u4iGsG9qlTq/T6bD3aDYY84whoCv8i+xAd3sM8Zg/OS7Z/73BHx"
+    "kd8X+08G7I/0/jeJuKsh8X3PBa2F3x+MeGLf20IU+It9gpFwtAp0wV/MpU/YlxzB+8c5qPhP+xywsEK8Bj9xBI5sPWZf8Pu1"
+    "gMNH7/9i+id0N9kL"
+)
+
+
+def velvet_xls(path: Path) -> Path:
+    """Write the VelvetSweatshop workbook (above) to `path`."""
+    import base64
+    import zlib
+    path.write_bytes(zlib.decompress(base64.b64decode("".join(VELVET_XLS))))
+    return path
