@@ -7,6 +7,7 @@ is reported with its line, all at once, as the department file's own errors are.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from pathlib import Path
@@ -30,8 +31,12 @@ _ALIASES = {"source login": "source", "source_login": "source", "target login": 
 
 
 def _decode(raw: bytes) -> str:
-    """UTF-8 (with or without the BOM Excel writes), else Windows-1252 (Excel's "CSV" in Western
-    Europe). Latin-1 would accept anything, so cp1252 is tried second and a failure is reported."""
+    """The text of a users file as Excel and directory tools write it: UTF-16 with its byte-order
+    mark (Excel's "Unicode Text" export, tab-separated), UTF-8 with or without the BOM Excel
+    writes, else Windows-1252 (Excel's "CSV" in Western Europe). Latin-1 would accept anything,
+    so cp1252 is tried last and a failure is reported."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")          # the BOM says which byte order, and is dropped
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -49,7 +54,8 @@ def read_users_csv(path: Path) -> tuple[list[dict], list[str]]:
     try:
         text = _decode(raw)
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the users file is neither UTF-8 nor Windows-1252 text") from None
+        raise ConfigError(f"{path}: the users file is neither UTF-8, UTF-16 (with its byte-order mark) nor "
+                          "Windows-1252 text") from None
     first = text.splitlines()[0] if text.strip() else ""
     delimiter = max(",;\t", key=first.count) if first else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)

@@ -1,7 +1,8 @@
 """A department's users read from an LDAP directory (Active Directory, OpenLDAP, Univention).
 
-The department is a group (its `member`/`uniqueMember` DNs or its `memberUid` logins) or every
-entry below `base` matching `filter` (an OU). Searches are paged (RFC 2696), as Active Directory
+The department is a group (its `member`/`uniqueMember` DNs or its `memberUid` logins, the
+members of groups nested in it, and users whose `memberOf` names one of them) or every entry
+below `base` matching `filter` (an OU). Searches are paged (RFC 2696), as Active Directory
 returns at most 1,000 entries per page and a department may have thousands. ldap3 is a pure
 Python client, imported here only, so the rest of umstieg starts without it.
 """
@@ -78,23 +79,79 @@ def _search(conn, cfg: LdapDirectory, base: str, filt: str, attrs: list[str], sc
                           f"{str(exc)[:200]}") from None
 
 
+#: Active Directory's LDAP_MATCHING_RULE_IN_CHAIN: `(memberOf:<this>:=<group DN>)` matches the
+#: members of the group and of every group nested in it, in one search on the server
+IN_CHAIN = "1.2.840.113556.1.4.1941"
+#: LDAP_CAP_ACTIVE_DIRECTORY_OID in the root DSE's supportedCapabilities: the server is AD (or AD LDS)
+_AD_CAPABILITY = "1.2.840.113556.1.4.800"
+_MEMBER_ATTRS = ("member", "uniqueMember", "memberUid")
+
+
+def _is_active_directory(conn, cfg: LdapDirectory) -> bool:
+    """Whether the server announces Active Directory's capability (the root DSE, one base search):
+    only then is the IN_CHAIN matching rule known; OpenLDAP answers it with no entries at all."""
+    try:
+        root = _search(conn, cfg, "", "(objectClass=*)", ["supportedCapabilities"], scope="BASE")
+    except ConfigError:
+        return False
+    return bool(root) and _AD_CAPABILITY in {str(c) for c in root[0].get("supportedCapabilities", [])}
+
+
+def _members(conn, cfg: LdapDirectory, entries: list[dict]) -> list[dict]:
+    """The entries that belong to `cfg.group`: its members, and those of every group nested in it
+    (a member DN that is not one of the users below base is followed as a group, each group once:
+    a cycle of groups ends), matched by DN (member, uniqueMember), by login (memberUid) or by the
+    users' own memberOf (Active Directory, OpenLDAP's memberof overlay) naming any of the groups."""
+    dns: set[str] = set()
+    uids: set[str] = set()
+    users = {e["dn"].lower() for e in entries}
+    groups: set[str] = set()
+    todo = [cfg.group]
+    while todo:
+        dn = todo.pop()
+        if dn.lower() in groups:
+            continue
+        groups.add(dn.lower())
+        try:
+            found = _search(conn, cfg, dn, "(objectClass=*)", list(_MEMBER_ATTRS), scope="BASE")
+        except ConfigError:
+            if dn.lower() == cfg.group.lower():
+                raise
+            continue                      # a member DN that no longer exists: nothing to follow
+        if not found:
+            if dn.lower() == cfg.group.lower():
+                raise ConfigError(f"LDAP {cfg.url}: the group {cfg.group!r} does not exist")
+            continue
+        uids |= {u.lower() for u in found[0].get("memberUid", [])}
+        for member in (d for a in ("member", "uniqueMember") for d in found[0].get(a, [])):
+            if member.lower() in users:
+                dns.add(member.lower())
+            elif member.lower() not in groups:
+                todo.append(member)       # a nested group (or a person outside base: one look, no members)
+    return [e for e in entries if e["dn"].lower() in dns
+            or (_first(e, "uid") or "").lower() in uids
+            or (_first(e, cfg.source_attr) or "").lower() in uids
+            or any(str(g).lower() in groups for g in e.get("memberOf", []))]
+
+
 def users_from_ldap(cfg: LdapDirectory) -> tuple[list[User], list[str]]:
     """The department's users as the directory lists them, and every entry that cannot be one
-    (no source or target login, a login that is not a plain name), each with its DN."""
+    (no source or target login, a login that is not a plain name), each with its DN. With a
+    group: on Active Directory one search with the IN_CHAIN rule (members of nested groups
+    included); elsewhere the group's members expanded through nested groups here."""
     conn = _connect(cfg)
     try:
-        attrs = sorted({cfg.source_attr, cfg.target_attr, cfg.mail_attr, cfg.name_attr, "uid"})
-        entries = _search(conn, cfg, cfg.base, cfg.filter, attrs)
-        if cfg.group:
-            group = _search(conn, cfg, cfg.group, "(objectClass=*)", ["member", "uniqueMember", "memberUid"],
-                            scope="BASE")
-            if not group:
+        attrs = sorted({cfg.source_attr, cfg.target_attr, cfg.mail_attr, cfg.name_attr, "uid", "memberOf"})
+        if cfg.group and _is_active_directory(conn, cfg):
+            from ldap3.utils.conv import escape_filter_chars
+            chained = f"(memberOf:{IN_CHAIN}:={escape_filter_chars(cfg.group)})"
+            if not _search(conn, cfg, cfg.group, "(objectClass=*)", ["objectClass"], scope="BASE"):
                 raise ConfigError(f"LDAP {cfg.url}: the group {cfg.group!r} does not exist")
-            dns = {d.lower() for a in ("member", "uniqueMember") for d in group[0].get(a, [])}
-            uids = {u.lower() for u in group[0].get("memberUid", [])}
-            entries = [e for e in entries if e["dn"].lower() in dns
-                       or (_first(e, "uid") or "").lower() in uids
-                       or (_first(e, cfg.source_attr) or "").lower() in uids]
+            entries = _search(conn, cfg, cfg.base, f"(&{cfg.filter}{chained})", attrs)
+        else:
+            entries = _search(conn, cfg, cfg.base, cfg.filter, attrs)
+            if cfg.group:
+                entries = _members(conn, cfg, entries)
     finally:
         conn.unbind()
     users, problems = [], []

@@ -3,6 +3,7 @@ directory (slapd on loopback), shaped as Active Directory or as OpenLDAP/Univent
 
 from __future__ import annotations
 
+import codecs
 import shutil
 from pathlib import Path
 
@@ -47,6 +48,28 @@ def test_csv_excel_dialects(tmp_path, encoding):
         .encode(encoding))
     (user,) = load_department(_dept(tmp_path, users_from={"csv": "people.csv"})).users
     assert (user.source, user.target, user.display_name) == ("jürgen", "j.weiß", "Jürgen Weiß")
+
+
+def test_csv_excel_unicode_text(tmp_path):
+    """Excel's "Unicode Text" export: UTF-16 LE with its BOM, tab-separated, CRLF; the bad row is
+    still reported with its line (the BOM does not shift the count)."""
+    text = ("Source Login\tTarget Login\tE-Mail\tDisplay Name\r\n"
+            "jürgen\tj.weiß\tjw@amt.test\tJürgen Weiß\r\n"
+            "zoë\t../zoe\t\tZoë Ünal\r\n"
+            "\"çelik, ayşe\"\tayse\t\t\"Ayşe \"\"Ay\"\" Çelik\"\r\n")
+    (tmp_path / "people.txt").write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    with pytest.raises(ConfigError) as exc:
+        load_department(_dept(tmp_path, users_from={"csv": "people.txt"}))
+    assert "people.txt:3: target:" in str(exc.value) and "people.txt:2" not in str(exc.value)
+    (tmp_path / "people.txt").write_bytes(codecs.BOM_UTF16_LE + text.replace("../zoe", "zoe").encode("utf-16-le"))
+    users = {u.source: u for u in load_department(_dept(tmp_path, users_from={"csv": "people.txt"})).users}
+    assert (users["jürgen"].target, users["jürgen"].display_name) == ("j.weiß", "Jürgen Weiß")
+    assert users["zoë"].display_name == "Zoë Ünal" and users["çelik, ayşe"].display_name == 'Ayşe "Ay" Çelik'
+    (tmp_path / "people.txt").write_bytes(codecs.BOM_UTF16_BE + text.replace("../zoe", "zoe").encode("utf-16-be"))
+    assert len(load_department(_dept(tmp_path, users_from={"csv": "people.txt"})).users) == 3
+    (tmp_path / "people.txt").write_bytes(codecs.BOM_UTF16_LE + b"s\x00o\x00u")     # cut in half a character
+    with pytest.raises(ConfigError, match="neither UTF-8, UTF-16"):
+        load_department(_dept(tmp_path, users_from={"csv": "people.txt"}))
 
 
 def test_csv_every_bad_row_with_its_line(tmp_path):
@@ -166,3 +189,40 @@ def test_ldap_active_directory_shape(tmp_path, monkeypatch):
         assert f"uid=x4,ou=staff,{SUFFIX}: has no sAMAccountName" in str(exc.value)
         with pytest.raises(ConfigError, match="target user 'ben@amt.test' receives 2 source users"):
             _resolved(_ldap_dept(tmp_path, monkeypatch, server, filter="(sAMAccountName=*)", **ad))
+
+
+def test_ldap_nested_groups_with_a_cycle(tmp_path, monkeypatch):
+    """OpenLDAP shape: the department group holds a person and two groups; one of those holds a
+    posixGroup-free groupOfNames that points back at the department (a cycle), and a member DN
+    that no longer exists. Everyone reachable is a user, each once; nobody outside is."""
+    g = lambda cn: f"cn={cn},ou=groups,{SUFFIX}"                               # noqa: E731
+    p = lambda uid: f"uid={uid},ou=people,{SUFFIX}"                            # noqa: E731
+    people = "".join(person_ldif("people", u, mail=f"{u}@amt.test") for u in ("a1", "b1", "b2", "c1", "x9"))
+    groups = group_ldif("groups", "amt", member_dns=[p("a1"), g("team-b"), g("team-c")])
+    groups += group_ldif("groups", "team-b", member_dns=[p("b1"), p("b2"), g("team-c")])
+    groups += group_ldif("groups", "team-c", member_dns=[p("c1"), g("amt"), g("gone"), p("b1")])   # cycle
+    with Slapd(people + groups) as server:
+        dept = _resolved(_ldap_dept(tmp_path, monkeypatch, server, group=g("amt")))
+        assert [u.source for u in dept.users] == ["a1", "b1", "b2", "c1"]
+        dept = _resolved(_ldap_dept(tmp_path, monkeypatch, server, group=g("team-c")))
+        assert [u.source for u in dept.users] == ["a1", "b1", "b2", "c1"]        # amt is nested in team-c
+        with pytest.raises(ConfigError, match="does not exist"):
+            _resolved(_ldap_dept(tmp_path, monkeypatch, server, group=g("no-such-group")))
+
+
+def test_ldap_active_directory_member_of(tmp_path, monkeypatch):
+    """AD shape: people carry memberOf (the back-link AD and OpenLDAP's memberof overlay keep);
+    a person whose memberOf names a group nested in the department's is one of its users even
+    when the group's own member list does not name them. slapd is no Active Directory, so the
+    IN_CHAIN search is not used (the root DSE lacks AD's capability) and the expansion is ours."""
+    g = lambda cn: f"cn={cn},ou=groups,{SUFFIX}"                               # noqa: E731
+    people = person_ldif("staff", "x1", sam="AMUELLER", upn="anna@amt.test", member_of=[g("amt-all")])
+    people += person_ldif("staff", "x2", sam="BKRAUSE", upn="ben@amt.test", member_of=[g("amt-kasse")])
+    people += person_ldif("staff", "x3", sam="CYILMAZ", upn="cem@amt.test", member_of=[g("other")])
+    groups = group_ldif("groups", "amt-all", member_dns=[g("amt-kasse")])
+    groups += group_ldif("groups", "amt-kasse", member_dns=[g("amt-all")])
+    groups += group_ldif("groups", "other", member_dns=[f"uid=x3,ou=staff,{SUFFIX}"])
+    with Slapd(people + groups, ous=("staff", "groups")) as server:
+        dept = _resolved(_ldap_dept(tmp_path, monkeypatch, server, base=f"ou=staff,{SUFFIX}", group=g("amt-all"),
+                                    source_attr="sAMAccountName", target_attr="userPrincipalName"))
+        assert {u.source: u.target for u in dept.users} == {"AMUELLER": "anna@amt.test", "BKRAUSE": "ben@amt.test"}

@@ -39,22 +39,26 @@ attributetype ( 1.3.6.1.4.1.55555.1.1 NAME 'sAMAccountName' EQUALITY caseIgnoreM
   SUBSTR caseIgnoreSubstringsMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
 attributetype ( 1.3.6.1.4.1.55555.1.2 NAME 'userPrincipalName' EQUALITY caseIgnoreMatch
   SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+attributetype ( 1.3.6.1.4.1.55555.1.3 NAME 'memberOf' EQUALITY distinguishedNameMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.12 )
 objectclass ( 1.3.6.1.4.1.55555.2.1 NAME 'umstiegADAccount' SUP top AUXILIARY
-  MAY ( sAMAccountName $ userPrincipalName ) )
+  MAY ( sAMAccountName $ userPrincipalName $ memberOf ) )
 """
 
 
 def person_ldif(ou: str, uid: str, mail: str | None = None, name: str | None = None,
-                sam: str | None = None, upn: str | None = None) -> str:
-    """One person below `ou=<ou>` (AD-shaped when `sam` is given)."""
+                sam: str | None = None, upn: str | None = None, member_of: list[str] = ()) -> str:
+    """One person below `ou=<ou>` (AD-shaped when `sam`, `upn` or `member_of` is given; `member_of`
+    is AD's back-link to the person's groups, written as the memberof overlay or AD keeps it)."""
     lines = [f"dn: uid={uid},ou={ou},{SUFFIX}", "objectClass: inetOrgPerson"]
-    if sam or upn:
+    if sam or upn or member_of:
         lines.append("objectClass: umstiegADAccount")
     lines += [f"uid: {uid}", f"cn: {name or uid}", f"sn: {(name or uid).split()[-1]}"]
     lines += [f"mail: {mail}"] if mail else []
     lines += [f"displayName: {name}"] if name else []
     lines += [f"sAMAccountName: {sam}"] if sam else []
     lines += [f"userPrincipalName: {upn}"] if upn else []
+    lines += [f"memberOf: {g}" for g in member_of]
     return "\n".join(lines) + "\n\n"
 
 
