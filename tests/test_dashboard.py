@@ -535,7 +535,8 @@ def test_every_message_has_a_german_and_a_french_translation():
         text = template.read_text(encoding="utf-8")
         ids |= set(re.findall(r'_\("([^"]+)"\)', text)) | set(re.findall(r"_\('([^']+)'\)", text))
     ids |= {label for _, label in data.ITEM_COLUMNS + data.SCAN_COLUMNS}
-    ids |= set(re.findall(r'Refused\(\d+, "([^"]+)"\)', (root / "umstieg" / "dashboard" / "app.py").read_text()))
+    for module in (root / "umstieg" / "dashboard").rglob("*.py"):
+        ids |= set(re.findall(r'Refused\(\d+, "([^"]+)"\)', module.read_text()))
     source = (root / "reports" / "dashboard.py").read_text(encoding="utf-8")
     ids |= set(re.findall(r'Table\("\w+", "([^"]+)"', source)) | set(re.findall(r'note="([^"]+)"', source))
     ids |= set(re.findall(r'places\.append\(\("([^"]+)"', source))

@@ -1,0 +1,97 @@
+"""The programme overview, the department page (tiles, charts, tables, runs, the item table) and
+the risk scan of a department."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+
+from core.ledger import Ledger
+from reports import dashboard as data
+from umstieg.dashboard.site import Site
+from umstieg.dashboard.web import MAX_ID, MAX_PAGE, Refused, dashboard, prefect_ui
+
+__all__ = ["router", "overview_data", "item_filters", "risk_flags", "scan_args"]
+
+router = APIRouter()
+
+
+def overview_data(site: Site) -> dict:
+    """The overview of every department of every ledger, merged over the ledgers."""
+    by_ledger: dict[int, tuple[Ledger, list[str]]] = {}
+    for name, led in site.all_departments():
+        by_ledger.setdefault(id(led), (led, []))[1].append(name)
+    merged = {"departments": [], "throughput": {}, "totals": {}}
+    for led, names in by_ledger.values():
+        part = data.overview(led, names, site.departments,
+                             {n: site.report_dir(n) for n in names if site.report_dir(n)})
+        merged["departments"] += part["departments"]
+        for day, n in part["throughput"]:
+            merged["throughput"][day] = merged["throughput"].get(day, 0) + n
+    merged["departments"].sort(key=lambda r: r["department"])
+    merged["throughput"] = sorted(merged["throughput"].items())
+    merged["totals"] = {k: sum(r[k] for r in merged["departments"])
+                        for k in ("items", "bytes", *data.CATEGORIES, "remaining")}
+    return merged
+
+
+def item_filters(request: Request) -> dict:
+    """The item table's filters from the query (a batch must be a number)."""
+    filters = {k: request.query_params.get(k, "") for k in (*data.ITEM_FILTERS, "annotation", "q")}
+    if filters["batch"] and not (filters["batch"].isdigit() and int(filters["batch"]) <= MAX_ID):
+        raise Refused(400, "A value in the address is not valid: batch")
+    return filters
+
+
+def risk_flags(site: Site, name: str) -> dict:
+    report_dir = site.report_dir(name)
+    assessment = data.read_assessment(report_dir) if report_dir else None
+    return (assessment or {}).get("risk_flags") or {}
+
+
+def scan_args(request: Request) -> dict:
+    p = request.query_params
+    return {"sort": p.get("sort", "category"), "descending": p.get("dir") == "desc",
+            "category": p.get("category", ""), "flag": p.get("flag", ""), "fmt": p.get("format", ""),
+            "q": p.get("q", "")}
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request):
+    web = dashboard(request)
+    web.viewer(request)
+    result = overview_data(web.site)
+    return web.render(request, "overview.html", data=result, tables=data.overview_tables(result),
+                      categories=data.CATEGORIES)
+
+
+@router.get("/departments/{name}", response_class=HTMLResponse)
+def department(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PAGE),
+               sort: str = Query("id", pattern="^(" + "|".join(data.ITEM_SORTS) + ")$"),
+               dir: str = Query("asc", pattern="^(asc|desc)$")):
+    web = dashboard(request)
+    web.viewer(request)
+    site = web.site
+    led = web.department_or_404(name)
+    view = data.department_view(led, name, risk_flags=risk_flags(site, name))
+    filters = item_filters(request)
+    items = data.item_page(led, name, filters, page, total=view["total"], sort=sort, descending=dir == "desc")
+    live = data.live_run(led, name)
+    busy = web.reruns.busy(name)
+    return web.render(request, "department.html", name=name, view=view, items=items, filters=filters,
+                      configured=name in site.files, history=data.run_history(led, name, limit=15),
+                      live=live, busy=busy, sort=sort, descending=dir == "desc", prefect_ui=prefect_ui(),
+                      has_scan=bool(site.report_dir(name) and data.scan_files(site.report_dir(name))),
+                      states=data.STATES, annotation_verdicts=data.ANNOTATION_VERDICTS,
+                      sorts=data.ITEM_SORTS, attention=data.ATTENTION, categories=data.CATEGORIES)
+
+
+@router.get("/departments/{name}/assessment", response_class=HTMLResponse)
+def assessment(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PAGE)):
+    web = dashboard(request)
+    web.viewer(request)
+    report_dir = web.report_dir_or_404(name)
+    args = scan_args(request)
+    scan = data.scan_table(report_dir, page=page, **args)
+    return web.render(request, "assessment.html", name=name, scan=scan, args=args,
+                      assessment=data.read_assessment(report_dir))

@@ -1,0 +1,68 @@
+"""One document for review: its record, both page pictures, its annotation; the report folder's
+files (thumbnails, run reports) served from inside that folder only."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Form, Path as PathParam, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+
+from reports import dashboard as data
+from umstieg.dashboard.routes.queue import attention_filters
+from umstieg.dashboard.web import MAX_ID, Refused, dashboard, log
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/departments/{name}/items/{item_id}", response_class=HTMLResponse)
+def item(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID)):
+    web = dashboard(request)
+    web.viewer(request)
+    led = web.department_or_404(name)
+    record = data.document(led, name, item_id)
+    if record is None:
+        raise Refused(404, "Not found.")
+    report_dir = web.site.report_dir(name)
+    thumbs = data.thumbnails(report_dir, record) if report_dir else {}
+    queue = None
+    if request.query_params.get("queue") == "1":     # worked through from the "needs a person" queue
+        filters = attention_filters(request)
+        queue = {**data.attention_neighbours(led, name, item_id, filters), "filters": filters,
+                 "query": urlencode({"queue": "1", **{k: v for k, v in filters.items() if v}})}
+    return web.render(request, "item.html", name=name, record=record, item=record["item"], thumbs=thumbs,
+                      annotation_verdicts=data.ANNOTATION_VERDICTS, queue=queue,
+                      why=data.why_of(record["item"]))
+
+
+@router.post("/departments/{name}/items/{item_id}/annotation")
+def annotate(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID), verdict: str = Form(""),
+             comment: str = Form(""), csrf: str = Form("")):
+    web = dashboard(request)
+    me = web.operator(request, csrf)
+    led = web.department_or_404(name)
+    if verdict not in data.ANNOTATION_VERDICTS:
+        raise Refused(400, "Choose accepted as it is or needs manual work.")
+    if not data.annotate(led, name, item_id, verdict, comment.strip(), me["u"]):
+        raise Refused(404, "Not found.")
+    web.audit_write(request, name, user=me["u"], action="annotation", target=f"{name}: item {item_id}",
+                    verdict=verdict)
+    log.info("dashboard: %s marked item %d of %s as %s", me["u"], item_id, name, verdict)
+    back = request.query_params.get("back", "")
+    query = back if back.startswith("queue=1") and "#" not in back else ""
+    return RedirectResponse(f"/departments/{quote(name)}/items/{item_id}?saved=1" + (f"&{query}" if query else ""),
+                            303)
+
+
+@router.get("/departments/{name}/files/{relative:path}")
+def report_file(request: Request, name: str, relative: str):
+    web = dashboard(request)
+    web.viewer(request)
+    web.department_or_404(name)
+    report_dir = web.site.report_dir(name)
+    path = data.safe_report_file(report_dir, relative) if report_dir else None
+    if path is None:
+        raise Refused(404, "Not found.")
+    return FileResponse(path)
