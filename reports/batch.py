@@ -3,7 +3,8 @@
 The tables are what a project manager filters and sorts: one row per document (verdict, score,
 the deduction that cost most, text similarity, pages, risk flags), the deductions one per row,
 and the verdicts by format. The ODS is written by pandas with odfpy, so it opens in LibreOffice
-Calc with one sheet per table.
+Calc with one sheet per table. All three are written in the language asked for (reports.i18n;
+the exports' rules are in reports.exports); CSV cells never start a formula.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pandas as pd
 
 from converters.formats import FORMATS
 from converters.tree import load_results
-from reports.compare import label
+from reports.exports import localised, neutralised
+from reports.i18n import names
 
 __all__ = ["load_records", "fidelity_table", "deduction_table", "verdicts_by_format", "write_fidelity_report",
            "write_ods", "REPORT_NAMES", "THUMBS_DIR", "VERDICT_ORDER"]
@@ -38,7 +40,7 @@ def load_records(results: Path) -> list[dict]:
     return list(load_results(results).values())
 
 
-def _row(record: dict) -> dict:
+def _row(record: dict, check) -> dict:
     fidelity = record.get("fidelity") or {}
     deductions = fidelity.get("deductions") or []
     visual = fidelity.get("visual") or {}
@@ -53,7 +55,7 @@ def _row(record: dict) -> dict:
         "verdict": fidelity.get("verdict") or fidelity.get("status"),
         "score": fidelity.get("score"),
         "deductions": len(deductions),
-        "main_deduction": f"{label(main['check'])}: {main['detail']}" if main else "",
+        "main_deduction": f"{check(main['check'])}: {main['detail']}" if main else "",
         "text_similarity": fidelity.get("text_similarity"),
         "pages_source": visual.get("pages_source"),
         "pages_output": visual.get("pages_output"),
@@ -66,9 +68,11 @@ def _row(record: dict) -> dict:
     }
 
 
-def fidelity_table(records: list[dict]) -> pd.DataFrame:
-    """One row per Office document that has a fidelity record, worst first."""
-    rows = [_row(r) for r in records if r.get("fidelity")]
+def fidelity_table(records: list[dict], language: str | None = None) -> pd.DataFrame:
+    """One row per Office document that has a fidelity record, worst first (the check that cost
+    most named in `language`)."""
+    check = names(language).check
+    rows = [_row(r, check) for r in records if r.get("fidelity")]
     table = pd.DataFrame(rows, columns=_COLUMNS)
     if not table.empty:
         rank = {v: i for i, v in enumerate(["broken", "review", "failed", "minor", "identical", "not_assessed"])}
@@ -77,8 +81,10 @@ def fidelity_table(records: list[dict]) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def deduction_table(records: list[dict]) -> pd.DataFrame:
-    """One row per deduction: which document lost what, and how many points it cost."""
+def deduction_table(records: list[dict], language: str | None = None) -> pd.DataFrame:
+    """One row per deduction: which document lost what, and how many points it cost (the check
+    by its code and by its name in `language`)."""
+    label = names(language).check
     rows = []
     for record in records:
         for d in (record.get("fidelity") or {}).get("deductions") or []:
@@ -194,24 +200,33 @@ def _atomic(path: Path, write) -> None:
             tmp.unlink()
 
 
-def write_fidelity_report(out: Path, results: Path | None = None) -> dict[str, Path]:
-    """Write fidelity.csv, fidelity.ods and fidelity.html into `out` from its results.jsonl."""
+#: How the cells of the report's tables are named in German and French (reports.exports).
+_CODES = {"outcome": "code", "verdict": "code", "risks": "flags", "family": "code"}
+
+
+def write_fidelity_report(out: Path, results: Path | None = None, *, language: str | None = None) -> dict[str, Path]:
+    """Write fidelity.csv, fidelity.ods and fidelity.html into `out` from its results.jsonl, in
+    `language` (de, en or fr; English by default)."""
     from reports.html import fidelity_html
 
+    n = names(language)
     results = results or out / "results.jsonl"
     records = load_records(results)
-    table = fidelity_table(records)
-    deductions = deduction_table(records)
+    table = fidelity_table(records, n.language)
+    deductions = deduction_table(records, n.language)
     by_format = verdicts_by_format(table)
     paths = {kind: out / name for kind, name in REPORT_NAMES.items()}
-    _atomic(paths["csv"], lambda p: table.to_csv(p, index=False))
+    documents = localised(table, n.language, _CODES)
+    _atomic(paths["csv"], lambda p: neutralised(documents).to_csv(p, index=False))
 
+    verdicts = by_format if not by_format.empty else pd.DataFrame({"verdict": []})
     _atomic(paths["ods"], lambda p: write_ods(p, {
-        "Documents": (table, False),
-        "Verdicts by format": (by_format if not by_format.empty else pd.DataFrame({"verdict": []}), True),
-        "Top deductions": (top_deductions(deductions), False),
-        "Deductions": (deductions, False)}))
+        n("Documents"): (documents, False),
+        n("Verdicts by format"): (localised(verdicts, n.language, coded_headers=VERDICT_ORDER + ["total"],
+                                            coded_index=True), True),
+        n("Top deductions"): (localised(top_deductions(deductions), n.language), False),
+        n("Deductions"): (localised(deductions, n.language), False)}))
     html = fidelity_html(records, table, deductions, by_format, top_deductions(deductions), top_risks(records),
-                         thumbs=out / THUMBS_DIR)
+                         thumbs=out / THUMBS_DIR, language=n.language)
     _atomic(paths["html"], lambda p: p.write_text(html, encoding="utf-8"))
     return paths

@@ -20,6 +20,7 @@ from core.items import ItemRef, Kind
 from core.ledger import Batch, Item, Ledger, Run, State
 from core.messages import clip
 from core.settings import usable_cpus
+from reports.i18n import Names, names, render
 
 __all__ = ["run_summary", "write_run_report", "write_status_report", "department_status", "sharing_status",
            "renamed_files", "write_assessment", "reports_dir", "REPORT_LIST_LIMIT", "RENAME_REASONS"]
@@ -257,34 +258,48 @@ def _which(kind: str, meta: dict | None) -> str | None:
     return " ".join(p for p in parts if p) or "(no subject, no Message-ID)"
 
 
-def write_run_report(dept: Department, summary: dict) -> Path:
-    """The run report as Markdown (for people and Prefect) beside the same data as JSON."""
+def _language(dept: Department, language: str | None) -> str | None:
+    """The language a department's reports are written in: the one asked for, else its setting."""
+    return language or getattr(dept, "language", None)
+
+
+def _render(template: str, dept: Department, summary: dict, language: str | None, **context) -> str:
+    """A run or status report (Markdown) rendered in the department's language."""
+    n = names(_language(dept, language))
+    by_user = summary.get("this_run_by_user") or {}
+
+    def moved_of(user: str) -> int:
+        states = by_user.get(user) or {}
+        return states.get(State.VERIFIED.value, 0) + states.get(State.LOADED.value, 0)
+
+    order = {v: i for i, v in enumerate(("identical", "minor", "review", "broken"))}
+    verdicts = sorted((summary.get("fidelity") or {}).items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))
+    return render(template, n.language, department=dept.name, summary=summary, ledger=_safe_url(dept),
+                  states=[s.value for s in State], cell=_cell, fate=lambda removed: _fate(removed, n),
+                  moved_of=moved_of, verdicts=verdicts,
+                  rename_reason=lambda reason: n(RENAME_REASONS[reason]) if reason in RENAME_REASONS else n.code(reason),
+                  **context)
+
+
+def write_run_report(dept: Department, summary: dict, language: str | None = None) -> Path:
+    """The run report as Markdown (for people and Prefect) beside the same data as JSON, in
+    `language` (else the department's `language`, else English)."""
     out = reports_dir(dept)
     stem = f"run-{summary['run']:05d}"
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
-    lines = [f"# {dept.name}: run {summary['run']}", "",
-             f"Finished {summary['finished']} in {summary['seconds']} s. Ledger: `{_safe_url(dept)}`.", ""]
-    if summary.get("delta"):
-        lines += ["## What changed at the source", "",
-                  "| | " + " | ".join(summary["delta"]) + " |", "|---|" + "---|" * len(summary["delta"]),
-                  "| items | " + " | ".join(str(sum(v.values()) if isinstance(v, dict) else v)
-                                          for v in summary["delta"].values()) + " |", ""]
-    if summary.get("warnings"):
-        lines += ["## Told before the run", "",
-                  "Said by the pre-run check; the run went on (what it concerns may fail and wait for a rerun):",
-                  "", *[f"- {w}" for w in summary["warnings"]], ""]
-    lines += _removed_section(summary.get("removed_this_run"))
-    lines += _status_sections(dept, summary)
+    text = _render("run.md", dept, summary, language, removed=_removed(summary.get("removed_this_run"),
+                                                                       names(_language(dept, language))))
     path = out / f"{stem}.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     latest = out / "latest.md"
-    latest.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    latest.write_text(text, encoding="utf-8")
     return path
 
 
-def write_status_report(dept: Department, status: dict) -> Path:
+def write_status_report(dept: Department, status: dict, language: str | None = None) -> Path:
     """A snapshot of the department's status (`umstieg report`) as `status-<UTC time>.md` beside the
-    same data as JSON. Run reports (`run-NNNNN.md`, `latest.md`) are left as they are."""
+    same data as JSON, in `language` (else the department's). Run reports (`run-NNNNN.md`,
+    `latest.md`) are left as they are."""
     out = reports_dir(dept)
     taken = datetime.now(timezone.utc)
     stem = f"status-{taken:%Y%m%dT%H%M%SZ}"
@@ -294,161 +309,37 @@ def write_status_report(dept: Department, status: dict) -> Path:
         stem = f"status-{taken:%Y%m%dT%H%M%SZ}-{n}"
     status = {**status, "taken": taken.isoformat()}
     (out / f"{stem}.json").write_text(json.dumps(status, indent=2, default=str), encoding="utf-8")
-    lines = [f"# {dept.name}: status at {taken:%Y-%m-%d %H:%M:%S} UTC", "",
-             f"A snapshot of the ledger (`{_safe_url(dept)}`); each run's own report is `run-NNNNN.md`.", ""]
-    last = status.get("last_run")
-    if last:
-        lines += ["## Last run", "",
-                  f"Run {last['id']} ({last['flow']}): {last['status']}, started {last['started']}"
-                  + (f", finished {last['finished']}." if last.get("finished") else "."), ""]
-        if last.get("failures"):
-            lines += [f"Failures among the items run {last['id']} processed:", ""]
-            lines += _failures_table(last["failures"])
-        else:
-            lines += [f"No item that run {last['id']} processed is failed now.", ""]
-    else:
-        lines += ["No run of this department is in the ledger yet.", ""]
-    lines += _status_sections(dept, status)
     path = out / f"{stem}.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(_render("status.md", dept, status, language, taken=f"{taken:%Y-%m-%d %H:%M:%S}"),
+                    encoding="utf-8")
     return path
 
 
-def _failures_table(failures: dict[str, dict]) -> list[str]:
-    lines = ["| class | items | example |", "|---|---:|---|"]
-    lines += [f"| {reason} | {f['count']} | {_cell(f['example'], 200)} |" for reason, f in failures.items()]
-    return lines + [""]
-
-
-def _fate(removed: dict) -> str:
+def _fate(removed: dict, n: Names) -> str:
     """What became of the target copies of items deleted at the source, as it happened."""
     parts = []
     if removed.get("removed"):
-        parts.append(f"{removed['removed']} removed at the target too (`delete_at_target: true`)")
+        parts.append(n("%(count)s removed at the target too (`delete_at_target: true`)") % {"count": removed["removed"]})
     if removed.get("kept"):
-        parts.append(f"{removed['kept']} left at the target (`delete_at_target` was off when they were found gone)")
+        parts.append(n("%(count)s left at the target (`delete_at_target` was off when they were found gone)")
+                     % {"count": removed["kept"]})
     if removed.get("never_arrived"):
-        parts.append(f"{removed['never_arrived']} had never reached the target")
-    return "; ".join(parts) or "none had a copy at the target"
+        parts.append(n("%(count)s had never reached the target") % {"count": removed["never_arrived"]})
+    return "; ".join(parts) or n("none had a copy at the target")
 
 
-def _removed_section(removed: dict | None) -> list[str]:
-    """The items this run found deleted at the source, and what became of their target copies."""
+def _removed(removed: dict | None, n: Names) -> dict | None:
+    """The items this run found deleted at the source, each with what became of its target copy
+    in words; None when there were none."""
     if not removed or not removed.get("count"):
-        return []
+        return None
     if "removed" not in removed:         # a summary from before copies were counted one by one
         removed = {**removed, "removed" if removed.get("at_target") == "removed" else "kept": removed["count"]}
-    fate = {"removed": "removed at the target", "kept": "left at the target", "never_arrived": "never arrived"}
-    lines = ["## Deleted at the source in this run", "",
-             f"{removed['count']} item(s) were deleted at the source since the last run. Their target copies: "
-             f"{_fate(removed)}.", ""]
+    fate = {"removed": n("removed at the target"), "kept": n("left at the target"),
+            "never_arrived": n("never arrived")}
+    items = [{**i, "fate": fate.get(i.get("at_target") or removed.get("at_target"), "–")} for i in removed["items"]]
     # a message is named by its subject and Message-ID: its folder alone does not say which it was
-    named = any(i.get("item") for i in removed["items"])
-    lines += ["| user | path at the source | message | target copy |", "|---|---|---|---|"] if named else \
-        ["| user | path at the source | target copy |", "|---|---|---|"]
-    lines += [f"| {i['owner']} | {_cell(i['location'])} | "
-              + (f"{_cell(i.get('item') or '', 160)} | " if named else "")
-              + f"{fate.get(i.get('at_target') or removed.get('at_target'), '–')} |"
-              for i in removed["items"]]
-    if removed["count"] > len(removed["items"]):
-        lines += ["", f"… and {removed['count'] - len(removed['items'])} more (`umstieg status --json` "
-                      "or the dashboard list them all)."]
-    return lines + [""]
-
-
-def _status_sections(dept: Department, summary: dict) -> list[str]:
-    """The parts a run report and a status snapshot share: where the department stands."""
-    states = [s.value for s in State]
-    lines = ["## Items by user and state", "", "| user | " + " | ".join(states) + " | total |",
-             "|---|" + "---:|" * (len(states) + 1)]
-    for row in summary["users"]:
-        lines.append(f"| {row['user']} | " + " | ".join(str(row[s]) for s in states) + f" | {row['total']} |")
-    lines.append("")
-    if left := summary.get("left_for_next_run"):
-        lines += ["## Left for the next run", "", f"{left['items']} item(s) in {left['chunks']} chunk(s) did not start: "
-                  f"{_cell(left['why'])}. They keep their state; the next run takes them up.", ""]
-    if summary.get("stopped_users"):
-        lines += _waiting_section(summary)
-    if renamed := (summary.get("renamed") or {}).get("items"):
-        lines += ["## Renamed at the target", "",
-                  "These files land under another name than at the source, for the reason in the last column; "
-                  "the name is kept in the ledger, so that nothing overwrote anything and later runs use the same name.",
-                  "", "| user | name at the source | name at the target | why |", "|---|---|---|---|"]
-        lines += [f"| {r['owner']} | {_cell(r['source'])} | {_cell(r['target'])} | "
-                  f"{_cell(RENAME_REASONS.get(r['reason'], r['reason']))} |" for r in renamed]
-        more = summary["renamed"]["count"] - len(renamed)
-        lines += (["", f"… and {more} more (`umstieg status --json` lists the first {len(renamed)})."] if more > 0 else [])
-        lines.append("")
-    if len(summary.get("by_kind") or {}) > 1:
-        lines += ["## Items by kind and state", "", "| kind | " + " | ".join(states) + " |",
-                  "|---|" + "---:|" * len(states)]
-        for kind, counts in sorted(summary["by_kind"].items()):
-            lines.append(f"| {kind} | " + " | ".join(str(counts.get(s, 0)) for s in states) + " |")
-        lines.append("")
-    sharing = summary.get("sharing") or {}
-    if sharing.get("granted") or sharing.get("not_carried"):
-        lines += ["## Permissions", "", f"{sharing['granted']} share(s) made at the target; "
-                  f"{sharing['ignored']} entr(y/ies) for owners and system accounts needed none.", ""]
-    if sharing.get("not_carried"):
-        lines += ["### Not carried over: decide for each", "", "| principal | rights | items | why | for example |",
-                  "|---|---|---:|---|---|"]
-        lines += [f"| {_cell(g['principal'])} | {', '.join(g['rights'])} | {g['items']} | {_cell(g['reason'])} | "
-                  f"{_cell(', '.join(g['examples']))} |" for g in sharing["not_carried"]] + [""]
-    if summary.get("failures"):
-        lines += ["## Failures by class", ""] + _failures_table(summary["failures"])
-        lines += ["Rerun them after fixing the cause: `umstieg rerun DEPARTMENT.yaml [--error-class CLASS]`.", ""]
-    if summary.get("failed_batches"):
-        lines += ["## Failures by batch", "", "| batch | user | failed | classes |", "|---:|---|---:|---|"]
-        lines += [f"| {b['batch'] if b['batch'] is not None else '–'} | {b['user']} | {b['failures']} | "
-                  + ", ".join(f"{c} {n}" for c, n in sorted(b["classes"].items())) + " |"
-                  for b in summary["failed_batches"]]
-        more = summary.get("failed_batch_count", 0) - len(summary["failed_batches"])
-        lines += (["", f"… and {more} older batch(es) with failures."] if more > 0 else [])
-        lines += ["", "Rerun one batch: `umstieg rerun DEPARTMENT.yaml --batch ID`.", ""]
-    if summary.get("conversions"):
-        lines += ["## Office documents", "", "| conversion outcome | items |", "|---|---:|"]
-        lines += [f"| {k} | {v} |" for k, v in sorted(summary["conversions"].items())] + [""]
-    if summary.get("fidelity"):
-        order = {v: i for i, v in enumerate(("identical", "minor", "review", "broken"))}
-        lines += ["## Fidelity verdicts", "", "| verdict | documents |", "|---|---:|"]
-        lines += [f"| {k} | {v} |" for k, v in sorted(summary["fidelity"].items(),
-                                                      key=lambda kv: (order.get(kv[0], 99), kv[0]))] + [""]
-    if not_moved := (summary.get("not_moved") or {}).get("items"):
-        lines += ["## Not moved: links and special files, a person should look at these", "",
-                  "The source holds these entries, but they are not files with data: links are never followed "
-                  "(one could lead outside the user's folder), pipes, sockets and devices hold nothing to move.",
-                  "", "| user | path | why |", "|---|---|---|"]
-        lines += [f"| {n['owner']} | {_cell(n['path'])} | {_cell(n['message'] or n['reason'], 300)} |"
-                  for n in not_moved]
-        more = summary["not_moved"]["count"] - len(not_moved)
-        lines += (["", f"… and {more} more (`umstieg status --json` lists the first {len(not_moved)})."] if more > 0 else [])
-        lines.append("")
-    if summary.get("needs_a_person"):
-        lines += ["## Moved unconverted: a person should look at these", "", "| user | path | why |", "|---|---|---|"]
-        lines += [f"| {n['owner']} | {_cell(n['path'])} | {_cell(n['message'] or n['conversion'], 300)} |"
-                  for n in summary["needs_a_person"]] + [""]
-    if summary.get("removed_at_source"):
-        totals = summary.get("removed_totals") or {"count": summary["removed_at_source"]}
-        lines += [f"In all, {summary['removed_at_source']} item(s) of this department have been deleted at the "
-                  f"source. Their target copies: {_fate(totals)}.", ""]
-    return lines
-
-
-def _waiting_section(summary: dict) -> list[str]:
-    """The users who wait, what of theirs this run moved before they stopped (often nothing), and
-    why, in the words of the check that stopped them: the reason names the cause (a missing
-    account, a refused login, a full quota, a source that could not be listed), so no advice
-    here may name one cause for all."""
-    by_user = summary.get("this_run_by_user") or {}
-    lines = ["## Users who wait", "", "| user | moved in this run | why |", "|---|---|---|"]
-    for user, why in sorted(summary["stopped_users"].items()):
-        states = by_user.get(user) or {}
-        moved = states.get(State.VERIFIED.value, 0) + states.get(State.LOADED.value, 0)
-        done = (f"{moved} item(s) arrived before they stopped; the rest waits" if moved
-                else "nothing of theirs moved")
-        lines.append(f"| {user} | {done} | {_cell(why)} |")
-    return lines + ["", "Fix what each reason names, then run the department again (`umstieg run DEPARTMENT.yaml`, "
-                    "or `-u USER` for one of them): what arrived stays, and nothing is sent twice.", ""]
+    return {**removed, "items": items, "named": any(i.get("item") for i in items)}
 
 
 def measured_rate(dept: Department, ledger: Ledger) -> float | None:

@@ -68,8 +68,9 @@ def _inspect(path: Path, root: Path, oversize: int) -> RiskReport:
 
 
 def scan_tree(src: Path, out: Path, *, jobs: int = 4, oversize: int = DEFAULT_OVERSIZE,
-              on_file: Callable[[RiskReport], None] | None = None) -> ScanSummary:
-    """Inspect every file under `src`; write scan.jsonl, scan.csv, scan.ods and scan.html into `out`."""
+              on_file: Callable[[RiskReport], None] | None = None, language: str | None = None) -> ScanSummary:
+    """Inspect every file under `src`; write scan.jsonl, scan.csv, scan.ods and scan.html into `out`
+    (the last three in `language`: de, en or fr, English by default)."""
     started = time.monotonic()
     src, out = Path(src).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -107,14 +108,20 @@ def scan_tree(src: Path, out: Path, *, jobs: int = 4, oversize: int = DEFAULT_OV
             collect(block=True)
     os.replace(partial, jsonl)
     summary.paths = {"jsonl": jsonl, **write_scan_report(out, jsonl, source=str(src),
-                                                          seconds=time.monotonic() - started)}
+                                                          seconds=time.monotonic() - started, language=language)}
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def write_scan_report(out: Path, jsonl: Path, *, source: str = "", seconds: float = 0.0) -> dict[str, Path]:
-    """scan.csv, scan.ods and scan.html from scan.jsonl: one row per file, person first, then review."""
+def write_scan_report(out: Path, jsonl: Path, *, source: str = "", seconds: float = 0.0,
+                      language: str | None = None) -> dict[str, Path]:
+    """scan.csv, scan.ods and scan.html from scan.jsonl: one row per file, person first, then review,
+    in `language` (reports.exports says what that changes in the tables); CSV cells start no formula."""
+    from reports.exports import localised, neutralised
     from reports.html import scan_html
+    from reports.i18n import names
+
+    n = names(language)
 
     with open(jsonl, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
@@ -130,21 +137,25 @@ def write_scan_report(out: Path, jsonl: Path, *, source: str = "", seconds: floa
     flat["details"] = flat["details"].map(
         lambda d: "; ".join(f"{k}: {', '.join(v)}" for k, v in d.items()) if isinstance(d, dict) else "")
     paths = {kind: out / SCAN_NAMES[kind] for kind in ("csv", "ods", "html")}
-    _write(paths["csv"], lambda p: flat.to_csv(p, index=False))
+    files = localised(flat, n.language, {"family": "code", "category": "code", "flags": "flags", "outcome": "code"})
+    _write(paths["csv"], lambda p: neutralised(files).to_csv(p, index=False))
 
     def ods(p: Path) -> None:
-        sheets = {"Files": (flat, False)}
+        sheets = {n("Files"): (files, False)}
         if not table.empty:
             by_format = pd.crosstab(table["format"].fillna("other"), table["category"])
             by_format["files"] = by_format.sum(axis=1)
             by_format["MiB"] = (table.groupby(table["format"].fillna("other"))["size"].sum() / 2**20).round(1)
             flags = Counter(f for fl in table["flags"] for f in fl)
-            sheets["By format"] = (by_format, True)
-            sheets["Flags"] = (pd.DataFrame(flags.most_common(), columns=["flag", "files"]), False)
+            sheets[n("By format")] = (localised(by_format, n.language, coded_headers=("person", "review", "clean",
+                                                                                       "other")), True)
+            sheets[n("Flags")] = (localised(pd.DataFrame(flags.most_common(), columns=["flag", "files"]), n.language,
+                                            {"flag": "flags"}), False)
         write_ods(p, sheets)
 
     _write(paths["ods"], ods)
-    _write(paths["html"], lambda p: p.write_text(scan_html(table, source=source, seconds=seconds), encoding="utf-8"))
+    _write(paths["html"], lambda p: p.write_text(scan_html(table, source=source, seconds=seconds, language=n.language),
+                                                 encoding="utf-8"))
     return paths
 
 
