@@ -7,10 +7,12 @@
   `@odata.deltaLink` that asks for the changes since (`Delta`). A delta link the service no
   longer knows (410 Gone) means a full resynchronisation: `DeltaExpired`, counted in `resyncs`.
 - **Throttling is normal**: Graph answers 429 (and 503/504 when busy) with `Retry-After`. The
-  client waits as asked, up to `MAX_WAITS` times per request and `MAX_WAIT` seconds at a time, then
-  hands the wait to the flows as `TransientError(retry_after=…)`. At most `concurrency` requests
-  (Graph allows 4 per mailbox) are under way at once per mailbox or drive.
-- **Failures**: a timeout or a broken connection is `TransientError`; a refused token (401) or a
+  client waits as asked and asks again, as the source's retry policy says (core/retry.py: Graph's
+  defaults, or the source's `retry:` block), then hands the error to the flows as
+  `TransientError(retry_after=…)`, marked spent: the flows' step retry does not ask again, so a
+  request is sent at most `attempts` times in all. At most `concurrency` requests (Graph allows 4
+  per mailbox) are under way at once per mailbox or drive.
+- **Failures**: a timeout, a broken connection or a 5xx is retried the same way; a refused token (401) or a
   missing application permission (403) on a listing is `ConfigError` naming the permission; on one
   item (its content, its permissions) 403/404 are that item's `ItemError`.
 - **Downloads**: `/content` answers 302 with a pre-authenticated URL; it is fetched *without* the
@@ -38,27 +40,16 @@ from pydantic import SecretStr
 from core.plugins import PerProcess
 from core.department import _GraphApp
 from core.errors import ConfigError, ItemError, TransientError
-from clients.http import make_client, retry_after
+from core.retry import TRANSIENT_STATUS, answer_error, policy_for
+from clients.http import make_client
 
 __all__ = ["GraphClient", "Delta", "DeltaExpired", "Changes", "client_for", "user_agent", "quote_segment"]
 
 log = logging.getLogger("umstieg.sources.graph")
 
-#: How often one request waits inside the client for a throttled (429/503/504) answer before the
-#: wait is handed to the flows' retries as TransientError.
-MAX_WAITS = 3
-#: The longest Retry-After the client sleeps itself; longer waits go to the flows at once.
-MAX_WAIT = 60.0
-#: The longest wait handed to the flows' retries; longer means "not today": the item fails as
-#: `transient` after the retries and a later rerun picks it up.
-MAX_RETRY_AFTER = 300.0
-#: Waits when a busy answer has no Retry-After.
-DEFAULT_WAITS = (2.0, 5.0, 15.0)
 #: Bytes written to the local file at a time when streaming a download.
 BLOCK = 1 << 20
 
-_THROTTLED = {429, 503, 504}
-_SERVER_ERRORS = {500, 502}
 
 
 def user_agent() -> str:
@@ -144,6 +135,8 @@ class GraphClient:
         parts = urlsplit(self._base)
         self._scope = f"{parts.scheme}://{parts.netloc}/.default"
         self._sleep = sleep
+        #: how often and how long a request is asked again while Graph is busy (core/retry.py)
+        self.retry = policy_for("graph", getattr(config, "retry", None))
         self._lock = threading.Lock()
         self._token_lock = threading.Lock()
         self._app = None
@@ -246,36 +239,21 @@ class GraphClient:
         url = self.url(path)
         what = f"{method} {urlsplit(url).path}"
         refreshed = False
-        waits = 0
-        while True:
+
+        def send() -> httpx.Response:
             hdrs = {"Authorization": f"Bearer {self.token()}", **(headers or {})}
-            try:
-                with self._gate(scope) if gated else contextlib.nullcontext():
-                    req = self._client.build_request(method, url, params=params, headers=hdrs)
-                    resp = self._client.send(req, stream=stream)
-            except httpx.TimeoutException:
-                raise TransientError(f"{what}: Graph did not answer within {self.config.timeout:g} s") from None
-            except httpx.TransportError as exc:
-                raise TransientError(f"{what}: cannot reach Graph: {type(exc).__name__}") from None
+            with self._gate(scope) if gated else contextlib.nullcontext():
+                req = self._client.build_request(method, url, params=params, headers=hdrs)
+                return self._client.send(req, stream=stream)
+
+        while True:
+            resp = self._patiently(send, what, "Graph", ok)
             status = resp.status_code
             if status in ok or (300 <= status < 400 and 302 in ok):
                 return resp
             if stream:
                 resp.read()
             resp.close()
-            if status in _THROTTLED:
-                wait = retry_after(resp, MAX_RETRY_AFTER)
-                if wait is None:
-                    wait = DEFAULT_WAITS[min(waits, len(DEFAULT_WAITS) - 1)]
-                if waits < MAX_WAITS and wait <= MAX_WAIT:
-                    waits += 1
-                    with self._lock:
-                        self.waits += 1
-                    log.info("%s: Graph is busy (%d), waiting %.1f s as asked", what, status, wait)
-                    self._sleep(wait)
-                    continue
-                raise TransientError(f"{what}: Graph is throttling ({status}) after {waits} waits",
-                                     retry_after=min(wait, MAX_RETRY_AFTER))
             if status == 401 and not refreshed:
                 refreshed = True
                 self._forget_token()
@@ -294,9 +272,39 @@ class GraphClient:
                 raise ItemError(text) if item else ConfigError(text)
             if status == 410:
                 raise DeltaExpired(what)
-            if status in _SERVER_ERRORS:
-                raise TransientError(f"{what}: Graph failed ({status}){detail}")
             raise ItemError(f"{what}: Graph refused the request ({status}){detail}")
+
+    def _patiently(self, send, what: str, who: str, ok: tuple[int, ...] = (200,)) -> httpx.Response:
+        """`send()`'s answer, asked again while Graph (or a download host) is busy (429, 5xx) or out of
+        reach, as the retry policy says (the server's Retry-After first). The error that ends it is
+        marked spent (`attempts`), so the flows' step retry passes it on instead of asking again.
+        Every Graph request is a GET, which may be repeated safely."""
+        tried, waited = 0, 0.0
+        while True:
+            tried += 1
+            try:
+                resp = send()
+            except httpx.TimeoutException:
+                error = TransientError(f"{what}: {who} did not answer within {self.config.timeout:g} s")
+            except httpx.TransportError as exc:
+                error = TransientError(f"{what}: cannot reach {who}: {type(exc).__name__}")
+            else:
+                if resp.status_code in ok or resp.status_code not in TRANSIENT_STATUS:
+                    return resp
+                resp.read()
+                resp.close()
+                error = answer_error(resp.status_code, resp.headers, f"{what}: {who} is busy")
+            wait = self.retry.wait_before(tried, error.retry_after, waited)
+            if wait is None:
+                error.attempts = tried
+                if tried > 1:
+                    error.args = (f"{error.args[0]} ({tried} tries)",)
+                raise error from None
+            with self._lock:
+                self.waits += 1
+            log.info("%s; waiting %.1f s, then try %d of %d", error, wait, tried + 1, self.retry.attempts)
+            self._sleep(wait)
+            waited += wait
 
     def get_json(self, path: str, *, scope: str, need: str, item: bool = False, params: dict | None = None,
                  headers: dict | None = None) -> dict:
@@ -364,34 +372,16 @@ class GraphClient:
     def _fetch_preauthenticated(self, url: str) -> httpx.Response:
         """GET a pre-authenticated download URL: no token, its own throttling answers honoured."""
         shown = urlsplit(url).netloc
-        waits = 0
-        while True:
-            try:
-                resp = self._client.send(self._client.build_request("GET", url), stream=True)
-            except httpx.TimeoutException:
-                raise TransientError(f"download from {shown}: no answer within {self.config.timeout:g} s") from None
-            except httpx.TransportError as exc:
-                raise TransientError(f"download from {shown}: {type(exc).__name__}") from None
-            if resp.status_code == 200:
-                return resp
-            resp.read()
-            resp.close()
-            if resp.status_code in _THROTTLED:
-                wait = retry_after(resp, MAX_RETRY_AFTER) or DEFAULT_WAITS[min(waits, len(DEFAULT_WAITS) - 1)]
-                if waits < MAX_WAITS and wait <= MAX_WAIT:
-                    waits += 1
-                    with self._lock:
-                        self.waits += 1
-                    self._sleep(wait)
-                    continue
-                raise TransientError(f"download from {shown}: throttled ({resp.status_code})",
-                                     retry_after=min(wait, MAX_RETRY_AFTER))
-            if resp.status_code in (401, 403):
-                # pre-authenticated URLs live about an hour: a fresh one comes with the next attempt
-                raise TransientError(f"download from {shown}: the download link was refused ({resp.status_code})")
-            if resp.status_code in _SERVER_ERRORS:
-                raise TransientError(f"download from {shown}: server error {resp.status_code}")
-            raise ItemError(f"download from {shown}: refused ({resp.status_code})")
+        resp = self._patiently(lambda: self._client.send(self._client.build_request("GET", url), stream=True),
+                               "download", shown)
+        if resp.status_code == 200:
+            return resp
+        resp.read()
+        resp.close()
+        if resp.status_code in (401, 403):
+            # pre-authenticated URLs live about an hour: a fresh one comes with the next attempt
+            raise TransientError(f"download from {shown}: the download link was refused ({resp.status_code})")
+        raise ItemError(f"download from {shown}: refused ({resp.status_code})")
 
 
 def _stream_to(resp: httpx.Response, dst: Path) -> int:
@@ -420,4 +410,4 @@ def _stream_to(resp: httpx.Response, dst: Path) -> int:
 #: thread. Sources of several departments with the same application still share nothing else.
 client_for = PerProcess(GraphClient, close="close", key=lambda config: config.model_dump_json(include={
     "tenant_id", "client_id", "client_secret", "authority", "graph_url", "concurrency", "verify_tls", "ca_file",
-    "timeout"}))
+    "timeout", "retry"}))
