@@ -702,6 +702,8 @@ class Department(_Model):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
     description: str = ""
+    language: Literal["de", "en", "fr"] = Field(default="en", description="language of the department's reports "
+                                                "(run, status, risk scan) and their exports")
     ledger: str | None = Field(default=None, description="SQLAlchemy URL (default: SQLite in work_dir)")
     ledger_password: SecretRef | None = Field(default=None, description="for a PostgreSQL ledger")
     work_dir: Path = Field(description="staging area, ledger (by default) and reports")

@@ -34,6 +34,8 @@ def convert(
                                     "[default: flagged]"),
     visual_sample: float = typer.Option(None, "--visual-sample", min=0.0, max=1.0,
                                         help="share of the other documents that get the page-image comparison too"),
+    language: str = typer.Option("en", "--language", "-l",
+                                 help="language of the fidelity report (html, ods, csv): de, en or fr"),
 ) -> None:
     """Convert every Office document under SRC to OpenDocument under OUT.
 
@@ -43,6 +45,10 @@ def convert(
     """
     from converters.pool import ConverterPool
     from converters.tree import convert_tree
+    from reports.i18n import LANGUAGES
+
+    if language not in LANGUAGES:
+        raise typer.BadParameter(f"{language!r} is not one of {', '.join(LANGUAGES)}", param_hint="--language")
 
     overrides = {k: v for k, v in dict(workers=workers, timeout=timeout, recycle_after=recycle_after).items()
                  if v is not None}
@@ -106,7 +112,7 @@ def convert(
     console.print(f"ODF copies under [bold]{out}[/bold]; one line per document in "
                   f"[bold]{summary.results_path}[/bold]")
     if fidelity_settings is not None:
-        _print_fidelity(summary, out)
+        _print_fidelity(summary, out, language)
     _print_attention(summary)
     if summary.failed:
         console.print(f"[red]{summary.failed} document(s) failed[/red] (see the outcome column and results.jsonl)")
@@ -146,7 +152,7 @@ def _print_summary(summary, pool) -> None:
                   f"peak worker memory {pool.peak_rss / 2**20:.0f} MiB")
 
 
-def _print_fidelity(summary, out: Path) -> None:
+def _print_fidelity(summary, out: Path, language: str = "en") -> None:
     """Verdict counts of this run and where the batch report is."""
     from reports.batch import write_fidelity_report
 
@@ -159,7 +165,7 @@ def _print_fidelity(summary, out: Path) -> None:
         table.add_row(*[str(counts[v]) for v in [v for v in order if counts.get(v)] + sorted(set(counts) - set(order))])
         console.print(table)
     try:
-        paths = write_fidelity_report(out, summary.results_path)
+        paths = write_fidelity_report(out, summary.results_path, language=language)
     except Exception as exc:  # noqa: BLE001 - the conversions stand; say why the report is missing
         console.print(f"[yellow]fidelity report not written:[/yellow] {type(exc).__name__}: {exc}")
         return

@@ -264,12 +264,17 @@ def status(department_file: Path = DeptFile,
         console.print(f"last run {r['id']} ({r['flow']}): {r['status']}, started {r['started']}")
 
 
-def report(department_file: Path = DeptFile) -> None:
+def report(department_file: Path = DeptFile,
+           language: str = typer.Option(None, "--language", "-l",
+                                        help="de, en or fr [default: the department's language]")) -> None:
     """Write a snapshot of the department's status from the ledger now (status-<UTC time>.md
     and .json beside the run reports, which stay as they are) and say where it is."""
+    from reports.i18n import LANGUAGES
+    if language is not None and language not in LANGUAGES:
+        raise typer.BadParameter(f"{language!r} is not one of {', '.join(LANGUAGES)}", param_hint="--language")
     dept = _load(department_file)
     from reports.migration import write_status_report
-    path = write_status_report(dept, _status(dept))
+    path = write_status_report(dept, _status(dept), language)
     console.print(f"Report: [bold]{escape(str(path))}[/bold]", soft_wrap=True)
 
 

@@ -19,14 +19,20 @@ def scan(
                              help="folder for scan.jsonl, scan.csv, scan.ods and scan.html"),
     jobs: int = typer.Option(4, "--jobs", "-j", min=1, help="files inspected at once"),
     oversize: float = typer.Option(50, "--oversize", min=0.001, help="flag files larger than this (MiB)"),
+    language: str = typer.Option("en", "--language", "-l", help="language of scan.csv, scan.ods and scan.html: "
+                                                                  "de, en or fr"),
 ) -> None:
     """Inventory SRC and flag every file's migration risks, without converting anything.
 
     Writes OUT/scan.jsonl (one record per file: path, format, size, flags), and the same table
     as scan.csv, scan.ods and scan.html: what converts cleanly, what needs review, what needs a person.
     """
+    from reports.i18n import LANGUAGES
     from reports.risk import RISK_FLAGS
     from reports.scan import scan_tree
+
+    if language not in LANGUAGES:
+        raise typer.BadParameter(f"{language!r} is not one of {', '.join(LANGUAGES)}", param_hint="--language")
 
     progress = Progress(TextColumn("[bold]scanning"), BarColumn(pulse_style="cyan"), TextColumn("{task.completed} files"),
                         TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console)
@@ -36,7 +42,7 @@ def scan(
         def on_file(report) -> None:
             progress.update(task, advance=1, last=report.path[-50:])
 
-        summary = scan_tree(src, out, jobs=jobs, oversize=int(oversize * 2**20), on_file=on_file)
+        summary = scan_tree(src, out, jobs=jobs, oversize=int(oversize * 2**20), on_file=on_file, language=language)
 
     formats = Table(title="Files by format")
     for column in ("format", "files", "MiB"):
