@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers import CORPUS
 from servers import free_port
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+from servers.postgres import as_postgres
 
 # Every pool the tests start keeps its profiles under this directory, so the end of the session
 # can prove that no LibreOffice process of ours survived.
@@ -146,11 +146,6 @@ def env_without_proxy():
 # ----------------------------------------------------------------------- real servers on loopback
 
 
-def _as_postgres(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the `postgres` system user then."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
     """A PostgreSQL server from Debian's package, started for the session on a loopback port."""
@@ -169,9 +164,9 @@ def postgres_url():
         shutil.chown(base, "postgres")
         shutil.chown(data, "postgres")
     port = free_port()
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+    subprocess.run(as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                                  "--no-sync"]), check=True, capture_output=True)
-    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+    subprocess.run(as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
                                  f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
                    check=True, capture_output=True)
     try:
@@ -184,7 +179,7 @@ def postgres_url():
                        check=True, capture_output=True)
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/ledger"
     finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+        subprocess.run(as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 

@@ -144,7 +144,7 @@ def department(tmp_path: Path, smb: SambaServer, graph: GraphTestServer, nc: Nex
 def test_a_share_and_onedrives_land_in_nextcloud_converted_verified_and_shared(servers, tmp_path):
     from flows import runtime
     from flows.migrate import migrate_body as migrate
-    from test_flows import ledger_rows
+    from helpers import ledger_rows
     smb, graph, nc, accounts, group = servers
     anna, ben = accounts["anna"], accounts["ben"]
     share_files = fill_share(smb)

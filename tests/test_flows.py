@@ -19,69 +19,16 @@ import pytest
 import yaml
 
 from conftest import CORPUS, processes_using
-from docgen import make_docx, make_heavy_docx, make_mixed_set
-
-UMSTIEG = [sys.executable, "-m", "umstieg"]
-
-# A few real files from the corpus join the generated ones when the corpus is there.
-CORPUS_PICKS = ["documents/testWORD_features.docx", "spreadsheets/testEXCEL_charts.xlsx",
-                "presentations/testPPT_comment.pptx", "documents/testWORD_protected_passtika.docx",
-                "documents/testRTFJapanese.rtf"]
+from docgen import make_docx, make_heavy_docx
+from helpers import UMSTIEG, ledger_rows, make_department, wait_until_verified
 
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def make_department(tmp_path: Path, users=("anna", "ben"), docs_per_user=6, **overrides) -> Path:
-    """A department file over generated home folders (and a few corpus files for the first user)."""
-    home = tmp_path / "home"
-    for i, user in enumerate(users):
-        make_mixed_set(home / user / "Ablage", docs_per_user)
-        (home / user / "notes.txt").write_text(f"Notizen von {user}\n", encoding="utf-8")
-        if i == 0 and CORPUS.is_dir():
-            for rel in CORPUS_PICKS:
-                if (CORPUS / rel).exists():
-                    shutil.copy(CORPUS / rel, home / user / Path(rel).name)
-    config = {
-        "name": "testamt",
-        "work_dir": str(tmp_path / "work"),
-        "users": [{"source": u, "target": f"t-{u}"} for u in users],
-        "sources": [{"name": "homes", "type": "folder", "root": str(home)}],
-        "target": {"type": "localdir", "root": str(tmp_path / "target")},
-        "conversion": {"workers": 2, "timeout": 120, "keep_original": "never"},
-        "limits": {"chunk_size": 4},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    path = tmp_path / "department.yaml"
-    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    return path
-
-
 def target_files(tmp_path: Path) -> list[Path]:
     return sorted(p for p in (tmp_path / "target").rglob("*") if p.is_file())
-
-
-def ledger_rows(dept_file: Path) -> list[dict]:
-    """The ledger's items as dicts (the columns the tests look at)."""
-    from core.department import load_department
-    from core.ledger import Item
-    from sqlalchemy import select
-    dept = load_department(dept_file)
-    ledger = dept.open_ledger()
-    try:
-        with ledger.session() as s:
-            return [{c: getattr(i, c) for c in ("id", "owner", "location", "state", "reason", "message", "target_ref",
-                                                  "target_digest", "conversion", "change", "removed_at_source",
-                                                  "batch_id", "fidelity_verdict", "fidelity_score", "original_ref",
-                                                  "attempts", "updated")}
-                    for i in s.scalars(select(Item).where(Item.department == dept.name).order_by(Item.id))]
-    finally:
-        ledger.close()
 
 
 def assert_target_matches_ledger(dept_file: Path, tmp_path: Path) -> list[dict]:
@@ -256,22 +203,6 @@ def test_secrets_must_be_references(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_department(dept_file)
     assert "ledger_password" in str(exc.value) and "hunter2" not in str(exc.value)
-
-
-def wait_until_verified(proc: subprocess.Popen, dept_file: Path, count: int, timeout: float,
-                        poll: float = 0.1) -> None:
-    """Wait while the run `proc` goes on until `count` items of its department are verified."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline
-        try:
-            verified = sum(r["state"] == "verified" for r in ledger_rows(dept_file))
-        except Exception:                         # noqa: BLE001 - ledger not created yet
-            verified = 0
-        if verified >= count:
-            return
-        time.sleep(poll)
 
 
 def prefect_servers_of(pid: int) -> list:

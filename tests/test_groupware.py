@@ -20,6 +20,7 @@ import yaml
 from core.department import CalDavTarget, CardDavTarget, ExportSource
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from clients.pim import contact_fields, contact_fingerprint, differences, event_fingerprint, vcard_30
+from helpers import RICH_CARD, cards, load, objects_in, recurring_event, write
 from servers.radicale import RadicaleServer
 from sinks.groupware import CalDav, CardDav, collection_name, resource_name
 from sources.export import source_for
@@ -77,68 +78,6 @@ def server_put(ref: str, data: bytes) -> None:
     resp = httpx.put(f"http://{rest}", content=data, auth=(user, PASSWORDS[user]),
                      headers={"If-Match": "*", "Content-Type": "text/calendar; charset=utf-8"})
     assert resp.status_code in (201, 204), resp.text
-
-
-def objects_in(server: RadicaleServer, user: str, display: str, kind: str = "calendar") -> list[Path]:
-    """The objects Radicale stores in one collection (one file each)."""
-    sink = caldav(server) if kind == "calendar" else carddav(server)
-    folder = server.collection(user, sink.collection_path(user, display).rstrip("/").rpartition("/")[2])
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-
-
-# ------------------------------------------------------------------------------ test events
-VTIMEZONE_BERLIN = """BEGIN:VTIMEZONE
-TZID:Europe/Berlin
-BEGIN:DAYLIGHT
-TZOFFSETFROM:+0100
-TZOFFSETTO:+0200
-TZNAME:CEST
-DTSTART:19700329T020000
-RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU
-END:DAYLIGHT
-BEGIN:STANDARD
-TZOFFSETFROM:+0200
-TZOFFSETTO:+0100
-TZNAME:CET
-DTSTART:19701025T030000
-RRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU
-END:STANDARD
-END:VTIMEZONE
-"""
-
-
-def recurring_event(uid: str, summary: str = "Jour fixe", attendees: int = 3, count: int | None = None) -> bytes:
-    """A weekly series in Europe/Berlin over a DST change: one cancelled and one moved occurrence."""
-    people = "".join(f"ATTENDEE;CN=Person {i};PARTSTAT=NEEDS-ACTION:mailto:p{i}@amt.example\n"
-                     for i in range(attendees))
-    rule = f"RRULE:FREQ=WEEKLY;BYDAY=TU;COUNT={count}" if count else "RRULE:FREQ=WEEKLY;BYDAY=TU;UNTIL=20261231T230000Z"
-    text = ("BEGIN:VCALENDAR\nVERSION:2.0\nPRODID:-//umstieg tests//EN\n" + VTIMEZONE_BERLIN +
-            "BEGIN:VEVENT\n"
-            f"UID:{uid}\nDTSTAMP:20260101T000000Z\n"
-            "DTSTART;TZID=Europe/Berlin:20260106T093000\nDTEND;TZID=Europe/Berlin:20260106T103000\n"
-            f"SUMMARY:{summary}\n{rule}\n"
-            "EXDATE;TZID=Europe/Berlin:20260331T093000\n"
-            "ORGANIZER;CN=Chefin:mailto:chefin@amt.example\n" + people +
-            "END:VEVENT\n"
-            "BEGIN:VEVENT\n"
-            f"UID:{uid}\nDTSTAMP:20260101T000000Z\n"
-            "RECURRENCE-ID;TZID=Europe/Berlin:20260407T093000\n"
-            "DTSTART;TZID=Europe/Berlin:20260408T140000\nDTEND;TZID=Europe/Berlin:20260408T150000\n"
-            f"SUMMARY:{summary} (verschoben)\n" + people +
-            "END:VEVENT\nEND:VCALENDAR\n")
-    return text.replace("\n", "\r\n").encode()
-
-
-def write(tmp_path: Path, name: str, data: bytes) -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
-
-
-def load(sink, owner: str, rel: str, src: Path) -> str:
-    """What the flow's load step does: find identical content, else put."""
-    digest = sink.digest(src)
-    return sink.find(owner, rel, digest) or sink.put(owner, rel, src)
 
 
 def expand(data: bytes, start: datetime, end: datetime) -> list[tuple]:
@@ -331,20 +270,6 @@ def test_not_an_event_is_invalid_data(radicale, tmp_path):
     assert err.value.reason == "invalid_data"
 
 
-# ---------------------------------------------------------------------------------- contacts
-def cards() -> dict[str, bytes]:
-    return {
-        "v3": (b"BEGIN:VCARD\r\nVERSION:3.0\r\nUID:anna-v3@amt.example\r\nFN:Anna Muster\r\nN:Muster;Anna;;;\r\n"
-               b"EMAIL;TYPE=work:Anna.Muster@Amt.Example\r\nTEL;TYPE=work:+49 (30) 1234-56\r\n"
-               b"ORG:Stadt Musterhausen;B\xc3\xbcrgeramt\r\nEND:VCARD\r\n"),
-        "v4": (b"BEGIN:VCARD\r\nVERSION:4.0\r\nUID:urn:uuid:4fbe8971-0bc3-424c-9c26-36c3e1eff6b1\r\n"
-               b"FN:J\xc3\xbcrgen Gro\xc3\x9f\r\nN:Gro\xc3\x9f;J\xc3\xbcrgen;;;\r\nEMAIL:jg@amt.example\r\n"
-               b"TEL;VALUE=uri:tel:+49-30-555\r\nEND:VCARD\r\n"),
-        "v21-no-uid": (b"BEGIN:VCARD\r\nVERSION:2.1\r\nN:Beispiel;Berta\r\nFN:Berta Beispiel\r\n"
-                       b"TEL;WORK;VOICE:030 777 88\r\nEMAIL;INTERNET:berta@amt.example\r\nEND:VCARD\r\n"),
-    }
-
-
 def test_contacts_go_up_verify_and_rerun_without_duplicates(radicale, tmp_path):
     book = f"Kontakte {uuid.uuid4().hex[:6]}"
     got = {}
@@ -438,13 +363,6 @@ def test_verify_catches_a_changed_name_and_phone(radicale, tmp_path):
     assert httpx.put(f"http://{rest}", content=changed, auth=(user, PASSWORDS[user]),
                      headers={"If-Match": "*", "Content-Type": "text/vcard"}).status_code in (201, 204)
     assert sink.verify(ref, sink.digest(src)) == f"{ref}: FN differs; TEL differs"
-
-
-RICH_CARD = ("BEGIN:VCARD\r\nVERSION:3.0\r\nPRODID:-//Outlook//DE\r\nUID:rich-{n}@amt.example\r\n"
-             "FN:Dora Beispiel\r\nN:Beispiel;Dora;;;\r\nTITLE:Leiterin\\, Bürgeramt\r\nROLE:Vertretung\r\n"
-             "BDAY:1980-01-02\r\nNICKNAME:Doro\r\nURL;TYPE=WORK:https://amt.example/dora\r\n"
-             "CATEGORIES:Amt,Leitung\r\nIMPP;TYPE=WORK:xmpp:dora@amt.example\r\n"
-             "X-SKYPE-USERNAME:dora.beispiel\r\nitem1.X-ABLABEL:Assistenz\r\nEND:VCARD\r\n")
 
 
 def test_every_property_a_card_carries_is_verified(radicale, tmp_path):

@@ -20,8 +20,7 @@ import yaml
 
 from servers.dovecot import Dovecot, dovecot_factory  # noqa: F401  (a fixture)
 from servers.radicale import RadicaleServer
-from test_flows import ledger_rows, wait_until_verified
-from test_groupware import cards, objects_in, recurring_event
+from helpers import cards, ledger_rows, objects_in, recurring_event, wait_until_verified
 
 UMSTIEG = [sys.executable, "-m", "umstieg"]
 MASTER = ("migrator", "master-e2e-6Wv")

@@ -13,7 +13,6 @@ import os
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,8 @@ from sqlalchemy import select
 
 from core.errors import ItemError
 from core.localtree import ChangedAtSource, NotBelow, key_of, open_file, open_root, raw_of, target_name, walk
+from helpers import UMSTIEG, discover_then
 
-UMSTIEG = [sys.executable, "-m", "umstieg"]
 SECRET = "root:x:0:0:SECRET-FROM-OUTSIDE-THE-ROOT\n"
 
 
@@ -79,26 +78,6 @@ def nothing_outside_arrived(tmp_path: Path) -> None:
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*UMSTIEG, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "COLUMNS": "200"})
-
-
-def discover_then(dept_file: Path, between) -> dict:
-    """Discover, call `between()` (the user's move), then take every pending item through its steps."""
-    from flows import runtime
-    from flows.discovery import discover
-    from flows.steps import process_chunk
-    try:
-        dept = runtime.department(str(dept_file))
-        ledger = runtime.ledger(dept)
-        run_id = ledger.start_run(dept.name, "migrate")
-        found = discover(dept, ledger, run_id)
-        between()
-        counts = {}
-        for owner, ids in found.todo.items():
-            counts[owner] = process_chunk(str(dept_file), run_id, owner, 1, ids)
-        ledger.finish_run(run_id, "completed")
-        return counts
-    finally:
-        runtime.close_all()
 
 
 # ------------------------------------------------------------------------------------------ names

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from servers.slapd import ADMIN_DN, SUFFIX, Slapd, group_ldif, person_ldif
-from test_flows import ledger_rows, make_department
+from helpers import ledger_rows, make_department
 
 UMSTIEG = [sys.executable, "-m", "umstieg"]
 

@@ -22,7 +22,7 @@ from core.errors import ConfigError
 from core.ledger import Item
 from core.mailselection import MailSelection
 from servers.dovecot import Dovecot, dovecot_factory  # noqa: F401  (a fixture)
-from test_imap import MASTER, fill, message
+from helpers import MASTER, fill, message
 
 _ids = iter(range(10_000))
 

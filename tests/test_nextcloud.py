@@ -12,7 +12,7 @@ import os
 import pytest
 import yaml
 
-from test_flows import ledger_rows, make_department
+from helpers import ledger_rows, make_department
 
 MiB = 1024 * 1024
 

@@ -21,7 +21,7 @@ from core.errors import ItemError
 from clients.pim import contact_fields
 from sinks.groupware import CalDav, CardDav, Refused
 from sources.export import source_for
-from test_groupware import RICH_CARD, load, recurring_event, write
+from helpers import RICH_CARD, load, recurring_event, write
 
 
 def accounts(nc, monkeypatch, n: int, prefix: str = "pim"):

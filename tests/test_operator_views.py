@@ -20,9 +20,9 @@ from uuid import UUID
 import pytest
 import yaml
 
-from conftest import _as_postgres
+from servers.postgres import as_postgres as _as_postgres
 from servers import free_port
-from test_flows import UMSTIEG, ledger_rows, make_department
+from helpers import UMSTIEG, ledger_rows, make_department
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = "http://dashboard.example:8080/umstieg"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from servers import free_port
-from test_flows import ledger_rows, make_department
+from helpers import ledger_rows, make_department
 
 UMSTIEG = [sys.executable, "-m", "umstieg"]
 

@@ -131,7 +131,7 @@ def _ledger_with(tmp_path, rows, **overrides):
     processed in one run's batch; returns (department, ledger, run id)."""
     from core.department import load_department
     from core.ledger import Item, Ledger
-    from test_flows import make_department
+    from helpers import make_department
     dept = load_department(make_department(tmp_path, users=("anna", "ben", "cem"), docs_per_user=1, **overrides))
     ledger = Ledger(dept.ledger_url)
     ledger.migrate()

@@ -267,7 +267,7 @@ def test_a_department_reads_the_share_and_archives_originals_in_s3(tmp_path, mon
     from flows import runtime
     from flows.migrate import migrate_body as migrate
     from servers.s3 import MotoS3
-    from test_flows import ledger_rows
+    from helpers import ledger_rows
 
     with SambaServer(password=PASSWORD) as server, MotoS3() as moto:
         home = server.root / "Abteilung"
@@ -368,8 +368,7 @@ def test_a_department_run_never_loads_a_swapped_file(tmp_path, monkeypatch):
     version once it is a plain file again."""
     import yaml
 
-    from test_flows import ledger_rows
-    from test_hostile_sources import discover_then
+    from helpers import discover_then, ledger_rows
 
     with SambaServer(password=PASSWORD) as server:
         erik = _user_folder(server, "erik", {"Akten/vertrag.txt": "Vertrag\n", "notiz.txt": "Notiz\n"})

@@ -13,7 +13,7 @@ import yaml
 
 from docgen import make_docx
 from sinks.twins import NamePlan, name_key, numbered
-from test_flows import ledger_rows
+from helpers import ledger_rows
 
 ODF = ("odp", "ods", "odt", "otp", "ots", "ott")
 NFC = unicodedata.normalize("NFC", "Müller.txt")

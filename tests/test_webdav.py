@@ -34,7 +34,7 @@ from servers.nextcloud_names import nextcloud_rejects
 from servers.wsgidav_server import WsgiDavServer
 from sinks.names import MAX_NAME_BYTES, original_name, original_path, safe_name, safe_path
 from sinks.webdav import Locked, Nextcloud, OXDrive, QuotaExceeded
-from test_flows import ledger_rows, make_department
+from helpers import ledger_rows, make_department
 
 MiB = 1024 * 1024
 PASSWORDS = {"t-anna": "anna-app-pw-7Qx", "t-ben": "ben-app-pw-4Kz", "svc": "svc-app-pw-9Rt"}

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["PostgresServer", "postgres_missing"]
+__all__ = ["PostgresServer", "as_postgres", "postgres_missing"]
 
 
 def postgres_missing() -> str | None:
@@ -20,7 +20,7 @@ def postgres_missing() -> str | None:
     return None if glob.glob("/usr/lib/postgresql/*/bin/postgres") else "PostgreSQL is not installed: run bin/setup"
 
 
-def _as_postgres(cmd: list[str]) -> list[str]:
+def as_postgres(cmd: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: run its tools as the `postgres` system user then."""
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
@@ -46,7 +46,7 @@ class PostgresServer:
         if os.geteuid() == 0:
             for p in (self.base, self.data, pwfile):
                 shutil.chown(p, "postgres")
-        subprocess.run(_as_postgres([str(self.bindir / "initdb"), "-D", str(self.data), "-A", "scram-sha-256",
+        subprocess.run(as_postgres([str(self.bindir / "initdb"), "-D", str(self.data), "-A", "scram-sha-256",
                                      "-U", "postgres", f"--pwfile={pwfile}", "--no-sync"]),
                        check=True, capture_output=True)
         self.start()
@@ -55,7 +55,7 @@ class PostgresServer:
         return self
 
     def start(self) -> None:
-        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "120", "-l",
+        subprocess.run(as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "120", "-l",
                                      str(self.base / "log"), "-o",
                                      f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off",
                                      "start"]), check=True, capture_output=True)
@@ -67,7 +67,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Gone at once, as a crashed or unplugged server is (no goodbye to the clients)."""
-        subprocess.run(_as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]),
+        subprocess.run(as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]),
                        capture_output=True)
 
     def remove(self) -> None:
