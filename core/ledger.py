@@ -29,7 +29,7 @@ from core.messages import clip
 
 log = logging.getLogger("umstieg.ledger")
 
-__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "now", "process_alive", "HEARTBEAT", "STALE_AFTER"]
+__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "Window", "failure", "now", "process_alive", "HEARTBEAT", "STALE_AFTER"]
 
 #: A running run writes its heartbeat this often (seconds) ...
 HEARTBEAT = 60
@@ -342,9 +342,24 @@ class Ledger:
 
     def fail(self, item_id: int, reason: str, message: str, step: str, **values) -> None:
         """Mark an item failed with a typed reason; the batch goes on."""
-        text = f"{step}: {message}"
-        self.record(item_id, state=State.FAILED, reason=reason, message=text if len(text) <= 4000 else clip(text, 4000),
-                    **values)
+        self.record(item_id, state=State.FAILED, **failure(reason, message, step), **values)
+
+    def advance(self, item: Item, state: State, **facts) -> Item:
+        """Record one step of `item` (its new state and the facts the step found), in one commit,
+        and return the item as recorded: the in-memory item takes the same values, so that the
+        next step reads what the ledger holds instead of a hand-kept copy of it. `step_seconds`
+        ({step: seconds}) is added to the item's `seconds`."""
+        self.record(item.id, state=state, **facts)
+        return _mirror(item, state, facts)
+
+    def advance_many(self, steps: Sequence[tuple[Item, State, dict]]) -> list[Item]:
+        """`advance` for many items in one transaction (all or none): see `Window`."""
+        self.record_many([(item.id, {"state": state, **facts}) for item, state, facts in steps])
+        return [_mirror(item, state, facts) for item, state, facts in steps]
+
+    def window(self, every: int = 100) -> "Window":
+        """A commit window: steps of many items recorded together, `every` per commit."""
+        return Window(self, every)
 
     def counts(self, department: str, by: Iterable[str] = ("state",)) -> list[tuple]:
         """Item counts grouped by the given columns (aggregated in SQL)."""
@@ -353,6 +368,67 @@ class Ledger:
             q = (select(*cols, func.count(Item.id), func.coalesce(func.sum(Item.size), 0))
                  .where(Item.department == department).group_by(*cols).order_by(*cols))
             return [tuple(r) for r in s.execute(q)]
+
+
+def failure(reason: str, message: str, step: str) -> dict:
+    """The facts of a failed step: its typed reason and a message that names the step."""
+    text = f"{step}: {message}"
+    return {"reason": reason, "message": text if len(text) <= 4000 else clip(text, 4000)}
+
+
+def _mirror(item: Item, state: State, facts: dict) -> Item:
+    """Give the in-memory `item` the values just recorded for it (Ledger.record's rules)."""
+    item.state = state.value
+    for name, value in facts.items():
+        if name == "step_seconds":
+            item.seconds = {**(item.seconds or {}), **value}
+        else:
+            setattr(item, name, value.value if isinstance(value, StrEnum) else value)
+    return item
+
+
+class Window:
+    """Steps of many items, recorded `every` per commit instead of one commit each.
+
+    Only for steps whose effect is found again when their record is lost: an item whose record
+    is still in the window when the process dies stays in the last state the ledger holds, and
+    the next run does its steps again, finding at the target what they had already put there
+    (`find` by digest) instead of putting it twice. Use it as a context manager: what is still
+    in the window at the end of the block is committed, also when the block fails (a failure of
+    the ledger itself then leaves the first error to tell)."""
+
+    def __init__(self, ledger: Ledger, every: int) -> None:
+        self.ledger, self.every = ledger, every
+        self.pending: list[tuple[Item, State, dict]] = []
+
+    def advance(self, item: Item, state: State, **facts) -> Item:
+        """Queue one step of `item`; the in-memory item takes its values at once."""
+        self.pending.append((item, state, facts))
+        _mirror(item, state, facts)
+        if len(self.pending) >= self.every:
+            self.commit()
+        return item
+
+    def fail(self, item: Item, reason: str, message: str, step: str, **values) -> Item:
+        """Queue the failure of `item` at `step` (see Ledger.fail)."""
+        return self.advance(item, State.FAILED, **failure(reason, message, step), **values)
+
+    def commit(self) -> None:
+        self.ledger.record_many([(item.id, {"state": state, **facts}) for item, state, facts in self.pending])
+        self.pending = []
+
+    def __enter__(self) -> "Window":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+            return
+        try:
+            self.commit()
+        except Exception:  # noqa: BLE001 - the first failure is the one to report
+            log.warning("the last %d step(s) of a commit window could not be recorded; the next run "
+                        "does them again", len(self.pending))
 
 
 class Annotation(Base):

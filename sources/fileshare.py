@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from core.department import FolderSource
+from sources.fileshare_config import FolderSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from core.localtree import Entry, is_plain, open_file, open_root, raw_of, target_name, walk
@@ -167,6 +167,10 @@ def _reason(exc: OSError) -> str:
 
 
 def _copy_stream(fin: BinaryIO, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst, "wb") as fout:
+    try:                                 # the staging folder is there but for an item's first copy
+        fout = open(dst, "wb")
+    except FileNotFoundError:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fout = open(dst, "wb")
+    with fout:
         shutil.copyfileobj(fin, fout, 1 << 20)

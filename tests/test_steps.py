@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,91 @@ def test_a_put_cut_off_midway_leaves_nothing_once_the_item_is_put_again(tmp_path
     ref = sink.put("anna", "Ablage/bescheid.odt", src)
     assert sorted(p.name for p in folder.iterdir()) == ["bescheid.odt"]
     assert sink.verify(ref, sink.digest(src)) is None
+
+
+def _ledger_with_items(tmp_path, n: int):
+    from core.ledger import Item, Ledger
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+    with ledger.session() as s:
+        rows = [Item(department="amt", source="homes", key=f"anna/f{i}", kind="file", owner="anna",
+                     target_owner="anna", location=f"f{i}", target_stem=f"f{i}", version="1",
+                     seconds={"extract": 0.5}) for i in range(n)]
+        s.add_all(rows)
+        s.flush()
+        ids = [r.id for r in rows]
+    return ledger, ids
+
+
+def _columns(item) -> dict:
+    return {c: getattr(item, c) for c in ("state", "sha256", "size", "target_ref", "meta", "seconds", "attempts",
+                                          "reason", "message")}
+
+
+def test_advance_returns_the_item_as_the_ledger_holds_it(tmp_path):
+    """`advance` records a step and gives the in-memory item the very values recorded (timings
+    merged, states as their values), so no step keeps a hand-made copy of what it wrote."""
+    from core.ledger import State
+    ledger, ids = _ledger_with_items(tmp_path, 1)
+    item = ledger.item(ids[0])
+    got = ledger.advance(item, State.EXTRACTED, sha256="ab" * 32, size=12, meta={"mtime": 1.5},
+                         step_seconds={"extract": 0.25})
+    assert got is item
+    assert _columns(item) == _columns(ledger.item(ids[0]))
+    assert item.state == "extracted" and item.seconds == {"extract": 0.25}
+    ledger.advance(item, State.LOADED, target_ref="/t/f0", step_seconds={"load": 0.1})
+    assert _columns(item) == _columns(ledger.item(ids[0]))
+    assert item.seconds == {"extract": 0.25, "load": 0.1}
+    ledger.close()
+
+
+def test_a_commit_window_records_every_n_steps_and_what_is_left_at_its_end(tmp_path):
+    """Steps queued in a window reach the ledger `every` at a time and at the end of the block,
+    also when the block fails; until then the ledger keeps the item's earlier state."""
+    from core.ledger import State
+    ledger, ids = _ledger_with_items(tmp_path, 5)
+    items = ledger.items(ids)
+    with pytest.raises(RuntimeError):
+        with ledger.window(every=2) as window:
+            window.advance(items[0], State.VERIFIED, target_ref="/t/f0")
+            assert ledger.item(ids[0]).state == "discovered"          # queued, not yet recorded
+            assert items[0].state == "verified"                       # the item in memory has it
+            window.advance(items[1], State.VERIFIED, target_ref="/t/f1")
+            assert [ledger.item(i).state for i in ids[:2]] == ["verified", "verified"]
+            window.fail(items[2], "read_error", "permission denied", "extract", attempts=1)
+            assert ledger.item(ids[2]).state == "discovered"
+            raise RuntimeError("the chunk broke off")
+    assert _columns(items[2]) == _columns(ledger.item(ids[2]))
+    assert (items[2].state, items[2].reason, items[2].message) == ("failed", "read_error",
+                                                                   "extract: permission denied")
+    assert [ledger.item(i).state for i in ids[3:]] == ["discovered", "discovered"]
+    ledger.close()
+
+
+def test_a_put_again_after_a_kill_reuses_the_same_temporary_name(tmp_path, monkeypatch):
+    """What a killed put leaves is overwritten and renamed by the next put of the same file, in
+    a folder the sink already made, without listing the folder."""
+    import sinks.localdir as localdir
+    from core.department import LocalDirTarget
+    sink = localdir.LocalDir(LocalDirTarget(root=tmp_path / "target"))
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"first")
+    sink.put("anna", "Ablage/a.txt", src)
+    real_replace = localdir.os.replace
+
+    def killed(*args):
+        raise SystemExit("killed")
+    monkeypatch.setattr(localdir.os, "replace", killed)
+    src.write_bytes(b"second version")
+    with pytest.raises(SystemExit):
+        sink.put("anna", "Ablage/b.txt", src)
+    monkeypatch.setattr(localdir.os, "replace", real_replace)
+    folder = tmp_path / "target" / "anna" / "Ablage"
+    assert len([p for p in folder.iterdir() if p.name.endswith(".umstieg-partial")]) == 1
+    ref = sink.put("anna", "Ablage/b.txt", src, mtime=1_000_000.0)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt", "b.txt"]
+    assert Path(ref).read_bytes() == b"second version" and Path(ref).stat().st_mtime == 1_000_000.0
+    import shutil
+    shutil.rmtree(folder)                               # the folder goes away under the sink: made again
+    sink.put("anna", "Ablage/a.txt", src)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.txt"]
