@@ -60,6 +60,7 @@ from core.plugins import PerProcess
 from core.department import CalDavTarget, CardDavTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from clients.http import retry_after
+from core.retry import governed
 from core.messages import clip
 from clients.pim import PimError, components, differences, event_uid, fingerprint, instance_count, vcard_30, \
     with_contact_uid
@@ -217,7 +218,8 @@ class _Dav(HttpTarget):
             raise QuotaExceeded(f"{self.product} has no room left for account {user!r} ({detail})",
                                 owner=user, account=user)
         if status in _TRANSIENT_STATUS:
-            raise TransientError(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER))
+            raise governed(TransientError(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER)),
+                           self.retry)
         if status == 401:
             raise FatalError(f"{self.product} refused the credentials of account {user!r} ({detail}): "
                              "check its (app) password")

@@ -58,6 +58,7 @@ from core.plugins import PerProcess
 from core.department import NextcloudTarget, OXDriveTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
 from clients.http import retry_after
+from core.retry import governed, with_retries
 from core.messages import clip
 from sinks.http import TRANSIENT_STATUS as _TRANSIENT_STATUS, HttpTarget, Unreachable as _Unreachable
 from sinks.names import safe_path
@@ -71,9 +72,6 @@ BLOCK = 1 << 20
 #: The longest wait a server's Retry-After may impose on one attempt; longer means "not today":
 #: the item fails as `transient` after the retries and a later rerun picks it up.
 MAX_RETRY_AFTER = 300.0
-#: Retries of one chunk of a chunked upload before the whole file counts as failed (restarting a
-#: large file from its first byte costs more than waiting for one chunk).
-CHUNK_WAITS = (1.0, 5.0, 15.0)
 #: Assembling a chunked upload takes the server time in proportion to the size: MOVE waits
 #: `timeout` plus this long per byte (20 MiB/s).
 ASSEMBLY_SECONDS_PER_BYTE = 1 / (20 * 1024 * 1024)
@@ -256,7 +254,8 @@ class WebDav(HttpTarget):
         if status == 423:
             raise _LockedNow(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER))
         if status in _TRANSIENT_STATUS:
-            raise TransientError(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER))
+            raise governed(TransientError(f"{what}: {detail}", retry_after=retry_after(resp, MAX_RETRY_AFTER)),
+                           self.retry)
         if status == 401:
             raise FatalError(f"{self.product} refused the credentials of account {user!r} ({reason}): "
                              "check its (app) password")
@@ -598,15 +597,12 @@ class WebDav(HttpTarget):
 
 
     def _again(self, what: str, step):
-        """`step()`, repeated after CHUNK_WAITS (or the server's Retry-After) while it fails transiently."""
-        for wait in (*CHUNK_WAITS, None):
-            try:
-                return step()
-            except TransientError as exc:
-                if wait is None:
-                    raise
-                log.info("%s: %s; trying again", what, exc)
-                self._sleep(exc.retry_after if exc.retry_after is not None else wait)
+        """`step()` (one chunk of a chunked upload, or its start), asked again here under the target's
+        retry policy while it fails transiently: restarting a large file from its first byte costs
+        more than repeating one chunk. The error that ends it is spent: the flows do not repeat the
+        file on top (core/retry.py), so one chunk is sent at most `attempts` times."""
+        log.debug("%s under the retry policy", what)
+        return with_retries(step, policy=self.retry, sleep=self._sleep)
 
 
 class OXDrive(WebDav):
