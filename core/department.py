@@ -9,108 +9,27 @@ from __future__ import annotations
 
 import os
 import re
-import typing
 from collections import Counter
 from datetime import time as dtime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import (BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError, field_validator,
-                      model_validator)
+from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
 
+from core import plugins
+from core.config import Model as _Model, SecretRef, literal_secret_in_url
 from core.errors import ConfigError
+from core.plugins import Role
 
-__all__ = ["Department", "User", "FolderSource", "SmbSource", "S3Source", "OneDriveSource", "SharePointSource",
-           "M365Source", "EwsSource", "ImapSource", "ImapOAuth", "ExportSource", "SourceConfig",
-           "LocalDirTarget", "NextcloudTarget", "OXDriveTarget", "S3ArchiveTarget",
-           "ImapTarget", "CalDavTarget", "CardDavTarget", "TargetConfig",
+__all__ = ["Department", "User", "SourceConfig", "TargetConfig", "MailTargetConfig", "CalendarTargetConfig",
+           "ContactsTargetConfig", "ArchiveConfig", "FILE_SOURCE_TYPES",
            "Conversion", "KeepOriginal", "Sharing", "MailOptions", "FolderRename",
            "Schedule", "Limits", "Cluster", "SecretRef", "UsersFrom", "LdapDirectory", "load_department", "identity_problems",
-           "with_users"]
+           "with_users", "literal_secret_in_url"]
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*")
-    @classmethod
-    def _no_secret_in_url(cls, value, info):
-        """Every URL of a department file (ledger, servers, identity platforms, clusters) is refused
-        when it carries a literal secret: a password in its user part, or a query parameter named
-        like one (`password=`, `token=`, `sig=`, …). Secrets go in their own fields, as references."""
-        for text in (value if isinstance(value, list) else [value]):
-            if isinstance(text, str) and "://" in text:
-                why = literal_secret_in_url(text, database=info.field_name == "ledger")
-                if why:
-                    where = ("give the password as `ledger_password: env:NAME`" if info.field_name == "ledger"
-                             else "give the secret in the field meant for it, as a reference (`env:NAME`)")
-                    raise ValueError(f"{why}: a secret is never written in the file; remove it from the URL and "
-                                     f"{where}")
-        return value
-
-
-#: Query parameters that carry a secret (passwords, tokens, signatures of pre-signed URLs, API keys).
-_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|signature|^sig$|api_?key|credential", re.IGNORECASE)
-
-
-def literal_secret_in_url(url: str, database: bool = False) -> str | None:
-    """What literal secret `url` carries (never the secret itself), or None. A `database` URL is
-    read as SQLAlchemy reads it (its password runs to the last `@` and may hold a `/`)."""
-    from urllib.parse import parse_qsl, urlsplit
-    try:
-        if database:
-            from sqlalchemy.engine import make_url
-            u = make_url(url)
-            password, query = u.password, list(u.query)
-        else:
-            parts = urlsplit(url)
-            password, query = parts.password, [n for n, _ in parse_qsl(parts.query, keep_blank_values=True)]
-    except (ValueError, TypeError):
-        return None                    # not a URL these readers understand: the field's own checks say why
-    if password:
-        return "the URL holds a password (user:password@)"
-    for name in query:
-        if _SECRET_PARAMETER.search(name):
-            return f"the URL holds a secret in its query parameter {name!r}"
-    return None
-
-
-class SecretRef(str):
-    """A reference to a secret: `env:NAME` or `prefect-secret:BLOCK`; never the secret itself."""
-
-    _PATTERN = re.compile(r"^(env|prefect-secret):[A-Za-z0-9_.\-/]+$")
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source, handler):
-        from pydantic_core import core_schema
-        return core_schema.no_info_after_validator_function(cls._check, core_schema.str_schema())
-
-    @classmethod
-    def _check(cls, value: str) -> "SecretRef":
-        if not cls._PATTERN.match(value):
-            raise ValueError("a secret must be a reference, `env:NAME` or `prefect-secret:BLOCK`, "
-                             "never the secret itself")
-        kind, _, name = value.partition(":")
-        if kind == "prefect-secret" and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
-            raise ValueError(f"{name!r} cannot be a Prefect block name: Prefect names blocks with lowercase "
-                             "letters, digits and dashes")
-        return cls(value)
-
-    def resolve(self) -> SecretStr:
-        """The secret's value, wrapped so that it is never printed by accident."""
-        kind, _, name = self.partition(":")
-        if kind == "env":
-            if name not in os.environ:
-                raise ConfigError(f"the secret {self} is not set: export {name} before running")
-            return SecretStr(os.environ[name])
-        from prefect.blocks.system import Secret
-        try:
-            return SecretStr(Secret.load(name).get())
-        except ValueError as exc:
-            raise ConfigError(f"the Prefect Secret block {name!r} does not exist") from exc
 
 
 class User(_Model):
@@ -188,361 +107,47 @@ class UsersFrom(_Model):
         return self
 
 
-_NAME = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="what items of this source are filed under")
-_TARGET_FOLDER = Field(default="", description="where this source's files land inside each user's target folder "
-                                               "(e.g. `OneDrive`); needed when several sources hold files")
-_READ_PERMISSIONS = Field(default=True, description="read who an item is shared with (one request per shared "
-                                                    "item) for the sharing report")
+def _union(role: Role) -> Any:
+    """The model of a department field filled by a system of `role`: the registered models, told apart
+    by their `type` (one model alone is that model, so that its errors read as before)."""
+    choices = plugins.models(role)
+    if len(choices) == 1:
+        return choices[0]
+    return Annotated[Union[choices], Field(discriminator="type")]  # noqa: UP007 - a union built at run time
+
+
+# The models of the fields a registered system fills, built from the registry (core/plugins.py):
+# a new system is registered there, never named here.
+if TYPE_CHECKING:
+    SourceConfig: TypeAlias = Any
+    TargetConfig: TypeAlias = Any
+    MailTargetConfig: TypeAlias = Any
+    CalendarTargetConfig: TypeAlias = Any
+    ContactsTargetConfig: TypeAlias = Any
+    ArchiveConfig: TypeAlias = Any
+else:
+    SourceConfig = _union("source")
+    TargetConfig = _union("target")
+    MailTargetConfig = _union("mail_target")
+    CalendarTargetConfig = _union("calendar_target")
+    ContactsTargetConfig = _union("contacts_target")
+    ArchiveConfig = _union("archive")
+
+#: The systems' own models, once defined here: `from core.department import SmbSource` still works
+#: (new code imports them from the system's config module).
+_MOVED = {"_Tls": "core.config:Tls", "_S3Bucket": "core.config:S3Bucket", "_GraphApp": "sources.graph_config:GraphApp",
+          "ImapOAuth": "sources.imap_config:ImapOAuth", "_WebDavTarget": "sinks.webdav_config:WebDavTarget",
+          "_DavAccount": "sinks.groupware_config:DavAccount"}
+
+
+def __getattr__(name: str) -> Any:
+    for system in plugins.SYSTEMS:
+        if system.config.rpartition(":")[2] == name:
+            return system.model()
+    if name in _MOVED:
+        return plugins._load(_MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-class FolderSource(_Model):
-    """A folder tree on this machine (or a mounted share) with one sub-folder per user."""
-
-    type: Literal["folder"] = "folder"
-    name: str = _NAME
-    root: Path
-    target_folder: str = _TARGET_FOLDER
-
-
-class _Tls(_Model):
-    """How a client trusts a server: the system's CAs, a CA bundle, or (tests only) nobody."""
-
-    verify_tls: bool = True
-    ca_file: Path | None = Field(default=None, description="a CA bundle (PEM) to trust instead of the system's")
-    timeout: float = Field(default=60, gt=0, description="seconds to wait for the server before retrying")
-
-    @model_validator(mode="after")
-    def _tls(self):
-        if self.ca_file is not None and not self.verify_tls:
-            raise ValueError("ca_file and verify_tls: false contradict each other")
-        return self
-
-
-class SmbSource(_Tls):
-    """A Windows (SMB 2/3) share read with a service account: `\\\\server\\share\\path\\<user folder>`."""
-
-    type: Literal["smb"] = "smb"
-    name: str = _NAME
-    target_folder: str = _TARGET_FOLDER
-    server: str = Field(min_length=1, description="host name or address of the file server")
-    port: int = Field(default=445, ge=1, le=65535)
-    share: str = Field(min_length=1, description="the share's name")
-    path: str = Field(default="", description="folder inside the share that holds one folder per user")
-    username: str = Field(min_length=1, description="service account (DOMAIN\\user or user@domain)")
-    password: SecretRef
-    encrypt: bool = Field(default=False, description="require SMB 3 encryption")
-    read_acl: bool = Field(default=True, description="read owners and ACL entries for the sharing report")
-
-
-class _S3Bucket(_Tls):
-    """An S3 bucket, at AWS or on an S3-compatible server, and the keys that open it."""
-
-    bucket: str = Field(min_length=3)
-    endpoint_url: str | None = Field(default=None, description="for S3-compatible servers (MinIO, Ceph, …)")
-    region: str = "us-east-1"
-    access_key_id: SecretRef | None = Field(default=None, description="default: the AWS credential chain")
-    secret_access_key: SecretRef | None = None
-
-    @model_validator(mode="after")
-    def _key_pair(self):
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("access_key_id and secret_access_key go together")
-        return self
-
-
-class S3Source(_S3Bucket):
-    """An S3 bucket (or prefix) holding an exported share: `<prefix>/<user folder>/...`."""
-
-    type: Literal["s3"] = "s3"
-    name: str = _NAME
-    target_folder: str = _TARGET_FOLDER
-    prefix: str = Field(default="", description="key prefix that holds one folder per user")
-    page_size: int = Field(default=1000, ge=1, le=1000, description="keys asked for per listing request")
-
-
-class _GraphApp(_Tls):
-    """An Entra ID application with app-only (client credentials) access to Microsoft Graph."""
-
-    tenant_id: str = Field(min_length=1)
-    client_id: str = Field(min_length=1)
-    client_secret: SecretRef
-    authority: str = Field(default="https://login.microsoftonline.com",
-                           description="the identity platform (national clouds have their own)")
-    graph_url: str = Field(default="https://graph.microsoft.com/v1.0")
-    concurrency: int = Field(default=4, ge=1, le=16, description="requests at once per mailbox / drive")
-
-
-class OneDriveSource(_GraphApp):
-    """Each user's OneDrive (the user's source login is their UPN at Microsoft 365)."""
-
-    type: Literal["onedrive"] = "onedrive"
-    name: str = _NAME
-    target_folder: str = _TARGET_FOLDER
-    path: str = Field(default="", description="a folder in each drive to migrate (default: the whole drive)")
-    read_permissions: bool = _READ_PERMISSIONS
-
-
-class SharePointSource(_GraphApp):
-    """A SharePoint document library with one folder per user (or a shared folder per group)."""
-
-    type: Literal["sharepoint"] = "sharepoint"
-    name: str = _NAME
-    target_folder: str = _TARGET_FOLDER
-    site: str = Field(min_length=1, description="`host:/sites/name` or a site id")
-    library: str = Field(default="Documents", description="the document library's name")
-    path: str = Field(default="", description="folder in the library that holds one folder per user")
-    read_permissions: bool = _READ_PERMISSIONS
-
-
-class M365Source(_GraphApp):
-    """Microsoft 365 mailboxes through Graph: mail, calendars and contacts."""
-
-    type: Literal["m365"] = "m365"
-    name: str = _NAME
-    mail: bool = True
-    calendars: bool = True
-    contacts: bool = True
-
-
-class EwsSource(_Tls):
-    """Exchange on-premises over EWS, with a service account that impersonates each user."""
-
-    type: Literal["ews"] = "ews"
-    name: str = _NAME
-    url: str = Field(pattern=r"^https?://", description="the EWS endpoint, …/EWS/Exchange.asmx")
-    username: str = Field(min_length=1)
-    password: SecretRef
-    auth: Literal["ntlm", "basic"] = "ntlm"
-    impersonation: bool = Field(default=True, description="impersonate each mailbox (ApplicationImpersonation); "
-                                                      "false: the account's own or delegated access")
-    mail: bool = True
-    calendars: bool = True
-    contacts: bool = True
-    max_connections: int = Field(default=4, ge=1, le=32, description="HTTP connections to the server at once")
-    max_wait: float = Field(default=300, gt=0, description="longest single back-off (seconds) a busy server may ask "
-                                                          "for before the item is retried later instead")
-    page_size: int = Field(default=200, ge=1, le=512, description="changes per SyncFolderItems request")
-    sync_state_dir: Path | None = Field(default=None, description="where each mailbox's sync state is kept between "
-                                                                  "runs (default: only while the process runs)")
-
-    @field_validator("sync_state_dir")
-    @classmethod
-    def _absolute(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError("must be an absolute path (sync states must not depend on where umstieg runs)")
-        return value
-
-
-class ImapOAuth(_Model):
-    """An application that gets its own IMAP access tokens (OAuth 2.0 client credentials), as Microsoft
-    365's app-only IMAP access works: one token opens every mailbox the application may read."""
-
-    authority: str | None = Field(default=None, pattern=r"^https://",
-                                  description="the identity platform with the tenant, "
-                                              "`https://login.microsoftonline.com/<tenant id>` (OpenID metadata)")
-    token_url: str | None = Field(default=None, pattern=r"^https?://",
-                                  description="instead of `authority`: any OAuth 2.0 token endpoint (Keycloak, …)")
-    client_id: str = Field(min_length=1)
-    client_secret: SecretRef
-    scope: str = Field(default="https://outlook.office365.com/.default", min_length=1)
-    ca_file: Path | None = Field(default=None, description="a CA bundle (PEM) to trust for the identity platform "
-                                                           "instead of the system's (relative to the department file)")
-
-    @model_validator(mode="after")
-    def _one_endpoint(self):
-        if (self.authority is None) == (self.token_url is None):
-            raise ValueError("give exactly one of authority (Entra ID, other OpenID providers) and token_url")
-        return self
-
-
-class ImapSource(_Tls):
-    """Any IMAP server: a master user (Dovecot `user*master`), one password per user, or OAuth (XOAUTH2)."""
-
-    type: Literal["imap"] = "imap"
-    name: str = _NAME
-    host: str = Field(min_length=1)
-    port: int = Field(default=993, ge=1, le=65535)
-    security: Literal["ssl", "starttls", "none"] = "ssl"
-    master_user: str | None = Field(default=None, description="log in as `<user>*<master_user>` (Dovecot)")
-    password: SecretRef | None = Field(default=None, description="the master user's password")
-    passwords: dict[str, SecretRef] = Field(default_factory=dict, description="source login -> password")
-    oauth_tokens: dict[str, SecretRef] = Field(default_factory=dict,
-                                               description="source login -> OAuth access token (XOAUTH2)")
-    oauth: ImapOAuth | None = Field(default=None, description="get access tokens for every mailbox (XOAUTH2) "
-                                                              "from an identity platform, renewed as they expire")
-    bandwidth: ByteSize | None = Field(default=None, gt=0,
-                                       description="bytes per second this process reads from this host at most "
-                                                   "(e.g. 4MB), shared by all its threads (imapsync's --maxbytespersecond)")
-
-    @model_validator(mode="after")
-    def _one_way_for_all(self):
-        # both would claim every mailbox: the master user's password would never be used
-        if self.oauth is not None and (self.master_user is not None or self.password is not None):
-            raise ValueError("oauth logs every mailbox in with the application's token: remove master_user and "
-                             "password (a mailbox's own passwords / oauth_tokens entry still takes precedence)")
-        return self
-
-
-class ExportSource(_Model):
-    """Export files on this machine, one folder per user: PST/OST, MBOX, EML, MSG, ICS, VCF."""
-
-    type: Literal["export"] = "export"
-    name: str = _NAME
-    root: Path
-
-
-SourceConfig = Annotated[FolderSource | SmbSource | S3Source | OneDriveSource | SharePointSource | M365Source
-                         | EwsSource | ImapSource | ExportSource, Field(discriminator="type")]
-
-
-class LocalDirTarget(_Model):
-    """A local directory tree laid out per user: `<root>/<target login>/<path>`."""
-
-    type: Literal["localdir"] = "localdir"
-    root: Path
-
-
-_MiB = 1024 * 1024
-
-
-class _WebDavTarget(_Model):
-    """What every WebDAV target needs: where it is, who logs in, how long to wait, which TLS."""
-
-    url: str = Field(pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$",
-                     description="the server's address (no user, no query)")
-    username: str | None = Field(default=None, min_length=1,
-                                 description="a service account that writes every user's files")
-    password: SecretRef | None = Field(default=None, description="the service account's (app) password")
-    app_passwords: dict[str, SecretRef] = Field(
-        default_factory=dict,
-        description="target login -> that user's app password (files go to the user's own account)")
-    folder: str | None = Field(
-        default=None,
-        description="where each user's files land below the account's root; `{user}` is the target login "
-                    "(default: `{user}` for the service account, the account's root otherwise)")
-    timeout: float = Field(default=60, gt=0, description="seconds to wait for the server before retrying")
-    verify_tls: bool = True
-    ca_file: Path | None = Field(default=None, description="a CA bundle (PEM) to trust instead of the system's")
-
-    @field_validator("folder")
-    @classmethod
-    def _plain_folder(cls, value: str | None) -> str | None:
-        if value is not None and (value.startswith("/") or any(p in (".", "..") for p in value.split("/"))):
-            raise ValueError("must be a relative path without '.' or '..'")
-        return value
-
-    @model_validator(mode="after")
-    def _credentials(self):
-        problems = []
-        if (self.username is None) != (self.password is None):
-            problems.append("username and password go together (a service account and its app password)")
-        elif self.username is None and not self.app_passwords:
-            problems.append("needs credentials: username and password (a service account), "
-                            "or app_passwords (one per target user)")
-        if self.username is not None and self.folder is not None and "{user}" not in self.folder:
-            problems.append("with a service account, folder must contain {user}: "
-                            "otherwise every user's files would land in one folder")
-        if self.ca_file is not None and not self.verify_tls:
-            problems.append("ca_file and verify_tls: false contradict each other")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @property
-    def root(self) -> str:
-        """What names this target in concurrency tags (`target:<root>`) and messages."""
-        return self.url.rstrip("/")
-
-
-class NextcloudTarget(_WebDavTarget):
-    """Nextcloud files over WebDAV: `<url>/remote.php/dav/files/<account>/<folder>/<path>`."""
-
-    type: Literal["nextcloud"] = "nextcloud"
-    chunk_threshold: int = Field(default=64 * _MiB, ge=0,
-                                 description="files of this size (bytes) and larger go up in chunks")
-    chunk_size: int = Field(default=64 * _MiB, ge=5 * _MiB, le=5 * 1024 * _MiB,
-                            description="bytes per chunk (Nextcloud: 5 MiB to 5 GiB)")
-
-    @field_validator("url")
-    @classmethod
-    def _base_url(cls, value: str) -> str:
-        if "/remote.php" in value:
-            raise ValueError("is the Nextcloud's address without /remote.php/… (e.g. https://cloud.example.org)")
-        return value
-
-
-class OXDriveTarget(_WebDavTarget):
-    """OX Drive (Open-Xchange) over WebDAV: `<url>/<folder>/<path>`, plain PUTs."""
-
-    type: Literal["oxdrive"] = "oxdrive"
-
-
-class S3ArchiveTarget(_S3Bucket):
-    """An S3 bucket that receives every converted document's Office original, for the record."""
-
-    type: Literal["s3"] = "s3"
-    prefix: str = Field(default="", description="key prefix; keys are `<prefix>/<department>/<user>/<path>`")
-    multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024,
-                                     description="files of this size (bytes) and larger go up in parts")
-    part_size: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024 * 1024 * 1024,
-                           description="bytes per part of a multipart upload (S3: 5 MiB to 5 GiB)")
-
-
-class ImapTarget(_Tls):
-    """The IMAP server mail lands in (Open-Xchange's Dovecot or any other)."""
-
-    type: Literal["imap"] = "imap"
-    host: str = Field(min_length=1)
-    port: int = Field(default=993, ge=1, le=65535)
-    security: Literal["ssl", "starttls", "none"] = "ssl"
-    master_user: str | None = Field(default=None, description="log in as `<user>*<master_user>` (Dovecot)")
-    password: SecretRef | None = Field(default=None, description="the master user's password")
-    passwords: dict[str, SecretRef] = Field(default_factory=dict, description="target login -> password")
-    folder_names: dict[str, str] = Field(
-        default_factory=dict,
-        description="special-use folder -> its name at the target (e.g. Sent: Gesendet), when the server has no "
-                    "SPECIAL-USE")
-
-
-class _DavAccount(_WebDavTarget):
-    """A CalDAV or CardDAV server: `<url>/<home>` per user."""
-
-    flavour: Literal["nextcloud", "ox", "generic"] = "generic"
-
-
-class CalDavTarget(_DavAccount):
-    """Calendars: Nextcloud (`/remote.php/dav/calendars/USER/`), OX (`/servlet/dav`) or any CalDAV server."""
-
-    type: Literal["caldav"] = "caldav"
-    max_instances: int | None = Field(
-        default=None, ge=1,
-        description="the server's cap on occurrences of one recurring event (default: what the calendar "
-                    "announces, else 3500 for Nextcloud); a longer series fails as too_many_instances")
-    invitations: Literal["suppress", "server"] = Field(
-        default="suppress",
-        description="suppress: ORGANIZER and ATTENDEE are marked SCHEDULE-AGENT=CLIENT (RFC 6638) so that "
-                    "the server sends no invitation for a migrated meeting; server: the server schedules "
-                    "as for a meeting just created (mail to every attendee)")
-    max_calendars: int | None = Field(
-        default=None, ge=-1,
-        description="calendars (and subscriptions) one account may have, -1 for no limit (default: 30 for "
-                    "Nextcloud, its app config dav/maximumCalendarsSubscriptions; none for other servers)")
-    new_calendars_per_period: int | None = Field(
-        default=None, ge=1,
-        description="new calendars one account may make per calendar_creation_period (default: 10 for "
-                    "Nextcloud, dav/rateLimitCalendarCreation; none for other servers)")
-    calendar_creation_period: int = Field(
-        default=3600, ge=1,
-        description="seconds of that window (Nextcloud: dav/rateLimitPeriodCalendarCreation, 3600)")
-
-
-class CardDavTarget(_DavAccount):
-    """Address books: Nextcloud (`/remote.php/dav/addressbooks/users/USER/`), OX or any CardDAV server."""
-
-    type: Literal["carddav"] = "carddav"
-
-
-TargetConfig = Annotated[LocalDirTarget | NextcloudTarget | OXDriveTarget, Field(discriminator="type")]
 
 
 class KeepOriginal(StrEnum):
@@ -711,11 +316,11 @@ class Department(_Model):
     users_from: UsersFrom | None = Field(default=None, description="read the users from a CSV file or LDAP")
     sources: list[SourceConfig] = Field(min_length=1)
     target: TargetConfig = Field(description="where files and documents land")
-    mail_target: ImapTarget | None = Field(default=None, description="where mail lands")
-    calendar_target: CalDavTarget | None = Field(default=None, description="where calendars land")
-    contacts_target: CardDavTarget | None = Field(default=None, description="where address books land")
-    archive: S3ArchiveTarget | None = Field(default=None,
-                                            description="every converted document's original is also kept here")
+    mail_target: MailTargetConfig | None = Field(default=None, description="where mail lands")
+    calendar_target: CalendarTargetConfig | None = Field(default=None, description="where calendars land")
+    contacts_target: ContactsTargetConfig | None = Field(default=None, description="where address books land")
+    archive: ArchiveConfig | None = Field(default=None,
+                                          description="every converted document's original is also kept here")
     sharing: Sharing | None = Field(default=None, description="recreate source permissions as target shares")
     conversion: Conversion = Conversion()
     schedule: Schedule = Schedule()
@@ -777,7 +382,7 @@ class Department(_Model):
 
 
 #: Source types whose items are files (and so land in `target`, below their `target_folder`).
-FILE_SOURCE_TYPES = ("folder", "smb", "s3", "onedrive", "sharepoint")
+FILE_SOURCE_TYPES = tuple(s.type for s in plugins.registered("source") if s.files)
 
 
 def _plain_target_folder(value: str) -> str | None:
@@ -836,18 +441,18 @@ def _resolve_relative(data: dict, base: Path) -> dict:
     return data
 
 
-#: The fields that hold a source or a target chosen by its `type`.
-_ENDPOINTS = ("target", "mail_target", "calendar_target", "contacts_target", "archive")
+#: The fields that hold a source or a target chosen by its `type`: the registry's roles besides "source".
+_ENDPOINTS: tuple[Role, ...] = tuple(r for r in plugins.ROLES if r != "source")
 
 
 def _without_type_tags(loc: tuple) -> tuple:
     """pydantic puts the chosen `type` into an error's location (`sources.0.smb.port`): leave it out,
-    people know the field as `sources.0.port`."""
-    unions = {"sources": (2, SourceConfig), "target": (1, TargetConfig)}
-    if not loc or loc[0] not in unions:
+    people know the field as `sources.0.port`. (A field only one system can fill has no tag.)"""
+    role: Role | None = "source" if loc[:1] == ("sources",) else next((r for r in _ENDPOINTS if loc[:1] == (r,)), None)
+    if role is None or len(plugins.registered(role)) < 2:
         return loc
-    tag_at, union = unions[loc[0]]
-    tags = {m.model_fields["type"].default for m in typing.get_args(typing.get_args(union)[0])}
+    tag_at = 2 if role == "source" else 1
+    tags = {s.type for s in plugins.registered(role)}
     return loc[:tag_at] + loc[tag_at + 1:] if len(loc) > tag_at and loc[tag_at] in tags else loc
 
 

@@ -1,27 +1,55 @@
-"""The shapes every source and every target (sink) module offers to the flows.
-
-flows/systems.py picks the module for a configured `type` (`source_of`, `target_of`) and the flows use only
-these methods, so a new system is a new module plus a config model, nothing else.
+"""The shapes every source and every target (sink) module offers to the flows, and the registry of
+the systems umstieg knows.
 
 Items of every kind take the same road: a source lists ItemRefs and streams one item's bytes
 into a local file (a file's bytes, a message's MIME, an event as iCalendar, a contact as vCard);
 a sink writes that file for a target user and later proves that it holds it. What travels beside
 the bytes (flags, internal date, permissions) is the ItemRef's `meta`, kept in the ledger.
+
+`Source` and `Sink` are what every system offers. What only some can do (read many messages at
+once, create a mailbox's folders, share a file, count a mailbox, probe target accounts, …) is a
+small protocol of its own below, declared by the methods a class has and asked with
+`isinstance`, so that a reader (and the type checker) sees every ability in one place.
+
+**The registry** (`SYSTEMS`) is the single place a system is added: one line naming its `type`
+in department files, the role it plays (a source, or the department field it can fill), its
+configuration model and its factory, each as "module:attribute". Why strings, and why the model
+sits in a module of its own (`sources/smb_config.py` beside `sources/smb.py`):
+
+- the department model (core/department.py) must know every system's settings to check a file,
+  all at once and with line numbers, but a department of folders must never load smbprotocol,
+  boto3 or exchangelib. The models therefore live in light modules that import only pydantic and
+  core/config.py; the code, with its client libraries, is imported only when a department
+  configures it (`System.make`);
+- core imports no source or sink: the registry names them, and they are loaded by name, the way
+  entry points would (rclone's `fs.Register`, dlt's destination factories); entry points proper
+  would need a reinstall after every change and hide the list from a reader.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+import typing
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from core.items import ItemRef
 
-__all__ = ["Source", "Sink", "Account", "ChecksUsers", "PerProcess"]
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from core.mailselection import FolderPlan
+
+__all__ = ["Source", "Sink", "Account", "ChecksUsers", "PerProcess",
+           "FetchesMessages", "AppendsMessages", "Appended", "ListsMailFolders", "CountsMail", "SharesFiles",
+           "ProbesUsers", "ComparesWithListing", "ListsCalendars", "ChecksCalendars",
+           "Role", "ROLES", "System", "SYSTEMS", "registered", "models", "system_of", "UnknownSystem"]
 
 T = TypeVar("T")
 
@@ -59,8 +87,13 @@ class Sink(Protocol):
     def find(self, owner: str, rel: str, digest: str, meta: dict | None = None) -> str | None:
         """The reference of `owner`/`rel` if it already holds exactly this content."""
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None) -> str:
-        """Write the local file `src` as `owner`/`rel`; returns the target reference."""
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None,
+            digest: str | None = None) -> str:
+        """Write the local file `src` as `owner`/`rel`; returns the target reference.
+
+        `digest` is what `digest(src)` gives, the value `find` was just asked with: a sink that
+        stores a checksum beside the bytes (Nextcloud) writes exactly this one. The load step always
+        passes it; None (a caller that has none) makes the sink compute it where it needs one."""
 
     def verify(self, ref: str, digest: str) -> str | None:
         """None when the target holds exactly this content, else what is wrong."""
@@ -94,6 +127,108 @@ class ChecksUsers(Protocol):
         target login). Batched: one connection for thousands of users."""
 
 
+# ------------------------------------------------------------------ optional abilities
+@runtime_checkable
+class FetchesMessages(Protocol):
+    """A source that reads many messages of one mailbox at once (IMAP: batched UID FETCH)."""
+
+    def fetch_messages(self, mailbox: str, refs: list[ItemRef]) -> Iterator[tuple[ItemRef, bytes | None]]:
+        """(ref, bytes) for each of `refs`, grouped by folder; (ref, None) for a message gone since."""
+
+
+class Appended(Protocol):
+    """What `AppendsMessages.append_stream` did with one message: `ref` and `digest`, or `error`."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def ref(self) -> str | None: ...
+    @property
+    def digest(self) -> str | None: ...
+    @property
+    def error(self) -> Exception | None: ...
+
+
+@runtime_checkable
+class AppendsMessages(Protocol):
+    """A sink that appends many messages of one owner at once and reads them back together
+    (IMAP: MULTIAPPEND per folder, one UID FETCH per folder and batch to verify)."""
+
+    def append_stream(self, owner: str, messages: Iterable[tuple[str, str, dict, bytes | None]], *,
+                      taken: Callable[[str, list[str]], set[str]] | None = None) -> Iterator[Appended]:
+        """Append (key, location, meta, bytes or None) as they come; one Appended per message.
+        `taken(key, refs)` names the target copies other items already own (never reused)."""
+
+    def verify_many(self, checks: list[tuple[str, str]]) -> dict[str, str | None]:
+        """`verify` for many (reference, digest) at once: {reference: None or what is wrong}."""
+
+
+@runtime_checkable
+class ListsMailFolders(Protocol):
+    """A source that lists a mailbox's folders itself, empty ones and subscriptions included, so
+    that the target gets the same tree (imapsync does the same)."""
+
+    def mail_tree(self, owner: str, folder: str) -> list[FolderPlan]:
+        """Every folder of the mailbox, with its special use and whether it is subscribed."""
+
+
+@runtime_checkable
+class CountsMail(Protocol):
+    """A source that counts a mailbox's messages and bytes per folder without reading one (the
+    pre-run check's mail volume)."""
+
+    def mail_volume(self, owner: str, folder: str) -> list[dict]:
+        """[{folder, messages, bytes}] as the server counts them."""
+
+
+@runtime_checkable
+class SharesFiles(Protocol):
+    """A sink with a share API that umstieg drives (Nextcloud's OCS shares)."""
+
+    def share(self, owner: str, rel: str, with_kind: str, with_name: str, rights: str, folder: bool = False) -> str:
+        """Share `owner`/`rel` with a user or group (`with_kind`); returns the target's share reference."""
+
+
+@runtime_checkable
+class ProbesUsers(Protocol):
+    """A sink that can tell, before anything moves, which target accounts cannot take items (missing,
+    refusing the login, full): only those users wait."""
+
+    def user_problems(self, owners: list[str]) -> dict[str, str]:
+        """{target login: why} for the logins that cannot take items now."""
+
+
+@runtime_checkable
+class ComparesWithListing(Protocol):
+    """A source whose `extract` compares what it opens with what discovery listed (`listed`: the
+    item's meta), so that a file swapped for a link or another file since is not read."""
+
+    #: declared by the class (True); isinstance checks that the attribute is there
+    compares_with_listing: bool
+
+    def extract(self, folder: str, location: str, dst: Path, key: str | None = None,
+                listed: dict | None = None) -> tuple[int, float | None]:
+        """As `Source.extract`, refusing a file that is not the one listed."""
+
+
+@runtime_checkable
+class ListsCalendars(Protocol):
+    """A source that names a user's calendars without listing every event (the pre-run check of
+    how many calendars the target must make)."""
+
+    def calendars(self, owner: str, folder: str) -> set[str]:
+        """The names of the user's calendars (what discover gives their events as location)."""
+
+
+@runtime_checkable
+class ChecksCalendars(Protocol):
+    """A calendar sink that judges, before anything moves, the calendars a run would make against
+    the server's limits (Nextcloud: calendars per account, new calendars per hour)."""
+
+    def check_calendars(self, planned: dict[str, set[str]]) -> list[str]:
+        """Problems with `planned` (target login -> names of the source calendars its items are in)."""
+
+
 class PerProcess(Generic[T]):
     """A module's `source_for` / `sink_for`: one instance per configuration and process, made on
     first use and shared by every thread (chunk) of the process, so that they share one connection
@@ -121,3 +256,95 @@ class PerProcess(Generic[T]):
             made, self._made = list(self._made.values()), {}
         for instance in made:
             getattr(instance, self._close)()
+
+
+# ------------------------------------------------------------------ the registry
+#: What a system is in a department file: a source, or the department field a target can fill.
+Role = Literal["source", "target", "mail_target", "calendar_target", "contacts_target", "archive"]
+ROLES: tuple[Role, ...] = typing.get_args(Role)
+
+
+class UnknownSystem(LookupError):
+    """A configuration no registered system owns (a programming error: every model is registered)."""
+
+
+@dataclass(frozen=True)
+class System:
+    """One system as department files name it, and where its parts are ("module:attribute")."""
+
+    type: str                   # the `type:` of its block in a department file
+    role: Role
+    config: str                 # its pydantic model, in a light module (no client library imported)
+    factory: str                # model -> the Source or Sink (a module's `source_for` / `sink_for`, or a class)
+    files: bool = False         # a source whose items are files: they land in `target`, below `target_folder`
+
+    @property
+    def is_source(self) -> bool:
+        return self.role == "source"
+
+    def model(self) -> type[BaseModel]:
+        """The configuration model (imports its light module only)."""
+        model = _load(self.config)
+        declared = getattr(model, "model_fields", {}).get("type")
+        if declared is None or declared.default != self.type:
+            raise UnknownSystem(f"{self.config} is registered as type {self.type!r} but its `type` field "
+                                f"says {getattr(declared, 'default', None)!r}")
+        return model
+
+    def make(self, config: BaseModel) -> Any:
+        """The Source or Sink for `config` (imports the system's code, and its client library, now)."""
+        return _load(self.factory)(config)
+
+
+#: Every system umstieg knows, in the order department files list their `type`s in messages. A new
+#: system is one line here (see docs/writing-a-source-or-sink.md).
+SYSTEMS: tuple[System, ...] = (
+    System("folder", "source", "sources.fileshare_config:FolderSource", "sources.fileshare:FolderShare", files=True),
+    System("smb", "source", "sources.smb_config:SmbSource", "sources.smb:source_for", files=True),
+    System("s3", "source", "sources.s3_config:S3Source", "sources.s3:source_for", files=True),
+    System("onedrive", "source", "sources.onedrive_config:OneDriveSource", "sources.onedrive:source_for", files=True),
+    System("sharepoint", "source", "sources.onedrive_config:SharePointSource", "sources.onedrive:source_for",
+           files=True),
+    System("m365", "source", "sources.m365_config:M365Source", "sources.m365:source_for"),
+    System("ews", "source", "sources.ews_config:EwsSource", "sources.ews:source_for"),
+    System("imap", "source", "sources.imap_config:ImapSource", "sources.imap:source_for"),
+    System("export", "source", "sources.export_config:ExportSource", "sources.export:source_for"),
+    System("localdir", "target", "sinks.localdir_config:LocalDirTarget", "sinks.localdir:LocalDir"),
+    System("nextcloud", "target", "sinks.webdav_config:NextcloudTarget", "sinks.webdav:sink_for"),
+    System("oxdrive", "target", "sinks.webdav_config:OXDriveTarget", "sinks.webdav:sink_for"),
+    System("imap", "mail_target", "sinks.imap_config:ImapTarget", "sinks.imap:sink_for"),
+    System("caldav", "calendar_target", "sinks.groupware_config:CalDavTarget", "sinks.groupware:sink_for"),
+    System("carddav", "contacts_target", "sinks.groupware_config:CardDavTarget", "sinks.groupware:sink_for"),
+    System("s3", "archive", "sinks.s3_config:S3ArchiveTarget", "sinks.s3:sink_for"),
+)
+
+
+def registered(role: Role | None = None, *, sources: bool | None = None) -> tuple[System, ...]:
+    """The registered systems (of one `role`; only sources, or only sinks, with `sources`), in
+    registry order: what the conformance suites run over."""
+    return tuple(s for s in SYSTEMS if (role is None or s.role == role)
+                 and (sources is None or s.is_source == sources))
+
+
+def models(role: Role) -> tuple[type[BaseModel], ...]:
+    """The configuration models of the systems that can play `role` (imports light modules only)."""
+    return tuple(s.model() for s in registered(role))
+
+
+def system_of(config: BaseModel) -> System:
+    """The registered system whose model `config` is an instance of."""
+    found = _by_model().get(type(config))
+    if found is None:
+        raise UnknownSystem(f"no registered system has the configuration model {type(config).__qualname__}")
+    return found
+
+
+@cache
+def _by_model() -> dict[type, System]:
+    return {s.model(): s for s in SYSTEMS}
+
+
+def _load(target: str) -> Any:
+    """The attribute named by "module:attribute", its module imported now."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)

@@ -8,6 +8,7 @@ A server limits how many calendars an account may have and how many it may make 
 from __future__ import annotations
 
 from core.department import Department
+from core.plugins import ChecksCalendars, ListsCalendars
 from flows.systems import sink_for, source_of
 
 __all__ = ["calendar_problems"]
@@ -19,17 +20,17 @@ def calendar_problems(dept: Department, users: list | None = None) -> list[str]:
     offering `check_calendars(planned)`); `users` (the department's by default) are those a run takes."""
     if dept.calendar_target is None:
         return []
-    check = getattr(sink_for(dept.calendar_target), "check_calendars", None)
-    if check is None:
+    sink = sink_for(dept.calendar_target)
+    if not isinstance(sink, ChecksCalendars):
         return []
     planned: dict[str, set[str]] = {}
     for cfg in dept.sources:
-        names = getattr(source_of(dept, cfg.name), "calendars", None)
-        if names is None:
+        source = source_of(dept, cfg.name)
+        if not isinstance(source, ListsCalendars):
             continue
         for user in dept.users if users is None else users:
             try:
-                planned.setdefault(user.target, set()).update(names(user.source, user.folder_in(cfg.name)))
+                planned.setdefault(user.target, set()).update(source.calendars(user.source, user.folder_in(cfg.name)))
             except OSError as exc:
                 return [f"source {cfg.name}: cannot read the calendars of {user.source}: {exc}"]
-    return [f"calendar_target: {p}" for p in check(planned)]
+    return [f"calendar_target: {p}" for p in sink.check_calendars(planned)]

@@ -24,6 +24,7 @@ from core.ledger import Item, Ledger, State
 from core.mailselection import FolderPlan, MailSelection
 from core.outcomes import Outcome
 from flows.steps import pending_items, with_retries
+from core.plugins import ListsMailFolders
 from flows.systems import source_of, target_of
 from sinks.twins import NamePlan
 from sources.fileshare import odf_stem
@@ -164,7 +165,7 @@ def _make_mail_folders(dept: Department, selection: MailSelection, source, user,
     messages listed."""
     if dept.mail_target is None or dept.mail.dry_run:
         return
-    if hasattr(source, "mail_tree"):
+    if isinstance(source, ListsMailFolders):
         found = source.mail_tree(user.source, user.folder_in(source.name))
     else:
         found = {r.location: FolderPlan(r.location, (r.meta or {}).get("special_use"))

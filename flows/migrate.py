@@ -42,6 +42,7 @@ from core.ledger import HEARTBEAT, Item, Ledger
 from core.mailselection import MailSelection
 from core.settings import usable_cpus
 from core.messages import clip
+from core.plugins import CountsMail, ProbesUsers
 from flows import runtime
 from flows.calendars import calendar_problems
 from flows.limits import Chunk, ChunkGate, Window, host_of
@@ -208,9 +209,8 @@ def stopped_users(dept: Department, users: list[str] | None = None) -> dict[str,
     chosen = _chosen(dept, users)
     by_target: dict[str, str] = {}
     for field_name, sink in targets_of(dept).items():
-        probe = getattr(sink, "user_problems", None)
-        if probe is not None and chosen:
-            for login, why in probe([u.target for u in chosen]).items():
+        if isinstance(sink, ProbesUsers) and chosen:
+            for login, why in sink.user_problems([u.target for u in chosen]).items():
                 by_target.setdefault(login, f"{field_name}: {why}")
     stopped = {u.source: by_target[u.target] for u in chosen if u.target in by_target}
     from flows.identity import identity_waits           # the pair is not proven to be one person
@@ -474,7 +474,7 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
         for user in dept.users:
             folder = user.folder_in(cfg.name)
             try:
-                if hasattr(source, "mail_volume"):
+                if isinstance(source, CountsMail):
                     volumes += [(user.source, cfg.name, v) for v in source.mail_volume(user.source, folder)]
                 listing += [(user.source, ref) for ref in selection.listed(source, user.source, folder)
                             if not (ref.meta or {}).get("skipped")]       # links, pipes: nothing to move

@@ -29,7 +29,7 @@ from core.errors import ItemError, TransientError, UserStopped
 from core.items import ItemRef, Kind
 from core.ledger import Item, Ledger, State, now
 from core.outcomes import Outcome
-from core.plugins import Sink
+from core.plugins import AppendsMessages, ComparesWithListing, FetchesMessages, SharesFiles, Sink
 from core.retry import with_retries  # one policy for every retry (issue 18); kept importable from here
 from flows import runtime
 from flows.sharing import plan_shares
@@ -149,7 +149,7 @@ def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: i
     if not groups or dept.mail_target is None:
         return finished
     sink = target_of(dept, Kind.MESSAGE)
-    if not hasattr(sink, "append_stream"):
+    if not isinstance(sink, AppendsMessages):
         return finished
     for source_name, group in groups.items():
         try:
@@ -157,7 +157,7 @@ def _bulk_messages(dept: Department, ledger: Ledger, items: list[Item], batch: i
             user = dept.user(group[0].owner)
         except (KeyError, StopIteration):
             continue                               # the per-item way records why
-        if not hasattr(source, "fetch_messages"):
+        if not isinstance(source, FetchesMessages):
             continue
         started = time.monotonic()
         by_key = {i.key: i for i in group}
@@ -250,7 +250,7 @@ def _plain_files(dept: Department, ledger: Ledger, items: list[Item], batch: int
                 if (item.source, item.owner) not in sources:
                     source = source_of(dept, item.source)
                     sources[item.source, item.owner] = (source, dept.user(item.owner).folder_in(item.source),
-                                                        getattr(source, "compares_with_listing", False))
+                                                        _compares_with_listing(source))
             except (KeyError, StopIteration):
                 continue                               # the per-item way records why
             source, folder, compares = sources[item.source, item.owner]
@@ -275,7 +275,8 @@ def _plain_file(dept: Department, window, item: Item, batch: int, source, folder
         step, started = "load", time.monotonic()
         rel, _ = _target_names(dept, item)
         ref = (with_retries(sink.find, item.target_owner, rel, digest, meta)
-               or with_retries(sink.put, item.target_owner, rel, staged, _source_mtime_of(meta, item), meta))
+               or with_retries(sink.put, item.target_owner, rel, staged, _source_mtime_of(meta, item), meta,
+                               digest=digest))
         seconds["load"] = round(time.monotonic() - started, 4)
         step, started = "verify", time.monotonic()
         problem = with_retries(sink.verify, ref, digest)
@@ -350,7 +351,7 @@ def _extract(dept: Department, ledger: Ledger, item: Item) -> Item:
     if staged.parent.exists():
         shutil.rmtree(staged.parent)
     # sources that can tell a swapped file from the one they listed get what they listed
-    listed = {"listed": item.meta or {}} if getattr(source, "compares_with_listing", False) else {}
+    listed = {"listed": item.meta or {}} if _compares_with_listing(source) else {}
     size, mtime = source.extract(user.folder_in(item.source), item.location, staged, key=item.key, **listed)
     digest = sha256_file(staged)
     return ledger.advance(item, State.EXTRACTED, sha256=digest, size=size, staged_path=str(staged),
@@ -453,7 +454,7 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
     held = {"taken": lambda refs: _held_by_others(ledger, dept, item.key, refs)} \
         if item.kind == Kind.MESSAGE.value else {}
     ref = (sink.find(item.target_owner, rel, digest, item.meta, **held)
-           or sink.put(item.target_owner, rel, payload, mtime, item.meta))
+           or sink.put(item.target_owner, rel, payload, mtime, item.meta, digest=digest))
     meta = item.meta
     if item.kind == Kind.FILE.value and (meta or {}).get("permissions"):
         meta = {**meta, "sharing": _share(dept, sink, item, rel)}
@@ -463,13 +464,14 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
             p = PurePosixPath(original_rel)
             original_rel = str(p.parent / dept.conversion.originals_folder / p.name)
         original_ref = (sink.find(item.target_owner, original_rel, item.sha256)
-                        or sink.put(item.target_owner, original_rel, Path(item.staged_path), mtime))
+                        or sink.put(item.target_owner, original_rel, Path(item.staged_path), mtime,
+                                    digest=item.sha256))
     if item.converted_path and dept.archive is not None:
         archive = sink_for(dept.archive)
         archive_rel = f"{dept.name}/{item.owner}/{item.location}"
         meta = {**(meta or {}), "archive_ref": (archive.find(item.owner, archive_rel, item.sha256)
                                                 or archive.put(item.owner, archive_rel, Path(item.staged_path),
-                                                               mtime))}
+                                                               mtime, digest=item.sha256))}
     return ledger.advance(item, State.LOADED, target_ref=ref, target_digest=digest, original_ref=original_ref,
                           meta=meta, batch_id=item.batch_id, attempts=item.attempts,
                           step_seconds={"load": round(time.monotonic() - started, 4)})
@@ -483,7 +485,7 @@ def _share(dept: Department, sink: Sink, item: Item, rel: str) -> dict:
         why = None
         if dept.sharing is None:
             why = "sharing is not configured for this department (add a sharing: block)"
-        elif not hasattr(sink, "share"):
+        elif not isinstance(sink, SharesFiles):
             why = "this target has no share API that umstieg drives: share by hand"
         else:
             try:
@@ -495,6 +497,11 @@ def _share(dept: Department, sink: Sink, item: Item, rel: str) -> dict:
             unmapped.append({"principal": f"{grant.with_kind}:{grant.with_name}", "rights": grant.rights,
                              "reason": why})
     return {"granted": granted, "unmapped": unmapped, "ignored": ignored}
+
+
+def _compares_with_listing(source: object) -> bool:
+    """Whether the source's `extract` is to get what discovery listed (it declares the ability)."""
+    return isinstance(source, ComparesWithListing) and source.compares_with_listing
 
 
 def _source_mtime(item: Item) -> float | None:

@@ -57,7 +57,7 @@ import httpx
 import icalendar
 
 from core.plugins import PerProcess
-from core.department import CalDavTarget, CardDavTarget
+from sinks.groupware_config import CalDavTarget, CardDavTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from clients.http import retry_after
 from core.retry import governed
@@ -415,8 +415,11 @@ class _Dav(HttpTarget):
         resp = self._request("GET", user, path, ok=(200, 404))
         return None if resp.status_code == 404 else resp.content
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None) -> str:
-        """Create the object of `src` in the collection `rel` of `owner`; returns its reference."""
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None,
+            digest: str | None = None) -> str:
+        """Create the object of `src` in the collection `rel` of `owner`; returns its reference.
+
+        (`digest` is not needed: the server keeps no checksum; `find` and `verify` compare fields.)"""
         uid, data = self._object(src)
         user = self._login(owner)
         collection, limits = self._collection(user, owner, rel)

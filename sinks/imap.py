@@ -56,7 +56,7 @@ from imapclient import imap_utf7
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from core.plugins import PerProcess
-from core.department import ImapTarget
+from sinks.imap_config import ImapTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
 from clients.imap import (Conn, ImapAccounts, LoginRefused as _Refused, list_folders, response_code as _response_code,
                        server_words as _server_words, text as _text, tls_context as _tls_context)
@@ -376,8 +376,10 @@ class ImapSink(ImapAccounts):
         if have - want:
             conn.client.remove_flags([uid], sorted(have - want), silent=True)
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None) -> str:
-        """APPEND the message in `src` to the mapped folder with its flags and internal date."""
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None,
+            digest: str | None = None) -> str:
+        """APPEND the message in `src` to the mapped folder with its flags and internal date (`digest`
+        is not needed: an IMAP server keeps no checksum)."""
         try:
             data = src.read_bytes()
         except OSError as exc:

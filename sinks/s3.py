@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
-from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 
 import boto3
@@ -33,7 +32,7 @@ import boto3.s3.transfer
 import botocore.exceptions
 
 from core.plugins import PerProcess
-from core.department import S3ArchiveTarget
+from sinks.s3_config import S3ArchiveTarget
 from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
 from core.digests import sha256_file
 from core.errors import FatalError, ItemError, TransientError
@@ -54,7 +53,6 @@ class S3Archive:
         self.config = config
         self._lock = threading.Lock()
         self._client = client
-        self._expected: OrderedDict[str, str] = OrderedDict()     # key -> sha256 that find was given
         self._conditional = True                  # the server honours If-None-Match on PUT (until it says not)
         self._transfer = boto3.s3.transfer.TransferConfig(
             multipart_threshold=config.multipart_threshold, multipart_chunksize=config.part_size,
@@ -158,26 +156,26 @@ class S3Archive:
             head = self._head(candidate)
             if head is not None and head.get("Metadata", {}).get("sha256") == digest:
                 return self._ref(candidate)
-        with self._lock:                          # put follows with the same bytes: spare hashing again
-            self._expected[key] = digest
-            while len(self._expected) > 4096:
-                self._expected.popitem(last=False)
         return None
 
     @staticmethod
     def _beside(key: str, digest: str) -> str:
         return f"{key}~{digest[:16]}"
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None) -> str:
-        """Archive the local file `src` as `rel` without overwriting anything; returns `s3://bucket/key`."""
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None,
+            digest: str | None = None) -> str:
+        """Archive the local file `src` as `rel` without overwriting anything; returns `s3://bucket/key`.
+
+        `digest` (the sha256 of `src`, as `find` was asked) is written as the object's `sha256`
+        metadata; without it the file is hashed here."""
         key = self._key(rel)
         try:
             size = src.stat().st_size
         except OSError as exc:
             raise ItemError(f"cannot read {src}: {exc.strerror or exc}") from exc
-        with self._lock:
-            digest = self._expected.pop(key, None)
-        if digest is None:
+        if digest:
+            digest = digest.lower()
+        else:
             try:
                 digest = sha256_file(src)
             except OSError as exc:

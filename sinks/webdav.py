@@ -55,7 +55,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from core.plugins import PerProcess
-from core.department import NextcloudTarget, OXDriveTarget
+from sinks.webdav_config import NextcloudTarget, OXDriveTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
 from clients.http import retry_after
 from core.retry import governed, with_retries
@@ -197,7 +197,6 @@ class WebDav(HttpTarget):
         # (account, folder dav path) -> {name: (is folder, stored sha256 or None)}: `find` lists a
         # folder once (PROPFIND Depth 1) instead of asking once per file; puts keep it current
         self._listings: OrderedDict[tuple[str, str], dict[str, tuple[bool, str | None]]] = OrderedDict()
-        self._expected: OrderedDict[tuple[str, str], str] = OrderedDict()   # see put
 
     # ----------------------------------------------------------------------- addressing
     def _root(self, user: str) -> str:
@@ -421,7 +420,6 @@ class WebDav(HttpTarget):
         listing = self._listing(acct.user, folder)
         is_dir, stored = listing.get(name, (True, None)) if name in listing else (None, None)
         if is_dir is None or is_dir:
-            self._expect(owner, rel, digest)
             return None
         if stored is not None:
             same = stored == digest.lower()
@@ -429,7 +427,6 @@ class WebDav(HttpTarget):
             same = self._download_sha256(acct.user, path, owner) == digest.lower()
         if same:
             return self._ref(acct.user, path)
-        self._expect(owner, rel, digest)
         return None
 
     def _listing(self, user: str, folder: str) -> dict[str, tuple[bool, str | None]]:
@@ -476,18 +473,6 @@ class WebDav(HttpTarget):
                 listing[name] = (False, digest)
 
 
-    def _expect(self, owner: str, rel: str, digest: str) -> None:
-        """Remember the sha256 `find` was given: the load step puts exactly those bytes next."""
-        with self._lock:
-            self._expected[(owner, rel)] = digest.lower()
-            self._expected.move_to_end((owner, rel))
-            while len(self._expected) > 4096:      # finds never followed by a put do not pile up
-                self._expected.popitem(last=False)
-
-    def _expected_digest(self, owner: str, rel: str) -> str | None:
-        with self._lock:
-            return self._expected.pop((owner, rel), None)
-
     def _find_props(self) -> tuple[str, ...]:
         return ("d:resourcetype", "d:getcontentlength")
 
@@ -514,15 +499,15 @@ class WebDav(HttpTarget):
             digest: str | None = None) -> str:
         """Send the local file `src` as `owner`/`rel` (name mapped if need be); returns the reference.
 
-        `digest`, the sha256 of `src`, spares hashing the file again where the server wants a
-        checksum (Nextcloud). The load step asks `find` first with that digest and then puts the
-        same file: without `digest`, the one `find` was just given for `owner`/`rel` is used, and
-        the file is hashed only when there is none. A wrong digest cannot pass unnoticed: it only
-        becomes the file's stored checksum, and `verify` downloads and hashes the file itself.
+        `digest`, the sha256 of `src` (the one `find` was asked with), is the checksum a server
+        that keeps one (Nextcloud) stores: the load step passes it, so the file is not hashed
+        twice; without it, the file is hashed here when the server wants a checksum. A wrong
+        digest cannot pass unnoticed: it only becomes the file's stored checksum, and `verify`
+        downloads and hashes the file itself.
         """
         acct = self._account(owner)
         path = self._dav_path(acct, rel)
-        digest = (digest or self._expected_digest(owner, rel) or "").lower() or None
+        digest = digest.lower() if digest else None
         try:
             size = src.stat().st_size
         except OSError as exc:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import requests.adapters
 
-from core.department import EwsSource
+from sources.ews_config import EwsSource
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
 from core.messages import clip

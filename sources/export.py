@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from email.message import EmailMessage, Message
 from pathlib import Path, PurePosixPath
 
-from core.department import ExportSource
+from sources.export_config import ExportSource
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from clients.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid

@@ -38,7 +38,7 @@ import httpx
 from pydantic import SecretStr
 
 from core.plugins import PerProcess
-from core.department import _GraphApp
+from sources.graph_config import GraphApp as _GraphApp
 from core.errors import ConfigError, ItemError, TransientError
 from core.retry import TRANSIENT_STATUS, answer_error, policy_for
 from clients.http import make_client

@@ -53,7 +53,7 @@ import imapclient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from core.plugins import PerProcess
-from core.department import ImapSource
+from sources.imap_config import ImapSource
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
 from clients.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused, TlsFailed, TokenRefused, list_folders,
                        server_words as _server_words, text as _text)

@@ -37,7 +37,7 @@ from datetime import timezone
 from pathlib import Path
 
 from core.plugins import PerProcess
-from core.department import M365Source
+from sources.m365_config import M365Source
 from core.errors import ConfigError, ItemError, TransientError
 from core.items import ItemRef, Kind
 from sources.graph import Changes, DeltaExpired, GraphClient, client_for, quote_segment

@@ -34,7 +34,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core.plugins import PerProcess
-from core.department import OneDriveSource, SharePointSource
+from sources.onedrive_config import OneDriveSource, SharePointSource
 from core.errors import ConfigError, ItemError, TransientError
 from core.items import ItemRef, Kind
 from sources.graph import Changes, DeltaExpired, GraphClient, client_for, quote_segment

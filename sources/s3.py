@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 import botocore.exceptions
 
 from core.plugins import PerProcess
-from core.department import S3Source
+from sources.s3_config import S3Source
 from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
 from core.errors import FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind

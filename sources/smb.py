@@ -47,7 +47,7 @@ from smbclient._io import SMBFileIO, SMBFileTransaction, SMBRawIO, query_info   
 from smbprotocol.file_info import FileAttributes, FileAttributeTagInformation, FileInternalInformation
 
 from core.plugins import PerProcess
-from core.department import SmbSource
+from sources.smb_config import SmbSource
 from core.errors import FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
 from core.localtree import ChangedAtSource

@@ -245,8 +245,9 @@ def test_put_find_verify_and_no_second_upload(nextcloud_server, accounts, proxy,
     sink.remove(ref)                                               # already gone: fine
 
 
-def test_put_reuses_the_digest_find_was_given(nextcloud_server, accounts, tmp_path, monkeypatch):
-    """The load step hashes its payload and asks find first: put does not hash the file again."""
+def test_put_writes_the_digest_it_is_given(nextcloud_server, accounts, tmp_path, monkeypatch):
+    """The load step hashes its payload, asks find first and hands put the same digest: put does
+    not hash the file again (nothing is kept between find and put: the digest is an argument)."""
     import sinks.webdav
     nc = nextcloud_server
     (anna,) = accounts("anna")
@@ -256,8 +257,8 @@ def test_put_reuses_the_digest_find_was_given(nextcloud_server, accounts, tmp_pa
     digest = sha_file(src)
     monkeypatch.setattr(sinks.webdav, "_sha256_of", lambda path: pytest.fail("hashed the file again"))
     assert sink.find(anna.login, "Vermerk.txt", digest) is None
-    sink.put(anna.login, "Vermerk.txt", src)
-    sink.put(anna.login, "Kopie.txt", src, digest=digest)
+    sink.put(anna.login, "Vermerk.txt", src, digest=digest)
+    sink.put(anna.login, "Kopie.txt", src, digest=digest.upper())
     assert stat(nc, anna, "Vermerk.txt")["checksum"] == stat(nc, anna, "Kopie.txt")["checksum"] == f"SHA256:{digest}"
     monkeypatch.undo()
     sink.put(anna.login, "Ohne.txt", src)                                   # no digest known: hashed here
