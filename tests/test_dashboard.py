@@ -659,6 +659,152 @@ def test_a_rerun_that_crashes_says_why_and_none_starts_while_a_run_lives(operato
     assert audit[-1]["action"] == "rerun" and audit[-1]["user"] == "otto" and audit[-1]["target"].startswith("testamt")
 
 
+# ------------------------------------------------------------------------------------ reruns and real runs
+def _small_department(tmp_path, name: str):
+    """A real department migrated once: ben's letter fails to load (a file is in his target
+    folder's way) until the test removes the blocker; anna has nothing yet."""
+    import yaml
+
+    from flows.migrate import migrate_body
+    home, target = tmp_path / "home", tmp_path / "target"
+    (home / "anna").mkdir(parents=True)
+    (home / "ben").mkdir()
+    (home / "ben" / "brief.txt").write_text("Brief von ben\n", encoding="utf-8")
+    target.mkdir()
+    blocker = target / "t-ben"
+    blocker.write_text("in the way")
+    dept_file = tmp_path / f"{name}.yaml"
+    dept_file.write_text(yaml.safe_dump({
+        "name": name, "work_dir": str(tmp_path / "work"),
+        "users": [{"source": u, "target": f"t-{u}"} for u in ("anna", "ben")],
+        "sources": [{"name": "homes", "type": "folder", "root": str(home)}],
+        "target": {"type": "localdir", "root": str(target)}}), encoding="utf-8")
+    migrate_body(str(dept_file))
+    return dept_file, home, target, blocker
+
+
+def _operator_app(dept_file, state_dir):
+    from umstieg.dashboard import Site, create_app
+    from umstieg.dashboard.auth import load_accounts
+    state_dir.mkdir(parents=True, exist_ok=True)
+    accounts = load_accounts(users_file(state_dir / "users.yaml", {"otto": ("operator", OPERATOR[2])}))
+    return create_app(Site([dept_file], accounts=accounts, state_dir=state_dir))
+
+
+def test_no_rerun_starts_while_a_real_migration_of_the_department_runs(tmp_path):
+    """A real migration (migrate_body in a thread) is held inside its put of anna's file: the
+    target's partial file is a named pipe that this test reads only when it lets the run go on.
+    While it is held the button says which run is going on, a POST is refused with the plain
+    reason, and nothing is started."""
+    import hashlib
+    import json
+    import os
+    import select
+    import threading
+
+    from flows.migrate import migrate_body
+    from reports.dashboard import rerun_runs
+    dept_file, home, target, _ = _small_department(tmp_path, "haltamt")
+    (home / "anna" / "gross.txt").write_bytes(b"x" * (1 << 20))        # more than a pipe holds
+    (target / "t-anna").mkdir()
+    partial = target / "t-anna" / f".{hashlib.sha1(b'gross.txt').hexdigest()[:16]}.umstieg-partial"
+    os.mkfifo(partial)
+    reader = os.open(partial, os.O_RDONLY | os.O_NONBLOCK)      # so that the writer's open does not block
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["summary"] = migrate_body(str(dept_file))
+        except BaseException as exc:            # noqa: BLE001 - reported by the test below
+            outcome["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        poller = select.poll()
+        poller.register(reader, select.POLLIN)
+        assert poller.poll(180_000), f"the migration never wrote anna's file: {outcome}"
+        # the run is now open in the ledger and held in the middle of its put (the pipe is full)
+        app = _operator_app(dept_file, tmp_path / "state")
+        with client(app, OPERATOR) as c:
+            led = app.state.site.ledger_of["haltamt"]
+            from reports.dashboard import live_run
+            live = live_run(led, "haltamt")
+            assert live is not None and live["flow"] == "migrate"
+            page = c.get("/departments/haltamt").text
+            busy = re.search(r'<p id="rerun-busy"[^>]*>(.*?)</p>', page, re.S)
+            assert busy, "the rerun form does not say a run is going on"
+            assert f"A run of this department is going on (run {live['id']}, migrate" in text_of(busy.group(1))
+            assert re.search(r'<button type="submit" id="rerun-button" disabled', page)
+            r = c.post("/departments/haltamt/rerun", data={"csrf": csrf_of(page)})
+            assert r.status_code == 409
+            assert "A run of this department is going on: a rerun can start when it has ended." in text_of(r.text)
+            assert "Traceback" not in r.text
+            assert app.state.reruns.of("haltamt") == [] and rerun_runs(led, "haltamt") == []
+            assert not list((tmp_path / "work" / "dashboard" / "reruns").glob("*.log"))
+            audit = tmp_path / "work" / "audit" / "dashboard.jsonl"
+            actions = [json.loads(line)["action"] for line in audit.read_text(encoding="utf-8").splitlines()]
+            assert "login" in actions and "rerun" not in actions
+    finally:
+        os.set_blocking(reader, True)                     # let the migration go on: read its file to the end
+        while os.read(reader, 1 << 16):
+            pass
+        os.close(reader)
+        thread.join(120)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+
+
+def test_a_reruns_page_comes_back_after_the_dashboard_restarts(tmp_path):
+    """Two reruns (one that crashes, one that finishes) started from one dashboard; after a
+    restart their pages read the same runs from the ledger and the same logs, and the department
+    page lists them."""
+    dept_file, _, _, blocker = _small_department(tmp_path, "neustartamt")
+    state = tmp_path / "state"
+    app = _operator_app(dept_file, state)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: neustartamt\nusers: [\n", encoding="utf-8")
+    with client(app, OPERATOR) as c:
+        site = app.state.site
+        token = csrf_of(c.get("/departments/neustartamt").text)
+        site.files["neustartamt"] = broken                       # the child cannot read its department file
+        r = c.post("/departments/neustartamt/rerun", data={"csrf": token})
+        site.files["neustartamt"] = dept_file.resolve()
+        assert r.status_code == 303
+        crashed_url = r.headers["location"]
+        crashed = app.state.reruns.get(int(crashed_url.rsplit("/", 1)[1]))
+        assert crashed.process.wait(120) != 0
+        blocker.unlink()                                          # the cause is fixed
+        r = c.post("/departments/neustartamt/rerun", data={"csrf": token})
+        assert r.status_code == 303
+        finished_url = r.headers["location"]
+        job = app.state.reruns.get(int(finished_url.rsplit("/", 1)[1]))
+        job.process.wait(300)
+        before = {url: text_of(c.get(url).text) for url in (crashed_url, finished_url)}
+    assert "1 verified, 0 failed" in before[finished_url], before[finished_url]
+    assert "crashed" in before[crashed_url] and "broken.yaml" in before[crashed_url], before[crashed_url]
+
+    again = _operator_app(dept_file, state)                      # the dashboard restarts
+    with client(again, OPERATOR) as c:
+        for url in (crashed_url, finished_url):
+            page = c.get(url)
+            assert page.status_code == 200, url
+            assert _same_status(page.text, before[url]), url
+        finished = text_of(c.get(finished_url).text)
+        assert "finished : 1 verified, 0 failed" in finished and job.log.name in finished
+        crash = text_of(c.get(crashed_url).text)
+        assert "the rerun ended before it could open a run" in crash and "broken.yaml" in crash
+        assert crashed.log.name in crash
+        department = c.get("/departments/neustartamt").text
+        for url in (crashed_url, finished_url):
+            assert f'href="{url}"' in department, url
+        assert again.state.reruns.busy("neustartamt") is None
+
+
+def _same_status(page: str, before: str) -> bool:
+    """The status block of a rerun's page says the same as before (its words, not its markup)."""
+    status = re.search(r'<div role="status" id="rerun-status".*?</div>', page, re.S).group(0)
+    return text_of(status).strip() in before
+
+
 # ------------------------------------------------------------------------------------ the command
 def test_the_command_refuses_open_access_off_loopback_and_plaintext_passwords(migrated, tmp_path):
     from typer.testing import CliRunner

@@ -13,6 +13,9 @@ recording any run crashed before it could: the last line of its log says why.
 
 Each department's rerun logs go to its own work_dir (`dashboard/reruns/`, outside the report
 folder the dashboard serves), one file per rerun named by its start time, never overwritten.
+Each rerun is noted in the dashboard's store (number, department, filters, who, when, the child's
+host and pid, its log): after a restart its page reads the same run from the ledger and the same
+log, and its number is never given to another rerun.
 """
 
 from __future__ import annotations
@@ -41,17 +44,18 @@ class Rerun:
     filters: dict
     started: datetime
     by: str
-    process: subprocess.Popen = field(repr=False)
+    pid: int
     log: Path = field(repr=False)
     host: str = field(default_factory=socket.gethostname)
+    #: the child process, when this dashboard process started it (None after a restart)
+    process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def running(self) -> bool:
-        return self.process.poll() is None
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+        if self.process is not None:
+            return self.process.poll() is None
+        # started before a restart: alive while a rerun process of that id exists on this host
+        return self.host == socket.gethostname() and _is_rerun(self.pid)
 
     def last_words(self, limit: int = 400) -> str:
         """The last non-empty line of the child's log (what a crash said last), cut to `limit`."""
@@ -66,16 +70,29 @@ class Rerun:
         return lines[-1][:limit] if lines else ""
 
 
-class Reruns:
-    """The reruns this dashboard started (one at a time per department)."""
+def _is_rerun(pid: int) -> bool:
+    """Whether `pid` is a live `umstieg rerun` process (not another process that got its id later)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"umstieg" in words and b"rerun" in words
 
-    def __init__(self) -> None:
+
+class Reruns:
+    """The reruns this dashboard started (one at a time per department), noted in its store, so
+    that each rerun keeps its number and its page after a restart."""
+
+    def __init__(self, store) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[int, Rerun] = {}
+        self._store = store
+        self._jobs: dict[int, Rerun] = {}          # started by this process: their Popen objects
 
     def busy(self, department: str) -> Rerun | None:
+        """A rerun of the department that is still going on (also one started before a restart)."""
         with self._lock:
-            return next((j for j in self._jobs.values() if j.department == department and j.running), None)
+            mine = next((j for j in self._jobs.values() if j.department == department and j.running), None)
+        return mine or next((j for j in self.of(department, limit=5) if j.running), None)
 
     def start(self, department: str, department_file: Path, work_dir: Path, by: str, *,
               error_class: str | None = None, user: str | None = None, batch: int | None = None) -> Rerun:
@@ -83,7 +100,6 @@ class Reruns:
             busy = [j for j in self._jobs.values() if j.department == department and j.running]
             if busy:
                 return busy[0]
-            number = max(self._jobs, default=0) + 1
             cmd = [sys.executable, "-m", "umstieg", "rerun", str(department_file)]
             filters = {"error_class": error_class, "user": user, "batch": batch}
             for option, value in (("--error-class", error_class), ("--user", user), ("--batch", batch)):
@@ -104,22 +120,29 @@ class Reruns:
             with os.fdopen(fd, "wb") as out:
                 process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                            env=env, start_new_session=True)
-            job = Rerun(number, department, filters, started, by, process, log)
+            host = socket.gethostname()
+            number = self._store.add_rerun(department, filters, started, by, host, process.pid, log)
+            job = Rerun(number, department, filters, started, by, process.pid, log, host, process)
             self._jobs[number] = job
             return job
 
     def get(self, number: int) -> Rerun | None:
         with self._lock:
-            return self._jobs.get(number)
+            if number in self._jobs:
+                return self._jobs[number]
+        row = self._store.rerun(number)
+        return _from_row(row) if row else None
 
-    def of(self, department: str) -> list[Rerun]:
+    def of(self, department: str, limit: int = 10) -> list[Rerun]:
+        """The department's latest reruns started from a dashboard with this store, newest first."""
         with self._lock:
-            return sorted((j for j in self._jobs.values() if j.department == department), key=lambda j: -j.id)
+            mine = dict(self._jobs)
+        return [mine.get(r["id"]) or _from_row(r) for r in self._store.reruns_of(department, limit)]
 
     def stop_all(self, timeout: float = 20) -> None:
         """End every running rerun (their process groups: the flow and its LibreOffice workers)."""
         with self._lock:
-            jobs = list(self._jobs.values())
+            jobs = [j for j in self._jobs.values() if j.process is not None]
         for job in jobs:
             if job.running:
                 try:
@@ -135,3 +158,8 @@ class Reruns:
                 except ProcessLookupError:
                     pass
                 job.process.wait()
+
+
+def _from_row(row: dict) -> Rerun:
+    return Rerun(row["id"], row["department"], row["filters"], row["started"], row["by"], row["pid"], row["log"],
+                 row["host"])

@@ -7,7 +7,9 @@ Logging out deletes the row: a copied cookie stops working at once. Several dash
 on one machine may share the file (WAL, a busy timeout).
 
 Failed logins are kept in the same file, per login and per client address, so that guessing is
-slowed down across restarts and across processes.
+slowed down across restarts and across processes. So are the reruns this dashboard started (who,
+when, with which filters, the child's host and pid, its log file): what became of one is read from
+the ledger by that host and pid, so a rerun's page comes back after a restart.
 
 The audit log is a JSON-lines file in each department's work_dir (`audit/dashboard.jsonl`), beside
 its ledger and reports, kept as long as the department's records are: who (login, client
@@ -56,6 +58,10 @@ CREATE INDEX IF NOT EXISTS ix_sessions_expires ON sessions (expires);
 CREATE TABLE IF NOT EXISTS failed_logins (login TEXT NOT NULL, client TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS ix_failed_login ON failed_logins (login, at);
 CREATE INDEX IF NOT EXISTS ix_failed_client ON failed_logins (client, at);
+CREATE TABLE IF NOT EXISTS reruns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, department TEXT NOT NULL, filters TEXT NOT NULL, started TEXT NOT NULL,
+    by_login TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL, log TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_reruns_department ON reruns (department, id);
 """
 
 
@@ -133,6 +139,35 @@ class Store:
         """A right password clears the login's failures (the address's stay counted)."""
         with self._db() as db:
             db.execute("DELETE FROM failed_logins WHERE login = ?", (login,))
+
+    # ------------------------------------------------------------------ reruns
+    def add_rerun(self, department: str, filters: dict, started: datetime, by: str, host: str, pid: int,
+                  log: Path) -> int:
+        """Note a rerun that was started; returns its number (never reused, also after a restart)."""
+        with self._db() as db:
+            cur = db.execute("INSERT INTO reruns (department, filters, started, by_login, host, pid, log) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (department, json.dumps(filters), started.isoformat(), by, host, pid, str(log)))
+            return int(cur.lastrowid)
+
+    def rerun(self, number: int) -> dict | None:
+        row = self._db().execute(f"SELECT {_RERUN_COLUMNS} FROM reruns WHERE id = ?", (number,)).fetchone()
+        return _rerun_row(row) if row else None
+
+    def reruns_of(self, department: str, limit: int = 10) -> list[dict]:
+        """The department's latest reruns, newest first."""
+        rows = self._db().execute(f"SELECT {_RERUN_COLUMNS} FROM reruns WHERE department = ? ORDER BY id DESC "
+                                  "LIMIT ?", (department, limit)).fetchall()
+        return [_rerun_row(r) for r in rows]
+
+
+_RERUN_COLUMNS = "id, department, filters, started, by_login, host, pid, log"
+
+
+def _rerun_row(row) -> dict:
+    number, department, filters, started, by, host, pid, log = row
+    return {"id": number, "department": department, "filters": json.loads(filters),
+            "started": datetime.fromisoformat(started), "by": by, "host": host, "pid": pid, "log": Path(log)}
 
 
 class Audit:

@@ -64,7 +64,7 @@ class Dashboard:
         self.sessions = Sessions(site.secret)
         self.store = Store(site.state_dir / "dashboard.sqlite", site.throttle)
         self.audit = Audit()
-        self.reruns = Reruns()
+        self.reruns = Reruns(self.store)
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                                trim_blocks=True, lstrip_blocks=True)
         self.env.filters["plain"] = plain

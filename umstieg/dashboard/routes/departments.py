@@ -80,7 +80,7 @@ def department(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PA
     busy = web.reruns.busy(name)
     return web.render(request, "department.html", name=name, view=view, items=items, filters=filters,
                       configured=name in site.files, history=data.run_history(led, name, limit=15),
-                      live=live, busy=busy, sort=sort, descending=dir == "desc", prefect_ui=prefect_ui(),
+                      live=live, busy=busy, reruns=web.reruns.of(name), sort=sort, descending=dir == "desc", prefect_ui=prefect_ui(),
                       has_scan=bool(site.report_dir(name) and data.scan_files(site.report_dir(name))),
                       states=data.STATES, annotation_verdicts=data.ANNOTATION_VERDICTS,
                       sorts=data.ITEM_SORTS, attention=data.ATTENTION, categories=data.CATEGORIES)
