@@ -7,12 +7,12 @@ CardDAV targets take these pieces from here.
 
 from __future__ import annotations
 
-import email.utils
 import http.cookiejar
 import ssl
-import time
 
 import httpx
+
+from core.retry import retry_after_of
 
 __all__ = ["make_client", "retry_after"]
 
@@ -50,16 +50,4 @@ def make_client(config, *, transport: httpx.BaseTransport | None = None, user_ag
 def retry_after(answer, cap: float | None = None) -> float | None:
     """Seconds the server asked us to wait (`Retry-After`: seconds or an HTTP date; never below 0,
     at most `cap`), or None when it did not say. `answer` is a response (its `.headers`) or headers."""
-    headers = getattr(answer, "headers", answer)
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    seconds = max(seconds, 0.0)
-    return seconds if cap is None else min(seconds, cap)
+    return retry_after_of(getattr(answer, "headers", answer).get("Retry-After"), cap)   # one reading, core/retry.py

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from core.errors import ConfigError, ItemError, TransientError
 from clients.http import make_client
+from core.retry import governed, policy_for
 
 __all__ = ["TRANSIENT_STATUS", "AccountAuth", "HttpTarget", "Unreachable", "caused_by"]
 
@@ -78,6 +79,8 @@ class HttpTarget:
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._prefix = parts.path                     # path of `url` on the server, no trailing '/'
         self._sleep = sleep
+        #: the target's retry policy (core/retry.py): its TransientErrors carry it to whoever retries them
+        self.retry = policy_for(getattr(config, "type", "webdav"), getattr(config, "retry", None))
         self._lock = threading.Lock()
         self._secrets: dict[str, SecretStr] = {}
         self._auths: dict[str, AccountAuth] = {}
@@ -130,10 +133,11 @@ class HttpTarget:
         try:
             yield
         except httpx.TimeoutException as exc:
-            raise TransientError(f"{what}: {self.product} did not answer in time ({type(exc).__name__})") from None
+            raise governed(TransientError(f"{what}: {self.product} did not answer in time ({type(exc).__name__})"),
+                           self.retry) from None
         except httpx.TransportError as exc:
-            raise TransientError(f"{what}: connection to {self.config.root} failed ({type(exc).__name__})") \
-                from None
+            raise governed(TransientError(f"{what}: connection to {self.config.root} failed ({type(exc).__name__})"),
+                           self.retry) from None
 
     def _probe(self, method: str, user: str, url: str, **kwargs) -> httpx.Response:
         """One request of `check`; a server out of reach (or not trusted) is `Unreachable`."""
