@@ -26,6 +26,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from imapclient.response_parser import parse_response
 
 from core.errors import ConfigError, TransientError
+from core.plugins import Account
 from core.messages import clip
 
 __all__ = ["MAX_OPEN_PER_THREAD", "TOKEN_MARGIN", "AppTokens", "Conn", "ImapAccounts", "LoginRefused", "TlsFailed",
@@ -458,6 +459,28 @@ class ImapAccounts:
         except IMAPClientError as exc:            # a NO or BAD for this command
             conn.folder = None
             raise self._refused(user, what, exc) from None
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check (core.plugins.ChecksUsers) of a source's or a target's mailboxes: each
+        logs in, as its user or as `<user>*<master>`, which Dovecot allows only for a user who
+        exists. IMAP tells no e-mail address or name. The server out of reach, its TLS or the
+        identity platform failing concern everyone, and so does a master user refused for every
+        mailbox (its own login, most likely): nobody is blamed then (`check` says so)."""
+        unknown = {name: Account(None) for name in names}
+        found: dict[str, Account] = {}
+        for name in names:
+            try:
+                client = self.connect(name)
+            except (TlsFailed, TokenRefused, TransientError, OSError):
+                return unknown
+            except ConfigError as exc:        # this login refused, or no credentials for this mailbox
+                found[name] = Account(False, why=str(exc))
+                continue
+            Conn(client).close()
+            found[name] = Account(True)
+        if self.config.master_user and found and not any(a.exists for a in found.values()):
+            return unknown
+        return found
 
     def close(self) -> None:
         """Log out every pooled connection (of every thread)."""

@@ -188,13 +188,15 @@ def check_department(dept: Department, users: list[str] | None = None,
     root missing, a target out of reach or not trusted, a service account that cannot log in.
 
     `users` (source logins) limits the check to the users a run takes (`run -u`); the users in
-    `waiting` (see `stopped_users`) are left out of the target checks, because their own
-    account's problem stops only them."""
+    `waiting` (see `stopped_users`) are left out of the source and target checks, because their
+    own account's problem (a folder or mailbox missing at the source, an account at the target)
+    stops only them."""
     chosen = _chosen(dept, users)
     problems: list[str] = []
-    for cfg in dept.sources:
-        problems += source_of(dept, cfg.name).check([u.folder_in(cfg.name) for u in chosen])
     waiting = set(waiting)
+    for cfg in dept.sources:
+        problems += source_of(dept, cfg.name).check([u.folder_in(cfg.name) for u in chosen
+                                                     if u.source not in waiting])
     owners = [u.target for u in chosen if u.source not in waiting]
     for field_name, sink in targets_of(dept).items():
         problems += [p if field_name == "target" else f"{field_name}: {p}" for p in sink.check(owners)]

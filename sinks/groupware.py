@@ -56,7 +56,7 @@ from xml.sax.saxutils import escape
 import httpx
 import icalendar
 
-from core.plugins import PerProcess
+from core.plugins import Account, PerProcess
 from sinks.groupware_config import CalDavTarget, CardDavTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from clients.http import retry_after
@@ -81,6 +81,10 @@ _NEXTCLOUD_CALENDARS, _NEXTCLOUD_NEW_CALENDARS = 30, 10
 #: What a calendar made here accepts: a source calendar may hold tasks and journals beside events
 #: (Nextcloud's MKCALENDAR default is VEVENT and VTODO: a VJOURNAL is then refused with 403).
 _COMPONENTS = ("VEVENT", "VTODO", "VJOURNAL")
+#: a PROPFIND body asking for `props` (prefixes: d DAV:, c CalDAV, s Sabre)
+_PROPFIND = ('<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:" '
+             'xmlns:c="urn:ietf:params:xml:ns:caldav" xmlns:s="http://sabredav.org/ns"><d:prop>{props}</d:prop>'
+             '</d:propfind>')
 #: The longest Retry-After one MKCALENDAR waits for, and how often, before its items fail.
 _MKCALENDAR_WAIT, _MKCALENDAR_TRIES = 60.0, 3
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,119}$")
@@ -376,6 +380,64 @@ class _Dav(HttpTarget):
             if found:
                 problems[owner] = "; ".join(found)
         return problems
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check (core.plugins.ChecksUsers): the user's home is there, and who the
+        server says its owner is: the principal's display name and e-mail address (Sabre's
+        `email-address`, else the `mailto:` of RFC 6638's calendar-user-address-set), where it
+        reports them. The principal is the login's own (current-user-principal) or, for a service
+        account, the home's DAV:owner. A server out of reach or a service account refused
+        concerns everyone: nobody is blamed (`check` says so)."""
+        found: dict[str, Account] = {}
+        for owner in names:
+            try:
+                user = self._login(owner)
+            except ConfigError as exc:                  # no credentials for this user at all
+                found[owner] = Account(False, why=str(exc))
+                continue
+            home = self.home(owner)
+            try:
+                resp = self._probe("PROPFIND", user, self._url(home), headers={
+                    "Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
+                    content=_PROPFIND.format(props="<d:current-user-principal/><d:owner/>").encode())
+                if resp.status_code == 401:
+                    found[owner] = (Account(False, why=f"{self.product} refused the login of {owner!r} (HTTP 401): "
+                                                       "no such account, or a wrong (app) password")
+                                    if user == owner else Account(None))
+                    continue
+                if resp.status_code == 404:
+                    found[owner] = Account(False, why=f"the {self.kind} home of {owner!r} ({home}) does not exist "
+                                                      "at the target")
+                    continue
+                if resp.status_code != 207:
+                    found[owner] = Account(None)
+                    continue
+                prop = next(iter(self._multistatus(resp, f"PROPFIND {home}").values()), ET.Element("prop"))
+                whose = prop.find(f"{_DAV}current-user-principal" if user == owner else f"{_DAV}owner")
+                principal = whose.findtext(f"{_DAV}href") if whose is not None else None
+                email, name = self._principal(user, principal) if principal else (None, None)
+            except _Unreachable:
+                return {name: Account(None) for name in names}
+            except (TransientError, ItemError, FatalError):
+                found[owner] = Account(None)
+                continue
+            found[owner] = Account(True, email=email, display_name=name)
+        return found
+
+    def _principal(self, user: str, href: str) -> tuple[str | None, str | None]:
+        """(e-mail address, display name) of the principal at `href`, each None where not reported."""
+        path = unquote(urlsplit(href).path)
+        resp = self._probe("PROPFIND", user, self._url(path), headers={
+            "Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
+            content=_PROPFIND.format(props="<d:displayname/><s:email-address/><c:calendar-user-address-set/>").encode())
+        if resp.status_code != 207:
+            return None, None
+        prop = next(iter(self._multistatus(resp, f"PROPFIND {path}").values()), ET.Element("prop"))
+        email = (prop.findtext("{http://sabredav.org/ns}email-address") or "").strip() or None
+        if email is None:
+            addresses = [h.text.strip() for h in prop.iter(f"{_DAV}href") if h.text]
+            email = next((a[7:] for a in addresses if a.lower().startswith("mailto:")), None)
+        return email, (prop.findtext(f"{_DAV}displayname") or "").strip() or None
 
     def _check_home(self, user: str, owner: str) -> list[str]:
         home = self.home(owner)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sinks.localdir_config import LocalDirTarget
+from core.plugins import Account
 from core.digests import sha256_file
 from core.errors import FatalError, ItemError
 
@@ -29,6 +30,11 @@ class LocalDir:
     #: folders this instance made or saw (flows look a sink up once per chunk): one mkdir per
     #: folder and chunk instead of one per file; a folder removed meanwhile is made again
     _made: set[Path] = field(default_factory=set, repr=False, compare=False)
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check (core.plugins.ChecksUsers): a local tree has no accounts; a user's
+        folder is made on first write, so one that is not there yet is no reason to wait."""
+        return {name: Account(True if (self.config.root / name).is_dir() else None) for name in names}
 
     def check(self, owners: list[str]) -> list[str]:
         root = self.config.root

@@ -54,7 +54,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from core.plugins import PerProcess
+from core.plugins import Account, PerProcess
 from sinks.webdav_config import NextcloudTarget, OXDriveTarget
 from core.errors import ConfigError, FatalError, ItemError, TransientError, UserStopped
 from clients.http import retry_after
@@ -610,6 +610,42 @@ class Nextcloud(WebDav):
 
     def _uploads(self, user: str) -> str:
         return f"{self._prefix}/remote.php/dav/uploads/{user}"
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check (core.plugins.ChecksUsers): each login's OCS user record, with the
+        account's `email` and `displayname`. Asked as the user with their own app password (a
+        user may always read themselves), or as the service account: files then land in its own
+        tree, the target login need not be an account, and Nextcloud answers 404 for accounts a
+        non-admin may not see, so only an answer with data counts. A server out of reach, a
+        secret not set or a service account refused concern everyone: nobody is blamed."""
+        found = {name: Account(None) for name in names}
+        service = self.config.username
+        for login in names:
+            user = service if service is not None else login if login in self.config.app_passwords else None
+            if user is None:
+                continue                           # no credentials: user_problems makes them wait
+            try:
+                with self._transient("GET OCS user"):
+                    resp = self._client.get(f"{self._origin}{self._prefix}/ocs/v2.php/cloud/users/{quote(login, safe='')}",
+                                            params={"format": "json"}, auth=self._auth(user),
+                                            headers={"OCS-APIRequest": "true", "Accept": "application/json"})
+            except (ConfigError, TransientError):
+                return {name: Account(None) for name in names}
+            if resp.status_code == 401:
+                if service is not None:
+                    return {name: Account(None) for name in names}
+                found[login] = Account(False, why="the target refused the login (no such account, or a wrong "
+                                                  "password)")
+            elif resp.status_code == 404 and service is None:
+                found[login] = Account(False, why="no such account at the target")
+            elif resp.status_code < 400:
+                try:
+                    data = resp.json()["ocs"]["data"]
+                    found[login] = Account(True, email=data.get("email") or None,
+                                           display_name=data.get("displayname") or None)
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    pass                           # not Nextcloud's answer (a proxy's page): check says so
+        return found
 
     def _check_more(self, acct: _Account, folder: str) -> list[str]:
         problems = []

@@ -49,6 +49,7 @@ from email.message import EmailMessage, Message
 from pathlib import Path, PurePosixPath
 
 from sources.export_config import ExportSource
+from core.plugins import Account
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from clients.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
@@ -199,6 +200,28 @@ class ExportFiles:
             if any(p.suffix.lower() in _PST for f in folders if (root / f).is_dir() for p in (root / f).rglob("*")):
                 problems.append(f"source {self.name}: PST files need libpff (pip install libpff-python)")
         return problems
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check: each user's folder exists and holds at least one export file (PST,
+        OST, MBOX, EML, MSG, ICS, VCF); a folder without one is an export that did not happen.
+        Export files tell no owner's e-mail or name that could be trusted (a PST names its
+        display name, not whose it is). The root missing concerns everyone (`check` says so)."""
+        root = self.config.root
+        if not root.is_dir():
+            return {name: Account(None) for name in names}
+        wanted = _MAIL_ONE | _MBOX | _PST | _MSG | _ICS | _VCF
+        found = {}
+        for folder in names:
+            base = root / folder
+            if not base.is_dir():
+                found[folder] = Account(False, why=f"no user folder {base}")
+            elif next((f for _, _, files in os.walk(base) for f in files
+                       if PurePosixPath(f).suffix.lower() in wanted), None) is None:
+                found[folder] = Account(False, why=f"user folder {base} holds no export "
+                                                   "files (PST, OST, MBOX, EML, MSG, ICS, VCF)")
+            else:
+                found[folder] = Account(True)
+        return found
 
     # ------------------------------------------------------------------------- discover
     def calendars(self, owner: str, folder: str) -> set[str]:

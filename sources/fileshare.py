@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from sources.fileshare_config import FolderSource
+from core.plugins import Account
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from core.localtree import Entry, is_plain, open_file, open_root, raw_of, target_name, walk
@@ -43,6 +44,15 @@ class FolderShare:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check (core.plugins.ChecksUsers): each user's folder exists (a folder
+        tells no e-mail or name). The root missing concerns everyone (`check` says so)."""
+        root = self.config.root
+        if not root.is_dir():
+            return {name: Account(None) for name in names}
+        return {name: Account(True) if (root / name).is_dir() else
+                Account(False, why=f"no user folder {name!r}") for name in names}
 
     def check(self, folders: list[str]) -> list[str]:
         """Problems that stop this source before anything moves (every one, at once)."""

@@ -43,7 +43,8 @@ from core.errors import ConfigError, ItemError, TransientError
 from core.retry import TRANSIENT_STATUS, answer_error, policy_for
 from clients.http import make_client
 
-__all__ = ["GraphClient", "Delta", "DeltaExpired", "Changes", "client_for", "user_agent", "quote_segment"]
+__all__ = ["GraphClient", "Delta", "DeltaExpired", "Changes", "client_for", "user_agent", "quote_segment",
+           "person_of"]
 
 log = logging.getLogger("umstieg.sources.graph")
 
@@ -411,3 +412,20 @@ def _stream_to(resp: httpx.Response, dst: Path) -> int:
 client_for = PerProcess(GraphClient, close="close", key=lambda config: config.model_dump_json(include={
     "tenant_id", "client_id", "client_secret", "authority", "graph_url", "concurrency", "verify_tls", "ca_file",
     "timeout", "retry"}))
+
+
+def person_of(client: GraphClient, upn: str) -> dict | bool | None:
+    """The Entra ID user `upn` as Graph holds it (`GET /users/{upn}`: `mail`, the primary e-mail
+    address, and `displayName`), for the identity check; False when there is no such user, None
+    when the application may not read users (User.Read.All) and so cannot tell."""
+    resp = client.request("GET", f"/users/{quote_segment(upn)}", scope=upn, need="User.Read.All", item=True,
+                          params={"$select": "id,userPrincipalName,mail,displayName"}, ok=(200, 403, 404))
+    if resp.status_code == 404:
+        return False
+    if resp.status_code == 403:
+        return None
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

@@ -36,11 +36,11 @@ from collections.abc import Iterator
 from datetime import timezone
 from pathlib import Path
 
-from core.plugins import PerProcess
+from core.plugins import Account, PerProcess
 from sources.m365_config import M365Source
 from core.errors import ConfigError, ItemError, TransientError
 from core.items import ItemRef, Kind
-from sources.graph import Changes, DeltaExpired, GraphClient, client_for, quote_segment
+from sources.graph import Changes, DeltaExpired, GraphClient, client_for, person_of, quote_segment
 from sources.mstime import contact_to_vcard, event_to_ical, series_window
 
 __all__ = ["MailboxSource", "source_for", "WELL_KNOWN", "LAST_VERB", "VERB_FLAGS"]
@@ -119,6 +119,32 @@ class MailboxSource:
                     problems.append(f"source {self.name}, mailbox {upn}: {exc}")
                     break
         return problems
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check: the user exists in Entra ID (with the e-mail address and display
+        name Graph holds) and has a mailbox (its inbox opens). A token refused or Graph out of
+        reach concerns everyone: nobody is blamed (`check` says so)."""
+        try:
+            self.client.token()
+        except (ConfigError, TransientError):
+            return {name: Account(None) for name in names}
+        found = {}
+        for upn in names:
+            try:
+                person = person_of(self.client, upn)
+                if person is False:
+                    found[upn] = Account(False, why=f"no user {upn!r} at Microsoft 365")
+                    continue
+                resp = self.client.request("GET", f"/users/{quote_segment(upn)}/mailFolders/inbox", scope=upn,
+                                           need="Mail.Read", item=True, ok=(200, 404))
+                if resp.status_code == 404:
+                    found[upn] = Account(False, why=f"user {upn!r} has no mailbox at Microsoft 365")
+                    continue
+                person = person or {}
+                found[upn] = Account(True, email=person.get("mail"), display_name=person.get("displayName"))
+            except (ConfigError, ItemError, TransientError):
+                found[upn] = Account(None)
+        return found
 
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
         """Every message, event (series as one item) and contact of the mailbox `folder` (a UPN)."""

@@ -33,11 +33,11 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from core.plugins import PerProcess
+from core.plugins import Account, PerProcess
 from sources.onedrive_config import OneDriveSource, SharePointSource
 from core.errors import ConfigError, ItemError, TransientError
 from core.items import ItemRef, Kind
-from sources.graph import Changes, DeltaExpired, GraphClient, client_for, quote_segment
+from sources.graph import Changes, DeltaExpired, GraphClient, client_for, person_of, quote_segment
 
 __all__ = ["DriveSource", "DriveChanges", "source_for", "permission_of"]
 
@@ -202,6 +202,40 @@ class DriveSource:
             except (ConfigError, ItemError, TransientError) as exc:
                 problems.append(f"source {self.name}, user folder {folder!r}: {exc}")
         return problems
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check: OneDrive: the user exists in Entra ID (with the e-mail address and
+        display name Graph holds) and has a drive; SharePoint: the user's folder exists in the
+        library (it tells no e-mail or name). A token refused or Graph out of reach concerns
+        everyone: nobody is blamed (`check` says so)."""
+        sharepoint = isinstance(self.config, SharePointSource)
+        try:
+            self.client.token()
+            if sharepoint:
+                drive_id = self._drive_id("")
+        except (ConfigError, ItemError, TransientError):
+            return {name: Account(None) for name in names}
+        found = {}
+        for folder in names:
+            try:
+                if sharepoint:
+                    resp = self.client.request("GET", f"/drives/{drive_id}/root:/{quote(self._base(folder), safe='/')}:",
+                                               scope=drive_id, need=self._need, item=True, ok=(200, 404))
+                    found[folder] = Account(True) if resp.status_code == 200 else Account(
+                        False, why=f"no user folder {self._base(folder)!r} in the library")
+                    continue
+                person = person_of(self.client, folder)
+                if person is False:
+                    found[folder] = Account(False, why=f"no user {folder!r} at Microsoft 365")
+                    continue
+                self._drive_id(folder)
+                person = person or {}
+                found[folder] = Account(True, email=person.get("mail"), display_name=person.get("displayName"))
+            except ConfigError as exc:           # _drive_id: this user has no drive, or it may not be read
+                found[folder] = Account(False, why=str(exc))
+            except (ItemError, TransientError):
+                found[folder] = Account(None)
+        return found
 
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
         """Every file in the user's folder (the drive brought up to date through its delta link)."""

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import botocore.exceptions
 
-from core.plugins import PerProcess
+from core.plugins import Account, PerProcess
 from sources.s3_config import S3Source
 from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
 from core.errors import FatalError, ItemError, TransientError
@@ -118,6 +118,21 @@ class S3Bucket:
             if not page.get("KeyCount") and not page.get("Contents"):
                 problems.append(f"source {self.name}: user folder {self._where(base)} holds no objects")
         return problems
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """Each user's prefix holds at least one object (the identity check; S3 tells no e-mail or
+        name). One listing of one key per user. A bucket out of reach, missing or refused concerns
+        everyone: nobody is blamed (`check` says so)."""
+        found = {}
+        for folder in names:
+            base = self._base(folder)
+            try:
+                page = self.client.list_objects_v2(Bucket=self.config.bucket, Prefix=base, MaxKeys=1)
+            except (botocore.exceptions.ClientError, botocore.exceptions.NoCredentialsError, *NETWORK_ERRORS):
+                return {name: Account(None) for name in names}
+            found[folder] = (Account(True) if page.get("KeyCount") or page.get("Contents") else
+                             Account(False, why=f"no objects under {self._where(base)}"))
+        return found
 
     # ------------------------------------------------------------------------------ discover
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:

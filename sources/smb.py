@@ -46,7 +46,7 @@ from smbprotocol.security_descriptor import AccessAllowedAce, AccessDeniedAce, A
 from smbclient._io import SMBFileIO, SMBFileTransaction, SMBRawIO, query_info   # no public helper for these
 from smbprotocol.file_info import FileAttributes, FileAttributeTagInformation, FileInternalInformation
 
-from core.plugins import PerProcess
+from core.plugins import Account, PerProcess
 from sources.smb_config import SmbSource
 from core.errors import FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
@@ -303,6 +303,33 @@ class SmbShare:
             except (SMBException, OSError, ValueError) as exc:
                 problems.append(f"source {self.name}: cannot list user folder {path} ({_reason(exc)})")
         return problems
+
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """Each user folder exists and the service account may list it (the identity check; SMB
+        tells no e-mail or name). A server out of reach or refusing the service account concerns
+        everyone: nobody is blamed (`check` says so)."""
+        try:
+            self._connect()
+        except Exception:                      # noqa: BLE001 - check() tells what is wrong with the server
+            return {name: Account(None) for name in names}
+        found = {}
+        for folder in names:
+            path = self._unc(folder)
+            try:
+                with smbclient.scandir(path, **self._kwargs()) as entries:
+                    next(iter(entries), None)
+                found[folder] = Account(True)
+            except SMBOSError as exc:
+                if exc.errno == 2 or exc.ntstatus in _VANISHED or exc.ntstatus == 0xC0000103:   # NOT_A_DIRECTORY
+                    found[folder] = Account(False, why=f"no user folder {path}")
+                elif exc.ntstatus == NtStatus.STATUS_ACCESS_DENIED:
+                    found[folder] = Account(False, why=f"the account {self.config.username!r} may not list user "
+                                                       f"folder {path} (access denied)")
+                else:
+                    found[folder] = Account(None)
+            except (SMBException, OSError, ValueError):
+                found[folder] = Account(None)
+        return found
 
     # ------------------------------------------------------------------------------ discover
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
