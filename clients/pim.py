@@ -87,7 +87,7 @@ def split_calendar(data: bytes) -> list[tuple[str, bytes]]:
     """
     import icalendar
     groups: dict[str, list] = {}
-    zones: dict[str, object] = {}
+    zones: dict[str, icalendar.Component] = {}
     prodid = None
     for cal in _calendar(data):
         prodid = prodid or cal.get("PRODID")
@@ -632,6 +632,7 @@ def instance_count(data: bytes, limit: int) -> int:
     """How many occurrences the largest bounded series of a calendar object has, counted up to
     `limit + 1` (enough to tell "over the server's cap"). Series without COUNT or UNTIL never end
     and are not capped by servers: they count as 1."""
+    import icalendar
     from dateutil.rrule import rrulestr
     most = 1
     for cal in _calendar(data):
@@ -641,7 +642,7 @@ def instance_count(data: bytes, limit: int) -> int:
             rules = comp["RRULE"] if isinstance(comp["RRULE"], list) else [comp["RRULE"]]
             extra = len(_dates(comp.get("RDATE")))
             for rule in rules:
-                if not isinstance(rule, dict):
+                if not isinstance(rule, icalendar.vRecur):
                     continue
                 if rule.get("COUNT"):
                     n = int(rule["COUNT"][0])

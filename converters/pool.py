@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from core.digests import sha256_file
@@ -177,8 +178,9 @@ class ConverterPool:
         if self.settings.workers:
             self._python = find_worker_python()
         _install_signal_handlers()
-        starters = [lambda s=s: self._new_local(s) for s in range(1, self.settings.workers + 1)]
-        starters += [lambda r=r: RemoteWorkerHandle(r.host, r.port, cooldown=self.settings.remote_cooldown)
+        starters: list[Callable[[], Worker]] = [partial(self._new_local, s)
+                                                for s in range(1, self.settings.workers + 1)]
+        starters += [partial(RemoteWorkerHandle, r.host, r.port, cooldown=self.settings.remote_cooldown)
                      for r in self.settings.remote]
         with ThreadPoolExecutor(max_workers=max(1, len(starters))) as ex:
             futures = [ex.submit(self._start_one, make) for make in starters]
@@ -192,6 +194,8 @@ class ConverterPool:
 
     def _new_local(self, slot: int) -> LocalWorker:
         self._generation[slot] = self._generation.get(slot, 0) + 1
+        if self._runtime is None or self._python is None:
+            raise WorkerDied(f"worker slot w{slot} cannot start: the pool is not started")
         return LocalWorker(slot, self._generation[slot], self._runtime, self.settings.soffice,
                            self._python, self.settings.startup_timeout)
 
@@ -529,10 +533,10 @@ class ConverterPool:
         """Retire a worker that has done its conversions; its warm successor takes the slot."""
         self.recycled += 1
         with self._lock:
-            spare, starting = self._spares.pop(worker.slot, (None, None))
+            spare, starting = self._spares.pop(worker.slot, None) or (None, None)
 
         def swap() -> None:
-            if starting is None:                  # grown too big before its successor was due
+            if starting is None or spare is None:     # grown too big before its successor was due
                 log.info("recycling %s (LibreOffice grew beyond %d MiB)", worker.id, self.settings.recycle_above_mb)
                 self._replace(worker, "recycle")
                 return
@@ -571,7 +575,7 @@ class ConverterPool:
         With `keep`, the fresh worker is returned to the caller (who retries a document on it and
         then releases it) instead of being handed to whoever waits; otherwise None.
         """
-        if isinstance(worker, RemoteWorkerHandle):
+        if not isinstance(worker, LocalWorker):       # a remote worker: it cools down
             worker.kill()
             self._idle.put(worker)
             return None
@@ -583,7 +587,7 @@ class ConverterPool:
             return None
         log.info("replacing worker %s (%s)", worker.id, why)
         with self._lock:
-            spare, starting = self._spares.pop(worker.slot, (None, None))
+            spare, starting = self._spares.pop(worker.slot, None) or (None, None)
         if spare is not None:                     # a successor was warming up: drop it
             spare.kill()
         try:

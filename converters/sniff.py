@@ -37,6 +37,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote
 
 import msoffcrypto
@@ -495,7 +496,7 @@ def _excel_default_password(fh: io.BufferedReader, stream_size: int) -> bool | N
 _DECRYPT_MAX = 64 << 20      # decrypting a default-password package to learn its format: bounded
 
 
-def _ooxml_default_password(fh: io.BufferedReader) -> OfficeFormat | None | bool:
+def _ooxml_default_password(fh: io.BufferedReader) -> OfficeFormat | Literal[False] | None:
     """For an encrypted OOXML package: its format when "VelvetSweatshop" opens it (False when it
     opens but its format could not be read), None when it does not open with that password."""
     try:
@@ -616,8 +617,8 @@ def _sniff_zip(fh: io.BufferedReader, ext: str) -> Sniffed:
 
 def _classify_zip(zf: zipfile.ZipFile, ext: str) -> Sniffed:
     infos = zf.infolist()
-    exact = {}
-    lower = {}
+    exact: dict[str, zipfile.ZipInfo] = {}
+    lower: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         exact.setdefault(info.filename, info)
         lower.setdefault(info.filename.lower(), info)      # OPC part names are case-insensitive
@@ -668,6 +669,7 @@ def _classify_ooxml(zf: zipfile.ZipFile, lower: dict, ext: str) -> Sniffed:
             else "OOXML package without a main document part")
         return _not_office(ext, "zip", what)
     fmt = FORMATS[name]
+    assert main is not None                 # a main content type comes with its part's name
     if main not in lower and unquote(main) not in lower:
         return _damaged(fmt, f"damaged OOXML package: main part {main} is missing", "zip", repair=True)
     return Sniffed(fmt, None, f"{fmt.description} (OOXML, main part {main})", "zip")

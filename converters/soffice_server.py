@@ -134,7 +134,8 @@ def prepare_profile(profile: Path) -> None:
         pattern = re.compile(rf'(<item oor:path="{re.escape(path)}"><prop oor:name="{re.escape(name)}"'
                              rf'[^>]*>)\s*(?:<value>[^<]*</value>|<value/>)')
         if pattern.search(text):
-            text = pattern.sub(lambda m, v=value: f"{m.group(1)}<value>{v}</value>", text)
+            replacement = f"<value>{value}</value>"
+            text = pattern.sub(lambda m: m.group(1) + replacement, text)
         else:
             missing.append((path, name, type_, value))
     if missing and "</oor:items>" in text:
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     from unoserver.server import UnoServer
 
     # one log line per XML-RPC request is noise in the worker log
-    xmlrpc.server.SimpleXMLRPCRequestHandler.log_request = lambda self, *a, **k: None
+    setattr(xmlrpc.server.SimpleXMLRPCRequestHandler, "log_request", lambda self, *a, **k: None)
 
     prepare_profile(args.profile)
     server = UnoServer(interface=args.interface, port=str(args.port), uno_interface="127.0.0.1",

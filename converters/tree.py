@@ -145,7 +145,7 @@ def load_results(path: Path) -> dict[str, dict]:
                 _log.warning("%s line %d: not a document record; ignored", path, number)
                 continue
             try:
-                Outcome(record.get("outcome"))
+                Outcome(str(record.get("outcome")))
             except ValueError:
                 _log.warning("%s line %d: unknown outcome %r for %s; the document will be converted again",
                              path, number, record.get("outcome"), record["path"])
@@ -206,6 +206,8 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
     waiting: dict[Future, tuple] = {}
 
     def measured(result: ConversionResult) -> dict | None:
+        if assess is None:
+            return None
         try:
             return assess(result)
         except Exception as exc:  # noqa: BLE001 - a failed measurement must not stop the batch
@@ -272,7 +274,7 @@ def convert_tree(pool: ConverterPool, src: Path, out: Path, *, copy_unsupported:
                 except ItemError as exc:
                     unread(job, Outcome.UNREADABLE, str(exc))
                     continue
-                if done:
+                if done and prior is not None:     # (a document is only done by its prior record)
                     summary.skipped += 1
                     settle(dict(prior), _from_record(prior, job, staged), job, True)
                     continue

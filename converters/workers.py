@@ -143,6 +143,11 @@ class Worker:
     id: str
     conversions: int = 0
     remote: bool = False
+    _uno: UnoClient | None = None         # the XML-RPC client of the worker's current port
+
+    def start(self) -> None:
+        """Make the worker ready (start a local one, reach a remote one), or raise WorkerDied."""
+        raise NotImplementedError
 
     def convert(self, src: Path, dst: Path, import_filter: str | None, export_filter: str, timeout: float,
                 filter_options: list[str] | None = None, memory_limit: int = 0,
@@ -314,16 +319,18 @@ class LocalWorker(Worker):
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
+        process = self.process
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise WorkerDied(f"exited with status {self.process.returncode} during start-up")
+            if process is None or process.poll() is not None:
+                status = process.returncode if process is not None else "unknown"
+                raise WorkerDied(f"exited with status {status} during start-up")
             if probe("127.0.0.1", self.port, timeout=max(1.0, min(PROBE_TIMEOUT, deadline - time.monotonic()))):
                 return
             time.sleep(0.1)
         raise WorkerDied(f"no answer within {self.startup_timeout:g} s")
 
     def _client(self) -> UnoClient:
-        if not hasattr(self, "_uno") or self._uno.port != str(self.port):
+        if self._uno is None or self._uno.port != str(self.port):
             self._uno = _Client(server="127.0.0.1", port=str(self.port), host_location="local")
         return self._uno
 
@@ -333,6 +340,8 @@ class LocalWorker(Worker):
         return self.office_pid() is not None
 
     def _office_processes(self) -> list[psutil.Process]:
+        if self.process is None:
+            return []
         try:
             children = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.Error:

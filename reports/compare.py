@@ -119,6 +119,7 @@ def compare(src: Facts, out: Facts, settings: FidelitySettings) -> list[Check]:
     """Every check that both readers measured, with its deduction."""
     checks: list[Check] = []
     checks += _text_checks(src, out, settings)
+    names: tuple[str, ...]
     if src.family is Family.TEXT:
         checks += _word_checks(src, out, settings)
         names = _WORD_COUNTS
@@ -273,7 +274,7 @@ def _page_checks(src: list[PageSetup], out: list[PageSetup], settings: FidelityS
     with_margins = [(i, a, b) for i, (a, b) in enumerate(pairs, 1) if a.margins and b.margins]
     if with_margins:
         moved = [f"section {i}: {margins(a)} became {margins(b)}" for i, a, b in with_margins
-                 if not all(near(x, y) for x, y in zip(a.margins, b.margins))]
+                 if not all(near(x, y) for x, y in zip(a.margins or (), b.margins or ()))]
         check = Check("margins", [margins(a) for _, a, _ in with_margins[:10]],
                       [margins(b) for _, _, b in with_margins[:10]])
         if moved:
@@ -299,8 +300,9 @@ def _match_sheets(src: list[SheetFacts], out: list[SheetFacts]) -> list[tuple[Sh
 
 def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Check]:
     checks: list[Check] = []
-    a_names, b_names = [s.name for s in src.sheets], [s.name for s in out.sheets]
-    pairs = _match_sheets(src.sheets, out.sheets)
+    a_sheets, b_sheets = src.sheets or [], out.sheets or []
+    a_names, b_names = [s.name for s in a_sheets], [s.name for s in b_sheets]
+    pairs = _match_sheets(a_sheets, b_sheets)
     missing = [s.name for s, twin in pairs if twin is None]
     check = Check("sheets", len(a_names), len(b_names))
     if missing:
@@ -319,7 +321,7 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
         check.points = settings.weight("sheet_names")
         check.detail = "sheet names or order changed"
     checks.append(check)
-    a_hidden = {s.name for s in src.sheets if s.hidden}
+    a_hidden = {s.name for s in a_sheets if s.hidden}
     b_hidden = {s.name for s, twin in pairs if twin is not None and twin.hidden}
     check = Check("hidden_sheets", sorted(a_hidden), sorted(b_hidden))
     if a_hidden != b_hidden:
@@ -468,22 +470,23 @@ def _show(value) -> str:
 def _slide_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Check]:
     checks: list[Check] = []
     changed = []
-    for i, (a, b) in enumerate(zip(src.slides, out.slides), start=1):
+    a_slides, b_slides = src.slides or [], out.slides or []
+    for i, (a, b) in enumerate(zip(a_slides, b_slides), start=1):
         sim = similarity(a.text, b.text)
         if sim < 0.95:
             changed.append((i, sim))
-    n = max(1, len(src.slides))
-    check = Check("slide_text", len(src.slides), len(src.slides) - len(changed))
+    n = max(1, len(a_slides))
+    check = Check("slide_text", len(a_slides), len(a_slides) - len(changed))
     if changed:
         check.points = _points(settings.weight("slide_text"), sum(1 - s for _, s in changed) / n * 2)
         check.detail = "slide text changed: " + ", ".join(f"slide {i} {s:.0%} the same" for i, s in changed[:6])
     checks.append(check)
     if "hidden_slides" in src.counts and "hidden_slides" in out.counts:
-        a = [i for i, s in enumerate(src.slides, 1) if s.hidden]
-        b = [i for i, s in enumerate(out.slides, 1) if s.hidden]
-        check = Check("hidden_slides", a, b)
-        if a != b:
+        hidden_a = [i for i, s in enumerate(a_slides, 1) if s.hidden]
+        hidden_b = [i for i, s in enumerate(b_slides, 1) if s.hidden]
+        check = Check("hidden_slides", hidden_a, hidden_b)
+        if hidden_a != hidden_b:
             check.points = settings.weight("hidden_slides")
-            check.detail = f"hidden slides {a} became {b}"
+            check.detail = f"hidden slides {hidden_a} became {hidden_b}"
         checks.append(check)
     return checks

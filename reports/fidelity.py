@@ -288,9 +288,9 @@ def make_assessor(settings: FidelitySettings | None = None, *, render: Renderer 
     definition; documents that were not converted get no score, only their risk flags; files
     that are not Office documents get no fidelity record at all (None).
     """
+    from reports.risk import risk_flags
     settings = settings or FidelitySettings()
-    if risks is None:
-        from reports.risk import risk_flags as risks
+    flags_of = risks or risk_flags
 
     def assess_result(result: ConversionResult) -> dict | None:
         if result.format is None or result.format not in FORMATS:
@@ -299,7 +299,7 @@ def make_assessor(settings: FidelitySettings | None = None, *, render: Renderer 
         flags: list[str] = []
         started = time.perf_counter()
         try:
-            flags = risks(Path(result.source))
+            flags = flags_of(Path(result.source))
         except Exception as exc:  # noqa: BLE001 - risk flags are a bonus here; the scan reports failures
             log.debug("risk flags of %s: %s", result.source, exc)
         risk_seconds = time.perf_counter() - started

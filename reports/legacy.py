@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import Any
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -444,7 +445,7 @@ def read_rtf(path: Path) -> Facts:
     parts: dict[str, list[str]] = {}
     fonts: dict[int, str] = {}              # font number -> code page of its 8-bit text
     # group state: skip, uc, part, field instruction collector, current code page …
-    state = {"skip": False, "uc": 1, "part": None, "inst": None, "first": True, "cp": codepage}
+    state: dict[str, Any] = {"skip": False, "uc": 1, "part": None, "inst": None, "first": True, "cp": codepage}
     stack: list[dict] = []
     pending = bytearray()
     skip_chars = 0

@@ -117,11 +117,15 @@ class Ooxml:
             return name
         return self._lower.get(name.lower()) or self._lower.get(unquote(name).lower())
 
-    def xml(self, name: str) -> etree._Element:
+    def stored(self, name: str) -> str:
+        """The stored name of part `name`; KeyError when the package has no such part."""
         stored = self.find(name)
         if stored is None:
             raise KeyError(name)
-        return parse_xml(self.zf, stored)
+        return stored
+
+    def xml(self, name: str) -> etree._Element:
+        return parse_xml(self.zf, self.stored(name))
 
     def rels(self, part: str) -> list[Relationship]:
         """Relationships of `part` ("" for the package itself), targets resolved to part names."""

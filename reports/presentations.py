@@ -264,7 +264,7 @@ def _odp_shapes(container: etree._Element, shapes: dict[str, int], pkg: OdfPacka
                 add("media")
             elif ftag == _n("draw", "image"):
                 add("picture")
-            elif ftag in (_n("draw", "object"), _n("draw", "object-ole")):
+            elif first is not None and ftag in (_n("draw", "object"), _n("draw", "object-ole")):
                 kind = pkg.object_type(first.get(_n("xlink", "href")) or "") if ftag == _n("draw", "object") else "ole"
                 add("chart" if kind == "chart" else "object")
             elif ftag == _n("table", "table"):

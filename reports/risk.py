@@ -106,7 +106,7 @@ class RiskReport:
         return category(self.flags, self.format, error=self.error)
 
     def to_json(self) -> dict:
-        data = {"path": self.path, "format": self.format, "family": self.family, "size": self.size,
+        data: dict[str, object] = {"path": self.path, "format": self.format, "family": self.family, "size": self.size,
                 "outcome": self.outcome, "flags": self.flags, "category": self.category}
         if self.details:
             data["details"] = self.details
@@ -312,7 +312,7 @@ def _ooxml(path: Path, family: Family, flags: set[str], details: dict, fonts: bo
                 if _scan_part(zf, main, _FORM_FIELD):
                     flags.add("form_controls")
             if fonts:
-                used = set()
+                used: set[str] = set()
                 for part in ("word/document.xml", "word/styles.xml"):
                     if part in by_lower:
                         used |= _font_names(zf, by_lower[part], f"{{{_W}}}rFonts", (f"{{{_W}}}ascii", f"{{{_W}}}hAnsi"))
@@ -345,7 +345,7 @@ def _ooxml(path: Path, family: Family, flags: set[str], details: dict, fonts: bo
                                                                          re.compile(rb'<(?:\w+:)?name val="([^"]+)"'))}
                 _fonts(used, flags, details)
         elif family is Family.PRESENTATION:
-            used: set[str] = set()
+            used = set()
             for n in lower:
                 if re.match(r"ppt/slides/slide\d+\.xml$", n):
                     with zf.open(by_lower[n]) as stream:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -86,6 +86,9 @@ def is_critical_loss(name: str, source, output, points: float) -> bool:
     return True
 
 
+#: Which documents get the visual check.
+VisualTier = Literal["none", "flagged", "all"]
+
 class FidelitySettings(BaseModel):
     """How fidelity is measured and judged."""
 
@@ -95,12 +98,13 @@ class FidelitySettings(BaseModel):
                              ge=0, le=100, description="lowest score judged 'review'; below it: 'broken'")
     weights: dict[str, float] = Field(default_factory=dict,
                                       description="weights that replace the defaults (check name -> points)")
-    visual: Literal["none", "flagged", "all"] = Field(
-        default_factory=lambda: os.environ.get("UMSTIEG_FIDELITY_VISUAL", "flagged"),
+    visual: VisualTier = Field(
+        default_factory=lambda: cast(VisualTier, os.environ.get("UMSTIEG_FIDELITY_VISUAL", "flagged")),
+        validate_default=True,      # a value from the environment is checked like one from a file
         description="which documents get the visual check: none, those the structural check flagged "
                     "(verdict review or broken), or all")
     visual_sample: float = Field(default_factory=lambda: float(os.environ.get("UMSTIEG_FIDELITY_VISUAL_SAMPLE", 0)),
-                                 ge=0, le=1, description="share of the other documents that get it too (0..1)")
+                                 ge=0, le=1, validate_default=True, description="share of the other documents that get it too (0..1)")
     visual_pages: int = Field(default=12, ge=1, description="pages rendered and compared per document")
     visual_dpi: int = Field(default=40, ge=10, le=300, description="resolution of the page images compared")
     max_rows: int = Field(default=100_000, ge=1, description="rows per sheet compared cell by cell")

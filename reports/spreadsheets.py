@@ -96,8 +96,8 @@ def _area(ref: str | None) -> tuple[int, int, int, int] | None:
     """(row1, col1, row2, col2), 0-based, of an A1-style range such as "A3:E20"."""
     if not ref:
         return None
-    ends = [(_CELL_REF.match(part.strip())) for part in ref.split(":")]
-    if not all(ends):
+    ends = [m for m in (_CELL_REF.match(part.strip()) for part in ref.split(":")) if m is not None]
+    if len(ends) != len(ref.split(":")):
         return None
     (c1, r1), (c2, r2) = ((_col_index(m.group(1)), int(m.group(2)) - 1) for m in (ends[0], ends[-1]))
     return (min(r1, r2), min(c1, c2), max(r1, r2), max(c1, c2))
@@ -106,7 +106,7 @@ def _area(ref: str | None) -> tuple[int, int, int, int] | None:
 def _shared_strings(pkg: Ooxml, main: str) -> list[str]:
     strings: list[str] = []
     for part in pkg.related(main, "sharedStrings"):
-        with pkg.zf.open(pkg.find(part)) as stream:
+        with pkg.zf.open(pkg.stored(part)) as stream:
             for _, si in etree.iterparse(stream, events=("end",), tag="{*}si", resolve_entities=False,
                                          no_network=True, huge_tree=True):
                 strings.append(_text("".join(t.text or "" for t in si.iter("{*}t")
@@ -156,7 +156,7 @@ def _read_xlsx_sheet(pkg: Ooxml, part: str, sheet: SheetFacts, strings: list[str
     shared: dict[str, str] = {}
     row_index = -1
     next_col = 0                  # cells without an "r" reference follow the previous one
-    with pkg.zf.open(pkg.find(part)) as stream:
+    with pkg.zf.open(pkg.stored(part)) as stream:
         for _, el in etree.iterparse(stream, events=("end",), resolve_entities=False, no_network=True,
                                      huge_tree=True):
             name = _local(el)
@@ -166,8 +166,9 @@ def _read_xlsx_sheet(pkg: Ooxml, part: str, sheet: SheetFacts, strings: list[str
                 if match:
                     row, col = int(match.group(2)) - 1, _col_index(match.group(1))
                 else:
-                    parent_r = el.getparent().get("r") if el.getparent() is not None else None
-                    row = int(parent_r) - 1 if (parent_r or "").isdigit() else row_index + 1
+                    parent = el.getparent()
+                    parent_r = parent.get("r") if parent is not None else None
+                    row = int(parent_r) - 1 if parent_r is not None and parent_r.isdigit() else row_index + 1
                     col = next_col
                 next_col = col + 1
                 if row >= max_rows:
@@ -293,21 +294,23 @@ def read_xlsx(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
 
 def _sheet_text(facts: Facts) -> None:
     """The workbook's text: every text cell, and the cell comments (also a part of their own)."""
-    comments = bag(*(text for s in facts.sheets for text in s.comments))
-    facts.text = bag(*(v[1] for s in facts.sheets for v in s.cells.values() if v[0] == "s"))
+    sheets = facts.sheets or []
+    comments = bag(*(text for s in sheets for text in s.comments))
+    facts.text = bag(*(v[1] for s in sheets for v in s.cells.values() if v[0] == "s"))
     facts.text += comments
     facts.parts["comments"] = comments
 
 
 def _sheet_totals(facts: Facts) -> None:
     """Workbook-wide sums of the per-sheet counts (what the generic count checks compare)."""
+    sheets = facts.sheets or []
     for key in ("merged", "conditional_formats", "autofilters", "comments", "hyperlinks", "charts",
                 "pivot_tables", "protected", "validations"):
-        values = [s.counts[key] for s in facts.sheets if key in s.counts]
+        values = [s.counts[key] for s in sheets if key in s.counts]
         if values:
             facts.counts[key] = facts.counts.get(key, 0) + sum(values)
-    facts.counts["sheets"] = len(facts.sheets)
-    facts.counts["hidden_sheets"] = sum(1 for s in facts.sheets if s.hidden)
+    facts.counts["sheets"] = len(sheets)
+    facts.counts["hidden_sheets"] = sum(1 for s in sheets if s.hidden)
 
 
 # ============================================================================ ODF (ods) ========

@@ -134,9 +134,9 @@ def _grey(path: Path) -> np.ndarray:
 
 def _thumbnail(page: Path, target: Path) -> None:
     with Image.open(page) as image:
-        image = image.convert("L")
-        height = max(1, round(image.height * THUMB_WIDTH / image.width))
-        image.resize((THUMB_WIDTH, height), Image.Resampling.LANCZOS).save(target, optimize=True)
+        gray = image.convert("L")
+        height = max(1, round(gray.height * THUMB_WIDTH / gray.width))
+        gray.resize((THUMB_WIDTH, height), Image.Resampling.LANCZOS).save(target, optimize=True)
 
 
 def visual_checks(source: Path, output: Path, fmt: OfficeFormat, render, settings: FidelitySettings, *,

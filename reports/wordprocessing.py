@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import zipfile
 from collections import Counter
+from typing import overload
 from pathlib import Path
 
 from lxml import etree
@@ -190,6 +191,12 @@ class _Styles:
         return False
 
 
+@overload
+def _int(text: str | None, default: int) -> int: ...
+@overload
+def _int(text: str | None, default: None = None) -> int | None: ...
+
+
 def _int(text: str | None, default: int | None = None) -> int | None:
     try:
         return int(str(text).strip())
@@ -258,7 +265,7 @@ def _docx_fields(root: etree._Element) -> Counter:
     kinds: Counter = Counter()
     for el in root.iter(_w("fldSimple")):
         kinds[_field_keyword(el.get(_w("instr")) or "")] += 1
-    stack: list[list[str]] = []
+    stack: list[list[str] | None] = []      # None: the field's instruction was read
     for el in root.iter(_w("fldChar"), _w("instrText")):
         if el.tag == _w("instrText"):
             if stack and stack[-1] is not None:
@@ -306,13 +313,15 @@ def _docx_page(body: etree._Element) -> tuple[list[PageSetup], int, list[etree._
         if width and height:
             margins = None
             if margin is not None:
-                values = [_mm(margin.get(_w(k))) for k in ("top", "bottom", "left", "right")]
-                if None not in values:
+                measured = [_mm(margin.get(_w(k))) for k in ("top", "bottom", "left", "right")]
+                values = [v for v in measured if v is not None]
+                if len(values) == 4:
                     # the gutter widens the inner margin; ODF (LibreOffice) counts it in the margin too
                     rtl = sect.find(_w("rtlGutter"))
                     right_gutter = rtl is not None and rtl.get(_w("val"), "1") not in ("0", "false", "off")
                     values[3 if right_gutter else 2] += _mm(margin.get(_w("gutter"))) or 0.0
-                    margins = tuple(round(v, 1) for v in values)
+                    top, bottom, left, right = (round(v, 1) for v in values)
+                    margins = (top, bottom, left, right)
             pages.append(PageSetup(round(width, 1), round(height, 1), margins))
     return pages, len(sects), sects
 
@@ -549,7 +558,7 @@ class _OdfWalk:
                 current.append(" ")
             if el.text and tag not in (_ns("text", "note"), _ns("office", "annotation")):
                 current.append(el.text)
-        table = None
+        table: list | None = None
         if tag == _ns("table", "table") and where in ("body", "box"):
             table = []
             self.tables.append(table)
@@ -687,7 +696,9 @@ def _odt_master_page(master: etree._Element | None, layouts: dict) -> PageSetup 
     if master is None:
         return None
     layout = layouts.get(master.get(_ns("style", "page-layout-name")))
-    props = layout.find(_ns("style", "page-layout-properties")) if layout is not None else None
+    if layout is None:
+        return None
+    props = layout.find(_ns("style", "page-layout-properties"))
     if props is None:
         return None
     width = odf_length_mm(props.get(_ns("fo", "page-width")))
@@ -751,7 +762,7 @@ def read_odt(path: Path) -> Facts:
             raise ValueError("not a text document (no office:text)")
         c = facts.counts
         regions = body.find(_ns("text", "tracked-changes"))
-        kinds = Counter()
+        kinds: Counter = Counter()
         for region in (regions if regions is not None else []):
             for child in region:
                 if isinstance(child.tag, str):

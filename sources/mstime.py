@@ -182,7 +182,8 @@ def series_window(event: dict) -> tuple[datetime, datetime]:
         all_day = bool(event.get("isAllDay"))
         first = _day(event["start"], zone) if all_day else _local(graph_datetime(event["start"]), zone)
         rule = recurrence_rule(event["recurrence"], first, zone)
-        far = datetime.combine(first if all_day else first.date(), time(0, 0), timezone.utc) + timedelta(days=366 * 100)
+        day = first.date() if isinstance(first, datetime) else first
+        far = datetime.combine(day, time(0, 0), timezone.utc) + timedelta(days=366 * 100)
         found = occurrences(rule, first, far)
         last = found[-1] if found else first
         last_dt = last if isinstance(last, datetime) else datetime.combine(last, time(0, 0), timezone.utc)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.errors import ConfigError, FatalError
@@ -50,7 +51,7 @@ def convert(
     if language not in LANGUAGES:
         raise typer.BadParameter(f"{language!r} is not one of {', '.join(LANGUAGES)}", param_hint="--language")
 
-    overrides = {k: v for k, v in dict(workers=workers, timeout=timeout, recycle_after=recycle_after).items()
+    overrides: dict[str, Any] = {k: v for k, v in dict(workers=workers, timeout=timeout, recycle_after=recycle_after).items()
                  if v is not None}
     if remote:
         overrides["remote"] = remote
@@ -63,15 +64,16 @@ def convert(
         from reports.scoring import FidelitySettings
 
         try:
-            fidelity_settings = FidelitySettings(**{k: v for k, v in dict(visual=visual, visual_sample=visual_sample).items()
-                                                    if v is not None})
+            chosen: dict[str, Any] = {k: v for k, v in dict(visual=visual, visual_sample=visual_sample).items()
+                                      if v is not None}
+            fidelity_settings = FidelitySettings(**chosen)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
 
     progress = Progress(TextColumn("[bold]converting"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                         TextColumn("{task.fields[last]}"), console=console, transient=False)
-    task = None
+    task: TaskID | None = None
     done_fresh = [0]
 
     def on_start(total: int) -> None:
@@ -79,6 +81,8 @@ def convert(
         task = progress.add_task("convert", total=total, rate="", last="")
 
     def on_result(result, skipped: bool) -> None:
+        if task is None:                       # (on_start comes first)
+            return
         if not skipped:
             done_fresh[0] += 1
         elapsed = progress.tasks[task].elapsed or 0.0
