@@ -49,10 +49,10 @@ from pathlib import Path
 import requests.adapters
 
 from sources.ews_config import EwsSource
+from core.plugins import Account
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
 from core.messages import clip
-from core.plugins import Account
 from sources import mstime
 
 __all__ = ["EwsMailboxes", "source_for", "event_to_ical", "graph_recurrence"]
@@ -249,6 +249,34 @@ class EwsMailboxes:
         from exchangelib.folders import Root
         Root.get_distinguished(account=self._account(mailbox))
 
+    def accounts(self, names: list[str]) -> dict[str, Account]:
+        """The identity check: each mailbox opens as the service account would read it (one
+        GetFolder). The server out of reach or refusing the service account concerns everyone:
+        nobody is blamed (`check` says so)."""
+        from exchangelib.errors import (EWSError, ErrorAccessDenied, ErrorImpersonateUserDenied,
+                                        ErrorNonExistentMailbox, TransportError, UnauthorizedError)
+        found = {name: Account(None) for name in names}
+        try:
+            self._password()
+        except ConfigError:
+            return found
+        for mailbox in names:
+            try:
+                self._probe(mailbox)
+            except (UnauthorizedError, TransportError, OSError):
+                return found
+            except ErrorNonExistentMailbox:
+                found[mailbox] = Account(False, why=f"no mailbox {mailbox} on {self.config.url}")
+            except ErrorImpersonateUserDenied:
+                found[mailbox] = Account(False, why=f"{self.config.username} may not impersonate {mailbox}")
+            except ErrorAccessDenied:
+                found[mailbox] = Account(False, why=f"access to mailbox {mailbox} was denied")
+            except EWSError:                       # busy, or an answer of the server's own: cannot tell
+                continue
+            else:
+                found[mailbox] = Account(True)
+        return found
+
     # ----------------------------------------------------------------- discover
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
         """Every message, event and contact of the mailbox `folder`, with its ChangeKey as version."""
@@ -294,34 +322,6 @@ class EwsMailboxes:
         for names in (_DISTINGUISHED[:-1], _DISTINGUISHED[-1:]):
             wanted = [Folder(_distinguished_id=DistinguishedFolderId(id=d, mailbox=Mailbox(email_address=mailbox)),
                              root=top.root) for d in names]
-    def accounts(self, names: list[str]) -> dict[str, Account]:
-        """The identity check: each mailbox opens as the service account would read it (one
-        GetFolder). The server out of reach or refusing the service account concerns everyone:
-        nobody is blamed (`check` says so)."""
-        from exchangelib.errors import (EWSError, ErrorAccessDenied, ErrorImpersonateUserDenied,
-                                        ErrorNonExistentMailbox, TransportError, UnauthorizedError)
-        found = {name: Account(None) for name in names}
-        try:
-            self._password()
-        except ConfigError:
-            return found
-        for mailbox in names:
-            try:
-                self._probe(mailbox)
-            except (UnauthorizedError, TransportError, OSError):
-                return found
-            except ErrorNonExistentMailbox:
-                found[mailbox] = Account(False, why=f"no mailbox {mailbox} on {self.config.url}")
-            except ErrorImpersonateUserDenied:
-                found[mailbox] = Account(False, why=f"{self.config.username} may not impersonate {mailbox}")
-            except ErrorAccessDenied:
-                found[mailbox] = Account(False, why=f"access to mailbox {mailbox} was denied")
-            except EWSError:                       # busy, or an answer of the server's own: cannot tell
-                continue
-            else:
-                found[mailbox] = Account(True)
-        return found
-
             try:
                 found = list(FolderCollection(account=account, folders=wanted).resolve())
             except (ResponseMessageError, SOAPError):
