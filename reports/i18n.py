@@ -47,6 +47,8 @@ def catalog(directory: Path, domain: str, language: str,
     write_mo(buffer, parsed)
     buffer.seek(0)
     found = gettext.GNUTranslations(buffer)
+    # which ids it names: a word written alike in both languages ("images") is named, not missing
+    found.named = frozenset(m.id for m in parsed if m.id and m.string and isinstance(m.id, str) and not m.context)
     if fallback is not None:
         found.add_fallback(fallback)
     return found
@@ -103,19 +105,21 @@ class Names:
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         return self._tr.ngettext(singular, plural, n)
 
+    def _named(self, code: str) -> str | None:
+        return self._tr.gettext(code) if code in getattr(self._tr, "named", ()) else None
+
     def code(self, code: str | None) -> str:
         """The human name of a recorded code (outcome, error class, state, verdict, category)."""
         if not code:
             return ""
-        named = self._tr.gettext(code)
-        return code.replace("_", " ") if named == code else named
+        return self._named(code) or code.replace("_", " ")
 
     def check(self, code: str) -> str:
         """A fidelity check's name ("part:comments" is the text of a document part)."""
         if code.startswith("part:"):
             return self._tr.gettext("text of %(part)s") % {"part": code[5:]}
-        named = self._tr.gettext(code)
-        if named != code:
+        named = self._named(code)
+        if named:
             return named
         from reports.compare import label
         return label(code)

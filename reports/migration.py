@@ -416,7 +416,7 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
     categories: Counter = Counter()
     scans: dict[str, str] = {}
     for source_name, user, folder in scan_folders:
-        scan = scan_tree(folder, reports_dir(dept) / "scan" / source_name / user)
+        scan = scan_tree(folder, reports_dir(dept) / "scan" / source_name / user, language=_language(dept, None))
         risk_flags.update(scan.by_flag)
         categories.update(scan.by_category)
         scans[f"{source_name}/{user}"] = str(scan.paths.get("html", ""))

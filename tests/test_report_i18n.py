@@ -1,0 +1,244 @@
+"""Reports in German, English and French: the batch fidelity report, the risk scan and the run and
+status reports come from the same templates and catalogs as the dashboard (reports.i18n)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import runtime_dir
+from docgen import make_fidelity_docx
+from reports.batch import write_fidelity_report
+from reports.i18n import LANGUAGES, LOCALE_DIR, TEMPLATES_DIR, names
+from reports.scan import write_scan_report
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+EVIL = '=HYPERLINK("http://example.org","x").docx'
+
+
+def _records() -> list[dict]:
+    lost = {"check": "tables", "points": 5.0, "detail": "tables: 3 in the source, 2 in the ODF"}
+    page = {"check": "page_size", "points": 2.0, "detail": "page size differs"}
+    return [
+        {"path": "a/Bescheid.docx", "outcome": "converted", "format": "docx", "seconds": 0.5, "input_bytes": 1000,
+         "fidelity": {"status": "assessed", "score": 100.0, "verdict": "identical", "deductions": []}},
+        {"path": "a/Haushalt.xlsx", "outcome": "converted", "format": "xlsx", "seconds": 0.5, "input_bytes": 1000,
+         "fidelity": {"status": "assessed", "score": 80.0, "verdict": "review", "deductions": [lost, page],
+                      "risks": ["macros_vba"]}},
+        {"path": EVIL, "outcome": "converted", "format": "docx", "seconds": 0.5, "input_bytes": 10,
+         "fidelity": {"status": "assessed", "score": 40.0, "verdict": "broken", "deductions": [page]}},
+    ]
+
+
+def _fidelity(tmp_path: Path, language: str) -> dict[str, Path]:
+    out = tmp_path / language
+    out.mkdir()
+    results = out / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in _records()), encoding="utf-8")
+    return write_fidelity_report(out, results, language=language)
+
+
+#: (language, heading, verdict "review", check "tables", check "page_size", flag "macros_vba", header of "path")
+EXPECTED = [
+    ("de", "Bericht zur Konvertierungsqualität", "prüfen", "Tabellen", "Seitenformat", "VBA-Makros", "Pfad"),
+    ("en", "Fidelity report", "review", "tables", "page size", "macros vba", "path"),
+    ("fr", "Rapport de fidélité", "à vérifier", "tableaux", "format de page", "macros VBA", "chemin"),
+]
+
+
+@pytest.mark.parametrize("language,heading,review,tables,page_size,vba,path", EXPECTED)
+def test_the_fidelity_report_speaks_the_language_asked_for(tmp_path, language, heading, review, tables, page_size,
+                                                            vba, path):
+    paths = _fidelity(tmp_path, language)
+    page = paths["html"].read_text(encoding="utf-8")
+    assert f'<html lang="{language}">' in page and f"<h1>{heading}</h1>" in page
+    assert f">{review}</span>" in page                                   # the verdict badge, by name
+    assert f"<li>{tables} (−" in page and f"{page_size}: page size differs" in page   # checks by name
+    assert vba in page                                                    # the risk flag, by name
+    if language != "en":
+        assert "Worst documents" not in page and "What was lost" not in page
+    frame = pd.read_csv(paths["csv"])
+    assert path in frame.columns
+    if language == "en":                  # English keeps the codes scripts read
+        assert list(frame["verdict"]) == ["broken", "review", "identical"]
+    else:
+        verdict = names(language).column("verdict")
+        assert review in list(frame[verdict])
+    sheets = pd.read_excel(paths["ods"], sheet_name=None, engine="odf")
+    assert names(language)("Documents") in sheets
+
+
+def test_csv_exports_neutralise_formulas_in_every_language(tmp_path):
+    for language in LANGUAGES:
+        paths = _fidelity(tmp_path, language)
+        cells = [cell for row in csv.reader(io.StringIO(paths["csv"].read_text(encoding="utf-8"))) for cell in row]
+        assert "'" + EVIL in cells and EVIL not in cells, language
+        assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r")], language
+
+
+def _scan_jsonl(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    rows = [{"path": "Referat/Makro.docm", "format": "docm", "family": "text", "size": 4096, "category": "person",
+             "flags": ["macros_vba", "comments"], "outcome": None},
+            {"path": EVIL, "format": "docx", "family": "text", "size": 2048, "category": "review",
+             "flags": ["tracked_changes"], "outcome": None, "error": "zip: bad CRC"}]
+    jsonl = folder / "scan.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return jsonl
+
+
+@pytest.mark.parametrize("language,title,person,flag,meaning,category", [
+    ("de", "Risikoprüfung vor der Migration", "Dateien, die eine Person brauchen", "Änderungsverfolgung",
+     "VBA-Makros: sie laufen nicht in LibreOffice", "Kategorie"),
+    ("en", "Pre-migration risk scan", "Files that need a person", "tracked changes",
+     "VBA macros: they do not run in LibreOffice", "category"),
+    ("fr", "Analyse des risques avant migration", "Fichiers qui demandent une personne", "modifications suivies",
+     "macros VBA : elles ne s'exécutent pas dans LibreOffice", "catégorie"),
+])
+def test_the_risk_scan_speaks_the_language_asked_for(tmp_path, language, title, person, flag, meaning, category):
+    jsonl = _scan_jsonl(tmp_path / language)
+    paths = write_scan_report(jsonl.parent, jsonl, source="/srv/share", seconds=1.5, language=language)
+    page = html.unescape(paths["html"].read_text(encoding="utf-8"))
+    assert f"<h1>{title}</h1>" in page and person in page and flag in page and meaning in page
+    assert "inspection failed part-way" not in page or language == "en"
+    frame = pd.read_csv(paths["csv"])
+    assert category in frame.columns and len(frame) == 2
+    assert "'" + EVIL in list(frame[names(language).column("path")])
+    sheets = pd.read_excel(paths["ods"], sheet_name=None, engine="odf")
+    assert set(sheets) == {names(language)(s) for s in ("Files", "By format", "Flags")}
+
+
+def _summary(run: int = 4) -> dict:
+    return {"run": run, "finished": "2026-12-06T05:00:00+00:00", "seconds": 2.0, "delta": {},
+            "users": [{"user": "anna", "discovered": 0, "extracted": 0, "converted": 0, "loaded": 0, "verified": 3,
+                       "failed": 1, "skipped": 0, "total": 4}],
+            "failures": {"load_error": {"count": 1, "example": "HTTP 507"}},
+            "conversions": {"converted": 2, "encrypted": 1}, "fidelity": {"review": 1, "identical": 1},
+            "removed_this_run": {"count": 1, "items": [{"owner": "anna", "location": "alt.txt", "at_target": "kept"}],
+                                 "removed": 0, "kept": 1, "never_arrived": 0}}
+
+
+@pytest.mark.parametrize("language,heading,state,error,outcome,fate", [
+    ("de", "## Elemente nach Benutzer und Status", "geprüft", "Fehler beim Übertragen ins Ziel",
+     "verschlüsselt (unkonvertiert übertragen)", "im Ziel belassen"),
+    ("en", "## Items by user and state", "verified", "could not be written to the target",
+     "encrypted (moved unconverted)", "left at the target"),
+    ("fr", "## Éléments par utilisateur et état", "vérifié", None, None, "laissé dans la cible"),
+])
+def test_run_and_status_reports_are_written_in_the_departments_language(tmp_path, language, heading, state, error,
+                                                                         outcome, fate):
+    from core.department import load_department
+    from helpers import make_department
+    from reports.migration import write_run_report, write_status_report
+    dept = load_department(make_department(tmp_path, users=("anna",), docs_per_user=1, language=language))
+    assert dept.language == language
+    text = write_run_report(dept, _summary()).read_text(encoding="utf-8")
+    assert heading in text and f"| {state} |" in text and f"| anna | alt.txt | {fate} |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| load_error |"))   # the code --error-class takes
+    assert row.endswith(f"| {error or names('fr').code('load_error')} |")
+    if outcome:
+        assert f"| {outcome} | 1 |" in text
+    status = write_status_report(dept, {**_summary(), "last_run": None}).read_text(encoding="utf-8")
+    assert heading in status
+    # the command line's choice wins over the department's
+    other = "en" if language != "en" else "de"
+    assert names(other)("Items by user and state") in write_run_report(dept, _summary(5), other).read_text("utf-8")
+
+
+def test_an_unknown_language_in_the_department_file_is_refused(tmp_path):
+    from core.department import load_department
+    from core.errors import ConfigError
+    from helpers import make_department
+    with pytest.raises((ConfigError, ValueError)) as caught:
+        load_department(make_department(tmp_path, users=("anna",), docs_per_user=1, language="it"))
+    assert "language" in str(caught.value)
+
+
+def test_the_dashboard_names_checks_flags_and_outcomes_as_the_reports_do():
+    """One catalog for both: a German page says what a German report says (and every fidelity
+    check, once English on German and French pages, has a name)."""
+    from reports.compare import LABELS
+    from reports.risk import RISK_FLAGS
+    from umstieg.dashboard.i18n import translations
+    for language in ("de", "fr"):
+        page = translations(language).gettext
+        n = names(language)
+        for check in LABELS:          # (French writes some as English does: "images", "pages")
+            assert page(check) == n.check(check) and (language == "fr" or page(check) != check), (language, check)
+        for flag in RISK_FLAGS:
+            assert page(flag) == n.flag(flag) and (language == "fr" or page(flag) != flag), (language, flag)
+        for code in ("load_error", "encrypted", "verified", "review", "needs_person"):
+            assert page(code) == n.code(code) != code
+    assert translations("de").gettext("Log out") != "Log out"          # the dashboard's own texts stay
+
+
+def _required_msgids() -> set[tuple[str | None, str]]:
+    """Every text a report can print: the templates' messages, the reports' own texts (n("…")),
+    the human names of the codes they show, and the export column headers (context "column")."""
+    from babel.messages.extract import extract_from_dir
+
+    from core.ledger import State
+    from reports.batch import _COLUMNS
+    from reports.compare import LABELS
+    from reports.fidelity import SOURCE_RENDER_NOTE
+    from reports.migration import RENAME_REASONS
+    from reports.risk import RISK_FLAGS
+    ids: set[tuple[str | None, str]] = set()
+    for _, _, message, _, context in extract_from_dir(
+            str(TEMPLATES_DIR), method_map=[("**.html", "jinja2"), ("**.md", "jinja2")]):
+        ids.add((context, message))
+    for _, _, message, _, context in extract_from_dir(
+            str(REPORTS), method_map=[("*.py", "python")], keywords={"n": None}):
+        ids.add((context, message))
+    codes = (set(LABELS) | set(RISK_FLAGS) | {f.meaning for f in RISK_FLAGS.values()} | {s.value for s in State}
+             | {"identical", "minor", "review", "broken", "not_assessed", "person", "clean", "other", "info",
+                "converted", "encrypted", "unreadable", "load_error", "all", "total", "text", "spreadsheet",
+                "presentation", SOURCE_RENDER_NOTE, "nothing to show", "text of %(part)s"}
+             | set(RENAME_REASONS.values()))
+    ids |= {(None, c) for c in codes}
+    ids |= {("column", c) for c in _COLUMNS + ["check", "label", "points", "detail", "documents", "size",
+                                               "category", "flags", "details", "error", "flag", "files"]}
+    return ids
+
+
+@pytest.mark.parametrize("language", ["de", "fr"])
+def test_no_report_text_is_left_untranslated(language):
+    from babel.messages.pofile import read_po
+    with (LOCALE_DIR / language / "LC_MESSAGES" / "reports.po").open("rb") as f:
+        catalog = read_po(f, locale=language)
+    required = _required_msgids()
+    assert len(required) > 250                        # the extraction found the templates
+    missing = sorted(f"{ctx or ''}|{msgid}" for ctx, msgid in required
+                     if not (catalog.get(msgid, context=ctx) and catalog.get(msgid, context=ctx).string))
+    assert not missing, f"{len(missing)} untranslated in {language}: {missing[:20]}"
+    fuzzy = [m.id for m in catalog if m.id and m.fuzzy]
+    assert not fuzzy
+    placeholders = re.compile(r"%\((\w+)\)s")
+    wrong = [m.id for m in catalog if m.id and isinstance(m.id, str)
+             and sorted(placeholders.findall(m.id)) != sorted(placeholders.findall(m.string))]
+    assert not wrong, wrong
+
+
+def test_umstieg_scan_writes_its_report_in_the_language_asked_for(tmp_path):
+    src = tmp_path / "share"
+    src.mkdir()
+    make_fidelity_docx(src / "kommentiert.docx")
+    env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(runtime_dir("cli-scan-i18n")), COLUMNS="160")
+    done = subprocess.run([sys.executable, "-m", "umstieg", "scan", str(src), "--out", str(tmp_path / "scan"),
+                           "--language", "fr"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "scan" / "scan.html").read_text(encoding="utf-8")
+    assert '<html lang="fr">' in page and "Analyse des risques avant migration" in page and "commentaires" in page
+    bad = subprocess.run([sys.executable, "-m", "umstieg", "scan", str(src), "--out", str(tmp_path / "x"),
+                          "--language", "it"], capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and "--language" in bad.stderr and "Traceback" not in bad.stderr
