@@ -29,9 +29,12 @@ Choices a reader would otherwise guess wrong:
 - **Contacts as vCard**: the MimeContent (a vCard on Exchange 2010 SP1 and later); without one, a
   vCard 3.0 is built from the contact's properties with vobject.
 - **Throttling waits, it does not fail.** ErrorServerBusy carries BackOffMilliseconds; exchangelib
-  sleeps that long and repeats the request (its FaultTolerance retry policy) as long as a single
-  wait is below `max_wait`; a longer one becomes TransientError(retry_after=…) for the flow.
-  A 401 is never retried (exchangelib's patient policy would retry it as "busy" for an hour).
+  sleeps that long and repeats the request (its FaultTolerance loop), as the source's retry policy
+  (core/retry.py) allows: at most `attempts` tries of one request, no single wait above `max_wait`,
+  the waits together below `max_total_wait` (exchangelib alone would repeat a request for as long
+  as each back-off is short). Then TransientError(retry_after=…), marked spent: the flows do not
+  repeat the request on top. A 401 is never retried (exchangelib's patient policy would retry it
+  as "busy" for an hour).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import requests.adapters
 from sources.ews_config import EwsSource
 from core.plugins import Account
 from core.errors import ConfigError, FatalError, ItemError, TransientError
+from core.retry import RetryPolicy, policy_for
 from core.items import ItemRef, Kind
 from core.messages import clip
 from sources import mstime
@@ -149,9 +153,28 @@ def _set_up_exchangelib() -> None:
         _SET_UP = True
 
 
-def _retry_policy(max_wait: float):
-    """exchangelib's FaultTolerance (honours BackOffMilliseconds), except that 401 means "wrong password"."""
-    from exchangelib.errors import UnauthorizedError
+#: Per thread: (tries, seconds waited) of the request exchangelib is repeating, and whether the next
+#: POST is that repeat (exchangelib's policy object is shared by every thread of an endpoint).
+_TALLY = threading.local()
+
+
+def _ews_policy(cfg) -> RetryPolicy:
+    """The source's retry policy; the older `max_wait` setting, when given, is its longest single wait."""
+    settings = getattr(cfg, "retry", None)
+    policy = policy_for("ews", settings)
+    if "max_wait" in cfg.model_fields_set and (settings is None or "max_wait" not in settings.model_fields_set):
+        policy = policy.model_copy(update={"max_wait": cfg.max_wait})
+    return policy
+
+
+def _retry_policy(policy: RetryPolicy):
+    """exchangelib's FaultTolerance (honours BackOffMilliseconds) bounded by `policy`, and a 401
+    means "wrong password".
+
+    exchangelib's loop repeats a request while each back-off stays below `max_wait`, however often;
+    here every back-off of one request is counted (per thread: a back-off is followed by the POST
+    that repeats it; any other POST is a new request and starts a new count) and asked of the policy."""
+    from exchangelib.errors import RateLimitError, UnauthorizedError
     from exchangelib.protocol import FaultTolerance
 
     class Patient(FaultTolerance):
@@ -160,7 +183,29 @@ def _retry_policy(max_wait: float):
                 raise UnauthorizedError(f"the server refused the credentials ({response.url})")
             return super().raise_response_errors(response)
 
-    return Patient(max_wait=max_wait)
+        @property
+        def back_off_until(self):
+            if getattr(_TALLY, "repeat", False):
+                _TALLY.repeat = False                  # the POST that repeats a request: its count goes on
+            else:
+                _TALLY.tried, _TALLY.waited = 0, 0.0   # a new request
+            return FaultTolerance.back_off_until.fget(self)
+
+        @back_off_until.setter
+        def back_off_until(self, value):
+            FaultTolerance.back_off_until.fset(self, value)
+
+        def back_off(self, seconds):
+            tried = getattr(_TALLY, "tried", 0) + 1
+            waited = getattr(_TALLY, "waited", 0.0)
+            wait = policy.wait_before(tried, seconds, waited)
+            if wait is None:
+                _TALLY.tried = tried
+                raise RateLimitError(f"gave up after {tried} tries", wait=seconds if seconds is not None else 0.0)
+            _TALLY.tried, _TALLY.waited, _TALLY.repeat = tried, waited + wait, True
+            super().back_off(wait)
+
+    return Patient(max_wait=policy.max_wait)
 
 
 # ------------------------------------------------------------------------- the source
@@ -196,7 +241,7 @@ class EwsMailboxes:
             _TrustingAdapter.trust.pop(cfg.url, None)
         config = Configuration(service_endpoint=cfg.url, credentials=Credentials(cfg.username, self._password()),
                                auth_type=NTLM if cfg.auth == "ntlm" else BASIC,
-                               retry_policy=_retry_policy(cfg.max_wait), max_connections=cfg.max_connections)
+                               retry_policy=_retry_policy(_ews_policy(cfg)), max_connections=cfg.max_connections)
         account = Account(primary_smtp_address=mailbox, config=config, autodiscover=False, default_timezone=UTC,
                           access_type=IMPERSONATION if cfg.impersonation else DELEGATE)
         account.protocol.TIMEOUT = cfg.timeout
@@ -509,8 +554,10 @@ class _EwsErrors:
             err = ConfigError if self.listing else ItemError
             raise err(f"source {s.name}: {self.what}: {type(exc).__name__}: {text}") from None
         if isinstance(exc, RateLimitError):
-            raise TransientError(f"source {s.name}: the server asked to wait {exc.wait:.0f} s ({self.what})",
-                                 retry_after=exc.wait) from None
+            error = TransientError(f"source {s.name}: the server is busy and asked to wait {exc.wait:.0f} s "
+                                   f"({self.what})", retry_after=exc.wait)
+            error.attempts = max(getattr(_TALLY, "tried", 0), 1)    # spent: exchangelib already repeated it
+            raise error from None
         if isinstance(exc, (ErrorMailboxMoveInProgress, ErrorMailboxStoreUnavailable)):
             raise TransientError(f"source {s.name}: {self.what}: {type(exc).__name__}") from None
         if isinstance(exc, ErrorItemNotFound):
