@@ -299,24 +299,30 @@ class EwsMailboxes:
         GetFolder). The server out of reach or refusing the service account concerns everyone:
         nobody is blamed (`check` says so)."""
         from exchangelib.errors import (EWSError, ErrorAccessDenied, ErrorImpersonateUserDenied,
-                                        ErrorNonExistentMailbox, TransportError, UnauthorizedError)
+                                        ErrorNonExistentMailbox, ResponseMessageError, TransportError,
+                                        UnauthorizedError)
         found = {name: Account(None) for name in names}
         try:
             self._password()
         except ConfigError:
             return found
         for mailbox in names:
+            # exchangelib's answers about one mailbox are TransportErrors too: they are caught first
             try:
                 self._probe(mailbox)
-            except (UnauthorizedError, TransportError, OSError):
-                return found
             except ErrorNonExistentMailbox:
                 found[mailbox] = Account(False, why=f"no mailbox {mailbox} on {self.config.url}")
             except ErrorImpersonateUserDenied:
                 found[mailbox] = Account(False, why=f"{self.config.username} may not impersonate {mailbox}")
             except ErrorAccessDenied:
                 found[mailbox] = Account(False, why=f"access to mailbox {mailbox} was denied")
-            except EWSError:                       # busy, or an answer of the server's own: cannot tell
+            except UnauthorizedError:
+                return found
+            except ResponseMessageError:           # another answer about this mailbox: cannot tell
+                continue
+            except (TransportError, OSError):      # the server out of reach: everyone's problem
+                return found
+            except EWSError:                       # busy: cannot tell
                 continue
             else:
                 found[mailbox] = Account(True)

@@ -10,6 +10,7 @@ Identity platform (`<url>/<tenant>`):
   (wrong ones: 401 `invalid_client`, AADSTS7000215 as Entra ID answers), issues opaque tokens.
 
 Graph (`<url>/v1.0`, Bearer token required, 401 `InvalidAuthenticationToken` otherwise):
+- the user: `/users/{upn}` (`mail`, `displayName`: see `set_profile`);
 - files: `/users/{upn}/drive`, `/sites/{host}:/sites/{name}`, `/sites/{id}`, `/sites/{id}/drives`,
   `/drives/{id}/root:/{path}:`, `/drives/{id}/root/delta` (full enumeration, then `?token=`
   changes only: deleted items carry the `deleted` facet; a token from before `expire_deltas()` is
@@ -156,6 +157,7 @@ class GraphTestServer:
         self.drives: dict[str, Drive] = {}
         self.sites: dict[str, dict] = {}              # "host:/sites/x" -> {"id", "drives": [ids]}
         self.mailboxes: dict[str, Mailbox] = {}
+        self.profiles: dict[str, dict] = {}          # upn -> {"mail", "displayName"} (see set_profile)
         self.downloads: dict[str, tuple[str, str]] = {}   # signature -> (drive id, item id)
         self.denied: set[str] = set()                 # path fragments answered 403
         self._throttle: list[tuple[int, str]] = []
@@ -183,6 +185,11 @@ class GraphTestServer:
         self.drives[drive.id] = drive
         self.users[upn] = {"id": new_id("user"), "drive": drive.id}
         return drive
+
+    def set_profile(self, upn: str, mail: str | None = None, display_name: str | None = None) -> None:
+        """What `GET /users/{upn}` tells of a user who has a drive or a mailbox: the primary
+        e-mail address (`mail`; default: the UPN) and `displayName` (default: none)."""
+        self.profiles[upn] = {"mail": mail, "displayName": display_name}
 
     def add_site(self, site_path: str, library: str) -> Drive:
         drive = Drive(id=new_id("b!lib"), owner="", name=library)
@@ -510,6 +517,11 @@ class GraphTestServer:
                     sig = secrets.token_urlsafe(16)
                     self.downloads[sig] = (drive.id, item_id)
                     return Response(status_code=302, headers={"Location": f"{self.url}/download/{sig}?tempauth=x"})
+        # ---------------- the user (`GET /users/{upn}`, User.Read.All): unknown users are 404
+        if parts[0] == "users" and len(parts) == 2 and (parts[1] in self.users or parts[1] in self.mailboxes):
+            profile = self.profiles.get(parts[1], {"mail": parts[1], "displayName": None})
+            return JSONResponse({"id": self.users.get(parts[1], {}).get("id") or f"user-{parts[1]}",
+                                 "userPrincipalName": parts[1], **profile})
         # ---------------- mail, calendars, contacts
         if parts[0] == "users" and parts[1] in self.mailboxes:
             return self._mailbox(request, self.mailboxes[parts[1]], parts[2:])
