@@ -79,7 +79,7 @@ class SecretRef(str):
         return core_schema.no_info_after_validator_function(cls._check, core_schema.str_schema())
 
     @classmethod
-    def _check(cls, value: str) -> "SecretRef":
+    def _check(cls, value: str) -> SecretRef:
         if not cls._PATTERN.match(value):
             raise ValueError("a secret must be a reference, `env:NAME` or `prefect-secret:BLOCK`, "
                              "never the secret itself")
@@ -105,7 +105,8 @@ class SecretRef(str):
 
 
 #: The fields every source has: its name, and (file sources) where its files land.
-SOURCE_NAME = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="what items of this source are filed under")
+SOURCE_NAME = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
+                    description="what items of this source are filed under")
 TARGET_FOLDER = Field(default="", description="where this source's files land inside each user's target folder "
                                                "(e.g. `OneDrive`); needed when several sources hold files")
 READ_PERMISSIONS = Field(default=True, description="read who an item is shared with (one request per shared "

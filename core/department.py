@@ -20,16 +20,16 @@ import yaml
 from pydantic import ByteSize, Field, ValidationError, field_validator, model_validator
 
 from core import plugins
-from core.config import Model as _Model, SecretRef, literal_secret_in_url
+from core.config import Model as _Model
+from core.config import SecretRef, literal_secret_in_url
 from core.errors import ConfigError
 from core.plugins import Role
 
 __all__ = ["Department", "User", "SourceConfig", "TargetConfig", "MailTargetConfig", "CalendarTargetConfig",
            "ContactsTargetConfig", "ArchiveConfig", "FILE_SOURCE_TYPES",
            "Conversion", "KeepOriginal", "Sharing", "MailOptions", "FolderRename",
-           "Schedule", "Limits", "Cluster", "SecretRef", "UsersFrom", "LdapDirectory", "load_department", "identity_problems",
-           "with_users", "literal_secret_in_url"]
-
+           "Schedule", "Limits", "Cluster", "SecretRef", "UsersFrom", "LdapDirectory", "load_department",
+           "identity_problems", "with_users", "literal_secret_in_url"]
 
 
 class User(_Model):
@@ -339,7 +339,7 @@ class Department(_Model):
     source_file: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
-    def _identity_map(self) -> "Department":
+    def _identity_map(self) -> Department:
         if not self.users and self.users_from is None:
             raise ValueError("no users: list them under users, or read them with users_from")
         problems = identity_problems([(u.source, u.target) for u in self.users], self.allow_merge)

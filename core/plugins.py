@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from core.items import ItemRef
 
@@ -84,10 +84,10 @@ class Sink(Protocol):
         """What `find` and `verify` compare: sha256 of the bytes for files and mail; for events and
         contacts, a digest of the fields a server must keep (servers rewrite the text)."""
 
-    def find(self, owner: str, rel: str, digest: str, meta: dict | None = None) -> str | None:
+    def find(self, owner: str, rel: str, digest: str, meta: dict[str, Any] | None = None) -> str | None:
         """The reference of `owner`/`rel` if it already holds exactly this content."""
 
-    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict | None = None,
+    def put(self, owner: str, rel: str, src: Path, mtime: float | None = None, meta: dict[str, Any] | None = None,
             digest: str | None = None) -> str:
         """Write the local file `src` as `owner`/`rel`; returns the target reference.
 
@@ -154,7 +154,7 @@ class AppendsMessages(Protocol):
     """A sink that appends many messages of one owner at once and reads them back together
     (IMAP: MULTIAPPEND per folder, one UID FETCH per folder and batch to verify)."""
 
-    def append_stream(self, owner: str, messages: Iterable[tuple[str, str, dict, bytes | None]], *,
+    def append_stream(self, owner: str, messages: Iterable[tuple[str, str, dict[str, Any], bytes | None]], *,
                       taken: Callable[[str, list[str]], set[str]] | None = None) -> Iterator[Appended]:
         """Append (key, location, meta, bytes or None) as they come; one Appended per message.
         `taken(key, refs)` names the target copies other items already own (never reused)."""
@@ -177,7 +177,7 @@ class CountsMail(Protocol):
     """A source that counts a mailbox's messages and bytes per folder without reading one (the
     pre-run check's mail volume)."""
 
-    def mail_volume(self, owner: str, folder: str) -> list[dict]:
+    def mail_volume(self, owner: str, folder: str) -> list[dict[str, Any]]:
         """[{folder, messages, bytes}] as the server counts them."""
 
 
@@ -207,7 +207,7 @@ class ComparesWithListing(Protocol):
     compares_with_listing: bool
 
     def extract(self, folder: str, location: str, dst: Path, key: str | None = None,
-                listed: dict | None = None) -> tuple[int, float | None]:
+                listed: dict[str, Any] | None = None) -> tuple[int, float | None]:
         """As `Source.extract`, refusing a file that is not the one listed."""
 
 
@@ -243,7 +243,7 @@ class PerProcess(Generic[T]):
         if close is not None:
             atexit.register(self.close_all)
 
-    def __call__(self, config) -> T:
+    def __call__(self, config: Any) -> T:
         key = (os.getpid(), self._key(config))
         with self._lock:
             made = self._made.get(key)
@@ -252,6 +252,8 @@ class PerProcess(Generic[T]):
             return made
 
     def close_all(self) -> None:
+        if self._close is None:
+            return
         with self._lock:
             made, self._made = list(self._made.values()), {}
         for instance in made:
@@ -262,6 +264,10 @@ class PerProcess(Generic[T]):
 #: What a system is in a department file: a source, or the department field a target can fill.
 Role = Literal["source", "target", "mail_target", "calendar_target", "contacts_target", "archive"]
 ROLES: tuple[Role, ...] = typing.get_args(Role)
+
+
+#: A configuration model's class (a module-level name: inside System, `type` is the field).
+ConfigModel: TypeAlias = "type[BaseModel]"
 
 
 class UnknownSystem(LookupError):
@@ -282,9 +288,9 @@ class System:
     def is_source(self) -> bool:
         return self.role == "source"
 
-    def model(self) -> type[BaseModel]:
+    def model(self) -> ConfigModel:
         """The configuration model (imports its light module only)."""
-        model = _load(self.config)
+        model: ConfigModel = _load(self.config)
         declared = getattr(model, "model_fields", {}).get("type")
         if declared is None or declared.default != self.type:
             raise UnknownSystem(f"{self.config} is registered as type {self.type!r} but its `type` field "
@@ -326,7 +332,7 @@ def registered(role: Role | None = None, *, sources: bool | None = None) -> tupl
                  and (sources is None or s.is_source == sources))
 
 
-def models(role: Role) -> tuple[type[BaseModel], ...]:
+def models(role: Role) -> tuple[ConfigModel, ...]:
     """The configuration models of the systems that can play `role` (imports light modules only)."""
     return tuple(s.model() for s in registered(role))
 
@@ -340,7 +346,7 @@ def system_of(config: BaseModel) -> System:
 
 
 @cache
-def _by_model() -> dict[type, System]:
+def _by_model() -> dict[ConfigModel, System]:
     return {s.model(): s for s in SYSTEMS}
 
 

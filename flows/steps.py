@@ -276,7 +276,7 @@ def _plain_file(dept: Department, window, item: Item, batch: int, source, folder
         rel, _ = _target_names(dept, item)
         ref = (with_retries(sink.find, item.target_owner, rel, digest, meta)
                or with_retries(sink.put, item.target_owner, rel, staged, _source_mtime_of(meta, item), meta,
-                               digest=digest))
+                               digest))                    # put writes the digest find was asked with
         seconds["load"] = round(time.monotonic() - started, 4)
         step, started = "verify", time.monotonic()
         problem = with_retries(sink.verify, ref, digest)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import cast
 
+from pydantic import BaseModel
+
 from core import plugins
 from core.department import Department
 from core.errors import ItemError
@@ -33,7 +35,7 @@ def source_of(dept: Department, name: str) -> Source:
     return cast(Source, plugins.system_of(cfg).make(cfg))
 
 
-def sink_for(config) -> Sink:
+def sink_for(config: BaseModel) -> Sink:
     """The sink for one configured target (its registered system's factory)."""
     return cast(Sink, plugins.system_of(config).make(config))
 

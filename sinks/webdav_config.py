@@ -1,4 +1,5 @@
-"""The settings of the WebDAV targets, Nextcloud and OX Drive (sinks/webdav.py), and of the WebDAV account every DAV target has.
+"""The settings of the WebDAV targets, Nextcloud and OX Drive (sinks/webdav.py), and of the WebDAV
+account every DAV target has.
 
 A light module: it imports no client library, so that the department model can know every
 system's settings (core/plugins.py registers this model) without loading any of them.

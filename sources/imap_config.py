@@ -55,7 +55,8 @@ class ImapSource(Tls):
                                                               "from an identity platform, renewed as they expire")
     bandwidth: ByteSize | None = Field(default=None, gt=0,
                                        description="bytes per second this process reads from this host at most "
-                                                   "(e.g. 4MB), shared by all its threads (imapsync's --maxbytespersecond)")
+                                                   "(e.g. 4MB), shared by all its threads "
+                                                   "(imapsync's --maxbytespersecond)")
 
     @model_validator(mode="after")
     def _one_way_for_all(self):

@@ -153,11 +153,11 @@ def test_optional_abilities_are_declared_protocols(tmp_path):
     from sinks.webdav import Nextcloud, OXDrive
     from sources.export import ExportFiles
     from sources.fileshare import FolderShare
+    from sources.fileshare_config import FolderSource
     from sources.imap import ImapMailboxes
     from sources.m365 import MailboxSource
     from sources.onedrive import DriveSource
     from sources.smb import SmbShare
-    from sources.fileshare_config import FolderSource
     p = plugins
     assert issubclass(ImapMailboxes, p.FetchesMessages) and issubclass(ImapSink, p.AppendsMessages)
     assert not issubclass(MailboxSource, p.FetchesMessages) and not issubclass(Nextcloud, p.AppendsMessages)

@@ -2,11 +2,13 @@
 real server where there is one — the local folder, the real Nextcloud 27, OX Drive's WebDAV (a real
 wsgidav), the S3 archive (moto's S3 server).
 
+The sinks come from the registry (core/plugins.py): every registered file target (the `target`
+and `archive` roles) runs the suite, and one registered without an entry here fails it loudly.
 What targets do differently is not hidden: each entry of `TARGETS` states it as capabilities
 (does a put of other bytes replace the file or keep both, are NFC and NFD spellings one file, are
 case twins one file, is the modification time kept, are refused names mapped), and the tests
-assert each target's own answer. A new sink joins by adding one `Target` (and its `Harness`,
-which reads the target behind the sink's back).
+assert each target's own answer. A new sink joins by adding one `Target` and its `Harness`
+(which reads the target behind the sink's back) to `HARNESSES`.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ from urllib.parse import quote
 import boto3
 import httpx
 import pytest
-
-from core.department import LocalDirTarget, NextcloudTarget, OXDriveTarget, S3ArchiveTarget
-from core.errors import ItemError
 from servers.nextcloud_names import nextcloud_rejects
 from servers.s3 import MotoS3
 from servers.wsgidav_server import WsgiDavServer
+
+from core import plugins
+from core.errors import ItemError
 from sinks.localdir import LocalDir
+from sinks.localdir_config import LocalDirTarget
 from sinks.names import original_path, safe_path
 from sinks.s3 import S3Archive
+from sinks.s3_config import S3ArchiveTarget
 from sinks.webdav import Nextcloud, OXDrive
+from sinks.webdav_config import NextcloudTarget, OXDriveTarget
 
 MiB = 1024 * 1024
 MTIME = 1_600_000_000
@@ -63,6 +68,15 @@ TARGETS = [
     Target("s3", overwrites=False, collides_nfc=False, case_insensitive=False, keeps_mtime=True,
            maps_names=False, big=11 * MiB, refused=("zeile\nzwei.txt",)),
 ]
+
+
+#: The roles whose sinks take files (and so this suite).
+FILE_ROLES = ("target", "archive")
+#: Registered sinks that take other items than files, and the test file that runs them against
+#: their test servers (an IMAP server, Radicale, the real Nextcloud's CalDAV/CardDAV).
+OTHER_ITEMS = {"imap": "test_imap.py", "caldav": "test_groupware.py", "carddav": "test_groupware.py"}
+#: The file sinks this suite runs: every one the registry has, by its `type`.
+FILE_SINKS = [s.type for s in plugins.registered(sources=False) if s.role in FILE_ROLES]
 
 
 def sha(data: bytes) -> str:
@@ -218,20 +232,41 @@ def moto():
         yield server
 
 
-@pytest.fixture(params=TARGETS, ids=lambda t: t.name)
+def _oxdrive(request, tmp_path, monkeypatch) -> Harness:
+    monkeypatch.setenv("OX_PW", OX_PASSWORD)
+    return OXHarness(request.getfixturevalue("wsgidav"))
+
+
+#: Each file sink's harness against its test server, by registered `type`.
+HARNESSES = {
+    "localdir": lambda request, tmp_path, monkeypatch: LocalHarness(tmp_path),
+    "nextcloud": lambda request, tmp_path, monkeypatch: NextcloudHarness(request.getfixturevalue("nextcloud_server"),
+                                                                         monkeypatch),
+    "oxdrive": _oxdrive,
+    "s3": lambda request, tmp_path, monkeypatch: S3Harness(request.getfixturevalue("moto"), monkeypatch),
+}
+
+
+def test_every_registered_sink_has_a_test_server():
+    """A sink registered without an entry here (or in the test file of its kind of items) fails."""
+    sinks = {s.type for s in plugins.registered(sources=False)}
+    missing = [t for t in FILE_SINKS if t not in {spec.name for spec in TARGETS} or t not in HARNESSES]
+    assert not missing, (f"registered file sinks without a Target and a Harness in this suite: {missing}; "
+                         "add them (see docs/writing-a-source-or-sink.md)")
+    unknown = sorted(sinks - set(FILE_SINKS) - set(OTHER_ITEMS))
+    assert not unknown, f"registered sinks no conformance suite runs: {unknown}"
+    assert {spec.name for spec in TARGETS} == set(FILE_SINKS), "a Target for a sink that is not registered"
+    assert all((Path(__file__).parent / f).is_file() for f in OTHER_ITEMS.values())
+
+
+@pytest.fixture(params=FILE_SINKS)
 def target(request, tmp_path, monkeypatch) -> tuple[Target, Harness]:
-    spec: Target = request.param
+    spec = next((t for t in TARGETS if t.name == request.param), None)
+    if spec is None or request.param not in HARNESSES:
+        pytest.fail(f"the registered sink {request.param!r} has no Target and Harness in this suite: add them")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    if spec.name == "localdir":
-        harness = LocalHarness(tmp_path)
-    elif spec.name == "nextcloud":
-        harness = NextcloudHarness(request.getfixturevalue("nextcloud_server"), monkeypatch)
-    elif spec.name == "oxdrive":
-        monkeypatch.setenv("OX_PW", OX_PASSWORD)
-        harness = OXHarness(request.getfixturevalue("wsgidav"))
-    else:
-        harness = S3Harness(request.getfixturevalue("moto"), monkeypatch)
+    harness = HARNESSES[request.param](request, tmp_path, monkeypatch)
     yield spec, harness
     close = getattr(harness.sink, "close", None)
     if close:
@@ -260,6 +295,22 @@ def test_put_twice_is_one_file_and_find_knows_it(target, tmp_path):
     assert h.sink.find(h.owner, "Ablage/Plan.txt", sha(data)) == first
     assert h.sink.find(h.owner, "Ablage/Plan.txt", sha(b"other")) is None
     assert h.sink.verify(first, sha(data)) is None
+
+
+def test_put_writes_the_digest_find_was_asked_with(target, tmp_path):
+    """The load step asks `find` with the payload's digest, then hands `put` the same one: the
+    copy is found by it afterwards and reads back as those bytes."""
+    spec, h = target
+    data = b"Bescheid vom 3. Mai\n" * 200
+    src = tmp_path / "bescheid.txt"
+    src.write_bytes(data)
+    digest = h.sink.digest(src)
+    assert digest == sha(data)
+    assert h.sink.find(h.owner, "Bescheide/Mai.txt", digest) is None
+    ref = h.sink.put(h.owner, "Bescheide/Mai.txt", src, MTIME, None, digest=digest)
+    assert h.sink.find(h.owner, "Bescheide/Mai.txt", digest) == ref
+    assert h.sink.verify(ref, digest) is None
+    assert h.held() == {"Bescheide/Mai.txt": data}
 
 
 def test_other_bytes_at_the_same_name_replace_or_are_kept_beside(target, tmp_path):
