@@ -399,7 +399,8 @@ class ImapSink(ImapAccounts):
 
         def append(conn: _Conn) -> str:
             answer = _append(conn.client, folder, data, flags, when)
-            m = _APPENDUID.search(answer or b"")
+            # APPENDUID is UIDPLUS's (RFC 4315): from a server that does not announce it, not trusted
+            m = _APPENDUID.search(answer or b"") if conn.client.has_capability("UIDPLUS") else None
             if m:
                 return make_ref(owner, folder, int(m.group(1)), int(m.group(2)))
             return self._locate(conn, owner, folder, data)          # a server without UIDPLUS
@@ -677,8 +678,10 @@ class ImapSink(ImapAccounts):
         self._ensure_folder(owner, folder)
 
         def append(conn: _Conn) -> list[str]:
-            if not conn.client.has_capability("MULTIAPPEND"):
-                raise IMAPClientError("APPEND failed: the server has no MULTIAPPEND")
+            # without UIDPLUS the UIDs of a MULTIAPPEND cannot be learnt: refused before anything is
+            # sent, so that the one-by-one appends that follow store nothing twice
+            if not (conn.client.has_capability("MULTIAPPEND") and conn.client.has_capability("UIDPLUS")):
+                raise IMAPClientError("APPEND failed: the server has no MULTIAPPEND with UIDPLUS")
             answer = _append(conn.client, folder, [
                 (data, [f for f in (m.get("flags") or []) if f != "\\Recent"], _parse_date(m.get("internaldate")))
                 for (data, _), m in zip(items, metas)])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 from datetime import datetime, timezone
-from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,11 @@ import yaml
 from conftest import CORPUS
 from core.department import ImapSource, ImapTarget
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
+from helpers import MASTER, fill, message
 from servers.dovecot import Dovecot, dovecot_factory  # noqa: F401  (a fixture)
 from sinks.imap import ImapSink, canonical, parse_ref
 from sources.imap import ImapMailboxes
 
-MASTER = ("migrator", "master-secret-5Tz")
 USERS = {"anna": "anna-pw-1", "ben": "ben-pw-2"}
 #: The source announces special use on German names (as an Exchange with German folders does)
 #: and has English Exchange names without any special use.
@@ -61,36 +60,6 @@ def sink_of(server: Dovecot, **overrides) -> ImapSink:
     cfg = {"host": server.host, "port": server.port, "security": "none", "master_user": MASTER[0],
            "password": "env:IMAP_MASTER", "timeout": 10, **overrides}
     return ImapSink(ImapTarget(**cfg))
-
-
-def message(n: int, size: int = 0, message_id: bool = True, lf: bool = False) -> bytes:
-    head = [f"From: Absender {n} <a{n}@amt.example>", "To: anna@amt.example", f"Subject: Nachricht {n} – Grüße",
-            "Date: Mon, 05 Feb 2024 10:00:00 +0100", "MIME-Version: 1.0",
-            "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit"]
-    if message_id:
-        head.insert(0, f"Message-ID: {make_msgid(f'n{n}', 'amt.example')}")
-    body = f"Text {n} äöü\r\n" + "".join(f"Zeile {i:06d} {'x' * 60}\r\n" for i in range(size // 75))
-    data = ("\r\n".join(head) + "\r\n\r\n" + body).encode()
-    return data.replace(b"\r\n", b"\n") if lf else data
-
-
-def _mutf7(folder: str) -> str:
-    from imapclient import imap_utf7
-    return '"' + imap_utf7.encode(folder).decode() + '"'
-
-
-def fill(server: Dovecot, user: str, layout: dict[str, list[tuple[bytes, str, str]]]) -> None:
-    """Append (bytes, flags, internal date) messages to the user's folders, creating them."""
-    conn = server.connect(user)
-    try:
-        for folder, messages in layout.items():
-            if folder != "INBOX":
-                conn.create(_mutf7(folder))
-            for data, flags, when in messages:
-                typ, _ = conn.append(_mutf7(folder), flags, f'"{when}"', data)
-                assert typ == "OK"
-    finally:
-        conn.logout()
 
 
 def snapshot(server: Dovecot, user: str) -> dict:
@@ -430,16 +399,41 @@ def test_a_full_target_mailbox_stops_that_user(tmp_path):
             sink.close()
 
 
-def test_without_appenduid_the_message_is_found_by_message_id(servers, tmp_path):
-    _, target_server = servers
-    sink = sink_of(target_server)
+def test_without_appenduid_the_message_is_found_by_message_id(servers, dovecot_factory, tmp_path):
+    """A target that does not announce UIDPLUS (no APPENDUID to trust): each message put is found
+    again in its folder, by its Message-ID or, without one, by its size, and its reference names
+    the very message the server stored."""
+    conn = servers[1].connect("ben")
     try:
-        data = canonical(message(95))
-        src = tmp_path / "m.eml"
-        src.write_bytes(data)
-        ref = sink.put("ben", "Suche", src, None, {"flags": []})
-        owner, folder, _, _ = parse_ref(ref)
-        assert sink._call("ben", "locate", lambda conn: sink._locate(conn, "ben", folder, data)) == ref
+        capabilities = conn.capability()[1][0].decode().split()
+    finally:
+        conn.logout()
+    assert "UIDPLUS" in capabilities
+    target = dovecot_factory(users=dict(USERS), master=MASTER,
+                             imap_capability=" ".join(c for c in capabilities if c != "UIDPLUS"))
+    conn = target.connect("ben")
+    try:
+        assert "UIDPLUS" not in conn.capability()[1][0].decode().split()
+    finally:
+        conn.logout()
+    sink = sink_of(target)
+    try:
+        sent = {"with-id": message(95), "without-id": message(96, 900, message_id=False)}
+        refs = {}
+        for name, data in sent.items():
+            src = tmp_path / f"{name}.eml"
+            src.write_bytes(data)
+            refs[name] = sink.put("ben", "Suche", src, None, {"flags": ["\\Seen"]})
+            assert sink.verify(refs[name], sink.digest(src)) is None
+        assert len(set(refs.values())) == 2
+        assert sorted(h for h, _, _ in snapshot(target, "ben")["Suche"]) == sorted(sha(canonical(m)) for m in sent.values())
+        # a stream of messages: no MULTIAPPEND (its UIDs could not be learnt), each appended once and found
+        batch = {f"k{i}": message(97 + i) for i in range(3)}
+        got = list(sink.append_stream("ben", ((k, "Stapel", {"flags": []}, data) for k, data in batch.items())))
+        assert sorted(a.key for a in got) == sorted(batch) and all(a.error is None and a.ref for a in got)
+        for a in got:
+            assert sink.verify(a.ref, sha(canonical(batch[a.key]))) is None
+        assert len(snapshot(target, "ben")["Stapel"]) == 3
     finally:
         sink.close()
 

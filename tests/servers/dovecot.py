@@ -57,7 +57,7 @@ class Dovecot:
     def __init__(self, base: Path | None = None, users: dict[str, str] | None = None,
                  master: tuple[str, str] | None = ("migrator", "master-secret-5Tz"),
                  special_use: dict[str, str] | None = None, tls: bool = True, oauth: bool = False,
-                 quota_kb: int | None = None, penalty: bool = True) -> None:
+                 quota_kb: int | None = None, penalty: bool = True, imap_capability: str | None = None) -> None:
         # not under pytest's tmp dirs: those are private to root, and mail is written as `nobody`
         self.base = Path(tempfile.mkdtemp(prefix="umstieg-dovecot-", dir=base))
         self.users = dict(users if users is not None else {"anna": "anna-pw-1", "ben": "ben-pw-2"})
@@ -71,6 +71,9 @@ class Dovecot:
         self.oauth_key = os.urandom(32) if oauth else None
         self.quota_kb = quota_kb
         self.penalty = penalty
+        # the CAPABILITY a logged-in client is told, in full (None: Dovecot's own): a server
+        # without an extension, e.g. UIDPLUS, as some IMAP servers are
+        self.imap_capability = imap_capability
         self.conf = self.base / "dovecot.conf"
         self.log = self.base / "log" / "dovecot.log"
         self._proc: subprocess.Popen | None = None
@@ -121,6 +124,9 @@ class Dovecot:
         os.chmod(self.base / "key.pem", 0o600)
         return (f"ssl = yes\nssl_cert = <{self.base}/cert.pem\nssl_key = <{self.base}/key.pem\n"
                 "ssl_min_protocol = TLSv1.2\n")
+
+    def _capability_config(self) -> str:
+        return f"imap_capability = {self.imap_capability}\n" if self.imap_capability else ""
 
     def _quota_config(self) -> str:
         """A storage quota per user (Dovecot's quota plugin): APPENDs beyond it get NO [OVERQUOTA]."""
@@ -193,7 +199,7 @@ mail_uid = {MAIL_USER}
 mail_gid = {MAIL_GROUP}
 mail_location = maildir:{b}/mail/%n/Maildir
 mail_fsync = never
-{self._quota_config()}{ssl}
+{self._capability_config()}{self._quota_config()}{ssl}
 {self._oauth_config()}{self._penalty_config()}passdb {{
   driver = passwd-file
   args = {b}/masters
