@@ -25,10 +25,11 @@ from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import String
 
 from core.ledger import STALE_AFTER, Annotation, Batch, Item, Ledger, Run, State, now, process_alive
+from reports.exports import csv_cell     # one rule for every CSV umstieg writes
 
 __all__ = ["NEEDS_A_PERSON", "ATTENTION", "CATEGORIES", "ATTENTION_COLUMNS", "ITEM_SORTS", "categorise",
            "waiting_users", "attention_page", "iter_attention", "attention_neighbours", "why_of",
-           "department_owners", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
+           "department_owners", "document_neighbours", "page_pictures", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
            "item_page", "document", "annotate", "scan_table", "rerun_runs", "run_history", "run_of_process", "live_run", "failed_count", "safe_report_file",
            "thumbnails", "table_csv", "table_ods", "csv_text", "csv_cell", "ITEM_FILTERS", "scan_files", "scan_frame",
            "read_assessment", "iter_items", "overview_tables", "file_ext", "ITEM_COLUMNS", "SCAN_COLUMNS", "STATES",
@@ -63,27 +64,28 @@ class Table:
     numeric: frozenset[str] = frozenset()
     note: str | None = None
 
-    def frame(self, translate: Callable[[str], str] = str) -> pd.DataFrame:
-        return pd.DataFrame([[row.get(k) for k, _ in self.columns] for row in self.rows],
-                            columns=[translate(label) for _, label in self.columns])
+    def frame(self, translate: Callable[[str], str] = str, language: str | None = None) -> pd.DataFrame:
+        """The table for an export: headers translated, and in German or French the recorded codes
+        of its cells named in words (reports.exports; English keeps the codes scripts read)."""
+        from reports.exports import named
+        frame = pd.DataFrame([[row.get(k) for k, _ in self.columns] for row in self.rows],
+                             columns=[k for k, _ in self.columns])
+        if language:
+            frame = named(frame, language, {k: CODE_COLUMNS[k] for k, _ in self.columns if k in CODE_COLUMNS})
+        frame.columns = [translate(label) for _, label in self.columns]
+        return frame
 
 
-#: A text cell starting with one of these is a formula to a spreadsheet program (CSV injection):
-#: `=HYPERLINK(...)`, `+cmd|' /C calc'!A0`, `@SUM(...)`; a tab or carriage return hides the rest.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: Columns whose cells are recorded codes, and how they are named in an export (reports.exports).
+CODE_COLUMNS = {"state": "code", "kind": "code", "reason": "code", "conversion": "code", "fidelity_verdict": "code",
+                "verdict": "code", "annotation": "code", "category": "code", "outcome": "code", "flag": "flags",
+                "flags": "flags", "check": "check"}
 
 
-def csv_cell(value):
-    """A text value as a CSV cell that no spreadsheet program runs: a leading apostrophe makes a
-    would-be formula text (OWASP's advice); numbers stay numbers."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
-
-
-def csv_text(table: Table, translate: Callable[[str], str] = str, header: bool = True) -> str:
+def csv_text(table: Table, translate: Callable[[str], str] = str, header: bool = True,
+             language: str | None = None) -> str:
     """The table as CSV text with every text cell neutralised (see csv_cell); headers too."""
-    frame = table.frame(translate)
+    frame = table.frame(translate, language)
     frame.columns = [csv_cell(c) for c in frame.columns]
     for col in frame.columns:
         if not pd.api.types.is_numeric_dtype(frame[col]):
@@ -91,18 +93,18 @@ def csv_text(table: Table, translate: Callable[[str], str] = str, header: bool =
     return frame.to_csv(index=False, header=header)
 
 
-def table_csv(table: Table, translate: Callable[[str], str] = str) -> bytes:
+def table_csv(table: Table, translate: Callable[[str], str] = str, language: str | None = None) -> bytes:
     """The table as CSV (UTF-8 with a byte-order mark, so that spreadsheet programs read umlauts)."""
-    return csv_text(table, translate).encode("utf-8-sig")
+    return csv_text(table, translate, language=language).encode("utf-8-sig")
 
 
-def table_ods(table: Table, translate: Callable[[str], str] = str) -> bytes:
+def table_ods(table: Table, translate: Callable[[str], str] = str, language: str | None = None) -> bytes:
     """The table as an OpenDocument spreadsheet (one sheet named after its caption)."""
     from reports.batch import write_ods
     sheet = translate(table.caption)[:31].replace("/", "-") or "Table"
     with tempfile.TemporaryDirectory(prefix="umstieg-export-") as tmp:
         path = Path(tmp) / "table.ods"
-        write_ods(path, {sheet: (table.frame(translate), False)})
+        write_ods(path, {sheet: (table.frame(translate, language), False)})
         return path.read_bytes()
 
 
@@ -735,6 +737,31 @@ def thumbnails(report_dir: Path, record: dict) -> dict[str, str]:
                 found[side] = f"thumbs/{cand}"
                 break
     return found
+
+
+def page_pictures(report_dir: Path, record: dict) -> dict[str, dict]:
+    """The item's page pictures for the side-by-side viewer: {side: {"file", "width", "height"}}
+    (sizes in pixels, read from the PNG header, so that the viewer can show them at a multiple)."""
+    from PIL import Image
+    found = {}
+    for side, relative in thumbnails(report_dir, record).items():
+        try:
+            with Image.open(report_dir / relative) as image:
+                width, height = image.size
+        except (OSError, ValueError):
+            continue
+        found[side] = {"file": relative, "width": width, "height": height}
+    return found
+
+
+def document_neighbours(ledger: Ledger, name: str, item_id: int) -> dict:
+    """The previous and next document of the department with a fidelity record (the documents a
+    person compares page by page), by id."""
+    q = select(Item.id).where(Item.department == name, Item.fidelity_score.isnot(None))
+    with ledger.session() as s:
+        before = s.scalar(q.where(Item.id < item_id).order_by(Item.id.desc()).limit(1))
+        after = s.scalar(q.where(Item.id > item_id).order_by(Item.id).limit(1))
+    return {"previous": before, "next": after}
 
 
 def safe_report_file(report_dir: Path, relative: str) -> Path | None:

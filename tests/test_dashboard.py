@@ -471,6 +471,75 @@ def test_document_page_shows_the_record_and_both_thumbnails(viewer, migrated):
     assert viewer.get("/departments/nowhere/items/1").status_code == 404
 
 
+def test_the_viewer_enlarges_both_pages_side_by_side_and_steps_through_documents(viewer, migrated):
+    page = viewer.get(f"/departments/testamt/items/{migrated.docx_id}").text
+    link = re.search(r'<a class="button" id="open-viewer" href="([^"]+)"', page).group(1)
+    assert link == f"/departments/testamt/items/{migrated.docx_id}/pages"
+    fit = viewer.get(link)
+    assert fit.status_code == 200
+    images = dict((side, (src, int(w), int(h))) for src, w, h, side in re.findall(
+        r'<img src="([^"]+)" width="(\d+)" height="(\d+)" alt="[^"]+" id="page-(source|output)">', fit.text))
+    assert set(images) == {"source", "output"}
+    from PIL import Image
+    for side, (src, w, h) in images.items():
+        png = viewer.get(src)
+        assert png.status_code == 200
+        assert Image.open(io.BytesIO(png.content)).size == (w, h), side      # fitted: its own size, scaled by CSS
+    assert 'class="viewer zoom-fit"' in fit.text and 'aria-current="true" id="zoom-fit"' in fit.text
+    # each picture in a region of its own that the keyboard can scroll, named by its caption
+    assert len(re.findall(r'<div class="page-wrap" tabindex="0" role="region" aria-labelledby="cap-(source|output)" id="wrap-\1">',
+                          fit.text)) == 2
+    twice = viewer.get(link, params={"zoom": "3"}).text
+    for side, (src, w, h) in images.items():
+        assert f'width="{3 * w}" height="{3 * h}" alt=' in twice and f'id="page-{side}"' in twice
+    assert viewer.get(link, params={"zoom": "9"}).status_code == 400
+    # previous / next through the department's measured documents, keeping the zoom
+    from sqlalchemy import select
+
+    from core.ledger import Item
+    led = viewer.app.state.site.ledger_of["testamt"]
+    with led.session() as s:
+        measured = list(s.scalars(select(Item.id).where(Item.department == "testamt", Item.fidelity_score.isnot(None))
+                                  .order_by(Item.id)))
+    at = measured.index(migrated.docx_id)
+    nxt = re.search(r'<a href="([^"]+)" rel="next" id="viewer-next">', twice)
+    if at + 1 < len(measured):
+        assert nxt.group(1).replace("&amp;", "&") == f"/departments/testamt/items/{measured[at + 1]}/pages?zoom=3"
+        back = viewer.get(nxt.group(1).replace("&amp;", "&")).text
+        prev = re.search(r'<a href="([^"]+)" rel="prev" id="viewer-previous">', back).group(1)
+        assert prev.replace("&amp;", "&") == f"/departments/testamt/items/{migrated.docx_id}/pages?zoom=3"
+    else:
+        assert nxt is None
+    with led.session() as s:
+        text_file = s.scalar(select(Item.id).where(Item.department == "testamt", Item.location == "notes.txt"))
+    assert text_file not in measured and len(measured) >= 3
+    assert "No page pictures" in viewer.get(f"/departments/testamt/items/{text_file}/pages").text
+    assert viewer.get("/departments/testamt/items/999999/pages").status_code == 404
+
+
+def test_the_viewer_opened_from_the_queue_steps_through_the_queue(tmp_path):
+    from umstieg.dashboard import Site, create_app
+    items = [dict(owner="anna", location=f"f{n}.docx", state="verified", conversion="encrypted") for n in range(3)]
+    items.insert(1, dict(owner="anna", location="fine.docx", state="verified", conversion="converted",
+                         fidelity_verdict="identical", fidelity_score=100.0))
+    dept_file, ledger = _synthetic_department(tmp_path, "schauamt", items)
+    ledger.close()
+    with TestClient(create_app(Site([dept_file])), base_url="http://127.0.0.1") as c:
+        queue = c.get("/departments/schauamt/attention", params={"why": "encrypted"}).text
+        ids = re.findall(r'<th scope="row"><a href="/departments/schauamt/items/(\d+)\?queue=1', queue)
+        assert len(ids) == 3
+        item = c.get(f"/departments/schauamt/items/{ids[1]}?queue=1&why=encrypted").text
+        assert "open-viewer" not in item                       # no pictures: nothing to enlarge
+        middle = c.get(f"/departments/schauamt/items/{ids[1]}/pages?queue=1&why=encrypted").text
+        assert "Item 2 / 3" in text_of(middle)
+        links = {rel: href.replace("&amp;", "&") for href, rel in
+                 re.findall(r'<a href="([^"]+)" rel="(prev|next)" id="viewer-(?:previous|next)">', middle)}
+        assert links == {"prev": f"/departments/schauamt/items/{ids[0]}/pages?queue=1&why=encrypted&zoom=fit",
+                         "next": f"/departments/schauamt/items/{ids[2]}/pages?queue=1&why=encrypted&zoom=fit"}
+        back = re.search(r'<a href="([^"]+)" id="viewer-back">', middle).group(1).replace("&amp;", "&")
+        assert back == f"/departments/schauamt/items/{ids[1]}?queue=1&why=encrypted"
+
+
 def test_report_paths_cannot_leave_the_report_folder(viewer, migrated, site):
     from reports.dashboard import safe_report_file
     report_dir = site.report_dir("testamt")

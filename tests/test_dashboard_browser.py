@@ -216,3 +216,68 @@ def test_an_operator_reruns_failed_items_by_keyboard_and_sees_them_finish(browse
     wait_for(lambda: "saved=1" in browser.current_url)
     assert "Layout geprüft" in browser.find_element(By.ID, "annotation-now").text
     visit.check("document-annotated")
+
+
+def tab_to(driver, element_id: str, presses: int = 300) -> None:
+    """Press Tab from the top of the page until the element has the focus (fails if it never does)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    driver.find_element(By.TAG_NAME, "body").click()
+    driver.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
+    for _ in range(presses):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        if driver.execute_script("return document.activeElement.id") == element_id:
+            return
+    pytest.fail(f"#{element_id} cannot be reached with the Tab key")
+
+
+def test_the_page_viewer_by_keyboard_side_by_side_and_on_a_phone(browser, server, visit, migrated):
+    """The document's two page pictures enlarged side by side, zoomed and stepped through by keyboard;
+    stacked on a 390 px phone, where each picture scrolls in its own region."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    log_in(browser, server, *VIEWER)
+    browser.get(server.url + f"/departments/testamt/items/{migrated.docx_id}")
+    tab_to(browser, "open-viewer")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait_for(lambda: browser.current_url.endswith(f"/items/{migrated.docx_id}/pages"))
+    visit.check("viewer")
+
+    def boxes():
+        return browser.execute_script(
+            "return ['source', 'output'].map(s => { const i = document.getElementById('page-' + s);"
+            " const r = i.getBoundingClientRect();"
+            " return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width,"
+            " natural: i.naturalWidth, complete: i.complete}; });")
+    wait_for(lambda: all(b["complete"] and b["natural"] > 50 for b in boxes()), message="the pictures did not load")
+    source, output = boxes()
+    assert abs(source["top"] - output["top"]) < 2 and output["left"] >= source["right"]          # side by side
+    assert source["width"] > 2 * source["natural"] and output["width"] > 2 * output["natural"]   # enlarged
+    browser.set_window_size(390, 844)
+    source, output = boxes()
+    assert output["top"] >= source["bottom"] and source["right"] <= 390 and output["right"] <= 390   # stacked
+    browser.set_window_size(1280, 1000)
+    # three times their own size, chosen by keyboard: the page stays within a phone's width, each
+    # picture scrolls in its own region, also by keyboard
+    tab_to(browser, "zoom-3")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait_for(lambda: "zoom=3" in browser.current_url)
+    wait_for(lambda: all(b["complete"] for b in boxes()))
+    assert all(abs(b["width"] - 3 * b["natural"]) < 1 for b in boxes())
+    visit.check("viewer-zoom-3")
+    browser.set_window_size(390, 844)
+    tab_to(browser, "wrap-source")
+    region = browser.find_element(By.ID, "wrap-source")
+    assert browser.execute_script("return document.activeElement.getAttribute('role')") == "region"
+    for _ in range(10):
+        ActionChains(browser).send_keys(Keys.ARROW_RIGHT).perform()
+    assert browser.execute_script("return arguments[0].scrollLeft", region) > 0
+    browser.set_window_size(1280, 1000)
+    # on to the next measured document, keeping the zoom
+    tab_to(browser, "viewer-next")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait_for(lambda: f"/items/{migrated.docx_id}/" not in browser.current_url and "zoom=3" in browser.current_url)
+    assert browser.find_element(By.ID, "viewer-previous").get_attribute("href").endswith(
+        f"/items/{migrated.docx_id}/pages?zoom=3")

@@ -1,11 +1,12 @@
-"""One document for review: its record, both page pictures, its annotation; the report folder's
-files (thumbnails, run reports) served from inside that folder only."""
+"""One document for review: its record, both page pictures, its annotation; the viewer that shows
+both pictures enlarged side by side with previous/next; the report folder's files (thumbnails,
+run reports) served from inside that folder only."""
 
 from __future__ import annotations
 
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Form, Path as PathParam, Request
+from fastapi import APIRouter, Form, Path as PathParam, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from reports import dashboard as data
@@ -27,14 +28,42 @@ def item(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID))
         raise Refused(404, "Not found.")
     report_dir = web.site.report_dir(name)
     thumbs = data.thumbnails(report_dir, record) if report_dir else {}
-    queue = None
-    if request.query_params.get("queue") == "1":     # worked through from the "needs a person" queue
-        filters = attention_filters(request)
-        queue = {**data.attention_neighbours(led, name, item_id, filters), "filters": filters,
-                 "query": urlencode({"queue": "1", **{k: v for k, v in filters.items() if v}})}
+    queue = _queue(request, led, name, item_id)       # worked through from the "needs a person" queue
     return web.render(request, "item.html", name=name, record=record, item=record["item"], thumbs=thumbs,
                       annotation_verdicts=data.ANNOTATION_VERDICTS, queue=queue,
                       why=data.why_of(record["item"]))
+
+
+def _queue(request: Request, led, name: str, item_id: int) -> dict | None:
+    """Where the item stands in the "needs a person" queue it was opened from (None: not from it)."""
+    if request.query_params.get("queue") != "1":
+        return None
+    filters = attention_filters(request)
+    return {**data.attention_neighbours(led, name, item_id, filters), "filters": filters,
+            "query": urlencode({"queue": "1", **{k: v for k, v in filters.items() if v}})}
+
+
+#: Zoom levels of the viewer: fitted to the screen, or a multiple of the pictures' own size.
+ZOOMS = ("fit", "1", "2", "3", "4")
+
+
+@router.get("/departments/{name}/items/{item_id}/pages", response_class=HTMLResponse)
+def pages(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID),
+          zoom: str = Query("fit", pattern="^(" + "|".join(ZOOMS) + ")$")):
+    """Both page pictures enlarged side by side (stacked on a phone), zoomed by links, with the
+    previous and next document: of the queue when opened from it, else of the measured documents."""
+    web = dashboard(request)
+    web.viewer(request)
+    led = web.department_or_404(name)
+    record = data.document(led, name, item_id)
+    if record is None:
+        raise Refused(404, "Not found.")
+    report_dir = web.site.report_dir(name)
+    pictures = data.page_pictures(report_dir, record) if report_dir else {}
+    queue = _queue(request, led, name, item_id)
+    around = queue or data.document_neighbours(led, name, item_id)
+    return web.render(request, "pages.html", name=name, item=record["item"], pictures=pictures, queue=queue,
+                      around=around, zoom=zoom, zooms=ZOOMS, why=data.why_of(record["item"]))
 
 
 @router.post("/departments/{name}/items/{item_id}/annotation")
