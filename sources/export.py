@@ -40,6 +40,7 @@ import logging
 import mailbox
 import os
 import re
+import shutil
 import struct
 import threading
 from collections import OrderedDict
@@ -358,6 +359,8 @@ class ExportFiles:
         if not path.is_file():
             raise ItemError(f"the export file vanished at the source: {rel}")
         suffix = path.suffix.lower()
+        if suffix == ".eml":
+            return self._copy(path, dst, rel), None
         try:
             data = self._bytes(path, suffix, kind, sub, rel, key)
         except (ItemError, PimError) as exc:
@@ -369,6 +372,21 @@ class ExportFiles:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(data)
         return len(data), None
+
+    @staticmethod
+    def _copy(path: Path, dst: Path, rel: str) -> int:
+        """A message that is a file of its own, copied a block at a time: a message with large
+        attachments is never held in memory whole (items inside an mbox, PST or MSG are parsed out
+        of their file and are)."""
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "rb") as fin, open(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                return fout.tell()
+        except FileNotFoundError:
+            raise ItemError(f"the export file vanished at the source: {rel}") from None
+        except OSError as exc:
+            raise UnreadableExport(f"{rel}: {type(exc).__name__}: {clip(str(exc), 300)}") from None
 
     def _why(self, path: Path) -> str:
         try:

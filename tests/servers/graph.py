@@ -70,7 +70,7 @@ import trustme
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 _ids = itertools.count(1)
@@ -152,6 +152,7 @@ class GraphTestServer:
         self.tokens: set[str] = set()
         self.token_requests = 0
         self.log: list[tuple[str, str, bool]] = []
+        self.queries: list[tuple[str, dict[str, str]]] = []   # (path, query options) of every request
         self.user_agents: set[str] = set()
         self.users: dict[str, dict] = {}              # upn -> {"id", "drive"}
         self.drives: dict[str, Drive] = {}
@@ -375,6 +376,7 @@ class GraphTestServer:
     async def _dispatch(self, request: Request) -> Response:
         path = "/" + request.path_params["path"]
         self.log.append((request.method, path, "authorization" in request.headers))
+        self.queries.append((path, dict(request.query_params)))
         self.user_agents.add(request.headers.get("user-agent", ""))
         if path.startswith("/download/"):
             return self._download(request, path)
@@ -552,7 +554,7 @@ class GraphTestServer:
             if parts[2:] == ["messages", "delta"]:
                 return self._message_delta(request, box, fid)
         if parts[0] == "messages" and len(parts) == 3 and parts[2] == "$value":
-            return Response(box.mime[parts[1]], media_type="text/plain")
+            return _streamed(box.mime[parts[1]], "text/plain")
         if (parts[0] == "events" or parts[2:3] == ["events"]) and 'outlook.timezone="UTC"' not in request.headers.get("prefer", ""):
             # Graph answers in the mailbox's zone without this header; the sources always ask for UTC
             return _error(400, "ErrorInvalidRequest", 'this test server answers events with Prefer: outlook.timezone="UTC" only')
@@ -629,8 +631,19 @@ class GraphTestServer:
             # a pre-authenticated URL: a bearer token sent along is refused (and must not be sent)
             return _error(401, "unauthenticated", "pre-authenticated URLs take no Authorization header")
         drive_id, item_id = self.downloads[path[len("/download/"):]]
-        data = self.drives[drive_id].content[item_id]
-        return Response(data, media_type="application/octet-stream")
+        return _streamed(self.drives[drive_id].content[item_id], "application/octet-stream")
+
+
+#: Bytes a download answer sends at a time.
+_BLOCK = 1 << 16
+
+
+def _streamed(data: bytes, media_type: str) -> StreamingResponse:
+    """`data` sent a block at a time as the client takes it, as Graph streams a download: the server
+    holds no second copy, so memory measured in a test's process is the client's."""
+    view = memoryview(data)
+    return StreamingResponse((bytes(view[i:i + _BLOCK]) for i in range(0, len(view), _BLOCK)),
+                             media_type=media_type, headers={"Content-Length": str(len(data))})
 
 
 #: MAPI property types as Graph spells them in an extended property's id
