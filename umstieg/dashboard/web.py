@@ -180,9 +180,9 @@ class Dashboard:
     def export(self, table: data.Table, stem: str, fmt: str, lang: str) -> Response:
         tr = translations(lang).gettext
         if fmt == "csv":
-            return self.download(data.table_csv(table, tr), f"{stem}.csv", "csv")
+            return self.download(data.table_csv(table, tr, lang), f"{stem}.csv", "csv")
         if fmt == "ods":
-            return self.download(data.table_ods(table, tr), f"{stem}.ods", "ods")
+            return self.download(data.table_ods(table, tr, lang), f"{stem}.ods", "ods")
         raise Refused(404, "Not found.")
 
 

@@ -52,11 +52,11 @@ def attention_export(request: Request, name: str, fmt: str):
                       f"{name}-needs-a-person", fmt, lang)
 
 
-def _items_csv(led, name: str, filters: dict, tr):
+def _items_csv(led, name: str, filters: dict, tr, lang: str):
     """The matching items as CSV text, chunk by chunk (a keyset walk: memory stays flat)."""
     first = True
     for chunk in data.iter_items(led, name, filters):
-        text = data.csv_text(data.Table("items", "Items", data.ITEM_COLUMNS, chunk), tr, header=first)
+        text = data.csv_text(data.Table("items", "Items", data.ITEM_COLUMNS, chunk), tr, header=first, language=lang)
         yield ("\ufeff" if first else "") + text
         first = False
     if first:
@@ -72,7 +72,7 @@ def department_table(request: Request, name: str, table: str, fmt: str):
     if table == "items":
         filters = item_filters(request)
         if fmt == "csv":            # every matching item, streamed in chunks
-            return StreamingResponse(_items_csv(led, name, filters, translations(lang).gettext),
+            return StreamingResponse(_items_csv(led, name, filters, translations(lang).gettext, lang),
                                      media_type="text/csv; charset=utf-8",
                                      headers={"Content-Disposition": f'attachment; filename="{name}-items.csv"'})
         rows = [r for chunk in data.iter_items(led, name, filters) for r in chunk][:ODS_ROWS]
