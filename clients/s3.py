@@ -9,8 +9,11 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from core.errors import TransientError
+from core.retry import policy_for, retry_after_of as _seconds
+
 __all__ = ["MAX_RETRY_AFTER", "TRANSIENT_CODES", "REFUSED_CODES", "NETWORK_ERRORS", "make_client", "status_of",
-           "retry_after_of"]
+           "retry_after_of", "attempts_of", "spent"]
 
 #: The longest wait a server's Retry-After may impose on one attempt.
 MAX_RETRY_AFTER = 300.0
@@ -26,12 +29,27 @@ NETWORK_ERRORS = (botocore.exceptions.EndpointConnectionError, botocore.exceptio
                   botocore.exceptions.ConnectionClosedError, ConnectionError, TimeoutError)
 
 
-def make_client(config, *, max_attempts: int = 3):
+def attempts_of(config) -> int:
+    """How often botocore sends one request: the `attempts` of the configuration's retry policy."""
+    return policy_for("s3", getattr(config, "retry", None)).attempts
+
+
+def spent(error: TransientError, config) -> TransientError:
+    """`error` (throttling, 5xx, a broken connection), marked as already retried by botocore, so
+    that the flows pass it on instead of sending the request `attempts` times more (core/retry.py)."""
+    error.attempts = attempts_of(config)
+    return error
+
+
+def make_client(config, *, max_attempts: int | None = None):
     """A boto3 S3 client for a source or archive configuration (secrets resolved here, at use).
 
     Path-style addresses for S3-compatible servers (`endpoint_url`), which rarely have a DNS name
-    per bucket; botocore retries throttling and 5xx `max_attempts` times before the caller sees it.
+    per bucket; botocore retries throttling, 5xx and broken connections (standard mode, with its
+    own jittered backoff) until a request was sent `max_attempts` times (default: the retry
+    policy's `attempts`) before the caller sees it.
     """
+    max_attempts = max_attempts or attempts_of(config)
     keys = {}
     if config.access_key_id is not None:
         keys = {"aws_access_key_id": config.access_key_id.resolve().get_secret_value(),
@@ -54,8 +72,5 @@ def status_of(exc: botocore.exceptions.ClientError) -> tuple[str, int]:
 
 def retry_after_of(exc: botocore.exceptions.ClientError) -> float | None:
     """The wait the server asked for (Retry-After, seconds), capped."""
-    value = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
-    try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER) if value is not None else None
-    except ValueError:
-        return None
+    return _seconds(exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after"),
+                    MAX_RETRY_AFTER)

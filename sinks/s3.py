@@ -33,7 +33,7 @@ import botocore.exceptions
 
 from core.plugins import PerProcess
 from sinks.s3_config import S3ArchiveTarget
-from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
+from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, spent, status_of
 from core.digests import sha256_file
 from core.errors import FatalError, ItemError, TransientError
 
@@ -86,8 +86,8 @@ class S3Archive:
         if isinstance(exc, botocore.exceptions.ClientError):
             code, status = status_of(exc)
             if code in TRANSIENT_CODES or status >= 500 or status == 429:
-                return TransientError(f"{what}: the S3 archive is busy or failing ({status} {code})",
-                                      retry_after=retry_after_of(exc))
+                return spent(TransientError(f"{what}: the S3 archive is busy or failing ({status} {code})",
+                                            retry_after=retry_after_of(exc)), self.config)
             if code == "NoSuchBucket":
                 return FatalError(f"the archive bucket {self.config.bucket!r} does not exist (any more)")
             if code in _REFUSED_CODES or status in (401, 403):
@@ -98,8 +98,8 @@ class S3Archive:
                                       "sending again")
             return ItemError(f"{what}: the S3 archive refused it ({status} {code})")
         if isinstance(exc, NETWORK_ERRORS):
-            return TransientError(f"{what}: the connection to the S3 archive failed or timed out "
-                                  f"({type(exc).__name__})")
+            return spent(TransientError(f"{what}: the connection to the S3 archive failed or timed out "
+                                        f"({type(exc).__name__})"), self.config)
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return FatalError("no credentials for the S3 archive (set access_key_id and secret_access_key)")
         return ItemError(f"{what}: {type(exc).__name__}")

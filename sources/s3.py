@@ -24,7 +24,7 @@ import botocore.exceptions
 
 from core.plugins import Account, PerProcess
 from sources.s3_config import S3Source
-from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, status_of
+from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, spent, status_of
 from core.errors import FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
 
@@ -70,8 +70,8 @@ class S3Bucket:
         if isinstance(exc, botocore.exceptions.ClientError):
             code, status = status_of(exc)
             if code in TRANSIENT_CODES or status >= 500 or status == 429:
-                return TransientError(f"{what}: the S3 server is busy or failing ({status} {code})",
-                                      retry_after=retry_after_of(exc))
+                return spent(TransientError(f"{what}: the S3 server is busy or failing ({status} {code})",
+                                            retry_after=retry_after_of(exc)), self.config)
             if code == "NoSuchBucket":
                 return FatalError(f"source {self.name}: the bucket {self.config.bucket!r} does not exist (any more)")
             if code in REFUSED_CODES:
@@ -82,8 +82,8 @@ class S3Bucket:
                 return ItemError(f"cannot read {what} at the source: access denied")
             return ItemError(f"cannot read {what} at the source ({status} {code})")
         if isinstance(exc, NETWORK_ERRORS):
-            return TransientError(f"{what}: the connection to the S3 server failed or timed out "
-                                  f"({type(exc).__name__})")
+            return spent(TransientError(f"{what}: the connection to the S3 server failed or timed out "
+                                        f"({type(exc).__name__})"), self.config)
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             return FatalError(f"source {self.name}: no S3 credentials (set access_key_id and secret_access_key)")
         return ItemError(f"cannot read {what} at the source ({type(exc).__name__})")
