@@ -242,3 +242,20 @@ def test_umstieg_scan_writes_its_report_in_the_language_asked_for(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "umstieg", "scan", str(src), "--out", str(tmp_path / "x"),
                           "--language", "it"], capture_output=True, text=True, env=env, timeout=600)
     assert bad.returncode == 2 and "--language" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("language,error_class", [("de", "Fehler beim Übertragen ins Ziel"), ("en", "load_error"),
+                                                  ("fr", None)])
+def test_dashboard_exports_name_outcomes_in_the_language_of_the_page(language, error_class):
+    from reports.dashboard import Table, table_csv, table_ods
+    from umstieg.dashboard.i18n import translations
+    tr = translations(language).gettext
+    table = Table("failures", "Failures by error class", [("reason", "Error class"), ("items", "Items"),
+                                                           ("example", "Example message")],
+                  [{"reason": "load_error", "items": 2, "example": "=cmd|' /C calc'!A0"}])
+    frame = pd.read_csv(io.BytesIO(table_csv(table, tr, language)), encoding="utf-8-sig")
+    assert list(frame.columns) == [tr("Error class"), tr("Items"), tr("Example message")]
+    assert frame.iloc[0, 0] == (error_class or names("fr").code("load_error")) and frame.iloc[0, 1] == 2
+    assert frame.iloc[0, 2] == "'=cmd|' /C calc'!A0"                     # still no formula
+    sheet = pd.read_excel(io.BytesIO(table_ods(table, tr, language)), engine="odf")
+    assert sheet.iloc[0, 0] == frame.iloc[0, 0]
