@@ -12,7 +12,8 @@ EWS's messages.xsd / types.xsd (Exchange 2016, `ServerVersionInfo` V2017_07_11):
   sync states are opaque to the client, here the mailbox's change counter; a state it did not
   issue is answered `ErrorInvalidSyncStateData` (with an empty SyncState and IncludesLast…InRange,
   which exchangelib reads before it looks at the response code);
-- GetItem (`ErrorItemNotFound` for a deleted item) with `MimeContent` (base64) when asked for:
+- GetItem (`ErrorItemNotFound` for a deleted item, `ErrorCorruptData` for the content of an item
+  in `corrupt`) with `MimeContent` (base64) when asked for:
   a message's RFC 822 bytes, a calendar item's iCalendar (master, modified occurrences as
   RECURRENCE-ID VEVENTs and EXDATEs, as Exchange exports a recurring master), a contact's vCard;
   properties are returned only when named in the shape (`AdditionalProperties`), in schema order.
@@ -254,6 +255,7 @@ class EwsTestServer:
         self.changes_sent = 0                       # item changes sent by SyncFolderItems
         self.max_changes: int | None = None         # cap on MaxChangesReturned
         self.unknown_distinguished: set[str] = set()  # distinguished ids refused as an older schema does
+        self.corrupt: set[str] = set()               # item ids whose content GetItem answers ErrorCorruptData
         self._busy = 0
         self._back_off_ms = 0
         self._lock = threading.RLock()
@@ -583,6 +585,10 @@ class EwsTestServer:
                 self._message(messages, "GetItem", "ErrorItemNotFound", "The specified object was not found in the "
                                                                         "store., The process failed to get the "
                                                                         "correct properties.")
+                continue
+            if item.id in self.corrupt and "item:MimeContent" in wanted:
+                # an item Exchange lists but cannot read (a damaged store page): its properties come, its content not
+                self._message(messages, "GetItem", "ErrorCorruptData", "The item is corrupt and cannot be read.")
                 continue
             msg = self._message(messages, "GetItem")
             etree.SubElement(msg, f"{{{M}}}Items").append(self._item_xml(mailbox, item, wanted))
