@@ -139,6 +139,38 @@ def test_a_systems_settings_change_only_what_they_name():
     assert policy_for("something-new") == POLICIES["step"]
 
 
+def test_a_department_file_sets_a_source_and_a_targets_policy(tmp_path, monkeypatch):
+    import yaml
+
+    from core.department import load_department
+    from sinks.webdav import Nextcloud
+    from sources.ews import _ews_policy
+    from sources.graph import GraphClient
+
+    monkeypatch.setenv("RETRY_TEST_SECRET", "not-used")
+    path = tmp_path / "amt.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "amt", "work_dir": str(tmp_path / "work"), "users": [{"source": "anna", "target": "anna"}],
+        "sources": [{"name": "exchange", "type": "ews", "url": "https://ews.example/EWS/Exchange.asmx",
+                     "username": "svc", "password": "env:RETRY_TEST_SECRET", "max_wait": 30,
+                     "retry": {"attempts": 2}},
+                    {"name": "m365", "type": "m365", "tenant_id": "t", "client_id": "c",
+                     "client_secret": "env:RETRY_TEST_SECRET", "retry": {"max_wait": 5, "first_wait": 1}}],
+        "target": {"type": "nextcloud", "url": "https://cloud.example", "username": "svc",
+                   "password": "env:RETRY_TEST_SECRET", "retry": {"attempts": 6, "waits": [1, 5]}},
+    }), encoding="utf-8")
+    dept = load_department(path)
+    ews, m365 = dept.sources
+    assert (_ews_policy(ews).attempts, _ews_policy(ews).max_wait) == (2, 30)   # the older max_wait still counts
+    client, sink = GraphClient(m365), Nextcloud(dept.target)
+    graph = client.retry
+    assert (graph.attempts, graph.max_wait, graph.first_wait) == (4, 5, 1)     # the rest: Graph's defaults
+    assert sink.retry.attempts == 6 and sink.retry.waits == (1, 5)
+    client.close()
+    with pytest.raises(Exception, match="attempts"):
+        RetryPolicy.model_validate({"attempts": 0})
+
+
 # ------------------------------------------------------------------------------ Microsoft Graph
 @pytest.fixture
 def graph(tmp_path, monkeypatch):
