@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import errno
 import os
+import shutil
 import threading
 import tomllib
 from pathlib import Path
@@ -140,6 +141,7 @@ def _toml(path: Path) -> dict:
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 #: sqlite3's result code for "database or disk is full"
 _SQLITE_FULL = 13
+_SQLITE_IOERR = 10
 
 
 def _causes(exc: BaseException):
@@ -162,7 +164,21 @@ def _no_space(exc: BaseException, dept: Department) -> str | None:
             return e.filename or str(dept.work_dir)
         if getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL:
             return _sqlite_file(dept) or str(dept.work_dir)
+        # opening the ledger on a full disk (its WAL and shared-memory files cannot be made) is
+        # only a "disk I/O error" to SQLite: the free space of the ledger's disk tells the cause
+        if (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF == _SQLITE_IOERR and _no_room_for(_sqlite_file(dept)):
+            return _sqlite_file(dept)
     return None
+
+
+def _no_room_for(path: str | None) -> bool:
+    """Whether the disk holding `path` has (next to) no space left."""
+    if not path:
+        return False
+    try:
+        return shutil.disk_usage(Path(path).parent).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _sqlite_file(dept: Department) -> str | None:
