@@ -67,8 +67,8 @@ CASES = [
     Case("sharepoint", "sharepoint_rig"),
     Case("m365", "m365_rig"),
     Case("ews", "ews_rig", without={
-        "bounded_memory": "EWS sends an item's MIME base64-encoded inside one SOAP answer (GetItem "
-                          "MimeContent): a client holds the whole answer to parse it; there is no stream",
+        "bounded_memory": "EWS has no download of an item's bytes: GetItem sends its MIME base64-encoded "
+                          "inside one SOAP answer, which a SOAP client (exchangelib) parses whole",
     }),
     Case("imap", "imap_rig", gaps={
         "unreadable": "a message Dovecot cannot read (its file unreadable) makes Dovecot end the connection on "
@@ -92,7 +92,15 @@ def test_every_registered_source_has_a_conformance_entry():
     assert not set(BY_KIND) - set(kinds), "an entry here for a source the registry does not know"
 
 
+def test_the_table_names_only_capabilities_the_suite_asks():
+    for case in CASES:
+        assert set(case.without) | set(case.gaps) <= set(CAPABILITIES), case.kind
+        assert not set(case.without) & set(case.gaps), case.kind
+
+
 def cases(capability: str):
+    """One parameter per source kind (the capability names the test in a reader's eye only)."""
+    assert capability in CAPABILITIES
     return [pytest.param(c, id=c.kind) for c in CASES]
 
 
