@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from converters.odf import check_package  # noqa: E402
 from converters.sniff import sniff  # noqa: E402
-from docgen import make_xlsx  # noqa: E402
+from docgen import ENTITY_BOMB, make_big_ole_workbook, make_big_xlsx, rewrite_package  # noqa: E402
 from helpers import CORPUS  # noqa: E402
 
 
@@ -46,20 +46,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    # the generators of the expensive files are the tests' own, so that both look at the same bytes
-    import test_odf
-    import test_sniff
+    # the expensive files are the tests' own (tests/docgen.py), so that both look at the same bytes
     from odf.opendocument import OpenDocumentText
     from odf.text import P
 
     with tempfile.TemporaryDirectory(prefix="umstieg-bench-sniff-") as tmp:
         folder = Path(tmp)
-        xlsx = test_sniff.big_xlsx(make_xlsx(folder / "small.xlsx"), folder / "big.xlsx")
-        xls = test_sniff.big_ole_workbook(folder / "big.xls")
+        xlsx = make_big_xlsx(folder / "big.xlsx")
+        xls = make_big_ole_workbook(folder / "big.xls")
         doc = OpenDocumentText()
         doc.text.addElement(P(text="Sehr geehrte Damen und Herren,"))
         doc.save(str(folder / "plain.odt"))
-        bomb = test_odf.variant(folder / "plain.odt", folder / "bomb.odt", {"content.xml": test_odf.BOMB})
+        bomb = rewrite_package(folder / "plain.odt", folder / "bomb.odt", {"content.xml": lambda _: ENTITY_BOMB.decode()})
         cases = [("sniff, 100 MB xlsx", lambda: sniff(xlsx), 0.25),
                  ("sniff, 32 MB encrypted xls", lambda: sniff(xls), 0.25),
                  ("check_package, entity bomb", lambda: check_package(bomb), 2.0)]

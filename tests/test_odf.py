@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from converters.odf import check_package, odf_mimetype
+from docgen import ENTITY_BOMB
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus not found: corpus tests skipped")
@@ -90,13 +91,6 @@ def test_rebuilt_copy_is_still_valid(valid_odt, tmp_path):
     assert check_package(variant(valid_odt, tmp_path / "copy.odt")) == []
 
 
-#: A "billion laughs" content.xml: well-formed, and 10 GB of "a" if its entities were expanded.
-BOMB = ('<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
-        + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(9))
-        + ']><office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0">'
-        '&j;</office:document-content>').encode()
-
-
 def peak_rss() -> int:
     """This process's highest resident memory so far, in bytes (libxml2 allocates outside Python,
     where tracemalloc does not see it)."""
@@ -106,7 +100,7 @@ def peak_rss() -> int:
 
 def test_entities_are_not_expanded(valid_odt, tmp_path):
     # Checked without expanding: the process never holds the 10 GB (benchmarks/sniff_speed.py times it)
-    bomb = variant(valid_odt, tmp_path / "bomb.odt", {"content.xml": BOMB})
+    bomb = variant(valid_odt, tmp_path / "bomb.odt", {"content.xml": ENTITY_BOMB})
     before = peak_rss()
     problems = check_package(bomb)
     assert peak_rss() - before < 100 << 20

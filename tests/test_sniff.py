@@ -15,6 +15,8 @@ import pytest
 from converters.formats import FORMATS, Family
 from converters.sniff import Sniffed, sniff
 from core.outcomes import Outcome
+from docgen import (FILEPASS, TEMPLATE, XOR_OTHER_PASSWORD, XOR_VELVET_SWEATSHOP, biff, make_big_ole_workbook,
+                    make_big_xlsx, make_ole)
 from helpers import velvet_xls
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -74,77 +76,6 @@ def with_main_type(docx: Path, dst: Path, content_type: str) -> Path:
     return rewrite_zip(docx, dst, {"[Content_Types].xml": types.replace(old, content_type).encode()})
 
 
-# ------------------------------------------------------------------------------- fixtures: OLE2
-def make_ole(path: Path, streams: dict[str, bytes]) -> Path:
-    """A minimal OLE2 compound file (version 4, 4096-byte sectors) holding `streams`.
-
-    "a/b" puts stream b in storage a. Streams are padded to 4096 bytes so that none lives in the
-    mini stream, which this writer does not implement; readers stop at their own end markers.
-    """
-    sector = 4096
-    free, end, fatsect = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD
-    # directory tree: entry 0 is the root; storages are created from the paths
-    entries = [{"name": "Root Entry", "type": 5, "kids": [], "data": b""}]
-    storages = {"": 0}
-    for full, data in streams.items():
-        parts = full.split("/")
-        parent = ""
-        for depth, part in enumerate(parts):
-            key = "/".join(parts[:depth + 1])
-            is_stream = depth == len(parts) - 1
-            if key not in storages:
-                entries.append({"name": part, "type": 2 if is_stream else 1, "kids": [],
-                                "data": data.ljust(sector, b"\x00") if is_stream else b""})
-                storages[key] = len(entries) - 1
-                entries[storages[parent]]["kids"].append(len(entries) - 1)
-            parent = key
-    # sectors: stream data, then directory, then FAT
-    fat: list[int] = []
-    body = bytearray()
-    for e in entries:
-        if e["type"] == 2:
-            count = -(-len(e["data"]) // sector)
-            e["start"] = len(fat)
-            fat.extend(range(len(fat) + 1, len(fat) + count))
-            fat.append(end)
-            body += e["data"].ljust(count * sector, b"\x00")
-        else:
-            e["start"], e["data"] = end, b""
-    dir_start = len(fat)
-    dir_sectors = -(-len(entries) * 128 // sector)
-    fat.extend(range(dir_start + 1, dir_start + dir_sectors))
-    fat.append(end)
-    n_fat = 1
-    while (len(fat) + n_fat) > n_fat * (sector // 4):
-        n_fat += 1
-    fat_start = len(fat)
-    fat.extend([fatsect] * n_fat)
-    fat.extend([free] * (n_fat * (sector // 4) - len(fat)))
-    assert n_fat <= 109
-    # directory entries: siblings as a right-leaning chain in CFB name order
-    for e in entries:
-        e.update(left=free, right=free, child=free)
-    for e in entries:
-        kids = sorted(e["kids"], key=lambda i: (len(entries[i]["name"]), entries[i]["name"].upper()))
-        if kids:
-            e["child"] = kids[0]
-            for a, b in zip(kids, kids[1:]):
-                entries[a]["right"] = b
-    directory = bytearray()
-    for e in entries:
-        name = e["name"].encode("utf-16-le") + b"\x00\x00"
-        directory += struct.pack("<64sHBBIII16sIQQIQ", name, len(name), e["type"], 1, e["left"], e["right"],
-                                 e["child"], b"\x00" * 16, 0, 0, 0, e["start"], len(e["data"]))
-    directory = bytes(directory).ljust(dir_sectors * sector, b"\x00")
-    difat = list(range(fat_start, fat_start + n_fat)) + [free] * (109 - n_fat)
-    header = struct.pack("<8s16sHHHHH6sIIIIIIIII109I", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", b"\x00" * 16,
-                         0x3E, 4, 0xFFFE, 12, 6, b"\x00" * 6, dir_sectors, n_fat, dir_start, 0, 4096,
-                         end, 0, end, 0, *difat)
-    fat_bytes = struct.pack(f"<{len(fat)}I", *fat)
-    path.write_bytes(header.ljust(sector, b"\x00") + bytes(body) + directory + fat_bytes)
-    return path
-
-
 def fib(flags: int = 0, n_fib: int = 193) -> bytes:
     """The start of a WordDocument stream: a FIB with the given flags (fDot 0x1, fEncrypted 0x100)."""
     data = bytearray(64)
@@ -153,22 +84,11 @@ def fib(flags: int = 0, n_fib: int = 193) -> bytes:
     return bytes(data)
 
 
-def biff(*records: tuple[int, bytes], version: int = 0x0600) -> bytes:
-    """A workbook globals substream: BOF, the given records, EOF."""
-    out = struct.pack("<HHHH12x", 0x0809, 16, version, 0x0005)
-    for number, payload in records:
-        out += struct.pack("<HH", number, len(payload)) + payload
-    return out + struct.pack("<HH", 0x000A, 0)
-
-
 def current_user(token: int) -> bytes:
     """A PowerPoint "Current User" stream: CurrentUserAtom with the given headerToken."""
     return struct.pack("<HHIIII", 0, 0x0FF6, 0x14, 0x14, token, 0)
 
 
-FILEPASS, TEMPLATE = 0x002F, 0x0060
-XOR_VELVET_SWEATSHOP = struct.pack("<HHH", 0, 0x1234, 0x9A0A)    # type XOR, key, verifier of "VelvetSweatshop"
-XOR_OTHER_PASSWORD = struct.pack("<HHH", 0, 0x1234, 0x1111)
 
 
 # =============================================================================== OOXML
@@ -657,25 +577,9 @@ def measure(path: Path) -> tuple[Sniffed, int, int]:
     return result, read, peak
 
 
-def big_xlsx(made_xlsx: Path, path: Path) -> Path:
-    """A real workbook with 100 MB of stored picture bytes appended as a part."""
-    big = copy(made_xlsx, path)
-    chunk = random.Random(1).randbytes(1 << 20)
-    with zipfile.ZipFile(big, "a") as z, z.open(zipfile.ZipInfo("xl/media/scan.bin"), "w", force_zip64=True) as member:
-        for _ in range(100):
-            member.write(chunk)                    # 100 MB, stored
-    assert big.stat().st_size > 100_000_000
-    return big
-
-
-def big_ole_workbook(path: Path) -> Path:
-    """An encrypted binary workbook whose Workbook stream is 32 MB long."""
-    return make_ole(path, {"Workbook": biff((FILEPASS, XOR_OTHER_PASSWORD)).ljust(32 << 20, b"\x00")})
-
-
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="no /proc/self/io (Linux's I/O counters) here")
-def test_big_xlsx_is_sniffed_from_a_few_kilobytes_in_little_memory(made, tmp_path):
-    big = big_xlsx(made["xlsx"], tmp_path / "big.xlsx")
+def test_big_xlsx_is_sniffed_from_a_few_kilobytes_in_little_memory(tmp_path):
+    big = make_big_xlsx(tmp_path / "big.xlsx")
     s, read, peak = measure(big)
     assert s.format is FORMATS["xlsx"] and s.outcome is None
     # the central directory and the parts that name the format, not the 100 MB picture
@@ -684,7 +588,7 @@ def test_big_xlsx_is_sniffed_from_a_few_kilobytes_in_little_memory(made, tmp_pat
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="no /proc/self/io (Linux's I/O counters) here")
 def test_big_ole_workbook_is_not_read_into_memory(tmp_path):
-    big = big_ole_workbook(tmp_path / "big.xls")
+    big = make_big_ole_workbook(tmp_path / "big.xls")
     s, read, peak = measure(big)
     assert s.outcome is Outcome.ENCRYPTED and s.format is FORMATS["xls"]
     assert read < 1 << 20 and peak < 4 << 20, (read, peak)
