@@ -29,7 +29,7 @@ from reports.exports import csv_cell     # one rule for every CSV umstieg writes
 
 __all__ = ["NEEDS_A_PERSON", "ATTENTION", "CATEGORIES", "ATTENTION_COLUMNS", "ITEM_SORTS", "categorise",
            "waiting_users", "attention_page", "iter_attention", "attention_neighbours", "why_of",
-           "department_owners", "document_neighbours", "page_pictures", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
+           "department_owners", "document_neighbours", "IDENTITY_COLUMNS", "assessed_identities", "identity_table", "page_pictures", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
            "item_page", "document", "annotate", "scan_table", "rerun_runs", "run_history", "run_of_process", "live_run", "failed_count", "safe_report_file",
            "thumbnails", "table_csv", "table_ods", "csv_text", "csv_cell", "ITEM_FILTERS", "scan_files", "scan_frame",
            "read_assessment", "iter_items", "overview_tables", "file_ext", "ITEM_COLUMNS", "SCAN_COLUMNS", "STATES",
@@ -617,7 +617,7 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
         hist_total.update(counts)
     total_items = sum(totals.values())
     return {"department": name, "tables": tables, "totals": dict(totals), "total": total_items,
-            "categories": dict(cats), "percent_done": round(100 * cats["done"] / total_items, 1) if total_items else 0.0,
+            "categories": {c: cats.get(c, 0) for c in CATEGORIES}, "percent_done": round(100 * cats["done"] / total_items, 1) if total_items else 0.0,
             "waiting_users": waiting, "attention": dict(why_open),
             "rate": rate, "eta_seconds": round(cats["pending"] / rate) if rate and cats["pending"] else None, "histogram": [(b, hist_total.get(b, 0)) for b in BUCKETS],
             "owners": sorted(by_user), "kinds": sorted(by_kind), "reasons": [f["reason"] for f in failures],
@@ -926,6 +926,34 @@ def scan_table(report_dir: Path, *, sort: str = "category", descending: bool = F
         table = table.iloc[(page - 1) * per_page: page * per_page]
     return {"table": Table("scan", "Risk scan", SCAN_COLUMNS, table.to_dict("records"), frozenset({"size"})),
             "total": total, "page": page or 1, "pages": pages, "facets": facets}
+
+
+# ------------------------------------------------------------------------------ identity map
+#: The identity map's columns: the keys of flows.identity.UserCheck.row, as `umstieg users` prints them.
+IDENTITY_COLUMNS = [("source", "User at the source"), ("target", "User at the target"), ("email", "E-mail address"),
+                    ("display_name", "Display name"), ("source_account", "Source account"),
+                    ("target_account", "Target account"), ("attributes", "E-mail address and name agree"),
+                    ("verdict", "Verdict")]
+
+
+def assessed_identities(report_dir: Path) -> tuple[datetime, list[dict]] | None:
+    """(when, rows) of the identity map the last assessment checked (assessment.json), if it did."""
+    path = report_dir / "assessment.json"
+    assessment = read_assessment(report_dir)
+    rows = (assessment or {}).get("identities")
+    if not isinstance(rows, list):
+        return None
+    try:
+        when = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except OSError:
+        return None
+    return when, [r for r in rows if isinstance(r, dict)]
+
+
+def identity_table(rows: list[dict], limit: int | None = None) -> Table:
+    """The identity map with the users who would wait first (then by source login)."""
+    ordered = sorted(rows, key=lambda r: (str(r.get("verdict")) == "go", str(r.get("source"))))
+    return Table("identities", "Identity map", IDENTITY_COLUMNS, ordered[:limit] if limit else ordered)
 
 
 def read_assessment(report_dir: Path) -> dict | None:

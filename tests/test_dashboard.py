@@ -7,6 +7,7 @@ blocked) until the test removes the blocker and an operator reruns it from the d
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import time
@@ -540,6 +541,55 @@ def test_the_viewer_opened_from_the_queue_steps_through_the_queue(tmp_path):
         assert back == f"/departments/schauamt/items/{ids[1]}?queue=1&why=encrypted"
 
 
+def test_the_department_page_shows_the_identity_map_of_the_assessment(viewer):
+    page = text_of(viewer.get("/departments/testamt").text)
+    assert "Identity map" in page and "2 users: 2 go ahead, 0 wait" in page and "by the assessment" in page
+    full = viewer.get("/departments/testamt/identities")
+    assert full.status_code == 200 and "t-anna" in full.text and "t-ben" in full.text
+    csv = pd.read_csv(io.BytesIO(viewer.get("/departments/testamt/identities.csv").content), encoding="utf-8-sig")
+    assert sorted(csv["User at the source"]) == ["anna", "ben"] and set(csv["Verdict"]) == {"go"}
+
+
+def test_the_identity_map_is_checked_on_request_as_umstieg_users_shows_it(tmp_path):
+    """carl has no folder at the source: he would wait, with the reason `umstieg users` gives."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from umstieg.cli import app as cli
+    from umstieg.dashboard import Site, create_app
+    (tmp_path / "home" / "anna").mkdir(parents=True)
+    dept_file = tmp_path / "ausweisamt.yaml"
+    dept_file.write_text(yaml.safe_dump({
+        "name": "ausweisamt", "work_dir": str(tmp_path / "work"),
+        "users": [{"source": "anna", "target": "t-anna", "email": "anna@amt.example"},
+                  {"source": "carl", "target": "t-carl"}],
+        "sources": [{"name": "homes", "type": "folder", "root": str(tmp_path / "home")}],
+        "target": {"type": "localdir", "root": str(tmp_path / "target")}}), encoding="utf-8")
+    printed = CliRunner().invoke(cli, ["users", str(dept_file), "--csv"])
+    assert printed.exit_code == 1, printed.output               # carl waits
+    want = pd.read_csv(io.StringIO(printed.stdout), dtype=str)          # the CSV (the summary line is stderr's)
+    with TestClient(create_app(Site([dept_file])), base_url="http://127.0.0.1") as c:
+        assert "Not checked yet" in text_of(c.get("/departments/ausweisamt").text)
+        assert c.get("/departments/ausweisamt/identities.csv").status_code == 404
+        assert c.get("/departments/ausweisamt/identities", params={"check": "x"}).status_code == 400
+        page = c.get("/departments/ausweisamt/identities", params={"check": "1"})
+        assert page.status_code == 200
+        text = html.unescape(text_of(page.text))
+        assert "2 users: 1 go ahead, 1 wait" in text and "here, on request" in text
+        carl = want.set_index("source").loc["carl"]
+        assert carl["verdict"].startswith("wait: ") and "carl" in carl["source_account"]
+        assert f"waits : {carl['verdict'][6:]}" in text, text                   # the reason umstieg users gives
+        got = pd.read_csv(io.BytesIO(c.get("/departments/ausweisamt/identities.csv").content), encoding="utf-8-sig",
+                          dtype=str)
+        assert got.fillna("").values.tolist() == want.fillna("").sort_values("source", key=lambda s: s == "carl",
+                                                                             ascending=False).values.tolist()
+        department = html.unescape(text_of(c.get("/departments/ausweisamt").text))
+        assert "2 users: 1 go ahead, 1 wait" in department and "Users who would wait" in department
+        assert carl["source_account"] in department
+        de = text_of(c.get("/departments/ausweisamt/identities", headers={"Accept-Language": "de"}).text)
+        assert "Identitätszuordnung" in de and "wartet" in de
+
+
 def test_report_paths_cannot_leave_the_report_folder(viewer, migrated, site):
     from reports.dashboard import safe_report_file
     report_dir = site.report_dir("testamt")
@@ -603,7 +653,7 @@ def test_every_message_has_a_german_and_a_french_translation():
     for template in (root / "umstieg" / "dashboard" / "templates").glob("*.html"):
         text = template.read_text(encoding="utf-8")
         ids |= set(re.findall(r'_\("([^"]+)"\)', text)) | set(re.findall(r"_\('([^']+)'\)", text))
-    ids |= {label for _, label in data.ITEM_COLUMNS + data.SCAN_COLUMNS}
+    ids |= {label for _, label in data.ITEM_COLUMNS + data.SCAN_COLUMNS + data.IDENTITY_COLUMNS}
     for module in (root / "umstieg" / "dashboard").rglob("*.py"):
         ids |= set(re.findall(r'Refused\(\d+, "([^"]+)"\)', module.read_text()))
     source = (root / "reports" / "dashboard.py").read_text(encoding="utf-8")

@@ -281,3 +281,19 @@ def test_the_page_viewer_by_keyboard_side_by_side_and_on_a_phone(browser, server
     wait_for(lambda: f"/items/{migrated.docx_id}/" not in browser.current_url and "zoom=3" in browser.current_url)
     assert browser.find_element(By.ID, "viewer-previous").get_attribute("href").endswith(
         f"/items/{migrated.docx_id}/pages?zoom=3")
+
+
+def test_the_identity_map_page_is_accessible_and_checks_on_request(browser, server, visit):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    log_in(browser, server, *VIEWER)
+    browser.get(server.url + "/departments/testamt/identities")
+    assert "by the assessment" in browser.find_element(By.ID, "identity-summary").text
+    visit.check("identities")
+    tab_to(browser, "check-identities")
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait_for(lambda: "check=1" in browser.current_url)
+    assert "here, on request" in browser.find_element(By.ID, "identity-summary").text
+    assert not browser.find_elements(By.ID, "identity-problem")
+    visit.check("identities-checked")

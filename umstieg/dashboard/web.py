@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -71,6 +72,13 @@ class Dashboard:
         self.css = (HERE / "static" / "dashboard.css").read_text(encoding="utf-8")
         #: identity maps checked on request, by department: (when, rows)
         self.identities: dict[str, tuple] = {}
+        self._identity_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def identity_lock(self, name: str) -> threading.Lock:
+        """The lock that lets one identity check of a department run at a time."""
+        with self._locks_lock:
+            return self._identity_locks.setdefault(name, threading.Lock())
 
     # ------------------------------------------------------------------ request context
     def language(self, request: Request) -> str:

@@ -1,7 +1,9 @@
-"""The programme overview, the department page (tiles, charts, tables, runs, the item table) and
-the risk scan of a department."""
+"""The programme overview, the department page (tiles, charts, tables, runs, the item table), the
+department's identity map and its risk scan."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -9,9 +11,9 @@ from fastapi.responses import HTMLResponse
 from core.ledger import Ledger
 from reports import dashboard as data
 from umstieg.dashboard.site import Site
-from umstieg.dashboard.web import MAX_ID, MAX_PAGE, Refused, dashboard, prefect_ui
+from umstieg.dashboard.web import MAX_ID, MAX_PAGE, Dashboard, Refused, dashboard, log, prefect_ui
 
-__all__ = ["router", "overview_data", "item_filters", "risk_flags", "scan_args"]
+__all__ = ["router", "overview_data", "item_filters", "risk_flags", "scan_args", "identities_of"]
 
 router = APIRouter()
 
@@ -56,6 +58,31 @@ def scan_args(request: Request) -> dict:
             "q": p.get("q", "")}
 
 
+def identities_of(web: Dashboard, name: str) -> dict | None:
+    """The newest identity map known without asking any server: checked here on request, or by
+    the last assessment; {"when", "rows", "by"} or None."""
+    found = []
+    if name in web.identities:
+        when, rows = web.identities[name]
+        found.append({"when": when, "rows": rows, "by": "dashboard"})
+    report_dir = web.site.report_dir(name)
+    assessed = data.assessed_identities(report_dir) if report_dir else None
+    if assessed:
+        found.append({"when": assessed[0], "rows": assessed[1], "by": "assessment"})
+    return max(found, key=lambda f: f["when"]) if found else None
+
+
+def check_identities_now(web: Dashboard, name: str) -> None:
+    """Run the identity checks of `umstieg users` (flows.identity) for the department now and keep
+    the result; one check per department at a time (it asks the directory and the target)."""
+    from flows import runtime
+    from flows.identity import check_identities
+    with web.identity_lock(name):
+        dept = runtime.department(web.site.files[name])
+        rows = [c.row() for c in check_identities(dept)]
+        web.identities[name] = (datetime.now(timezone.utc), rows)
+
+
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request):
     web = dashboard(request)
@@ -80,7 +107,8 @@ def department(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PA
     busy = web.reruns.busy(name)
     return web.render(request, "department.html", name=name, view=view, items=items, filters=filters,
                       configured=name in site.files, history=data.run_history(led, name, limit=15),
-                      live=live, busy=busy, reruns=web.reruns.of(name), sort=sort, descending=dir == "desc", prefect_ui=prefect_ui(),
+                      live=live, busy=busy, reruns=web.reruns.of(name), identities=identities_of(web, name),
+                      identity_table=data.identity_table, sort=sort, descending=dir == "desc", prefect_ui=prefect_ui(),
                       has_scan=bool(site.report_dir(name) and data.scan_files(site.report_dir(name))),
                       states=data.STATES, annotation_verdicts=data.ANNOTATION_VERDICTS,
                       sorts=data.ITEM_SORTS, attention=data.ATTENTION, categories=data.CATEGORIES)
@@ -95,3 +123,24 @@ def assessment(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PA
     scan = data.scan_table(report_dir, page=page, **args)
     return web.render(request, "assessment.html", name=name, scan=scan, args=args,
                       assessment=data.read_assessment(report_dir))
+
+
+@router.get("/departments/{name}/identities", response_class=HTMLResponse)
+def identities(request: Request, name: str, check: str = Query("", pattern="^1?$")):
+    """The identity map with each check, as `umstieg users` prints it; `?check=1` checks now."""
+    web = dashboard(request)
+    web.viewer(request)
+    web.department_or_404(name)
+    problem = None
+    if check and name not in web.site.files:
+        raise Refused(409, "This department has no department file here: its identities cannot be checked here.")
+    if check:
+        try:
+            check_identities_now(web, name)
+        except Exception as exc:         # a directory or target out of reach: one clear line on the page
+            problem = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+            log.warning("dashboard: identity check of %s failed: %s", name, problem)
+    found = identities_of(web, name)
+    return web.render(request, "identities.html", name=name, found=found, problem=problem,
+                      table=data.identity_table(found["rows"]) if found else None,
+                      can_check=name in web.site.files)

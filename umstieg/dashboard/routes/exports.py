@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from reports import dashboard as data
 from umstieg.dashboard.i18n import translations
-from umstieg.dashboard.routes.departments import item_filters, overview_data, risk_flags, scan_args
+from umstieg.dashboard.routes.departments import identities_of, item_filters, overview_data, risk_flags, scan_args
 from umstieg.dashboard.routes.queue import attention_filters
 from umstieg.dashboard.web import ODS_ROWS, Refused, dashboard
 
@@ -90,3 +90,15 @@ def assessment_export(request: Request, name: str, fmt: str):
     report_dir = web.report_dir_or_404(name)
     scan = data.scan_table(report_dir, page=None, **scan_args(request))
     return web.export(scan["table"], f"{name}-risk-scan", fmt, web.language(request))
+
+
+@router.get("/departments/{name}/identities.{fmt}")
+def identities_export(request: Request, name: str, fmt: str):
+    """The identity map last checked (here or by the assessment), for a sign-off in a spreadsheet."""
+    web = dashboard(request)
+    web.viewer(request)
+    web.department_or_404(name)
+    found = identities_of(web, name)
+    if found is None:
+        raise Refused(404, "Not found.")
+    return web.export(data.identity_table(found["rows"]), f"{name}-identities", fmt, web.language(request))
