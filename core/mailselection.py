@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
@@ -129,13 +129,13 @@ class MailSelection:
         return self.folder_taken(location) and self.message_taken(meta.get("internaldate"),
                                                                   meta.get("size", size))
 
-    def listed(self, source, owner: str, folder: str) -> list[ItemRef]:
-        """What `source` lists for this user, narrowed to the selection, renamed folders marked."""
+    def listed(self, source, owner: str, folder: str) -> Iterator[ItemRef]:
+        """What `source` lists for this user, narrowed to the selection, renamed folders marked; one
+        at a time, as the source gives them (a listing of a million files is never held at once)."""
         if getattr(source, "narrows_mail", False):
             refs = source.discover(owner, folder, selection=self)
         else:
             refs = source.discover(owner, folder)
-        out: list[ItemRef] = []
         for ref in refs:
             if ref.kind is Kind.MESSAGE:
                 if not self.takes(ref.kind.value, ref.location, ref.meta, ref.size):
@@ -143,5 +143,4 @@ class MailSelection:
                 target = self.target_folder(ref.location)
                 if target is not None:
                     ref = replace(ref, meta={**(ref.meta or {}), "target_folder": target})
-            out.append(ref)
-        return out
+            yield ref

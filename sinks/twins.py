@@ -54,10 +54,17 @@ def numbered(path: str, n: int) -> str:
 class NamePlan:
     """The names claimed in one target folder tree (one account, one source's target folder)."""
 
-    def __init__(self, odf_extensions: Iterable[str]) -> None:
+    def __init__(self, odf_extensions: Iterable[str], folders: dict[str, str] | None = None) -> None:
+        """`folders`: the folder spellings to share with other plans. Two names can only be one
+        file when they are in one folder, so a large tree may be planned one folder at a time (one
+        plan each, holding that folder's names) while twin folders still land as one spelling."""
         self.odf = tuple(odf_extensions)
         self._names: dict[str, tuple[str, str]] = {}     # key -> (source location, "plain" | "converted")
-        self._folders: dict[str, str] = {}               # folder key -> the spelling it lands as
+        self._folders: dict[str, str] = {} if folders is None else folders   # folder key -> its spelling
+
+    def claim_folders(self, path: str) -> None:
+        """Claim the spelling of the folders on the way to `path` (as `keep` and `plain` do), no name."""
+        self._spell_folders(_nfc(path))
 
     # ----------------------------------------------------------------------- names decided before
     def keep(self, location: str, plain: str, stem: str | None) -> None:
