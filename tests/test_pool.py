@@ -340,7 +340,10 @@ class frozen_offices:
     def _freeze_new(self) -> None:
         for w in self.pool.workers():
             if w.id not in self.frozen and (pid := w.office_pid()):
-                os.kill(pid, signal.SIGSTOP)
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:       # killed by the pool meanwhile: nothing to freeze
+                    continue
                 self.frozen[w.id] = pid
 
     def _watch(self) -> None:
