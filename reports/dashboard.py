@@ -29,7 +29,8 @@ from reports.exports import csv_cell     # one rule for every CSV umstieg writes
 
 __all__ = ["NEEDS_A_PERSON", "ATTENTION", "CATEGORIES", "ATTENTION_COLUMNS", "ITEM_SORTS", "categorise",
            "waiting_users", "attention_page", "iter_attention", "attention_neighbours", "why_of",
-           "department_owners", "document_neighbours", "IDENTITY_COLUMNS", "assessed_identities", "identity_table", "page_pictures", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
+           "department_owners", "document_neighbours", "IDENTITY_COLUMNS", "assessed_identities", "identity_table",
+           "page_pictures", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
            "item_page", "document", "annotate", "scan_table", "rerun_runs", "run_history", "run_of_process", "live_run", "failed_count", "safe_report_file",
            "thumbnails", "table_csv", "table_ods", "csv_text", "csv_cell", "ITEM_FILTERS", "scan_files", "scan_frame",
            "read_assessment", "iter_items", "overview_tables", "file_ext", "ITEM_COLUMNS", "SCAN_COLUMNS", "STATES",

@@ -488,7 +488,8 @@ def test_the_viewer_enlarges_both_pages_side_by_side_and_steps_through_documents
         assert Image.open(io.BytesIO(png.content)).size == (w, h), side      # fitted: its own size, scaled by CSS
     assert 'class="viewer zoom-fit"' in fit.text and 'aria-current="true" id="zoom-fit"' in fit.text
     # each picture in a region of its own that the keyboard can scroll, named by its caption
-    assert len(re.findall(r'<div class="page-wrap" tabindex="0" role="region" aria-labelledby="cap-(source|output)" id="wrap-\1">',
+    assert len(re.findall(r'<div class="page-wrap" tabindex="0" role="region" '
+                          r'aria-labelledby="cap-(source|output)" id="wrap-\1">',
                           fit.text)) == 2
     twice = viewer.get(link, params={"zoom": "3"}).text
     for side, (src, w, h) in images.items():

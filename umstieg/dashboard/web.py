@@ -229,7 +229,8 @@ async def _not_allowed(request: Request, exc):
 async def _invalid(request: Request, exc: RequestValidationError):
     web = dashboard(request)
     names = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
-    return web.refuse(request, 400, web.gettext(request)("A value in the address is not valid:") + " " + ", ".join(names))
+    message = web.gettext(request)("A value in the address is not valid:")
+    return web.refuse(request, 400, message + " " + ", ".join(names))
 
 
 async def _to_login(request: Request, exc: LoginNeeded):

@@ -18,15 +18,21 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-@router.get("/departments/{name}/items/{item_id}", response_class=HTMLResponse)
-def item(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID)):
+def _document(request: Request, name: str, item_id: int):
+    """(dashboard, ledger, document record, report folder or None) of a department's item, for a
+    viewer; 404 when the item is not that department's."""
     web = dashboard(request)
     web.viewer(request)
     led = web.department_or_404(name)
     record = data.document(led, name, item_id)
     if record is None:
         raise Refused(404, "Not found.")
-    report_dir = web.site.report_dir(name)
+    return web, led, record, web.site.report_dir(name)
+
+
+@router.get("/departments/{name}/items/{item_id}", response_class=HTMLResponse)
+def item(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID)):
+    web, led, record, report_dir = _document(request, name, item_id)
     thumbs = data.thumbnails(report_dir, record) if report_dir else {}
     queue = _queue(request, led, name, item_id)       # worked through from the "needs a person" queue
     return web.render(request, "item.html", name=name, record=record, item=record["item"], thumbs=thumbs,
@@ -52,13 +58,7 @@ def pages(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID)
           zoom: str = Query("fit", pattern="^(" + "|".join(ZOOMS) + ")$")):
     """Both page pictures enlarged side by side (stacked on a phone), zoomed by links, with the
     previous and next document: of the queue when opened from it, else of the measured documents."""
-    web = dashboard(request)
-    web.viewer(request)
-    led = web.department_or_404(name)
-    record = data.document(led, name, item_id)
-    if record is None:
-        raise Refused(404, "Not found.")
-    report_dir = web.site.report_dir(name)
+    web, led, record, report_dir = _document(request, name, item_id)
     pictures = data.page_pictures(report_dir, record) if report_dir else {}
     queue = _queue(request, led, name, item_id)
     around = queue or data.document_neighbours(led, name, item_id)
