@@ -296,8 +296,9 @@ class EwsMailboxes:
 
     def accounts(self, names: list[str]) -> dict[str, Account]:
         """The identity check: each mailbox opens as the service account would read it (one
-        GetFolder). The server out of reach or refusing the service account concerns everyone:
-        nobody is blamed (`check` says so)."""
+        GetFolder), and Exchange's directory tells its primary address and display name (one
+        ResolveNames). The server out of reach or refusing the service account concerns
+        everyone: nobody is blamed (`check` says so)."""
         from exchangelib.errors import (EWSError, ErrorAccessDenied, ErrorImpersonateUserDenied,
                                         ErrorNonExistentMailbox, ResponseMessageError, TransportError,
                                         UnauthorizedError)
@@ -325,8 +326,23 @@ class EwsMailboxes:
             except EWSError:                       # busy: cannot tell
                 continue
             else:
-                found[mailbox] = Account(True)
+                email, name = self._resolved(mailbox)
+                found[mailbox] = Account(True, email=email, display_name=name)
         return found
+
+    def _resolved(self, mailbox: str) -> tuple[str | None, str | None]:
+        """(primary SMTP address, display name) of `mailbox` as Exchange's directory resolves it
+        (ResolveNames: an alias resolves to the mailbox's primary address); (None, None) when it
+        cannot tell (no match, several matches, an error)."""
+        from exchangelib.errors import EWSError
+        try:
+            results = self._account(mailbox).protocol.resolve_names([f"smtp:{mailbox}"], search_scope="ActiveDirectory")
+        except (EWSError, OSError):
+            return None, None
+        hits = [r for r in results if r is not None and not isinstance(r, Exception)]
+        if len(hits) != 1:
+            return None, None
+        return hits[0].email_address or None, hits[0].name or None
 
     # ----------------------------------------------------------------- discover
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:

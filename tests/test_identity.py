@@ -292,23 +292,30 @@ def test_graph_users_drives_mailboxes_and_their_attributes(tmp_path, monkeypatch
 
 
 def test_ews_mailbox_missing_or_not_impersonable_waits(tmp_path, monkeypatch):
-    """EWS (the protocol-level test server, unmodified exchangelib): anna's mailbox opens; bert's
-    exists but the service account may not impersonate it; carl has none."""
+    """EWS (the protocol-level test server, unmodified exchangelib): anna's mailbox opens and
+    Exchange's directory names her as the department's directory does; dora's opens but is named
+    otherwise; bert's exists but the service account may not impersonate it; carl has none."""
     from exchangelib.protocol import Protocol
     from servers.ews import EwsTestServer
     monkeypatch.setenv("EWS_ID_PW", "ews-id-pw-9Lk")
     Protocol.clear_cache()
     try:
-        with EwsTestServer(users={"svc": "ews-id-pw-9Lk"}, impersonation={"svc": {"anna@amt.example"}}) as server:
-            server.mailbox("anna@amt.example")
+        with EwsTestServer(users={"svc": "ews-id-pw-9Lk"},
+                           impersonation={"svc": {"anna@amt.example", "dora@amt.example"}}) as server:
+            server.mailbox("anna@amt.example").display_name = "Anna Müller"
+            server.mailbox("dora@amt.example").display_name = "Dora Weiss"
             server.mailbox("bert@amt.example")
-            users = [{"source": u, "target": f"t-{u}", "folder": f"{u}@amt.example"} for u in ("anna", "bert", "carl")]
+            users = [{"source": u, "target": f"t-{u}", "folder": f"{u}@amt.example", "email": f"{u}@AMT.example",
+                      "display_name": name}
+                     for u, name in (("anna", "Anna Müller"), ("bert", None), ("carl", None), ("dora", "Dora Weiß"))]
             checks = _checks(_department(tmp_path, users, [
                 {"name": "exchange", "type": "ews", "url": server.url, "username": "svc", "password": "env:EWS_ID_PW",
                  "auth": "basic"}]))
     finally:
         Protocol.clear_cache()
-    assert checks["anna"].source_account == "ok" and checks["anna"].problem is None
+    assert (checks["anna"].source_account, checks["anna"].attributes, checks["anna"].problem) == ("ok", "ok", None)
+    assert checks["dora"].source_account == "ok"
+    assert checks["dora"].attributes == "name 'Dora Weiß' here, 'Dora Weiss' at source 'exchange'"
     assert checks["bert"].source_account == "source 'exchange': svc may not impersonate bert@amt.example"
     assert checks["carl"].source_account.startswith("source 'exchange': no mailbox carl@amt.example on ")
 

@@ -4,6 +4,7 @@ Exchange cannot run in this test suite, so this server answers the SOAP operatio
 unmodified exchangelib sends for sources/ews.py, with the element names and response shapes of
 EWS's messages.xsd / types.xsd (Exchange 2016, `ServerVersionInfo` V2017_07_11):
 
+- ResolveNames: a mailbox's display name and primary address (`TestMailbox.display_name`);
 - ConvertId: only as exchangelib's version probe (answered with an error message and the
   `ServerVersionInfo` header, which is all the probe reads);
 - GetFolder by `DistinguishedFolderId` (unknown ones: `ErrorFolderNotFound`) or `FolderId`;
@@ -111,6 +112,7 @@ class TestMailbox:
 
     def __init__(self, address: str, lock: threading.RLock) -> None:
         self.address = address
+        self.display_name: str | None = None        # what ResolveNames tells as the mailbox's Name
         self._lock = lock
         self._counter = itertools.count(1)
         self.seq = 0
@@ -448,6 +450,25 @@ class EwsTestServer:
         resp, messages = self._response("ConvertId")
         for _ in body.iter(f"{{{T}}}AlternateId"):
             self._message(messages, "ConvertId", "ErrorInvalidIdMalformed", "Id is malformed.")
+        return resp
+
+    def _op_ResolveNames(self, mailbox, body):
+        """The directory's entry of an address (`smtp:` or plain, without regard to case): its
+        display name (`Name`) and primary address; no such mailbox: ErrorNameResolutionNoResults."""
+        resp, messages = self._response("ResolveNames")
+        for entry in body.iter(f"{{{M}}}UnresolvedEntry"):
+            wanted = (entry.text or "").strip().lower()
+            found = self.mailboxes.get(wanted[5:] if wanted.startswith("smtp:") else wanted)
+            if found is None:
+                self._message(messages, "ResolveNames", "ErrorNameResolutionNoResults", "No results were found.")
+                continue
+            msg = self._message(messages, "ResolveNames")
+            results = etree.SubElement(msg, f"{{{M}}}ResolutionSet", TotalItemsInView="1",
+                                       IncludesLastItemInRange="true")
+            box = etree.SubElement(etree.SubElement(results, f"{{{T}}}Resolution"), f"{{{T}}}Mailbox")
+            for tag, value in (("Name", found.display_name or found.address), ("EmailAddress", found.address),
+                               ("RoutingType", "SMTP"), ("MailboxType", "Mailbox")):
+                etree.SubElement(box, f"{{{T}}}{tag}").text = value
         return resp
 
     def _folders_named(self, mailbox: TestMailbox | None, container):
