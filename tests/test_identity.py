@@ -335,6 +335,13 @@ def test_export_files_missing_or_none_waits_alone(tmp_path):
                                             "(PST, OST, MBOX, EML, MSG, ICS, VCF)")
     assert checks["cem"].source_account == f"source 'pst': no user folder {root / 'cem'}"
     _waits_alone(path, {"ben", "cem"})
+    out = subprocess.run(UMSTIEG + ["users", str(path), "--json"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "COLUMNS": "250"})
+    assert out.returncode == 1, out.stderr
+    rows = {r["source"]: r for r in json.loads(out.stdout)}
+    assert rows["anna"]["verdict"] == "go"
+    assert rows["cem"]["verdict"] == f"wait: identity: source: source 'pst': no user folder {root / 'cem'}"
+    assert "3 users: 1 go, 2 wait" in out.stderr
 
 
 def test_imap_target_login_and_nothing_to_compare(tmp_path, monkeypatch):
