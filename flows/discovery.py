@@ -285,9 +285,10 @@ def reconcile(dept: Department, ledger: Ledger, run_id: int, owner: str, target_
 
 def _copy_known(s, spool: Spool, mine: tuple) -> None:
     """The ledger's comparison columns of the user's items at this source, as plain rows."""
-    result = s.execute(select(Item.id, Item.key, Item.version, Item.location, Item.removed_at_source, Item.state,
-                              Item.reason, Item.change, Item.kind, Item.target_ref).where(*mine)
-                       .execution_options(yield_per=SLICE))
+    # Core rows, not ORM ones: a third of the cost of reading a million rows goes to the ORM
+    result = s.connection().execute(select(Item.id, Item.key, Item.version, Item.location, Item.removed_at_source,
+                                           Item.state, Item.reason, Item.change, Item.kind, Item.target_ref)
+                                    .where(*mine).execution_options(yield_per=SLICE))
     spool.fill("known", (tuple(r) for part in result.partitions() for r in part))
 
 
