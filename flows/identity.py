@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from core.department import Department, with_users
-from core.errors import ConfigError
+from core.errors import ConfigError, FatalError, TransientError
 from core.plugins import Account, ChecksUsers
 
 __all__ = ["UserCheck", "resolve_users", "check_identities", "identity_waits"]
@@ -71,10 +71,15 @@ def _same(ours: str | None, theirs: str | None, casefold: bool) -> bool:
 
 def _accounts(system, names: list[str]) -> dict[str, Account]:
     """What a source or a sink says about each name, if it can tell (core.plugins.ChecksUsers);
-    nothing for one that cannot (its users stay 'not checked')."""
+    nothing for one that cannot (its users stay 'not checked'), nor for one whose configuration or
+    server fails as a whole (a secret not set, a client that cannot be made): that concerns
+    everyone, and the department check before the run says so."""
     if not isinstance(system, ChecksUsers) or not names:
         return {}
-    return system.accounts(sorted(set(names)))
+    try:
+        return system.accounts(sorted(set(names)))
+    except (ConfigError, TransientError, FatalError):
+        return {}
 
 
 def _verdict(sides: list[tuple[str, Account]]) -> str:
