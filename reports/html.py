@@ -137,6 +137,11 @@ def _thumb(folder: Path, name: str | None) -> dict | None:
     return {"name": name, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
+def _threshold(n: Names, score: float) -> str:
+    """A verdict's threshold as a person reads it: 95, or 97.5 where it has a fraction."""
+    return n.number(score, 0 if float(score).is_integer() else 1)
+
+
 def _nan(value):
     return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
 
@@ -189,7 +194,8 @@ def fidelity_html(records: list[dict], table: pd.DataFrame, deductions: pd.DataF
     return render("fidelity.html", n.language, title=n("Fidelity report"), css=_CSS,
                   files=len(records), documents=len(table), generated=n.now(),
                   tiles=[(v, verdicts.get(v, 0), COLORS[v]) for v in order if verdicts.get(v)],
-                  minor_at=settings.minor_at, review_at=settings.review_at, source_render_note=SOURCE_RENDER_NOTE,
+                  minor_at=_threshold(n, settings.minor_at), review_at=_threshold(n, settings.review_at),
+                  source_render_note=SOURCE_RENDER_NOTE,
                   charts={k: Markup(v) for k, v in charts.items()}, worst=worst_list, rows=all_rows,
                   more=max(0, len(table) - 5000))
 
