@@ -310,6 +310,19 @@ def test_bounded_memory(case, rig, tmp_path):
 
 
 # ================================================================================== the rigs
+def large_message(size: int):
+    """A message of exactly `size` bytes (CRLF text lines), a MiB at a time."""
+    head = message(424242)
+    yield head
+    line = b"Zeile " + b"x" * 68 + b"\r\n"
+    lines = line * (MiB // len(line) + 1)
+    left = size - len(head)
+    while left > 0:
+        block = lines[:min(MiB, left)]
+        yield block
+        left -= len(block)
+
+
 FILE_NAMES = ["Bericht.docx", "Ablage 2026/Plan.odt", "leer.txt", "Ablage 2026/Bürgeramt/tief/Grüße an Jürgen.txt",
               "Projekte/Umzug/Liste.csv"]
 
@@ -344,12 +357,18 @@ class LocalFiles(FileRig):
         with open(path, "wb") as f:
             f.write(data)
 
+    #: what `change` appends to a file
+    APPENDED = b" und mehr\n"
+
+    def blocks(self, size: int):
+        """The large item's bytes, a MiB at a time."""
+        return (os.urandom(MiB) for _ in range(size // MiB))
+
     def add_large(self, name, size: int) -> str:
         path, h = self.path(name), hashlib.sha256()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
-            for _ in range(size // MiB):
-                block = os.urandom(MiB)
+            for block in self.blocks(size):
                 h.update(block)
                 f.write(block)
         return h.hexdigest()
@@ -357,7 +376,7 @@ class LocalFiles(FileRig):
     def change(self, name) -> None:
         path = self.path(name)
         with open(path, "ab") as f:
-            f.write(b" und mehr\n")
+            f.write(self.APPENDED)
         st = os.stat(path)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))     # a coarse clock must see it too
 
@@ -405,7 +424,6 @@ class ExportRig(LocalFiles):
         super().__init__(root)
         from core.department import ExportSource
         self.source = make_source(ExportSource(name="exp", root=root))
-        self.n = 0
 
     def location(self, name) -> str | None:
         return None                            # an export file's items are located by the file and message
@@ -413,28 +431,10 @@ class ExportRig(LocalFiles):
     def payload(self, n: int) -> bytes:
         return message(n * 1000 + int(uuid.uuid4().int % 997), size=300 * (n % 3))
 
-    def add_large(self, name, size: int) -> str:
-        head = message(424242)
-        body_line = b"Zeile " + b"x" * 68 + b"\r\n"
-        path, h = self.path(name), hashlib.sha256()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(head)
-            h.update(head)
-            left = size - len(head)
-            while left > 0:
-                block = (body_line * (MiB // len(body_line) + 1))[:min(MiB, left)]
-                f.write(block)
-                h.update(block)
-                left -= len(block)
-        return h.hexdigest()
+    APPENDED = b"Nachtrag\r\n"
 
-    def change(self, name) -> None:
-        path = self.path(name)
-        with open(path, "ab") as f:
-            f.write(b"Nachtrag\r\n")
-        st = os.stat(path)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    def blocks(self, size: int):
+        return large_message(size)
 
     def spoil(self, name) -> None:
         # a broken export file: an Outlook .msg that is not a compound file
@@ -680,9 +680,7 @@ class MailRig(Rig):
         return message(n * 1000 + int(uuid.uuid4().int % 997), size=400 * (n % 3))
 
     def add_large(self, name, size: int) -> str:
-        head = message(424242)
-        line = b"Zeile " + b"x" * 68 + b"\r\n"
-        data = head + (line * (size // len(line) + 1))[:size - len(head)]
+        data = b"".join(large_message(size))
         self.add(name, data)
         return hashlib.sha256(data).hexdigest()
 
