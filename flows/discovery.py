@@ -25,8 +25,10 @@ function at 15.4 s and 403 MB for a no-op pass over 60,000 files; see docs/ for 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import pickle
+import re
 import sqlite3
 import tempfile
 import unicodedata
@@ -329,16 +331,26 @@ def _count_stems(spool: Spool, source: str) -> None:
     spool.db.execute("COMMIT")
 
 
-def _odf_stem(spool: Spool, location: str) -> str:
-    parent, stem = _parent_stem(location)
-    row = spool.db.execute("SELECT n FROM stems WHERE parent = ? AND stem = ?", (parent, stem)).fetchone()
-    return _stem_path(location, parent, stem, row[0] if row else 0)
+class _Stems:
+    """sources.fileshare.odf_stem over the spool's `stems` counts, read one folder at a time (the
+    entries of a folder come together in a listing: one query per folder, not per file)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool, self.parent, self.counts = spool, None, {}
+
+    def __call__(self, location: str) -> str:
+        parent, stem = _parent_stem(location)
+        if parent != self.parent:
+            self.parent = parent
+            self.counts = dict(self.spool.db.execute("SELECT stem, n FROM stems WHERE parent = ?", (parent,)))
+        return _stem_path(location, parent, stem, self.counts.get(stem, 0))
 
 
 def _plan_names(dept: Department, spool: Spool, source: str) -> set[int]:
     """Spool the files whose target names are to be decided: new and moved files that are sent (not
     skipped); returns the ids of the moved ones (their earlier names no longer claim)."""
     moving: set[int] = set()
+    odf_stem = _Stems(spool)
 
     def rows():
         for seq, kid, location, meta, spelling in spool.rows(
@@ -352,7 +364,7 @@ def _plan_names(dept: Department, spool: Spool, source: str) -> set[int]:
             spelled = spelling or location
             renamed = (_meta(meta) or {}).get("renamed")
             yield (seq, kid, name_key(spelled.rpartition("/")[0]), spelling is not None,
-                   unicodedata.normalize("NFC", location) != location, location, spelled, _odf_stem(spool, location),
+                   unicodedata.normalize("NFC", location) != location, location, spelled, odf_stem(location),
                    renamed)
     spool.fill("naming", rows())
     return moving
@@ -396,8 +408,11 @@ def _decide_names(dept: Department, s, spool: Spool, target_owner: str, source: 
     spool.db.execute("CREATE INDEX claims_part ON claims (part, id)")
     spool.db.execute("CREATE INDEX naming_part ON naming (part, decoded, odd, location, seq)")
     # then the new files' folders, in the order they are named (as one plan would have met them)
+    last = None
     for (spelled,) in spool.rows("SELECT spelling FROM naming ORDER BY decoded, odd, location, seq"):
-        spelling.claim_folders(spelled)
+        if (parent := spelled.rpartition("/")[0]) != last:     # once per folder is enough
+            last = parent
+            spelling.claim_folders(spelled)
     for part in sorted(parts):
         plan = NamePlan(odf, folders)
         for location, plain, stem in spool.rows("SELECT location, plain, stem FROM claims WHERE part = ? ORDER BY id",
@@ -430,6 +445,7 @@ def _insert_new(dept: Department, s, spool: Spool, run_id: int, owner: str, targ
     """Insert the entries the ledger does not know, SLICE rows per statement; returns how many."""
     count = 0
     batch: list[dict] = []
+    odf_stem = _Stems(spool)
     for seq, key, kind, location, version, size, meta, flag, _, path, renamed, stem in spool.rows(
             f"SELECT {_LISTED}, n.target_path, n.renamed, n.target_stem FROM listing l "
             f"LEFT JOIN known k ON k.key = l.key LEFT JOIN named n ON n.seq = l.seq "
@@ -437,17 +453,17 @@ def _insert_new(dept: Department, s, spool: Spool, run_id: int, owner: str, targ
         meta = _meta(meta)
         state, reason, message = _state_of(dept, kind, location, meta, flag)
         if stem is None:
-            stem = _odf_stem(spool, location) if kind == Kind.FILE.value else location
+            stem = odf_stem(location) if kind == Kind.FILE.value else location
         batch.append(dict(department=dept.name, source=source, key=key, kind=kind, owner=owner,
                           target_owner=target_owner, location=location, target_stem=stem, target_path=path,
                           renamed=renamed, meta=meta, version=version, size=size, state=state, reason=reason,
                           message=message, change="new", run_id=run_id))
         count += 1
-        if len(batch) == SLICE:
-            s.execute(insert(Item), batch)
+        if len(batch) == SLICE:       # Core, not the ORM's bulk insert: half the cost per row, measured
+            s.connection().execute(insert(Item.__table__), batch)
             batch = []
     if batch:
-        s.execute(insert(Item), batch)
+        s.connection().execute(insert(Item.__table__), batch)
     return count
 
 
@@ -470,6 +486,7 @@ def _update_changed(dept: Department, s, spool: Spool, run_id: int, target_owner
     count = 0
     shapes: dict[tuple, list[dict]] = {}
     moved_away = []
+    odf_stem = _Stems(spool)
     for (seq, key, kind, location, version, size, meta, flag, _, item_id, old_location, old_kind, target_ref,
          path, renamed, stem) in spool.rows(
             f"SELECT {_LISTED}, k.id, k.location, k.kind, k.target_ref, n.target_path, n.renamed, n.target_stem "
@@ -484,7 +501,7 @@ def _update_changed(dept: Department, s, spool: Spool, run_id: int, target_owner
             if target_ref and dept.delete_at_target:
                 moved_away.append((None, old_kind, target_ref, None))
             row["location"] = location
-            row["target_stem"] = _odf_stem(spool, location) if kind == Kind.FILE.value else location
+            row["target_stem"] = odf_stem(location) if kind == Kind.FILE.value else location
             if stem is not None:                     # named anew (a file that is sent)
                 row.update(target_path=path, renamed=renamed, target_stem=stem)
         shapes.setdefault(tuple(row), []).append(row)
@@ -561,13 +578,22 @@ def apply_removals(dept: Department, ledger: Ledger, spool: Spool) -> None:
 # ------------------------------------------------------------------------------------------ helpers
 def _converts(dept: Department, location: str) -> bool:
     """Whether a file of this name is expected to become an ODF copy (its extension says Office)."""
+    if not dept.conversion.enabled:
+        return False
     fmt = FORMATS.get(PurePosixPath(location).suffix.lower().lstrip("."))
-    return dept.conversion.enabled and fmt is not None and not fmt.is_odf
+    return fmt is not None and not fmt.is_odf
 
 
 def _skipped_name(dept: Department, location: str) -> bool:
-    name = PurePosixPath(location).name
-    return any(fnmatch.fnmatchcase(name.casefold(), pattern.casefold()) for pattern in dept.skip)
+    """Whether the file's name matches one of the department's skip patterns (case ignored)."""
+    name = location.rpartition("/")[2] if not location.endswith(("/", ".")) else PurePosixPath(location).name
+    return _skip_pattern(tuple(dept.skip)).match(name.casefold()) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _skip_pattern(patterns: tuple[str, ...]) -> re.Pattern:
+    """The skip patterns as one expression: fnmatch per pattern costs 2 µs a name, a million names 2 s each."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p.casefold())})" for p in patterns) or r"(?!)")
 
 
 def relist_unlisted(dept: Department, ledger: Ledger, run_id: int, items: list[Item]) -> dict[str, list[int]]:
