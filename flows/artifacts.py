@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from core.department import Department
 from core.messages import clip
+from reports.i18n import names
 
 __all__ = ["Progress", "publish", "publish_markdown", "artifact_key", "slug",
            "MAX_USER_PROGRESS"]
@@ -120,16 +121,18 @@ def publish(dept: Department, summary: dict, report: Path | None) -> None:
         _quietly("failed batches", lambda: create_table_artifact(
             key=key("failed-batches"), table=rows,
             description=f"{dept.name}: failed items by batch (rerun with `umstieg rerun --batch`)"))
+    n = names(getattr(dept, "language", None))      # the run report's language, for what is added to it
     written = report is not None and Path(report).is_file()
     if written:
         markdown = Path(report).read_text(encoding="utf-8")
     else:
-        markdown = f"# {dept.name}: run {summary.get('run', '?')} did not finish\n\n" \
-                   f"{summary.get('error') or 'No report was written.'}\n"
+        markdown = "# " + n("%(department)s: run %(run)s did not finish") % {
+            "department": dept.name, "run": summary.get("run", "?")} + "\n\n" \
+            f"{summary.get('error') or n('No report was written.')}\n"
     dashboard = os.environ.get("UMSTIEG_DASHBOARD_URL")
     page = f"{dashboard.rstrip('/')}/departments/{quote(dept.name)}" if dashboard else None
     if page:
-        markdown += f"\n\n[Open {dept.name} in the dashboard]({page})\n"
+        markdown += "\n\n[" + n("Open %(department)s in the dashboard") % {"department": dept.name} + f"]({page})\n"
     _quietly("run report", lambda: create_markdown_artifact(
         key=key("run"), markdown=markdown,
         description=f"{dept.name}: run report ({report})" if written else f"{dept.name}: run failed"))

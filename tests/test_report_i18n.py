@@ -183,7 +183,8 @@ def test_the_dashboard_names_checks_flags_and_outcomes_as_the_reports_do():
 
 
 def _required_msgids() -> set[tuple[str | None, str]]:
-    """Every text a report can print: the templates' messages, the reports' own texts (n("…")),
+    """Every text a report can print: the templates' messages, the reports' own texts (n("…"), also
+    in flows/artifacts.py, which adds lines to the run report it publishes),
     the human names of the codes they show, and the export column headers (context "column")."""
     from babel.messages.extract import extract_from_dir
 
@@ -197,9 +198,10 @@ def _required_msgids() -> set[tuple[str | None, str]]:
     for _, _, message, _, context in extract_from_dir(
             str(TEMPLATES_DIR), method_map=[("**.html", "jinja2"), ("**.md", "jinja2")]):
         ids.add((context, message))
-    for _, _, message, _, context in extract_from_dir(
-            str(REPORTS), method_map=[("*.py", "python")], keywords={"n": None}):
-        ids.add((context, message))
+    for folder, files in ((REPORTS, "*.py"), (REPORTS.parent / "flows", "artifacts.py")):
+        for _, _, message, _, context in extract_from_dir(
+                str(folder), method_map=[(files, "python")], keywords={"n": None}):
+            ids.add((context, message))
     codes = (set(LABELS) | set(RISK_FLAGS) | {f.meaning for f in RISK_FLAGS.values()} | {s.value for s in State}
              | {"identical", "minor", "review", "broken", "not_assessed", "person", "clean", "other", "info",
                 "converted", "encrypted", "unreadable", "load_error", "all", "total", "text", "spreadsheet",
