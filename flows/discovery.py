@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from converters.formats import FORMATS, ODF_FORMATS
 from core.department import Department
@@ -279,8 +279,10 @@ def reconcile(dept: Department, ledger: Ledger, run_id: int, owner: str, target_
         done.changed = _update_changed(dept, s, spool, run_id, target_owner, source)
         stale = [i for (i,) in spool.rows(f"SELECT k.id FROM listing l JOIN known k ON k.key = l.key WHERE "
                                           f"l.source = ? AND {_SAME} AND k.change IS NOT 'unchanged'", source)]
-        for at in range(0, len(stale), SLICE):
-            s.execute(update(Item).where(Item.id.in_(stale[at:at + SLICE])).values(change="unchanged", updated=now()))
+        table = Item.__table__
+        mark = update(table).where(table.c.id == bindparam("b_id")).values(change="unchanged", updated=now())
+        for at in range(0, len(stale), SLICE):         # by primary key, many rows per statement
+            s.connection().execute(mark, [{"b_id": i} for i in stale[at:at + SLICE]])
         done.removed = _mark_removed(dept, s, spool, run_id, source, selection)
     return done
 
