@@ -205,7 +205,8 @@ def _required_msgids() -> set[tuple[str | None, str]]:
     codes = (set(LABELS) | set(RISK_FLAGS) | {f.meaning for f in RISK_FLAGS.values()} | {s.value for s in State}
              | {"identical", "minor", "review", "broken", "not_assessed", "person", "clean", "other", "info",
                 "converted", "encrypted", "unreadable", "load_error", "all", "total", "text", "spreadsheet",
-                "presentation", SOURCE_RENDER_NOTE, "nothing to show", "text of %(part)s"}
+                "presentation", SOURCE_RENDER_NOTE, "nothing to show", "text of %(part)s",
+                "new", "changed", "unchanged", "removed"}                  # the delta of a run
              | set(RENAME_REASONS.values()))
     ids |= {(None, c) for c in codes}
     ids |= {("column", c) for c in _COLUMNS + ["check", "label", "points", "detail", "documents", "size",
