@@ -14,7 +14,7 @@ import pandas as pd
 
 from reports.i18n import DEFAULT_LANGUAGE, names
 
-__all__ = ["FORMULA_START", "csv_cell", "neutralised", "localised", "CODE_KINDS"]
+__all__ = ["FORMULA_START", "csv_cell", "neutralised", "localised", "named", "CODE_KINDS"]
 
 #: A text cell starting with one of these is a formula to a spreadsheet program (CSV injection):
 #: `=HYPERLINK(...)`, `+cmd|' /C calc'!A0`, `@SUM(...)`; a tab or carriage return hides the rest.
@@ -55,15 +55,25 @@ def localised(frame: pd.DataFrame, language: str | None, codes: dict[str, str] |
     n = names(language)
     if n.language == DEFAULT_LANGUAGE:
         return frame
-    out = frame.copy()
-    name_of = {"code": n.code, "check": n.check, "flags": lambda v: ", ".join(n.flag(f.strip()) for f in v.split(","))}
-    for column, kind in (codes or {}).items():
-        if column in out.columns:
-            out[column] = out[column].map(lambda v, f=name_of[kind]: f(v) if isinstance(v, str) and v else v)
+    out = named(frame, n.language, codes or {})
     coded = set(coded_headers)
     out.columns = [n.code(c) if c in coded else n.column(str(c)) for c in out.columns]
     if coded_index:
         out.index = out.index.map(lambda v: n.code(v) if isinstance(v, str) else v)
     if out.index.name:
         out.index.name = n.column(str(out.index.name))
+    return out
+
+
+def named(frame: pd.DataFrame, language: str | None, codes: dict[str, str]) -> pd.DataFrame:
+    """`frame` with the cells of its `codes` columns ({column: "code" | "check" | "flags"}) named in
+    words of `language`; English returns `frame` unchanged (see the module's docstring)."""
+    n = names(language)
+    if n.language == DEFAULT_LANGUAGE:
+        return frame
+    out = frame.copy()
+    name_of = {"code": n.code, "check": n.check, "flags": lambda v: ", ".join(n.flag(f.strip()) for f in v.split(","))}
+    for column, kind in codes.items():
+        if column in out.columns:
+            out[column] = out[column].map(lambda v, f=name_of[kind]: f(v) if isinstance(v, str) and v else v)
     return out
