@@ -54,6 +54,7 @@ from core.plugins import Account
 from core.errors import ItemError
 from core.items import ItemRef, Kind
 from clients.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
+from core.localtree import key_of, raw_of
 from core.messages import clip
 from sources.outlook import (ansi_codepage, appointment_uid, contact_uid, msg_appointment_ical, msg_contact_vcard,
                               msg_text)
@@ -244,7 +245,7 @@ class ExportFiles:
                 if path.suffix.lower() not in _ICS:
                     continue
                 try:
-                    found[path.relative_to(base).as_posix()] = calendar_identity(path.read_bytes())
+                    found[_key_path(path, base)] = calendar_identity(path.read_bytes())
                 except OSError:
                     continue
         by_id: dict[str, str] = {}
@@ -272,7 +273,7 @@ class ExportFiles:
                     st = path.stat()
                 except OSError:
                     continue
-                rel = path.relative_to(base).as_posix()
+                rel = _key_path(path, base)
                 version = f"{st.st_mtime_ns}:{st.st_size}"
                 try:
                     yield from self._list(owner, path, rel, suffix, version, st.st_size, calendars.get(rel))
@@ -353,7 +354,7 @@ class ExportFiles:
         if not match:
             raise ItemError(f"not a key of an export file: {key!r}")
         rel, kind, sub = match["rel"], match["kind"], match["sub"]
-        path = self.config.root / folder / rel
+        path = self.config.root / folder / os.fsdecode(raw_of(rel))
         if kind == "bad":
             raise UnreadableExport(f"{rel} cannot be read as an export file: {self._why(path)}")
         if not path.is_file():
@@ -427,6 +428,12 @@ class ExportFiles:
 
 def source_for(config: ExportSource) -> ExportFiles:
     """The source for one configured export-files source."""
+def _key_path(path: Path, base: Path) -> str:
+    """`path` below `base` as a key's text: a name that is not UTF-8 spelt without loss (`\\xe4`),
+    as the folder source spells it (core.localtree), so that the ledger can store it as text."""
+    return key_of(os.fsencode(path.relative_to(base).as_posix()))
+
+
     return ExportFiles(config)
 
 

@@ -164,7 +164,16 @@ class Rig:
 
 
 def listing(rig: Rig) -> list[ItemRef]:
-    return list(rig.source.discover(rig.owner, rig.folder))
+    """What the source lists, checked to be storable: the ledger keeps keys, locations and meta as
+    UTF-8 text, so a name that is not UTF-8 must be spelt losslessly in it, never as surrogates."""
+    refs = list(rig.source.discover(rig.owner, rig.folder))
+    for ref in refs:
+        for what, text in (("key", ref.key), ("location", ref.location), ("version", ref.version or "")):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise AssertionError(f"the {what} {text!r} cannot be stored as UTF-8 text") from None
+    return refs
 
 
 def extract(rig: Rig, ref: ItemRef, dst: Path) -> bytes:
@@ -676,6 +685,14 @@ class MailRig(Rig):
     NAMES = MAIL_FOLDERS
     LARGE = 24 * MiB
 
+    #: how the source spells a "/" inside one folder's name in the folder's path (whose own
+    #: separator is "/"); sources/m365.py and sources/imap.py write %2F, sources/ews.py "_"
+    SLASH = "%2F"
+
+    def location(self, name) -> str | None:
+        """A message is located by its folder's path."""
+        return name if name in MAIL_FOLDERS else name.replace("/", self.SLASH)
+
     def payload(self, n: int) -> bytes:
         return message(n * 1000 + int(uuid.uuid4().int % 997), size=400 * (n % 3))
 
@@ -747,6 +764,7 @@ class EwsRig(MailRig):
     test_ews.py tests events and contacts)."""
 
     HOSTILE = ["Kunden A/B", "Ünïcödé & Söhne", "x" * 250, "100% sicher", "Punkt am Ende.", "Posteingang"]
+    SLASH = "_"
 
     def __init__(self, server, monkeypatch) -> None:
         from exchangelib.protocol import Protocol
