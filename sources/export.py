@@ -426,14 +426,14 @@ class ExportFiles:
         raise ItemError(f"cannot extract {rel} ({kind or suffix})")
 
 
-def source_for(config: ExportSource) -> ExportFiles:
-    """The source for one configured export-files source."""
 def _key_path(path: Path, base: Path) -> str:
     """`path` below `base` as a key's text: a name that is not UTF-8 spelt without loss (`\\xe4`),
     as the folder source spells it (core.localtree), so that the ledger can store it as text."""
     return key_of(os.fsencode(path.relative_to(base).as_posix()))
 
 
+def source_for(config: ExportSource) -> ExportFiles:
+    """The source for one configured export-files source."""
     return ExportFiles(config)
 
 
