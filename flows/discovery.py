@@ -277,12 +277,12 @@ def reconcile(dept: Department, ledger: Ledger, run_id: int, owner: str, target_
         _decide_names(dept, s, spool, target_owner, source, moving)
         done.new = _insert_new(dept, s, spool, run_id, owner, target_owner, source)
         done.changed = _update_changed(dept, s, spool, run_id, target_owner, source)
-        stale = [i for (i,) in spool.rows(f"SELECT k.id FROM listing l JOIN known k ON k.key = l.key WHERE "
-                                          f"l.source = ? AND {_SAME} AND k.change IS NOT 'unchanged'", source)]
         table = Item.__table__
         mark = update(table).where(table.c.id == bindparam("b_id")).values(change="unchanged", updated=now())
-        for at in range(0, len(stale), SLICE):         # by primary key, many rows per statement
-            s.connection().execute(mark, [{"b_id": i} for i in stale[at:at + SLICE]])
+        stale = spool.db.execute(f"SELECT k.id FROM listing l JOIN known k ON k.key = l.key WHERE l.source = ? "
+                                 f"AND {_SAME} AND k.change IS NOT 'unchanged'", (source,))
+        while ids := stale.fetchmany(SLICE):           # by primary key, many rows per statement
+            s.connection().execute(mark, [{"b_id": i} for (i,) in ids])
         done.removed = _mark_removed(dept, s, spool, run_id, source, selection)
     return done
 
