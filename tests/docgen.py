@@ -498,3 +498,50 @@ ENTITY_BOMB = ('<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
                + "".join(f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(9))
                + ']><office:document-content xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0">'
                '&j;</office:document-content>').encode()
+
+
+# ------------------------------------------------------------------ a workbook saved by LibreOffice
+# A one-cell workbook saved by LibreOffice 7.4 ("MS Excel 97" filter) with the password
+# "VelvetSweatshop": RC4-encrypted, FILEPASS record. `soffice --convert-to ods` opens it without
+# asking for a password (checked), like Excel does.
+VELVET_XLS = (
+    "eNrtWAlUk0kS7oSAASGEQwFRCIeCcoX1CM4QQQ3hVOQQ8BggCIgQAigyHCKniOMthxeoHIOMIOAJOg6iqIiioAyioBAZkQHx"
+    "ABxHHCRbHX/nuT53nrjz3r7dR+VVdeXrv7s6f1VXV6ehXkGYc2zCQ/QRfY0k0LBIGkl9gJGAqe+/0BEiE9iwSCR6D4tG6X+K"
+    "3hIt9iEF/CcJjH0+hvCrNNGO0v8nOaMQ+IQjBrJCAmhXoyg0EhoPEfPhfJ8zZvgzn/tcGrX/5fZx/sZ5XAL44/2Pcz3e/zLA"
+    "Y4FlgeWAacDy744ApACsCKwErAw8ThwTCKkAqwKrAU8gbE4kWsyaoDOI79qjOea/RtJU8KKUJPpRrg67XOx7EzQL4gJ/Hqfc"
+    "lm2MWxYgGrp+xzWrOEqFzepxbuUrpd5JKZ/1kv/zYLpxToz7jE1RibYR8dXxqQ8hlsooF0Cut+mAmZajUHTMi5tTPJl5JTlS"
+    "IbY1WU7617GVsVcsZ6bu76jbmq28U7LR5Xhmd2KAXWEnarr47Jx2Wa+XxIGrX7UfWu985kGufp7OptqaCvs5qi22XVf09lY4"
+    "v7Dufl3QqCGyMX3jyQpoEBlppLVFOCSMH/86uPP6sJbaPLD+rJ5HIiOrw1UQ3mzQdO5lAZqYXgr6Au45kFJBbIjbWsb49S4t"
+    "zn0iXyctp2Dz220ulvCcL3cryGtV2iA3qdNASgyUw5jJQS2gLxWaQkRnUjkNgVpJF34YE1US59a63Vbq3muPi1OWNuTh3jLH"
+    "BJX7e2ZQWkx5YdpO27wLLNKZBcYXhBwv3Mvsfms8IF9qvftUvEf5L8rxeyXk40w5Rn1eB3BvsVeruXP0kg2LDlRIfJu4RCuG"
+    "LCjrzs1u38fSoMiiabNtqhqDmCfDvOpoQthxio9vPKI4b5+8lU3xcZ74plXWMSEU43MO1rcf9F2zRVKliTUjp97g5qWhLoyz"
+    "dz/q0SkP83hsJJUauORxqI935xKM99VFxerPcbtcal0tOG6TtXAbGlyN8bkRJX5BfM3i3ge5Jw97efT6h500wHg748y+vMKt"
+    "41k/1OXPjjIT5f7hWYBximzfCXuVEF/fPlVBTvaugrUySnEYl0h9HjlJXYkXvlZIMjGONB6crnMF4+4uw22BrnI9Wc4mIm0L"
+    "zWwFvdAWjLcw1k/8af6xWsOw11RfU+NFu3Z4mWN8lqH+N2bULBkjo8N0XffUQDerMc4Yz+c5seVtIiYX/NYX7+klSc+wL2rH"
+    "+PKsgDheT8xADIvG1jKKKazgzDfG+IkA+zUpRXFzDcb9pBz4yN2ulInOYtw+sON8JS287HS0j79WGpJccyH/Nsab2xP6gxUa"
+    "sgYOBS5t5t2tdbHoUMH4AvMbXT9y9k9Sv7qSkqF0U6fE9dFljB8qEmzUS+vzV1PKnqm3dOAsX6++CeMH4q+pFXU7SdOO/Hqa"
+    "0/asWPMyJRnj1k9rTrI7T4Xv/mZsumTabG6Q9pZ1GK849TzA2+LgGVZG30sPnX7h/ZtZM9LIFCTclLAAt/1DR1bidhrtxVzc"
+    "yvjQgnCbvpibgltdtxoDb4jdGs8NkLdLIMWv7GuW59r1Dl7t2gIZX3lAzvQCiYqeNFWmdtV0az1BSxEvwyTUxyUzLm+GLspz"
+    "Ojo/g3UoZa16fNetTvb242Gq0a96J439PTFe8GZ7bKNqv2P/smEq+67D2dLsW5yktvN9ezytTi+YNovrF/27WU+H+VFy9EuB"
+    "1N2gymXGT4bgvIg+f6226SgtkV9lqSYX9sclCxEcMAypIcNtU08a76SuoI5DPjFh9188DHHVritkFm4INSORvy9rwKfQu2xF"
+    "/5dsJQt7cpW9PEidjQog03PocHLJ6wlvL4zLVfcCJL8iHhCZzc2WR6Uj70yGtxKqnzA3AXpeZ0wDqfLKAOQ8h0SQHXeVkS5i"
+    "PojZ03rmWOXm9Obnr2ivav1p/c9s+G5Mk94210xLpyXjsi81jkNTUXxSco0T8+Dj2nNzIja6Swr5z79qTUpImVB55qJlnsbz"
+    "yuaJyRbcI4K9+Ukw9T+eJoNUHZwCixmSZws5jByhHug6ZhE6hd7VE/VBp5A33tlml9g2FfQdL2tyz2ptSctB2kjbdMKAX1zm"
+    "5mcdIflGHB07gYlh9fR11Yr++7y/W3m0eojZsRjmXhgeC6+jV/fGxsJ+5Wt315uzEJmGuj336d777sWeJ+Y/R4UUUMl0JGD3"
+    "KJD7FdpVi0IH6k9w174FD5xXGzv9jX5yZ0BpL1qExlQXn5rP8LRrtbOyebhft8vMI/Jh2Z6XBU+3OfBsGq+kB1bf/D5jRdLy"
+    "bwd/0Y9juGtlqs8c/O1wNOn64GGDGO6bBI3uW83ubrSvy+tKrFhRLZfmkBXRznKG/KVYdTrPyH/HHdJbQ/ukSVBG8PZrMg5M"
+    "2R0s4ZC2mF3avpKqgpo6W5QHdhl1KaqcyC9VPxQ9PX95vrXHPplP1TIkqBwkZN7VQHQqWYxVveviqoNYsGrF6pA1If7hDKvI"
+    "FX58xmyWkSvPx4/P9xMHz7xV/v5m/0ntRXpXPn0xDYvwHORPzYuEGw72DzoG0It2UpGB3ol7TMDWEVGP+82I+sySqNEciDrN"
+    "g6jVfIl6LZSo8brfIqRB6KbEuPf0V7pJr14bP+YBaSTrxwi56UZTlrE6PW03rN9wsISD68uPsOVEnUgimP7BWv8dPkp/H/2d"
+    "9z+xnz7ag58ag+8aVcQfSe5gfTUKQj7idQSNeP2KEBVk4u4iGsG9qlTq/T6bD3aDYY84whoCv8i+xAd3sM8Zg/OS7Z/73BHx"
+    "kd8X+08G7I/0/jeJuKsh8X3PBa2F3x+MeGLf20IU+It9gpFwtAp0wV/MpU/YlxzB+8c5qPhP+xywsEK8Bj9xBI5sPWZf8Pu1"
+    "gMNH7/9i+id0N9kL"
+)
+
+
+def velvet_xls(path: Path) -> Path:
+    """Write the VelvetSweatshop workbook (above) to `path`."""
+    import base64
+    import zlib
+    path.write_bytes(zlib.decompress(base64.b64decode("".join(VELVET_XLS))))
+    return path

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from conftest import processes_using, runtime_dir
-from docgen import make_docx, make_heavy_docx, make_mixed_set, make_odt_with_onload_macro, make_pptx, make_xlsx
+from docgen import (make_docx, make_heavy_docx, make_mixed_set, make_odt_with_onload_macro, make_pptx, make_xlsx,
+                    velvet_xls)
 from converters.odf import check_package
 from converters.pool import ConverterPool
 from converters.workers import LocalWorker
 from core.outcomes import Outcome
 from core.settings import ConversionSettings
-from helpers import velvet_xls
 
 
 def odf_mimetype(path: Path) -> str:

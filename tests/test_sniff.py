@@ -16,8 +16,7 @@ from converters.formats import FORMATS, Family
 from converters.sniff import Sniffed, sniff
 from core.outcomes import Outcome
 from docgen import (FILEPASS, TEMPLATE, XOR_OTHER_PASSWORD, XOR_VELVET_SWEATSHOP, biff, make_big_ole_workbook,
-                    make_big_xlsx, make_ole)
-from helpers import velvet_xls
+                    make_big_xlsx, make_ole, velvet_xls)
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus not found: corpus tests skipped")
