@@ -72,8 +72,9 @@ CASES = [
     }),
     Case("imap", "imap_rig", gaps={
         "unreadable": "a message Dovecot cannot read (its file unreadable) makes Dovecot end the connection on "
-                      "the listing's FETCH (\"Disconnected: FETCH failed\"): sources/imap.py reports the whole "
-                      "folder as a TransientError, so its other messages wait instead of being listed",
+                      "the listing's FETCH, which asks for header fields (\"Disconnected: FETCH failed\"): "
+                      "sources/imap.py's discover then raises TransientError, so none of the user's mailbox "
+                      "is listed until that one message can be read",
     }),
     Case("export", "export_rig"),
 ]
