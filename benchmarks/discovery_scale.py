@@ -87,13 +87,16 @@ def measure(dept_file: str) -> None:
     ledger = runtime.ledger(dept)
     run_id = ledger.start_run(dept.name, "benchmark")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     found = discover(dept, ledger, run_id)
     wall = time.perf_counter() - started
     ledger.finish_run(run_id, "completed")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    peak = after.ru_maxrss
     totals = {k: sum(v.values()) for k, v in found.as_dict().items()}
-    print(json.dumps({"wall": wall, "rss_mb": peak / 1024, "base_mb": before / 1024, **totals,
+    print(json.dumps({"wall": wall, "cpu": after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime,
+                      "rss_mb": peak / 1024, "base_mb": before / 1024, **totals,
                       "todo": sum(len(v) for v in found.todo.values())}))
 
 
@@ -105,7 +108,7 @@ def run_pass(dept: Path, label: str, files: int) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"{label}: discovery failed:\n{out.stderr[-3000:]}")
     result = {"label": label, "files": files, **json.loads(out.stdout.strip().splitlines()[-1])}
-    print(f"{files:>9} {label:<7} {result['wall']:8.2f} s  {files / result['wall']:9.0f} items/s  "
+    print(f"{files:>9} {label:<7} {result['wall']:8.2f} s  {files / result['wall']:9.0f} items/s  CPU {result['cpu']:7.2f} s  "
           f"peak RSS {result['rss_mb']:6.0f} MB (imports {result['base_mb']:4.0f} MB)  "
           f"new {result['new']} changed {result['changed']} unchanged {result['unchanged']} "
           f"removed {result['removed']} todo {result['todo']}  load {os.getloadavg()[0]:.2f}", flush=True)
