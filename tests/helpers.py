@@ -1,5 +1,5 @@
 """What several test modules share: department files, ledger read-back, a run driven step by step,
-test messages and calendar objects.
+test messages and calendar objects, LibreOffice held still on purpose.
 
 One place, so that a test module never imports another test module (which would run that
 module's fixtures and hide which test owns what). Servers and what they need live in
@@ -8,13 +8,18 @@ tests/servers; generated Office documents in tests/docgen.py.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from email.utils import make_msgid
 from pathlib import Path
 
+import psutil
 import yaml
 
 from docgen import make_mixed_set
@@ -244,3 +249,112 @@ def objects_in(server, user: str, display: str, kind: str = "calendar") -> list[
     folder = server.collection(user, sink.collection_path(user, display).rstrip("/").rpartition("/")[2])
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
+
+
+# ------------------------------------------------------------------ LibreOffice held on purpose
+# Tests that need a conversion to be slow, or a run to be busy, hold LibreOffice still (SIGSTOP)
+# instead of counting on a document to take long: what they then see does not depend on the
+# machine's speed. A stopped process ends on SIGKILL like any other, as the pool's and the
+# workers' own exit paths send it.
+
+def open_files(pid: int) -> set[str] | None:
+    """The paths of the files process `pid` has open (Linux: /proc/<pid>/fd); None once it has
+    ended (a zombie has none)."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        names = os.listdir(fds)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                return None
+    except FileNotFoundError:
+        return None
+    found = set()
+    for name in names:
+        try:
+            found.add(os.readlink(fds / name))
+        except OSError:                          # closed meanwhile
+            continue
+    return found
+
+
+def wait_until_open(pid: int, path: Path, poll: float = 0.005) -> bool:
+    """Wait while process `pid` lives until it has `path` open (LibreOffice keeps the document it
+    converts open from its load to the end of the export): True then, False when the process ended
+    first. No deadline: a busy machine only makes the moment come later."""
+    wanted = os.path.realpath(path)
+    while (files := open_files(pid)) is not None:
+        if wanted in files:
+            return True
+        time.sleep(poll)
+    return False
+
+
+def pool_offices(pool) -> Callable[[], dict[str, int]]:
+    """The live LibreOffice (soffice.bin) of each worker of `pool`, by worker id."""
+    return lambda: {w.id: pid for w in pool.workers() if (pid := w.office_pid())}
+
+
+def offices_reading(name: str, under: Path) -> Callable[[], dict[str, int]]:
+    """Every LibreOffice (soffice.bin) on this machine that has a file called `name` below `under`
+    open, by pid: the one converting that document, whichever process started it and under which
+    staging name its folder is (the pool converts a private copy that keeps the file's name)."""
+    root = os.path.realpath(under) + os.sep
+    # the soffice.bin pids, listed again every quarter second (a new office needs seconds to
+    # start before it is handed a document; its open files are looked at on every call)
+    offices: set[int] = set()
+    listed = [0.0]
+
+    def reading() -> dict[str, int]:
+        if time.monotonic() - listed[0] > 0.25:
+            offices.clear()
+            offices.update(p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "soffice.bin")
+            listed[0] = time.monotonic()
+        found = {}
+        for pid in list(offices):
+            files = open_files(pid)
+            if files is None:
+                offices.discard(pid)
+            elif any(f.startswith(root) and os.path.basename(f) == name for f in files):
+                found[str(pid)] = pid
+        return found
+    return reading
+
+
+class frozen_offices:
+    """While in effect, the LibreOffice processes `offices()` names (key -> pid) are stopped
+    (SIGSTOP) and cannot answer: those it names on entry at once, each later one as soon as it
+    names it. With `pool_offices(pool)`, every worker of a pool, before it has been handed
+    anything it could finish; with `offices_reading(name, under)`, the one that opened that
+    document, while it converts it. A conversion on a stopped office times out whatever the
+    machine's speed; the pool's SIGKILL ends it like any other process. `frozen` maps each key
+    to the pid stopped; leaving the block stops the watching, not the stopped processes."""
+
+    def __init__(self, offices: Callable[[], dict[str, int]], *, at_once: bool = True, poll: float = 0.001) -> None:
+        self.offices, self.at_once, self.poll = offices, at_once, poll
+        self.frozen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+
+    def _freeze_new(self) -> None:
+        for key, pid in self.offices().items():
+            if key not in self.frozen:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except ProcessLookupError:       # killed meanwhile: nothing to freeze
+                    continue
+                self.frozen[key] = pid
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self._freeze_new()
+            time.sleep(self.poll)
+
+    def __enter__(self) -> "frozen_offices":
+        self._freeze_new()
+        assert self.frozen or not self.at_once, "no office to freeze"
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._watcher.join()

@@ -20,7 +20,8 @@ import yaml
 
 from conftest import CORPUS, processes_using
 from docgen import make_docx, make_heavy_docx
-from helpers import UMSTIEG, ledger_rows, make_department, wait_until_verified
+from helpers import (UMSTIEG, frozen_offices, ledger_rows, make_department, offices_reading,
+                     wait_until_verified)
 
 
 def sha(path: Path) -> str:
@@ -140,15 +141,19 @@ def test_delta_moves_only_new_and_changed_items(tmp_path):
 
 
 def test_failures_are_recorded_and_rerun_retries_only_them(tmp_path):
+    """gross.docx times out on both of its attempts on any machine: the LibreOffice converting it is
+    stopped (frozen_offices) as soon as it has the document open, so it never answers."""
     from flows.migrate import migrate_body as migrate, rerun_body as rerun
     slow = tmp_path / "home" / "anna" / "gross.docx"
     dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=3,
-                                conversion={"timeout": 5})
-    make_heavy_docx(slow, paragraphs=80000)           # ~12 s of LibreOffice: times out twice
+                                conversion={"timeout": 10})
+    make_heavy_docx(slow, paragraphs=20000)           # open in LibreOffice for seconds: time to stop it
     # ben's target folder is blocked by a file: every write for ben fails
     (tmp_path / "target").mkdir()
     (tmp_path / "target" / "t-ben").write_text("in the way")
-    summary = migrate(str(dept_file))
+    with frozen_offices(offices_reading("gross.docx", tmp_path), at_once=False, poll=0.005) as held:
+        summary = migrate(str(dept_file))
+    assert len(held.frozen) == 2, held.frozen          # the first attempt's LibreOffice, then its replacement's
     rows = {(r["owner"], r["location"]): r for r in ledger_rows(dept_file)}
     assert rows[("anna", "gross.docx")]["state"] == "failed"
     assert rows[("anna", "gross.docx")]["reason"] == "conversion_timeout"

@@ -17,6 +17,7 @@ import pytest
 from conftest import processes_using, runtime_dir
 from docgen import (make_docx, make_heavy_docx, make_mixed_set, make_odt_with_onload_macro, make_pptx, make_xlsx,
                     velvet_xls)
+from helpers import frozen_offices, pool_offices, wait_until_open
 from converters.odf import check_package
 from converters.pool import ConverterPool
 from converters.workers import LocalWorker
@@ -308,9 +309,9 @@ def test_a_document_that_kills_libreoffice_twice_is_crashed(tmp_path):
                 worker = pool.workers()[0] if pool.workers() else None
                 if worker is not None and worker.id != seen and worker.alive():
                     seen = worker.id
-                    time.sleep(0.3)                    # the conversion is under way by now
                     pid = worker.office_pid()
-                    if pid:
+                    # the conversion is under way once this LibreOffice has the document open
+                    if pid and wait_until_open(pid, heavy):
                         os.kill(pid, signal.SIGKILL)
                         victims.append(worker.id)
                 time.sleep(0.01)
@@ -327,41 +328,6 @@ def test_a_document_that_kills_libreoffice_twice_is_crashed(tmp_path):
         assert pool.convert(make_docx(tmp_path / "next.docx"), tmp_path / "out").outcome is Outcome.CONVERTED
 
 
-class frozen_offices:
-    """While in effect, every LibreOffice of `pool` is stopped (SIGSTOP) and cannot answer: the
-    workers there on entry at once, each later one as soon as the pool lists it, before it has
-    been handed anything it could finish. A conversion on them times out whatever the machine's
-    speed; the pool's SIGKILL ends a stopped process like any other."""
-
-    def __init__(self, pool: ConverterPool) -> None:
-        self.pool, self.frozen, self._stop = pool, {}, threading.Event()
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-
-    def _freeze_new(self) -> None:
-        for w in self.pool.workers():
-            if w.id not in self.frozen and (pid := w.office_pid()):
-                try:
-                    os.kill(pid, signal.SIGSTOP)
-                except ProcessLookupError:       # killed by the pool meanwhile: nothing to freeze
-                    continue
-                self.frozen[w.id] = pid
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self._freeze_new()
-            time.sleep(0.001)
-
-    def __enter__(self) -> "frozen_offices":
-        self._freeze_new()
-        assert self.frozen, "no worker to freeze"
-        self._watcher.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._watcher.join()
-
-
 def test_timeout_kills_and_replaces_the_worker(tmp_path):
     """Two workers: the retry goes to the worker started to replace the one that timed out, not to
     the other, idle one (which the message would otherwise wrongly call fresh). LibreOffice is kept
@@ -371,7 +337,7 @@ def test_timeout_kills_and_replaces_the_worker(tmp_path):
     settings = ConversionSettings(workers=2, timeout=1.5, runtime_dir=runtime_dir("timeout"))
     with ConverterPool(settings) as pool:
         before = {w.id: w for w in pool.workers()}
-        with frozen_offices(pool) as frozen:
+        with frozen_offices(pool_offices(pool)) as frozen:
             result = pool.convert(slow, tmp_path / "out")
         assert result.outcome is Outcome.TIMEOUT, result.message
         assert result.attempts == 2 and len(result.history) == 2
