@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -98,7 +99,8 @@ class SecretRef(str):
             return SecretStr(os.environ[name])
         from prefect.blocks.system import Secret
         try:
-            return SecretStr(Secret.load(name).get())
+            block: Any = Secret.load(name)           # Prefect's sync-or-async wrapper: synchronous here
+            return SecretStr(block.get())
         except ValueError as exc:
             raise ConfigError(f"the Prefect Secret block {name!r} does not exist") from exc
 

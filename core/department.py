@@ -158,6 +158,10 @@ class KeepOriginal(StrEnum):
     BELOW_SCORE = "below_score"
 
 
+#: The fidelity tiers measured unless a department says otherwise.
+_STRUCTURAL: list[Literal["structural", "visual"]] = ["structural"]
+
+
 class Conversion(_Model):
     """How Office documents are converted on the way."""
 
@@ -173,7 +177,7 @@ class Conversion(_Model):
                                      description="with below_score: keep the original when fidelity is below this")
     originals_folder: str | None = Field(default=None,
                                          description="sub-folder for kept originals (default: beside the ODF copy)")
-    fidelity: list[Literal["structural", "visual"]] = Field(default_factory=lambda: ["structural"])
+    fidelity: list[Literal["structural", "visual"]] = Field(default_factory=lambda: list(_STRUCTURAL))
 
 
 class Sharing(_Model):
@@ -346,13 +350,12 @@ class Department(_Model):
         problems += [f"source name {name!r} is used {n} times"
                      for name, n in Counter(s.name for s in self.sources).items() if n > 1]
         file_sources = [s for s in self.sources if s.type in FILE_SOURCE_TYPES]
-        folders = {s.name: _plain_target_folder(s.target_folder) for s in file_sources}
+        folders = {s.name: f for s in file_sources if (f := _plain_target_folder(s.target_folder)) is not None}
         problems += [f"sources {a!r} and {b!r} put files into overlapping folders of each user "
                      f"({folders[a] or 'the top'!s} and {folders[b] or 'the top'!s}): give each its own "
                      "target_folder, side by side, or one file's copy could replace another's"
                      for i, a in enumerate(folders) for b in list(folders)[i + 1:]
-                     if folders[a] is not None and folders[b] is not None
-                     and _overlap(folders[a], folders[b])]
+                     if _overlap(folders[a], folders[b])]
         problems += [f"source {s.name!r}: target_folder must be a relative path without '.' or '..'"
                      for s in file_sources if _plain_target_folder(s.target_folder) is None]
         names = {s.name for s in self.sources}
@@ -403,7 +406,7 @@ def with_users(dept: Department, users: list[User]) -> Department:
     a target login that receives two source users is refused unless allow_merge names it."""
     resolved = dept.model_copy(update={"users": users})
     try:
-        return resolved._identity_map()
+        return resolved._identity_map()     # type: ignore[operator]  # pydantic's validator, callable
     except ValueError as exc:
         raise ConfigError(f"{dept.source_file or dept.name}: users from the directory: {exc}") from None
 
@@ -426,7 +429,8 @@ def _resolve_relative(data: dict, base: Path) -> dict:
         return str(p if p.is_absolute() else (base / p).resolve())
     if isinstance(data.get("work_dir"), str):
         data["work_dir"] = fix(data["work_dir"])
-    sources = data.get("sources") if isinstance(data.get("sources"), list) else []
+    sources = data.get("sources")
+    sources = sources if isinstance(sources, list) else []
     blocks = [*sources, *(data.get(name) for name in _ENDPOINTS)]
     blocks += [b.get("oauth") for b in sources if isinstance(b, dict)]     # an IMAP source's identity platform
     users_from = data.get("users_from")
@@ -533,8 +537,10 @@ def load_department(path: Path | str) -> Department:
         lines += csv_lines
         if not any(err["loc"][:1] == ("users",) or err["loc"] == () for err in exc.errors()):
             # field errors stop pydantic before the identity map is checked: check it anyway
-            users = data.get("users") if isinstance(data.get("users"), list) else []
-            pairs = [(str(u.get("source")), str(u.get("target"))) for u in users if isinstance(u, dict)]
-            merge = data.get("allow_merge") if isinstance(data.get("allow_merge"), list) else []
+            users = data.get("users")
+            pairs = [(str(u.get("source")), str(u.get("target"))) for u in (users if isinstance(users, list) else [])
+                     if isinstance(u, dict)]
+            merge = data.get("allow_merge")
+            merge = merge if isinstance(merge, list) else []
             lines += [f"{path}:{_line_of(root, ('users',)) or 1}: users: {p}" for p in identity_problems(pairs, merge)]
         raise ConfigError("the department file has problems:\n  " + "\n  ".join(lines)) from None

@@ -154,8 +154,8 @@ class AppendsMessages(Protocol):
     """A sink that appends many messages of one owner at once and reads them back together
     (IMAP: MULTIAPPEND per folder, one UID FETCH per folder and batch to verify)."""
 
-    def append_stream(self, owner: str, messages: Iterable[tuple[str, str, dict[str, Any], bytes | None]], *,
-                      taken: Callable[[str, list[str]], set[str]] | None = None) -> Iterator[Appended]:
+    def append_stream(self, owner: str, messages: Iterable[tuple[str, str, dict[str, Any] | None, bytes | None]],
+                      *, taken: Callable[[str, list[str]], set[str]] | None = None) -> Iterator[Appended]:
         """Append (key, location, meta, bytes or None) as they come; one Appended per message.
         `taken(key, refs)` names the target copies other items already own (never reused)."""
 

@@ -47,7 +47,7 @@ from core.ledger import Item, Ledger, State, now
 from core.mailselection import FolderPlan, MailSelection
 from core.outcomes import Outcome
 from flows.steps import pending_items, with_retries
-from core.plugins import ListsMailFolders
+from core.plugins import ListsMailFolders, Source
 from flows.systems import source_of, target_of
 from sinks.twins import NamePlan, name_key
 
@@ -201,7 +201,7 @@ def list_source(selection: MailSelection, source, owner: str, folder: str, spool
     return with_retries(fill)
 
 
-def _make_mail_folders(dept: Department, selection: MailSelection, source, user, spool: Spool) -> None:
+def _make_mail_folders(dept: Department, selection: MailSelection, source: Source, user, spool: Spool) -> None:
     """Create the user's target mail folders the selection takes, empty ones too (as imapsync does):
     the source's own list where it has one (with its subscriptions), else the folders of the
     messages listed."""
