@@ -130,7 +130,8 @@ def main() -> int:
     if not folders:
         print(f"no folder to compare on ({CORPUS} not found): give --folder DIR")
         return 2
-    files = [(f"{folder.name}/{p.relative_to(folder).as_posix()}", p) for folder in folders for p in office_files(folder)]
+    files = [(f"{folder.name}/{p.relative_to(folder).as_posix()}", p)
+             for folder in folders for p in office_files(folder)]
     settings = ConversionSettings()
     with tempfile.TemporaryDirectory(prefix="umstieg-vs-soffice-") as tmp:
         work = Path(tmp)

@@ -121,11 +121,13 @@ def main() -> int:
         b = results["b_structural"]
         results["structural_share_of_conversion"] = (
             f"{b['tier_seconds_sum']['structural'] / b['conversion_seconds_sum']:.1%}")
+        structural_and_risks = b['tier_seconds_sum']['structural'] + b['tier_seconds_sum']['risks']
         results["structural_and_risk_share_of_conversion"] = (
-            f"{(b['tier_seconds_sum']['structural'] + b['tier_seconds_sum']['risks']) / b['conversion_seconds_sum']:.1%}")
+            f"{structural_and_risks / b['conversion_seconds_sum']:.1%}")
         c = results["c_default_visual_flagged"]
         if c["visual_documents"]:
-            results["visual_seconds_per_rendered_document"] = round(c["tier_seconds_sum"]["visual"] / c["visual_documents"], 2)
+            results["visual_seconds_per_rendered_document"] = round(
+                c["tier_seconds_sum"]["visual"] / c["visual_documents"], 2)
         print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
         out = ROOT / "benchmarks" / "results"
         out.mkdir(exist_ok=True)

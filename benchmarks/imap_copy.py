@@ -329,7 +329,8 @@ def run_flow(src: dict, tgt: dict, pairs: list[list[str]], staging: str, mail: d
     verified = sum(r.get("verified", 0) for r in results)
     if verified != len(ids):
         from collections import Counter
-        reasons = Counter((i.state, i.reason, (i.message or "")[:160]) for i in ledger.items(ids) if i.state != "verified")
+        reasons = Counter((i.state, i.reason, (i.message or "")[:160])
+                          for i in ledger.items(ids) if i.state != "verified")
         raise RuntimeError(f"{len(ids) - verified} message(s) not verified: {reasons.most_common(5)}")
     size = sum(i.size or 0 for i in ledger.items(ids))
     runtime.close_all()

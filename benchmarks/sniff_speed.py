@@ -57,7 +57,8 @@ def main() -> None:
         doc = OpenDocumentText()
         doc.text.addElement(P(text="Sehr geehrte Damen und Herren,"))
         doc.save(str(folder / "plain.odt"))
-        bomb = rewrite_package(folder / "plain.odt", folder / "bomb.odt", {"content.xml": lambda _: ENTITY_BOMB.decode()})
+        bomb = rewrite_package(folder / "plain.odt", folder / "bomb.odt",
+                               {"content.xml": lambda _: ENTITY_BOMB.decode()})
         cases = [("sniff, 100 MB xlsx", lambda: sniff(xlsx), 0.25),
                  ("sniff, 32 MB encrypted xls", lambda: sniff(xls), 0.25),
                  ("check_package, entity bomb", lambda: check_package(bomb), 2.0)]

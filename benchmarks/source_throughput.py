@@ -10,7 +10,8 @@ a plain local copy of the same files.
 Both servers run on this machine, so the figures show the client's overhead, not a network's.
 Needs root (smbd) and the test servers of tests/servers/.
 
-    .venv/bin/python benchmarks/source_throughput.py [--files 200] [--large 4] [--large-mb 32] [--threads 4] [--big-mb 512]
+    .venv/bin/python benchmarks/source_throughput.py [--files 200] [--large 4] [--large-mb 32] [--threads 4]
+        [--big-mb 512]
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _peak_child(kind: str, cfg_json: str, location: str, dst: str) -> None:
         source._connect()
     elif kind == "s3":
         source = S3Bucket(S3Source.model_validate_json(cfg_json))
-        source.client
+        _ = source.client     # connect now (the client is made on first use), outside the measured copy
     before = _vm("VmHWM")
     if kind == "local":
         shutil.copyfile(location, dst)
@@ -154,7 +155,8 @@ def main() -> None:
                 start = time.perf_counter()
                 count = sum(1 for _ in src.discover("anna", "anna"))
                 print(f"  smb discover read_acl={read_acl!s:5} {count / (time.perf_counter() - start):8.1f} files/s")
-            print(f"peak RSS extracting one {args.big_mb} MiB file (fresh process, after imports and connecting → peak):")
+            print(f"peak RSS extracting one {args.big_mb} MiB file "
+                  "(fresh process, after imports and connecting → peak):")
             for kind, cfg, location in (("local", "-", str(big)), ("smb", smb_cfg.model_dump_json(), "big.bin"),
                                         ("s3", s3_cfg.model_dump_json(), "big.bin")):
                 out = subprocess.run([sys.executable, __file__, "--peak-child", kind, cfg, location,

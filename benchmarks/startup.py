@@ -154,7 +154,8 @@ def imap_whole_commands(rounds: int, messages: int) -> None:
         run = min(runs, key=lambda x: x["seconds"])
         rerun = min(reruns, key=lambda x: x["seconds"])
         print()
-        print(f"plain imaplib loop, whole process: {loop['seconds']:.2f} s ({loop['messages']} messages), {_share(loop)}")
+        print(f"plain imaplib loop, whole process: {loop['seconds']:.2f} s ({loop['messages']} messages), "
+              f"{_share(loop)}")
         print(f"umstieg run, whole command:        {run['seconds']:.2f} s, {_share(run)}")
         print(f"  → umstieg is {loop['seconds'] / run['seconds']:.2f} × the plain loop  [target ≥ 1.5 ×]")
         print(f"no-op rerun, whole command:        {rerun['seconds']:.2f} s, {_share(rerun)}  [target < 3 s]")

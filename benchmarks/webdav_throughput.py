@@ -136,10 +136,12 @@ def throughput(nc: NextcloudServer, args, tmp: Path) -> list[dict]:
           " ratio = sink files/s ÷ raw files/s (target ≥ 0.9)")
     print("| files | raw PUT + GET + sha256 | the same with mtime + checksum headers | umstieg find + put + "
           "verify | ratio to raw | ratio to raw with headers |\n|---|---:|---:|---:|---:|---:|")
+    def cell(r: dict, k: str) -> str:
+        return f"{r['files'] / r[k]:.1f} files/s ({r['mib'] / r[k]:.1f} MiB/s)"
+
     for r in rows:
-        cell = lambda k: f"{r['files'] / r[k]:.1f} files/s ({r['mib'] / r[k]:.1f} MiB/s)"   # noqa: E731
-        print(f"| {r['files']} × {r['mib'] / r['files']:.2f} MiB | {cell('raw_s')} | {cell('meta_s')} | "
-              f"{cell('sink_s')} | {r['ratio']:.2f} | {r['ratio_meta']:.2f} |")
+        print(f"| {r['files']} × {r['mib'] / r['files']:.2f} MiB | {cell(r, 'raw_s')} | {cell(r, 'meta_s')} | "
+              f"{cell(r, 'sink_s')} | {r['ratio']:.2f} | {r['ratio_meta']:.2f} |")
     return rows
 
 

@@ -196,7 +196,8 @@ def _rule(rrule) -> str:
     parts = []
     for r in rules:
         if not isinstance(r, dict):               # a rule icalendar could not parse: compare its text
-            parts.append(_text(getattr(r, "to_ical", lambda: r)()))
+            to_ical = getattr(r, "to_ical", None)
+            parts.append(_text(to_ical() if to_ical is not None else r))
             continue
         items = []
         for key in sorted(r):

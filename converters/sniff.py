@@ -57,9 +57,11 @@ class Sniffed:
     """What the bytes of one file are, and whether sniffing alone already decides its outcome."""
 
     format: OfficeFormat | None   # what the bytes really are; None when not a format we convert
-    outcome: Outcome | None       # ENCRYPTED / UNREADABLE / UNSUPPORTED when sniffing alone decides; None = go on and convert (or pass through ODF)
+    # ENCRYPTED / UNREADABLE / UNSUPPORTED when sniffing alone decides; None = go on and convert (or pass through ODF)
+    outcome: Outcome | None
     reason: str                   # short human-readable reason
-    container: str                # what the bytes are at the lowest level: "zip", "ole", "rtf", "xml", "text", "empty", "pdf", "unknown", ...
+    # what the bytes are at the lowest level: "zip", "ole", "rtf", "xml", "text", "empty", "pdf", "unknown", ...
+    container: str
     libreoffice_decides: bool = False   # `outcome` holds only if LibreOffice cannot read the file either: ask it
     repair: bool = False                # a damaged package: LibreOffice is asked to repair it while loading
 
@@ -300,7 +302,8 @@ def _sniff_ole(fh: io.BufferedReader, ext: str) -> Sniffed:
 
 
 def _classify_ole(ole: olefile.OleFileIO, fh: io.BufferedReader, ext: str) -> Sniffed:
-    root = {kid.name.lower(): kid for kid in ole.root.kids}
+    # (root is set once the file is open; types-olefile leaves out the entries' `kids`)
+    root = {kid.name.lower(): kid for kid in ole.root.kids}  # type: ignore[union-attr]
     drm = _ole_has_drm(ole, root)
 
     if "encryptedpackage" in root or "encryptioninfo" in root:
@@ -359,14 +362,15 @@ def _ole_stream_head(ole: olefile.OleFileIO, fh: io.BufferedReader, entry, n: in
     Hand-written because olefile's openstream() reads the whole stream into memory, which for the
     main stream of a big workbook or presentation is most of the file.
     """
-    if entry.size < ole.minisectorcutoff:
+    # (types-olefile leaves out minisectorcutoff, fat and sectorsize, which OleFileIO sets when it opens a file)
+    if entry.size < ole.minisectorcutoff:  # type: ignore[attr-defined]
         with ole.openstream([entry.name]) as stream:     # lives in the mini stream: at most 4 KB
             return stream.read(n)
     want = min(n, entry.size)
     out = bytearray()
     sect = entry.isectStart
-    fat = ole.fat
-    size = ole.sectorsize
+    fat = ole.fat  # type: ignore[attr-defined]
+    size = ole.sectorsize  # type: ignore[attr-defined]
     hops = 0
     while len(out) < want and 0 <= sect < len(fat) and sect <= olefile.MAXREGSECT and hops < 4096:
         fh.seek(size * (sect + 1))
@@ -532,7 +536,8 @@ def _classify_powerpoint(ole: olefile.OleFileIO, fh: io.BufferedReader, root: di
     if "pp40" in root or _powerpoint95(ole, fh, root):
         # PowerPoint 4.0 ("PP40" stream) and 95 (no CurrentUserAtom): LibreOffice reads them with
         # libmwaw's "PowerPoint 3" filter, not its PowerPoint 97 import
-        return Sniffed(FORMATS["ppt95"], None, "PowerPoint 4.0/95 presentation (before the PowerPoint 97 format)", "ole")
+        return Sniffed(FORMATS["ppt95"], None, "PowerPoint 4.0/95 presentation (before the PowerPoint 97 format)",
+                       "ole")
     if drm:
         return Sniffed(fmt, Outcome.ENCRYPTED, "IRM-protected PowerPoint presentation (DRMContent stream)", "ole")
     token_encrypted = False

@@ -27,8 +27,8 @@ from unoserver.client import UnoClient
 from core.errors import ConfigError
 from core.settings import url_host
 
-__all__ = ["LOAD_REPORT", "Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerOutOfMemory", "WorkerTimeout",
-           "ConversionRefused", "live_worker_groups", "kill_all_workers", "probe"]
+__all__ = ["LOAD_REPORT", "Worker", "LocalWorker", "RemoteWorkerHandle", "WorkerDied", "WorkerOutOfMemory",
+           "WorkerTimeout", "ConversionRefused", "live_worker_groups", "kill_all_workers", "probe"]
 
 log = logging.getLogger("umstieg.converters")
 

@@ -6,6 +6,11 @@ these classes. Callers decide what to do by class, never by message text.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                     # core.retry imports this module
+    from core.retry import RetryPolicy
+
 __all__ = ["UmstiegError", "ConfigError", "TransientError", "ItemError", "UserStopped", "FatalError", "RunInProgress"]
 
 
@@ -41,7 +46,7 @@ class TransientError(UmstiegError):
     """
 
     attempts: int = 0
-    policy = None
+    policy: RetryPolicy | None = None
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)

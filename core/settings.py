@@ -89,7 +89,8 @@ def _env_number(name: str, kind: type, default, *, least: float | None = None, a
     if raw is None or not raw.strip():
         return default() if callable(default) else default
     expected = "a whole number" if kind is int else "a number"
-    bound = (f" of at least {least:g}" if least is not None else "") + (f" above {above:g}" if above is not None else "")
+    bound = ((f" of at least {least:g}" if least is not None else "")
+             + (f" above {above:g}" if above is not None else ""))
     try:
         value = kind(raw.strip())
     except ValueError:

@@ -12,7 +12,10 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar, cast
+from uuid import UUID
 from urllib.parse import quote
 
 from core.department import Department
@@ -44,7 +47,10 @@ def artifact_key(dept_name: str, *parts: str) -> str:
     return "-".join(slug(p) for p in (dept_name, *parts))
 
 
-def _quietly(what: str, create: Callable[[], object]) -> object | None:
+T = TypeVar("T")
+
+
+def _quietly(what: str, create: Callable[[], T]) -> T | None:
     try:
         return create()
     except Exception as exc:  # noqa: BLE001 - see the module's docstring
@@ -62,14 +68,18 @@ class Progress:
         self.total = sum(self.totals.values())
         self.done: Counter = Counter()
         self._changed: set[str] = set()
-        self._ids: dict[str, object] = {}
-        self._id = _quietly("progress", lambda: create_progress_artifact(
+        # (cast: Prefect types its functions for sync and async callers at once; called from sync
+        # code, as here, create_progress_artifact returns the UUID)
+        self._ids: dict[str, UUID | None] = {}
+        self._id = cast(UUID | None, _quietly("progress", partial(
+            create_progress_artifact,
             progress=self._percent(0, self.total), key=artifact_key(dept.name, "progress"),
-            description=f"{dept.name}: items processed ({self.total} to do)"))
+            description=f"{dept.name}: items processed ({self.total} to do)")))
         for owner in sorted(self.totals)[:MAX_USER_PROGRESS]:
-            self._ids[owner] = _quietly(f"progress of {owner}", lambda owner=owner: create_progress_artifact(
+            self._ids[owner] = cast(UUID | None, _quietly(f"progress of {owner}", partial(
+                create_progress_artifact,
                 progress=0.0, key=artifact_key(dept.name, "progress", owner),
-                description=f"{dept.name}: items of {owner} processed ({self.totals[owner]} to do)"))
+                description=f"{dept.name}: items of {owner} processed ({self.totals[owner]} to do)")))
 
     @staticmethod
     def _percent(done: int, total: int) -> float:
@@ -87,12 +97,14 @@ class Progress:
             return
         changed, self._changed = self._changed, set()
         if self._id is not None:
-            _quietly("progress", lambda: update_progress_artifact(
-                self._id, progress=self._percent(sum(self.done.values()), self.total)))
+            _quietly("progress", partial(
+                update_progress_artifact, self._id, progress=self._percent(sum(self.done.values()), self.total)))
         for owner in sorted(changed):
-            if self._ids.get(owner) is not None:
-                _quietly(f"progress of {owner}", lambda owner=owner: update_progress_artifact(
-                    self._ids[owner], progress=self._percent(self.done[owner], self.totals.get(owner, 0))))
+            artifact = self._ids.get(owner)
+            if artifact is not None:
+                _quietly(f"progress of {owner}", partial(
+                    update_progress_artifact, artifact,
+                    progress=self._percent(self.done[owner], self.totals.get(owner, 0))))
 
 
 def publish(dept: Department, summary: dict, report: Path | None) -> None:
@@ -122,9 +134,10 @@ def publish(dept: Department, summary: dict, report: Path | None) -> None:
             key=key("failed-batches"), table=rows,
             description=f"{dept.name}: failed items by batch (rerun with `umstieg rerun --batch`)"))
     n = names(getattr(dept, "language", None))      # the run report's language, for what is added to it
-    written = report is not None and Path(report).is_file()
-    if written:
-        markdown = Path(report).read_text(encoding="utf-8")
+    path = Path(report) if report is not None else None
+    written = path is not None and path.is_file()
+    if path is not None and written:
+        markdown = path.read_text(encoding="utf-8")
     else:
         markdown = "# " + n("%(department)s: run %(run)s did not finish") % {
             "department": dept.name, "run": summary.get("run", "?")} + "\n\n" \
@@ -136,9 +149,9 @@ def publish(dept: Department, summary: dict, report: Path | None) -> None:
     _quietly("run report", lambda: create_markdown_artifact(
         key=key("run"), markdown=markdown,
         description=f"{dept.name}: run report ({report})" if written else f"{dept.name}: run failed"))
-    if written:
+    if path is not None and written:
         _quietly("report link", lambda: create_link_artifact(
-            key=key("report"), link=Path(report).resolve().as_uri(), link_text=Path(report).name,
+            key=key("report"), link=path.resolve().as_uri(), link_text=path.name,
             description=f"{dept.name}: the run report on the machine that ran the flow"))
     if page:
         _quietly("dashboard link", lambda: create_link_artifact(

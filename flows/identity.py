@@ -64,7 +64,7 @@ def resolve_users(dept: Department) -> Department:
     return with_users(dept, users)
 
 
-def _same(ours: str | None, theirs: str | None, casefold: bool) -> bool:
+def _same(ours: str, theirs: str, casefold: bool) -> bool:
     a, b = " ".join(ours.split()), " ".join(theirs.split())
     return a.casefold() == b.casefold() if casefold else a == b
 
@@ -98,7 +98,7 @@ def _attributes(check: UserCheck, sources: list[tuple[str, Account]], targets: l
     told += [(where, a.email, a.display_name) for where, a in sources + targets if a.exists]
     wrong, compared = [], False
     for index, label, casefold in ((1, "e-mail", True), (2, "name", False)):
-        values = [(t[0], t[index]) for t in told if t[index]]
+        values = [(t[0], said) for t in told if (said := t[index])]
         compared |= len(values) > 1
         first_where, first = values[0] if values else ("", "")
         wrong += [f"{label} {first!r} {first_where}, {value!r} {where}" for where, value in values[1:]

@@ -15,8 +15,9 @@ import os
 import shutil
 import threading
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.department import Department, load_department
 from core.errors import ConfigError, FatalError, UmstiegError
@@ -75,7 +76,7 @@ def pool_settings(dept: Department) -> ConversionSettings:
     workers = conv.workers or usable_cpus()
     if dept.limits.converter:                     # documents converting at once on this host
         workers = min(workers, dept.limits.converter)
-    limit = {} if conv.memory_limit_mb is None else {"memory_limit_mb": conv.memory_limit_mb}
+    limit: dict[str, Any] = {} if conv.memory_limit_mb is None else {"memory_limit_mb": conv.memory_limit_mb}
     return ConversionSettings(workers=workers, timeout=conv.timeout, recycle_after=conv.recycle_after, **limit)
 
 
@@ -144,10 +145,10 @@ _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
 
 
-def _causes(exc: BaseException):
+def _causes(exc: BaseException) -> Iterator[BaseException]:
     """`exc` and what led to it (causes, contexts, a database driver's original error), each once."""
     seen: set[int] = set()
-    todo = [exc]
+    todo: list[BaseException | None] = [exc]
     while todo:
         e = todo.pop(0)
         if not isinstance(e, BaseException) or id(e) in seen:

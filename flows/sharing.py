@@ -106,7 +106,8 @@ def plan_shares(dept: Department, owner: str, permissions: list[dict]) -> tuple[
             continue
         else:
             skip(entry, f"no target {'group' if kind == 'group' else 'user'} is mapped to this "
-                        f"{'group' if kind == 'group' else 'principal'} (sharing.{'groups' if kind == 'group' else 'users'})")
+                        f"{'group' if kind == 'group' else 'principal'} "
+                        f"(sharing.{'groups' if kind == 'group' else 'users'})")
             continue
         if target == ("user", me.target):
             ignored += 1

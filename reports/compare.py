@@ -376,7 +376,8 @@ def _sheet_checks(src: Facts, out: Facts, settings: FidelitySettings) -> list[Ch
         check = Check("formulas", formulas.total, formulas.ok)
         if formulas.bad:
             check.points = _points(settings.weight("formulas"), formulas.bad / formulas.total * 5)
-            check.detail = f"{formulas.bad} of {formulas.total} formulas are no longer formulas: " + ", ".join(formulas.examples)
+            check.detail = (f"{formulas.bad} of {formulas.total} formulas are no longer formulas: "
+                            + ", ".join(formulas.examples))
         elif gained:
             check.detail = f"{gained} cell(s) hold a formula in the ODF but not in the source"
         checks.append(check)

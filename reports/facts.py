@@ -58,7 +58,8 @@ class SheetFacts:
     uncached: set[tuple[int, int]] = field(default_factory=set)        # formula cells without a stored value
     counts: dict[str, int] = field(default_factory=dict)                # merged, validations, comments, …
     truncated: bool = False                                             # stopped reading at the row limit
-    pivot_ranges: list[tuple[int, int, int, int]] = field(default_factory=list)  # (row1, col1, row2, col2) of pivot output
+    # (row1, col1, row2, col2) of pivot output
+    pivot_ranges: list[tuple[int, int, int, int]] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)                   # text of each cell comment (note)
 
     @property

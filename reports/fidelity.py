@@ -37,8 +37,8 @@ from reports.spreadsheets import read_ods, read_xls, read_xlsb, read_xlsx
 from reports.text import similarity
 from reports.wordprocessing import read_docx, read_odt
 
-__all__ = ["FidelityRecord", "Status", "assess", "assess_pair", "NotComparable", "make_assessor", "read_facts", "Renderer",
-           "SOURCE_RENDER_NOTE"]
+__all__ = ["FidelityRecord", "Status", "assess", "assess_pair", "NotComparable", "make_assessor", "read_facts",
+           "Renderer", "SOURCE_RENDER_NOTE"]
 
 log = logging.getLogger("umstieg.reports")
 

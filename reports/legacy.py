@@ -62,9 +62,11 @@ def ole_metadata(path: Path) -> dict[str, str]:
     def moment(value) -> str | None:
         return value.strftime("%Y-%m-%dT%H:%M") if isinstance(value, datetime) and value.year > 1601 else None
 
-    found = {"title": text(meta.title), "subject": text(meta.subject), "author": text(meta.author),
-             "created": moment(meta.create_time), "modified": moment(meta.last_saved_time),
-             "application": text(meta.creating_application)}
+    # (OleMetadata sets these attributes from its lists of property names: types-olefile does not declare them)
+    found = {"title": text(meta.title), "subject": text(meta.subject),  # type: ignore[attr-defined]
+             "author": text(meta.author), "created": moment(meta.create_time),  # type: ignore[attr-defined]
+             "modified": moment(meta.last_saved_time),  # type: ignore[attr-defined]
+             "application": text(meta.creating_application)}  # type: ignore[attr-defined]
     return {k: v for k, v in found.items() if v}
 
 
@@ -157,7 +159,7 @@ class _WordText:
                     else:
                         self.pictures += 1
                 continue
-            if ch in "\x02\x05\x08\x1f":            # note/comment reference marks, drawn-object anchors, optional hyphen
+            if ch in "\x02\x05\x08\x1f":   # note/comment reference marks, drawn-object anchors, optional hyphen
                 continue
             if ch == "\x1e":
                 out.append("-")
@@ -366,7 +368,7 @@ def read_ppt(path: Path) -> Facts:
     persist, doc_ref = _ppt_persist(data, current_user)
     doc = persist[doc_ref]
     lists: dict[int, list[tuple[int, list[str]]]] = {}
-    for _, instance, rtype, body, length, container in ppt_records(data, doc + 8, doc + 8 + _u32(data, doc + 4)):
+    for _, instance, rtype, body, length, _container in ppt_records(data, doc + 8, doc + 8 + _u32(data, doc + 4)):
         if rtype != _SLWT:
             continue
         entries: list[tuple[int, list[str]]] = []
@@ -402,7 +404,8 @@ def read_ppt(path: Path) -> Facts:
 
 # ============================================================================ RTF =============
 
-_RTF_TOKEN = re.compile(rb"\\([a-zA-Z]{1,32})(-?\d{1,10})? ?|\\'([0-9a-fA-F]{2})|\\([^a-zA-Z])|([{}])|([^\\{}\r\n]+)|[\r\n]+")
+_RTF_TOKEN = re.compile(rb"\\([a-zA-Z]{1,32})(-?\d{1,10})? ?|\\'([0-9a-fA-F]{2})|\\([^a-zA-Z])|([{}])"
+                        rb"|([^\\{}\r\n]+)|[\r\n]+")
 _RTF_SKIP = {b"fonttbl", b"colortbl", b"stylesheet", b"info", b"pict", b"themedata", b"colorschememapping",
              b"datastore", b"latentstyles", b"listtable", b"listoverridetable", b"rsidtbl", b"generator",
              b"xmlnstbl", b"mmathPr", b"pgdsctbl", b"filetbl", b"revtbl", b"protusertbl", b"fldinst",
@@ -601,7 +604,8 @@ def read_wordml(path: Path) -> Facts:
     for tbl in root.iter(w + "tbl"):
         rows = tbl.findall(w + "tr")
         grid = tbl.find(f"{w}tblGrid")
-        cols = len(grid.findall(w + "gridCol")) if grid is not None else max((len(r.findall(w + "tc")) for r in rows), default=0)
+        cols = (len(grid.findall(w + "gridCol")) if grid is not None
+                else max((len(r.findall(w + "tc")) for r in rows), default=0))
         facts.tables.append(TableFacts(len(rows), cols, bag(" ".join(t.text or "" for t in tbl.iter(w + "t")))))
     facts.counts["tables"] = len(facts.tables)
     return facts

@@ -146,7 +146,8 @@ def read_pptx(path: Path) -> Facts:
             timing = root.find(_p("timing"))
             if timing is not None:
                 slide.animations = sum(1 for el in timing.iter(_p("cTn"))
-                                       if el.get("presetClass") in ("entr", "exit", "emph", "path", "verb", "mediacall"))
+                                       if el.get("presetClass") in ("entr", "exit", "emph", "path", "verb",
+                                                                    "mediacall"))
             facts.slides.append(slide)
         facts.metadata = ooxml_metadata(pkg)
     _totals(facts)

@@ -96,7 +96,7 @@ class RiskReport:
     format: str | None               # sniffed format name, None when not an Office format
     family: str | None
     size: int
-    outcome: str | None              # what sniffing alone decides: encrypted, unreadable, unsupported; None = convertible
+    outcome: str | None   # what sniffing alone decides: encrypted, unreadable, unsupported; None = convertible
     flags: list[str] = field(default_factory=list)
     details: dict[str, list[str]] = field(default_factory=dict)   # e.g. fonts and functions behind a flag
     error: str | None = None         # an inspection that failed (the file still gets its flags so far)
@@ -330,7 +330,8 @@ def _ooxml(path: Path, family: Family, flags: set[str], details: dict, fonts: bo
             functions: set[str] = set()
             for n in lower:
                 if n.startswith("xl/worksheets/") and n.endswith(".xml"):
-                    hits = _scan_part(zf, by_lower[n], re.compile(rb'_xlfn\.(?:_xlws\.)?([A-Z][A-Z0-9.]*)\(|(\bhidden="(?:1|true)")'))
+                    hits = _scan_part(zf, by_lower[n],
+                                      re.compile(rb'_xlfn\.(?:_xlws\.)?([A-Z][A-Z0-9.]*)\(|(\bhidden="(?:1|true)")'))
                     for hit in hits:
                         if hit.startswith(b"hidden"):
                             flags.add("hidden_content")
@@ -439,7 +440,9 @@ def _odf(path: Path, flags: set[str]) -> None:
         if "META-INF/documentsignatures.xml" in names:
             flags.add("digital_signature")
         if "content.xml" in names:
-            hits = _scan_part(zf, "content.xml", re.compile(rb"(<office:annotation[\s>]|<text:tracked-changes[\s>]|<draw:object-ole[\s>]|<text:hidden-|table:display=\"false\")"))
+            hits = _scan_part(zf, "content.xml", re.compile(
+                rb"(<office:annotation[\s>]|<text:tracked-changes[\s>]|<draw:object-ole[\s>]|<text:hidden-"
+                rb"|table:display=\"false\")"))
             for hit in set(hits):
                 if hit.startswith(b"<office:annotation"):
                     flags.add("comments")
@@ -455,7 +458,8 @@ def _odf(path: Path, flags: set[str]) -> None:
 
 _BIFF_BOUNDSHEET, _BIFF_SUPBOOK, _BIFF_NAME, _BIFF_NOTE, _BIFF_SXVIEW, _BIFF_OBJ, _BIFF_DCONN = (
     0x0085, 0x01AE, 0x0018, 0x001C, 0x00B0, 0x005D, 0x0876)
-_FORM_OBJECTS = {0x07, 0x0B, 0x0C, 0x10, 0x11, 0x12, 0x14}   # button, check box, option, spinner, scroll bar, list, drop-down
+# button, check box, option, spinner, scroll bar, list, drop-down
+_FORM_OBJECTS = {0x07, 0x0B, 0x0C, 0x10, 0x11, 0x12, 0x14}
 _MAX_STREAM = 256 << 20
 
 

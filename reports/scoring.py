@@ -104,7 +104,8 @@ class FidelitySettings(BaseModel):
         description="which documents get the visual check: none, those the structural check flagged "
                     "(verdict review or broken), or all")
     visual_sample: float = Field(default_factory=lambda: float(os.environ.get("UMSTIEG_FIDELITY_VISUAL_SAMPLE", 0)),
-                                 ge=0, le=1, validate_default=True, description="share of the other documents that get it too (0..1)")
+                                 ge=0, le=1, validate_default=True,
+                                 description="share of the other documents that get it too (0..1)")
     visual_pages: int = Field(default=12, ge=1, description="pages rendered and compared per document")
     visual_dpi: int = Field(default=40, ge=10, le=300, description="resolution of the page images compared")
     max_rows: int = Field(default=100_000, ge=1, description="rows per sheet compared cell by cell")

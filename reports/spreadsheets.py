@@ -30,7 +30,8 @@ from reports.legacy import biff_sheets, ole_metadata
 from reports.package import ODF_NS, OdfPackage, Ooxml, PartTooBig, odf_metadata, ooxml_metadata
 from reports.text import bag
 
-__all__ = ["read_xlsx", "read_ods", "read_xls", "read_xlsb", "same_value", "VOLATILE", "DEFAULT_MAX_ROWS", "XLS_BIFF4_READER"]
+__all__ = ["read_xlsx", "read_ods", "read_xls", "read_xlsb", "same_value", "VOLATILE", "DEFAULT_MAX_ROWS",
+           "XLS_BIFF4_READER"]
 
 DEFAULT_MAX_ROWS = 100_000
 
@@ -414,7 +415,8 @@ def read_ods(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
                                              resolve_entities=False, no_network=True, huge_tree=True):
                 tag = el.tag
                 if event == "start":
-                    if tag == _TABLE and el.getparent() is not None and el.getparent().tag == _t("office", "spreadsheet"):
+                    parent = el.getparent() if tag == _TABLE else None
+                    if parent is not None and parent.tag == _t("office", "spreadsheet"):
                         name = el.get(_t("table", "name")) or ""
                         if name.startswith("'") and "'#" in name:
                             sheet = None       # LibreOffice's cache of an external reference, not a sheet
@@ -574,11 +576,12 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
                     if kind in (xlrd.XL_CELL_NUMBER, xlrd.XL_CELL_DATE):
                         sheet.cells[(r, c)] = ("n", float(cell.value))
                     elif kind == xlrd.XL_CELL_TEXT and cell.value != "":
-                        sheet.cells[(r, c)] = ("s", _text(cell.value))
+                        sheet.cells[(r, c)] = ("s", _text(str(cell.value)))
                     elif kind == xlrd.XL_CELL_BOOLEAN:
                         sheet.cells[(r, c)] = ("b", bool(cell.value))
                     elif kind == xlrd.XL_CELL_ERROR:
-                        sheet.cells[(r, c)] = ("e", errors.get(cell.value, f"#ERR{cell.value}"))
+                        # (an error cell's value is xlrd's error code, an int)
+                        sheet.cells[(r, c)] = ("e", errors.get(int(cell.value), f"#ERR{cell.value}"))
             sheet.truncated = xs.nrows > max_rows
             sheet.counts["merged"] = len(xs.merged_cells)
             notes = getattr(xs, "cell_note_map", {}) or {}
@@ -588,10 +591,10 @@ def read_xls(path: Path, max_rows: int = DEFAULT_MAX_ROWS) -> Facts:
             book.unload_sheet(index)
         # xlrd lists worksheets only: chart sheets (and their places) come from the BOUNDSHEET records
         order = biff_sheets(path)
-        for name, hidden, kind in order:
+        for name, hidden, sheet_kind in order:
             if name in worksheets:
                 facts.sheets.append(worksheets.pop(name))
-            elif kind == "chart":
+            elif sheet_kind == "chart":
                 facts.sheets.append(SheetFacts(name=name, hidden=hidden, counts={"charts": 1}))
         facts.sheets += list(worksheets.values())
         facts.counts["names"] = sum(1 for n in book.name_obj_list if not n.builtin)

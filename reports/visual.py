@@ -183,7 +183,8 @@ def visual_checks(source: Path, output: Path, fmt: OfficeFormat, render, setting
     if cap and pages_src >= cap and pages_out >= cap:
         check.detail = f"both print to at least {cap} pages: only the first {cap} were exported"
     elif pages_src != pages_out:
-        check.points = max(0.1, round(settings.weight("pages") * min(1.0, abs(pages_out - pages_src) / max(1, pages_src)), 2))
+        check.points = max(0.1, round(
+            settings.weight("pages") * min(1.0, abs(pages_out - pages_src) / max(1, pages_src)), 2))
         check.detail = f"{pages_src} page(s) rendered from the source, {pages_out} from the ODF"
     checks.append(check)
     if info.get("mean_ssim") is not None:

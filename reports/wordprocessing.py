@@ -803,7 +803,8 @@ def read_odt(path: Path) -> Facts:
             if obj is None:
                 obj = frame.find(_ns("draw", "object-ole"))
             if obj is not None:
-                kind = pkg.object_type(obj.get(_ns("xlink", "href")) or "") if obj.tag == _ns("draw", "object") else "ole"
+                kind = (pkg.object_type(obj.get(_ns("xlink", "href")) or "") if obj.tag == _ns("draw", "object")
+                        else "ole")
                 if kind == "chart":
                     charts += 1
                 elif kind == "formula":

@@ -26,7 +26,8 @@ def _first(entry: dict, attr: str) -> str | None:
 
 def _connect(cfg: LdapDirectory):
     import ldap3
-    from ldap3.core.exceptions import LDAPException, LDAPSocketOpenError
+    from ldap3.core.exceptions import (LDAPBindError, LDAPException, LDAPInvalidCredentialsResult,
+                                       LDAPSocketOpenError)
     tls = None
     if cfg.ca_file is not None:
         try:
@@ -47,7 +48,7 @@ def _connect(cfg: LdapDirectory):
         if cfg.start_tls:
             conn.start_tls()
         conn.bind()
-    except (ldap3.core.exceptions.LDAPBindError, ldap3.core.exceptions.LDAPInvalidCredentialsResult):
+    except (LDAPBindError, LDAPInvalidCredentialsResult):
         raise ConfigError(f"LDAP {cfg.url}: the directory refused the bind as {cfg.bind_dn or 'anonymous'}: "
                           "check bind_dn and the password") from None
     except LDAPSocketOpenError as exc:
@@ -97,8 +98,8 @@ def _is_active_directory(conn, cfg: LdapDirectory) -> bool:
     return bool(root) and _AD_CAPABILITY in {str(c) for c in root[0].get("supportedCapabilities", [])}
 
 
-def _members(conn, cfg: LdapDirectory, entries: list[dict]) -> list[dict]:
-    """The entries that belong to `cfg.group`: its members, and those of every group nested in it
+def _members(conn, cfg: LdapDirectory, group: str, entries: list[dict]) -> list[dict]:
+    """The entries that belong to `group` (cfg.group): its members, and those of every group nested in it
     (a member DN that is not one of the users below base is followed as a group, each group once:
     a cycle of groups ends), matched by DN (member, uniqueMember), by login (memberUid) or by the
     users' own memberOf (Active Directory, OpenLDAP's memberof overlay) naming any of the groups."""
@@ -106,7 +107,7 @@ def _members(conn, cfg: LdapDirectory, entries: list[dict]) -> list[dict]:
     uids: set[str] = set()
     users = {e["dn"].lower() for e in entries}
     groups: set[str] = set()
-    todo = [cfg.group]
+    todo = [group]
     while todo:
         dn = todo.pop()
         if dn.lower() in groups:
@@ -115,12 +116,12 @@ def _members(conn, cfg: LdapDirectory, entries: list[dict]) -> list[dict]:
         try:
             found = _search(conn, cfg, dn, "(objectClass=*)", list(_MEMBER_ATTRS), scope="BASE")
         except ConfigError:
-            if dn.lower() == cfg.group.lower():
+            if dn.lower() == group.lower():
                 raise
             continue                      # a member DN that no longer exists: nothing to follow
         if not found:
-            if dn.lower() == cfg.group.lower():
-                raise ConfigError(f"LDAP {cfg.url}: the group {cfg.group!r} does not exist")
+            if dn.lower() == group.lower():
+                raise ConfigError(f"LDAP {cfg.url}: the group {group!r} does not exist")
             continue
         uids |= {u.lower() for u in found[0].get("memberUid", [])}
         for member in (d for a in ("member", "uniqueMember") for d in found[0].get(a, [])):
@@ -151,7 +152,7 @@ def users_from_ldap(cfg: LdapDirectory) -> tuple[list[User], list[str]]:
         else:
             entries = _search(conn, cfg, cfg.base, cfg.filter, attrs)
             if cfg.group:
-                entries = _members(conn, cfg, entries)
+                entries = _members(conn, cfg, cfg.group, entries)
     finally:
         conn.unbind()
     users, problems = [], []

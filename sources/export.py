@@ -48,13 +48,14 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from email.message import EmailMessage, Message
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from sources.export_config import ExportSource
 from core.plugins import Account
 from core.errors import ItemError
 from core.items import ItemRef, Kind
-from clients.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
 from core.localtree import key_of, raw_of
+from clients.pim import PimError, calendar_identity, split_calendar, split_vcards, with_contact_uid
 from core.messages import clip
 from sources.outlook import (ansi_codepage, appointment_uid, contact_uid, msg_appointment_ical, msg_contact_vcard,
                               msg_text)
@@ -249,7 +250,7 @@ class ExportFiles:
                 except OSError:
                     continue
         by_id: dict[str, str] = {}
-        for rel, (name, calid) in sorted(found.items()):
+        for _rel, (name, calid) in sorted(found.items()):
             if calid and name:
                 by_id.setdefault(calid, name)
         for rel, (name, calid) in sorted(found.items()):   # an id no file names: its first file's name
@@ -351,7 +352,7 @@ class ExportFiles:
     def extract(self, folder: str, location: str, dst: Path, key: str | None = None) -> tuple[int, float | None]:
         """Write one item's bytes (MIME, one VCALENDAR, one vCard) to `dst`; returns (size, None)."""
         match = _KEY.match(key or "")
-        if not match:
+        if not match or key is None:
             raise ItemError(f"not a key of an export file: {key!r}")
         rel, kind, sub = match["rel"], match["kind"], match["sub"]
         path = self.config.root / folder / os.fsdecode(raw_of(rel))
@@ -399,7 +400,8 @@ class ExportFiles:
     def _bytes(self, path: Path, suffix: str, kind: str | None, sub: str | None, rel: str, key: str) -> bytes:
         if suffix in _MAIL_ONE:
             return _emlx_body(path) if suffix == ".emlx" else path.read_bytes()
-        if kind == "mbox":
+        # (`sub` comes with `kind` in a key: the guards below only tell the type checker so)
+        if kind == "mbox" and sub is not None:
             with _parsed.lock:
                 box = _parsed.get(path, "mbox", lambda p: mailbox.mbox(str(p), create=False))
                 try:
@@ -413,7 +415,7 @@ class ExportFiles:
             if sub in objects:
                 return objects[sub]
             raise ItemError(f"{rel} has no event with UID {sub!r} any more (list it again)")
-        if kind == "vcf":
+        if kind == "vcf" and sub is not None:
             cards = _parsed.get(path, "vcf", lambda p: split_vcards(p.read_bytes()))
             if int(sub) >= len(cards):
                 raise ItemError(f"{rel} has no card number {sub} any more (list it again)")
@@ -421,7 +423,7 @@ class ExportFiles:
                 return with_contact_uid(cards[int(sub)])[1]
             except PimError as exc:
                 raise UnreadableExport(f"{rel}, card {sub}: {exc}") from None
-        if kind == "pst":
+        if kind == "pst" and sub is not None:
             return _pst_mime(path, int(sub), rel)
         raise ItemError(f"cannot extract {rel} ({kind or suffix})")
 
@@ -638,7 +640,7 @@ def _build_mime(transport_headers: str | None, text: str | None, html: str | Non
 
 # ------------------------------------------------------------------------------------- pst
 def _entries(obj) -> dict[int, object]:
-    found = {}
+    found: dict[int, object] = {}
     try:
         for record_set in obj.record_sets:
             for entry in record_set.entries:
@@ -690,7 +692,7 @@ def _open_pst(path: Path):
     return pst
 
 
-def _pst_folders(pst) -> Iterator[tuple[list[str], object, str | None]]:
+def _pst_folders(pst) -> Iterator[tuple[list[str], Any, str | None]]:   # (pypff's folders are untyped)
     """(path below the top of the file, folder, special use) of every folder that can hold mail."""
     root = pst.get_root_folder()
     tag = _named_tag(pst, "SourceWellKnownFolderType")
@@ -781,7 +783,7 @@ class _PstIndex:
 
     def __init__(self, path: Path) -> None:
         self.pst = _open_pst(path)
-        self.where: dict[int, tuple[object, int]] = {}
+        self.where: dict[int, tuple[Any, int]] = {}       # node -> (pypff folder, position)
         for _, folder, _ in _pst_folders(self.pst):
             try:
                 for i in range(folder.number_of_sub_messages):

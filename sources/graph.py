@@ -40,7 +40,7 @@ from pydantic import SecretStr
 from core.plugins import PerProcess
 from sources.graph_config import GraphApp as _GraphApp
 from core.errors import ConfigError, ItemError, TransientError
-from core.retry import TRANSIENT_STATUS, answer_error, policy_for
+from core.retry import answer_error, policy_for
 from clients.http import make_client
 
 __all__ = ["GraphClient", "Delta", "DeltaExpired", "Changes", "client_for", "user_agent", "quote_segment",
@@ -290,11 +290,13 @@ class GraphClient:
             except httpx.TransportError as exc:
                 error = TransientError(f"{what}: cannot reach {who}: {type(exc).__name__}")
             else:
-                if resp.status_code in ok or resp.status_code not in TRANSIENT_STATUS:
+                busy = None if resp.status_code in ok else answer_error(resp.status_code, resp.headers,
+                                                                          f"{what}: {who} is busy")
+                if busy is None:              # an answer, good or bad, that asking again would not change
                     return resp
                 resp.read()
                 resp.close()
-                error = answer_error(resp.status_code, resp.headers, f"{what}: {who} is busy")
+                error = busy
             wait = self.retry.wait_before(tried, error.retry_after, waited)
             if wait is None:
                 error.attempts = tried

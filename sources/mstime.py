@@ -353,7 +353,8 @@ def contact_to_vcard(contact: dict) -> bytes:
                                             country=adr.get("countryOrRegion") or "")
             a.params["TYPE"] = [kind]
     if contact.get("companyName") or contact.get("department"):
-        card.add("org").value = [p for p in (contact.get("companyName") or "", contact.get("department")) if p is not None]
+        card.add("org").value = [p for p in (contact.get("companyName") or "", contact.get("department"))
+                                 if p is not None]
     if contact.get("jobTitle"):
         card.add("title").value = contact["jobTitle"]
     if contact.get("personalNotes"):

@@ -34,8 +34,8 @@ from zoneinfo import ZoneInfo
 from core.errors import ItemError
 from sources.mstime import contact_to_vcard, event_to_ical, iana_zone
 
-__all__ = ["Appointment", "MsgText", "Recurrence", "RecurrenceError", "ansi_codepage", "declared_codec", "msg_text", "appointment_event", "appointment_uid",
-           "contact_uid",
+__all__ = ["Appointment", "MsgText", "Recurrence", "RecurrenceError", "ansi_codepage", "declared_codec", "msg_text",
+           "appointment_event", "appointment_uid", "contact_uid",
            "msg_appointment", "msg_appointment_ical", "msg_contact_vcard", "parse_recurrence"]
 
 log = logging.getLogger("umstieg.sources.outlook")

@@ -51,8 +51,8 @@ def convert(
     if language not in LANGUAGES:
         raise typer.BadParameter(f"{language!r} is not one of {', '.join(LANGUAGES)}", param_hint="--language")
 
-    overrides: dict[str, Any] = {k: v for k, v in dict(workers=workers, timeout=timeout, recycle_after=recycle_after).items()
-                 if v is not None}
+    overrides: dict[str, Any] = {
+        k: v for k, v in dict(workers=workers, timeout=timeout, recycle_after=recycle_after).items() if v is not None}
     if remote:
         overrides["remote"] = remote
     try:

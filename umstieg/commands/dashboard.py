@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -28,8 +29,8 @@ def dashboard(department_files: list[Path] = typer.Argument(None, exists=True, d
                                                   "(default: the first department's work_dir/dashboard)"),
               secure_cookies: bool = typer.Option(False, "--secure-cookies",
                                                   help="send the session cookie over HTTPS only (behind a TLS proxy)"),
-              hash_password: bool = typer.Option(False, "--hash-password",
-                                                 help="ask for a password and print its hash for the users file")) -> None:
+              hash_password: bool = typer.Option(
+                  False, "--hash-password", help="ask for a password and print its hash for the users file")) -> None:
     """Serve the dashboard: overview, departments, documents, risk scan; reruns and annotations.
 
     Without a users file it serves read-only, and only on a loopback address.
@@ -52,10 +53,10 @@ def dashboard(department_files: list[Path] = typer.Argument(None, exists=True, d
             raise ConfigError("without logins the dashboard answers only to loopback names "
                               "(127.0.0.1, localhost, ::1): configure a users file (--users) for others")
         # a fixed secret keeps login forms valid across restarts and across several dashboard processes
+        secret: dict[str, Any] = ({"secret": os.environ["UMSTIEG_DASHBOARD_SECRET"]}
+                                  if os.environ.get("UMSTIEG_DASHBOARD_SECRET") else {})
         site = Site(list(department_files), accounts=accounts, secure_cookies=secure_cookies,
-                    allowed_hosts=list(allowed_hosts) if allowed_hosts else None, state_dir=state_dir,
-                    **({"secret": os.environ["UMSTIEG_DASHBOARD_SECRET"]}
-                       if os.environ.get("UMSTIEG_DASHBOARD_SECRET") else {}))
+                    allowed_hosts=list(allowed_hosts) if allowed_hosts else None, state_dir=state_dir, **secret)
     except ConfigError as exc:
         print_error(exc)
         raise typer.Exit(2) from exc

@@ -104,7 +104,8 @@ def _watch_progress(dept, stop: threading.Event) -> None:
                                 break
                             continue
                         run_id, total = run.id, run.summary["todo"]
-                        rows = dict(s.execute(select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
+                        rows = dict(s.execute(select(Item.state, func.count(Item.id))
+                                              .join(Batch, Item.batch_id == Batch.id)
                                               .where(Batch.run_id == run_id).group_by(Item.state)).all())
                 except Exception:  # noqa: BLE001 - the ledger may not exist yet
                     if stopping:
@@ -185,7 +186,8 @@ def run(department_file: Path = DeptFile,
                                              ignore_window=ignore_window))
     if summary.get("dry_run"):                # mail.dry_run: what would move, per folder; nothing moved
         _print_mail(summary, table=True)
-        console.print(f"Dry run (mail.dry_run): nothing moved. Plan: [bold]{summary['markdown']}[/bold]", soft_wrap=True)
+        console.print(f"Dry run (mail.dry_run): nothing moved. Plan: [bold]{summary['markdown']}[/bold]",
+                      soft_wrap=True)
         return
     _print_summary(summary)
     console.print(f"Report: [bold]{summary['report']}[/bold]; target: [bold]{dept.target.root}[/bold]")

@@ -34,8 +34,9 @@ def scan(
     if language not in LANGUAGES:
         raise typer.BadParameter(f"{language!r} is not one of {', '.join(LANGUAGES)}", param_hint="--language")
 
-    progress = Progress(TextColumn("[bold]scanning"), BarColumn(pulse_style="cyan"), TextColumn("{task.completed} files"),
-                        TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console)
+    progress = Progress(TextColumn("[bold]scanning"), BarColumn(pulse_style="cyan"),
+                        TextColumn("{task.completed} files"), TimeElapsedColumn(), TextColumn("{task.fields[last]}"),
+                        console=console)
     with progress:
         task = progress.add_task("scan", total=None, last="")
 

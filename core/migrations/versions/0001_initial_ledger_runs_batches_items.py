@@ -1,7 +1,7 @@
 """initial ledger: runs, batches, items
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 17:52:43.080164
 """
 from alembic import op
