@@ -26,7 +26,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from imapclient.response_parser import parse_response
 
 from core.errors import ConfigError, TransientError
-from core.plugins import Account
+from core.plugins import Account, ProbeMemo
 from core.messages import clip
 
 __all__ = ["MAX_OPEN_PER_THREAD", "TOKEN_MARGIN", "AppTokens", "Conn", "ImapAccounts", "LoginRefused", "TlsFailed",
@@ -303,7 +303,7 @@ def list_folders(client: imapclient.IMAPClient) -> list[tuple[tuple[str, ...], s
     return found
 
 
-class ImapAccounts:
+class ImapAccounts(ProbeMemo):
     """Logged-in connections to the accounts of one IMAP server, pooled per (account, thread).
 
     The class using it has `config` (host, port, security, timeout, verify_tls, ca_file, master_user,
@@ -460,6 +460,12 @@ class ImapAccounts:
             conn.folder = None
             raise self._refused(user, what, exc) from None
 
+    def try_login(self, user: str) -> None:
+        """Log in as `user` and out again: the check before a run, whose questions (the account
+        exists, the master user works, the identity check) all ask this one LOGIN; inside
+        `probing()` it is sent once per user and its outcome, a refusal included, given to each."""
+        self._once(("login", user), lambda: Conn(self.connect(user)).close())
+
     def accounts(self, names: list[str]) -> dict[str, Account]:
         """The identity check (core.plugins.ChecksUsers) of a source's or a target's mailboxes: each
         logs in, as its user or as `<user>*<master>`, which Dovecot allows only for a user who
@@ -470,13 +476,12 @@ class ImapAccounts:
         found: dict[str, Account] = {}
         for name in names:
             try:
-                client = self.connect(name)
+                self.try_login(name)
             except (TlsFailed, TokenRefused, TransientError, OSError):
                 return unknown
             except ConfigError as exc:        # this login refused, or no credentials for this mailbox
                 found[name] = Account(False, why=str(exc))
                 continue
-            Conn(client).close()
             found[name] = Account(True)
         if self.config.master_user and found and not any(a.exists for a in found.values()):
             return unknown

@@ -29,6 +29,7 @@ sits in a module of its own (`sources/smb_config.py` beside `sources/smb.py`):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import os
 import threading
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Source", "Sink", "Account", "ChecksUsers", "PerProcess",
            "FetchesMessages", "AppendsMessages", "Appended", "ListsMailFolders", "CountsMail", "SharesFiles",
-           "ProbesUsers", "ComparesWithListing", "ListsCalendars", "ChecksCalendars",
+           "ProbesUsers", "ProbesOnce", "ProbeMemo", "ComparesWithListing", "ListsCalendars", "ChecksCalendars",
            "Role", "ROLES", "System", "SYSTEMS", "registered", "models", "system_of", "UnknownSystem"]
 
 T = TypeVar("T")
@@ -196,6 +197,65 @@ class ProbesUsers(Protocol):
 
     def user_problems(self, owners: list[str]) -> dict[str, str]:
         """{target login: why} for the logins that cannot take items now."""
+
+
+@runtime_checkable
+class ProbesOnce(Protocol):
+    """A source or sink whose questions before a run (`check`, `user_problems`, `accounts`) share
+    their answers while `probing()` is open: each user's account is asked once per system, not once
+    per question (a login-password Nextcloud spends ~0.65 s on each; thousands of users)."""
+
+    def probing(self) -> contextlib.AbstractContextManager[None]:
+        """Keep every probe's answer until the outermost `probing()` closes (then forget them all)."""
+
+
+class ProbeMemo:
+    """`ProbesOnce` for a source or sink: `_once(key, ask)` asks once per key while `probing()` is
+    open and gives the same answer (or raises the same failure) to every later question; outside
+    it, it simply asks. Why a scope and not a cache with an age: an answer must not outlive the
+    check it was asked for (an operator raises a quota and runs again a minute later), and the
+    instance is shared by the whole process (PerProcess), a dashboard included."""
+
+    _probe_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def probing(self) -> Iterator[None]:
+        with self._probe_lock:
+            depth, memo = self.__dict__.get("_probe_scope", (0, {}))
+            self.__dict__["_probe_scope"] = (depth + 1, memo)
+        try:
+            yield
+        finally:
+            with self._probe_lock:
+                depth, memo = self.__dict__["_probe_scope"]
+                if depth == 1:
+                    del self.__dict__["_probe_scope"]
+                else:
+                    self.__dict__["_probe_scope"] = (depth - 1, memo)
+
+    def _once(self, key: Any, ask: Callable[[], T], keep: Callable[[T], bool] | None = None) -> T:
+        """`ask()`, or the answer it gave for `key` before in this scope; an answer `keep` refuses (a
+        server busy for a moment) is not kept, so that asking again asks the server."""
+        with self._probe_lock:
+            scope = self.__dict__.get("_probe_scope")
+            memo = scope[1] if scope is not None else None
+            known = memo.get(key) if memo is not None else None
+        if known is not None:
+            answered, value = known
+            if answered:
+                return value
+            raise value
+        try:
+            value = ask()
+        except Exception as exc:
+            if memo is not None:
+                with self._probe_lock:
+                    memo[key] = (False, exc)
+            raise
+        if memo is not None and (keep is None or keep(value)):
+            with self._probe_lock:
+                memo[key] = (True, value)
+        return value
 
 
 @runtime_checkable

@@ -27,9 +27,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait as wait_for
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from itertools import zip_longest
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from core.ledger import HEARTBEAT, Item, Ledger
 from core.mailselection import MailSelection
 from core.settings import usable_cpus
 from core.messages import clip
-from core.plugins import CountsMail, ProbesUsers
+from core.plugins import CountsMail, ProbesOnce, ProbesUsers
 from flows import runtime
 from flows.calendars import calendar_problems
 from flows.limits import Chunk, ChunkGate, Window, host_of
@@ -51,7 +51,8 @@ from flows.steps import process_chunk, reset_for_rerun, select_failed, with_retr
 from flows.systems import TARGET_FIELD, source_of, targets_of
 from reports.migration import run_summary, write_run_report
 
-__all__ = ["migrate", "rerun", "assess", "report", "check_department", "stopped_users", "task_runner_for",
+__all__ = ["migrate", "rerun", "assess", "report", "check_department", "stopped_users", "prerun", "probing",
+           "task_runner_for",
            "Here", "migrate_body", "rerun_body", "assess_body", "report_body", "orchestrated", "run_flow",
            "CHUNK_RETRY_WAITS"]
 
@@ -182,6 +183,38 @@ class Here:
         """Show a Markdown report (the assessment, a status snapshot) where operators look."""
 
 
+@contextmanager
+def probing(dept: Department) -> Iterator[None]:
+    """Inside, every source and target of the department that can (core.plugins.ProbesOnce)
+    keeps the answers it got about each user, so that the questions before a run (who waits, the
+    identity check, what stops the department) ask each user's account once per system, not once
+    per question. A system that cannot even be made is left to the checks, which say why."""
+    with ExitStack() as scope:
+        systems: list[object] = []
+        for cfg in dept.sources:
+            try:
+                systems.append(source_of(dept, cfg.name))
+            except Exception:  # noqa: BLE001 - check_department reports it
+                pass
+        try:
+            systems += list(targets_of(dept).values())
+        except Exception:  # noqa: BLE001 - check_department reports it
+            pass
+        for system in systems:
+            if isinstance(system, ProbesOnce):
+                scope.enter_context(system.probing())
+        yield
+
+
+def prerun(dept: Department, users: list[str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """The check before a run, each user's account asked once per system (see `probing`): the
+    users who wait, with why (`stopped_users`), and the problems that stop the department
+    (`check_department`, the waiting users left out)."""
+    with probing(dept):
+        stopped = stopped_users(dept, users)
+        return stopped, check_department(dept, users, waiting=stopped)
+
+
 def check_department(dept: Department, users: list[str] | None = None,
                      waiting: Iterable[str] = ()) -> list[str]:
     """Every problem that must stop the department before anything moves (all at once): a source
@@ -194,12 +227,13 @@ def check_department(dept: Department, users: list[str] | None = None,
     chosen = _chosen(dept, users)
     problems: list[str] = []
     waiting = set(waiting)
-    for cfg in dept.sources:
-        problems += source_of(dept, cfg.name).check([u.folder_in(cfg.name) for u in chosen
-                                                     if u.source not in waiting])
-    owners = [u.target for u in chosen if u.source not in waiting]
-    for field_name, sink in targets_of(dept).items():
-        problems += [p if field_name == "target" else f"{field_name}: {p}" for p in sink.check(owners)]
+    with probing(dept):
+        for cfg in dept.sources:
+            problems += source_of(dept, cfg.name).check([u.folder_in(cfg.name) for u in chosen
+                                                         if u.source not in waiting])
+        owners = [u.target for u in chosen if u.source not in waiting]
+        for field_name, sink in targets_of(dept).items():
+            problems += [p if field_name == "target" else f"{field_name}: {p}" for p in sink.check(owners)]
     return problems
 
 
@@ -210,14 +244,15 @@ def stopped_users(dept: Department, users: list[str] | None = None) -> dict[str,
     offer `user_problems(target logins)`; `users` limits the question to the users a run takes."""
     chosen = _chosen(dept, users)
     by_target: dict[str, str] = {}
-    for field_name, sink in targets_of(dept).items():
-        if isinstance(sink, ProbesUsers) and chosen:
-            for login, why in sink.user_problems([u.target for u in chosen]).items():
-                by_target.setdefault(login, f"{field_name}: {why}")
-    stopped = {u.source: by_target[u.target] for u in chosen if u.target in by_target}
-    from flows.identity import identity_waits           # the pair is not proven to be one person
-    for source, why in identity_waits(dept, users).items():
-        stopped.setdefault(source, why)
+    with probing(dept):                                 # one probe per account answers both questions
+        for field_name, sink in targets_of(dept).items():
+            if isinstance(sink, ProbesUsers) and chosen:
+                for login, why in sink.user_problems([u.target for u in chosen]).items():
+                    by_target.setdefault(login, f"{field_name}: {why}")
+        stopped = {u.source: by_target[u.target] for u in chosen if u.target in by_target}
+        from flows.identity import identity_waits       # the pair is not proven to be one person
+        for source, why in identity_waits(dept, users).items():
+            stopped.setdefault(source, why)
     return stopped
 
 
@@ -367,8 +402,7 @@ def _execute(dept_file: str, flow_name: str, ignore_window: bool,
         window = Window(None, None, window.zone)
     window.refuse_if_closed(dept)
     runtime.pool_settings(dept)              # UMSTIEG_* settings from the environment: checked before anything moves
-    stopped = stopped_users(dept, users)
-    problems = check_department(dept, users, waiting=stopped)
+    stopped, problems = prerun(dept, users)
     if problems:
         raise ConfigError(f"{dept.name}: nothing was moved:\n  " + "\n  ".join(problems))
     # calendars beyond the server's limits are told before anything moves, but stop nobody: the

@@ -397,9 +397,7 @@ class _Dav(HttpTarget):
                 continue
             home = self.home(owner)
             try:
-                resp = self._probe("PROPFIND", user, self._url(home), headers={
-                    "Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
-                    content=_PROPFIND.format(props="<d:current-user-principal/><d:owner/>").encode())
+                resp = self._probe_home(user, owner)
                 if resp.status_code == 401:
                     found[owner] = (Account(False, why=f"{self.product} refused the login of {owner!r} (HTTP 401): "
                                                        "no such account, or a wrong (app) password")
@@ -439,9 +437,16 @@ class _Dav(HttpTarget):
             email = next((a[7:] for a in addresses if a.lower().startswith("mailto:")), None)
         return email, (prop.findtext(f"{_DAV}displayname") or "").strip() or None
 
+    def _probe_home(self, user: str, owner: str) -> httpx.Response:
+        """The check's PROPFIND (Depth 0) on `owner`'s home as `user`, asking who owns it: one
+        request answers `check`, `user_problems` and `accounts` (sent once while `probing()`)."""
+        return self._probe("PROPFIND", user, self._url(self.home(owner)), headers={
+            "Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
+            content=_PROPFIND.format(props="<d:current-user-principal/><d:owner/>").encode())
+
     def _check_home(self, user: str, owner: str) -> list[str]:
         home = self.home(owner)
-        resp = self._probe("PROPFIND", user, self._url(home), headers={"Depth": "0"})
+        resp = self._probe_home(user, owner)
         if resp.status_code == 401:
             return [f"account {user!r} was refused (HTTP 401): check its (app) password"]
         if resp.status_code == 404:

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from core.errors import ConfigError, ItemError, TransientError
 from clients.http import make_client
+from core.plugins import ProbeMemo
 from core.retry import governed, policy_for
 
 __all__ = ["TRANSIENT_STATUS", "AccountAuth", "HttpTarget", "Unreachable", "caused_by"]
@@ -67,8 +68,9 @@ class AccountAuth(httpx.Auth):
             self._cookies.extract_cookies(response)
 
 
-class HttpTarget:
-    """A DAV server reached at `config.url`: the client, the accounts, connection failures."""
+class HttpTarget(ProbeMemo):
+    """A DAV server reached at `config.url`: the client, the accounts, connection failures. While
+    `probing()` is open (the check before a run), each probe is sent once and its answer shared."""
 
     #: How messages name this kind of server.
     product = "the server"
@@ -140,7 +142,14 @@ class HttpTarget:
                            self.retry) from None
 
     def _probe(self, method: str, user: str, url: str, **kwargs) -> httpx.Response:
-        """One request of `check`; a server out of reach (or not trusted) is `Unreachable`."""
+        """One request of `check`; a server out of reach (or not trusted) is `Unreachable`. Asked
+        again with the same request while `probing()`, the first answer is given (see ProbeMemo)."""
+        key = ("probe", method, user, url, repr(sorted((kwargs.get("headers") or {}).items())),
+               kwargs.get("content"))
+        return self._once(key, lambda: self._probe_now(method, user, url, **kwargs),
+                          keep=lambda resp: resp.status_code not in TRANSIENT_STATUS)
+
+    def _probe_now(self, method: str, user: str, url: str, **kwargs) -> httpx.Response:
         try:
             return self._client.request(method, url, auth=self._auth(user), **kwargs)
         except httpx.ConnectError as exc:

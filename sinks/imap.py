@@ -276,7 +276,7 @@ class ImapSink(ImapAccounts):
         masters = [o for o in owners if o not in cfg.passwords] if cfg.master_user else []
         for owner in masters or owners[:1]:
             try:
-                _Conn(self.connect(owner)).close()
+                self.try_login(owner)
                 return []
             except _Refused as exc:                          # a ConfigError too: caught first
                 if exc.code == "AUTHORIZATIONFAILED":       # the master is fine; this account is missing
@@ -296,7 +296,7 @@ class ImapSink(ImapAccounts):
         problems: dict[str, str] = {}
         for owner in owners:
             try:
-                _Conn(self.connect(owner)).close()
+                self.try_login(owner)
             except _Refused as exc:
                 problems[owner] = (f"the target account {owner!r} does not exist or cannot log in: "
                                    f"{_server_words(exc)}")

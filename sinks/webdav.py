@@ -322,22 +322,29 @@ class WebDav(HttpTarget):
                 del self._listings[key]
 
     # ----------------------------------------------------------------------- the Sink shape
+    #: What the check's PROPFIND on a user's folder asks besides the status (empty: the server's allprop).
+    _check_props: tuple[str, ...] = ()
+
     def check(self, owners: list[str]) -> list[str]:
         """Reachability and credentials, before anything moves: a PROPFIND on every user's folder
-        (or, while it does not exist yet, on the nearest folder above it) with that user's account."""
+        (or, while it does not exist yet, on the nearest folder above it) with that user's account.
+        Inside `probing()` (the flows' check before a run), the PROPFIND `user_problems` sent for
+        an account is not sent again."""
         problems: list[str] = []
         tried: set[tuple[str, str]] = set()
-        for owner in owners:
-            try:
-                acct = self._account(owner)
-                if (acct.user, acct.base) in tried:
-                    continue
-                tried.add((acct.user, acct.base))
-                problems += [f"target {self.config.root}: {p}" for p in self._check_account(acct)]
-            except (ConfigError, TransientError, FatalError, ItemError) as exc:
-                problems.append(f"target {self.config.root}: {exc}")
-            except _Unreachable as exc:               # the server itself is out of reach: once is enough
-                return problems + [f"target {self.config.root}: {exc}"]
+        with self.probing():
+            for owner in owners:
+                try:
+                    acct = self._account(owner)
+                    if (acct.user, acct.base) in tried:
+                        continue
+                    tried.add((acct.user, acct.base))
+                    problems += [p for p in (f"target {self.config.root}: {p}" for p in self._check_account(acct))
+                                 if p not in problems]
+                except (ConfigError, TransientError, FatalError, ItemError) as exc:
+                    problems.append(f"target {self.config.root}: {exc}")
+                except _Unreachable as exc:               # the server itself is out of reach: once is enough
+                    return problems + [f"target {self.config.root}: {exc}"]
         return problems
 
     def user_problems(self, owners: list[str]) -> dict[str, str]:
@@ -345,35 +352,46 @@ class WebDav(HttpTarget):
         the server refuses (no such account, or a wrong app password: WebDAV answers 401 to both),
         a quota used up, no credentials configured. Those users wait; the others go on. Only
         accounts that log in as themselves are asked: a service account's problems and a server
-        out of reach concern every user, and `check` reports them (the department stops)."""
+        out of reach concern every user, and `check` reports them (the department stops). One
+        PROPFIND per account answers both this and `check` (see `probing`)."""
         problems: dict[str, str] = {}
-        for owner in owners:
-            try:
-                acct = self._account(owner)
-                if acct.user != owner:
-                    continue
-                resp = self._probe("PROPFIND", owner, self._url(self._root(owner) + "/"), headers={"Depth": "0"})
-                if resp.status_code == 401:
-                    found = [f"{self.product} refused the login of account {owner!r} (HTTP 401): the account does "
-                             "not exist at the target, or its app password is wrong; create the account or "
-                             "correct its app password"]
-                else:
-                    found = self._check_account(acct)
-            except _Unreachable:
-                return {}
-            except (ConfigError, TransientError, FatalError, ItemError) as exc:
-                found = [str(exc)]
-            if found:
-                problems[owner] = "; ".join(found)
+        with self.probing():
+            for owner in owners:
+                try:
+                    acct = self._account(owner)
+                    if acct.user != owner:
+                        continue
+                    self._password(acct.user)
+                    resp, path = self._probe_folder(acct)
+                    if resp.status_code == 401:
+                        found = [f"{self.product} refused the login of account {owner!r} (HTTP 401): the account "
+                                 "does not exist at the target, or its app password is wrong; create the account "
+                                 "or correct its app password"]
+                    else:
+                        found = self._account_problems(acct, resp, path)
+                except _Unreachable:
+                    return {}
+                except (ConfigError, TransientError, FatalError, ItemError) as exc:
+                    found = [str(exc)]
+                if found:
+                    problems[owner] = "; ".join(found)
         return problems
 
-    def _check_account(self, acct: _Account) -> list[str]:
-        self._password(acct.user)                      # a missing secret is a ConfigError before any request
+    def _probe_folder(self, acct: _Account) -> tuple[httpx.Response, str]:
+        """(the answer, the folder asked) of the check's PROPFIND (Depth 0) on the user's folder, or,
+        while it does not exist yet, the nearest folder above it (put will make it); a server busy
+        for a moment is asked again a few times (`CHECK_WAITS`)."""
         root = self._root(acct.user)
         path = "/".join(p for p in (root, acct.base) if p)
+        headers = {"Depth": "0"}
+        body = None
+        if self._check_props:
+            headers["Content-Type"] = "application/xml; charset=utf-8"
+            body = ('<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop>'
+                    + "".join(f"<{p}/>" for p in self._check_props) + "</d:prop></d:propfind>").encode()
         waits = list(CHECK_WAITS)
         while True:
-            resp = self._probe("PROPFIND", acct.user, self._url(path + "/"), headers={"Depth": "0"})
+            resp = self._probe("PROPFIND", acct.user, self._url(path + "/"), headers=headers, content=body)
             if resp.status_code == 404 and path != root:
                 path = path.rsplit("/", 1)[0]         # not made yet: put will make it
                 continue
@@ -381,14 +399,22 @@ class WebDav(HttpTarget):
                 asked, wait = retry_after(resp, MAX_RETRY_AFTER), waits.pop(0)
                 self._sleep(min(asked if asked is not None else wait, wait))
                 continue                              # busy for a moment is not a reason to stop
-            break
+            return resp, path
+
+    def _check_account(self, acct: _Account) -> list[str]:
+        self._password(acct.user)                      # a missing secret is a ConfigError before any request
+        resp, path = self._probe_folder(acct)
+        return self._account_problems(acct, resp, path)
+
+    def _account_problems(self, acct: _Account, resp: httpx.Response, path: str) -> list[str]:
+        """What the check's answer on `path` says about the account's use as a target."""
         if resp.status_code == 401:
             return [f"account {acct.user!r} was refused (HTTP 401): check its (app) password"]
         if 300 <= resp.status_code < 400:
             return [f"the server redirects to {resp.headers.get('Location')}: set url to the real address"]
         if resp.status_code != 207:
             return [f"account {acct.user!r} cannot read {path}/ (HTTP {resp.status_code} {resp.reason_phrase})"]
-        return self._check_more(acct, path)
+        return self._check_more(acct, path, resp)
 
     def _patiently(self, step, *args):
         """`step(*args)` for `check`, asked again a few times while the server says "not now"."""
@@ -400,8 +426,9 @@ class WebDav(HttpTarget):
                     raise
                 self._sleep(min(exc.retry_after if exc.retry_after is not None else wait, wait))
 
-    def _check_more(self, acct: _Account, folder: str) -> list[str]:
-        """What a specific server can check besides the user's folder (`folder`, which exists)."""
+    def _check_more(self, acct: _Account, folder: str, answer: httpx.Response) -> list[str]:
+        """What a specific server can check besides the user's folder (`folder`, which exists;
+        `answer` is the check's PROPFIND on it, with `_check_props`)."""
         return []
 
     def digest(self, src: Path) -> str:
@@ -647,20 +674,28 @@ class Nextcloud(WebDav):
                     pass                           # not Nextcloud's answer (a proxy's page): check says so
         return found
 
-    def _check_more(self, acct: _Account, folder: str) -> list[str]:
+    #: the check's PROPFIND asks the room left too (one request per account, not two)
+    _check_props = ("d:resourcetype", "d:quota-available-bytes")
+
+    def _check_more(self, acct: _Account, folder: str, answer: httpx.Response) -> list[str]:
         problems = []
+        text = None
         try:
-            free = self._patiently(self._propfind, acct.user, folder, ("d:quota-available-bytes",))
-        except (TransientError, ItemError):
-            free = None
-        text = free.findtext(f"{_DAV}quota-available-bytes") if free is not None else None
+            for propstat in ET.fromstring(answer.content).iter(f"{_DAV}propstat"):
+                if " 200 " in f"{propstat.findtext(f'{_DAV}status') or ''} ":
+                    text = propstat.findtext(f"{_DAV}prop/{_DAV}quota-available-bytes") or text
+        except ET.ParseError:
+            pass                                      # no room told: put finds out (507)
         if text is not None and text.strip() == "0":
             problems.append(f"account {acct.user!r} has no space left (its quota is used up)")
         try:
-            self._patiently(lambda: self._request("PROPFIND", acct.user, self._uploads(acct.user),
-                                                  headers={"Depth": "0"}, ok=(207,)))
+            # chunked upload v2 is the server's (the same app for every account): asked once per
+            # check before a run, with the first account that gets this far, not once per user
+            self._once(("chunked uploads",), lambda: self._patiently(
+                lambda: self._request("PROPFIND", acct.user, self._uploads(acct.user), headers={"Depth": "0"},
+                                      ok=(207,))))
         except (TransientError, ItemError, FatalError) as exc:
-            problems.append(f"chunked uploads are not available for {acct.user!r} ({exc}); "
+            problems.append(f"chunked uploads are not available ({exc}); "
                             f"files of {self.config.chunk_threshold} bytes or more would fail")
         return problems
 

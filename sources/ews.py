@@ -52,7 +52,7 @@ from pathlib import Path
 import requests.adapters
 
 from sources.ews_config import EwsSource
-from core.plugins import Account
+from core.plugins import Account, ProbeMemo
 from core.errors import ConfigError, FatalError, ItemError, TransientError
 from core.retry import RetryPolicy, policy_for
 from core.items import ItemRef, Kind
@@ -210,7 +210,7 @@ def _retry_policy(policy: RetryPolicy):
 
 # ------------------------------------------------------------------------- the source
 @dataclass
-class EwsMailboxes:
+class EwsMailboxes(ProbeMemo):
     """Mailboxes of one Exchange server, read through EWS with impersonation."""
 
     config: EwsSource
@@ -290,9 +290,13 @@ class EwsMailboxes:
         return problems
 
     def _probe(self, mailbox: str) -> None:
-        """One cheap call: GetFolder of the mailbox's root, as the impersonated user."""
+        """One cheap call: GetFolder of the mailbox's root, as the impersonated user (`check` and
+        the identity check share it: sent once per mailbox while `probing()`)."""
         from exchangelib.folders import Root
-        Root.get_distinguished(account=self._account(mailbox))
+
+        def ask() -> None:
+            Root.get_distinguished(account=self._account(mailbox))
+        self._once(("probe", mailbox), ask)
 
     def accounts(self, names: list[str]) -> dict[str, Account]:
         """The identity check: each mailbox opens as the service account would read it (one

@@ -190,14 +190,13 @@ class ImapMailboxes(ImapAccounts):
         problems: list[str] = []
         for mailbox in folders:
             try:
-                client = self.connect(mailbox)
+                self.try_login(mailbox)               # the identity check's LOGIN too, inside probing()
             except (TlsFailed, TokenRefused, TransientError) as exc:
                 # the server or the identity platform itself: once is enough
                 return problems + [f"source {self.name}: {exc}"]
             except ConfigError as exc:
                 problems.append(f"source {self.name}: {exc}")
                 continue
-            _Conn(client).close()
         return problems
 
     #: `discover` takes a `selection` (core.mailselection) and asks the server only for what it selects

@@ -36,7 +36,9 @@ from collections.abc import Iterator
 from datetime import timezone
 from pathlib import Path
 
-from core.plugins import Account, PerProcess
+import httpx
+
+from core.plugins import Account, PerProcess, ProbeMemo
 from sources.m365_config import M365Source
 from core.errors import ConfigError, ItemError, TransientError
 from core.items import ItemRef, Kind
@@ -83,7 +85,14 @@ def _name(display: str) -> str:
     return display.replace("/", "%2F")
 
 
-class MailboxSource:
+def _json_or_none(resp: httpx.Response) -> object:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+class MailboxSource(ProbeMemo):
     """A Microsoft 365 source: the three Source operations for mail, events and contacts."""
 
     def __init__(self, config: M365Source, client: GraphClient | None = None) -> None:
@@ -107,7 +116,15 @@ class MailboxSource:
         for upn in folders:
             probes = []
             if self.config.mail:
-                probes.append((f"/users/{quote_segment(upn)}/mailFolders/inbox", "Mail.Read", None))
+                try:
+                    inbox = self._inbox(upn)
+                    if inbox.status_code != 200:     # missing or forbidden: asked again for the reason
+                        probes.append((f"/users/{quote_segment(upn)}/mailFolders/inbox", "Mail.Read", None))
+                    elif not isinstance(_json_or_none(inbox), dict):
+                        raise TransientError(f"GET {inbox.request.url.path}: Graph sent no JSON object")
+                except (ConfigError, ItemError, TransientError) as exc:
+                    problems.append(f"source {self.name}, mailbox {upn}: {exc}")
+                    continue
             if self.config.calendars:
                 probes.append((f"/users/{quote_segment(upn)}/calendars", "Calendars.Read", {"$top": "1"}))
             if self.config.contacts:
@@ -135,16 +152,25 @@ class MailboxSource:
                 if person is False:
                     found[upn] = Account(False, why=f"no user {upn!r} at Microsoft 365")
                     continue
-                resp = self.client.request("GET", f"/users/{quote_segment(upn)}/mailFolders/inbox", scope=upn,
-                                           need="Mail.Read", item=True, ok=(200, 404))
+                resp = self._inbox(upn)
                 if resp.status_code == 404:
                     found[upn] = Account(False, why=f"user {upn!r} has no mailbox at Microsoft 365")
+                    continue
+                if resp.status_code != 200:
+                    found[upn] = Account(None)
                     continue
                 person = person or {}
                 found[upn] = Account(True, email=person.get("mail"), display_name=person.get("displayName"))
             except (ConfigError, ItemError, TransientError):
                 found[upn] = Account(None)
         return found
+
+    def _inbox(self, upn: str) -> httpx.Response:
+        """GET of the mailbox's inbox (200, 403 or 404): `check` and the identity check both ask it,
+        once per mailbox while `probing()`."""
+        return self._once(("inbox", upn), lambda: self.client.request(
+            "GET", f"/users/{quote_segment(upn)}/mailFolders/inbox", scope=upn, need="Mail.Read", item=True,
+            ok=(200, 403, 404)))
 
     def discover(self, owner: str, folder: str) -> Iterator[ItemRef]:
         """Every message, event (series as one item) and contact of the mailbox `folder` (a UPN)."""

@@ -33,7 +33,9 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from core.plugins import Account, PerProcess
+import httpx
+
+from core.plugins import Account, PerProcess, ProbeMemo
 from sources.onedrive_config import OneDriveSource, SharePointSource
 from core.errors import ConfigError, ItemError, TransientError
 from core.items import ItemRef, Kind
@@ -124,7 +126,7 @@ def permission_of(perm: dict) -> list[dict]:
     return [{"principal": name, "kind": kind, "rights": rights, "deny": False, "inherited": inherited}]
 
 
-class DriveSource:
+class DriveSource(ProbeMemo):
     """A OneDrive or SharePoint source: the three Source operations plus `changes`."""
 
     def __init__(self, config: OneDriveSource | SharePointSource, client: GraphClient | None = None) -> None:
@@ -141,12 +143,17 @@ class DriveSource:
 
     # ----------------------------------------------------------------------- addressing
     def _drive_id(self, folder: str) -> str:
+        """The drive's id (kept once found; a failure is kept while `probing()`, so that `check`
+        and the identity check ask Graph once per user)."""
         sharepoint = isinstance(self.config, SharePointSource)
         cache_key = "" if sharepoint else folder
         with self._lock:
             if cache_key in self._drives:
                 return self._drives[cache_key]
-        if sharepoint:
+        return self._once(("drive", cache_key), lambda: self._look_up_drive(folder, cache_key))
+
+    def _look_up_drive(self, folder: str, cache_key: str) -> str:
+        if isinstance(self.config, SharePointSource):
             site = self.config.site
             if ":" in site:                              # host:/sites/name
                 host, _, rel = site.partition(":")
@@ -172,6 +179,13 @@ class DriveSource:
             self._drives[cache_key] = drive_id
         return drive_id
 
+    def _folder_answer(self, drive_id: str, base: str) -> httpx.Response:
+        """GET of the user's folder in the drive (200, 403 or 404): `check` and the identity check
+        both ask it, once per folder while `probing()`."""
+        return self._once(("folder", drive_id, base), lambda: self.client.request(
+            "GET", f"/drives/{drive_id}/root:/{quote(base, safe='/')}:", scope=drive_id, need=self._need,
+            item=True, ok=(200, 403, 404)))
+
     def _base(self, folder: str) -> str:
         """The user's folder inside the drive, without slashes at either end ('' = the whole drive)."""
         parts = [self.config.path.strip("/")]
@@ -196,7 +210,8 @@ class DriveSource:
             try:
                 drive_id = self._drive_id(folder)
                 base = self._base(folder)
-                if base:
+                if base and self._folder_answer(drive_id, base).status_code != 200:
+                    # missing or forbidden: asked again for the reason as a listing would meet it
                     self.client.get_json(f"/drives/{drive_id}/root:/{quote(base, safe='/')}:", scope=drive_id,
                                          need=self._need)
             except (ConfigError, ItemError, TransientError) as exc:
@@ -219,8 +234,9 @@ class DriveSource:
         for folder in names:
             try:
                 if sharepoint:
-                    resp = self.client.request("GET", f"/drives/{drive_id}/root:/{quote(self._base(folder), safe='/')}:",
-                                               scope=drive_id, need=self._need, item=True, ok=(200, 404))
+                    resp = self._folder_answer(drive_id, self._base(folder))
+                    if resp.status_code == 403:
+                        raise ItemError("forbidden")           # cannot tell
                     found[folder] = Account(True) if resp.status_code == 200 else Account(
                         False, why=f"no user folder {self._base(folder)!r} in the library")
                     continue

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import botocore.exceptions
 
-from core.plugins import Account, PerProcess
+from core.plugins import Account, PerProcess, ProbeMemo
 from sources.s3_config import S3Source
 from clients.s3 import NETWORK_ERRORS, REFUSED_CODES, TRANSIENT_CODES, make_client, retry_after_of, spent, status_of
 from core.errors import FatalError, ItemError, TransientError
@@ -38,7 +38,7 @@ def _clean_prefix(prefix: str) -> str:
     return "/".join(p for p in prefix.split("/") if p)
 
 
-class S3Bucket:
+class S3Bucket(ProbeMemo):
     """An S3 source: `s3://<bucket>/<prefix>/<user folder>/...`, one item per object."""
 
     def __init__(self, config: S3Source, *, client=None) -> None:
@@ -111,13 +111,19 @@ class S3Bucket:
         for folder in folders:
             base = self._base(folder)
             try:
-                page = self.client.list_objects_v2(Bucket=bucket, Prefix=base, MaxKeys=1)
+                page = self._first_key(base)
             except (botocore.exceptions.ClientError, *NETWORK_ERRORS) as exc:
                 problems.append(f"source {self.name}: cannot list {self._where(base)} ({self._translate(exc, base)})")
                 continue
             if not page.get("KeyCount") and not page.get("Contents"):
                 problems.append(f"source {self.name}: user folder {self._where(base)} holds no objects")
         return problems
+
+    def _first_key(self, base: str) -> dict:
+        """A listing of one key under `base`: `check` and the identity check both ask it, once per
+        user while `probing()`."""
+        return self._once(("first key", base),
+                          lambda: self.client.list_objects_v2(Bucket=self.config.bucket, Prefix=base, MaxKeys=1))
 
     def accounts(self, names: list[str]) -> dict[str, Account]:
         """Each user's prefix holds at least one object (the identity check; S3 tells no e-mail or
@@ -127,7 +133,7 @@ class S3Bucket:
         for folder in names:
             base = self._base(folder)
             try:
-                page = self.client.list_objects_v2(Bucket=self.config.bucket, Prefix=base, MaxKeys=1)
+                page = self._first_key(base)
             except (botocore.exceptions.ClientError, botocore.exceptions.NoCredentialsError, *NETWORK_ERRORS):
                 return {name: Account(None) for name in names}
             found[folder] = (Account(True) if page.get("KeyCount") or page.get("Contents") else

@@ -46,7 +46,7 @@ from smbprotocol.security_descriptor import AccessAllowedAce, AccessDeniedAce, A
 from smbclient._io import SMBFileIO, SMBFileTransaction, SMBRawIO, query_info   # no public helper for these
 from smbprotocol.file_info import FileAttributes, FileAttributeTagInformation, FileInternalInformation
 
-from core.plugins import Account, PerProcess
+from core.plugins import Account, PerProcess, ProbeMemo
 from sources.smb_config import SmbSource
 from core.errors import FatalError, ItemError, TransientError
 from core.items import ItemRef, Kind
@@ -177,7 +177,7 @@ class _Unlisted(ItemError):
     reason = "unlisted_folder"
 
 
-class SmbShare:
+class SmbShare(ProbeMemo):
     """An SMB share as a source: `\\\\server\\share\\<path>\\<user folder>\\...`, one item per file."""
 
     def __init__(self, config: SmbSource) -> None:
@@ -290,8 +290,7 @@ class SmbShare:
         for folder in folders:
             path = self._unc(folder)
             try:
-                with smbclient.scandir(path, **self._kwargs()) as entries:
-                    next(iter(entries), None)
+                self._open_folder(path)
             except SMBOSError as exc:
                 if exc.errno == 2 or exc.ntstatus in _VANISHED or exc.ntstatus == 0xC0000103:   # NOT_A_DIRECTORY
                     problems.append(f"source {self.name}: user folder {path} does not exist")
@@ -303,6 +302,14 @@ class SmbShare:
             except (SMBException, OSError, ValueError) as exc:
                 problems.append(f"source {self.name}: cannot list user folder {path} ({_reason(exc)})")
         return problems
+
+    def _open_folder(self, path: str) -> None:
+        """List the first entry of a user folder: `check` and the identity check both ask it, once
+        per folder while `probing()`."""
+        def ask() -> None:
+            with smbclient.scandir(path, **self._kwargs()) as entries:
+                next(iter(entries), None)
+        self._once(("list", path), ask)
 
     def accounts(self, names: list[str]) -> dict[str, Account]:
         """Each user folder exists and the service account may list it (the identity check; SMB
@@ -316,8 +323,7 @@ class SmbShare:
         for folder in names:
             path = self._unc(folder)
             try:
-                with smbclient.scandir(path, **self._kwargs()) as entries:
-                    next(iter(entries), None)
+                self._open_folder(path)
                 found[folder] = Account(True)
             except SMBOSError as exc:
                 if exc.errno == 2 or exc.ntstatus in _VANISHED or exc.ntstatus == 0xC0000103:   # NOT_A_DIRECTORY
