@@ -108,7 +108,8 @@ def run_pass(dept: Path, label: str, files: int) -> dict:
     if out.returncode != 0:
         raise SystemExit(f"{label}: discovery failed:\n{out.stderr[-3000:]}")
     result = {"label": label, "files": files, **json.loads(out.stdout.strip().splitlines()[-1])}
-    print(f"{files:>9} {label:<7} {result['wall']:8.2f} s  {files / result['wall']:9.0f} items/s  CPU {result['cpu']:7.2f} s  "
+    print(f"{files:>9} {label:<7} {result['wall']:8.2f} s  {files / result['wall']:9.0f} items/s  "
+          f"CPU {result['cpu']:7.2f} s  "
           f"peak RSS {result['rss_mb']:6.0f} MB (imports {result['base_mb']:4.0f} MB)  "
           f"new {result['new']} changed {result['changed']} unchanged {result['unchanged']} "
           f"removed {result['removed']} todo {result['todo']}  load {os.getloadavg()[0]:.2f}", flush=True)

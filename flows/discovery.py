@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import bindparam, insert, select, update
+from typing import cast
+
+from sqlalchemy import Table, bindparam, insert, select, update
 
 from converters.formats import FORMATS, ODF_FORMATS
 from core.department import Department
@@ -55,6 +57,9 @@ __all__ = ["Discovery", "discover", "relist_unlisted", "list_source", "reconcile
            "Reconciled"]
 
 log = logging.getLogger("umstieg.flows")
+
+#: the ledger's items as a Core table (bulk statements without the ORM's bookkeeping per row)
+ITEMS = cast(Table, Item.__table__)
 
 #: Rows per bulk statement and per slice of the listing read at once: large enough that a statement's
 #: overhead vanishes, small enough that a slice is a few MB.
@@ -207,6 +212,7 @@ def _make_mail_folders(dept: Department, selection: MailSelection, source: Sourc
     messages listed."""
     if dept.mail_target is None or dept.mail.dry_run:
         return
+    found: Iterable[FolderPlan]
     if isinstance(source, ListsMailFolders):
         found = source.mail_tree(user.source, user.folder_in(source.name))
     else:
@@ -270,14 +276,14 @@ def reconcile(dept: Department, ledger: Ledger, run_id: int, owner: str, target_
         done.unchanged = spool.one(f"SELECT COUNT(*) FROM listing l JOIN known k ON k.key = l.key "
                                    f"WHERE l.source = ? AND {_SAME}", source)
         # what must be named: new and moved files; their ODF stems need the folder's other stems
-        if spool.one(f"SELECT EXISTS (SELECT 1 FROM listing l LEFT JOIN known k ON k.key = l.key WHERE l.source = ? "
-                     f"AND l.kind = 'file' AND (k.id IS NULL OR k.location != l.location))", source):
+        if spool.one("SELECT EXISTS (SELECT 1 FROM listing l LEFT JOIN known k ON k.key = l.key WHERE l.source = ? "
+                     "AND l.kind = 'file' AND (k.id IS NULL OR k.location != l.location))", source):
             _count_stems(spool, source)
         moving = _plan_names(dept, spool, source)
         _decide_names(dept, s, spool, target_owner, source, moving)
         done.new = _insert_new(dept, s, spool, run_id, owner, target_owner, source)
         done.changed = _update_changed(dept, s, spool, run_id, target_owner, source)
-        table = Item.__table__
+        table = ITEMS
         mark = update(table).where(table.c.id == bindparam("b_id")).values(change="unchanged", updated=now())
         stale = spool.db.execute(f"SELECT k.id FROM listing l JOIN known k ON k.key = l.key WHERE l.source = ? "
                                  f"AND {_SAME} AND k.change IS NOT 'unchanged'", (source,))
@@ -338,7 +344,8 @@ class _Stems:
     entries of a folder come together in a listing: one query per folder, not per file)."""
 
     def __init__(self, spool: Spool) -> None:
-        self.spool, self.parent, self.counts = spool, None, {}
+        self.spool, self.parent = spool, ""
+        self.counts: dict[str, int] = {}
 
     def __call__(self, location: str) -> str:
         parent, stem = _parent_stem(location)
@@ -448,7 +455,7 @@ def _insert_new(dept: Department, s, spool: Spool, run_id: int, owner: str, targ
     count = 0
     batch: list[dict] = []
     odf_stem = _Stems(spool)
-    for seq, key, kind, location, version, size, meta, flag, _, path, renamed, stem in spool.rows(
+    for _seq, key, kind, location, version, size, meta, flag, _, path, renamed, stem in spool.rows(
             f"SELECT {_LISTED}, n.target_path, n.renamed, n.target_stem FROM listing l "
             f"LEFT JOIN known k ON k.key = l.key LEFT JOIN named n ON n.seq = l.seq "
             f"WHERE l.source = ? AND k.id IS NULL ORDER BY l.seq", source):
@@ -462,10 +469,10 @@ def _insert_new(dept: Department, s, spool: Spool, run_id: int, owner: str, targ
                           message=message, change="new", run_id=run_id))
         count += 1
         if len(batch) == SLICE:       # Core, not the ORM's bulk insert: half the cost per row, measured
-            s.connection().execute(insert(Item.__table__), batch)
+            s.connection().execute(insert(ITEMS), batch)
             batch = []
     if batch:
-        s.connection().execute(insert(Item.__table__), batch)
+        s.connection().execute(insert(ITEMS), batch)
     return count
 
 
@@ -474,7 +481,7 @@ def _state_of(dept: Department, kind: str, location: str, meta: dict | None,
     """(state, reason, message) of a new or changed entry: skipped if it is not moved."""
     if kind == Kind.FILE.value and flag == "skipped":
         # a link, FIFO, socket or device: listed so that a person sees it was not moved
-        return State.SKIPPED.value, meta["skipped"], meta.get("why")
+        return State.SKIPPED.value, (meta or {})["skipped"], (meta or {}).get("why")
     if kind == Kind.FILE.value and _skipped_name(dept, location):
         return (State.SKIPPED.value, "skipped_name",
                 "matches the department's skip patterns (lock file or system cache)")
@@ -489,7 +496,7 @@ def _update_changed(dept: Department, s, spool: Spool, run_id: int, target_owner
     shapes: dict[tuple, list[dict]] = {}
     moved_away = []
     odf_stem = _Stems(spool)
-    for (seq, key, kind, location, version, size, meta, flag, _, item_id, old_location, old_kind, target_ref,
+    for (_seq, _key, kind, location, version, size, meta, flag, _, item_id, old_location, old_kind, target_ref,
          path, renamed, stem) in spool.rows(
             f"SELECT {_LISTED}, k.id, k.location, k.kind, k.target_ref, n.target_path, n.renamed, n.target_stem "
             f"FROM listing l JOIN known k ON k.key = l.key LEFT JOIN named n ON n.seq = l.seq "
@@ -528,8 +535,9 @@ def _mark_removed(dept: Department, s, spool: Spool, run_id: int, source: str, s
                                                   source))
     if unlisted and "./" in unlisted:
         return 0                        # the top of the user's folder could not be listed: nothing is gone
-    missing = [i for (i,) in spool.rows("SELECT k.id FROM known k LEFT JOIN listing l ON l.source = ? AND l.key = k.key "
-                                        "WHERE l.seq IS NULL AND k.removed = 0 ORDER BY k.id", source)]
+    missing = [i for (i,) in spool.rows("SELECT k.id FROM known k LEFT JOIN listing l ON l.source = ? AND "
+                                        "l.key = k.key WHERE l.seq IS NULL AND k.removed = 0 ORDER BY k.id",
+                                        source)]
     count = 0
     for at in range(0, len(missing), SLICE):
         rows, removals = [], []
