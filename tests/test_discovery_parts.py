@@ -30,7 +30,8 @@ def small_slices(monkeypatch):
 
 
 def department(tmp_path: Path, users=("anna", "ben"), **extra):
-    config = {"name": "schichten", "work_dir": str(tmp_path / "work"),
+    # a name of its own: the PostgreSQL ledger is one database for the whole session
+    config = {"name": f"schichten-{tmp_path.name}", "work_dir": str(tmp_path / "work"),
               "users": [{"source": u, "target": f"t-{u}"} for u in users],
               "sources": [{"name": "homes", "type": "folder", "root": str(tmp_path / "home")}],
               "target": {"type": "localdir", "root": str(tmp_path / "target")},
@@ -59,9 +60,9 @@ def run(dept, ledger):
         ledger.finish_run(run_id, "completed")
 
 
-def rows(ledger, owner: str | None = None) -> list[Item]:
+def rows(dept, ledger, owner: str | None = None) -> list[Item]:
     with ledger.session() as s:
-        q = select(Item).order_by(Item.id)
+        q = select(Item).where(Item.department == dept.name).order_by(Item.id)
         return list(s.scalars(q.where(Item.owner == owner) if owner else q))
 
 
@@ -83,13 +84,15 @@ class ItemWrites:
         event.remove(self.engine, "before_cursor_execute", self._seen)
 
 
-def test_a_listing_of_many_slices_reconciles_exactly(tmp_path):
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_listing_of_many_slices_reconciles_exactly(tmp_path, db, request):
     home = tmp_path / "home"
     for user in ("anna", "ben"):
         for folder in range(5):
             for n in range(8):
                 write(home / user / f"akte{folder}" / f"dok{n:02d}.txt", f"{user} {folder} {n}", 1_600_000_000)
-    dept, ledger = department(tmp_path)
+    dept, ledger = department(tmp_path, **({"ledger": request.getfixturevalue("postgres_url")}
+                                           if db == "postgresql" else {}))
     first = run(dept, ledger)
     assert first.as_dict()["new"] == {"anna": 40, "ben": 40}
     assert {owner: len(ids) for owner, ids in first.todo.items()} == {"anna": 40, "ben": 40}
@@ -107,7 +110,7 @@ def test_a_listing_of_many_slices_reconciles_exactly(tmp_path):
                                 "unchanged": {"anna": 40 - 5 - 4 - 8, "ben": 40}, "removed": {"anna": 4 + 8}}
 
     listed = sorted(str(p.relative_to(anna)) for p in anna.rglob("*") if p.is_file())
-    items = rows(ledger, "anna")
+    items = rows(dept, ledger, "anna")
     assert len({i.key for i in items}) == len(items)                # each entry once
     assert sorted(i.location for i in items if not i.removed_at_source) == listed
     by_location = {i.location: i for i in items}
@@ -118,7 +121,7 @@ def test_a_listing_of_many_slices_reconciles_exactly(tmp_path):
     assert {i.change for i in items if i.location.startswith("akte2/")} == {"removed"}
     assert {i.change for i in items if i.location.startswith(("akte9/", "akte2-umbenannt/"))} == {"new"}
     assert {i.change for i in items if i.location.startswith(("akte3/", "akte4/"))} == {"unchanged"}
-    assert len(rows(ledger, "ben")) == 40                           # the other user untouched
+    assert len(rows(dept, ledger, "ben")) == 40                     # the other user untouched
     ledger.close()
 
 
@@ -133,12 +136,12 @@ def test_a_pass_that_finds_nothing_writes_nothing(tmp_path):
         found = run(dept, ledger)
     assert found.as_dict()["unchanged"] == {"anna": 31}
     assert second.statements and all(s.lstrip().upper().startswith("UPDATE") for s in second.statements)
-    before = {i.id: (i.updated, i.change, i.state) for i in rows(ledger)}
+    before = {i.id: (i.updated, i.change, i.state) for i in rows(dept, ledger)}
     with ItemWrites(ledger) as third:
         found = run(dept, ledger)
     assert third.statements == []
     assert found.as_dict() == {"new": {}, "changed": {}, "unchanged": {"anna": 31}, "removed": {}}
-    assert {i.id: (i.updated, i.change, i.state) for i in rows(ledger)} == before
+    assert {i.id: (i.updated, i.change, i.state) for i in rows(dept, ledger)} == before
     assert len(found.todo["anna"]) == 30                            # the link is skipped, not to do
     ledger.close()
 
@@ -172,14 +175,14 @@ def test_moved_and_renamed_items_keep_their_key_and_get_a_name_at_their_new_plac
         return done
 
     assert one_pass().new == 12
-    ids = {i.key: i.id for i in rows(ledger)}
+    ids = {i.key: i.id for i in rows(dept, ledger)}
     source.entries[3] = ("id3", "Ablage/brief3.txt", "v1")          # moved
     source.entries[4] = ("id4", "Akten/Brief-neu.txt", "v1")        # renamed
     source.entries[5] = ("id5", "Akten/brief5.txt", "v2")           # changed in place
     source.entries[6] = ("id6", "Akten/BRIEF7.txt", "v1")           # renamed onto a case twin of brief7
     done = one_pass()
     assert (done.new, done.changed, done.unchanged, done.removed) == (0, 4, 8, 0)
-    items = {i.key: i for i in rows(ledger)}
+    items = {i.key: i for i in rows(dept, ledger)}
     assert {k: i.id for k, i in items.items()} == ids                # same rows, same keys
     assert items["id3"].location == "Ablage/brief3.txt" and items["id3"].target_path == "Ablage/brief3.txt"
     assert items["id4"].target_path == "Akten/Brief-neu.txt"
@@ -202,7 +205,7 @@ def test_names_decided_folder_by_folder_are_those_of_one_plan(tmp_path):
         write(home / name, name)
     dept, ledger = department(tmp_path, users=("anna",))
     run(dept, ledger)
-    got = {i.location: (i.target_path, i.renamed) for i in rows(ledger)}
+    got = {i.location: (i.target_path, i.renamed) for i in rows(dept, ledger)}
 
     plan = NamePlan(ODF)
     ordered = sorted(names, key=lambda loc: (unicodedata.normalize("NFC", loc) != loc, loc))
