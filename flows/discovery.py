@@ -27,16 +27,17 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
+import os
 import pickle
 import re
+import shutil
 import sqlite3
 import tempfile
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from collections import Counter
 from pathlib import Path, PurePosixPath
-
 from typing import cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
@@ -45,7 +46,7 @@ from converters.formats import FORMATS, ODF_FORMATS
 from core.department import Department
 from core.errors import ItemError, TransientError, UserStopped
 from core.items import Kind
-from core.ledger import Item, Ledger, State, now
+from core.ledger import Item, Ledger, State, now, process_alive
 from core.mailselection import FolderPlan, MailSelection
 from core.outcomes import Outcome
 from flows.steps import pending_items, with_retries
@@ -133,8 +134,10 @@ class Spool:
     a bounded page cache, whatever the ledger's database is."""
 
     def __init__(self, work_dir: Path | None = None) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="umstieg-listing-",
-                                                dir=work_dir if work_dir is not None and work_dir.is_dir() else None)
+        here = work_dir if work_dir is not None and work_dir.is_dir() else None
+        if here is not None:
+            _drop_abandoned(here)
+        self._dir = tempfile.TemporaryDirectory(prefix=f"umstieg-listing-{os.getpid()}-", dir=here)
         self.db = sqlite3.connect(Path(self._dir.name) / "listing.sqlite", isolation_level=None)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000", "temp_store=FILE"):
             self.db.execute(f"PRAGMA {pragma}")
@@ -181,6 +184,15 @@ class Spool:
         for name in [w.split()[0] for w in script.split("CREATE TABLE ")[1:]]:
             self.db.execute(f"DROP TABLE IF EXISTS {name}")
         self.db.executescript(script)
+
+
+def _drop_abandoned(work_dir: Path) -> None:
+    """Remove the spools of processes of this machine that ended without removing theirs (killed):
+    each can hold a few hundred MB."""
+    for old in work_dir.glob("umstieg-listing-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ 1. listing

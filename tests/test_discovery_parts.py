@@ -6,6 +6,7 @@ to do writes nothing to the ledger. Real folder trees, real SQLite ledgers."""
 from __future__ import annotations
 
 import os
+import subprocess
 import unicodedata
 from pathlib import Path, PurePosixPath
 
@@ -225,3 +226,20 @@ def test_parent_and_stem_are_those_of_purepath(location):
     for n in (0, 1, 2):
         assert discovery._stem_path(location, str(p.parent), p.stem, n) == \
             (str(p.parent / p.stem) if n == 1 else location)
+
+
+def test_the_spool_of_a_killed_run_is_removed_by_the_next(tmp_path):
+    write(tmp_path / "home" / "anna" / "a.txt", "a")
+    dept, ledger = department(tmp_path, users=("anna",))
+    (tmp_path / "work").mkdir(exist_ok=True)
+    dead = subprocess.Popen(["true"])                                # a process id that is gone now
+    dead.wait()
+    left = tmp_path / "work" / f"umstieg-listing-{dead.pid}-abc"
+    left.mkdir()
+    (left / "listing.sqlite").write_bytes(b"x" * 1000)
+    alive = tmp_path / "work" / f"umstieg-listing-{os.getppid()}-def"     # a live process's: kept
+    alive.mkdir()
+    run(dept, ledger)
+    assert not left.exists() and alive.is_dir()
+    assert sorted(p.name for p in (tmp_path / "work").glob("umstieg-listing-*")) == [alive.name]
+    ledger.close()
