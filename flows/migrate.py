@@ -500,7 +500,13 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
     from reports.migration import write_assessment
     via = via or Here()
     dept = runtime.department(str(Path(department_file).resolve()))
-    problems = check_department(dept) + calendar_problems(dept)
+    with probing(dept):                     # the check and the identity check ask each account once
+        problems = check_department(dept) + calendar_problems(dept)
+        try:
+            from flows.identity import check_identities
+            identities = [c.row() for c in check_identities(dept)]
+        except Exception as exc:
+            _raise_plainly(exc, dept)
     listing: list[tuple[str, object]] = []
     scan_folders = []
     volumes: list[tuple[str, str, dict]] = []        # (user, source, {folder, messages, bytes}) as counted there
@@ -520,8 +526,6 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
             if cfg.type == "folder" and (cfg.root / folder).is_dir():
                 scan_folders.append((cfg.name, user.source, cfg.root / folder))
     try:
-        from flows.identity import check_identities
-        identities = [c.row() for c in check_identities(dept)]
         result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders, volumes,
                                   identities)
     except Exception as exc:
