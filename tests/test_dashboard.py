@@ -362,6 +362,23 @@ def test_items_that_need_a_person_are_never_done_and_are_worked_through_one_by_o
         assert tuple(overview.loc[0, ["Done", "Needs a person"]]) == (2, 5)
 
 
+def test_a_document_too_large_that_a_person_accepts_counts_as_done(tmp_path):
+    from reports import dashboard as data
+    items = [dict(owner="anna", location="riesig.xlsx", state="failed", reason="conversion_too_large"),
+             dict(owner="anna", location="klein.txt", state="verified")]
+    _, ledger = _synthetic_department(tmp_path, "grossamt", items)
+    try:
+        row = data.overview(ledger, ["grossamt"])["departments"][0]
+        assert (row["done"], row["needs_person"], row["failed"]) == (1, 1, 0)
+        big = data.item_page(ledger, "grossamt", {"q": "riesig"})["table"].rows[0]["id"]
+        assert data.annotate(ledger, "grossamt", big, "accepted", "bleibt im Original", "otto")
+        row = data.overview(ledger, ["grossamt"])["departments"][0]
+        assert (row["done"], row["needs_person"], row["failed"]) == (2, 0, 0)
+        assert data.department_view(ledger, "grossamt")["categories"]["needs_person"] == 0
+    finally:
+        ledger.close()
+
+
 def test_without_logins_only_loopback_host_names_are_answered(migrated):
     from umstieg.dashboard import Site, create_app
     with TestClient(create_app(Site([migrated.dept_file])), base_url="http://127.0.0.1:8350",

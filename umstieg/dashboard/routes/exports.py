@@ -56,11 +56,10 @@ def _items_csv(led, name: str, filters: dict, tr, lang: str):
     """The matching items as CSV text, chunk by chunk (a keyset walk: memory stays flat)."""
     first = True
     for chunk in data.iter_items(led, name, filters):
-        text = data.csv_text(data.Table("items", "Items", data.ITEM_COLUMNS, chunk), tr, header=first, language=lang)
-        yield ("\ufeff" if first else "") + text
+        yield ("\ufeff" if first else "") + data.csv_rows(data.ITEM_COLUMNS, chunk, tr, header=first, language=lang)
         first = False
     if first:
-        yield "\ufeff" + data.csv_text(data.Table("items", "Items", data.ITEM_COLUMNS, []), tr)
+        yield "\ufeff" + data.csv_rows(data.ITEM_COLUMNS, [], tr)
 
 
 @router.get("/departments/{name}/tables/{table}.{fmt}")
