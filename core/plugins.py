@@ -241,10 +241,10 @@ class ProbeMemo:
             memo = scope[1] if scope is not None else None
             known = memo.get(key) if memo is not None else None
         if known is not None:
-            answered, value = known
+            answered, kept = known
             if answered:
-                return value
-            raise value
+                return typing.cast(T, kept)
+            raise kept
         try:
             value = ask()
         except Exception as exc:
