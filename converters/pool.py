@@ -295,6 +295,7 @@ class ConverterPool:
         threads = 2 * max(1, self.size)
         ex = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="convert")
         pending: set = set()
+        wait_for_flight = True
         try:
             for job in jobs:
                 pending.add(ex.submit(self.convert, *job))
@@ -305,8 +306,14 @@ class ConverterPool:
         except (KeyboardInterrupt, SystemExit):
             self.close()
             raise
+        except GeneratorExit:
+            # the caller stopped reading: interrupted while it handled a result (Ctrl-C, SIGTERM
+            # land there too), or done. The documents in flight are not waited for (a hung one
+            # would hold the exit for the whole timeout): closing the pool ends them, else they finish.
+            wait_for_flight = False
+            raise
         finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+            ex.shutdown(wait=wait_for_flight, cancel_futures=True)
 
     @staticmethod
     def _collect(pending: set) -> Iterator[ConversionResult]:

@@ -14,9 +14,9 @@ import psutil
 
 from conftest import processes_using, runtime_dir
 from docgen import make_docx, make_heavy_docx, make_mixed_set
+from helpers import UMSTIEG, frozen_offices, offices_reading
 
 ROOT = Path(__file__).resolve().parents[1]
-UMSTIEG = [sys.executable, "-m", "umstieg"]
 
 
 def run(args: list[str], rt: Path, **kw) -> subprocess.CompletedProcess:
@@ -94,39 +94,46 @@ def test_same_stem_in_one_folder_does_not_overwrite(tmp_path):
 
 
 def test_sigterm_and_ctrl_c_leave_no_libreoffice_behind(tmp_path):
+    """The run is held while it is signalled, on any machine: the LibreOffice that opens halt.docx is
+    stopped (frozen_offices) and cannot answer, and the run's timeout is longer than the test's, so
+    the run cannot end before the signal whatever the speed of the other conversions."""
     src = tmp_path / "src"
     make_mixed_set(src, 40)
-    for i in range(6):          # converted first (largest first): the run is still busy when signalled
-        make_heavy_docx(src / f"gross{i}.docx", paragraphs=15000 + i)
+    make_heavy_docx(src / "halt.docx", paragraphs=15000)     # open in LibreOffice for seconds: time to stop it
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         rt = runtime_dir(f"cli-{sig.name}")
         out = tmp_path / f"out-{sig.name}"
-        env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(rt))
-        # a shell without job control (CI) starts background jobs with SIGINT ignored, and Python
-        # then keeps ignoring it: give the child the default disposition, as a terminal would
-        proc = subprocess.Popen(UMSTIEG + ["convert", str(src), str(out), "--workers", "2"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        deadline = time.monotonic() + 120
-        while not ((out / "results.jsonl").exists() and (out / "results.jsonl").read_text().count("\n") >= 3):
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)
-        assert len(processes_using(str(rt))) >= 4
-        proc.send_signal(sig)
-        proc.wait(60)
+        env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(rt), UMSTIEG_TIMEOUT="3600")
+        with frozen_offices(offices_reading("halt.docx", out), at_once=False, poll=0.005) as held:
+            # a shell without job control (CI) starts background jobs with SIGINT ignored, and Python
+            # then keeps ignoring it: give the child the default disposition, as a terminal would
+            proc = subprocess.Popen(UMSTIEG + ["convert", str(src), str(out), "--workers", "2"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            # held, and some documents done meanwhile by the other worker: waited for while the run lives
+            while not (held.frozen and (out / "results.jsonl").exists()
+                       and (out / "results.jsonl").read_text().count("\n") >= 3):
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+            assert proc.poll() is None and len(processes_using(str(rt))) >= 4
+            proc.send_signal(sig)
+            proc.wait(60)
         assert proc.returncode != 0
         # SIGKILL gives umstieg no chance: each worker notices its pool is gone and ends itself
-        time.sleep(0.5 if sig != signal.SIGKILL else 3.0)
+        ended = time.monotonic() + 60                 # bounds a failure only: the check ends when they have
+        while processes_using(str(rt)) and time.monotonic() < ended:
+            time.sleep(0.1)
         assert processes_using(str(rt)) == [], f"LibreOffice outlived {sig.name}"
         done = records(out)
         assert len(done) >= 3 and all(Path(r["output"]).is_file() for r in done)
+        assert "halt.docx" not in {r["path"] for r in done}       # it was still held when the signal came
         if sig != signal.SIGKILL:
             assert not list(out.glob("**/.umstieg-*"))
         # and the run resumes: a second pass completes the rest without redoing the first ones
         rerun = subprocess.run(UMSTIEG + ["convert", str(src), str(out), "--workers", "2"], env=env,
                                capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr
-        assert len(records(out)) == 46
+        assert len(records(out)) == 41
         assert not list(out.glob("**/.umstieg-*"))              # stale staging folders removed
 
 

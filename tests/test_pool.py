@@ -17,7 +17,7 @@ import pytest
 from conftest import processes_using, runtime_dir
 from docgen import (make_docx, make_heavy_docx, make_mixed_set, make_odt_with_onload_macro, make_pptx, make_xlsx,
                     velvet_xls)
-from helpers import frozen_offices, pool_offices, wait_until_open
+from helpers import frozen_offices, offices_reading, pool_offices, wait_until_open
 from converters.odf import check_package
 from converters.pool import ConverterPool
 from converters.workers import LocalWorker
@@ -261,6 +261,26 @@ def test_output_is_atomic(pool, tmp_path):
 def _healthy(pool: ConverterPool, n: int) -> bool:
     workers = pool.workers()
     return len(workers) == n and all(w.alive() for w in workers)
+
+
+def test_a_caller_that_stops_reading_results_does_not_wait_for_a_document_in_flight(tmp_path):
+    """Ctrl-C lands where the caller handles a result as often as inside convert_many: the results
+    generator is then closed while a document is still converting. Closing it must not wait for
+    that document (held here by a LibreOffice that cannot answer, with an hour's timeout: waiting
+    would hang the test); closing the pool then ends it."""
+    held_doc = make_heavy_docx(tmp_path / "held.docx", paragraphs=15000)
+    quick = make_docx(tmp_path / "quick.docx")
+    settings = ConversionSettings(workers=2, timeout=3600, runtime_dir=runtime_dir("stop-reading"))
+    with ConverterPool(settings) as pool:
+        with frozen_offices(offices_reading("held.docx", tmp_path), at_once=False, poll=0.005) as held:
+            results = pool.convert_many([(held_doc, tmp_path / "out", None), (quick, tmp_path / "out", None)])
+            first = next(results)
+            assert first.source == str(quick) and first.outcome is Outcome.CONVERTED
+            while not held.frozen:                      # held.docx is open in its (stopped) LibreOffice
+                time.sleep(0.01)
+            results.close()                             # returns: nothing waits for held.docx
+        assert not (tmp_path / "out" / "held.odt").exists()
+    assert processes_using(str(settings.runtime_dir)) == []
 
 
 def test_kill_9_of_a_worker_loses_nothing(tmp_path):
