@@ -53,8 +53,11 @@ def test_a_nextcloud_account_is_asked_once_before_a_run(nextcloud_server, tmp_pa
         cfg = yaml.safe_load(dept_file.read_text())
         cfg["users"] = [{"source": p, "target": login} for p, login in logins.items()]
         cfg["conversion"]["enabled"] = False
-        cfg["target"] = {"type": "nextcloud", "url": proxy.url, "timeout": 120,
-                         "app_passwords": {login: f"env:PRERUN_PW_{p.upper()}" for p, login in logins.items()}}
+        refs = {login: f"env:PRERUN_PW_{p.upper()}" for p, login in logins.items()}
+        cfg["target"] = {"type": "nextcloud", "url": proxy.url, "timeout": 120, "app_passwords": refs}
+        for field_name, kind in (("calendar_target", "caldav"), ("contacts_target", "carddav")):
+            cfg[field_name] = {"type": kind, "url": proxy.url, "flavour": "nextcloud", "timeout": 120,
+                               "app_passwords": refs}
         dept_file.write_text(yaml.safe_dump(cfg, allow_unicode=True))
 
         # each question on its own, as before: the answers to compare with
@@ -70,17 +73,20 @@ def test_a_nextcloud_account_is_asked_once_before_a_run(nextcloud_server, tmp_pa
     assert "no space left" in stopped["full"] and "refused the login" in stopped["ghost"]
     assert all(secret not in why for why in stopped.values() for secret in secrets.values())
 
-    # every request at most once; per user one PROPFIND of their files and one OCS record;
-    # the chunked-upload endpoint, the server's, once for the whole check
+    # three systems on one server: the files target (one PROPFIND of the user's files, one OCS
+    # record), the calendar and the contacts target (one PROPFIND of the user's home each, and
+    # each asks once who owns it: the same principal, once per system); the chunked-upload
+    # endpoint, the server's, once for the whole check
     asked = Counter((r["method"], r["path"]) for r in seen)
-    assert max(asked.values()) == 1, [k for k, n in asked.items() if n > 1]
+    twice = {path: n for (_, path), n in asked.items() if n > 1}
+    assert all("/dav/principals/users/" in path and n == 2 for path, n in twice.items()), twice
     for person, login in logins.items():
-        mine = [r for r in seen if f"/{login}" in r["path"]]
-        files = [r for r in mine if r["method"] == "PROPFIND" and "/dav/files/" in r["path"]]
-        ocs = [r for r in mine if "/ocs/" in r["path"]]
-        assert len(files) == 1 and len(ocs) == 1, (person, [(r["method"], r["path"]) for r in mine])
+        mine = [(r["method"], r["path"]) for r in seen if f"/{login}" in r["path"]]
+        kinds = Counter("ocs" if "/ocs/" in path else path.split("/dav/")[1].split("/")[0] for _, path in mine)
+        at_most = {"files": 1, "ocs": 1, "calendars": 1, "addressbooks": 1, "principals": 2, "uploads": 1}
+        assert all(kinds[k] <= n for k, n in at_most.items()) and set(kinds) <= set(at_most), (person, mine)
+        assert kinds["files"] == kinds["ocs"] == kinds["calendars"] == kinds["addressbooks"] == 1, (person, mine)
     assert len([r for r in seen if "/dav/uploads/" in r["path"]]) == 1
-    assert len(seen) == 2 * len(logins) + 1
 
 
 def _logins(server) -> Counter:
