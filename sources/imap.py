@@ -30,6 +30,13 @@ command per batch, for the mail copy fast path (`sinks.imap.ImapSink.append_stre
 
 Connections are pooled: one per (mailbox, thread), reused by every call of that thread; connecting,
 logging in and the pool are `clients.imap`'s, shared with the IMAP target.
+A message the server cannot read (Dovecot, for a damaged or unreadable file, ends the connection
+on any FETCH that reads it: "Disconnected: FETCH failed") does not hold back its folder: a listing
+FETCH during which the connection ends is asked again on a new connection in halves, down to the
+message to blame, which is listed with version `<UIDVALIDITY>:<UID>:unreadable` and its reason
+in meta (`unreadable`, `error`) while every other message is listed as usual; extracting it ends
+the connection again and is an `UnreadableMessage` (reason `unreadable_message`).
+
 Failures are decided here: connection failures and timeouts are `TransientError`; a message that
 vanished (expunged) or a folder whose UIDVALIDITY changed since discovery is an `ItemError`; a
 login refused during a run stops that user (`UserStopped`); an identity platform refusing the
@@ -42,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -60,7 +68,8 @@ from clients.imap import (MAX_OPEN_PER_THREAD, Conn, ImapAccounts, LoginRefused,
 from core.items import ItemRef, Kind
 from core.mailselection import FolderPlan, MailSelection
 
-__all__ = ["ImapMailboxes", "FolderInfo", "Bandwidth", "bandwidth_of", "source_for", "SPECIAL_USES"]
+__all__ = ["ImapMailboxes", "FolderInfo", "Bandwidth", "bandwidth_of", "source_for", "SPECIAL_USES",
+           "UnreadableMessage"]
 
 log = logging.getLogger("umstieg.sources.imap")
 
@@ -70,6 +79,9 @@ PART = 1 << 20
 LIST_BATCH = 500
 #: The special-use attributes of RFC 6154 that say where a folder belongs.
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Junk", "\\Drafts", "\\Archive", "\\All", "\\Flagged")
+
+#: What discovery asks the server of every message.
+_LISTED = ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT)]"]
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\s*$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 
@@ -112,6 +124,27 @@ def subject_of(header_block: bytes | None) -> str | None:
         return " ".join(str(value).split())[:200] or None if value is not None else None
     except Exception:  # noqa: BLE001 - a header the parser cannot take: the report shows the Message-ID
         return None
+
+
+class UnreadableMessage(ItemError):
+    """A message the server cannot read: it ends the connection whenever the message is fetched."""
+
+    reason = "unreadable_message"
+
+
+class _Dropped(Exception):
+    """The server ended the connection during a FETCH (not a timeout: a slow answer blames no
+    message). Raised inside a step, so that `_call` passes it on instead of making it transient."""
+
+
+def _fetching(conn: "_Conn", uids: list[int], parts: list[str]) -> dict:
+    """UID FETCH `parts` of `uids`; a connection the server ends meanwhile is `_Dropped`."""
+    try:
+        return conn.client.fetch(uids, parts)
+    except socket.timeout:
+        raise
+    except (IMAPClientAbortError, OSError) as exc:
+        raise _Dropped(_server_words(exc)) from None
 
 
 class _Conn(Conn):
@@ -241,41 +274,84 @@ class ImapMailboxes(ImapAccounts):
 
     def _discover_folder(self, owner: str, mailbox: str, info: FolderInfo,
                          criteria: list | None = None) -> Iterator[ItemRef]:
-        def listing(conn: _Conn) -> list[ItemRef]:
-            try:
-                selected = conn.examine(info.name)
-            except IMAPClientAbortError:
-                raise
-            except IMAPClientError as exc:
-                # not an empty folder: skipping it would mark its messages as deleted at the source
-                raise TransientError(f"{self._where()}: cannot open folder {info.location!r} of {mailbox!r}: "
-                                     f"{_server_words(exc)}") from None
+        def opened(conn: _Conn) -> tuple[int, list[int]]:
+            selected = self._examine(conn, mailbox, info)
             if not selected.get(b"EXISTS"):
-                return []
-            uidvalidity = conn.uidvalidity
-            uids = sorted(conn.client.search(criteria or "ALL"))
-            refs: list[ItemRef] = []
-            for start in range(0, len(uids), LIST_BATCH):
-                chunk = uids[start:start + LIST_BATCH]
-                answer = conn.client.fetch(chunk,
-                                           ["FLAGS", "INTERNALDATE", "RFC822.SIZE",
-                                            "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT)]"])
-                for uid in sorted(answer):
-                    data = answer[uid]
-                    flags = sorted(_text(f) for f in data.get(b"FLAGS", ()) if _text(f) != "\\Recent")
-                    when = data.get(b"INTERNALDATE")
-                    header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER.FIELDS")), None)
-                    size = int(data.get(b"RFC822.SIZE", 0))
-                    refs.append(ItemRef(
-                        source=self.name, key=f"{owner}/{info.location}/{uidvalidity}/{uid}", kind=Kind.MESSAGE,
-                        owner=owner, location=info.location, version=f"{uidvalidity}:{uid}:{_flags_hash(flags)}",
-                        size=size,
-                        meta={"flags": flags, "internaldate": when.isoformat() if when else None,
-                              "special_use": info.special_use, "message_id": message_id_of(header), "size": size,
-                              "subject": subject_of(header)}))
-            return refs
+                return conn.uidvalidity or 0, []
+            return conn.uidvalidity or 0, sorted(conn.client.search(criteria or "ALL"))
 
-        yield from self._call(mailbox, f"listing folder {info.location!r}", listing)
+        uidvalidity, uids = self._call(mailbox, f"listing folder {info.location!r}", opened)
+        refs: list[ItemRef] = []
+        for start in range(0, len(uids), LIST_BATCH):
+            refs += self._listed(owner, mailbox, info, uidvalidity, uids[start:start + LIST_BATCH])
+        yield from refs
+
+    def _examine(self, conn: _Conn, mailbox: str, info: FolderInfo) -> dict:
+        try:
+            return conn.examine(info.name)
+        except IMAPClientAbortError:
+            raise
+        except IMAPClientError as exc:
+            # not an empty folder: skipping it would mark its messages as deleted at the source
+            raise TransientError(f"{self._where()}: cannot open folder {info.location!r} of {mailbox!r}: "
+                                 f"{_server_words(exc)}") from None
+
+    def _listed(self, owner: str, mailbox: str, info: FolderInfo, uidvalidity: int, uids: list[int],
+                suspect: bool = False) -> list[ItemRef]:
+        """The items of `uids` (one folder, as listed under `uidvalidity`).
+
+        A FETCH during which the server ends the connection is asked again on a new connection, in
+        halves, down to the messages to blame: one that ends it alone after it ended it with others
+        (`suspect`), or alone twice, is listed as unreadable; the others are listed as usual. One
+        unreadable message among n costs about 2·log2(n) FETCHes and half as many new connections.
+        The server out of reach meanwhile is a TransientError as ever (connecting again fails)."""
+        def fetch(conn: _Conn) -> dict:
+            if conn.folder != info.name:                # a new connection, or another folder opened since
+                self._examine(conn, mailbox, info)
+            if conn.uidvalidity != uidvalidity:
+                raise TransientError(f"{self._where()}: folder {info.location!r} of {mailbox!r} was renumbered "
+                                     "while it was listed: discover again")
+            return _fetching(conn, uids, _LISTED)
+
+        try:
+            answer = self._call(mailbox, f"listing folder {info.location!r}", fetch)
+        except _Dropped as exc:
+            self._drop(mailbox)
+            if len(uids) > 1:
+                half = len(uids) // 2
+                return (self._listed(owner, mailbox, info, uidvalidity, uids[:half], suspect=True)
+                        + self._listed(owner, mailbox, info, uidvalidity, uids[half:], suspect=True))
+            if not suspect:
+                return self._listed(owner, mailbox, info, uidvalidity, uids, suspect=True)
+            return [self._unreadable(owner, mailbox, info, uidvalidity, uids[0], str(exc))]
+        refs = []
+        for uid in sorted(answer):
+            data = answer[uid]
+            flags = sorted(_text(f) for f in data.get(b"FLAGS", ()) if _text(f) != "\\Recent")
+            when = data.get(b"INTERNALDATE")
+            header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER.FIELDS")), None)
+            size = int(data.get(b"RFC822.SIZE", 0))
+            refs.append(ItemRef(
+                source=self.name, key=f"{owner}/{info.location}/{uidvalidity}/{uid}", kind=Kind.MESSAGE,
+                owner=owner, location=info.location, version=f"{uidvalidity}:{uid}:{_flags_hash(flags)}",
+                size=size,
+                meta={"flags": flags, "internaldate": when.isoformat() if when else None,
+                      "special_use": info.special_use, "message_id": message_id_of(header), "size": size,
+                      "subject": subject_of(header)}))
+        return refs
+
+    def _unreadable(self, owner: str, mailbox: str, info: FolderInfo, uidvalidity: int, uid: int,
+                    said: str) -> ItemRef:
+        """The item of a message the server cannot list: under its own key, so that it moves like any
+        other once the server can read it (its version then changes), and failing until then."""
+        error = (f"{self._where()} ends the connection whenever message {uid} of folder {info.location!r} "
+                 f"({mailbox}) is read ({said}): the message is damaged or unreadable on the server")
+        log.warning("%s", error)
+        return ItemRef(source=self.name, key=f"{owner}/{info.location}/{uidvalidity}/{uid}", kind=Kind.MESSAGE,
+                       owner=owner, location=info.location, version=f"{uidvalidity}:{uid}:unreadable", size=None,
+                       meta={"flags": [], "internaldate": None, "special_use": info.special_use, "message_id": None,
+                             "size": None, "subject": None, "unreadable": UnreadableMessage.reason,
+                             "error": error})
 
     def _open(self, conn: _Conn, mailbox: str, location: str, uidvalidity: int) -> None:
         info = self._folder(mailbox, location)
@@ -301,7 +377,7 @@ class ImapMailboxes(ImapAccounts):
             size = 0
             with open(dst, "wb") as out:
                 while True:
-                    answer = conn.client.fetch([uid], [f"BODY.PEEK[]<{size}.{PART}>"]).get(uid)
+                    answer = _fetching(conn, [uid], [f"BODY.PEEK[]<{size}.{PART}>"]).get(uid)
                     part = None if answer is None else next(
                         (v for k, v in answer.items() if k.startswith(b"BODY[]")), None)
                     if part is None:
@@ -316,8 +392,22 @@ class ImapMailboxes(ImapAccounts):
                         break
             return size
 
+        what = f"fetching message {uid} of {location!r}"
         try:
-            return self._call(mailbox, f"fetching message {uid} of {location!r}", fetch), None
+            try:
+                return self._call(mailbox, what, fetch), None
+            except _Dropped:
+                # the server ended the connection: the network's doing, or this message's; a new
+                # connection tells (a message the server cannot read ends it again)
+                self._drop(mailbox)
+            try:
+                return self._call(mailbox, what, fetch), None
+            except _Dropped as exc:
+                self._drop(mailbox)
+                raise UnreadableMessage(
+                    f"{self._where()} ends the connection whenever message {uid} of folder {location!r} "
+                    f"({mailbox}) is read ({exc}), twice on new connections: the message is damaged or "
+                    "unreadable on the server") from None
         except ItemError:
             dst.unlink(missing_ok=True)
             raise
@@ -328,9 +418,12 @@ class ImapMailboxes(ImapAccounts):
         """The bytes of many messages of one mailbox, one UID FETCH per batch (read-only, PEEK).
 
         Yields (ref, bytes) in the order of `refs` grouped by folder, or (ref, None) for a message that
-        vanished. Memory is bounded by `batch_bytes` (a message larger than it is fetched alone)."""
+        vanished; a message discovery found unreadable is not fetched (nor yielded). Memory is
+        bounded by `batch_bytes` (a message larger than it is fetched alone)."""
         by_folder: dict[str, list[ItemRef]] = {}
         for ref in refs:
+            if (ref.meta or {}).get("unreadable"):
+                continue            # it would end the batch's connection: left to `extract`, which says why
             by_folder.setdefault(ref.location, []).append(ref)
         try:
             for location, items in by_folder.items():

@@ -21,7 +21,7 @@ from core.errors import ConfigError, ItemError, TransientError, UserStopped
 from helpers import MASTER, fill, message
 from servers.dovecot import Dovecot, dovecot_factory  # noqa: F401  (a fixture)
 from sinks.imap import ImapSink, canonical, parse_ref
-from sources.imap import ImapMailboxes
+from sources.imap import ImapMailboxes, UnreadableMessage
 
 USERS = {"anna": "anna-pw-1", "ben": "ben-pw-2"}
 #: The source announces special use on German names (as an Exchange with German folders does)
@@ -271,6 +271,60 @@ def test_an_expunged_message_is_an_item_error(servers, tmp_path):
         size, _ = source.extract("ben", "Weg", tmp_path / "kept", refs[1].key)   # the batch goes on
         assert (tmp_path / "kept").read_bytes() == kept
         assert not (tmp_path / "gone").exists()
+    finally:
+        source.close()
+
+
+def test_messages_the_server_cannot_read_are_listed_apart_and_the_rest_of_the_folder_moves(servers, tmp_path):
+    """Dovecot ends the connection on any FETCH that reads a message whose file it cannot read
+    ("Disconnected: FETCH failed"). Discovery finds those messages among the others (asking again
+    in halves, on new connections): they are listed, typed unreadable, and fail alone when
+    extracted; every other message of the folder is listed and read, by `extract` and by the fast
+    path, which leaves the unreadable ones to `extract`. Readable again, such a message is a delta.
+
+    A mailbox of its own: Dovecot gives a new folder the caching decisions of the user's INBOX, and
+    with headers cached at saving, listing would not read the files at all."""
+    source_server, _ = servers
+    user = "erna"                          # a mailbox of its own (see above)
+    source_server.add_user(user, "erna-pw-5")
+    bodies = {n: message(300 + n) for n in range(9)}
+    fill(source_server, user, {"Beschaedigt": [(bodies[n], "()", "15-Mar-2024 10:00:00 +0100") for n in bodies]})
+    maildir = source_server.base / "mail" / user / "Maildir" / ".Beschaedigt"
+    files = {f: f.read_bytes() for sub in ("cur", "new") for f in (maildir / sub).iterdir()}
+    spoiled = [next(f for f, data in files.items() if f"Nachricht {300 + n} ".encode() in data) for n in (2, 6)]
+    modes = {f: f.stat().st_mode for f in spoiled}
+    for f in spoiled:
+        os.chmod(f, 0)                    # unreadable for Dovecot (which runs as nobody), as a damaged file is
+    readable = sorted(bodies[n] for n in bodies if n not in (2, 6))
+    source = source_of(source_server)
+    try:
+        refs = [r for r in source.discover(user, user) if r.location == "Beschaedigt"]
+        assert len(refs) == 9 and len({r.key for r in refs}) == 9
+        bad = [r for r in refs if (r.meta or {}).get("unreadable")]
+        good = [r for r in refs if r not in bad]
+        assert len(bad) == 2
+        for ref in bad:
+            assert ref.version.endswith(":unreadable") and ref.meta["unreadable"] == "unreadable_message"
+            assert "ends the connection whenever message" in ref.meta["error"] and "Beschaedigt" in ref.meta["error"]
+        for i, ref in enumerate(bad):
+            with pytest.raises(UnreadableMessage, match="ends the connection") as failed:
+                source.extract(user, ref.location, tmp_path / f"bad{i}", ref.key)
+            assert failed.value.reason == "unreadable_message" and not (tmp_path / f"bad{i}").exists()
+        got = []
+        for i, ref in enumerate(good):                       # the batch goes on
+            source.extract(user, ref.location, tmp_path / f"good{i}", ref.key)
+            got.append((tmp_path / f"good{i}").read_bytes())
+        assert sorted(got) == readable
+        fetched = list(source.fetch_messages(user, refs))
+        assert {r.key for r, _ in fetched} == {r.key for r in good} and sorted(d for _, d in fetched) == readable
+    finally:
+        for f, mode in modes.items():
+            os.chmod(f, mode)
+    try:
+        again = {r.key: r for r in source.discover(user, user) if r.location == "Beschaedigt"}
+        assert set(again) == {r.key for r in refs} and not [r for r in again.values() if r.meta.get("unreadable")]
+        assert all(again[r.key].version != r.version for r in bad)          # readable now: a delta
+        assert all(again[r.key].version == r.version for r in good)
     finally:
         source.close()
 

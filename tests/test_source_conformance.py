@@ -70,12 +70,7 @@ CASES = [
         "bounded_memory": "EWS has no download of an item's bytes: GetItem sends its MIME base64-encoded "
                           "inside one SOAP answer, which a SOAP client (exchangelib) parses whole",
     }),
-    Case("imap", "imap_rig", gaps={
-        "unreadable": "a message Dovecot cannot read (its file unreadable) makes Dovecot end the connection on "
-                      "the listing's FETCH, which asks for header fields (\"Disconnected: FETCH failed\"): "
-                      "sources/imap.py's discover then raises TransientError, so none of the user's mailbox "
-                      "is listed until that one message can be read",
-    }),
+    Case("imap", "imap_rig"),
     Case("export", "export_rig"),
 ]
 BY_KIND = {c.kind: c for c in CASES}
