@@ -7,11 +7,12 @@ phase (`flows.migrate.prerun`, as `_execute` does) for N users who log in with t
 passwords, against a real Nextcloud 27 behind a counting proxy (tests/servers/faultproxy.py, no
 faults), and prints the requests the server got (in all, per user, the most any one resource was
 asked) and the seconds the phase took. One round: the figure is for the phase as a run meets it
-(the accounts' sessions not yet made).
+(the accounts' sessions not yet made). `--login-passwords`: the users log in with their login
+passwords instead (Nextcloud checks each with argon2, ~0.65 s, once per account and session).
 
 Needs ../shared/nextcloud and PHP (bin/setup installs it).
 
-    .venv/bin/python benchmarks/prerun_probes.py [--users 50]
+    .venv/bin/python benchmarks/prerun_probes.py [--users 50] [--login-passwords]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from servers.faultproxy import FaultProxy  # noqa: E402
 from servers.nextcloud import NextcloudServer, nextcloud_missing  # noqa: E402
 
 
-def department(tmp: Path, url: str, users: list, env_prefix: str) -> Path:
+def department(tmp: Path, url: str, users: list, env_prefix: str, login_passwords: bool = False) -> Path:
     """A department of `users` (NextcloudUser) with empty home folders, the target at `url`."""
     home = tmp / "home"
     for i, _ in enumerate(users):
@@ -49,7 +50,7 @@ def department(tmp: Path, url: str, users: list, env_prefix: str) -> Path:
         "conversion": {"enabled": False},
     }
     for i, u in enumerate(users):
-        os.environ[f"{env_prefix}{i:04d}"] = u.app_password
+        os.environ[f"{env_prefix}{i:04d}"] = u.password if login_passwords else u.app_password
     path = tmp / "department.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
@@ -81,6 +82,7 @@ def measure(dept_file: Path, proxy: FaultProxy, logins: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--login-passwords", action="store_true")
     args = parser.parse_args()
     reason = nextcloud_missing()
     if reason:
@@ -89,9 +91,9 @@ def main() -> None:
     nc = NextcloudServer(tmp / "nextcloud")
     try:
         nc.start()
-        users = [nc.new_user("pr") for _ in range(args.users)]
+        users = [nc.new_user("pr", app_password=not args.login_passwords) for _ in range(args.users)]
         with FaultProxy(nc.url) as proxy:
-            dept_file = department(tmp, proxy.url, users, "PRERUN_BENCH_PW_")
+            dept_file = department(tmp, proxy.url, users, "PRERUN_BENCH_PW_", args.login_passwords)
             print(json.dumps(measure(dept_file, proxy, [u.login for u in users]), indent=2))
     finally:
         nc.remove()
