@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
+from typing import Any
 
 import imapclient
 from imapclient import imap_utf7
@@ -141,7 +142,7 @@ class AppTokens:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._session: _TrustingSession | None = None
-        self._client = None                      # msal's ConfidentialClientApplication or oauth2cli Client
+        self._client: Any = None                 # msal's ConfidentialClientApplication or oauth2cli Client
         self._secret: str = ""
         self._cached: tuple[str, float] | None = None     # token_url only: (token, monotonic expiry)
         #: tokens obtained from the identity platform (not from a cache)
@@ -311,7 +312,17 @@ class ImapAccounts(ProbeMemo):
     connection) and `_lock`; it says what a refused login (`_login_refused`) and a refused command
     (`_refused`) mean on its side, and makes its own `Conn` subclass (`_wrap`)."""
 
+    # what the class using it has (declared for the type checker; set by that class)
+    config: Any
+    _local: threading.local
+    _all: list[Conn]
+    _lock: threading.Lock
+
     # ------------------------------------------------------------------ hooks
+    def connect(self, user: str) -> imapclient.IMAPClient:
+        """A new client, logged in to `user`'s mailbox (the class using it knows how)."""
+        raise NotImplementedError
+
     def _wrap(self, client: imapclient.IMAPClient) -> Conn:
         return Conn(client)
 

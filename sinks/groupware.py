@@ -138,8 +138,8 @@ def collection_name(display: str) -> str:
     Lower-case letters, digits, `-` and `_`; when that loses anything, a short hash of the
     display name follows, so that "Team/Plan" and "Team Plan" stay two collections.
     """
-    translit = display.translate(str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss",
-                                                "Ä": "ae", "Ö": "oe", "Ü": "ue"}))
+    umlauts: dict[str, str | int | None] = {"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "Ä": "ae", "Ö": "oe", "Ü": "ue"}
+    translit = display.translate(str.maketrans(umlauts))
     slug = re.sub(r"[^a-z0-9_]+", "-", translit.lower()).strip("-_")[:60] or "calendar"
     if slug != display:
         slug += "-" + hashlib.sha256(display.encode("utf-8")).hexdigest()[:8]

@@ -33,7 +33,7 @@ class Unreachable(Exception):
     """`check` cannot reach the server at all: one problem, not one per user."""
 
 
-def caused_by(exc: BaseException, kind: type) -> bool:
+def caused_by(exc: BaseException | None, kind: type) -> bool:
     """Whether `kind` is somewhere in the chain of causes of `exc` (httpx wraps httpcore's wrapper)."""
     seen = 0
     while exc is not None and seen < 10:

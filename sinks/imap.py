@@ -47,7 +47,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -127,10 +127,12 @@ def parse_ref(ref: str) -> tuple[str, str, int, int]:
 class _Conn(Conn):
     """One logged-in connection and its selected folder (read-write: this is the target)."""
 
-    def select(self, folder: str) -> None:
-        if self.folder != folder:
+    def select(self, folder: str) -> int:
+        """Select `folder` (unless it is already); its UIDVALIDITY (0 when the server names none)."""
+        if self.folder != folder or self.uidvalidity is None:
             info = self.client.select_folder(folder)
             self.folder, self.uidvalidity = folder, int(info.get(b"UIDVALIDITY", 0))
+        return self.uidvalidity
 
 
 @dataclass
@@ -160,7 +162,7 @@ class ImapSink(ImapAccounts):
         self.config = config
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[_Conn] = []
+        self._all = []
         self._mailboxes: dict[str, _Mailbox] = {}
         # ref -> flags put or found, for verify (which gets only the ref); the newest MAX_REMEMBERED
         self._flags: OrderedDict[str, tuple[str, ...]] = OrderedDict()
@@ -328,14 +330,15 @@ class ImapSink(ImapAccounts):
         mid, size, when = meta.get("message_id"), meta.get("size"), _parse_date(meta.get("internaldate"))
 
         def look(conn: _Conn) -> str | None:
-            conn.select(folder)
+            validity = conn.select(folder)
             if mid and mid.isascii():
                 uids = conn.client.search(["HEADER", "Message-ID", mid])
             elif size:
                 # `size` may be the file's (bare LF line ends): its CRLF form is at most twice as long
-                criteria = ["LARGER", str(int(size) - 1), "SMALLER", str(2 * int(size) + 1)]
+                criteria: list[str | date] = ["LARGER", str(int(size) - 1), "SMALLER", str(2 * int(size) + 1)]
                 if when is not None:               # SEARCH dates are days in the server's time zone
-                    criteria += ["SINCE", (when - timedelta(days=1)).date(), "BEFORE", (when + timedelta(days=2)).date()]
+                    criteria += ["SINCE", (when - timedelta(days=1)).date(),
+                                 "BEFORE", (when + timedelta(days=2)).date()]
                 uids = conn.client.search(criteria)
             else:
                 return None
@@ -346,7 +349,7 @@ class ImapSink(ImapAccounts):
                     continue
                 if not mid and when is not None and data.get(b"INTERNALDATE") != when:
                     continue
-                matches[make_ref(owner, folder, conn.uidvalidity, uid)] = (uid, data.get(b"FLAGS", ()))
+                matches[make_ref(owner, folder, validity, uid)] = (uid, data.get(b"FLAGS", ()))
             held = taken(list(matches)) if matches and taken is not None else set()
             ref = next((r for r in matches if r not in held), None)
             if ref is not None:
@@ -410,7 +413,7 @@ class ImapSink(ImapAccounts):
         return ref
 
     def _locate(self, conn: _Conn, owner: str, folder: str, data: bytes) -> str:
-        conn.select(folder)
+        validity = conn.select(folder)
         conn.client.noop()
         mid = _message_id(data)
         if mid and mid.isascii():
@@ -421,7 +424,7 @@ class ImapSink(ImapAccounts):
         for uid in sorted(uids, reverse=True)[:MAX_CANDIDATES]:
             body = (conn.client.fetch([uid], ["BODY.PEEK[]"]).get(uid) or {}).get(b"BODY[]")
             if body is not None and _sha256(body) == digest:
-                return make_ref(owner, folder, conn.uidvalidity, uid)
+                return make_ref(owner, folder, validity, uid)
         raise ItemError(f"the message was appended to {folder!r} but cannot be found there again")
 
     def verify(self, ref: str, digest: str) -> str | None:
@@ -475,7 +478,7 @@ class ImapSink(ImapAccounts):
             for start in range(0, len(wanted), batch_count):
                 part = wanted[start:start + batch_count]
 
-                def read(conn: _Conn, part=part, folder=folder):
+                def read(conn: _Conn, part=part, folder=folder, uidvalidity=uidvalidity):
                     conn.select(folder)
                     if conn.uidvalidity != uidvalidity:
                         return None
@@ -530,7 +533,7 @@ class ImapSink(ImapAccounts):
         refs)` says another source message holds, is not this one's."""
         workers = max(1, workers)
         claims = _Claims(taken)
-        lanes = [queue.Queue() for _ in range(workers)]
+        lanes: list[queue.Queue] = [queue.Queue() for _ in range(workers)]
         done: queue.Queue = queue.Queue()
         budget = _Budget(max_bytes)
         stop = threading.Event()
@@ -689,7 +692,8 @@ class ImapSink(ImapAccounts):
             uids = _uid_set(m.group(2).decode()) if m else []
             if len(uids) != len(items):
                 raise IMAPClientError("APPEND failed: no APPENDUID for every message")
-            return [make_ref(owner, folder, int(m.group(1)), uid) for uid in uids]
+            validity = int(m.group(1)) if m else 0          # (no uids without a match)
+            return [make_ref(owner, folder, validity, uid) for uid in uids]
 
         refs = self._call(owner, f"appending {len(items)} messages to {folder!r}", append)
         for ref, meta in zip(refs, metas):
@@ -841,7 +845,7 @@ def _list_mailbox(conn: _Conn) -> _Mailbox:
 
 
 def _folder_index(conn: _Conn, folder: str) -> _FolderIndex:
-    conn.select(folder)
+    validity = conn.select(folder)
     by_key: dict = {}
     uids = conn.client.search("ALL")
     answer = conn.client.fetch(uids, ["RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]) \
@@ -852,7 +856,7 @@ def _folder_index(conn: _Conn, folder: str) -> _FolderIndex:
         size = int(data.get(b"RFC822.SIZE", 0))
         key = (mid, size) if mid else (None, size, data.get(b"INTERNALDATE"))
         by_key.setdefault(key, []).append(uid)
-    return _FolderIndex(uidvalidity=conn.uidvalidity, by_key=by_key)
+    return _FolderIndex(uidvalidity=validity, by_key=by_key)
 
 
 #: This process's sink for a configuration (one connection pool shared by every chunk).

@@ -50,6 +50,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -235,7 +236,7 @@ class WebDav(HttpTarget):
         """One request as `user`; a failure becomes the taxonomy's class (see the module doc)."""
         url = self._url(dav_path)
         what = f"{method} {dav_path}"
-        extra = {"timeout": httpx.Timeout(timeout, connect=min(timeout, 15.0))} if timeout else {}
+        extra: dict[str, Any] = {"timeout": httpx.Timeout(timeout, connect=min(timeout, 15.0))} if timeout else {}
         with self._transient(what):
             resp = self._client.request(method, url, headers=headers, content=content, auth=self._auth(user),
                                         **extra)
@@ -481,8 +482,8 @@ class WebDav(HttpTarget):
                 prop = ET.Element("prop")
                 for propstat in response.iter(f"{_DAV}propstat"):
                     if " 200 " in f"{propstat.findtext(f'{_DAV}status') or ''} " and \
-                            propstat.find(f"{_DAV}prop") is not None:
-                        prop.extend(list(propstat.find(f"{_DAV}prop")))
+                            (found := propstat.find(f"{_DAV}prop")) is not None:
+                        prop.extend(list(found))
                 is_dir = prop.find(f"{_DAV}resourcetype/{_DAV}collection") is not None
                 listing[href.rsplit("/", 1)[-1]] = (is_dir, None if is_dir else self._stored_sha256(prop))
         with self._lock:
@@ -653,8 +654,9 @@ class Nextcloud(WebDav):
                 continue                           # no credentials: user_problems makes them wait
             try:
                 with self._transient("GET OCS user"):
-                    resp = self._client.get(f"{self._origin}{self._prefix}/ocs/v2.php/cloud/users/{quote(login, safe='')}",
-                                            params={"format": "json"}, auth=self._auth(user),
+                    resp = self._client.get(f"{self._origin}{self._prefix}/ocs/v2.php/cloud/users/"
+                                            f"{quote(login, safe='')}", params={"format": "json"},
+                                            auth=self._auth(user),
                                             headers={"OCS-APIRequest": "true", "Accept": "application/json"})
             except (ConfigError, TransientError):
                 return {name: Account(None) for name in names}
@@ -756,14 +758,15 @@ class Nextcloud(WebDav):
             for number, offset in enumerate(range(0, size, chunk), start=1):
                 length = min(chunk, size - offset)
 
-                def send_chunk(number=number, offset=offset, length=length):
+                def send_chunk(number=number, offset=offset, length=length, digest=digest):
                     attempt = digest.copy()
                     self._request("PUT", user, f"{folder}/{number:05d}", owner=acct.owner,
                                   headers={**common, "Content-Length": str(length)},
                                   content=_blocks(src, offset, length, attempt))
                     return attempt
                 digest = self._again(f"chunk {number} of {dav_path}", send_chunk)
-            headers = {**common, "OC-Checksum": f"SHA256:{known or digest.hexdigest()}"}
+            sent = known if isinstance(digest, _NoDigest) else digest.hexdigest()   # (known when no digest is made)
+            headers = {**common, "OC-Checksum": f"SHA256:{sent}"}
             if mtime is not None:
                 headers["X-OC-MTime"] = str(int(mtime))
             self._while_locked(dav_path, lambda: self._request(

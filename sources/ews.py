@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests.adapters
 
@@ -268,7 +269,7 @@ class EwsMailboxes(ProbeMemo):
             self._password()
         except ConfigError as exc:
             return [f"{where}: {exc}"]
-        problems = []
+        problems: list[str] = []
         for mailbox in folders:
             try:
                 self._probe(mailbox)
@@ -456,18 +457,16 @@ class EwsMailboxes(ProbeMemo):
         Exchange refuses the saved state: then the folder's items are listed afresh)."""
         from exchangelib.errors import ErrorInvalidSyncStateData
         fields = {Kind.MESSAGE: _MESSAGE_FIELDS, Kind.EVENT: ["size"], Kind.CONTACT: ["size"]}[kind]
-        for attempt in (1, 2):
-            folder.item_sync_state = entry["state"]
-            try:
-                changes = list(folder.sync_items(only_fields=fields, max_changes_returned=self.config.page_size))
-            except ErrorInvalidSyncStateData:
-                if attempt == 2:
-                    raise
-                log.warning("folder %s: Exchange refused the saved sync state; listing it afresh", folder.id)
-                entry["state"], entry["items"] = None, {}
-                continue
-            entry["state"] = folder.item_sync_state
-            return changes
+        folder.item_sync_state = entry["state"]
+        try:
+            changes = list(folder.sync_items(only_fields=fields, max_changes_returned=self.config.page_size))
+        except ErrorInvalidSyncStateData:
+            log.warning("folder %s: Exchange refused the saved sync state; listing it afresh", folder.id)
+            entry["state"], entry["items"] = None, {}
+            folder.item_sync_state = None
+            changes = list(folder.sync_items(only_fields=fields, max_changes_returned=self.config.page_size))
+        entry["state"] = folder.item_sync_state
+        return changes
 
     def _folder_paths(self, tree: dict, top: str, distinguished: dict) -> dict:
         """Folder id -> path below Top of Information Store, kind and special use, for wanted kinds."""
@@ -508,7 +507,7 @@ class EwsMailboxes(ProbeMemo):
                 snapshot = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 log.warning("sync state %s is unreadable: the mailbox %s is listed in full again", path, mailbox)
-        empty = {"hierarchy": None, "tree": {}, "folders": {}, "items": {}}
+        empty: dict[str, Any] = {"hierarchy": None, "tree": {}, "folders": {}, "items": {}}
         return json.loads(json.dumps(snapshot)) if snapshot else empty
 
     def _save(self, mailbox: str, snapshot: dict) -> None:

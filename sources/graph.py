@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -416,7 +417,7 @@ client_for = PerProcess(GraphClient, close="close", key=lambda config: config.mo
     "timeout", "retry"}))
 
 
-def person_of(client: GraphClient, upn: str) -> dict | bool | None:
+def person_of(client: GraphClient, upn: str) -> dict | Literal[False] | None:
     """The Entra ID user `upn` as Graph holds it (`GET /users/{upn}`: `mail`, the primary e-mail
     address, and `displayName`), for the identity check; False when there is no such user, None
     when the application may not read users (User.Read.All) and so cannot tell."""

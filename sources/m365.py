@@ -114,7 +114,7 @@ class MailboxSource(ProbeMemo):
             return [f"source {self.name}: {exc}"]
         problems = []
         for upn in folders:
-            probes = []
+            probes: list[tuple[str, str, dict[str, str] | None]] = []
             if self.config.mail:
                 try:
                     inbox = self._inbox(upn)
@@ -296,7 +296,8 @@ class MailboxSource(ProbeMemo):
         flags = []
         if m.get("isRead"):
             flags.append("\\Seen")
-        verb = VERB_FLAGS.get(_last_verb(m))
+        last_verb = _last_verb(m)
+        verb = VERB_FLAGS.get(last_verb) if last_verb is not None else None
         if verb == "\\Answered":
             flags.append(verb)
         if str((m.get("flag") or {}).get("flagStatus", "")).lower() == "flagged":

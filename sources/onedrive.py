@@ -73,7 +73,8 @@ def _slim(e: dict, seq: int) -> dict:
             "root": "root" in e, "folder": "folder" in e, "file": "file" in e,
             "package": (e.get("package") or {}).get("type"), "shared": "shared" in e,
             "version": str(e.get("cTag") or e.get("eTag") or ""), "size": e.get("size"),
-            "mtime": _epoch((e.get("fileSystemInfo") or {}).get("lastModifiedDateTime") or e.get("lastModifiedDateTime")),
+            "mtime": _epoch((e.get("fileSystemInfo") or {}).get("lastModifiedDateTime")
+                            or e.get("lastModifiedDateTime")),
             "owner": _identity_name(e.get("createdBy"))}
 
 
@@ -275,7 +276,7 @@ class DriveSource(ProbeMemo):
         with state.lock:
             last = state.seen.get(folder)
             result.resynced = resynced or last is None
-            since = -1 if result.resynced else last
+            since = -1 if result.resynced or last is None else last
             found = self._listed(state, base, lambda item: item["seq"] > since)
             if not result.resynced:
                 result.removed = [i for i, (seq, path) in state.removed.items()
@@ -308,7 +309,7 @@ class DriveSource(ProbeMemo):
                     self.client.expired(f"drive {drive_id}")
             state.seq += 1
             full = delta is None
-            if full:
+            if delta is None:
                 delta = self.client.delta(f"/drives/{drive_id}/root/delta", scope=drive_id, need=self._need)
                 old, state.items = state.items, {}
             for e in delta.entries:

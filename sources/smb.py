@@ -45,6 +45,7 @@ from smbprotocol.open import FilePipePrinterAccessMask, SMB2QueryInfoRequest, SM
 from smbprotocol.security_descriptor import AccessAllowedAce, AccessDeniedAce, AceFlags, SMB2CreateSDBuffer
 from smbclient._io import SMBFileIO, SMBFileTransaction, SMBRawIO, query_info   # no public helper for these
 from smbprotocol.file_info import FileAttributes, FileAttributeTagInformation, FileInternalInformation
+from pydantic import SecretStr
 
 from core.plugins import Account, PerProcess, ProbeMemo
 from sources.smb_config import SmbSource
@@ -184,7 +185,7 @@ class SmbShare(ProbeMemo):
         self.config = config
         self._lock = threading.Lock()
         self._cache: dict = {}                 # this source's own smbprotocol connection pool
-        self._password = None
+        self._password: SecretStr | None = None
 
     @property
     def name(self) -> str:
@@ -450,7 +451,7 @@ class SmbShare(ProbeMemo):
             raise _Unlisted(f"folder {location.rstrip('/') or '.'} could not be listed at the source; "
                             "give the service account the right to list it, then run again")
         if (listed or {}).get("skipped"):
-            raise ItemError(f"{location} is not a regular file at the source: {listed.get('why')}")
+            raise ItemError(f"{location} is not a regular file at the source: {(listed or {}).get('why')}")
         parts = PurePosixPath(location).parts
         if not parts or PurePosixPath(location).is_absolute() or ".." in parts:
             raise ItemError(f"refusing a location outside the user's folder: {location!r}")
@@ -543,5 +544,6 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-#: This process's source for a configuration (one connection shared by every thread; at exit it logs off (smbclient only closes its default pool)).
+#: This process's source for a configuration (one connection shared by every thread; at exit it logs off
+#: (smbclient only closes its default pool)).
 source_for = PerProcess(SmbShare, close="_drop_connection")
