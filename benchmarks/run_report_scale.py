@@ -175,7 +175,8 @@ def main() -> None:
             marker.write_text("ok")
             print(f"generated a ledger of {args.items} items in {time.perf_counter() - started:.1f} s", flush=True)
         for p in range(args.passes):
-            cmd = [sys.executable, __file__, "--measure", str(dept)] + (["--profile"] if args.profile and p == 0 else [])
+            profile = ["--profile"] if args.profile and p == 0 else []
+            cmd = [sys.executable, __file__, "--measure", str(dept), *profile]
             out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"the report failed:\n{out.stderr[-3000:]}")

@@ -92,7 +92,7 @@ def _status(dept: Department, ledger: Ledger, run_id: int | None = None) -> tupl
     states = [s.value for s in State]
     table = [{"user": u, **{st: users[u].get(st, 0) for st in states}, "total": sum(users[u].values())}
              for u in sorted(users)]
-    totals = Counter()
+    totals: Counter = Counter()
     for c in users.values():
         totals.update(c)
     removed = tallies["removed"]
