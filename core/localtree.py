@@ -29,7 +29,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -203,7 +203,7 @@ def _kind(mode: int) -> str:
     return "other"
 
 
-def _listing(dir_fd: int, rel: bytes, exclude: set[str] = frozenset()) -> tuple[list[Entry], list[bytes]]:
+def _listing(dir_fd: int, rel: bytes, exclude: Set[str] = frozenset()) -> tuple[list[Entry], list[bytes]]:
     """The entries of one folder (by name) and its sub-folders' names, the listing finished first."""
     with os.scandir(dir_fd) as it:
         names = sorted(os.fsencode(e.name) for e in it)
@@ -234,7 +234,7 @@ def _listing(dir_fd: int, rel: bytes, exclude: set[str] = frozenset()) -> tuple[
     return entries, subdirs
 
 
-def walk(top_fd: int, exclude: set[str] = frozenset()) -> Iterator[Entry]:
+def walk(top_fd: int, exclude: Set[str] = frozenset()) -> Iterator[Entry]:
     """Every entry below the folder `top_fd`, depth first, in byte order of names, the files of a
     folder before its sub-folders. Links are reported, never entered; a sub-folder that cannot be
     opened or listed is one entry of kind `unlisted`. A top folder that cannot be listed raises

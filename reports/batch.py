@@ -168,7 +168,8 @@ def _style_ods(path: Path, widths: dict[str, list[int]], ranges: list[str]) -> N
                                                                       q("style", "family"): "table-column"})
             etree.SubElement(style, q("style", "table-column-properties"),
                              {q("style", "column-width"): f"{width * 0.2 + 0.4:.2f}cm"})
-            table.insert(i, etree.Element(q("table", "table-column"), {q("table", "style-name"): f"umstieg-co{number}-{i}"}))
+            table.insert(i, etree.Element(q("table", "table-column"),
+                                          {q("table", "style-name"): f"umstieg-co{number}-{i}"}))
     if ranges:
         database = etree.SubElement(spreadsheet, q("table", "database-ranges"))
         for number, address in enumerate(ranges):

@@ -19,6 +19,10 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = ["LANGUAGES", "DEFAULT_LANGUAGE", "LOCALE_DIR", "TEMPLATES_DIR", "catalog", "translations", "negotiate",
            "language_of", "Names", "names", "environment", "render"]
@@ -30,6 +34,12 @@ TEMPLATES_DIR = Path(__file__).with_name("templates")
 #: The message context of export column headers: their English text is the column's key (what
 #: scripts read from fidelity.csv and scan.csv), so it must not collide with a word of prose.
 COLUMN_CONTEXT = "column"
+
+
+class _Catalog(gettext.GNUTranslations):
+    """A compiled catalog that also knows which ids it names (see `catalog`)."""
+
+    named: frozenset[str] = frozenset()
 
 
 def catalog(directory: Path, domain: str, language: str,
@@ -46,7 +56,7 @@ def catalog(directory: Path, domain: str, language: str,
     buffer = io.BytesIO()
     write_mo(buffer, parsed)
     buffer.seek(0)
-    found = gettext.GNUTranslations(buffer)
+    found = _Catalog(buffer)
     # which ids it names: a word written alike in both languages ("images") is named, not missing
     found.named = frozenset(m.id for m in parsed if m.id and m.string and isinstance(m.id, str) and not m.context)
     if fallback is not None:
@@ -161,7 +171,7 @@ def names(language: str | None) -> Names:
 
 
 @lru_cache(maxsize=None)
-def environment(*directories: Path) -> "jinja2.Environment":  # noqa: F821 - jinja2 imported lazily
+def environment(*directories: Path) -> jinja2.Environment:       # (jinja2 imported when first asked)
     """A Jinja environment over `directories` (the reports' templates when none are given):
     HTML escaped automatically, Markdown left as written, blocks without stray blank lines."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape

@@ -75,7 +75,7 @@ def load_accounts(path: Path) -> dict[str, Account]:
     for name, entry in (data.get("users") or {}).items():
         entry = entry or {}
         role, stored = entry.get("role"), str(entry.get("password_hash") or "")
-        if role not in (r.value for r in Role):
+        if role not in {r.value for r in Role}:
             problems.append(f"users.{name}.role: must be viewer or operator")
         if "password" in entry:
             problems.append(f"users.{name}: a plaintext password is not accepted; "
@@ -83,7 +83,7 @@ def load_accounts(path: Path) -> dict[str, Account]:
         if not stored.startswith("scrypt$") or stored.count("$") != 5:
             problems.append(f"users.{name}.password_hash: not a hash from `umstieg dashboard --hash-password`")
         if not problems:
-            accounts[str(name)] = Account(str(name), Role(role), stored)
+            accounts[str(name)] = Account(str(name), Role(str(role)), stored)
     if problems:
         raise ConfigError(f"{path}:\n  " + "\n  ".join(problems))
     return accounts

@@ -142,22 +142,22 @@ class Reruns:
     def stop_all(self, timeout: float = 20) -> None:
         """End every running rerun (their process groups: the flow and its LibreOffice workers)."""
         with self._lock:
-            jobs = [j for j in self._jobs.values() if j.process is not None]
-        for job in jobs:
+            jobs = [(j, j.process) for j in self._jobs.values() if j.process is not None]
+        for job, process in jobs:
             if job.running:
                 try:
-                    os.killpg(job.process.pid, signal.SIGTERM)
+                    os.killpg(process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        for job in jobs:
+        for _, process in jobs:
             try:
-                job.process.wait(timeout)
+                process.wait(timeout)
             except subprocess.TimeoutExpired:
                 try:
-                    os.killpg(job.process.pid, signal.SIGKILL)
+                    os.killpg(process.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                job.process.wait()
+                process.wait()
 
 
 def _from_row(row: dict) -> Rerun:

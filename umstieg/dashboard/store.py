@@ -148,6 +148,8 @@ class Store:
             cur = db.execute("INSERT INTO reruns (department, filters, started, by_login, host, pid, log) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (department, json.dumps(filters), started.isoformat(), by, host, pid, str(log)))
+            if cur.lastrowid is None:          # (sqlite3 sets it after every INSERT into a rowid table)
+                raise RuntimeError("the rerun got no number")
             return int(cur.lastrowid)
 
     def rerun(self, number: int) -> dict | None:

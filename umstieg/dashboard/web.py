@@ -63,6 +63,7 @@ class Dashboard:
     def __init__(self, site: Site) -> None:
         self.site = site
         self.sessions = Sessions(site.secret)
+        assert site.state_dir is not None           # Site.__post_init__ settles it
         self.store = Store(site.state_dir / "dashboard.sqlite", site.throttle)
         self.audit = Audit()
         self.reruns = Reruns(self.store)
@@ -114,7 +115,8 @@ class Dashboard:
         if me is None or not self.site.accounts:
             raise Refused(401, "Log in first.")
         if not csrf or not secrets.compare_digest(csrf, me["c"]):
-            raise Refused(403, "The form has expired or did not come from this dashboard. Reload the page and try again.")
+            raise Refused(403, "The form has expired or did not come from this dashboard. "
+                               "Reload the page and try again.")
         if me["r"] != Role.OPERATOR.value:
             raise Refused(403, "Only operators may do this.")
         return me
@@ -264,11 +266,13 @@ def install(app: FastAPI, web: Dashboard) -> None:
     """Make `web` the app's dashboard and add the error pages and the security headers."""
     app.state.dashboard = web
     app.state.site, app.state.reruns, app.state.store = web.site, web.reruns, web.store
-    app.add_exception_handler(Refused, _refused)
+    # (Starlette's signature types every handler as taking any Exception, though it calls each one
+    # only with the class it is registered for: its documented usage does not type-check, hence the ignores)
+    app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(404, _not_found)
     app.add_exception_handler(405, _not_allowed)
-    app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(LoginNeeded, _to_login)
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(LoginNeeded, _to_login)  # type: ignore[arg-type]
     app.middleware("http")(_headers)
 
 

@@ -44,7 +44,7 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
         message = (tr("Too many failed logins for this login.") if what == "login"
                    else tr("Too many failed logins from your address.")) + " " + \
             tr("Try again in %(minutes)d minutes.") % {"minutes": -(-seconds // 60)}
-        response = web.render(request, "login.html", status=429, next=local_path(next),
+        response: Response = web.render(request, "login.html", status=429, next=local_path(next),
                               token=web.sessions.login_token(), failed=True, message=message, username=username)
         response.headers["Retry-After"] = str(seconds)
         return response
