@@ -12,7 +12,7 @@ def make_docx(path: Path, paragraphs: int = 3, seed: int = 0) -> Path:
     rnd = random.Random(seed)
     d = docx.Document()
     d.add_heading(f"Document {seed}", level=1)
-    for i in range(paragraphs):
+    for _ in range(paragraphs):
         d.add_paragraph(" ".join(rnd.choice(["Amt", "Bürger", "Antrag", "Frist", "Bescheid", "Akte"])
                                  for _ in range(12)))
     table = d.add_table(rows=2, cols=2)
@@ -88,13 +88,14 @@ End Sub
 <!DOCTYPE library:library PUBLIC "-//OpenOffice.org//DTD OfficeDocument 1.0//EN" "library.dtd">
 <library:library xmlns:library="http://openoffice.org/2000/library" library:name="Standard" library:readonly="false" library:passwordprotected="false">
  <library:element library:name="Module1"/>
-</library:library>"""
+</library:library>"""  # noqa: E501 (the library element as LibreOffice writes it, on one line)
     container = """<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE library:libraries PUBLIC "-//OpenOffice.org//DTD OfficeDocument 1.0//EN" "libraries.dtd">
 <library:libraries xmlns:library="http://openoffice.org/2000/library" xmlns:xlink="http://www.w3.org/1999/xlink">
  <library:library library:name="Standard" library:link="false"/>
 </library:libraries>"""
-    styles = f'<?xml version="1.0" encoding="UTF-8"?><office:document-styles xmlns:office="{office}" office:version="1.3"/>'
+    styles = (f'<?xml version="1.0" encoding="UTF-8"?>'
+              f'<office:document-styles xmlns:office="{office}" office:version="1.3"/>')
     manifest = """<?xml version="1.0" encoding="UTF-8"?>
 <manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0" manifest:version="1.3">
  <manifest:file-entry manifest:full-path="/" manifest:media-type="application/vnd.oasis.opendocument.text"/>
@@ -183,8 +184,10 @@ def make_fidelity_docx(path: Path) -> Path:
     w = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
     footnotes = (f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:footnotes xmlns:w="{w}">'
                  '<w:footnote w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:footnote>'
-                 '<w:footnote w:type="continuationSeparator" w:id="0"><w:p><w:r><w:continuationSeparator/></w:r></w:p></w:footnote>'
-                 '<w:footnote w:id="1"><w:p><w:r><w:footnoteRef/></w:r><w:r><w:t xml:space="preserve"> Gemäß Verwaltungskostengesetz.</w:t></w:r></w:p></w:footnote>'
+                 '<w:footnote w:type="continuationSeparator" w:id="0">'
+                 '<w:p><w:r><w:continuationSeparator/></w:r></w:p></w:footnote>'
+                 '<w:footnote w:id="1"><w:p><w:r><w:footnoteRef/></w:r>'
+                 '<w:r><w:t xml:space="preserve"> Gemäß Verwaltungskostengesetz.</w:t></w:r></w:p></w:footnote>'
                  '</w:footnotes>')
     reference = '</w:t></w:r><w:r><w:footnoteReference w:id="1"/></w:r><w:r><w:t>'
     return rewrite_package(tmp, path, {
@@ -319,7 +322,8 @@ def make_pptx_with_comments(path: Path, modern: bool = False) -> Path:
         body = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
                 '<p188:cmLst xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" '
                 f'xmlns:r="{rel_ns}" xmlns:p188="http://schemas.microsoft.com/office/powerpoint/2018/8/main">'
-                '<p188:cm id="{11111111-1111-4111-8111-111111111111}" authorId="{22222222-2222-4222-8222-222222222222}" '
+                '<p188:cm id="{11111111-1111-4111-8111-111111111111}" '
+                'authorId="{22222222-2222-4222-8222-222222222222}" '
                 'created="2026-11-02T09:00:00.000">'
                 '<pc:sldMkLst xmlns:pc="http://schemas.microsoft.com/office/powerpoint/2013/main/command">'
                 '<pc:docMk/><pc:sldMk cId="0" sldId="256"/></pc:sldMkLst>'

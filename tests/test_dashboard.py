@@ -217,7 +217,8 @@ def test_queries_are_validated_into_the_error_page_and_head_is_answered(viewer, 
         assert "not valid" in r.text and '"detail"' not in r.text, url
     head = viewer.head("/departments/testamt")
     get = viewer.get("/departments/testamt")
-    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
     assert viewer.head("/tables/departments.csv").status_code == 200
     assert viewer.head("/departments/nowhere").status_code == 404
     assert viewer.delete("/").status_code == 405
@@ -294,13 +295,14 @@ def test_items_that_need_a_person_are_never_done_and_are_worked_through_one_by_o
     from reports import dashboard as data
     from umstieg.dashboard import Site, create_app
     items = [
-        dict(owner="anna", location="plain.docx", state="verified", conversion="converted", fidelity_verdict="identical",
-             fidelity_score=100.0),
+        dict(owner="anna", location="plain.docx", state="verified", conversion="converted",
+             fidelity_verdict="identical", fidelity_score=100.0),
         dict(owner="anna", location="geheim.docx", state="verified", conversion="encrypted", message="encrypted OOXML"),
         dict(owner="anna", location="kaputt.xlsx", state="verified", conversion="unreadable", message="damaged"),
         dict(owner="anna", location="layout.pptx", state="verified", conversion="converted", fidelity_verdict="review",
              fidelity_score=71.0),
-        dict(owner="anna", location="Bericht.TXT", state="verified", renamed="case_twin", target_path="Bericht (2).TXT"),
+        dict(owner="anna", location="Bericht.TXT", state="verified", renamed="case_twin",
+             target_path="Bericht (2).TXT"),
         dict(owner="anna", location="link", state="skipped", reason="skipped_link"),
         dict(owner="anna", location="riesig.xlsx", state="failed", reason="conversion_too_large"),
         dict(owner="anna", location="weg.docx", state="failed", reason="load_error"),
@@ -335,8 +337,8 @@ def test_items_that_need_a_person_are_never_done_and_are_worked_through_one_by_o
         rows = r'<th scope="row"><a href="/departments/pruefamt/items/(\d+)\?queue=1"'
         listed = re.findall(rows, queue)
         assert len(listed) == 6
-        for why in ("too large to convert", "encrypted (moved unconverted)", "unreadable or damaged", "not moved (a link",
-                    "review", "renamed at the target"):
+        for why in ("too large to convert", "encrypted (moved unconverted)", "unreadable or damaged",
+                    "not moved (a link", "review", "renamed at the target"):
             assert why in text_of(queue), why                 # human names, not the ledger's codes
         only = text_of(c.get("/departments/pruefamt/attention", params={"why": "encrypted"}).text)
         assert "geheim.docx" in only and "kaputt.xlsx" not in only
@@ -351,8 +353,8 @@ def test_items_that_need_a_person_are_never_done_and_are_worked_through_one_by_o
         second = c.get(nxt).text
         assert 'id="queue-previous"' in second and "Item 2 / 6" in text_of(second)
         # a person accepts the encrypted document as it is: it leaves the list and counts as done
-        enc = re.search(r'/departments/pruefamt/items/(\d+)\?queue=1"[^>]*>\d+</a></th>\s*<td>anna</td><td class="path">'
-                        r'geheim\.docx', queue).group(1)
+        enc = re.search(r'/departments/pruefamt/items/(\d+)\?queue=1"[^>]*>\d+</a></th>\s*'
+                        r'<td>anna</td><td class="path">geheim\.docx', queue).group(1)
         token = csrf_of(first)
         r = c.post(f"/departments/pruefamt/items/{enc}/annotation?back=queue%3D1",
                    data={"csrf": token, "verdict": "accepted", "comment": "Passwort liegt beim Amt"})
@@ -423,8 +425,9 @@ def test_department_page_progress_fidelity_failures_and_items(viewer, migrated):
     r = viewer.get("/departments/testamt")
     assert r.status_code == 200
     text = text_of(r.text)
-    for expected in ("Progress by user", "Progress by kind", "Fidelity verdicts by format", "Score histogram by format",
-                     "Top deductions", "Top risk flags", "Failures by error class", "could not be written to the target"):
+    for expected in ("Progress by user", "Progress by kind", "Fidelity verdicts by format",
+                     "Score histogram by format", "Top deductions", "Top risk flags", "Failures by error class",
+                     "could not be written to the target"):
         assert expected in text, expected
     assert "Operators can rerun" in text and 'action="/departments/testamt/rerun"' not in r.text   # viewer
     tables = {name: pd.read_csv(io.BytesIO(viewer.get(f"/departments/testamt/tables/{name}.csv").content),
@@ -509,7 +512,7 @@ def test_the_viewer_enlarges_both_pages_side_by_side_and_steps_through_documents
                           r'aria-labelledby="cap-(source|output)" id="wrap-\1">',
                           fit.text)) == 2
     twice = viewer.get(link, params={"zoom": "3"}).text
-    for side, (src, w, h) in images.items():
+    for side, (_src, w, h) in images.items():
         assert f'width="{3 * w}" height="{3 * h}" alt=' in twice and f'id="page-{side}"' in twice
     assert viewer.get(link, params={"zoom": "9"}).status_code == 400
     # previous / next through the department's measured documents, keeping the zoom
@@ -988,8 +991,8 @@ def test_the_department_figures_on_a_postgresql_ledger(postgres_url):
         with ledger.session() as s:
             rows = s.execute(select(Item.location, Item.fidelity_score, Item.fidelity, Item.state)
                              .where(Item.department == "pgdashamt")).all()
-            formats = {f for f, in s.execute(text("SELECT DISTINCT file_format FROM items WHERE department = 'pgdashamt' "
-                                                  "AND fidelity_score IS NOT NULL"))}
+            formats = {f for f, in s.execute(text("SELECT DISTINCT file_format FROM items "
+                                                  "WHERE department = 'pgdashamt' AND fidelity_score IS NOT NULL"))}
         measured = [r for r in rows if r.fidelity_score is not None]
         assert formats == {Path(r.location).suffix[1:] for r in measured}
         assert sum(r["total"] for r in view["tables"]["verdicts"].rows) == len(measured)

@@ -120,7 +120,8 @@ def test_a_viewer_walks_overview_department_document_and_exports_csv(browser, se
     visit.check("overview")
     browser.find_element(By.LINK_TEXT, "testamt").click()
     wait_for(lambda: browser.current_url.endswith("/departments/testamt"))
-    assert "could not be written to the target" in browser.find_element(By.ID, "h-failures").find_element(By.XPATH, "..").text
+    failures = browser.find_element(By.ID, "h-failures").find_element(By.XPATH, "..")
+    assert "could not be written to the target" in failures.text
     assert not browser.find_elements(By.ID, "rerun-button")              # a viewer gets no rerun form
     visit.check("department")
     browser.find_element(By.CSS_SELECTOR, f'a[href="/departments/testamt/items/{migrated.docx_id}"]').click()
@@ -141,7 +142,8 @@ def test_a_viewer_walks_overview_department_document_and_exports_csv(browser, se
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith("Needs a person")
     visit.check("needs-a-person")
     browser.get(server.url + "/departments/testamt?sort=size&dir=desc#h-items")
-    sizes = [int(td.get_attribute("data-bytes") or 0) for td in browser.find_elements(By.CSS_SELECTOR, "td[data-bytes]")]
+    sizes = [int(td.get_attribute("data-bytes") or 0)
+             for td in browser.find_elements(By.CSS_SELECTOR, "td[data-bytes]")]
     assert sizes == sorted(sizes, reverse=True) and len(sizes) == 5
     browser.get(server.url + "/departments/testamt")
     browser.find_element(By.LINK_TEXT, "Risk scan").click()
@@ -186,7 +188,7 @@ def test_an_operator_reruns_failed_items_by_keyboard_and_sees_them_finish(browse
     # keyboard only: from the top of the page, Tab to the rerun button and press Enter
     browser.find_element(By.TAG_NAME, "body").click()
     browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0);")
-    for presses in range(300):
+    for _ in range(300):
         ActionChains(browser).send_keys(Keys.TAB).perform()
         if browser.execute_script("return document.activeElement.id") == "rerun-button":
             break

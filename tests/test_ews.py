@@ -285,7 +285,8 @@ def test_a_rebuilt_meeting_keeps_who_comes_and_how(server, tmp_path):
     [ev] = icalendar.Calendar.from_ical(data).walk("VEVENT")
     assert str(ev["ORGANIZER"]) == "mailto:anna@amt.example" and ev["ORGANIZER"].params["CN"] == "Anna Amt"
     people = {str(a).removeprefix("mailto:"): dict(a.params) for a in ev["ATTENDEE"]}
-    assert people["ben@amt.example"]["ROLE"] == "REQ-PARTICIPANT" and people["ben@amt.example"]["PARTSTAT"] == "ACCEPTED"
+    assert people["ben@amt.example"]["ROLE"] == "REQ-PARTICIPANT"
+    assert people["ben@amt.example"]["PARTSTAT"] == "ACCEPTED"
     assert people["carla@amt.example"]["ROLE"] == "OPT-PARTICIPANT"
     assert people["carla@amt.example"]["PARTSTAT"] == "DECLINED"
     assert people["raum214@amt.example"]["CUTYPE"] == "RESOURCE"

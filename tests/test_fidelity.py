@@ -321,7 +321,8 @@ def test_modern_slide_comments_are_read_and_their_loss_is_reported(converted):
 def test_sections_and_page_setup_are_compared_for_every_section(converted):
     source, output = converted["sections"]
     src, out = read_facts(source, FORMATS["docx"]), read_facts(output, FORMATS["odt"])
-    assert [(p.width, p.height) for p in src.pages] == [(210, 297), (297, 210)] == [(p.width, p.height) for p in out.pages]
+    assert [(p.width, p.height) for p in src.pages] == [(210, 297), (297, 210)] \
+        == [(p.width, p.height) for p in out.pages]
     for a, b in zip(src.pages, out.pages):                       # top and bottom measured to the text on both sides
         assert a.margins == (30, 25, 20, 20) and b.margins == pytest.approx(a.margins, abs=0.2)
     checks = checks_of(assess(source, output, FORMATS["docx"], STRUCTURAL))

@@ -27,7 +27,8 @@ def assessed(corpus, pool, tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus-fidelity")
     settings = FidelitySettings(visual="none")
     records = {}
-    for result in pool.convert_many([(corpus / rel, out, Path(rel).stem + "." + Path(rel).suffix[1:]) for rel in SELECTION]):
+    jobs = [(corpus / rel, out, Path(rel).stem + "." + Path(rel).suffix[1:]) for rel in SELECTION]
+    for result in pool.convert_many(jobs):
         rel = Path(result.source).relative_to(corpus).as_posix()
         assert result.outcome is Outcome.CONVERTED, (rel, result.message)
         records[rel] = (result, assess(Path(result.source), Path(result.output), FORMATS[result.format], settings))

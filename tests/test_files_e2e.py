@@ -158,7 +158,8 @@ def test_a_share_and_onedrives_land_in_nextcloud_converted_verified_and_shared(s
     lock = rows[("anna", "~$Bericht.docx")]
     assert lock["state"] == "skipped"
     moved = {k: r for k, r in rows.items() if r is not lock}
-    assert all(r["state"] == "verified" for r in moved.values()), [r for r in moved.values() if r["state"] != "verified"]
+    not_verified = [r for r in moved.values() if r["state"] != "verified"]
+    assert not not_verified, not_verified
     assert len(moved) == len(share_files) - 1 + 3 and not summary.get("stopped_users")
 
     held = nc.tree(anna)

@@ -15,7 +15,6 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from datetime import datetime, timedelta, timezone
 
-import pytest
 import yaml
 
 from servers.dovecot import Dovecot, dovecot_factory  # noqa: F401  (a fixture)

@@ -360,7 +360,8 @@ def test_imap_target_login_and_nothing_to_compare(tmp_path, monkeypatch):
         checks = _checks(path)
         assert (checks["erik"].target_account, checks["erik"].attributes) == ("ok", "exists; no attributes to compare")
         assert checks["erik"].problem is None
-        assert checks["gone-src"].target_account.startswith("mail target: ") and "'gone*" in checks["gone-src"].target_account
+        assert checks["gone-src"].target_account.startswith("mail target: ")
+        assert "'gone*" in checks["gone-src"].target_account
         assert checks["gone-src"].problem.startswith("identity: target")
 
 

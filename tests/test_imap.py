@@ -480,7 +480,8 @@ def test_without_appenduid_the_message_is_found_by_message_id(servers, dovecot_f
             refs[name] = sink.put("ben", "Suche", src, None, {"flags": ["\\Seen"]})
             assert sink.verify(refs[name], sink.digest(src)) is None
         assert len(set(refs.values())) == 2
-        assert sorted(h for h, _, _ in snapshot(target, "ben")["Suche"]) == sorted(sha(canonical(m)) for m in sent.values())
+        assert sorted(h for h, _, _ in snapshot(target, "ben")["Suche"]) \
+            == sorted(sha(canonical(m)) for m in sent.values())
         # a stream of messages: no MULTIAPPEND (its UIDs could not be learnt), each appended once and found
         batch = {f"k{i}": message(97 + i) for i in range(3)}
         got = list(sink.append_stream("ben", ((k, "Stapel", {"flags": []}, data) for k, data in batch.items())))

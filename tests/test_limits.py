@@ -163,7 +163,8 @@ def test_rerun_selection_leaves_items_deleted_at_the_source_alone(ledger):
     with ledger.session() as s:
         for key, removed in (("a", False), ("b", True)):
             s.add(Item(department="amt", source="homes", key=key, kind="file", owner="anna", target_owner="t-anna",
-                       location=f"{key}.docx", target_stem=key, version="1", size=1, state=State.FAILED.value, reason="load_error",
+                       location=f"{key}.docx", target_stem=key, version="1", size=1, state=State.FAILED.value,
+                       reason="load_error",
                        removed_at_source=removed, run_id=run))
     assert [i.key for i in select_failed(ledger, "amt")] == ["a"]
 

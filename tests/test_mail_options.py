@@ -385,7 +385,7 @@ def test_the_deleted_at_the_source_table_names_each_message(servers, tmp_path):
     summary = run(dept_file)
     report = Path(summary["report"]).read_text()
     mid = second.split(b"Message-ID: ")[1].split(b"\r\n")[0].decode()
-    line = next(l for l in report.splitlines() if mid in l)
+    line = next(row for row in report.splitlines() if mid in row)
     assert "Grüße" in line and "| INBOX |" in line and "left at the target" in line
     assert first.split(b"Message-ID: ")[1].split(b"\r\n")[0].decode() not in report
 

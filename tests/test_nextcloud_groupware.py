@@ -254,7 +254,8 @@ def exported_calendar(folder: Path, files: int, calname: str | None, relcalid: s
             "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Microsoft Corporation//Outlook 16.0 MIMEDIR//EN\r\n"
             f"METHOD:PUBLISH\r\n{header}BEGIN:VEVENT\r\nUID:{prefix}-{i}@amt.example\r\n"
             "DTSTAMP:20260101T000000Z\r\n"
-            f"DTSTART:2026{1 + i % 12:02d}{1 + i % 28:02d}T090000Z\r\nDTEND:2026{1 + i % 12:02d}{1 + i % 28:02d}T100000Z\r\n"
+            f"DTSTART:2026{1 + i % 12:02d}{1 + i % 28:02d}T090000Z\r\n"
+            f"DTEND:2026{1 + i % 12:02d}{1 + i % 28:02d}T100000Z\r\n"
             f"SUMMARY:Termin {i}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n").encode())
 
 

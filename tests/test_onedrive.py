@@ -172,7 +172,8 @@ def test_permissions_of_shared_items_go_into_meta(graph):
         {"id": "3", "roles": ["read"], "grantedToV2": {"group": {"displayName": "Kämmerei", "id": "g1"}}},
         {"id": "4", "roles": ["read"], "link": {"scope": "anonymous", "type": "view"}},
         {"id": "5", "roles": ["write"], "link": {"scope": "users", "type": "edit"},
-         "grantedToIdentitiesV2": [{"user": {"email": "carl@extern.example"}}, {"user": {"email": "dora@extern.example"}}]},
+         "grantedToIdentitiesV2": [{"user": {"email": "carl@extern.example"}},
+                                   {"user": {"email": "dora@extern.example"}}]},
         {"id": "6", "roles": ["read"], "link": {"scope": "organization", "type": "view"}},
     ]
     graph.put_file(drive, "geteilt.docx", b"s", shared=True, permissions=perms)
@@ -255,7 +256,8 @@ def test_at_most_concurrency_requests_per_drive(graph, tmp_path):
 @pytest.mark.corpus
 def test_office_files_from_the_corpus_arrive_byte_for_byte(graph, corpus, tmp_path):
     drive = graph.add_user(UPN)
-    picked = [p for sub in ("documents", "spreadsheets", "presentations") for p in sorted((corpus / sub).rglob("*.*x"))[:3]]
+    picked = [p for sub in ("documents", "spreadsheets", "presentations")
+              for p in sorted((corpus / sub).rglob("*.*x"))[:3]]
     assert picked
     for p in picked:
         graph.put_file(drive, f"{p.parent.name}/{p.name}", p.read_bytes())

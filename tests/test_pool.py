@@ -162,7 +162,7 @@ def test_workbooks_with_excels_default_password_convert(pool, tmp_path):
 
 
 def test_encrypted_ooxml_is_reported_without_libreoffice(pool, tmp_path):
-    msoffcrypto = pytest.importorskip("msoffcrypto")
+    pytest.importorskip("msoffcrypto")
     from msoffcrypto.format.ooxml import OOXMLFile
     plain = make_docx(tmp_path / "plain.docx")
     with open(plain, "rb") as f, open(tmp_path / "secret.docx", "wb") as out:
@@ -846,13 +846,14 @@ def test_profile_settings_exist_in_libreoffice_schema_and_links_are_never_update
     """
     from converters.soffice_server import PROFILE_SETTINGS
     props = _schema_props()
-    for path, name, type_, value in PROFILE_SETTINGS:
+    for path, name, type_, _value in PROFILE_SETTINGS:
         if "['" in path:                        # an entry of a set (Jobs), not a schema property
             continue
         key = f"{path}/{name}"
         assert key in props, f"{key} is not a LibreOffice setting"
         assert props[key][0] == f"xs:{type_}", (key, props[key])
-    writer, calc = "/org.openoffice.Office.Writer/Content/Update/Link", "/org.openoffice.Office.Calc/Content/Update/Link"
+    writer = "/org.openoffice.Office.Writer/Content/Update/Link"
+    calc = "/org.openoffice.Office.Calc/Content/Update/Link"
     assert props[writer][1] == "1" and props[calc][1] == "2"     # MANUAL / LM_ON_DEMAND: "on request"
     written = {f"{p}/{n}": v for p, n, _, v in PROFILE_SETTINGS}
     assert written[writer] == "0", "Writer: 0 is NEVER (2 would be AUTOMATIC, 'always update')"

@@ -154,10 +154,11 @@ def test_copies_of_deleted_items_are_reported_as_they_really_are(tmp_path):
     setting today says nothing about items found gone while it was off."""
     from reports.migration import run_summary, write_run_report
     dept, ledger, run = _ledger_with(tmp_path, [
-        dict(location="weg.txt", state="verified", removed_at_source=True, target_ref="/t/weg.txt"),   # found gone while off
+        # found gone while off
+        dict(location="weg.txt", state="verified", removed_at_source=True, target_ref="/t/weg.txt"),
         dict(location="entfernt.txt", state="skipped", reason="removed_at_source", removed_at_source=True,
              target_ref="/t/entfernt.txt"),                                                             # really removed
-        dict(location="nie.txt", state="failed", reason="extract_error", removed_at_source=True),         # never arrived
+        dict(location="nie.txt", state="failed", reason="extract_error", removed_at_source=True),  # never arrived
     ], delete_at_target=True)
     try:
         summary = run_summary(dept, ledger, run, {}, 1.0)

@@ -29,7 +29,8 @@ ENCRYPTED = {
     "documents/testWORD_protected_passtika.docx": "encrypted", "documents/protected_normal_case.docx": "encrypted",
     "spreadsheets/testEXCEL_protected_passtika_2.xlsx": "encrypted", "spreadsheets/pass_protected.xlsx": "encrypted",
     "spreadsheets/pass_protected.xlsb": "encrypted", "presentations/testPPT_protected_passtika.pptx": "encrypted",
-    "presentations/testPPT_protected_passtika.ppt": "encrypted", "spreadsheets/testEXCEL_protected_passtika.xls": "encrypted",
+    "presentations/testPPT_protected_passtika.ppt": "encrypted",
+    "spreadsheets/testEXCEL_protected_passtika.xls": "encrypted",
     "documents/testODTEncrypted.odt": "encrypted", "spreadsheets/pass_protected.ods": "encrypted",
     "documents/testWORD_protected_drm.doc": "irm",
 }

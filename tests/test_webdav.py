@@ -407,7 +407,7 @@ def test_faults_still_end_with_every_file_verified_and_none_sent_twice(nextcloud
         Fault(drop=True, methods=("PUT",), path_contains="/files/", every=5, times=1),               # no answer
         Fault(drop=True, after_work=True, methods=("PUT",), path_contains="/files/", times=2),      # answer lost
         Fault(drop=True, methods=("PUT",), path_contains="/uploads/", every=2, times=1),            # a chunk
-        Fault(drop=True, after_work=True, methods=("MOVE",), times=1),                             # assembled, answer lost
+        Fault(drop=True, after_work=True, methods=("MOVE",), times=1),              # assembled, answer lost
     ]
     waits = (0.0,) * 8
     refs = {}
@@ -745,7 +745,8 @@ def test_a_department_migrates_into_nextcloud_twice_without_duplicates(nextcloud
     held = nc.tree(anna)
     assert "Ablage/doc000.odt" in held and "Ablage/doc001.ods" in held and "Ablage/doc002.odp" in held
     note = next(r for r in rows if r["location"] == "Notiz: wichtig?.txt")
-    assert note["target_ref"].endswith(f"/remote.php/dav/files/{anna.login}/Notiz%3A wichtig%3F.txt")   # mapping visible
+    # the mapping is visible in the reference
+    assert note["target_ref"].endswith(f"/remote.php/dav/files/{anna.login}/Notiz%3A wichtig%3F.txt")
     assert stat(nc, ben, "Scan.pdf")["mtime"] == 1_650_000_000
     assert proxy.seen("MOVE", f"/uploads/{ben.login}/")
     written = writes(proxy)

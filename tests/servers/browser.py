@@ -114,7 +114,8 @@ class DashboardServer:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"the dashboard did not start: {log.read_text(errors='replace')[-2000:]}")
+                    raise RuntimeError(
+                        f"the dashboard did not start: {log.read_text(errors='replace')[-2000:]}") from None
                 time.sleep(0.3)
 
     def stop(self) -> None:
@@ -167,7 +168,8 @@ def axe_violations(driver) -> list[dict]:
     driver.execute_script(AXE.read_text(encoding="utf-8"))
     result = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}})"
+        "axe.run(document, {runOnly: {type: 'tag', "
+        "values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}})"
         ".then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,"
         " nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))})))).catch(e => done([{id: 'axe-error',"
         " impact: 'critical', help: String(e), nodes: []}]));")

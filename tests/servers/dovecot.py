@@ -179,7 +179,8 @@ class Dovecot:
         folders = "".join(f"  mailbox {_quote(name)} {{\n    special_use = {use}\n    auto = subscribe\n  }}\n"
                           for name, use in self.special_use.items())
         ssl = self._make_cert() if self.tls else "ssl = no\n"
-        imaps = (f"  inet_listener imaps {{\n    address = {self.host}\n    port = {self.ssl_port}\n    ssl = yes\n  }}\n"
+        imaps = (f"  inet_listener imaps {{\n    address = {self.host}\n    port = {self.ssl_port}\n"
+                 "    ssl = yes\n  }\n"
                  if self.tls else "  inet_listener imaps {\n    port = 0\n  }\n")
         return f"""# written by tests/servers/dovecot.py
 protocols = imap

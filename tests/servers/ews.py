@@ -213,7 +213,8 @@ class TestMailbox:
                   "company": card.org.value[0] if hasattr(card, "org") else None,
                   "job_title": card.title.value if hasattr(card, "title") else None,
                   "emails": [e.value for e in card.contents.get("email", [])],
-                  "phones": [(p.params.get("TYPE", ["work"])[0].lower(), p.value) for p in card.contents.get("tel", [])]}
+                  "phones": [(p.params.get("TYPE", ["work"])[0].lower(), p.value)
+                             for p in card.contents.get("tel", [])]}
         return self._add(folder, "contact", vcard, fields)
 
     def update(self, item_id: str, mime: bytes | None = None, **fields) -> None:

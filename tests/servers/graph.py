@@ -555,9 +555,11 @@ class GraphTestServer:
                 return self._message_delta(request, box, fid)
         if parts[0] == "messages" and len(parts) == 3 and parts[2] == "$value":
             return _streamed(box.mime[parts[1]], "text/plain")
-        if (parts[0] == "events" or parts[2:3] == ["events"]) and 'outlook.timezone="UTC"' not in request.headers.get("prefer", ""):
+        if (parts[0] == "events" or parts[2:3] == ["events"]) \
+                and 'outlook.timezone="UTC"' not in request.headers.get("prefer", ""):
             # Graph answers in the mailbox's zone without this header; the sources always ask for UTC
-            return _error(400, "ErrorInvalidRequest", 'this test server answers events with Prefer: outlook.timezone="UTC" only')
+            return _error(400, "ErrorInvalidRequest",
+                          'this test server answers events with Prefer: outlook.timezone="UTC" only')
         if parts == ["calendars"]:
             return self._page(request, box.calendars)
         if parts[0] == "calendars" and parts[2:] == ["events"]:

@@ -79,10 +79,10 @@ class RadicaleServer:
                 if self._proc.poll() is not None:
                     self._log.close()
                     log = (self.root / "radicale.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"Radicale did not start: {log}")
+                    raise RuntimeError(f"Radicale did not start: {log}") from None
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("Radicale did not start within 30 s")
+                    raise RuntimeError("Radicale did not start within 30 s") from None
                 time.sleep(0.1)
 
     def collection(self, user: str, name: str) -> Path:

@@ -51,10 +51,11 @@ class MotoS3:
                 return self
             except OSError:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"moto server did not start: {self._proc.stderr.read().decode()[-2000:]}")
+                    raise RuntimeError(
+                        f"moto server did not start: {self._proc.stderr.read().decode()[-2000:]}") from None
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("moto server did not start within 60 s")
+                    raise RuntimeError("moto server did not start within 60 s") from None
                 time.sleep(0.2)
 
     def reset(self) -> None:

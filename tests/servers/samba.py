@@ -127,9 +127,9 @@ class SambaServer:
                     return self
             except OSError:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"smbd did not start: {self.log()[-2000:]}")
+                    raise RuntimeError(f"smbd did not start: {self.log()[-2000:]}") from None
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"smbd did not start within 30 s: {self.log()[-2000:]}")
+                    raise RuntimeError(f"smbd did not start within 30 s: {self.log()[-2000:]}") from None
                 time.sleep(0.1)
 
     def log(self) -> str:
@@ -157,7 +157,7 @@ class SambaServer:
     def make_readable(self) -> None:
         """Let everyone read and enter everything under `root` (as `chmod -R a+rX`): the share is read as
         `force_user`, not root. Call it after putting files there, before taking rights away."""
-        for folder, dirs, files in os.walk(self.root):
+        for folder, _dirs, files in os.walk(self.root):
             os.chmod(folder, os.stat(folder).st_mode | 0o555)
             for name in files:
                 path = os.path.join(folder, name)

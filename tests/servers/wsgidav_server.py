@@ -69,10 +69,10 @@ class WsgiDavServer:
                     return self
             except OSError:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"wsgidav did not start: {self._proc.stderr.read().decode()[-2000:]}")
+                    raise RuntimeError(f"wsgidav did not start: {self._proc.stderr.read().decode()[-2000:]}") from None
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("wsgidav did not start within 30 s")
+                    raise RuntimeError("wsgidav did not start within 30 s") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
