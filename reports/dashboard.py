@@ -14,13 +14,14 @@ import re
 import socket
 import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, literal_column, select, text
+from sqlalchemy import ColumnElement, func, literal_column, select, text
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import String
@@ -31,11 +32,11 @@ from reports.exports import csv_cell     # one rule for every CSV umstieg writes
 __all__ = ["NEEDS_A_PERSON", "ATTENTION", "CATEGORIES", "ATTENTION_COLUMNS", "ITEM_SORTS", "categorise",
            "waiting_users", "attention_page", "iter_attention", "attention_neighbours", "why_of",
            "department_owners", "document_neighbours", "IDENTITY_COLUMNS", "assessed_identities", "identity_table",
-           "page_pictures", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview", "department_view",
-           "item_page", "document", "annotate", "scan_table", "rerun_runs", "run_history", "run_of_process", "live_run", "failed_count", "safe_report_file",
-           "thumbnails", "table_csv", "table_ods", "csv_text", "csv_rows", "csv_cell", "ITEM_FILTERS", "scan_files", "scan_frame",
-           "read_assessment", "iter_items", "overview_tables", "file_ext", "ITEM_COLUMNS", "SCAN_COLUMNS", "STATES",
-           "VERDICTS"]
+           "page_pictures", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview",
+           "department_view", "item_page", "document", "annotate", "scan_table", "rerun_runs", "run_history",
+           "run_of_process", "live_run", "failed_count", "safe_report_file", "thumbnails", "table_csv", "table_ods",
+           "csv_text", "csv_rows", "csv_cell", "ITEM_FILTERS", "scan_files", "scan_frame", "read_assessment",
+           "iter_items", "overview_tables", "file_ext", "ITEM_COLUMNS", "SCAN_COLUMNS", "STATES", "VERDICTS"]
 
 #: The phases of a department's migration, in order (see `_phase` for how each is recognised).
 PHASES = ("not_started", "assessed", "pilot", "bulk", "delta", "done")
@@ -295,7 +296,7 @@ def department_owners(ledger: Ledger, name: str) -> list[str]:
 
 
 def _attention_query(name: str, filters: dict, columns=None):
-    why = literal_column(_WHY).label("why")
+    why: ColumnElement[Any] = literal_column(_WHY).label("why")
     q = (select(*(columns or (Item.id, Item.owner, Item.kind, Item.location, Item.state, Item.reason, Item.conversion,
                               Item.fidelity_score, Item.fidelity_verdict, Item.renamed, Item.target_path,
                               Item.message)), why, Annotation.verdict.label("annotation"), Annotation.comment)
@@ -374,7 +375,7 @@ class RunFacts:
     migrate_runs: int = 0
     last_migrate_delta: dict = field(default_factory=dict)
     running: bool = False
-    points: list[tuple[datetime, int, float]] = field(default_factory=list)   # (finished, items, seconds)
+    points: list[tuple[datetime, float, float]] = field(default_factory=list)   # (finished, items, seconds)
     runs: list[dict] = field(default_factory=list)      # the completed runs, oldest first (for the trend)
 
     @property
@@ -454,7 +455,7 @@ def overview(ledger: Ledger, names: list[str], configs: dict | None = None,
                        func.coalesce(func.sum(Item.size), 0))
                 .where(Item.department.in_(names)).group_by(Item.department, Item.owner, Item.kind, Item.state)):
             states[dept][state] += n
-            sizes[dept][state] += int(size)
+            sizes[dept][state] += int(size or 0)
             owner_states[dept][owner][state] += n
         for dept, verdict, n in s.execute(
                 select(Item.department, Item.fidelity_verdict, func.count(Item.id))
@@ -464,13 +465,14 @@ def overview(ledger: Ledger, names: list[str], configs: dict | None = None,
         owners = {dept: len(found) for dept, found in owner_states.items()}
     runs = _run_facts(ledger, names)
     found, accepted = _attention_counts(ledger, names)
-    rows, series = [], defaultdict(int)
+    rows: list[dict] = []
+    series: defaultdict[str, float] = defaultdict(int)
     for name in names:
         cfg = configs.get(name)
         st, rf = states[name], runs[name]
         assessed = bool(report_dirs.get(name) and (report_dirs[name] / "assessment.json").is_file())
         waiting = waiting_users(ledger, name)
-        cats = Counter()
+        cats: Counter[str] = Counter()
         for owner, c in owner_states[name].items():
             cats.update(categorise(c, found[name][owner], accepted[name][owner], owner in waiting))
         remaining = cats["pending"]
@@ -517,7 +519,7 @@ def overview_tables(data: dict) -> dict[str, Table]:
 
 
 # ------------------------------------------------------------------------------ department page
-def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = None) -> dict:
+def department_view(ledger: Ledger, name: str, *, risk_flags: Mapping[str, int] | None = None) -> dict:
     """Progress by user and kind, verdicts and scores by format, top deductions and risks, failures."""
     by_user: dict[str, Counter] = defaultdict(Counter)
     by_kind: dict[str, Counter] = defaultdict(Counter)
@@ -529,8 +531,8 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
                 .where(Item.department == name).group_by(Item.owner, Item.kind, Item.state)):
             by_user[owner][state] += n
             by_kind[kind][state] += n
-            bytes_user[owner] += int(size)
-            bytes_kind[kind] += int(size)
+            bytes_user[owner] += int(size or 0)
+            bytes_kind[kind] += int(size or 0)
         ext = file_ext(Item.location)
         formats: dict[str, Counter] = defaultdict(Counter)
         histogram: dict[str, Counter] = defaultdict(Counter)
@@ -558,13 +560,13 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
     found, accepted = found[name], accepted[name]
     waiting = waiting_users(ledger, name)
     cats_by_user = {u: categorise(c, found[u], accepted[u], u in waiting) for u, c in by_user.items()}
-    cats = Counter()
+    cats: Counter[str] = Counter()
     for c in cats_by_user.values():
         cats.update(c)
-    why_open = Counter()
-    for u, c in found.items():
+    why_open: Counter[str] = Counter()
+    for c in found.values():
         why_open.update(c)
-    for u, c in accepted.items():
+    for c in accepted.values():
         why_open.subtract(c)
     risks = Counter(risk_flags or {})
     for flag, n, _ in _json_elements(ledger, "risks", name):
@@ -583,7 +585,7 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
                         **({x: cats_by_user[k][x] for x in CATEGORIES} if key == "user" else {})})
         return out
 
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for c in by_user.values():
         totals.update(c)
     progress_cols = [(x, x) for x in STATES] + [("total", "Total"), ("bytes", "Bytes"), ("percent", "% done")]
@@ -629,7 +631,8 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
                                 frozenset({"items"}))
     tables["waiting"] = Table("waiting", "Users who wait", [("user", "User"), ("items", "Items"), ("why", "Why")],
                               [{"user": u, "items": cats_by_user[u]["waiting"], "why": why}
-                               for u, why in sorted(waiting.items()) if u in cats_by_user and cats_by_user[u]["waiting"]],
+                               for u, why in sorted(waiting.items())
+                               if u in cats_by_user and cats_by_user[u]["waiting"]],
                               frozenset({"items"}))
     rf = _run_facts(ledger, [name])[name]
     rate = rf.rate
@@ -644,14 +647,16 @@ def department_view(ledger: Ledger, name: str, *, risk_flags: Counter | None = N
         ("per_hour", "Items per hour"), ("not_done", "Not done afterwards")], trend_rows,
         frozenset({"run", "processed", "failed", "per_hour", "not_done"}),
         note="not done afterwards: counted back from today's figures with what each later run processed")
-    hist_total = Counter()
+    hist_total: Counter[int] = Counter()
     for counts in histogram.values():
         hist_total.update(counts)
     total_items = sum(totals.values())
     return {"department": name, "tables": tables, "totals": dict(totals), "total": total_items,
-            "categories": {c: cats.get(c, 0) for c in CATEGORIES}, "percent_done": round(100 * cats["done"] / total_items, 1) if total_items else 0.0,
+            "categories": {c: cats.get(c, 0) for c in CATEGORIES},
+            "percent_done": round(100 * cats["done"] / total_items, 1) if total_items else 0.0,
             "waiting_users": waiting, "attention": dict(why_open),
-            "rate": rate, "eta_seconds": round(cats["pending"] / rate) if rate and cats["pending"] else None, "histogram": [(b, hist_total.get(b, 0)) for b in BUCKETS],
+            "rate": rate, "eta_seconds": round(cats["pending"] / rate) if rate and cats["pending"] else None,
+            "histogram": [(b, hist_total.get(b, 0)) for b in BUCKETS],
             "owners": sorted(by_user), "kinds": sorted(by_kind), "reasons": [f["reason"] for f in failures],
             "failed_batches": failed_batches, "annotations": annotations,
             "failed": totals.get(State.FAILED.value, 0)}
@@ -695,14 +700,15 @@ def item_page(ledger: Ledger, name: str, filters: dict, page: int = 1, per_page:
     q = _item_query(name, filters)
     with ledger.session() as s:
         if any(filters.get(k) for k in (*ITEM_FILTERS, "annotation", "q")):
-            total = s.scalar(select(func.count()).select_from(q.subquery()))
+            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
         elif total is None:
-            total = s.scalar(select(func.count(Item.id)).where(Item.department == name))
+            total = s.scalar(select(func.count(Item.id)).where(Item.department == name)) or 0
         column = ITEM_SORTS.get(sort, Item.id)
         order = [column.desc(), Item.id.desc()] if descending else [column, Item.id]
         rows = [dict(r._mapping) for r in s.execute(q.order_by(*order).limit(per_page).offset((page - 1) * per_page))]
     pages = max(1, -(-total // per_page))
-    return {"table": Table("items", "Items", ITEM_COLUMNS, rows, frozenset({"id", "fidelity_score", "size", "batch_id"})),
+    return {"table": Table("items", "Items", ITEM_COLUMNS, rows,
+                           frozenset({"id", "fidelity_score", "size", "batch_id"})),
             "total": total, "page": min(page, pages), "pages": pages, "per_page": per_page}
 
 

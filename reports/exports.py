@@ -37,10 +37,11 @@ def neutralised(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` with every text cell and header neutralised (csv_cell), for writing as CSV."""
     out = frame.copy()
     out.columns = [csv_cell(c) for c in out.columns]
-    for i, column in enumerate(out.columns):
+    for i in range(len(out.columns)):
         series = out.iloc[:, i]
         if not pd.api.types.is_numeric_dtype(series):
-            out.isetitem(i, series.map(csv_cell))
+            # (pandas takes a Series here, as its documentation says; pandas-stubs leaves Series out)
+            out.isetitem(i, series.map(csv_cell))  # type: ignore[arg-type]
     if out.index.dtype == object:
         out.index = out.index.map(csv_cell)
     return out

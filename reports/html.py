@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import html
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 from markupsafe import Markup
@@ -47,7 +49,7 @@ def _e(text) -> str:
     return html.escape("" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text))
 
 
-def bar_chart(items: list[tuple[str, float, str]], *, width: int = 560, unit: str = "", title: str = "",
+def bar_chart(items: Sequence[tuple[str, float, str]], *, width: int = 560, unit: str = "", title: str = "",
               names: Names | None = None) -> str:
     """Horizontal bars: (label, value, colour) per row; `names` words the empty chart."""
     if not items:
@@ -89,10 +91,12 @@ def stacked_chart(rows: dict[str, dict[str, int]], order: list[str], *, width: i
             if not n:
                 continue
             w = (width - label_w - 50) * n / top
-            parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 6}" fill="{COLORS.get(key, "#757575")}">'
+            parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 6}" '
+                         f'fill="{COLORS.get(key, "#757575")}">'
                          f'<title>{_e(word(key))}: {n}</title></rect>')
             if w > 18:
-                parts.append(f'<text x="{x + w / 2:.1f}" y="{y + 13}" fill="#fff" text-anchor="middle" font-size="11">{n}</text>')
+                parts.append(f'<text x="{x + w / 2:.1f}" y="{y + 13}" fill="#fff" text-anchor="middle" '
+                             f'font-size="11">{n}</text>')
             x += w
         parts.append(f'<text x="{x + 4:.1f}" y="{y + 14}">{sum(counts.values())}</text>')
     y = len(rows) * row + 14
@@ -106,7 +110,7 @@ def stacked_chart(rows: dict[str, dict[str, int]], order: list[str], *, width: i
 
 
 def _histogram(scores: list[float], width: int = 560, *, title: str = "score distribution") -> str:
-    bins = Counter()
+    bins: Counter[int] = Counter()
     for s in scores:
         bins[100 if s >= 100 else int(s // 10) * 10] += 1
     labels = [(f"{b}–{b + 9}" if b < 100 else "100", b) for b in range(0, 101, 10)]
@@ -118,9 +122,11 @@ def _histogram(scores: list[float], width: int = 560, *, title: str = "score dis
     for i, (label, b) in enumerate(labels):
         n = bins.get(b, 0)
         h = (base - 20) * n / top
-        color = COLORS["identical"] if b == 100 else COLORS["minor"] if b >= 90 else COLORS["review"] if b >= 60 else COLORS["broken"]
+        color = (COLORS["identical"] if b == 100 else COLORS["minor"] if b >= 90
+                 else COLORS["review"] if b >= 60 else COLORS["broken"])
         x = 20 + i * bar_w
-        parts.append(f'<rect x="{x + 2:.1f}" y="{base - h:.1f}" width="{bar_w - 4:.1f}" height="{h:.1f}" fill="{color}"/>'
+        parts.append(f'<rect x="{x + 2:.1f}" y="{base - h:.1f}" width="{bar_w - 4:.1f}" height="{h:.1f}" '
+                     f'fill="{color}"/>'
                      f'<text x="{x + bar_w / 2:.1f}" y="{base + 14}" text-anchor="middle">{label}</text>')
         if n:
             parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{base - h - 3:.1f}" text-anchor="middle">{n}</text>')
@@ -147,7 +153,8 @@ def _nan(value):
 
 
 def fidelity_html(records: list[dict], table: pd.DataFrame, deductions: pd.DataFrame, by_format: pd.DataFrame,
-                  top: pd.DataFrame, risks: Counter, *, thumbs: Path, worst: int = 25, language: str | None = None) -> str:
+                  top: pd.DataFrame, risks: Counter, *, thumbs: Path, worst: int = 25,
+                  language: str | None = None) -> str:
     """The batch's fidelity report as one HTML page, in `language` (reports.i18n; English by default)."""
     n = names(language)
     settings = FidelitySettings()
@@ -207,7 +214,9 @@ def scan_html(table: pd.DataFrame, *, source: str, seconds: float, language: str
     cats = Counter(table["category"]) if not table.empty else Counter()
     by_format: dict[str, dict[str, int]] = {}
     if not office.empty:
-        for (fmt, cat), count in office.groupby(["format", "category"]).size().items():
+        for key, count in office.groupby(["format", "category"]).size().items():
+            # (grouped by two columns, the keys are (format, category) pairs; pandas-stubs types them Hashable)
+            fmt, cat = cast(tuple[str, str], key)
             by_format.setdefault(str(fmt), {})[cat] = int(count)
     flags = Counter(f for fl in table["flags"] for f in fl) if not table.empty else Counter()
     flag_items = [(n.flag(f), count, LEVEL_COLORS[RISK_FLAGS[f].level]) for f, count in flags.most_common()]
@@ -222,7 +231,8 @@ def scan_html(table: pd.DataFrame, *, source: str, seconds: float, language: str
         rows = table[table["category"] == cat] if not table.empty else table
         listed = []
         for _, row in rows.head(2000).iterrows():
-            details = row.get("details") if isinstance(row.get("details"), dict) else {}
+            found = row.get("details")
+            details = found if isinstance(found, dict) else {}
             error = row.get("error")
             listed.append({"path": row["path"], "format": row["format"], "kib": row["size"] / 1024,
                            "flags": list(row["flags"]), "details": list(details.items()),

@@ -4,6 +4,7 @@ department's identity map and its risk scan."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -23,10 +24,10 @@ def overview_data(site: Site) -> dict:
     by_ledger: dict[int, tuple[Ledger, list[str]]] = {}
     for name, led in site.all_departments():
         by_ledger.setdefault(id(led), (led, []))[1].append(name)
-    merged = {"departments": [], "throughput": {}, "totals": {}}
+    merged: dict[str, Any] = {"departments": [], "throughput": {}, "totals": {}}
     for led, names in by_ledger.values():
         part = data.overview(led, names, site.departments,
-                             {n: site.report_dir(n) for n in names if site.report_dir(n)})
+                             {n: folder for n in names if (folder := site.report_dir(n))})
         merged["departments"] += part["departments"]
         for day, n in part["throughput"]:
             merged["throughput"][day] = merged["throughput"].get(day, 0) + n
@@ -109,7 +110,7 @@ def department(request: Request, name: str, page: int = Query(1, ge=1, le=MAX_PA
                       configured=name in site.files, history=data.run_history(led, name, limit=15),
                       live=live, busy=busy, reruns=web.reruns.of(name), identities=identities_of(web, name),
                       identity_table=data.identity_table, sort=sort, descending=dir == "desc", prefect_ui=prefect_ui(),
-                      has_scan=bool(site.report_dir(name) and data.scan_files(site.report_dir(name))),
+                      has_scan=bool((folder := site.report_dir(name)) and data.scan_files(folder)),
                       states=data.STATES, annotation_verdicts=data.ANNOTATION_VERDICTS,
                       sorts=data.ITEM_SORTS, attention=data.ATTENTION, categories=data.CATEGORIES)
 

@@ -24,7 +24,7 @@ def overview_export(request: Request):
     result = overview_data(web.site)
     page = web.render(request, "overview.html", data=result, tables=data.overview_tables(result), standalone=True,
                       categories=data.CATEGORIES)
-    response = web.download(page.body, "umstieg-overview.html", "html")
+    response = web.download(bytes(page.body), "umstieg-overview.html", "html")
     response.headers["Content-Security-Policy"] = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
     return response
 
