@@ -85,7 +85,8 @@ def fill(ledger: Ledger, department: str, n: int, seed: int = 1) -> float:
             rows.append({
                 "department": department, "source": "homes", "key": f"{user}/{i}", "kind": kind, "owner": user,
                 "target_owner": f"t-{user}", "location": f"Ablage/{i // 1000}/Datei {i}.{fmt}",
-                "target_stem": f"Ablage/{i // 1000}/Datei {i}", "version": f"{i}:1", "size": rng.randint(1_000, 2_000_000),
+                "target_stem": f"Ablage/{i // 1000}/Datei {i}", "version": f"{i}:1",
+                "size": rng.randint(1_000, 2_000_000),
                 "state": state, "reason": rng.choice(REASONS) if state == "failed" else None,
                 "message": "load: the server said 507 Insufficient Storage" if state == "failed" else None,
                 "attempts": 1, "removed_at_source": False, "discovered": now, "updated": now,

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String,
                         Text, UniqueConstraint, create_engine, event, func, select, update)
@@ -29,7 +30,8 @@ from core.messages import clip
 
 log = logging.getLogger("umstieg.ledger")
 
-__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "Window", "failure", "now", "process_alive", "HEARTBEAT", "STALE_AFTER"]
+__all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "Window", "failure", "now", "process_alive", "HEARTBEAT",
+           "STALE_AFTER"]
 
 #: A running run writes its heartbeat this often (seconds) ...
 HEARTBEAT = 60
@@ -225,7 +227,7 @@ class Ledger:
                 why = (f"{department}: run {other.id} ({other.flow}, started {other.started:%Y-%m-%d %H:%M} UTC on "
                        f"{facts.get('host', '?')}, pid {facts.get('pid', '?')}) is still running; two runs of one "
                        f"department at once would take the same items. Nothing was moved.")
-                mine = s.get(Run, run_id)
+                mine = s.get_one(Run, run_id)
                 mine.status, mine.finished = "refused", now()
                 mine.summary = {**(mine.summary or {}), "error": why}
         if other is not None:
@@ -266,7 +268,7 @@ class Ledger:
     def note_run(self, run_id: int, **facts) -> None:
         """Add facts (e.g. how many items the run will process) to a running run's summary."""
         with self.session() as s:
-            run = s.get(Run, run_id)
+            run = s.get_one(Run, run_id)
             run.summary = {**(run.summary or {}), **facts}
 
     def stop_user(self, run_id: int, owner: str, reason: str) -> None:
@@ -279,13 +281,13 @@ class Ledger:
 
     def stopped_users(self, run_id: int) -> dict[str, str]:
         with self.session() as s:
-            run = s.get(Run, run_id)
+            run = s.get_one(Run, run_id)
             return dict((run.summary or {}).get("stopped_users") or {})
 
     def finish_run(self, run_id: int, status: str, summary: dict | None = None) -> None:
         """Close a run; `summary` is added to what the run already noted."""
         with self.session() as s:
-            run = s.get(Run, run_id)
+            run = s.get_one(Run, run_id)
             run.finished, run.status = now(), status
             run.summary = {**(run.summary or {}), **(summary or {})}
 
@@ -305,7 +307,7 @@ class Ledger:
         with self.session() as s:
             return list(s.scalars(select(Item).where(Item.id.in_(ids)).order_by(Item.id)))
 
-    def item(self, item_id: int) -> Item:
+    def item(self, item_id: int) -> Item | None:
         with self.session() as s:
             return s.get(Item, item_id)
 
@@ -324,12 +326,13 @@ class Ledger:
             # UPDATE by primary key): loading and flushing ORM objects cost a third of the bulk
             # mail path's time, measured
             ids = [c[0] for c in changes]
-            seconds = dict(s.execute(select(Item.id, Item.seconds).where(Item.id.in_(ids))).all())
+            seconds: dict[int, dict | None] = dict(
+                s.execute(select(Item.id, Item.seconds).where(Item.id.in_(ids))).tuples().all())
             shapes: dict[tuple, list[dict]] = {}
             for item_id, values in changes:
                 if item_id not in seconds:
                     raise KeyError(f"no item {item_id} in the ledger")
-                row = {"id": item_id}
+                row: dict[str, Any] = {"id": item_id}
                 for name, value in values.items():
                     if name == "step_seconds":
                         row["seconds"] = {**(seconds[item_id] or {}), **value}

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from core.mailselection import FolderPlan
 
 __all__ = ["Source", "Sink", "Account", "ChecksUsers", "PerProcess",
-           "FetchesMessages", "AppendsMessages", "Appended", "ListsMailFolders", "CountsMail", "SharesFiles",
+           "FetchesMessages", "AppendsMessages", "Appended", "ListsMailFolders", "MakesMailFolders", "CountsMail",
+           "SharesFiles",
            "ProbesUsers", "ProbesOnce", "ProbeMemo", "ComparesWithListing", "ListsCalendars", "ChecksCalendars",
            "Role", "ROLES", "System", "SYSTEMS", "registered", "models", "system_of", "UnknownSystem"]
 
@@ -171,6 +172,15 @@ class ListsMailFolders(Protocol):
 
     def mail_tree(self, owner: str, folder: str) -> list[FolderPlan]:
         """Every folder of the mailbox, with its special use and whether it is subscribed."""
+
+
+@runtime_checkable
+class MakesMailFolders(Protocol):
+    """A mail sink that creates a mailbox's folders ahead of its messages, empty ones too (imapsync
+    does the same), so that the target's tree matches the source's."""
+
+    def make_folders(self, owner: str, folders: Iterable[tuple[str, dict[str, Any], bool]]) -> list[str]:
+        """Create the folders (location, meta, whether to subscribe it); the server's names of those made."""
 
 
 @runtime_checkable

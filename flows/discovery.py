@@ -50,7 +50,7 @@ from core.ledger import Item, Ledger, State, now, process_alive
 from core.mailselection import FolderPlan, MailSelection
 from core.outcomes import Outcome
 from flows.steps import pending_items, with_retries
-from core.plugins import ListsMailFolders, Source
+from core.plugins import ListsMailFolders, MakesMailFolders, Source
 from flows.systems import source_of, target_of
 from sinks.twins import NamePlan, name_key
 
@@ -238,7 +238,9 @@ def _make_mail_folders(dept: Department, selection: MailSelection, source: Sourc
     if not folders:
         return
     try:
-        with_retries(target_of(dept, Kind.MESSAGE).make_folders, user.target, folders)
+        sink = target_of(dept, Kind.MESSAGE)
+        if isinstance(sink, MakesMailFolders):     # (the others make a folder when its first message arrives)
+            with_retries(sink.make_folders, user.target, folders)
     except (UserStopped, TransientError, ItemError) as exc:
         # the account waits (checked before the run) or a name was refused: the folders that hold
         # messages are still made as those arrive

@@ -32,12 +32,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait as wait
 from contextlib import ExitStack, contextmanager, nullcontext
 from itertools import zip_longest
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
 from core.department import Department
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
-from core.items import Kind
+from core.items import ItemRef, Kind
 from core.ledger import HEARTBEAT, Item, Ledger
 from core.mailselection import MailSelection
 from core.settings import usable_cpus
@@ -102,8 +103,9 @@ class _Threads:
             # spawning starts multiprocessing's resource tracker, a process that would outlive
             # the run in a long-lived process (the dashboard, a test session): stopped with the
             # pool, if it was not running before
-            self.tracker = resource_tracker._resource_tracker if resource_tracker._resource_tracker._pid is None \
-                else None
+            # (_pid is private: typeshed does not declare it)
+            self.tracker = resource_tracker._resource_tracker \
+                if resource_tracker._resource_tracker._pid is None else None  # type: ignore[attr-defined]
             # spawn, not fork: this process has threads (the heartbeat, the chunk threads) and an
             # open ledger connection that a forked child must not share
             self.procs = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
@@ -336,9 +338,11 @@ def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
                     break
                 waiting.remove(chunk)
                 gate.take(chunk)
+                assert runner is not None            # made when there were chunks waiting
                 running[runner.submit(chunk)] = chunk
             if not running:
                 break
+            assert runner is not None
             for fut in runner.wait(list(running), timeout=2):
                 chunk = running.pop(fut)
                 gate.release(chunk)
@@ -478,7 +482,7 @@ def migrate_body(department_file: str, users: list[str] | None = None, ignore_wi
 def rerun_body(department_file: str, batch: int | None = None, error_class: str | None = None,
                user: str | None = None, ignore_window: bool = False, via: Here | None = None) -> dict:
     """Retry exactly the failed items that match every given filter; nothing else runs."""
-    def choose(dept, ledger, run_id, waiting):
+    def choose(dept: Department, ledger: Ledger, run_id: int, waiting: set[str]) -> tuple[dict[str, list[int]], dict]:
         # a user who must wait keeps their failures (and reasons) for a rerun that can reach them
         items = [i for i in select_failed(ledger, dept.name, batch=batch, error_class=error_class, owner=user)
                  if i.owner not in waiting]
@@ -507,7 +511,7 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
             identities = [c.row() for c in check_identities(dept)]
         except Exception as exc:
             _raise_plainly(exc, dept)
-    listing: list[tuple[str, object]] = []
+    listing: list[tuple[str, ItemRef]] = []
     scan_folders = []
     volumes: list[tuple[str, str, dict]] = []        # (user, source, {folder, messages, bytes}) as counted there
     selection = MailSelection.of(dept)
@@ -548,7 +552,8 @@ def report_body(department_file: str, via: Here | None = None) -> str:
     return str(path)
 
 
-_BODIES = {"migrate": migrate_body, "rerun": rerun_body, "assess": assess_body, "report": report_body}
+_BODIES: dict[str, Callable[..., Any]] = {"migrate": migrate_body, "rerun": rerun_body, "assess": assess_body,
+                                          "report": report_body}
 
 
 def orchestrated(dept: Department) -> bool:

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -105,7 +106,7 @@ def process_chunk(dept_file: str, run_id: int, owner: str, number: int, item_ids
             finished.update(_plain_files(dept, ledger, [i for i in items if i.id not in finished], batch))
             counts.update(finished.values())
             rest = [i for i in items if i.id not in finished]
-            for n, item in enumerate(rest):
+            for item in rest:
                 counts[_process_item(dept, ledger, item, batch)] += 1
         except UserStopped as exc:
             status = "stopped"
@@ -375,6 +376,7 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
     staged = Path(item.staged_path or "")
     if not staged.is_file():                   # the staging area was cleaned: extract again
         item = _extract(dept, ledger, item)
+        assert item.staged_path is not None         # _extract records where it staged the bytes
         staged = Path(item.staged_path)
     converted, outcome, message, fidelity = None, None, None, None
     if dept.conversion.enabled and item.kind == Kind.FILE.value:
@@ -388,6 +390,8 @@ def _convert(dept: Department, ledger: Ledger, item: Item) -> Item:
         if outcome is Outcome.CONVERTED:
             converted = result.output
             if dept.conversion.fidelity:
+                # (a conversion comes with its output and the format it read)
+                assert converted is not None and result.format is not None
                 fidelity = _fidelity(dept, staged, Path(converted), result.format, item.sha256)
     return ledger.advance(item, State.CONVERTED, converted_path=converted,
                           fidelity=fidelity, fidelity_score=(fidelity or {}).get("score"),
@@ -404,7 +408,7 @@ def _fidelity(dept: Department, source: Path, output: Path, fmt_name: str, sha25
     page, and thumbnails of their first pages go to `<work_dir>/reports/thumbs/` for the dashboard."""
     from converters.formats import FORMATS
     from reports.fidelity import assess
-    visual = {}
+    visual: dict[str, Any] = {}
     if "visual" in dept.conversion.fidelity:
         from reports.migration import reports_dir
         visual = dict(render=runtime.converter_pool(dept).render_pdf, visual=True,
@@ -445,10 +449,10 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
     if not payload.is_file():                  # staging lost (cleaned, other machine): redo
         item = _convert(dept, ledger, _extract(dept, ledger, ledger.advance(item, State.DISCOVERED)))
         rel, original_rel = _target_names(dept, item)
-        payload = Path(item.converted_path or item.staged_path)
+        payload = Path(item.converted_path or item.staged_path or "")
     # a file that travels unchanged already has its sha256 from the extract step
     unchanged_file = item.kind == Kind.FILE.value and not item.converted_path
-    digest = item.sha256 if unchanged_file else sink.digest(payload)
+    digest = item.sha256 if unchanged_file and item.sha256 else sink.digest(payload)
     mtime = _source_mtime(item)
     # identical messages each have their own copy: one another message holds is not this one's
     held = {"taken": lambda refs: _held_by_others(ledger, dept, item.key, refs)} \
@@ -456,10 +460,12 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
     ref = (sink.find(item.target_owner, rel, digest, item.meta, **held)
            or sink.put(item.target_owner, rel, payload, mtime, item.meta, digest=digest))
     meta = item.meta
-    if item.kind == Kind.FILE.value and (meta or {}).get("permissions"):
+    if item.kind == Kind.FILE.value and meta and meta.get("permissions"):
         meta = {**meta, "sharing": _share(dept, sink, item, rel)}
     original_ref = None
     if item.converted_path and original_rel and _keep_original(dept, item):
+        # (a converted item has its original staged, with its sha256, since extract)
+        assert item.staged_path is not None and item.sha256 is not None
         if dept.conversion.originals_folder:
             p = PurePosixPath(original_rel)
             original_rel = str(p.parent / dept.conversion.originals_folder / p.name)
@@ -467,6 +473,7 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
                         or sink.put(item.target_owner, original_rel, Path(item.staged_path), mtime,
                                     digest=item.sha256))
     if item.converted_path and dept.archive is not None:
+        assert item.staged_path is not None and item.sha256 is not None     # (as above)
         archive = sink_for(dept.archive)
         archive_rel = f"{dept.name}/{item.owner}/{item.location}"
         meta = {**(meta or {}), "archive_ref": (archive.find(item.owner, archive_rel, item.sha256)
@@ -479,7 +486,7 @@ def _load(dept: Department, ledger: Ledger, item: Item) -> Item:
 
 def _share(dept: Department, sink: Sink, item: Item, rel: str) -> dict:
     """Recreate the item's source permissions as target shares; what cannot be is listed with why."""
-    grants, unmapped, ignored = plan_shares(dept, item.owner, item.meta["permissions"])
+    grants, unmapped, ignored = plan_shares(dept, item.owner, (item.meta or {})["permissions"])
     granted = []
     for grant in grants:
         why = None
@@ -527,11 +534,14 @@ class _VerifyFailed(ItemError):
 def _verify(dept: Department, ledger: Ledger, item: Item) -> State:
     started = time.monotonic()
     sink = target_of(dept, item.kind)
+    assert item.target_ref is not None and item.target_digest is not None     # recorded by _load
     problem = sink.verify(item.target_ref, item.target_digest)
     if problem is None and item.original_ref:
+        assert item.sha256 is not None                  # the original was put with it
         problem = sink.verify(item.original_ref, item.sha256)
     archived = (item.meta or {}).get("archive_ref")
     if problem is None and archived and dept.archive is not None:
+        assert item.sha256 is not None                  # the original was archived with it
         problem = sink_for(dept.archive).verify(archived, item.sha256)
     if problem:
         raise _VerifyFailed(problem)

@@ -258,8 +258,9 @@ def sharing_status(dept: Department, ledger: Ledger, examples: int = 3) -> dict:
             granted += len(sharing.get("granted", []))
             ignored += sharing.get("ignored", 0)
             for u in sharing.get("unmapped", []):
-                g = groups.setdefault((u["principal"], u["reason"]), {"principal": u["principal"], "reason": u["reason"],
-                                                                      "rights": set(), "items": 0, "examples": []})
+                g = groups.setdefault((u["principal"], u["reason"]),
+                                      {"principal": u["principal"], "reason": u["reason"],
+                                       "rights": set(), "items": 0, "examples": []})
                 g["items"] += 1
                 g["rights"].add(u.get("rights", "?"))
                 if len(g["examples"]) < examples:
@@ -341,7 +342,8 @@ def _render(template: str, dept: Department, summary: dict, language: str | None
     return render(template, n.language, department=dept.name, summary=summary, ledger=_safe_url(dept),
                   states=[s.value for s in State], cell=_cell, fate=lambda removed: _fate(removed, n),
                   moved_of=moved_of, verdicts=verdicts,
-                  rename_reason=lambda reason: n(RENAME_REASONS[reason]) if reason in RENAME_REASONS else n.code(reason),
+                  rename_reason=lambda reason: (n(RENAME_REASONS[reason]) if reason in RENAME_REASONS
+                                                else n.code(reason)),
                   **context)
 
 
@@ -383,7 +385,8 @@ def _fate(removed: dict, n: Names) -> str:
     """What became of the target copies of items deleted at the source, as it happened."""
     parts = []
     if removed.get("removed"):
-        parts.append(n("%(count)s removed at the target too (`delete_at_target: true`)") % {"count": removed["removed"]})
+        parts.append(n("%(count)s removed at the target too (`delete_at_target: true`)")
+                     % {"count": removed["removed"]})
     if removed.get("kept"):
         parts.append(n("%(count)s left at the target (`delete_at_target` was off when they were found gone)")
                      % {"count": removed["kept"]})
@@ -399,8 +402,8 @@ def _removed(removed: dict | None, n: Names) -> dict | None:
         return None
     if "removed" not in removed:         # a summary from before copies were counted one by one
         removed = {**removed, "removed" if removed.get("at_target") == "removed" else "kept": removed["count"]}
-    fate = {"removed": n("removed at the target"), "kept": n("left at the target"),
-            "never_arrived": n("never arrived")}
+    fate: dict[str | None, str] = {"removed": n("removed at the target"), "kept": n("left at the target"),
+                                   "never_arrived": n("never arrived")}
     items = [{**i, "fate": fate.get(i.get("at_target") or removed.get("at_target"), "–")} for i in removed["items"]]
     # a message is named by its subject and Message-ID: its folder alone does not say which it was
     return {**removed, "items": items, "named": any(i.get("item") for i in items)}

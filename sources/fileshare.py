@@ -116,6 +116,7 @@ class FolderShare:
                            location=location, version=f"unlisted:{entry.error}"[:200], size=None,
                            meta={**meta, "unlisted": entry.error})
         if entry.kind == "file":
+            assert entry.mtime_ns is not None          # a file's entry comes with its stat
             return ItemRef(source=self.name, key=f"{owner}/{location}", kind=Kind.FILE, owner=owner,
                            location=location, version=f"{entry.mtime_ns}:{entry.size}", size=entry.size,
                            meta={**meta, "mtime": entry.mtime_ns / 1e9, "inode": entry.identity})
@@ -142,7 +143,7 @@ class FolderShare:
             raise _Unlisted(f"the folder {location} could not be listed at the source; fix its permissions "
                             "and run again")
         if (listed or {}).get("skipped"):
-            raise ItemError(f"{location} is not a regular file at the source: {listed.get('why')}")
+            raise ItemError(f"{location} is not a regular file at the source: {(listed or {}).get('why')}")
         try:
             top = open_root(self.config.root, folder)
         except OSError as exc:
