@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from core.errors import ConfigError
 from core.retry import RetryPolicy
 
-__all__ = ["Model", "SecretRef", "literal_secret_in_url", "Tls", "S3Bucket", "SOURCE_NAME", "TARGET_FOLDER",
-           "READ_PERMISSIONS", "MiB"]
+__all__ = ["Model", "SecretRef", "literal_secret_in_url", "Tls", "ImapServer", "S3Bucket", "SOURCE_NAME",
+           "TARGET_FOLDER", "READ_PERMISSIONS", "MiB"]
 
 
 class Model(BaseModel):
@@ -135,6 +135,16 @@ class Tls(Model):
             raise ValueError("ca_file and verify_tls: false contradict each other")
         return self
 
+
+class ImapServer(Tls):
+    """An IMAP server and how umstieg logs in to it: as a master user for every mailbox (Dovecot's
+    `user*master`) or with each login's own password (`passwords`, in the IMAP source and target)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=993, ge=1, le=65535)
+    security: Literal["ssl", "starttls", "none"] = "ssl"
+    master_user: str | None = Field(default=None, description="log in as `<user>*<master_user>` (Dovecot)")
+    password: SecretRef | None = Field(default=None, description="the master user's password")
 
 
 class S3Bucket(Tls):

@@ -10,20 +10,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.config import SecretRef, Tls
+from core.config import ImapServer, SecretRef
 
 __all__ = ["ImapTarget"]
 
 
-class ImapTarget(Tls):
+class ImapTarget(ImapServer):
     """The IMAP server mail lands in (Open-Xchange's Dovecot or any other)."""
 
     type: Literal["imap"] = "imap"
-    host: str = Field(min_length=1)
-    port: int = Field(default=993, ge=1, le=65535)
-    security: Literal["ssl", "starttls", "none"] = "ssl"
-    master_user: str | None = Field(default=None, description="log in as `<user>*<master_user>` (Dovecot)")
-    password: SecretRef | None = Field(default=None, description="the master user's password")
     passwords: dict[str, SecretRef] = Field(default_factory=dict, description="target login -> password")
     folder_names: dict[str, str] = Field(
         default_factory=dict,

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import ByteSize, Field, model_validator
 
-from core.config import SOURCE_NAME, Model, SecretRef, Tls
+from core.config import SOURCE_NAME, ImapServer, Model, SecretRef
 
 __all__ = ["ImapSource", "ImapOAuth"]
 
@@ -38,16 +38,11 @@ class ImapOAuth(Model):
         return self
 
 
-class ImapSource(Tls):
+class ImapSource(ImapServer):
     """Any IMAP server: a master user (Dovecot `user*master`), one password per user, or OAuth (XOAUTH2)."""
 
     type: Literal["imap"] = "imap"
     name: str = SOURCE_NAME
-    host: str = Field(min_length=1)
-    port: int = Field(default=993, ge=1, le=65535)
-    security: Literal["ssl", "starttls", "none"] = "ssl"
-    master_user: str | None = Field(default=None, description="log in as `<user>*<master_user>` (Dovecot)")
-    password: SecretRef | None = Field(default=None, description="the master user's password")
     passwords: dict[str, SecretRef] = Field(default_factory=dict, description="source login -> password")
     oauth_tokens: dict[str, SecretRef] = Field(default_factory=dict,
                                                description="source login -> OAuth access token (XOAUTH2)")
