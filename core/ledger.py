@@ -31,7 +31,7 @@ from core.messages import clip
 log = logging.getLogger("umstieg.ledger")
 
 __all__ = ["State", "Base", "Run", "Batch", "Item", "Ledger", "Window", "failure", "now", "process_alive", "HEARTBEAT",
-           "STALE_AFTER"]
+           "STALE_AFTER", "NEEDS_A_PERSON"]
 
 #: A running run writes its heartbeat this often (seconds) ...
 HEARTBEAT = 60
@@ -153,6 +153,14 @@ class Item(Base):
     meta: Mapped[dict | None] = mapped_column(JSON)             # ItemRef.meta (flags, dates, permissions)
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+
+
+#: Items the pipeline finished with but a person must look at, as a SQL predicate over `items`:
+#: word for word the predicate of the partial indexes of migration 0008 (SQLite uses a partial index
+#: only for a query that repeats it). The dashboard's queue and the run reports both add it.
+NEEDS_A_PERSON = ("(conversion IN ('encrypted', 'unreadable') OR fidelity_verdict IN ('review', 'broken') "
+                  "OR renamed IS NOT NULL OR reason IN ('conversion_too_large', 'skipped_link', 'skipped_fifo', "
+                  "'skipped_socket', 'skipped_device', 'skipped_special'))")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

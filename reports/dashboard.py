@@ -26,7 +26,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import String
 
-from core.ledger import STALE_AFTER, Annotation, Batch, Item, Ledger, Run, State, now, process_alive
+from core.ledger import (NEEDS_A_PERSON, STALE_AFTER, Annotation, Batch, Item, Ledger, Run, State, now,
+                         process_alive)
 from reports.exports import csv_cell     # one rule for every CSV umstieg writes
 
 __all__ = ["NEEDS_A_PERSON", "ATTENTION", "CATEGORIES", "ATTENTION_COLUMNS", "ITEM_SORTS", "categorise",
@@ -204,11 +205,6 @@ def _json_elements(ledger: Ledger, key: str, department: str, *, limit: int = 10
 
 
 # ------------------------------------------------------------------------------ what needs a person
-#: Items the pipeline finished with but a person must look at (word for word the predicate of the
-#: partial indexes of migration 0008: SQLite uses them only for a query that repeats it).
-NEEDS_A_PERSON = ("(conversion IN ('encrypted', 'unreadable') OR fidelity_verdict IN ('review', 'broken') "
-                  "OR renamed IS NOT NULL OR reason IN ('conversion_too_large', 'skipped_link', 'skipped_fifo', "
-                  "'skipped_socket', 'skipped_device', 'skipped_special'))")
 #: ... and that are finished (verified or skipped), or failed in a way no rerun mends (too large).
 _FINISHED = "(state IN ('verified', 'skipped') OR (state = 'failed' AND reason = 'conversion_too_large'))"
 #: Why an item needs a person, most pressing first (one reason per item).

@@ -17,7 +17,7 @@ from sqlalchemy import and_, func, select, text
 
 from core.department import Department
 from core.items import ItemRef, Kind
-from core.ledger import Batch, Item, Ledger, Run, State
+from core.ledger import NEEDS_A_PERSON, Batch, Item, Ledger, Run, State
 from core.messages import clip
 from core.settings import usable_cpus
 from reports.i18n import Names, names, render
@@ -110,14 +110,6 @@ def _status(dept: Department, ledger: Ledger, run_id: int | None = None) -> tupl
                          "finished": last_run.finished.isoformat() if last_run.finished else None,
                          "failures": last_failures}
             if last_run else None}, tallies
-
-
-#: The predicate of the ledger's partial indexes of the items a person must look at, word for word
-#: as migration 0008 and reports.dashboard.NEEDS_A_PERSON say it (a test holds the two equal):
-#: copied, not imported, because the dashboard module imports pandas (45 MB more for every run).
-NEEDS_A_PERSON = ("(conversion IN ('encrypted', 'unreadable') OR fidelity_verdict IN ('review', 'broken') "
-                  "OR renamed IS NOT NULL OR reason IN ('conversion_too_large', 'skipped_link', 'skipped_fifo', "
-                  "'skipped_socket', 'skipped_device', 'skipped_special'))")
 
 
 def _needs_a_person():

@@ -8,7 +8,7 @@ files, links and special files that were not moved, and documents too large to c
 finished for the pipeline but not done for the department: a person must look at each. The
 dashboard counts them by user on every department page and pages through them as a queue; these
 partial indexes hold only those items, so that costs what they number, not what the department
-numbers. The predicate is reports/dashboard.py's NEEDS_A_PERSON, word for word (SQLite uses a
+numbers. The predicate is core/ledger.py's NEEDS_A_PERSON, word for word (SQLite uses a
 partial index only for a query that repeats its WHERE term).
 """
 from alembic import op
