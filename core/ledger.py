@@ -137,7 +137,7 @@ class Item(Base):
     message: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     removed_at_source: Mapped[bool] = mapped_column(Boolean, default=False)
-    change: Mapped[str | None] = mapped_column(String(20))   # new / changed / unchanged, last discovery
+    change: Mapped[str | None] = mapped_column(String(20))   # the last change discovery found: new / changed / removed
     discovered: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
     seconds: Mapped[dict | None] = mapped_column(JSON)        # step -> seconds spent
@@ -334,8 +334,8 @@ class Ledger:
             # UPDATE by primary key): loading and flushing ORM objects cost a third of the bulk
             # mail path's time, measured
             ids = [c[0] for c in changes]
-            seconds: dict[int, dict | None] = dict(
-                s.execute(select(Item.id, Item.seconds).where(Item.id.in_(ids))).tuples().all())
+            seconds: dict[int, dict | None] = {
+                item_id: spent for item_id, spent in s.execute(select(Item.id, Item.seconds).where(Item.id.in_(ids)))}
             shapes: dict[tuple, list[dict]] = {}
             for item_id, values in changes:
                 if item_id not in seconds:

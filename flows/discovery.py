@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, insert, select, update
 
 from converters.formats import FORMATS, ODF_FORMATS
 from core.department import Department
@@ -297,12 +297,9 @@ def reconcile(dept: Department, ledger: Ledger, run_id: int, owner: str, target_
         _decide_names(dept, s, spool, target_owner, source, moving)
         done.new = _insert_new(dept, s, spool, run_id, owner, target_owner, source)
         done.changed = _update_changed(dept, s, spool, run_id, target_owner, source)
-        table = ITEMS
-        mark = update(table).where(table.c.id == bindparam("b_id")).values(change="unchanged", updated=now())
-        stale = spool.db.execute(f"SELECT k.id FROM listing l JOIN known k ON k.key = l.key WHERE l.source = ? "
-                                 f"AND {_SAME} AND k.change IS NOT 'unchanged'", (source,))
-        while ids := stale.fetchmany(SLICE):           # by primary key, many rows per statement
-            s.connection().execute(mark, [{"b_id": i} for (i,) in ids])
+        # an unchanged item keeps its record as it is: its `change` tells the last change found
+        # (new, changed, removed), and the run's delta counts it as unchanged. Marking a million
+        # items "unchanged" was a million-row write on the first pass after a migration (issue 19)
         done.removed = _mark_removed(dept, s, spool, run_id, source, selection)
     return done
 
