@@ -45,7 +45,7 @@ from converters.sniff import Sniffed, sniff
 from converters.workers import (LOAD_REPORT, ConversionRefused, LocalWorker, RemoteWorkerHandle, Worker, WorkerDied,
                                 WorkerOutOfMemory, WorkerTimeout, find_worker_python, kill_all_workers)
 
-__all__ = ["ConverterPool", "atomic_copy"]
+__all__ = ["ConverterPool", "atomic_copy", "settled_by_sniffing"]
 
 log = logging.getLogger("umstieg.converters")
 
@@ -261,10 +261,10 @@ class ConverterPool:
             sniffed = sniff(src)
             fmt = sniffed.format
             result.format = fmt.name if fmt else None
-            if sniffed.final or fmt is None:
-                result.outcome = sniffed.outcome or Outcome.UNSUPPORTED
-                result.message = sniffed.reason + _ADVICE.get(result.outcome, "")
+            if (settled := _settled(sniffed)) is not None:
+                result.outcome, result.message = settled
             else:
+                assert fmt is not None               # (a file of no format we convert is settled)
                 result.target = fmt.target
                 result.sha256 = sha256 or sha256_file(src)
                 dst = Path(dst_dir) / f"{stem}.{fmt.target}"
@@ -617,6 +617,20 @@ class ConverterPool:
 
 
 #: What a person can do about a document that did not convert, by outcome.
+def settled_by_sniffing(src: Path) -> tuple[Outcome, str] | None:
+    """(outcome, message) that `ConverterPool.convert` gives `src` when its bytes alone settle it
+    (not a format LibreOffice converts, encrypted, unreadable), found without a pool; None when the
+    file needs LibreOffice or the ODF check. Raises OSError when `src` cannot be read."""
+    return _settled(sniff(src))
+
+
+def _settled(sniffed: Sniffed) -> tuple[Outcome, str] | None:
+    if sniffed.final or sniffed.format is None:
+        outcome = sniffed.outcome or Outcome.UNSUPPORTED
+        return outcome, sniffed.reason + _ADVICE.get(outcome, "")
+    return None
+
+
 _ADVICE = {
     Outcome.ENCRYPTED: ". Ask its owner for the password, or for a copy saved without one.",
     Outcome.UNREADABLE: ". Ask its owner for an intact copy, or open it in the program that made it and save it again.",

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from converters.formats import FORMATS
 from core.department import Department, KeepOriginal
 from core.digests import sha256_file
 from core.errors import ItemError, TransientError, UserStopped
@@ -213,16 +214,22 @@ _COMMIT_EVERY = 100
 
 
 def plain(dept: Department, item: Item) -> bool:
-    """Whether `item` goes the plain way (`_plain_files`): a file not yet extracted, in a
-    department that converts nothing, whose permissions need no shares at the target."""
-    return (item.kind == Kind.FILE.value and item.state == State.DISCOVERED.value and not dept.conversion.enabled
-            and not (item.meta or {}).get("permissions"))
+    """Whether `item` may go the plain way (`_plain_files`): a file not yet extracted, whose
+    permissions need no shares at the target, in a department that converts nothing or with a
+    name that is no Office or ODF format's (most of a file share: PDFs, images, text). Such a
+    file whose bytes still turn out to be an Office document goes the per-item way after all."""
+    return (item.kind == Kind.FILE.value and item.state == State.DISCOVERED.value
+            and not (item.meta or {}).get("permissions")
+            and (not dept.conversion.enabled or PurePosixPath(item.location).suffix.lower().lstrip(".") not in FORMATS))
 
 
 def _plain_files(dept: Department, ledger: Ledger, items: list[Item], batch: int) -> dict[int, str]:
     """Files that travel unchanged, each taken through extract → load → verify in one go and
     recorded `_COMMIT_EVERY` per commit. Returns {item id: final state} of the items it took;
-    the others go the per-item way.
+    the others go the per-item way. In a department that converts, each file's bytes are sniffed
+    as the conversion step would (converters.pool.settled_by_sniffing), and the same outcome is
+    recorded (`unsupported`, or `encrypted`/`unreadable` for a person to look at); a file whose
+    bytes are an Office document after all is left to the per-item way, which converts it.
 
     Why a commit window is safe here: no step of such an item depends on a record of an earlier
     one, only on what this process holds in memory, so the only record that matters is the last.
@@ -255,16 +262,19 @@ def _plain_files(dept: Department, ledger: Ledger, items: list[Item], batch: int
             except (KeyError, StopIteration):
                 continue                               # the per-item way records why
             source, folder, compares = sources[item.source, item.owner]
-            finished[item.id] = _plain_file(dept, window, item, batch, source, folder, compares, sink,
-                                            staging / str(item.id))
+            state = _plain_file(dept, window, item, batch, source, folder, compares, sink, staging / str(item.id))
+            if state is not None:
+                finished[item.id] = state
     return finished
 
 
 def _plain_file(dept: Department, window, item: Item, batch: int, source, folder: str, compares: bool,
-                sink: Sink, staged: Path) -> str:
-    """One file of `_plain_files`: extract, put (unless the target holds it), read back."""
-    item.batch_id, item.attempts = batch, item.attempts + 1
+                sink: Sink, staged: Path) -> str | None:
+    """One file of `_plain_files`: extract, put (unless the target holds it), read back. None when
+    its bytes are a document to convert: nothing is recorded, the per-item way takes it."""
+    attempts = item.attempts + 1
     step, seconds = "extract", {}
+    converted: dict[str, str | None] = {}
     started = time.monotonic()
     try:
         # sources that can tell a swapped file from the one they listed get what they listed
@@ -273,6 +283,14 @@ def _plain_file(dept: Department, window, item: Item, batch: int, source, folder
         digest = sha256_file(staged)
         meta = _extracted_meta(item, size, mtime)
         seconds["extract"] = round(time.monotonic() - started, 4)
+        if dept.conversion.enabled:
+            step, started = "convert", time.monotonic()
+            settled = _settled_by_sniffing(staged)
+            if settled is None:
+                return None
+            converted = settled
+            seconds["convert"] = round(time.monotonic() - started, 4)
+        item.batch_id, item.attempts = batch, attempts
         step, started = "load", time.monotonic()
         rel, _ = _target_names(dept, item)
         ref = (with_retries(sink.find, item.target_owner, rel, digest, meta)
@@ -285,18 +303,36 @@ def _plain_file(dept: Department, window, item: Item, batch: int, source, folder
             raise _VerifyFailed(problem)
         seconds["verify"] = round(time.monotonic() - started, 4)
     except ItemError as exc:
-        window.fail(item, _reason_of(exc, step), str(exc), step, batch_id=batch, attempts=item.attempts)
+        item.batch_id, item.attempts = batch, attempts
+        window.fail(item, _reason_of(exc, step), str(exc), step, batch_id=batch, attempts=attempts)
         return State.FAILED.value
     except TransientError as exc:
-        window.fail(item, "transient", str(exc), step, batch_id=batch, attempts=item.attempts)
+        item.batch_id, item.attempts = batch, attempts
+        window.fail(item, "transient", str(exc), step, batch_id=batch, attempts=attempts)
         return State.FAILED.value
     finally:
         staged.unlink(missing_ok=True)
     window.advance(item, State.VERIFIED, sha256=digest, size=size, meta=meta, target_ref=ref, target_digest=digest,
-                   staged_path=None, converted_path=None, original_ref=None, conversion=None, message=None,
+                   staged_path=None, converted_path=None, original_ref=None,
+                   **{"conversion": None, "message": None, **converted},
                    fidelity=None, fidelity_score=None, fidelity_verdict=None, batch_id=batch,
-                   attempts=item.attempts, step_seconds=seconds)
+                   attempts=attempts, step_seconds=seconds)
     return State.VERIFIED.value
+
+
+def _settled_by_sniffing(staged: Path) -> dict[str, str | None] | None:
+    """The conversion facts of a file whose bytes settle its outcome without LibreOffice, as
+    `_convert` records them; None when it is a document to convert (or its bytes cannot be
+    sniffed: the per-item way records why)."""
+    from converters.pool import settled_by_sniffing     # (the sniffers' libraries: only where a department converts)
+    try:
+        settled = settled_by_sniffing(staged)
+    except OSError:
+        return None
+    if settled is None:
+        return None
+    outcome, message = settled
+    return {"conversion": outcome.value, "message": message if outcome in _NEEDS_A_PERSON else None}
 
 
 def _staging(dept: Department, item: Item) -> Path:
@@ -406,7 +442,6 @@ def _fidelity(dept: Department, source: Path, output: Path, fmt_name: str, sha25
     """The fidelity record of one conversion (what `keep_original: below_score` reads). With the
     visual tier, both documents are rendered on the department's workers and compared page by
     page, and thumbnails of their first pages go to `<work_dir>/reports/thumbs/` for the dashboard."""
-    from converters.formats import FORMATS
     from reports.fidelity import assess
     visual: dict[str, Any] = {}
     if "visual" in dept.conversion.fidelity:

@@ -107,3 +107,70 @@ def test_files_that_are_not_converted_keep_every_fact_of_the_per_item_way(tmp_pa
             assert (sha256, size, staged, attempts) == (sha(source), source.stat().st_size, None, 1)
             assert set(seconds) == {"extract", "load", "verify"}
     assert not [p for p in (dept.work_dir / "staging").rglob("*") if p.is_file()]
+
+
+def soffice_children() -> list[psutil.Process]:
+    """LibreOffice processes started by this (test) process."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "soffice" in child.name() or "soffice" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_department_that_converts_takes_its_other_files_the_plain_way(tmp_path):
+    """Conversion on, files whose names are no Office format's: recorded as the conversion step
+    records them (`unsupported`), and no LibreOffice is started for them; every byte lands."""
+    from flows import runtime
+    from flows.migrate import migrate_body as migrate
+    runtime.close_all()
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=0)
+    shutil.rmtree(tmp_path / "home")
+    small_files(tmp_path / "home", ("anna", "ben"), 60)
+    (tmp_path / "home" / "anna" / "scan.pdf").write_bytes(b"%PDF-1.4\n" + os.urandom(3000))
+    summary = migrate(str(dept_file))
+    assert soffice_children() == [], "LibreOffice was started for files it has nothing to do with"
+    assert summary["totals"] == {"verified": 121}
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    assert {(r["conversion"], r["message"]) for r in rows} == {("unsupported", None)}
+    runtime.close_all()
+
+
+def test_bytes_that_are_an_office_document_are_converted_whatever_the_name(tmp_path):
+    """A plain-looking name does not decide: a Word document named `.txt` is converted, an
+    encrypted one named `.dat` travels unchanged with the reason a person reads, both exactly as
+    under Office names; the other files around them go on."""
+    from msoffcrypto.format.ooxml import OOXMLFile
+
+    from docgen import make_docx
+    from flows import runtime
+    from flows.migrate import migrate_body as migrate
+    dept_file = make_department(tmp_path, users=("anna",), docs_per_user=0)
+    shutil.rmtree(tmp_path / "home")
+    small_files(tmp_path / "home", ("anna",), 20)
+    folder = tmp_path / "home" / "anna" / "Post"
+    folder.mkdir()
+    make_docx(folder / "brief.docx", paragraphs=4)
+    shutil.copy(folder / "brief.docx", folder / "brief-kopie.txt")
+    with open(folder / "brief.docx", "rb") as f, open(folder / "geheim.docx", "wb") as out:
+        OOXMLFile(f).encrypt("geheim", out)
+    shutil.copy(folder / "geheim.docx", folder / "geheim-kopie.dat")
+    try:
+        migrate(str(dept_file))
+    finally:
+        runtime.close_all()
+    rows = {r["location"]: r for r in ledger_rows(dept_file)}
+    assert len(rows) == 24 and {r["state"] for r in rows.values()} == {"verified"}
+    for office, disguised in (("Post/brief.docx", "Post/brief-kopie.txt"),
+                              ("Post/geheim.docx", "Post/geheim-kopie.dat")):
+        assert (rows[disguised]["conversion"], rows[disguised]["message"]) == \
+            (rows[office]["conversion"], rows[office]["message"])
+    assert rows["Post/brief-kopie.txt"]["conversion"] == "converted"
+    assert rows["Post/brief-kopie.txt"]["target_ref"].endswith("brief-kopie.txt.odt")    # the whole name kept
+    assert rows["Post/geheim-kopie.dat"]["conversion"] == "encrypted"
+    assert "password" in rows["Post/geheim-kopie.dat"]["message"]
+    assert sha(Path(rows["Post/geheim-kopie.dat"]["target_ref"])) == sha(folder / "geheim-kopie.dat")
+    assert {rows[f"Akte{i % 4}/notiz{i:04d}.txt"]["conversion"] for i in range(20)} == {"unsupported"}
