@@ -241,3 +241,19 @@ def test_the_spool_of_a_killed_run_is_removed_by_the_next(tmp_path):
     assert not left.exists() and alive.is_dir()
     assert sorted(p.name for p in (tmp_path / "work").glob("umstieg-listing-*")) == [alive.name]
     ledger.close()
+
+
+def test_a_key_listed_twice_counts_once_as_first_listed(tmp_path):
+    """A source that names one entry twice in a listing (a server paging over a folder that moves
+    under it): the first spelling is kept, the count is of distinct keys, and a listing taken
+    again from the start replaces the earlier one whole."""
+    def row(key: str, version: str) -> tuple:
+        return (None, "homes", key, "file", key.split("/", 1)[1], version, 1, None, None, None)
+    with Spool(tmp_path) as spool:
+        rows = [row("anna/a.txt", "1"), row("anna/b.txt", "1"), row("anna/a.txt", "2"), row("anna/c.txt", "1"),
+                row("anna/b.txt", "3")]
+        assert spool.fill_listing("homes", rows) == 3
+        assert list(spool.rows("SELECT key, version FROM listing ORDER BY seq")) == \
+            [("anna/a.txt", "1"), ("anna/b.txt", "1"), ("anna/c.txt", "1")]
+        assert spool.fill_listing("homes", [row("anna/d.txt", "1")]) == 1
+        assert list(spool.rows("SELECT key FROM listing")) == [("anna/d.txt",)]
