@@ -84,6 +84,7 @@ class TreePeak:
     def __init__(self, pid: int, every: float = 0.1) -> None:
         self.root = psutil.Process(pid)
         self.every, self.peak = every, 0
+        self.run_peak = self.worker_peak = 0      # the run's own process; its largest worker
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -94,9 +95,14 @@ class TreePeak:
                 total = 0
                 for p in procs:
                     try:
-                        total += p.memory_info().rss
+                        rss = p.memory_info().rss
                     except psutil.Error:
-                        pass
+                        continue
+                    total += rss
+                    if p.pid == self.root.pid:
+                        self.run_peak = max(self.run_peak, rss)
+                    else:
+                        self.worker_peak = max(self.worker_peak, rss)
                 self.peak = max(self.peak, total)
             except psutil.Error:
                 break
@@ -127,6 +133,7 @@ def run_umstieg(dept: Path, label: str, count: int) -> dict:
         print(out[-4000:])
         raise SystemExit(f"umstieg run failed ({proc.returncode})")
     result = {"label": label, "wall": wall, "rate": count / wall, "rss_mb": peak.peak / 2**20,
+              "run_mb": peak.run_peak / 2**20, "worker_mb": peak.worker_peak / 2**20,
               "user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime,
               "blocks_out": after.ru_oublock - before.ru_oublock}
     _show(result)
@@ -174,7 +181,9 @@ def verified_copy_loop(home: Path, target: Path, count: int, label: str) -> dict
 
 def _show(r: dict) -> None:
     print(f"{r['label']:<28} {r['wall']:8.2f} s {r['rate']:9.0f} items/s  user {r['user']:6.1f} s  "
-          f"sys {r['sys']:6.1f} s  blocks out {r['blocks_out']:>9}  peak RSS {r['rss_mb']:6.0f} MB", flush=True)
+          f"sys {r['sys']:6.1f} s  blocks out {r['blocks_out']:>9}  peak RSS {r['rss_mb']:6.0f} MB"
+          + (f" (the run {r['run_mb']:.0f} MB, largest other {r['worker_mb']:.0f} MB)" if "run_mb" in r else ""),
+          flush=True)
 
 
 def check_target(base: Path, name: str, users: list[str], count: int) -> None:
