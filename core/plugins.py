@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["Source", "Sink", "Account", "ChecksUsers", "PerProcess",
            "FetchesMessages", "AppendsMessages", "Appended", "ListsMailFolders", "MakesMailFolders", "CountsMail",
            "SharesFiles",
-           "ProbesUsers", "ProbesOnce", "ProbeMemo", "ComparesWithListing", "ListsCalendars", "ChecksCalendars",
+           "ProbesUsers", "ProbesOnce", "ProbeMemo", "ComparesWithListing", "PublishesTogether", "ListsCalendars",
+           "ChecksCalendars",
            "Role", "ROLES", "System", "SYSTEMS", "registered", "models", "system_of", "UnknownSystem"]
 
 T = TypeVar("T")
@@ -279,6 +280,24 @@ class ComparesWithListing(Protocol):
     def extract(self, folder: str, location: str, dst: Path, key: str | None = None,
                 listed: dict[str, Any] | None = None) -> tuple[int, float | None]:
         """As `Source.extract`, refusing a file that is not the one listed."""
+
+
+@runtime_checkable
+class PublishesTogether(Protocol):
+    """A target that makes many files durable together, one flush for a window of files instead
+    of one per file (a local disk: the flush, not the copy, was most of a small file's time).
+    `put_later` writes a file under a temporary name only and returns the reference it will have;
+    `publish` makes every file put so far durable, then gives each its real name (durably too),
+    and returns {reference: why} for those it could not. Until `publish`, nothing is under a real
+    name; a process killed before it leaves only temporary files, which the next put overwrites."""
+
+    def put_later(self, owner: str, rel: str, src: Path, mtime: float | None = None,
+                  meta: dict[str, Any] | None = None, digest: str | None = None) -> str:
+        """As `Sink.put`, the file left under its temporary name until `publish`."""
+
+    def publish(self) -> dict[str, str]:
+        """Make the files put since the last call durable under their real names; {ref: problem}
+        of those that could not be (they are not under their real names)."""
 
 
 @runtime_checkable

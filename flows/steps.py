@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,7 +32,8 @@ from core.errors import ItemError, TransientError, UserStopped
 from core.items import ItemRef, Kind
 from core.ledger import Item, Ledger, State, now
 from core.outcomes import Outcome
-from core.plugins import AppendsMessages, ComparesWithListing, FetchesMessages, SharesFiles, Sink
+from core.plugins import (AppendsMessages, ComparesWithListing, FetchesMessages, PublishesTogether, SharesFiles,
+                          Sink)
 from core.retry import with_retries  # one policy for every retry (issue 18); kept importable from here
 from flows import runtime
 from flows.sharing import plan_shares
@@ -249,6 +251,9 @@ def _plain_files(dept: Department, ledger: Ledger, items: list[Item], batch: int
         return {}
     finished: dict[int, str] = {}
     sink = target_of(dept, Kind.FILE)
+    # a target that makes a window's files durable together (a local disk) gets them all put,
+    # then published at once, then read back: one flush a window instead of one a file
+    together: list[_Loaded] | None = [] if isinstance(sink, PublishesTogether) else None
     sources: dict[tuple[str, str], tuple] = {}
     staging = dept.work_dir / "staging" / "files"
     staging.mkdir(parents=True, exist_ok=True)
@@ -262,16 +267,38 @@ def _plain_files(dept: Department, ledger: Ledger, items: list[Item], batch: int
             except (KeyError, StopIteration):
                 continue                               # the per-item way records why
             source, folder, compares = sources[item.source, item.owner]
-            state = _plain_file(dept, window, item, batch, source, folder, compares, sink, staging / str(item.id))
-            if state is not None:
-                finished[item.id] = state
+            loaded = _plain_load(dept, window, item, batch, source, folder, compares, sink, staging / str(item.id),
+                                 later=together is not None)
+            if not isinstance(loaded, _Loaded):
+                if loaded is not None:
+                    finished[item.id] = loaded
+            elif together is None:
+                finished[item.id] = _plain_verify(window, sink, loaded)
+            else:
+                together.append(loaded)
+                if len(together) == _COMMIT_EVERY:
+                    finished.update(_publish(window, sink, together))
+        if together:
+            finished.update(_publish(window, sink, together))
     return finished
 
 
-def _plain_file(dept: Department, window, item: Item, batch: int, source, folder: str, compares: bool,
-                sink: Sink, staged: Path) -> str | None:
-    """One file of `_plain_files`: extract, put (unless the target holds it), read back. None when
-    its bytes are a document to convert: nothing is recorded, the per-item way takes it."""
+@dataclass
+class _Loaded:
+    """A file of `_plain_files` at the target (or put there, to be published), to be read back."""
+
+    item: Item
+    ref: str
+    digest: str
+    facts: dict                 # what its record takes: sha256, size, meta, conversion ...
+    seconds: dict[str, float]
+
+
+def _plain_load(dept: Department, window, item: Item, batch: int, source, folder: str, compares: bool,
+                sink: Sink, staged: Path, later: bool) -> _Loaded | str | None:
+    """One file of `_plain_files`: extract, then put it (unless the target holds it): what is to
+    be read back, or the state it failed in, or None when its bytes are a document to convert
+    (nothing is recorded: the per-item way takes it). `later`: put for `_publish`."""
     attempts = item.attempts + 1
     step, seconds = "extract", {}
     converted: dict[str, str | None] = {}
@@ -293,31 +320,57 @@ def _plain_file(dept: Department, window, item: Item, batch: int, source, folder
         item.batch_id, item.attempts = batch, attempts
         step, started = "load", time.monotonic()
         rel, _ = _target_names(dept, item)
+        put = sink.put_later if later and isinstance(sink, PublishesTogether) else sink.put
         ref = (with_retries(sink.find, item.target_owner, rel, digest, meta)
-               or with_retries(sink.put, item.target_owner, rel, staged, _source_mtime_of(meta, item), meta,
+               or with_retries(put, item.target_owner, rel, staged, _source_mtime_of(meta, item), meta,
                                digest))                    # put writes the digest find was asked with
         seconds["load"] = round(time.monotonic() - started, 4)
-        step, started = "verify", time.monotonic()
-        problem = with_retries(sink.verify, ref, digest)
-        if problem:
-            raise _VerifyFailed(problem)
-        seconds["verify"] = round(time.monotonic() - started, 4)
-    except ItemError as exc:
+    except (ItemError, TransientError) as exc:
         item.batch_id, item.attempts = batch, attempts
-        window.fail(item, _reason_of(exc, step), str(exc), step, batch_id=batch, attempts=attempts)
-        return State.FAILED.value
-    except TransientError as exc:
-        item.batch_id, item.attempts = batch, attempts
-        window.fail(item, "transient", str(exc), step, batch_id=batch, attempts=attempts)
-        return State.FAILED.value
+        return _plain_failed(window, item, exc, step)
     finally:
         staged.unlink(missing_ok=True)
-    window.advance(item, State.VERIFIED, sha256=digest, size=size, meta=meta, target_ref=ref, target_digest=digest,
-                   staged_path=None, converted_path=None, original_ref=None,
-                   **{"conversion": None, "message": None, **converted},
-                   fidelity=None, fidelity_score=None, fidelity_verdict=None, batch_id=batch,
-                   attempts=attempts, step_seconds=seconds)
+    facts = dict(sha256=digest, size=size, meta=meta, target_ref=ref, target_digest=digest, staged_path=None,
+                 converted_path=None, original_ref=None, conversion=None, message=None, fidelity=None,
+                 fidelity_score=None, fidelity_verdict=None, batch_id=batch, attempts=attempts)
+    return _Loaded(item, ref, digest, {**facts, **converted}, seconds)
+
+
+def _publish(window, sink, loaded: list[_Loaded]) -> dict[int, str]:
+    """Publish the files put for `loaded` (core.plugins.PublishesTogether), then read each back:
+    {item id: final state}. The list is emptied."""
+    started = time.monotonic()
+    problems = sink.publish()
+    share = round((time.monotonic() - started) / len(loaded), 4)       # each file's part of the flush
+    finished = {}
+    for done in loaded:
+        done.seconds["load"] = round(done.seconds["load"] + share, 4)
+        if done.ref in problems:
+            finished[done.item.id] = _plain_failed(window, done.item, ItemError(problems[done.ref]), "load")
+        else:
+            finished[done.item.id] = _plain_verify(window, sink, done)
+    loaded.clear()
+    return finished
+
+
+def _plain_verify(window, sink: Sink, done: _Loaded) -> str:
+    """Read a file of `_plain_files` back from the target and record it verified, or failed."""
+    started = time.monotonic()
+    try:
+        problem = with_retries(sink.verify, done.ref, done.digest)
+        if problem:
+            raise _VerifyFailed(problem)
+    except (ItemError, TransientError) as exc:
+        return _plain_failed(window, done.item, exc, "verify")
+    done.seconds["verify"] = round(time.monotonic() - started, 4)
+    window.advance(done.item, State.VERIFIED, **done.facts, step_seconds=done.seconds)
     return State.VERIFIED.value
+
+
+def _plain_failed(window, item: Item, exc: ItemError | TransientError, step: str) -> str:
+    reason = _reason_of(exc, step) if isinstance(exc, ItemError) else "transient"
+    window.fail(item, reason, str(exc), step, batch_id=item.batch_id, attempts=item.attempts)
+    return State.FAILED.value
 
 
 def _settled_by_sniffing(staged: Path) -> dict[str, str | None] | None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -174,3 +175,59 @@ def test_bytes_that_are_an_office_document_are_converted_whatever_the_name(tmp_p
     assert "password" in rows["Post/geheim-kopie.dat"]["message"]
     assert sha(Path(rows["Post/geheim-kopie.dat"]["target_ref"])) == sha(folder / "geheim-kopie.dat")
     assert {rows[f"Akte{i % 4}/notiz{i:04d}.txt"]["conversion"] for i in range(20)} == {"unsupported"}
+
+
+def local_sink(root: Path):
+    from sinks.localdir import LocalDir
+    from sinks.localdir_config import LocalDirTarget
+    return LocalDir(LocalDirTarget(root=root))
+
+
+def test_files_put_to_be_published_take_their_real_names_only_when_published(tmp_path):
+    """The local target's put_later/publish (core.plugins.PublishesTogether): nothing is under a
+    real name before publish; publish gives each file its name with its bytes and time, says
+    which it could not name (the others go on), and leaves no temporary file behind."""
+    from core.plugins import PublishesTogether
+    sink = local_sink(tmp_path / "target")
+    assert isinstance(sink, PublishesTogether)
+    src = tmp_path / "src"
+    files = {"Akte/a.txt": b"erste", "Akte/b.txt": b"zweite" * 1000, "Post/c.txt": b"dritte"}
+    refs = {}
+    (tmp_path / "target" / "anna" / "Post" / "c.txt").mkdir(parents=True)     # a folder holds the name
+    (tmp_path / "target" / "anna" / "Post" / "c.txt" / "drin").write_bytes(b"x")
+    for rel, data in files.items():
+        src.write_bytes(data)
+        refs[rel] = sink.put_later("anna", rel, src, mtime=1_600_000_000)
+    assert not Path(refs["Akte/a.txt"]).exists() and not Path(refs["Akte/b.txt"]).exists()
+    assert len(list((tmp_path / "target").rglob("*.umstieg-partial"))) == 3
+    problems = sink.publish()
+    assert list(problems) == [refs["Post/c.txt"]] and "cannot write" in problems[refs["Post/c.txt"]]
+    for rel in ("Akte/a.txt", "Akte/b.txt"):
+        assert Path(refs[rel]).read_bytes() == files[rel]
+        assert Path(refs[rel]).stat().st_mtime == 1_600_000_000
+    assert (tmp_path / "target" / "anna" / "Post" / "c.txt" / "drin").read_bytes() == b"x"
+    assert list((tmp_path / "target").rglob("*.umstieg-partial")) == []
+    assert sink.publish() == {}
+
+
+def test_a_process_killed_before_publishing_leaves_no_file_under_a_real_name(tmp_path):
+    """Killed between put_later and publish: only temporary files are left, and the next put of
+    the same name replaces them (the name of a temporary file is the same at every put)."""
+    script = (f"import sys; sys.path[:0] = {[str(Path(__file__).parents[1])]!r}\n"
+              "from pathlib import Path\n"
+              "from sinks.localdir import LocalDir\n"
+              "from sinks.localdir_config import LocalDirTarget\n"
+              f"sink = LocalDir(LocalDirTarget(root=Path({str(tmp_path / 'target')!r})))\n"
+              f"src = Path({str(tmp_path / 'src')!r}); src.write_bytes(b'halb')\n"
+              "for n in range(3): sink.put_later('anna', f'Akte/{n}.txt', src)\n"
+              "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder = tmp_path / "target" / "anna" / "Akte"
+    assert sorted(p.name.endswith(".umstieg-partial") for p in folder.iterdir()) == [True] * 3
+    sink = local_sink(tmp_path / "target")
+    (tmp_path / "src").write_bytes(b"ganz")
+    for n in range(3):
+        sink.put("anna", f"Akte/{n}.txt", tmp_path / "src")
+    assert sorted(p.name for p in folder.iterdir()) == ["0.txt", "1.txt", "2.txt"]
+    assert {p.read_bytes() for p in folder.iterdir()} == {b"ganz"}
