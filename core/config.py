@@ -11,20 +11,32 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from core.errors import ConfigError
 from core.retry import RetryPolicy
 
-__all__ = ["Model", "SecretRef", "literal_secret_in_url", "Tls", "ImapServer", "S3Bucket", "SOURCE_NAME",
+__all__ = ["Model", "url_host", "SecretRef", "literal_secret_in_url", "Tls", "ImapServer", "S3Bucket", "SOURCE_NAME",
            "TARGET_FOLDER", "READ_PERMISSIONS", "MiB"]
+
+
+def url_host(url: str) -> str:
+    """The host of a URL, in lower case (the URL itself when it has none)."""
+    return (urlsplit(url).hostname or url).lower()
 
 
 class Model(BaseModel):
     """Strict and frozen: a misspelt setting is an error, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def host_name(self) -> str:
+        """The host a source or target of this kind talks to, where the per-host limits count
+        (flows/limits.py): `local` for folders and files of this machine; a system with a server
+        says which."""
+        return "local"
 
     @field_validator("*")
     @classmethod
@@ -50,7 +62,7 @@ _SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|signature|^sig$|api_?key|
 def literal_secret_in_url(url: str, database: bool = False) -> str | None:
     """What literal secret `url` carries (never the secret itself), or None. A `database` URL is
     read as SQLAlchemy reads it (its password runs to the last `@` and may hold a `/`)."""
-    from urllib.parse import parse_qsl, urlsplit
+    from urllib.parse import parse_qsl
     try:
         if database:
             from sqlalchemy.engine import make_url
@@ -146,6 +158,9 @@ class ImapServer(Tls):
     master_user: str | None = Field(default=None, description="log in as `<user>*<master_user>` (Dovecot)")
     password: SecretRef | None = Field(default=None, description="the master user's password")
 
+    def host_name(self) -> str:
+        return self.host.lower()
+
 
 class S3Bucket(Tls):
     """An S3 bucket, at AWS or on an S3-compatible server, and the keys that open it."""
@@ -155,6 +170,9 @@ class S3Bucket(Tls):
     region: str = "us-east-1"
     access_key_id: SecretRef | None = Field(default=None, description="default: the AWS credential chain")
     secret_access_key: SecretRef | None = None
+
+    def host_name(self) -> str:
+        return url_host(self.endpoint_url) if self.endpoint_url else "s3.amazonaws.com"
 
     @model_validator(mode="after")
     def _key_pair(self):

@@ -16,32 +16,19 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, time as dtime
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+from core.config import Model
 from core.department import Department, Schedule
 from core.errors import FatalError
 
 __all__ = ["host_of", "Chunk", "ChunkGate", "Window", "OutsideWindow"]
 
 
-def host_of(config) -> str:
-    """The host a configured source or target talks to (`local` for folders and export files).
-
-    Graph sources share one host (graph.microsoft.com): Microsoft's throttling counts per tenant and
-    application, so that is where a limit belongs.
-    """
-    for name in ("url", "graph_url", "endpoint_url"):
-        value = getattr(config, name, None)
-        if value:
-            return (urlsplit(value).hostname or value).lower()
-    for name in ("server", "host"):
-        value = getattr(config, name, None)
-        if value:
-            return str(value).lower()
-    if getattr(config, "type", None) == "s3":
-        return "s3.amazonaws.com"
-    return "local"
+def host_of(config: Model) -> str:
+    """The host a configured source or target talks to, as its model says (core.config.Model.host_name:
+    `local` for folders and export files, graph.microsoft.com for every Graph source)."""
+    return config.host_name()
 
 
 @dataclass(frozen=True)

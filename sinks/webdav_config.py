@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.config import MiB, Model, SecretRef
+from core.config import MiB, Model, SecretRef, url_host
 from core.retry import RetryPolicy
 
 __all__ = ["WebDavTarget", "NextcloudTarget", "OXDriveTarget"]
@@ -20,6 +20,9 @@ __all__ = ["WebDavTarget", "NextcloudTarget", "OXDriveTarget"]
 
 class WebDavTarget(Model):
     """What every WebDAV target needs: where it is, who logs in, how long to wait, which TLS."""
+
+    def host_name(self) -> str:
+        return url_host(self.url)
 
     url: str = Field(pattern=r"^https?://[^\s/?#@]+(/[^\s?#]*)?$",
                      description="the server's address (no user, no query)")

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from core.config import SOURCE_NAME, SecretRef, Tls
+from core.config import SOURCE_NAME, SecretRef, Tls, url_host
 
 __all__ = ["EwsSource"]
 
@@ -24,6 +24,7 @@ class EwsSource(Tls):
     url: str = Field(pattern=r"^https?://", description="the EWS endpoint, …/EWS/Exchange.asmx")
     username: str = Field(min_length=1)
     password: SecretRef
+
     auth: Literal["ntlm", "basic"] = "ntlm"
     impersonation: bool = Field(default=True, description="impersonate each mailbox (ApplicationImpersonation); "
                                                       "false: the account's own or delegated access")
@@ -43,3 +44,6 @@ class EwsSource(Tls):
         if value is not None and not value.is_absolute():
             raise ValueError("must be an absolute path (sync states must not depend on where umstieg runs)")
         return value
+
+    def host_name(self) -> str:
+        return url_host(self.url)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from core.config import SecretRef, Tls
+from core.config import SecretRef, Tls, url_host
 
 __all__ = ["GraphApp"]
 
@@ -23,3 +23,8 @@ class GraphApp(Tls):
                            description="the identity platform (national clouds have their own)")
     graph_url: str = Field(default="https://graph.microsoft.com/v1.0")
     concurrency: int = Field(default=4, ge=1, le=16, description="requests at once per mailbox / drive")
+
+    def host_name(self) -> str:
+        """graph.microsoft.com for every Graph source: Microsoft throttles per tenant and
+        application, so that is where a limit belongs."""
+        return url_host(self.graph_url)

@@ -29,3 +29,6 @@ class SmbSource(Tls):
     password: SecretRef
     encrypt: bool = Field(default=False, description="require SMB 3 encryption")
     read_acl: bool = Field(default=True, description="read owners and ACL entries for the sharing report")
+
+    def host_name(self) -> str:
+        return self.server.lower()

@@ -92,6 +92,15 @@ def test_hosts_of_configured_sources_and_targets():
     assert host_of(ImapSource(name="m", host="imap.amt.example", master_user="admin", password="env:P")) \
         == "imap.amt.example"
     assert host_of(LocalDirTarget(root="/srv/target")) == "local"
+    from sources.ews_config import EwsSource
+    from sources.export_config import ExportSource
+    from sources.m365_config import M365Source
+    from sources.onedrive_config import OneDriveSource
+    assert host_of(EwsSource(name="ex", url="https://MAIL.amt.example/EWS/Exchange.asmx", username="svc",
+                             password="env:P")) == "mail.amt.example"
+    graph = dict(name="g", tenant_id="t", client_id="c", client_secret="env:S")
+    assert host_of(M365Source(**graph)) == host_of(OneDriveSource(**graph)) == "graph.microsoft.com"
+    assert host_of(ExportSource(name="pst", root="/srv/pst")) == "local"
 
 
 # ------------------------------------------------------------------------------- one run at a time
