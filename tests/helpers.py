@@ -8,6 +8,7 @@ tests/servers; generated Office documents in tests/docgen.py.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -101,6 +102,56 @@ def wait_until_verified(proc: subprocess.Popen, dept_file: Path, count: int, tim
         if verified >= count:
             return
         time.sleep(poll)
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def target_files(tmp_path: Path) -> list[Path]:
+    return sorted(p for p in (tmp_path / "target").rglob("*") if p.is_file())
+
+
+def assert_target_matches_ledger(dept_file: Path, tmp_path: Path) -> list[dict]:
+    """Every verified item is at the target exactly once with its digest; nothing else is there."""
+    rows = ledger_rows(dept_file)
+    verified = [r for r in rows if r["state"] == "verified"]
+    refs = [r["target_ref"] for r in verified]
+    assert len(refs) == len(set(refs)), "two items share one target file"
+    assert sorted(Path(r) for r in refs) == target_files(tmp_path)
+    for r in verified:
+        assert file_sha(Path(r["target_ref"])) == r["target_digest"]
+    return rows
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    """The environment of an `umstieg` subprocess that runs here, with no Prefect server."""
+    return {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, **extra}
+
+
+def kill_mid_run(dept_file: Path, verified: int, env: dict[str, str], timeout: float,
+                 poll: float = 0.1) -> list[psutil.Process]:
+    """Start `umstieg run`, SIGKILL it once `verified` items are verified, and check that it was
+    really cut off mid-run. Returns the processes it had started, as they were just before."""
+    proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    wait_until_verified(proc, dept_file, verified, timeout=timeout, poll=poll)
+    started = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert any(r["state"] != "verified" for r in ledger_rows(dept_file)), "the run was not cut off mid-run"
+    return started
+
+
+def run_to_the_end(dept_file: Path, tmp_path: Path, env: dict[str, str]) -> list[dict]:
+    """Run the department again (`umstieg run`) and check the target against the ledger: every
+    verified item there exactly once with its digest, nothing else, no partial file left."""
+    result = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    assert not list((tmp_path / "target").rglob(".*partial*"))
+    return rows
 
 
 def discover_then(dept_file: Path, between) -> dict:

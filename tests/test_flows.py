@@ -4,44 +4,21 @@ Prefect server."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
 from conftest import CORPUS, processes_using
 from docgen import make_docx, make_heavy_docx
-from helpers import (UMSTIEG, frozen_offices, ledger_rows, make_department, offices_reading,
-                     wait_until_verified)
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def target_files(tmp_path: Path) -> list[Path]:
-    return sorted(p for p in (tmp_path / "target").rglob("*") if p.is_file())
-
-
-def assert_target_matches_ledger(dept_file: Path, tmp_path: Path) -> list[dict]:
-    """Every verified item is at the target exactly once with its digest; nothing else is there."""
-    rows = ledger_rows(dept_file)
-    verified = [r for r in rows if r["state"] == "verified"]
-    refs = [r["target_ref"] for r in verified]
-    assert len(refs) == len(set(refs)), "two items share one target file"
-    assert sorted(Path(r) for r in refs) == target_files(tmp_path)
-    for r in verified:
-        assert sha(Path(r["target_ref"])) == r["target_digest"]
-    return rows
+from helpers import (UMSTIEG, assert_target_matches_ledger, file_sha, frozen_offices, kill_mid_run, ledger_rows,
+                     make_department, offices_reading, run_env, run_to_the_end, target_files, wait_until_verified)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,7 +70,7 @@ def test_originals_travel_by_fidelity_policy(tmp_path):
     assert converted and all(r["original_ref"] for r in converted)
     for r in converted:
         assert Path(r["original_ref"]).parent.name == "Originale"
-        assert sha(Path(r["original_ref"])) == sha(tmp_path / "home" / "anna" / r["location"])
+        assert file_sha(Path(r["original_ref"])) == file_sha(tmp_path / "home" / "anna" / r["location"])
 
     below = make_department(tmp_path / "below", users=("anna",), docs_per_user=6,
                             conversion={"keep_original": "below_score", "keep_original_below": 100})
@@ -210,35 +187,18 @@ def test_secrets_must_be_references(tmp_path):
     assert "ledger_password" in str(exc.value) and "hunter2" not in str(exc.value)
 
 
-def prefect_servers_of(pid: int) -> list:
-    """The Prefect API servers (uvicorn) a process has started."""
-    return [c for c in psutil.Process(pid).children(recursive=True)
-            if "prefect.server.api.server:create_app" in " ".join(c.cmdline())]
-
-
 def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
     dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=15)
     rt = tmp_path / "rt"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["UMSTIEG_RUNTIME_DIR"] = str(rt)
-    proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    wait_until_verified(proc, dept_file, 5, timeout=180, poll=0.2)
-    assert prefect_servers_of(proc.pid) == [], "a run with no Prefect server configured started one"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = run_env(UMSTIEG_RUNTIME_DIR=str(rt))
+    started = kill_mid_run(dept_file, 5, env, timeout=180, poll=0.2)
+    assert not [p for p in started if "prefect.server.api.server:create_app" in " ".join(p.cmdline())], \
+        "a run with no Prefect server configured started one"
     time.sleep(3)
     assert processes_using(str(rt)) == []          # its LibreOffice workers ended themselves
-    rows = ledger_rows(dept_file)
-    assert any(r["state"] != "verified" for r in rows)       # it really was cut off mid-run
-
-    result = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    rows = run_to_the_end(dept_file, tmp_path, env)
     sources = [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
     assert len(rows) == len(sources) and all(r["state"] == "verified" for r in rows)
-    assert not list((tmp_path / "target").rglob(".*partial*"))
 
 
 def test_status_and_report_commands(tmp_path):
@@ -406,6 +366,10 @@ def test_the_visual_tier_leaves_thumbnails_for_the_dashboard(tmp_path):
         assert (item.fidelity or {}).get("visual"), item.location
         assert (thumbs / f"{item.sha256[:16]}-source.png").is_file()
         assert (thumbs / f"{item.sha256[:16]}-output.png").is_file()
+        # and the viewer's large pictures beside them, named in the ledger's record
+        views = item.fidelity["visual"]["views"]
+        assert views == {side: f"{item.sha256[:16]}-{side}-view.png" for side in ("source", "output")}
+        assert all((thumbs / name).stat().st_size > 1000 for name in views.values())
 
 
 # ------------------------------------------------------------- failures a person can act on
@@ -499,7 +463,7 @@ def test_a_full_work_dir_stops_the_run_with_what_to_do_and_the_next_run_resumes(
     assert rows["zz-gross.bin"]["state"] != "verified" and rows["zz-gross.bin"]["reason"] is None   # not blamed
     for r in rows.values():                  # what is recorded as moved is there, once
         if r["state"] == "verified":
-            assert sha(Path(r["target_ref"])) == r["target_digest"]
+            assert file_sha(Path(r["target_ref"])) == r["target_digest"]
 
     # the ledger's own file cannot grow either: said the same way
     filler = small_disk / "filler"

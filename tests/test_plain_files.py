@@ -3,7 +3,6 @@ records per commit, chunks in worker processes) keeps every guarantee of the per
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -13,23 +12,8 @@ from pathlib import Path
 
 import psutil
 
-from helpers import UMSTIEG, ledger_rows, make_department, wait_until_verified
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def assert_target_matches_ledger(dept_file: Path, tmp_path: Path) -> list[dict]:
-    """Every verified item is at the target exactly once with its digest; nothing else is there."""
-    rows = ledger_rows(dept_file)
-    verified = [r for r in rows if r["state"] == "verified"]
-    refs = [r["target_ref"] for r in verified]
-    assert len(refs) == len(set(refs)), "two items share one target file"
-    assert sorted(Path(r) for r in refs) == sorted(p for p in (tmp_path / "target").rglob("*") if p.is_file())
-    for r in verified:
-        assert sha(Path(r["target_ref"])) == r["target_digest"]
-    return rows
+from helpers import (assert_target_matches_ledger, file_sha, kill_mid_run, ledger_rows, make_department, run_env,
+                     run_to_the_end)
 
 
 def small_files(home: Path, users: tuple[str, ...], per_user: int) -> None:
@@ -50,29 +34,17 @@ def test_sigkill_inside_a_commit_window_then_rerun_loses_and_duplicates_nothing(
                                 limits={"chunk_size": 250})
     shutil.rmtree(tmp_path / "home")
     small_files(tmp_path / "home", users, 600)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    wait_until_verified(proc, dept_file, 100, timeout=300, poll=0.05)
-    workers = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = run_env()
+    workers = kill_mid_run(dept_file, 100, env, timeout=300, poll=0.05)
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == [], "worker processes went on after their run was killed"
-    rows = ledger_rows(dept_file)
-    assert any(r["state"] != "verified" for r in rows)       # it really was cut off mid-run
-
-    result = subprocess.run(UMSTIEG + ["run", str(dept_file)], env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = assert_target_matches_ledger(dept_file, tmp_path)
+    rows = run_to_the_end(dept_file, tmp_path, env)
     sources = {p.relative_to(tmp_path / "home"): p for p in (tmp_path / "home").rglob("*") if p.is_file()}
     assert len(rows) == len(sources) == 1800 and all(r["state"] == "verified" for r in rows)
     for r in rows:
         source = sources[Path(r["owner"]) / r["location"]]
         assert Path(r["target_ref"]) == tmp_path / "target" / f"t-{r['owner']}" / r["location"]
-        assert r["target_digest"] == sha(source)
-    assert not list((tmp_path / "target").rglob(".*partial*"))
+        assert r["target_digest"] == file_sha(source)
 
 
 def test_files_that_are_not_converted_keep_every_fact_of_the_per_item_way(tmp_path):
@@ -92,7 +64,7 @@ def test_files_that_are_not_converted_keep_every_fact_of_the_per_item_way(tmp_pa
     for location, r in rows.items():
         source = tmp_path / "home" / "anna" / location
         target = Path(r["target_ref"])
-        assert r["state"] == "verified" and r["target_digest"] == sha(source) == sha(target)
+        assert r["state"] == "verified" and r["target_digest"] == file_sha(source) == file_sha(target)
         assert abs(target.stat().st_mtime_ns - source.stat().st_mtime_ns) < 1000    # a float of seconds
         assert r["batch_id"] is not None
     from core.department import load_department
@@ -105,7 +77,7 @@ def test_files_that_are_not_converted_keep_every_fact_of_the_per_item_way(tmp_pa
     for sha256, size, staged, attempts, seconds, location in facts:
         if location in rows:
             source = tmp_path / "home" / "anna" / location
-            assert (sha256, size, staged, attempts) == (sha(source), source.stat().st_size, None, 1)
+            assert (sha256, size, staged, attempts) == (file_sha(source), source.stat().st_size, None, 1)
             assert set(seconds) == {"extract", "load", "verify"}
     assert not [p for p in (dept.work_dir / "staging").rglob("*") if p.is_file()]
 
@@ -173,7 +145,7 @@ def test_bytes_that_are_an_office_document_are_converted_whatever_the_name(tmp_p
     assert rows["Post/brief-kopie.txt"]["target_ref"].endswith("brief-kopie.txt.odt")    # the whole name kept
     assert rows["Post/geheim-kopie.dat"]["conversion"] == "encrypted"
     assert "password" in rows["Post/geheim-kopie.dat"]["message"]
-    assert sha(Path(rows["Post/geheim-kopie.dat"]["target_ref"])) == sha(folder / "geheim-kopie.dat")
+    assert file_sha(Path(rows["Post/geheim-kopie.dat"]["target_ref"])) == file_sha(folder / "geheim-kopie.dat")
     assert {rows[f"Akte{i % 4}/notiz{i:04d}.txt"]["conversion"] for i in range(20)} == {"unsupported"}
 
 
