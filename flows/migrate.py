@@ -37,7 +37,7 @@ from sqlalchemy import select
 
 from core.department import Department
 from core.errors import ConfigError, ItemError, TransientError, UserStopped
-from core.items import ItemRef, Kind
+from core.items import Kind
 from core.ledger import HEARTBEAT, Item, Ledger
 from core.mailselection import MailSelection
 from core.settings import usable_cpus
@@ -542,7 +542,7 @@ def rerun_body(department_file: str, batch: int | None = None, error_class: str 
 
 def assess_body(department_file: str, via: Here | None = None) -> dict:
     """Inventory every source of the department (no data moves) and write the assessment."""
-    from reports.migration import write_assessment
+    from reports.migration import Inventory, write_assessment
     via = via or Here()
     dept = runtime.department(str(Path(department_file).resolve()))
     with probing(dept):                     # the check and the identity check ask each account once
@@ -552,7 +552,7 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
             identities = [c.row() for c in check_identities(dept)]
         except Exception as exc:
             _raise_plainly(exc, dept)
-    listing: list[tuple[str, ItemRef]] = []
+    inventory = Inventory()             # counters, never a list of the items: a million files in bounded memory
     scan_folders = []
     volumes: list[tuple[str, str, dict]] = []        # (user, source, {folder, messages, bytes}) as counted there
     selection = MailSelection.of(dept)
@@ -563,15 +563,18 @@ def assess_body(department_file: str, via: Here | None = None) -> dict:
             try:
                 if isinstance(source, CountsMail):
                     volumes += [(user.source, cfg.name, v) for v in source.mail_volume(user.source, folder)]
-                listing += [(user.source, ref) for ref in selection.listed(source, user.source, folder)
-                            if not (ref.meta or {}).get("skipped")]       # links, pipes: nothing to move
+                listed = Inventory()    # counted apart: a listing that fails half-way is a problem, not half a count
+                for ref in selection.listed(source, user.source, folder):
+                    if not (ref.meta or {}).get("skipped"):                 # links, pipes: nothing to move
+                        listed.add(user.source, ref)
+                inventory.merge(listed)
             except (ItemError, TransientError, UserStopped, ConfigError, OSError) as exc:
                 problems.append(f"source {cfg.name}: cannot list {user.source}: {exc}")
                 continue
             if cfg.type == "folder" and (cfg.root / folder).is_dir():
                 scan_folders.append((cfg.name, user.source, cfg.root / folder))
     try:
-        result = write_assessment(dept, problems, runtime.ledger(dept), listing, scan_folders, volumes,
+        result = write_assessment(dept, problems, runtime.ledger(dept), inventory, scan_folders, volumes,
                                   identities)
     except Exception as exc:
         _raise_plainly(exc, dept)

@@ -1,7 +1,8 @@
 """Run reports and assessments of a department migration, computed from the ledger.
 
 Everything here is aggregated in SQL (group by), so a department of a million items reports as
-fast as one of a hundred.
+fast as one of a hundred; the assessment, which comes before any ledger row, counts the sources'
+listings as they stream past (`Inventory`) and holds no item.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from core.settings import usable_cpus
 from reports.i18n import Names, names, render
 
 __all__ = ["run_summary", "write_run_report", "write_status_report", "department_status", "sharing_status",
-           "renamed_files", "write_assessment", "reports_dir", "REPORT_LIST_LIMIT", "RENAME_REASONS"]
+           "renamed_files", "write_assessment", "Inventory", "mail_volume", "file_format", "reports_dir",
+           "REPORT_LIST_LIMIT", "RENAME_REASONS"]
 
 #: Documents per second per LibreOffice worker assumed by the assessment until a run has measured
 #: it (measured here on the developer corpus: 3.4 documents/s per worker).
@@ -419,56 +421,115 @@ def measured_item_rate(dept: Department, ledger: Ledger) -> float | None:
     return items / seconds if items and seconds else None
 
 
+#: File formats the assessment counts as Office documents to convert (DESIGN.md's routing).
+OFFICE_FORMATS = frozenset({"doc", "docx", "docm", "dot", "dotx", "dotm", "rtf", "xls", "xlsx", "xlsm", "xlsb", "xlt",
+                            "xltx", "xltm", "ppt", "pptx", "pptm", "pps", "ppsx", "pot", "potx", "potm"})
+
+
+def file_format(location: str) -> str:
+    """The format the assessment counts a file under: its name's extension, lower case, without
+    the dot, or "(none)". The same as PurePosixPath(location).suffix, written out because pathlib
+    interns every part of every path it parses (sys.intern): at a million files that churns the
+    interpreter's table of interned names, and a path object per item costs more than the counting."""
+    name = next((part for part in reversed(location.split("/")) if part not in ("", ".")), "")
+    dot = name.rfind(".")
+    return (name[dot + 1:] if 0 < dot < len(name) - 1 else "").lower() or "(none)"
+
+
+class Inventory:
+    """What the sources list, counted as it streams past: items per kind and per user, files and
+    bytes per format, mail per user, source and folder. It keeps the counters, never the items, so
+    a department of a million files is assessed in the memory of a few hundred counters (issue 19).
+
+    Counters keep the order in which their keys were first seen, as the assessment shows them;
+    `merge` adds another inventory's counts after this one's, as if its items had been listed next."""
+
+    def __init__(self) -> None:
+        self.by_kind: Counter = Counter()
+        self.per_user: Counter = Counter()
+        self.by_format: Counter = Counter()
+        self.bytes_by_format: Counter = Counter()
+        # (user, source, folder) -> [messages selected, their bytes, the folder it is renamed to]
+        self.mail: dict[tuple[str, str, str], list] = {}
+
+    @classmethod
+    def of(cls, listing: Iterable[tuple[str, ItemRef]]) -> Inventory:
+        """The inventory of (source user, item) pairs, taken one at a time."""
+        inventory = cls()
+        for user, ref in listing:
+            inventory.add(user, ref)
+        return inventory
+
+    def add(self, user: str, ref: ItemRef) -> None:
+        """Count one item that `user`'s source listed."""
+        self.by_kind[ref.kind.value] += 1
+        self.per_user[user] += 1
+        if ref.kind is Kind.MESSAGE:
+            folder = self.mail.setdefault((user, ref.source, ref.location), [0, 0, None])
+            folder[0] += 1
+            folder[1] += ref.size or (ref.meta or {}).get("size") or 0
+            folder[2] = folder[2] or (ref.meta or {}).get("target_folder")
+        elif ref.kind is Kind.FILE:
+            ext = file_format(ref.location)
+            self.by_format[ext] += 1
+            self.bytes_by_format[ext] += ref.size or 0
+
+    def merge(self, other: Inventory) -> None:
+        """Add `other`'s counts to these (a listing counted apart, kept once it was listed whole)."""
+        for mine, theirs in ((self.by_kind, other.by_kind), (self.per_user, other.per_user),
+                             (self.by_format, other.by_format), (self.bytes_by_format, other.bytes_by_format)):
+            mine.update(theirs)
+        for key, (messages, size, target) in other.mail.items():
+            folder = self.mail.setdefault(key, [0, 0, None])
+            folder[0] += messages
+            folder[1] += size
+            folder[2] = folder[2] or target
+
+    def mail_rows(self, volumes: Iterable[tuple[str, str, dict]] = ()) -> list[dict]:
+        """Mail per user, source and folder (see `mail_volume`)."""
+        rows: dict[tuple[str, str, str], dict] = {}
+
+        def row(user: str, source: str, folder: str) -> dict:
+            return rows.setdefault((user, source, folder), {
+                "user": user, "source": source, "folder": folder, "messages": None, "bytes": None,
+                "selected_messages": 0, "selected_bytes": 0, "target_folder": None})
+        for user, source, v in volumes:
+            r = row(user, source, v["folder"])
+            r["messages"], r["bytes"] = v.get("messages"), v.get("bytes")
+        for (user, source, folder), (messages, size, target) in self.mail.items():
+            r = row(user, source, folder)
+            r["selected_messages"] += messages
+            r["selected_bytes"] += size
+            r["target_folder"] = r["target_folder"] or target
+        for r in rows.values():
+            if r["messages"] is None:            # a source without server-side counts: what it listed
+                r["messages"], r["bytes"] = r["selected_messages"], r["selected_bytes"]
+        return sorted(rows.values(),
+                      key=lambda r: (r["user"], r["source"], r["folder"].upper() != "INBOX", r["folder"]))
+
+
 def mail_volume(listing: Iterable[tuple[str, ItemRef]], volumes: Iterable[tuple[str, str, dict]] = ()) -> list[dict]:
     """Mail per user, source and folder: what the source holds (its server's counts where it gave
     them, `volumes` as (user, source, {folder, messages, bytes})) and what the department's mail
-    options select to move (from the listing), with the folder it is renamed to, if any."""
-    rows: dict[tuple[str, str, str], dict] = {}
-
-    def row(user: str, source: str, folder: str) -> dict:
-        return rows.setdefault((user, source, folder), {
-            "user": user, "source": source, "folder": folder, "messages": None, "bytes": None,
-            "selected_messages": 0, "selected_bytes": 0, "target_folder": None})
-    for user, source, v in volumes:
-        r = row(user, source, v["folder"])
-        r["messages"], r["bytes"] = v.get("messages"), v.get("bytes")
-    for user, ref in listing:
-        if ref.kind is not Kind.MESSAGE:
-            continue
-        r = row(user, ref.source, ref.location)
-        r["selected_messages"] += 1
-        r["selected_bytes"] += ref.size or (ref.meta or {}).get("size") or 0
-        r["target_folder"] = r["target_folder"] or (ref.meta or {}).get("target_folder")
-    for r in rows.values():
-        if r["messages"] is None:            # a source without server-side counts: what it listed
-            r["messages"], r["bytes"] = r["selected_messages"], r["selected_bytes"]
-    return sorted(rows.values(), key=lambda r: (r["user"], r["source"], r["folder"].upper() != "INBOX", r["folder"]))
+    options select to move (from the listing, taken one item at a time), with the folder it is
+    renamed to, if any."""
+    return Inventory.of(listing).mail_rows(volumes)
 
 
 def write_assessment(dept: Department, problems: list[str], ledger: Ledger | None = None,
-                     listing: Iterable[tuple[str, ItemRef]] = (), scan_folders: Iterable[tuple[str, str, Path]] = (),
+                     listing: Iterable[tuple[str, ItemRef]] | Inventory = (),
+                     scan_folders: Iterable[tuple[str, str, Path]] = (),
                      mail_volumes: Iterable[tuple[str, str, dict]] = (), identities: Iterable[dict] = ()) -> dict:
     """Inventory of every source (counts and sizes by format and kind per user), the risk scan of
-    the folders given, and a duration estimate. `listing` is (source user, item) for every item the
-    sources list; `scan_folders` is (source name, source user, local folder) for the risk scan;
-    `mail_volumes` the mail folders as their servers count them (see `mail_volume`); `identities`
-    the identity map with each check (flows.identity.UserCheck.row), as `umstieg users` shows it."""
-    listing = list(listing)
-    mail = mail_volume(listing, mail_volumes)
-    by_format: Counter = Counter()
-    bytes_by_format: Counter = Counter()
-    per_user: Counter = Counter()
-    by_kind: Counter = Counter()
-    office = {"doc", "docx", "docm", "dot", "dotx", "dotm", "rtf", "xls", "xlsx", "xlsm", "xlsb", "xlt",
-              "xltx", "xltm", "ppt", "pptx", "pptm", "pps", "ppsx", "pot", "potx", "potm"}
-    for user, ref in listing:
-        by_kind[ref.kind.value] += 1
-        per_user[user] += 1
-        if ref.kind is not Kind.FILE:
-            continue
-        ext = PurePosixPath(ref.location).suffix.lower().lstrip(".") or "(none)"
-        by_format[ext] += 1
-        bytes_by_format[ext] += ref.size or 0
+    the folders given, and a duration estimate. `listing` is the `Inventory` of what the sources
+    list, or (source user, item) for every item they list, counted as it streams past (never held);
+    `scan_folders` is (source name, source user, local folder) for the risk scan; `mail_volumes`
+    the mail folders as their servers count them (see `mail_volume`); `identities` the identity map
+    with each check (flows.identity.UserCheck.row), as `umstieg users` shows it."""
+    inventory = listing if isinstance(listing, Inventory) else Inventory.of(listing)
+    mail = inventory.mail_rows(mail_volumes)
+    by_format, bytes_by_format = inventory.by_format, inventory.bytes_by_format
+    per_user, by_kind = inventory.per_user, inventory.by_kind
     # the pre-migration risk scan of every user's folder (read-only): flags and planning categories
     from reports.scan import scan_tree
     risk_flags: Counter = Counter()
@@ -479,7 +540,7 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
         risk_flags.update(scan.by_flag)
         categories.update(scan.by_category)
         scans[f"{source_name}/{user}"] = str(scan.paths.get("html", ""))
-    documents = sum(n for ext, n in by_format.items() if ext in office)
+    documents = sum(n for ext, n in by_format.items() if ext in OFFICE_FORMATS)
     workers = dept.conversion.workers or usable_cpus()
     rate, basis = DEFAULT_DOCS_PER_SECOND_PER_WORKER * workers, \
         f"{DEFAULT_DOCS_PER_SECOND_PER_WORKER} documents/s per worker × {workers} worker(s) (no run measured yet)"
@@ -498,13 +559,15 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
               "by_kind": dict(by_kind),
               "bytes": sum(bytes_by_format.values()), "office_documents": documents,
               "by_format": {k: {"items": by_format[k], "bytes": bytes_by_format[k]} for k in sorted(by_format)},
-              "by_user": dict(per_user), "risk_flags": dict(risk_flags.most_common()),
+              "by_user": dict(per_user),
+              # most files first, a tie by name: the scan's threads finish in no fixed order
+              "risk_flags": dict(sorted(risk_flags.items(), key=lambda kv: (-kv[1], kv[0]))),
               "mail": mail, "mail_messages": sum(r["messages"] or 0 for r in mail),
               "mail_bytes": sum(r["bytes"] or 0 for r in mail),
               "mail_selected_messages": sum(r["selected_messages"] for r in mail),
               "mail_selected_bytes": sum(r["selected_bytes"] for r in mail),
               "mail_dry_run": bool(dept.mail.dry_run),
-              "planning": dict(categories), "scan_reports": scans,
+              "planning": dict(sorted(categories.items())), "scan_reports": scans,
               "estimated_conversion_seconds": round(estimate, 1),
               "estimate_basis": basis,
               "estimated_seconds": whole[0] if whole else None,
