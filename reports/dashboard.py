@@ -26,7 +26,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.types import String
 
-from core.ledger import (NEEDS_A_PERSON, STALE_AFTER, Annotation, Batch, Item, Ledger, Run, State, now,
+from core.ledger import (NEEDS_A_PERSON, STALE_AFTER, Annotation, Item, Ledger, Run, State, now,
                          process_alive)
 from reports.exports import csv_cell     # one rule for every CSV umstieg writes
 
@@ -35,9 +35,10 @@ __all__ = ["NEEDS_A_PERSON", "ATTENTION", "CATEGORIES", "ATTENTION_COLUMNS", "IT
            "department_owners", "document_neighbours", "IDENTITY_COLUMNS", "assessed_identities", "identity_table",
            "page_pictures", "Table", "PHASES", "PENDING", "ANNOTATION_VERDICTS", "departments_in", "overview",
            "department_view", "item_page", "document", "annotate", "scan_table", "rerun_runs", "run_history",
-           "run_of_process", "live_run", "failed_count", "safe_report_file", "thumbnails", "table_csv", "table_ods",
-           "csv_text", "csv_rows", "csv_cell", "ITEM_FILTERS", "scan_files", "scan_frame", "read_assessment",
-           "iter_items", "overview_tables", "file_ext", "ITEM_COLUMNS", "SCAN_COLUMNS", "STATES", "VERDICTS"]
+           "run_of_process", "live_run", "failed_count", "safe_report_file", "thumbnails", "views", "table_csv",
+           "table_ods", "csv_text", "csv_rows", "csv_cell", "ITEM_FILTERS", "scan_files", "scan_frame",
+           "read_assessment", "iter_items", "overview_tables", "file_ext", "ITEM_COLUMNS", "SCAN_COLUMNS", "STATES",
+           "VERDICTS"]
 
 #: The phases of a department's migration, in order (see `_phase` for how each is recognised).
 PHASES = ("not_started", "assessed", "pilot", "bulk", "delta", "done")
@@ -761,11 +762,22 @@ def thumbnails(report_dir: Path, record: dict) -> dict[str, str]:
     The visual fidelity tier writes `<key>-source.png` and `<key>-output.png` into `thumbs/`; its
     record names them, and a record without names is looked up by the sha256 key the batch tools use.
     """
-    names = ((record.get("fidelity") or {}).get("visual") or {}).get("thumbnails") or {}
+    return _pictures(report_dir, record, "thumbnails", "")
+
+
+def views(report_dir: Path, record: dict) -> dict[str, str]:
+    """Names of the item's large first-page pictures (`<key>-source-view.png`, `-output-view.png`),
+    when both exist: records made before the visual tier kept them have none."""
+    found = _pictures(report_dir, record, "views", "-view")
+    return found if len(found) == 2 else {}
+
+
+def _pictures(report_dir: Path, record: dict, field: str, suffix: str) -> dict[str, str]:
+    names = ((record.get("fidelity") or {}).get("visual") or {}).get(field) or {}
     sha = (record.get("item") or {}).get("sha256")
     found = {}
     for side in ("source", "output"):
-        candidates = [names.get(side)] + ([f"{sha[:16]}-{side}.png"] if sha else [])
+        candidates = [names.get(side)] + ([f"{sha[:16]}-{side}{suffix}.png"] if sha else [])
         for cand in candidates:
             if cand and safe_report_file(report_dir, f"thumbs/{cand}") is not None:
                 found[side] = f"thumbs/{cand}"
@@ -774,18 +786,22 @@ def thumbnails(report_dir: Path, record: dict) -> dict[str, str]:
 
 
 def page_pictures(report_dir: Path, record: dict) -> dict[str, dict]:
-    """The item's page pictures for the side-by-side viewer: {side: {"file", "width", "height"}}
-    (sizes in pixels, read from the PNG header, so that the viewer can show them at a multiple)."""
+    """The item's page pictures for the side-by-side viewer: {side: {"file", "width", "height",
+    "large"}} (sizes in pixels, read from the PNG header, so that the viewer can size them per
+    zoom). The large pictures when both sides have one (`large` True), else the thumbnails."""
     from PIL import Image
-    found = {}
-    for side, relative in thumbnails(report_dir, record).items():
-        try:
-            with Image.open(report_dir / relative) as image:
-                width, height = image.size
-        except (OSError, ValueError):
-            continue
-        found[side] = {"file": relative, "width": width, "height": height}
-    return found
+    for large, chosen in ((True, views(report_dir, record)), (False, thumbnails(report_dir, record))):
+        found = {}
+        for side, relative in chosen.items():
+            try:
+                with Image.open(report_dir / relative) as image:
+                    width, height = image.size
+            except (OSError, ValueError):
+                continue
+            found[side] = {"file": relative, "width": width, "height": height, "large": large}
+        if found and (not large or len(found) == 2):
+            return found
+    return {}
 
 
 def document_neighbours(ledger: Ledger, name: str, item_id: int) -> dict:
@@ -830,16 +846,14 @@ def annotate(ledger: Ledger, name: str, item_id: int, verdict: str, comment: str
 # ------------------------------------------------------------------------------ runs and reruns
 def _run_rows(s, runs: list[Run], live_counts: bool = True) -> list[dict]:
     """Runs as rows. A finished run's counts are those its summary recorded (`this_run`); a running
-    run's (and, with `live_counts`, every run's) are counted from its batches' items, which has
-    no index to use (items by batch): one run at a time, never a whole history."""
+    run's (and, with `live_counts`, every run's) are summed from its finished batches (one row per
+    chunk: Ledger.batch_counts)."""
     out = []
     for run in runs:
         summary = run.summary or {}
         this_run = summary.get("this_run")
         if live_counts or run.status == "running" or not isinstance(this_run, dict):
-            by_state = dict(s.execute(
-                select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
-                .where(Batch.run_id == run.id).group_by(Item.state)).all())
+            by_state = dict(Ledger.batch_counts(s, run.id))
         else:
             by_state = {k: v for k, v in this_run.items() if isinstance(v, int)}
         todo = summary.get("todo")

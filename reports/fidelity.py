@@ -134,14 +134,15 @@ def read_facts(path: Path, fmt: OfficeFormat, settings: FidelitySettings | None 
 
 def assess(source: Path, output: Path, fmt: OfficeFormat, settings: FidelitySettings | None = None, *,
            render: Renderer | None = None, visual: bool | None = None, thumbs: Path | None = None,
-           key: str | None = None, repaired: bool = False) -> FidelityRecord:
+           key: str | None = None, repaired: bool = False, views: bool = True) -> FidelityRecord:
     """Compare `source` (of format `fmt`) with its ODF `output`.
 
     `render` enables the visual tier; `visual` forces it on or off (default: as settings say, from
     the structural verdict). Thumbnails of the first pages go to `thumbs` as `<key>-source.png`
-    and `<key>-output.png`. `repaired`: LibreOffice repaired the source to read it, so the verdict
-    is "review" at best (what it dropped while repairing cannot be measured against a reader that
-    failed on the same damage).
+    and `<key>-output.png`, and with `views` the dashboard viewer's large pictures beside them
+    (`<key>-source-view.png`, `<key>-output-view.png`). `repaired`: LibreOffice repaired the source
+    to read it, so the verdict is "review" at best (what it dropped while repairing cannot be
+    measured against a reader that failed on the same damage).
     """
     settings = settings or FidelitySettings()
     record = FidelityRecord(status=Status.ASSESSED, repaired=repaired)
@@ -167,7 +168,7 @@ def assess(source: Path, output: Path, fmt: OfficeFormat, settings: FidelitySett
         try:
             checks, info = visual_checks(source, output, fmt, render, settings, thumbs=thumbs,
                                          key=key or hashlib.sha256(str(source).encode()).hexdigest()[:16],
-                                         comments=record.source_comments)
+                                         comments=record.source_comments, views=views)
             record.checks += checks
             record.visual = info
         except Exception as exc:  # noqa: BLE001 - the structural result stands without the pictures
@@ -280,13 +281,14 @@ def _short(exc: BaseException) -> str:
 
 
 def make_assessor(settings: FidelitySettings | None = None, *, render: Renderer | None = None,
-                  thumbs: Path | None = None,
+                  thumbs: Path | None = None, views: bool = False,
                   risks: Callable[[Path], list[str]] | None = None) -> Callable[[ConversionResult], dict | None]:
     """The `assess(result) -> dict | None` callback `convert_tree` calls for each document.
 
     Converted documents are measured; documents passed through unchanged are identical by
     definition; documents that were not converted get no score, only their risk flags; files
-    that are not Office documents get no fidelity record at all (None).
+    that are not Office documents get no fidelity record at all (None). The batch report embeds
+    the thumbnails only, so the viewer's large pictures are not kept unless `views` asks for them.
     """
     from reports.risk import risk_flags
     settings = settings or FidelitySettings()
@@ -313,7 +315,7 @@ def make_assessor(settings: FidelitySettings | None = None, *, render: Renderer 
         else:
             key = (result.sha256 or hashlib.sha256(result.source.encode()).hexdigest())[:16]
             record = assess(Path(result.source), Path(result.output), fmt, settings, render=render,
-                            thumbs=thumbs, key=key, repaired=result.repaired)
+                            thumbs=thumbs, key=key, repaired=result.repaired, views=views)
         record.risks = flags
         record.seconds["risks"] = risk_seconds
         return record.to_json()

@@ -11,13 +11,20 @@ Writer needs a view to lay out pages, and on LibreOffice 7.4 without GUI files a
 document with comments aborts LibreOffice (its comment windows need UI files the -nogui packages
 do not ship). Comments are not printed, so the copies rendered here have their comments removed
 (OOXML and ODF); Word binary and RTF sources with comments are not rendered.
+
+For the dashboard it keeps each side's first page twice, beside each other in `thumbs`: a
+THUMB_WIDTH thumbnail (`<key>-source.png`, for lists and reports) and a VIEW_WIDTH picture
+(`<key>-source-view.png`, for the side-by-side viewer's zoom levels), rendered from the PDF itself,
+so that fine print is sharp; the record names them under "thumbnails" and "views".
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -30,9 +37,18 @@ from reports.compare import Check
 from reports.package import ODF_NS
 from reports.scoring import FidelitySettings
 
-__all__ = ["visual_checks", "ssim", "page_images", "THUMB_WIDTH"]
+__all__ = ["visual_checks", "ssim", "page_images", "THUMB_WIDTH", "VIEW_WIDTH", "VIEW_MAX_HEIGHT"]
 
 THUMB_WIDTH = 180
+#: Width of the first-page pictures kept for the dashboard's side-by-side viewer. 1200 px puts an A4
+#: page at about 145 dpi: 10 pt text is ~20 px high and 6 pt fine print ~12 px, readable pixel for
+#: pixel (the viewer's largest zoom), where the 180 px thumbnail (22 dpi) blurs anything below a
+#: heading. Twice that would cost about three times the disk for no gain on an ordinary screen;
+#: grey, like the pages compared: see docs/dashboard.md for the bytes per document measured.
+VIEW_WIDTH = 1200
+#: A page much taller than wide (a banner, a long custom sheet) is scaled down to this height
+#: instead, so that one picture never costs more than about two A4 pictures.
+VIEW_MAX_HEIGHT = 2 * VIEW_WIDTH
 _SHEET_PAGE_CAP = 300       # pages of a workbook exported at most (a count this high means "at least")
 _W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 _ODF_OUTPUT = {Family.TEXT: "odt", Family.SPREADSHEET: "ods", Family.PRESENTATION: "odp"}
@@ -78,6 +94,73 @@ def _pdf_pages(pdf: Path) -> int:
         if line.startswith("Pages:"):
             return int(line.split()[1])
     return 0
+
+
+def _first_page_size(pdf: Path) -> tuple[float, float] | None:
+    """Width and height in points of the PDF's first page (pdfinfo's "Page size"), or None."""
+    out = subprocess.run(["pdfinfo", "-f", "1", "-l", "1", str(pdf)], capture_output=True, text=True,
+                         timeout=60).stdout
+    for line in out.splitlines():
+        if line.startswith("Page") and "size:" in line:
+            parts = line.split("size:", 1)[1].split()
+            try:
+                width, height = float(parts[0]), float(parts[2])
+            except (IndexError, ValueError):
+                return None
+            return (width, height) if width > 0 and height > 0 else None
+    return None
+
+
+def _view_size(points: tuple[float, float]) -> tuple[int, int]:
+    """Pixels of the viewer's picture of a page of `points` size: VIEW_WIDTH wide, unless that
+    would make it taller than VIEW_MAX_HEIGHT."""
+    width, height = points
+    if VIEW_WIDTH * height / width <= VIEW_MAX_HEIGHT:
+        return VIEW_WIDTH, max(1, round(VIEW_WIDTH * height / width))
+    return max(1, round(VIEW_MAX_HEIGHT * width / height)), VIEW_MAX_HEIGHT
+
+
+#: The viewer's pictures keep 16 grey levels, stored 4 bits a pixel: anti-aliased text looks the
+#: same to the eye, and the file is 30-60 % smaller than with 256 levels (measured on generated and
+#: corpus documents). Pillow writes such a PNG from a palette image; the palette is built here.
+_GREY16 = [level * 17 for level in range(16) for _channel in range(3)]
+
+
+def _grey16(gray: Image.Image) -> Image.Image:
+    image = gray.point(lambda value: value // 17).convert("P")
+    image.putpalette(_GREY16)
+    return image
+
+
+def _save_png(image: Image.Image, target: Path, **options) -> None:
+    """Write `image` as an optimised PNG in one step: a dashboard reading `target` meanwhile sees
+    the old picture or the new one, never half of one."""
+    # named by process and thread: two measurements of the same document never share one
+    part = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.part")
+    try:
+        image.save(part, format="PNG", optimize=True, **options)
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _view(pdf: Path, work: Path, prefix: str, target: Path) -> bool:
+    """The viewer's picture of the first page of `pdf`, rendered from the PDF at its own size
+    (not enlarged from the compared page images, which are rendered at `visual_dpi`); False when
+    the page cannot be rendered (the thumbnail then stands alone)."""
+    points = _first_page_size(pdf)
+    if points is None:
+        return False
+    width, height = _view_size(points)
+    try:
+        subprocess.run(["pdftoppm", "-gray", "-png", "-singlefile", "-f", "1", "-l", "1",
+                        "-scale-to-x", str(width), "-scale-to-y", str(height), str(pdf), str(work / prefix)],
+                       check=True, capture_output=True, timeout=120)
+        with Image.open(work / f"{prefix}.png") as image:
+            _save_png(_grey16(image.convert("L")), target, bits=4)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
 
 
 def _without_comments(path: Path, fmt: OfficeFormat, folder: Path, name: str, comments: int | None) -> Path:
@@ -136,12 +219,14 @@ def _thumbnail(page: Path, target: Path) -> None:
     with Image.open(page) as image:
         gray = image.convert("L")
         height = max(1, round(gray.height * THUMB_WIDTH / gray.width))
-        gray.resize((THUMB_WIDTH, height), Image.Resampling.LANCZOS).save(target, optimize=True)
+        _save_png(gray.resize((THUMB_WIDTH, height), Image.Resampling.LANCZOS), target)
 
 
 def visual_checks(source: Path, output: Path, fmt: OfficeFormat, render, settings: FidelitySettings, *,
-                  thumbs: Path | None, key: str, comments: int | None = None) -> tuple[list[Check], dict]:
-    """Render both, compare page by page; the checks (pages, page images) and what to keep for reports."""
+                  thumbs: Path | None, key: str, comments: int | None = None,
+                  views: bool = True) -> tuple[list[Check], dict]:
+    """Render both, compare page by page; the checks (pages, page images) and what to keep for reports
+    (in `thumbs`: the thumbnails, and with `views` the viewer's large pictures)."""
     info: dict = {"status": "compared", "note": "source rendered by LibreOffice, not by Microsoft Office"}
     odf = FORMATS[_ODF_OUTPUT[fmt.family]] if not fmt.is_odf else fmt
     work = Path(tempfile.mkdtemp(prefix="umstieg-visual-"))
@@ -175,6 +260,15 @@ def visual_checks(source: Path, output: Path, fmt: OfficeFormat, render, setting
             _thumbnail(src_pages[0], thumbs / f"{key}-source.png")
             _thumbnail(out_pages[0], thumbs / f"{key}-output.png")
             info["thumbnails"] = {"source": f"{key}-source.png", "output": f"{key}-output.png"}
+        if views and thumbs is not None and src_pages and out_pages:
+            large = {"source": f"{key}-source-view.png", "output": f"{key}-output-view.png"}
+            made = [_view(pdf, work, f"view-{side}", thumbs / large[side])
+                    for side, pdf in (("source", src_pdf), ("output", out_pdf))]
+            if all(made):
+                info["views"] = large
+            else:                   # one side alone cannot be compared: the thumbnails stand for both
+                for name in large.values():
+                    (thumbs / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -488,6 +488,12 @@ def test_document_page_shows_the_record_and_both_thumbnails(viewer, migrated):
     for src in images:
         png = viewer.get(src)
         assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    # "full size" opens the large picture the visual check kept beside the thumbnail
+    full = dict(re.findall(r'<a href="([^"]+)" id="full-(source|output)">', r.text))
+    assert {side for side in full.values()} == {"source", "output"}
+    for src, side in full.items():
+        assert src.endswith(f"-{side}-view.png")
+        assert viewer.get(src).content[:8] == b"\x89PNG\r\n\x1a\n"
     assert viewer.get("/departments/testamt/items/999999").status_code == 404
     assert viewer.get("/departments/nowhere/items/1").status_code == 404
 
@@ -502,18 +508,26 @@ def test_the_viewer_enlarges_both_pages_side_by_side_and_steps_through_documents
         r'<img src="([^"]+)" width="(\d+)" height="(\d+)" alt="[^"]+" id="page-(source|output)">', fit.text))
     assert set(images) == {"source", "output"}
     from PIL import Image
+
+    from reports.visual import VIEW_WIDTH
     for side, (src, w, h) in images.items():
+        assert src.endswith(f"-{side}-view.png"), src                     # the large picture, not the thumbnail
         png = viewer.get(src)
         assert png.status_code == 200
         assert Image.open(io.BytesIO(png.content)).size == (w, h), side      # fitted: its own size, scaled by CSS
+        assert w == VIEW_WIDTH
     assert 'class="viewer zoom-fit"' in fit.text and 'aria-current="true" id="zoom-fit"' in fit.text
+    assert "100 % (pixel for pixel)" in text_of(fit.text) and "rendered large for this viewer" in fit.text
     # each picture in a region of its own that the keyboard can scroll, named by its caption
     assert len(re.findall(r'<div class="page-wrap" tabindex="0" role="region" '
                           r'aria-labelledby="cap-(source|output)" id="wrap-\1">',
                           fit.text)) == 2
     twice = viewer.get(link, params={"zoom": "3"}).text
-    for side, (_src, w, h) in images.items():
-        assert f'width="{3 * w}" height="{3 * h}" alt=' in twice and f'id="page-{side}"' in twice
+    for side, (_src, w, h) in images.items():        # three quarters of the large picture
+        assert f'width="{round(3 * w / 4)}" height="{round(3 * h / 4)}" alt=' in twice and f'id="page-{side}"' in twice
+    largest = viewer.get(link, params={"zoom": "4"}).text
+    for _src, w, h in images.values():               # pixel for pixel
+        assert f'width="{w}" height="{h}" alt=' in largest
     assert viewer.get(link, params={"zoom": "9"}).status_code == 400
     # previous / next through the department's measured documents, keeping the zoom
     from sqlalchemy import select
@@ -537,6 +551,50 @@ def test_the_viewer_enlarges_both_pages_side_by_side_and_steps_through_documents
     assert text_file not in measured and len(measured) >= 3
     assert "No page pictures" in viewer.get(f"/departments/testamt/items/{text_file}/pages").text
     assert viewer.get("/departments/testamt/items/999999/pages").status_code == 404
+
+
+def test_a_record_from_before_the_large_pictures_shows_its_thumbnails_enlarged(tmp_path, migrated):
+    """Ledgers written before the visual check kept large pictures name thumbnails only: the viewer
+    enlarges those, 1-4 times their own size, and says why fine print is blurred. A record naming
+    a large picture outside the report folder gets the thumbnails too."""
+    import shutil
+
+    from core.department import load_department
+    from umstieg.dashboard import Site, create_app
+    measured = load_department(migrated.dept_file).work_dir / "reports" / "thumbs"
+    key = next(measured.glob("*-source-view.png")).name.removesuffix("-source-view.png")
+    old = {"status": "assessed", "score": 100.0, "verdict": "identical", "deductions": [],
+           "visual": {"status": "compared", "thumbnails": {s: f"alt-{s}.png" for s in ("source", "output")}}}
+    outside = {**old, "visual": {**old["visual"], "views": {s: f"../../../{s}.png" for s in ("source", "output")}}}
+    items = [dict(owner="anna", location=f"{n}.docx", state="verified", conversion="converted", fidelity=record,
+                  fidelity_verdict="identical", fidelity_score=100.0)
+             for n, record in (("alt", old), ("aussen", outside))]
+    dept_file, ledger = _synthetic_department(tmp_path, "altamt", items)
+    ledger.close()
+    thumbs = tmp_path / "work" / "reports" / "thumbs"
+    thumbs.mkdir(parents=True)
+    for side in ("source", "output"):
+        shutil.copy(measured / f"{key}-{side}.png", thumbs / f"alt-{side}.png")
+        (tmp_path / f"{side}.png").write_bytes((measured / f"{key}-{side}-view.png").read_bytes())   # outside
+    from PIL import Image
+    with Image.open(thumbs / "alt-source.png") as image:
+        w, h = image.size
+    with TestClient(create_app(Site([dept_file])), base_url="http://127.0.0.1") as c:
+        for item_id in (1, 2):
+            page = c.get(f"/departments/altamt/items/{item_id}/pages", params={"zoom": "3"})
+            assert page.status_code == 200
+            shown = re.findall(r'<img src="([^"]+)" width="(\d+)" height="(\d+)" alt="[^"]+" '
+                               r'id="page-(source|output)">', page.text)
+            assert sorted(s for *_, s in shown) == ["output", "source"]
+            for src, *_size, side in shown:
+                assert src == f"/departments/altamt/files/thumbs/alt-{side}.png"
+                assert c.get(src).status_code == 200
+            assert ("/departments/altamt/files/thumbs/alt-source.png", str(3 * w), str(3 * h), "source") in shown
+            assert "3 × own size" in text_of(page.text) and "measured before" in page.text
+            assert "pixel for pixel" not in page.text
+            item = c.get(f"/departments/altamt/items/{item_id}").text
+            assert re.findall(r'<a href="([^"]+)" id="full-source">', item) == [
+                "/departments/altamt/files/thumbs/alt-source.png"]
 
 
 def test_the_viewer_opened_from_the_queue_steps_through_the_queue(tmp_path):

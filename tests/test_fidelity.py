@@ -210,6 +210,45 @@ def test_visual_check_renders_both_sides_and_keeps_thumbnails(converted, pool, t
     assert (tmp_path / "bescheid-output.png").is_file()
 
 
+def test_the_visual_check_keeps_a_large_sharp_first_page_beside_each_thumbnail(pool, tmp_path):
+    """A line of 6 pt fine print: blurred to light grey in the 180 px thumbnail, drawn in dark
+    strokes in the viewer's picture, which is VIEW_WIDTH wide and in proportion to the page."""
+    from docx import Document
+    from docx.shared import Pt
+    from PIL import Image
+
+    from reports.visual import THUMB_WIDTH, VIEW_WIDTH
+    doc = Document()
+    run = doc.add_paragraph().add_run("Rechtsbehelfsbelehrung: Gegen diesen Bescheid kann innerhalb eines "
+                                      "Monats Widerspruch erhoben werden.")
+    run.font.size = Pt(6)
+    source = tmp_path / "Kleingedrucktes.docx"
+    doc.save(source)
+    result = pool.convert(source, tmp_path / "out")
+    assert result.outcome is Outcome.CONVERTED, result.message
+    thumbs = tmp_path / "thumbs"
+    record = assess(source, Path(result.output), FORMATS["docx"], STRUCTURAL, render=pool.render_pdf, visual=True,
+                    thumbs=thumbs, key="fein")
+    visual = record.visual
+    assert visual["thumbnails"] == {"source": "fein-source.png", "output": "fein-output.png"}
+    assert visual["views"] == {"source": "fein-source-view.png", "output": "fein-output-view.png"}
+    assert "views" in record.to_json()["visual"]                       # kept in the ledger's record
+    # written in one step each: nothing half-written or left over beside them
+    assert sorted(f.name for f in thumbs.iterdir()) == sorted([*visual["thumbnails"].values(),
+                                                               *visual["views"].values()])
+    for side in ("source", "output"):
+        with Image.open(thumbs / visual["views"][side]) as view, \
+                Image.open(thumbs / visual["thumbnails"][side]) as thumb:
+            assert thumb.width == THUMB_WIDTH and view.width == VIEW_WIDTH, side
+            # the same page in the same proportions (python-docx's default page: US Letter)
+            assert view.height == round(VIEW_WIDTH * 11 / 8.5)
+            assert abs(thumb.height - view.height * THUMB_WIDTH / VIEW_WIDTH) <= 1
+            large, small = np.asarray(view.convert("L")), np.asarray(thumb.convert("L"))
+        # the thumbnail has no pixel darker than light grey where the fine print is; the large
+        # picture draws its letters in hundreds of dark pixels
+        assert small.min() > 100 and int((large < 100).sum()) > 300, (side, small.min(), int((large < 100).sum()))
+
+
 def test_assessor_covers_every_outcome_without_raising(converted, tmp_path):
     from converters.result import ConversionResult
 

@@ -34,8 +34,10 @@ def _document(request: Request, name: str, item_id: int):
 def item(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID)):
     web, led, record, report_dir = _document(request, name, item_id)
     thumbs = data.thumbnails(report_dir, record) if report_dir else {}
+    views = data.views(report_dir, record) if report_dir else {}     # "full size" opens these when kept
     queue = _queue(request, led, name, item_id)       # worked through from the "needs a person" queue
     return web.render(request, "item.html", name=name, record=record, item=record["item"], thumbs=thumbs,
+                      views=views,
                       annotation_verdicts=data.ANNOTATION_VERDICTS, queue=queue,
                       why=data.why_of(record["item"]))
 
@@ -49,8 +51,26 @@ def _queue(request: Request, led, name: str, item_id: int) -> dict | None:
             "query": urlencode({"queue": "1", **{k: v for k, v in filters.items() if v}})}
 
 
-#: Zoom levels of the viewer: fitted to the screen, or a multiple of the pictures' own size.
+#: Zoom levels of the viewer: fitted to the screen, or 1 to 4 steps of enlargement.
 ZOOMS = ("fit", "1", "2", "3", "4")
+#: The large pictures (reports.visual.VIEW_WIDTH, 1200 px) are shown pixel for pixel at the largest
+#: zoom, and a quarter of that larger at each step (300, 600, 900, 1200 px wide): every step is
+#: drawn from at least as many pixels as it shows. A record made before they were kept has only
+#: its thumbnails, enlarged to 1-4 times their own size as before.
+_LARGEST = int(ZOOMS[-1])
+
+
+def _shown(picture: dict, zoom: str) -> dict:
+    """`picture` with the size it is shown at in `zoom` (CSS pixels; at "fit" its own, which CSS
+    scales to the screen while keeping its proportions)."""
+    width, height = picture["width"], picture["height"]
+    if zoom != "fit":
+        steps = int(zoom)
+        if picture["large"]:
+            width, height = round(width * steps / _LARGEST), round(height * steps / _LARGEST)
+        else:
+            width, height = width * steps, height * steps
+    return {**picture, "shown_width": width, "shown_height": height}
 
 
 @router.get("/departments/{name}/items/{item_id}/pages", response_class=HTMLResponse)
@@ -59,11 +79,13 @@ def pages(request: Request, name: str, item_id: int = PathParam(ge=1, le=MAX_ID)
     """Both page pictures enlarged side by side (stacked on a phone), zoomed by links, with the
     previous and next document: of the queue when opened from it, else of the measured documents."""
     web, led, record, report_dir = _document(request, name, item_id)
-    pictures = data.page_pictures(report_dir, record) if report_dir else {}
+    pictures = {side: _shown(p, zoom) for side, p in
+                (data.page_pictures(report_dir, record) if report_dir else {}).items()}
     queue = _queue(request, led, name, item_id)
     around = queue or data.document_neighbours(led, name, item_id)
+    large = bool(pictures) and all(p["large"] for p in pictures.values())
     return web.render(request, "pages.html", name=name, item=record["item"], pictures=pictures, queue=queue,
-                      around=around, zoom=zoom, zooms=ZOOMS, why=data.why_of(record["item"]))
+                      around=around, zoom=zoom, zooms=ZOOMS, large=large, why=data.why_of(record["item"]))
 
 
 @router.post("/departments/{name}/items/{item_id}/annotation")
