@@ -42,9 +42,8 @@ __all__ = ["visual_checks", "ssim", "page_images", "THUMB_WIDTH", "VIEW_WIDTH", 
 THUMB_WIDTH = 180
 #: Width of the first-page pictures kept for the dashboard's side-by-side viewer. 1200 px puts an A4
 #: page at about 145 dpi: 10 pt text is ~20 px high and 6 pt fine print ~12 px, readable pixel for
-#: pixel (the viewer's largest zoom), where the 180 px thumbnail (22 dpi) blurs anything below a
-#: heading. Twice that would cost about three times the disk for no gain on an ordinary screen;
-#: grey, like the pages compared: see docs/dashboard.md for the bytes per document measured.
+#: pixel (the viewer's largest zoom), where the 180 px thumbnail (22 dpi) blurs 6 pt print to light
+#: grey. Grey, like the pages compared; docs/dashboard.md gives the bytes per document measured.
 VIEW_WIDTH = 1200
 #: A page much taller than wide (a banner, a long custom sheet) is scaled down to this height
 #: instead, so that one picture never costs more than about two A4 pictures.
@@ -96,25 +95,32 @@ def _pdf_pages(pdf: Path) -> int:
     return 0
 
 
-def _first_page_size(pdf: Path) -> tuple[float, float] | None:
-    """Width and height in points of the PDF's first page (pdfinfo's "Page size"), or None."""
+def _first_page_size(pdf: Path) -> tuple[float, float, bool] | None:
+    """Width and height in points of the PDF's first page as shown (pdfinfo's "size", turned by
+    its "rot"), and whether it is turned by a quarter, or None."""
     out = subprocess.run(["pdfinfo", "-f", "1", "-l", "1", str(pdf)], capture_output=True, text=True,
                          timeout=60).stdout
+    size, turned = None, False
     for line in out.splitlines():
-        if line.startswith("Page") and "size:" in line:
+        if not line.startswith("Page"):
+            continue
+        if "size:" in line:
             parts = line.split("size:", 1)[1].split()
             try:
-                width, height = float(parts[0]), float(parts[2])
+                size = float(parts[0]), float(parts[2])
             except (IndexError, ValueError):
                 return None
-            return (width, height) if width > 0 and height > 0 else None
-    return None
+        elif "rot:" in line:
+            turned = line.split("rot:", 1)[1].strip() in ("90", "270")
+    if size is None or size[0] <= 0 or size[1] <= 0:
+        return None
+    return (size[1], size[0], True) if turned else (size[0], size[1], False)
 
 
-def _view_size(points: tuple[float, float]) -> tuple[int, int]:
+def _view_size(points: tuple[float, ...]) -> tuple[int, int]:
     """Pixels of the viewer's picture of a page of `points` size: VIEW_WIDTH wide, unless that
     would make it taller than VIEW_MAX_HEIGHT."""
-    width, height = points
+    width, height = points[0], points[1]
     if VIEW_WIDTH * height / width <= VIEW_MAX_HEIGHT:
         return VIEW_WIDTH, max(1, round(VIEW_WIDTH * height / width))
     return max(1, round(VIEW_MAX_HEIGHT * width / height)), VIEW_MAX_HEIGHT
@@ -148,10 +154,12 @@ def _view(pdf: Path, work: Path, prefix: str, target: Path) -> bool:
     """The viewer's picture of the first page of `pdf`, rendered from the PDF at its own size
     (not enlarged from the compared page images, which are rendered at `visual_dpi`); False when
     the page cannot be rendered (the thumbnail then stands alone)."""
-    points = _first_page_size(pdf)
-    if points is None:
+    page = _first_page_size(pdf)
+    if page is None:
         return False
-    width, height = _view_size(points)
+    width, height = _view_size(page[:2])
+    if page[2]:                 # pdftoppm scales the page as stored, then turns it
+        width, height = height, width
     try:
         subprocess.run(["pdftoppm", "-gray", "-png", "-singlefile", "-f", "1", "-l", "1",
                         "-scale-to-x", str(width), "-scale-to-y", str(height), str(pdf), str(work / prefix)],

@@ -249,6 +249,25 @@ def test_the_visual_check_keeps_a_large_sharp_first_page_beside_each_thumbnail(p
         assert small.min() > 100 and int((large < 100).sum()) > 300, (side, small.min(), int((large < 100).sum()))
 
 
+@pytest.mark.parametrize("box, rotate, size", [("595 842", 0, (1200, 1698)),        # A4 portrait
+                                                ("595 842", 90, (1200, 848)),         # turned by its /Rotate
+                                                ("842 595", 0, (1200, 848)),          # landscape
+                                                ("200 2000", 0, (240, 2400))])        # a banner: capped height
+def test_the_large_picture_keeps_the_page_shape_as_shown_and_bounds_its_height(tmp_path, box, rotate, size):
+    """Page shapes a test document seldom has, in a one-page PDF written here, rendered by poppler."""
+    from PIL import Image
+
+    from reports.visual import _view
+    pdf = tmp_path / "page.pdf"
+    pdf.write_bytes(("%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+                     "2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+                     f"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 {box}]/Rotate {rotate}>>endobj\n"
+                     "trailer<</Root 1 0 R>>\n%%EOF\n").encode())
+    assert _view(pdf, tmp_path, "view", tmp_path / "k-source-view.png")
+    with Image.open(tmp_path / "k-source-view.png") as image:
+        assert image.size == size
+
+
 def test_assessor_covers_every_outcome_without_raising(converted, tmp_path):
     from converters.result import ConversionResult
 
