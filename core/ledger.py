@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -109,6 +110,7 @@ class Batch(Base):
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(20), default="running")
     worker: Mapped[str | None] = mapped_column(String(200))      # host/pid that processed it
+    counts: Mapped[dict | None] = mapped_column(JSON)            # final state -> items, when it finished
 
 
 class Item(Base):
@@ -117,7 +119,8 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (UniqueConstraint("department", "source", "key", name="uq_item_identity"),
                       Index("ix_items_department_state", "department", "state"),
-                      Index("ix_items_department_owner", "department", "owner"))
+                      Index("ix_items_department_owner", "department", "owner"),
+                      Index("ix_items_batch", "batch_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     department: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(200))
@@ -306,9 +309,44 @@ class Ledger:
             s.flush()
             return batch.id
 
-    def finish_batch(self, batch_id: int, status: str) -> None:
+    def finish_batch(self, batch_id: int, status: str, counts: dict[str, int] | None = None) -> None:
+        """Close a batch with what became of its items (state -> how many): a run's progress is
+        summed from these (`run_progress`), never counted from its items."""
         with self.session() as s:
-            s.execute(update(Batch).where(Batch.id == batch_id).values(finished=now(), status=status))
+            s.execute(update(Batch).where(Batch.id == batch_id).values(finished=now(), status=status,
+                                                                       counts=dict(counts or {})))
+
+    def run_progress(self, run_id: int) -> Counter:
+        """What a run has done so far: state -> items. Reads one row per chunk and the items of
+        the chunks in flight, never every item of the run."""
+        with self.session() as s:
+            return self.batch_counts(s, run_id)
+
+    @staticmethod
+    def batch_counts(s, run_id: int) -> Counter:
+        """`run_progress` in a session of the caller's: the counts the finished batches kept, and
+        the items of the batches still running (few: the chunks in flight, read by their index).
+        Batches closed before their counts were kept (ledgers from before migration 0009) are
+        counted from their items."""
+        total: Counter = Counter()
+        running = []
+        older = False
+        for batch_id, counts, finished in s.execute(select(Batch.id, Batch.counts, Batch.finished)
+                                                    .where(Batch.run_id == run_id)):
+            if finished is None:
+                running.append(batch_id)
+            elif counts is None:
+                older = True
+            else:
+                total.update(counts)
+        if older:
+            return Counter(dict(s.execute(
+                select(Item.state, func.count(Item.id)).join(Batch, Item.batch_id == Batch.id)
+                .where(Batch.run_id == run_id).group_by(Item.state)).all()))
+        if running:
+            total.update(dict(s.execute(select(Item.state, func.count(Item.id))
+                                        .where(Item.batch_id.in_(running)).group_by(Item.state)).all()))
+        return total
 
     # ----------------------------------------------------------------- items
     def items(self, ids: Sequence[int]) -> list[Item]:

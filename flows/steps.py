@@ -121,7 +121,7 @@ def process_chunk(dept_file: str, run_id: int, owner: str, number: int, item_ids
         status = "failed"
         raise
     finally:
-        ledger.finish_batch(batch, status)
+        ledger.finish_batch(batch, status, counts)
     return dict(counts)
 
 

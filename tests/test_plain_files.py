@@ -203,3 +203,31 @@ def test_a_process_killed_before_publishing_leaves_no_file_under_a_real_name(tmp
         sink.put("anna", f"Akte/{n}.txt", tmp_path / "src")
     assert sorted(p.name for p in folder.iterdir()) == ["0.txt", "1.txt", "2.txt"]
     assert {p.read_bytes() for p in folder.iterdir()} == {b"ganz"}
+
+
+def test_a_runs_progress_is_summed_from_its_chunks_not_counted_from_its_items(tmp_path):
+    """Each chunk keeps what became of its items with its batch; a run's progress (the progress bar,
+    the dashboard's run list) is their sum, read one row per chunk. A ledger whose batches were
+    closed before they kept counts is counted from the items, as before."""
+    from sqlalchemy import event, update
+
+    from core.department import load_department
+    from core.ledger import Batch
+    from flows.migrate import migrate_body as migrate
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=0, conversion={"enabled": False},
+                                limits={"chunk_size": 7})
+    shutil.rmtree(tmp_path / "home")
+    small_files(tmp_path / "home", ("anna", "ben"), 40)
+    (tmp_path / "home" / "anna" / "Akte1" / "notiz0001.txt").chmod(0)
+    summary = migrate(str(dept_file))
+    ledger = load_department(dept_file).open_ledger()
+    run_id = summary["run"]
+    statements: list[str] = []
+    event.listen(ledger.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    assert ledger.run_progress(run_id) == summary["this_run"]
+    assert statements and not [s for s in statements if "FROM items" in s or "JOIN items" in s]
+    with ledger.session() as s:
+        batches = s.execute(update(Batch).where(Batch.run_id == run_id).values(counts=None)).rowcount
+    assert batches == 2 * 6                                  # 40 files a user in chunks of 7
+    assert ledger.run_progress(run_id) == summary["this_run"]       # an older ledger: from the items
+    ledger.close()

@@ -88,7 +88,7 @@ def test_ledger_schema_migrates_forward_keeping_rows(tmp_path):
     ledger = Ledger(url)
     ledger.migrate()
     with ledger.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
         row = conn.execute(text("SELECT key, state, fidelity, meta, target_path, renamed FROM items")).one()
     assert tuple(row) == ("k", "verified", None, None, None, None)   # lands at its location, as before
     ledger.close()

@@ -78,8 +78,8 @@ def _load(department_file: Path):
 def _watch_progress(dept, stop: threading.Event) -> None:
     """Show this run's progress from the ledger (works whatever runs the chunks: threads or Dask)."""
     import logging
-    from sqlalchemy import func, select
-    from core.ledger import Batch, Item, Run, State
+    from sqlalchemy import select
+    from core.ledger import Ledger, Run, State
     try:
         ledger = dept.open_ledger()
     except Exception as exc:  # noqa: BLE001 - display only: the run itself reports this, and stops
@@ -104,9 +104,7 @@ def _watch_progress(dept, stop: threading.Event) -> None:
                                 break
                             continue
                         run_id, total = run.id, run.summary["todo"]
-                        rows = dict(s.execute(select(Item.state, func.count(Item.id))
-                                              .join(Batch, Item.batch_id == Batch.id)
-                                              .where(Batch.run_id == run_id).group_by(Item.state)).all())
+                        rows = Ledger.batch_counts(s, run_id)     # one row per chunk, not per item
                 except Exception:  # noqa: BLE001 - the ledger may not exist yet
                     if stopping:
                         break
