@@ -241,11 +241,12 @@ def _plain_files(dept: Department, ledger: Ledger, items: list[Item], batch: int
     lost (the bytes at the target were written atomically and, being unrecorded, are checked
     again) and nothing is duplicated (the target path is the item's own, decided at discovery).
 
-    What this way saves against the per-item one, measured (docs/operations/performance.md):
-    four commits per item become one per hundred items; the source, the sink and the user are
-    looked up once per chunk; the bytes are hashed once, at extraction (the target's copy is
-    read back once, to verify it); the staged copy is one flat file, not a folder made and
-    removed per item; and the sink keeps the folders it made for the chunk (LocalDir)."""
+    What this way saves against the per-item one, measured (docs/benchmarks.md): four commits
+    per item become one per hundred items; the source, the sink and the user are looked up once
+    per chunk; the bytes are hashed once, at extraction (the target's copy is read back once, to
+    verify it); the staged copy is one flat file, not a folder made and removed per item; the
+    sink keeps the folders it made for the chunk (LocalDir); and a target that can make files
+    durable together (PublishesTogether) flushes a hundred at once before they are read back."""
     todo = [i for i in items if plain(dept, i)]
     if not todo:
         return {}
