@@ -31,6 +31,10 @@ __all__ = ["run_summary", "write_run_report", "write_status_report", "department
 #: it (measured here on the developer corpus: 3.4 documents/s per worker).
 DEFAULT_DOCS_PER_SECOND_PER_WORKER = 3.0
 
+#: The identity checks' findings the assessment names in words (flows.identity: OK, NOT_CHECKED,
+#: NOTHING_TO_COMPARE); any other finding is a recorded message and stays as it is.
+IDENTITY_FINDINGS = ("ok", "not checked", "exists; no attributes to compare")
+
 #: Lists of single items or batches in a report stop after this many rows ("and N more").
 REPORT_LIST_LIMIT = 50
 
@@ -542,18 +546,15 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
         scans[f"{source_name}/{user}"] = str(scan.paths.get("html", ""))
     documents = sum(n for ext, n in by_format.items() if ext in OFFICE_FORMATS)
     workers = dept.conversion.workers or usable_cpus()
-    rate, basis = DEFAULT_DOCS_PER_SECOND_PER_WORKER * workers, \
-        f"{DEFAULT_DOCS_PER_SECOND_PER_WORKER} documents/s per worker × {workers} worker(s) (no run measured yet)"
-    whole = None
+    estimate: dict = {"documents_per_second": DEFAULT_DOCS_PER_SECOND_PER_WORKER * workers, "measured": False,
+                      "per_worker": DEFAULT_DOCS_PER_SECOND_PER_WORKER, "workers": workers, "items_per_second": None}
     if ledger is not None:
         measured = measured_rate(dept, ledger)
         if measured:
-            rate, basis = measured, f"{measured:.2f} documents/s measured by this department's runs"
-        items_rate = measured_item_rate(dept, ledger)
-        if items_rate:
-            whole = (round(sum(by_kind.values()) / items_rate, 1),
-                     f"{items_rate:.2f} items/s (every step, all kinds) measured by this department's runs")
-    estimate = documents / rate
+            estimate.update(documents_per_second=measured, measured=True, per_worker=None, workers=None)
+        estimate["items_per_second"] = measured_item_rate(dept, ledger)
+    whole = round(sum(by_kind.values()) / estimate["items_per_second"], 1) if estimate["items_per_second"] else None
+    english = _estimate_basis(estimate, names("en"))
     result = {"department": dept.name, "problems": problems, "identities": list(identities),
               "items": sum(by_kind.values()),
               "by_kind": dict(by_kind),
@@ -568,17 +569,46 @@ def write_assessment(dept: Department, problems: list[str], ledger: Ledger | Non
               "mail_selected_bytes": sum(r["selected_bytes"] for r in mail),
               "mail_dry_run": bool(dept.mail.dry_run),
               "planning": dict(sorted(categories.items())), "scan_reports": scans,
-              "estimated_conversion_seconds": round(estimate, 1),
-              "estimate_basis": basis,
-              "estimated_seconds": whole[0] if whole else None,
-              "estimated_seconds_basis": whole[1] if whole else
-              "no run of this department measured yet: run a pilot (a few users) for an estimate of the whole"}
+              "estimated_conversion_seconds": round(documents / estimate["documents_per_second"], 1),
+              "estimate_basis": english["conversion"],
+              "estimated_seconds": whole,
+              "estimated_seconds_basis": english["whole"],
+              # the rates behind both estimates, for machines and for the basis in other languages
+              "estimate": estimate}
     out = reports_dir(dept)
     (out / "assessment.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    (out / "assessment.md").write_text(assessment_markdown(result), encoding="utf-8")
+    (out / "assessment.md").write_text(assessment_markdown(result, _language(dept, None)), encoding="utf-8")
     result["report"] = str(out / "assessment.json")
     result["markdown"] = str(out / "assessment.md")
     return result
+
+
+def _estimate_basis(estimate: dict, n: Names) -> dict[str, str]:
+    """What each estimate of the assessment rests on, in `n`'s language: the conversion's
+    documents per second (assumed per worker, or measured) and the whole migration's items per
+    second (measured, or a word on how to measure it)."""
+    if estimate["measured"]:
+        conversion = n("%(rate)s documents/s measured by this department's runs") % {
+            "rate": _decimal(estimate["documents_per_second"], 2, n)}
+    else:
+        conversion = n("%(rate)s documents/s per worker × %(workers)s worker(s) (no run measured yet)") % {
+            "rate": _decimal(estimate["per_worker"], 1, n), "workers": estimate["workers"]}
+    if estimate.get("items_per_second"):
+        whole = n("%(rate)s items/s (every step, all kinds) measured by this department's runs") % {
+            "rate": _decimal(estimate["items_per_second"], 2, n)}
+    else:
+        whole = n("no run of this department measured yet: run a pilot (a few users) for an estimate of the whole")
+    return {"conversion": conversion, "whole": whole}
+
+
+def _decimal(value: float, digits: int, n: Names) -> str:
+    """`value` with `digits` decimals as the assessment prints it: English as Python writes it
+    (what it has always printed), German and French with a decimal comma; never grouped, like
+    the counts beside it."""
+    if n.language == "en":
+        return f"{value:.{digits}f}"
+    from babel.numbers import format_decimal
+    return format_decimal(value, format="0." + "0" * digits, locale=n.language)
 
 
 def _duration(seconds: float) -> str:
@@ -586,72 +616,28 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
-def _identity_section(rows: list[dict], limit: int = 500) -> list[str]:
-    """Who becomes whom and whether each pair is proven the same person: those who would wait
-    first, so a long department's problems are not buried below thousands of good rows."""
-    if not rows:
-        return []
+def assessment_markdown(result: dict, language: str | None = None) -> str:
+    """The assessment for people (and Prefect) in `language`: what is there, what needs care, how
+    long it takes. Risk flags keep their codes in English (what `umstieg scan`'s CSV and the
+    dashboard's filter show) and are named in words in German and French; what was recorded
+    (problems, the identity checks' findings) stays as recorded."""
+    n = names(language)
+    rows = result.get("identities") or []
     waiting = [r for r in rows if r["verdict"] != "go"]
-    lines = ["## Identity map", "", f"{len(rows)} user(s): {len(rows) - len(waiting)} go, {len(waiting)} wait "
-             "(the whole map: `umstieg users DEPT.yaml --csv`).", "",
-             "| source | target | e-mail | source account | target account | attributes | verdict |",
-             "|---|---|---|---|---|---|---|"]
-    shown = (waiting + [r for r in rows if r["verdict"] == "go"])[:limit]
-    lines += [f"| {_cell(r['source'])} | {_cell(r['target'])} | {_cell(r['email'] or '')} | "
-              f"{_cell(r['source_account'])} | {_cell(r['target_account'])} | {_cell(r['attributes'])} | "
-              f"{_cell(r['verdict'])} |" for r in shown]
-    if len(rows) > limit:
-        lines.append(f"| … {len(rows) - limit} more | | | | | | |")
-    return lines + [""]
-
-
-def assessment_markdown(result: dict) -> str:
-    """The assessment for people (and Prefect): what is there, what needs care, how long it takes."""
-    lines = [f"# {result['department']}: assessment", ""]
-    if result["problems"]:
-        lines += ["## Problems to fix before anything moves", ""] + [f"- {_cell(p)}" for p in result["problems"]] + [""]
-    lines += _identity_section(result.get("identities") or [])
-    lines += [f"{result['items']} item(s), {result['bytes'] / 2**20:.1f} MiB of files, "
-              f"{result['office_documents']} Office document(s) to convert.", "",
-              "| kind | items |", "|---|---:|"] + [f"| {k} | {n} |" for k, n in sorted(result["by_kind"].items())]
-    if result["by_format"]:
-        lines += ["", "| format | files | MiB |", "|---|---:|---:|"]
-        lines += [f"| {ext} | {v['items']} | {v['bytes'] / 2**20:.1f} |"
-                  for ext, v in sorted(result["by_format"].items(), key=lambda kv: -kv[1]["items"])[:30]]
-    lines += _mail_section(result)
-    if result["planning"]:
-        lines += ["", "## Risk scan", "", "| category | files |", "|---|---:|"]
-        lines += [f"| {c} | {n} |" for c, n in sorted(result["planning"].items())]
-        if result["risk_flags"]:
-            lines += ["", "| risk flag | files |", "|---|---:|"]
-            lines += [f"| {f} | {n} |" for f, n in list(result["risk_flags"].items())[:20]]
-    lines += ["", "## Duration", "",
-              f"Conversion: about {_duration(result['estimated_conversion_seconds'])} "
-              f"({result['estimate_basis']}).", ""]
-    if result["estimated_seconds"] is not None:
-        lines += [f"Whole migration: about {_duration(result['estimated_seconds'])} "
-                  f"({result['estimated_seconds_basis']}).", ""]
-    else:
-        lines += [f"Whole migration: {result['estimated_seconds_basis']}.", ""]
-    return "\n".join(lines) + "\n"
-
-
-def _mail_section(result: dict) -> list[str]:
-    """Mail per user and folder: at the source, and what the department's mail options move."""
-    mail = result.get("mail") or []
-    if not mail:
-        return []
-    lines = ["", "## Mail", "",
-             f"{result['mail_messages']} message(s), {result['mail_bytes'] / 2**20:.1f} MiB at the source; "
-             f"{result['mail_selected_messages']} message(s), {result['mail_selected_bytes'] / 2**20:.1f} MiB "
-             + ("would move (dry run: nothing moved)." if result.get("mail_dry_run") else
-                "selected to move by the department's mail options."), "",
-             "| user | source | folder | messages | MiB | to move | MiB to move | renamed to |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {_cell(r['user'])} | {_cell(r['source'])} | {_cell(r['folder'])} | {r['messages']} | "
-              f"{(r['bytes'] or 0) / 2**20:.2f} | {r['selected_messages']} | {r['selected_bytes'] / 2**20:.2f} | "
-              f"{_cell(r['target_folder']) if r['target_folder'] else ''} |" for r in mail]
-    return lines
+    limit = 500            # who would wait first, so a long department's problems are not buried
+    identities = {"count": len(rows), "waiting": len(waiting), "more": max(len(rows) - limit, 0),
+                  "rows": (waiting + [r for r in rows if r["verdict"] == "go"])[:limit]} if rows else None
+    estimate = result.get("estimate")
+    basis = _estimate_basis(estimate, n) if estimate else {      # an assessment.json from before: as recorded
+        "conversion": result["estimate_basis"], "whole": result["estimated_seconds_basis"]}
+    return render("assessment.md", n.language, a=result, cell=_cell, identities=identities, basis=basis,
+                  formats=sorted(result["by_format"].items(), key=lambda kv: -kv[1]["items"])[:30],
+                  flags=list(result["risk_flags"].items())[:20],
+                  flag=lambda code: code if n.language == "en" else n.flag(code),
+                  check=lambda found: n(found) if found in IDENTITY_FINDINGS else found,
+                  verdict=lambda v: n("go") if v == "go" else (
+                      n("wait: %(why)s") % {"why": v[6:]} if v.startswith("wait: ") else v),
+                  mib=lambda size, digits: _decimal(size / 2**20, digits, n), duration=_duration)
 
 
 def _cell(text: str | None, limit: int | None = None) -> str:

@@ -155,6 +155,114 @@ def test_run_and_status_reports_are_written_in_the_departments_language(tmp_path
     assert names(other)("Items by user and state") in write_run_report(dept, _summary(5), other).read_text("utf-8")
 
 
+def _assessment(wait_reason: str = "identity: target: no account t-cem") -> dict:
+    """An assessment with every section: problems, identities, files, mail, risk scan, both estimates."""
+    from reports.migration import _estimate_basis
+    estimate = {"documents_per_second": 6.0, "measured": False, "per_worker": 3.0, "workers": 2,
+                "items_per_second": 2.5}
+    english = _estimate_basis(estimate, names("en"))
+    return {"department": "bauamt", "problems": ["target: HTTP 503 from nc.amt.test"],
+            "identities": [{"source": "anna", "target": "t-anna", "email": "anna@amt.test", "source_account": "ok",
+                            "target_account": "ok", "attributes": "exists; no attributes to compare",
+                            "verdict": "go"},
+                           {"source": "cem", "target": "t-cem", "email": None, "source_account": "ok",
+                            "target_account": "no account t-cem", "attributes": "not checked",
+                            "verdict": f"wait: {wait_reason}"}],
+            "items": 1234, "by_kind": {"file": 1200, "message": 34}, "bytes": 52428800, "office_documents": 300,
+            "by_format": {"docx": {"items": 200, "bytes": 10485760}, "(none)": {"items": 3, "bytes": 10}},
+            "by_user": {"anna": 1200, "cem": 34}, "risk_flags": {"macros_vba": 12, "encrypted": 3},
+            "mail": [{"user": "anna", "source": "imap", "folder": "INBOX", "messages": 30, "bytes": 3145728,
+                      "selected_messages": 28, "selected_bytes": 3000000, "target_folder": None},
+                     {"user": "anna", "source": "imap", "folder": "Gesendete Objekte", "messages": 4, "bytes": 1000,
+                      "selected_messages": 4, "selected_bytes": 1000, "target_folder": "Sent"}],
+            "mail_messages": 34, "mail_bytes": 3146728, "mail_selected_messages": 32, "mail_selected_bytes": 3001000,
+            "mail_dry_run": False, "planning": {"person": 15, "clean": 1100, "other": 85}, "scan_reports": {},
+            "estimated_conversion_seconds": 50.0, "estimate_basis": english["conversion"],
+            "estimated_seconds": 493.6, "estimated_seconds_basis": english["whole"], "estimate": estimate}
+
+
+#: What an assessment shows as it is in every language: names of users, folders, sources and
+#: formats, and the recorded messages (a problem, why an identity check failed).
+_AS_NAMED = {"anna", "cem", "imap", "INBOX", "Gesendete", "Objekte", "Sent", "docx", "bauamt", "amt", "test", "csv",
+             "HTTP", "nc", "umstieg", "users", "DEPT", "yaml", "identity", "target", "no", "account"}
+#: Words a language writes as English does ("message" is French too).
+_ALIKE = {"de": set(), "fr": {"message"}}
+
+
+@pytest.mark.parametrize("language", ["de", "fr"])
+@pytest.mark.parametrize("dry_run,measured", [(False, False), (True, True)])
+def test_the_assessment_has_no_english_sentence_left(language, dry_run, measured):
+    """Line by line against the English assessment: every line with a word that is not a name
+    differs (the codes are named, the numbers take the language's decimal comma)."""
+    from reports.migration import _estimate_basis, assessment_markdown
+    result = {**_assessment(), "mail_dry_run": dry_run}
+    if measured:
+        result["estimate"] = {**result["estimate"], "measured": True, "documents_per_second": 7.25,
+                              "per_worker": None, "workers": None}
+    else:
+        result["estimate"] = {**result["estimate"], "items_per_second": None}
+        result["estimated_seconds"] = None
+    english_basis = _estimate_basis(result["estimate"], names("en"))
+    result["estimate_basis"], result["estimated_seconds_basis"] = english_basis["conversion"], english_basis["whole"]
+    english = assessment_markdown(result, "en").splitlines()
+    other = assessment_markdown(result, language).splitlines()
+    assert len(english) == len(other) > 40
+    word = re.compile(r"[^\W\d_]{2,}")
+    problem = "- target: HTTP 503 from nc.amt.test"                       # recorded: stays as it was
+    left = [(e, o) for e, o in zip(english, other)
+            if set(word.findall(e)) - _AS_NAMED - _ALIKE[language] and e == o and e != problem]
+    assert not left, left
+    text = "\n".join(other)
+    n = names(language)
+    assert f"| {n.flag('macros_vba')} | 12 |" in text and n.flag("macros_vba") != "macros_vba"   # named, not coded
+    assert f"| {n.code('person')} | 15 |" in text and f"| {n('(none)')} | 3 |" in text
+    assert "wait: " not in text and n("wait: %(why)s") % {"why": "identity: target: no account t-cem"} in text
+    assert problem in text
+    assert "50,0" in text and "50.0" not in text                           # MiB with the decimal comma
+
+
+def test_the_english_assessment_keeps_codes_and_numbers_as_it_always_wrote_them():
+    from reports.migration import assessment_markdown
+    text = assessment_markdown(_assessment(), "en")
+    assert "| macros_vba | 12 |" in text and "| (none) | 3 | 0.0 |" in text and "| cem | t-cem |  | ok |" in text
+    assert "1234 item(s), 50.0 MiB of files, 300 Office document(s) to convert." in text
+    assert "Conversion: about 0 min 50 s (3.0 documents/s per worker × 2 worker(s) (no run measured yet))." in text
+    assert "Whole migration: about 8 min 14 s (2.50 items/s (every step, all kinds) measured by this " \
+           "department's runs)." in text
+    # an assessment.json written before the rates were kept: its recorded basis, as it was
+    before = {k: v for k, v in _assessment().items() if k != "estimate"}
+    assert assessment_markdown({**before, "estimate_basis": "as it was"}, "de").count("(as it was)") == 1
+
+
+@pytest.mark.parametrize("language,title,basis", [
+    ("de", "# amt: Bestandsaufnahme", "noch kein Lauf dieser Abteilung gemessen"),
+    ("en", "# amt: assessment", "no run of this department measured yet"),
+    ("fr", "# amt : évaluation", "aucune exécution de ce service n'a encore été mesurée"),
+])
+def test_the_assessment_is_written_in_the_departments_language(tmp_path, language, title, basis):
+    """write_assessment writes assessment.md in the department's `language`; assessment.json is for
+    machines: its keys, codes and sentences stay English, beside the rates behind the estimates."""
+    import yaml
+    from core.department import load_department
+    from core.items import ItemRef, Kind
+    from reports.migration import write_assessment
+    path = tmp_path / "department.yaml"
+    path.write_text(yaml.safe_dump({"name": "amt", "work_dir": str(tmp_path / "work"), "language": language,
+                                    "users": [{"source": "anna", "target": "anna"}],
+                                    "sources": [{"name": "export", "type": "export", "root": str(tmp_path)}],
+                                    "target": {"type": "localdir", "root": str(tmp_path / "f")}}))
+    dept = load_department(path)
+    listing = [("anna", ItemRef("export", "a/brief.docx", Kind.FILE, "anna", "Akten/brief.docx", "1", 4096)),
+               ("anna", ItemRef("export", "a/1.eml", Kind.MESSAGE, "anna", "INBOX", "1", 1500))]
+    result = write_assessment(dept, [], None, listing)
+    text = Path(result["markdown"]).read_text(encoding="utf-8")
+    assert text.startswith(title + "\n") and basis in text
+    assert f"| {names(language).code('file')} | 1 |" in text
+    data = json.loads(Path(result["report"]).read_text(encoding="utf-8"))
+    assert "no run measured yet" in data["estimate_basis"] and data["by_kind"] == {"file": 1, "message": 1}
+    assert data["estimate"]["measured"] is False and data["estimate"]["workers"] >= 1
+
+
 def test_an_unknown_language_in_the_department_file_is_refused(tmp_path):
     from core.department import load_department
     from core.errors import ConfigError
@@ -192,7 +300,7 @@ def _required_msgids() -> set[tuple[str | None, str]]:
     from reports.batch import _COLUMNS
     from reports.compare import LABELS
     from reports.fidelity import SOURCE_RENDER_NOTE
-    from reports.migration import RENAME_REASONS
+    from reports.migration import IDENTITY_FINDINGS, RENAME_REASONS
     from reports.risk import RISK_FLAGS
     ids: set[tuple[str | None, str]] = set()
     for _, _, message, _, context in extract_from_dir(
@@ -207,7 +315,8 @@ def _required_msgids() -> set[tuple[str | None, str]]:
                 "converted", "encrypted", "unreadable", "load_error", "all", "total", "text", "spreadsheet",
                 "presentation", SOURCE_RENDER_NOTE, "nothing to show", "text of %(part)s",
                 "new", "changed", "unchanged", "removed"}                  # the delta of a run
-             | set(RENAME_REASONS.values()))
+             | set(RENAME_REASONS.values())
+             | set(IDENTITY_FINDINGS) | {"(none)"})                      # the assessment's names
     ids |= {(None, c) for c in codes}
     ids |= {("column", c) for c in _COLUMNS + ["check", "label", "points", "detail", "documents", "size",
                                                "category", "flags", "details", "error", "flag", "files"]}
