@@ -14,7 +14,7 @@ import html
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from markupsafe import Markup
@@ -23,6 +23,9 @@ from reports.fidelity import SOURCE_RENDER_NOTE
 from reports.i18n import Names, names, render
 from reports.risk import RISK_FLAGS
 from reports.scoring import FidelitySettings
+
+if TYPE_CHECKING:
+    from reports.scan import ScanTally
 
 __all__ = ["fidelity_html", "scan_html", "bar_chart", "stacked_chart"]
 
@@ -207,39 +210,36 @@ def fidelity_html(records: list[dict], table: pd.DataFrame, deductions: pd.DataF
                   more=max(0, len(table) - 5000))
 
 
-def scan_html(table: pd.DataFrame, *, source: str, seconds: float, language: str | None = None) -> str:
-    """The risk scan of a tree as one HTML page: the migration team's planning table, in `language`."""
+def scan_html(tally: ScanTally, listed: dict[str, list[dict]], *, source: str, seconds: float,
+              language: str | None = None, all_in_ods: bool = True) -> str:
+    """The risk scan of a tree as one HTML page: the migration team's planning table, in `language`,
+    from the scan's counts (`tally`) and the first files of each category that needs someone
+    (`listed`: category -> rows, as reports.scan gathers them); `all_in_ods` says whether the
+    files left out here are all in scan.ods, or only in scan.csv."""
     n = names(language)
-    office = table[table["category"] != "other"] if not table.empty else table
-    cats = Counter(table["category"]) if not table.empty else Counter()
+    cats = tally.categories
     by_format: dict[str, dict[str, int]] = {}
-    if not office.empty:
-        for key, count in office.groupby(["format", "category"]).size().items():
-            # (grouped by two columns, the keys are (format, category) pairs; pandas-stubs types them Hashable)
-            fmt, cat = cast(tuple[str, str], key)
+    for (fmt, cat), count in sorted(tally.formats.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        if cat != "other" and fmt != "other":       # Office files of a known format
             by_format.setdefault(str(fmt), {})[cat] = int(count)
-    flags = Counter(f for fl in table["flags"] for f in fl) if not table.empty else Counter()
+    flags = tally.flags
     flag_items = [(n.flag(f), count, LEVEL_COLORS[RISK_FLAGS[f].level]) for f, count in flags.most_common()]
-    sizes = (office.groupby("format")["size"].sum() / 2**20).sort_values(ascending=False) if not office.empty \
-        else pd.Series(dtype=float)
+    office: dict[str, int] = {}
+    for (fmt, cat), size in sorted(tally.sizes.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        if cat != "other" and fmt != "other":
+            office[fmt] = office.get(fmt, 0) + size
+    sizes = (pd.Series(office, dtype="int64") / 2**20).sort_values(ascending=False)
     size_items = [(str(f), round(float(v), 1), "#1e88e5") for f, v in sizes.head(15).items()]
     charts = {"formats": stacked_chart(by_format, ["clean", "review", "person"], title=n("Files by format"), names=n),
               "flags": bar_chart(flag_items, title=n("Risk flags (files)"), names=n),
               "sizes": bar_chart(size_items, unit=" MiB", title=n("Size by format"), names=n)}
     sections = []
     for cat, title in (("person", n("Files that need a person")), ("review", n("Files that need review"))):
-        rows = table[table["category"] == cat] if not table.empty else table
-        listed = []
-        for _, row in rows.head(2000).iterrows():
-            found = row.get("details")
-            details = found if isinstance(found, dict) else {}
-            error = row.get("error")
-            listed.append({"path": row["path"], "format": row["format"], "kib": row["size"] / 1024,
-                           "flags": list(row["flags"]), "details": list(details.items()),
-                           "error": error if isinstance(error, str) and error else None})
-        sections.append({"title": title, "count": len(rows), "rows": listed, "more": max(0, len(rows) - 2000)})
-    return render("scan.html", n.language, title=n("Risk scan"), css=_CSS, source=source, files=len(table),
-                  mib=table["size"].sum() / 2**20 if not table.empty else 0, seconds=seconds, generated=n.now(),
+        rows = listed.get(cat, [])
+        sections.append({"title": title, "count": cats.get(cat, 0), "rows": rows,
+                         "more": max(0, cats.get(cat, 0) - len(rows))})
+    return render("scan.html", n.language, title=n("Risk scan"), css=_CSS, source=source, files=tally.files,
+                  mib=tally.bytes / 2**20, seconds=seconds, generated=n.now(), all_in_ods=all_in_ods,
                   tiles=[(n("convert cleanly"), cats.get("clean", 0), COLORS["clean"]),
                          (n("need review"), cats.get("review", 0), COLORS["review"]),
                          (n("need a person"), cats.get("person", 0), COLORS["person"]),

@@ -8,22 +8,24 @@ written from the JSON lines.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from core.localtree import key_of
-from reports.batch import write_ods
+from reports.exports import csv_cell
+from reports.i18n import DEFAULT_LANGUAGE, Names
 from reports.risk import DEFAULT_OVERSIZE, RiskReport, inspect
 
-__all__ = ["ScanSummary", "scan_tree", "write_scan_report", "SCAN_NAMES"]
+__all__ = ["ScanSummary", "ScanTally", "scan_tree", "write_scan_report", "SCAN_NAMES", "ODS_ROWS", "HTML_ROWS"]
 
 #: Files the scan writes into its output folder.
 SCAN_NAMES = {"jsonl": "scan.jsonl", "csv": "scan.csv", "ods": "scan.ods", "html": "scan.html"}
@@ -114,49 +116,189 @@ def scan_tree(src: Path, out: Path, *, jobs: int = 4, oversize: int = DEFAULT_OV
 
 
 def write_scan_report(out: Path, jsonl: Path, *, source: str = "", seconds: float = 0.0,
-                      language: str | None = None) -> dict[str, Path]:
-    """scan.csv, scan.ods and scan.html from scan.jsonl: one row per file, person first, then review,
-    in `language` (reports.exports says what that changes in the tables); CSV cells start no formula."""
-    from reports.exports import localised, neutralised
+                      language: str | None = None, ods_rows: int | None = None,
+                      html_rows: int | None = None) -> dict[str, Path]:
+    """scan.csv, scan.ods and scan.html from scan.jsonl, in `language` (reports.exports says what
+    that changes in the tables); CSV cells start no formula.
+
+    scan.csv has a row per file, person first, then review, clean, other, each by path. scan.ods
+    lists the first `ods_rows` of them (ODS_ROWS) and scan.html the first `html_rows` (HTML_ROWS)
+    of each category that needs someone, each saying how many more scan.csv holds: nobody reads
+    300,000 rows, and a spreadsheet of them would cost gigabytes to write. The files are put in
+    order on disk (SQLite) and read once; the counts come from that one pass.
+    """
     from reports.html import scan_html
     from reports.i18n import names
+    from reports.ods import OdsSheet, write_ods_rows
 
+    ods_rows = ODS_ROWS if ods_rows is None else ods_rows
+    html_rows = HTML_ROWS if html_rows is None else html_rows
     n = names(language)
-
-    with open(jsonl, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    table = pd.DataFrame(rows, columns=["path", "format", "family", "size", "category", "flags", "outcome",
-                                        "details", "error"])
-    if not table.empty:
-        rank = {"person": 0, "review": 1, "clean": 2, "other": 3}
-        table["_rank"] = table["category"].map(lambda c: rank.get(c, 9))
-        table = table.sort_values(["_rank", "path"]).drop(columns="_rank").reset_index(drop=True)
-        table["flags"] = table["flags"].map(lambda v: v if isinstance(v, list) else [])
-    flat = table.copy()
-    flat["flags"] = flat["flags"].map(", ".join)
-    flat["details"] = flat["details"].map(
-        lambda d: "; ".join(f"{k}: {', '.join(v)}" for k, v in d.items()) if isinstance(d, dict) else "")
     paths = {kind: out / SCAN_NAMES[kind] for kind in ("csv", "ods", "html")}
-    files = localised(flat, n.language, {"family": "code", "category": "code", "flags": "flags", "outcome": "code"})
-    _write(paths["csv"], lambda p: neutralised(files).to_csv(p, index=False))
+    tally = ScanTally()
+    listed: list[list] = []                                  # the rows of scan.ods' file list
+    sections: dict[str, list[dict]] = {"person": [], "review": []}
+    cell = _Cells(n)
 
-    def ods(p: Path) -> None:
-        sheets = {n("Files"): (files, False)}
-        if not table.empty:
-            by_format = pd.crosstab(table["format"].fillna("other"), table["category"])
-            by_format["files"] = by_format.sum(axis=1)
-            by_format["MiB"] = (table.groupby(table["format"].fillna("other"))["size"].sum() / 2**20).round(1)
-            flags = Counter(f for fl in table["flags"] for f in fl)
-            sheets[n("By format")] = (localised(by_format, n.language, coded_headers=("person", "review", "clean",
-                                                                                       "other")), True)
-            sheets[n("Flags")] = (localised(pd.DataFrame(flags.most_common(), columns=["flag", "files"]), n.language,
-                                            {"flag": "flags"}), False)
-        write_ods(p, sheets)
+    def csv_file(p: Path) -> None:
+        with open(p, "w", encoding="utf-8", newline="") as f, _ranked(jsonl, out) as records:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow([csv_cell(h) for h in cell.header])
+            for record in records:
+                tally.add(record)
+                row = cell.row(record)
+                writer.writerow([csv_cell(v) for v in row])
+                if len(listed) < ods_rows:
+                    listed.append(row)
+                shown = sections.get(record.get("category") or "")
+                if shown is not None and len(shown) < html_rows:
+                    shown.append(_html_row(record))
 
-    _write(paths["ods"], ods)
-    _write(paths["html"], lambda p: p.write_text(scan_html(table, source=source, seconds=seconds, language=n.language),
-                                                 encoding="utf-8"))
+    _write(paths["csv"], csv_file)
+    note = None
+    if tally.files > len(listed):
+        note = n("Only the first %(listed)s of %(files)s files are listed here, those that need a person first; "
+                 "scan.csv holds all of them.") % {"listed": n.number(len(listed)), "files": n.number(tally.files)}
+    sheets = [OdsSheet(n("Files"), cell.header, listed, note)]
+    if tally.files:
+        flags = [[cell.flag(f), count] for f, count in tally.flags.most_common()]
+        sheets += [_by_format_sheet(tally, n), OdsSheet(n("Flags"), cell.headed(["flag", "files"]), flags)]
+    _write(paths["ods"], lambda p: write_ods_rows(p, sheets))
+    page = scan_html(tally, sections, source=source, seconds=seconds, language=n.language,
+                     all_in_ods=tally.files <= ods_rows)
+    _write(paths["html"], lambda p: p.write_text(page, encoding="utf-8"))
     return paths
+
+
+#: Rows of scan.ods' file list and of each scan.html section, at most (write_scan_report).
+ODS_ROWS = 10_000
+HTML_ROWS = 2_000
+_COLUMNS = ["path", "format", "family", "size", "category", "flags", "outcome", "details", "error"]
+_RANK = {"person": 0, "review": 1, "clean": 2, "other": 3}
+#: Columns whose cells are codes named in words for a reader of another language (reports.exports).
+_CODES = {"family": "code", "category": "code", "flags": "flags", "outcome": "code"}
+
+
+@dataclass
+class ScanTally:
+    """The counts of a scan's records, added one record at a time (in the order of the reports, so
+    that flags with as many files keep the order in which they first appear)."""
+
+    files: int = 0
+    bytes: int = 0
+    categories: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)            # (format or "other", category): files
+    sizes: Counter = field(default_factory=Counter)              # (format or "other", category): bytes
+    flags: Counter = field(default_factory=Counter)
+
+    def add(self, record: dict) -> None:
+        size = record.get("size") or 0
+        fmt = record.get("format") or "other"
+        self.files += 1
+        self.bytes += size
+        self.categories[record.get("category")] += 1
+        self.formats[fmt, record.get("category")] += 1
+        self.sizes[fmt, record.get("category")] += size
+        flags = record.get("flags")
+        self.flags.update(flags if isinstance(flags, list) else [])
+
+
+@contextmanager
+def _ranked(jsonl: Path, folder: Path) -> Iterator[Iterator[dict]]:
+    """The records of `jsonl` in the reports' order (person, review, clean, other; each by path),
+    sorted by SQLite in a temporary file in `folder` that is removed afterwards, so that a million
+    records are never all in memory (SQLite's sorter spills to disk beyond its cache)."""
+    import sqlite3
+
+    fd, name = tempfile.mkstemp(prefix=".scan-order-", suffix=".sqlite", dir=folder)
+    os.close(fd)
+    db = sqlite3.connect(name)
+    try:
+        for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", "cache_size=-16000"):
+            db.execute(f"PRAGMA {pragma}")
+        db.execute("CREATE TABLE record (rank INTEGER, path TEXT, line TEXT)")
+
+        def keyed() -> Iterator[tuple[int, str, str]]:
+            with open(jsonl, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        record = json.loads(line)
+                        yield _RANK.get(record.get("category"), 9), record.get("path") or "", line
+
+        db.executemany("INSERT INTO record VALUES (?, ?, ?)", keyed())
+        db.commit()
+        yield (json.loads(line) for (line,) in db.execute("SELECT line FROM record ORDER BY rank, path, rowid"))
+    finally:
+        db.close()
+        os.unlink(name)
+
+
+@dataclass
+class _Cells:
+    """A record as the cells of a row of scan.csv and scan.ods, in the reader's language: flags
+    joined by commas, details as `key: values; ...`, codes named in words (reports.exports'
+    rules, applied a row at a time)."""
+
+    n: Names
+
+    @property
+    def header(self) -> list[str]:
+        return self.headed(_COLUMNS)
+
+    def headed(self, keys: list[str]) -> list[str]:
+        """Column keys as headers: English keeps the keys (reports.exports)."""
+        return list(keys) if self.n.language == DEFAULT_LANGUAGE else [self.n.column(c) for c in keys]
+
+    def flag(self, code: str) -> str:
+        """A flag's code as a cell: English keeps the code."""
+        return code if self.n.language == DEFAULT_LANGUAGE else self.n.flag(code)
+
+    def row(self, record: dict) -> list:
+        flags = record.get("flags")
+        details = record.get("details")
+        values = {key: record.get(key) for key in _COLUMNS}
+        values["flags"] = ", ".join(flags) if isinstance(flags, list) else ""
+        values["details"] = "; ".join(f"{k}: {', '.join(v)}" for k, v in details.items()) \
+            if isinstance(details, dict) else ""
+        if self.n.language != DEFAULT_LANGUAGE:
+            for column, kind in _CODES.items():
+                value = values[column]
+                if isinstance(value, str) and value:
+                    values[column] = ", ".join(self.n.flag(f.strip()) for f in value.split(",")) \
+                        if kind == "flags" else self.n.code(value)
+        return [values[c] for c in _COLUMNS]
+
+
+def _html_row(record: dict) -> dict:
+    details = record.get("details")
+    error = record.get("error")
+    flags = record.get("flags")
+    return {"path": record.get("path"), "format": record.get("format") or "", "kib": (record.get("size") or 0) / 1024,
+            "flags": flags if isinstance(flags, list) else [],
+            "details": list(details.items()) if isinstance(details, dict) else [],
+            "error": error if isinstance(error, str) and error else None}
+
+
+def _by_format_sheet(tally: ScanTally, n: Names):
+    """Files per format (rows) and category (columns), with the files and MiB of each format."""
+    import numpy as np
+
+    from reports.ods import OdsSheet
+
+    formats = sorted({fmt for fmt, _ in tally.formats})
+    categories = sorted({cat for _, cat in tally.formats if cat is not None})
+    header = _Cells(n).headed(["format", *categories, "files", "MiB"])
+    if n.language != DEFAULT_LANGUAGE:
+        header[1:1 + len(categories)] = [n.code(c) for c in categories]
+    size: Counter = Counter()
+    for (fmt, _), count in tally.sizes.items():
+        size[fmt] += count
+    rows = []
+    for fmt in formats:
+        counts = [tally.formats.get((fmt, cat), 0) for cat in categories]
+        # rounded as pandas rounds (numpy), as this sheet was before it was counted a record at a time
+        rows.append([fmt, *counts, sum(counts), float(np.round(size[fmt] / 2**20, 1))])
+    return OdsSheet(n("By format"), header, rows)
 
 
 def _write(path: Path, write) -> None:
