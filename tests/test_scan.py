@@ -212,3 +212,91 @@ def test_scan_command_shows_counts_and_sizes_by_format(tmp_path):
     docx_mib = sum(p.stat().st_size for p in src.glob("*.docx")) / 2**20
     assert rows["docx"] == ["3", f"{docx_mib:.1f}"]
     assert rows["xlsx"][0] == "1" and rows["other"][0] == "1"
+
+
+def _scan_records(folder: Path, count: int) -> Path:
+    """A scan.jsonl of `count` generated records (every category, flags, details, an error, a name
+    that would be a formula), in no particular order, as scan_tree writes them."""
+    kinds = [("docx", "document", "person", ["macros_vba"], None, None),
+             ("xlsx", "spreadsheet", "review", ["newer_functions"], {"newer_functions": ["XLOOKUP", "LET"]}, None),
+             ("docx", "document", "review", [], None, "word/styles.xml: not well-formed"),
+             ("pptx", "presentation", "clean", ["comments"], None, None),
+             (None, None, "other", [], None, None)]
+    jsonl = folder / "scan.jsonl"
+    with open(jsonl, "w", encoding="utf-8") as f:
+        for i in range(count):
+            fmt, family, cat, flags, details, error = kinds[(i * 7) % len(kinds)]
+            record = {"path": f"{'=' if i % 97 == 0 else ''}akte{(i * 31) % 1000:03d}/dok{i:07d}.{fmt or 'txt'}",
+                      "format": fmt, "family": family, "size": 1000 + i, "outcome": "ok" if fmt else "unsupported",
+                      "flags": flags, "category": cat}
+            record.update({"details": details} if details else {})
+            record.update({"error": error} if error else {})
+            f.write(json.dumps(record) + "\n")
+    return jsonl
+
+
+def test_the_scan_reports_hold_a_bounded_number_of_rows_whatever_the_scan(tmp_path):
+    """The peak of Python's allocations while writing the reports of 4N files stays within a fixed
+    bound of that for N: rows are put in order on disk and pass through; only the capped lists stay."""
+    import tracemalloc
+
+    from reports.scan import write_scan_report
+
+    peaks = {}
+    for count in (200, 4_000, 16_000):              # the first run compiles templates and loads catalogs
+        folder = tmp_path / f"n{count}"
+        folder.mkdir()
+        jsonl = _scan_records(folder, count)
+        tracemalloc.start()
+        try:
+            write_scan_report(folder, jsonl, language="de", ods_rows=500, html_rows=100)
+            peaks[count] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert sum(1 for _ in open(folder / "scan.csv", encoding="utf-8")) == count + 1
+    assert peaks[16_000] < peaks[4_000] + 2 * 2**20, peaks
+    assert peaks[16_000] < 4 * 2**20, peaks
+
+
+def test_capped_reports_say_how_many_files_are_left_out_and_the_csv_holds_all(tmp_path):
+    from reports.scan import write_scan_report
+
+    jsonl = _scan_records(tmp_path, 120)
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    rank = {"person": 0, "review": 1, "clean": 2, "other": 3}
+    ranked = sorted(records, key=lambda r: (rank[r["category"]], r["path"]))
+    paths = write_scan_report(tmp_path, jsonl, ods_rows=25, html_rows=10)
+
+    csv = pd.read_csv(paths["csv"], keep_default_na=False)
+    assert len(csv) == 120
+    # every file, most urgent first; a name that is a formula starts with an apostrophe
+    assert list(csv["path"]) == [("'" + r["path"]) if r["path"].startswith("=") else r["path"] for r in ranked]
+    assert any(p.startswith("'=") for p in csv["path"])
+
+    files = pd.read_excel(paths["ods"], sheet_name="Files", engine="odf")
+    listed = files.dropna(subset=["format", "category"], how="all")
+    assert list(listed["path"][:25]) == [r["path"] for r in ranked[:25]]
+    notes = [v for v in files["path"][25:] if isinstance(v, str)]
+    assert notes == ["Only the first 25 of 120 files are listed here, those that need a person first; "
+                     "scan.csv holds all of them."]
+    counts = pd.read_excel(paths["ods"], sheet_name="By format", engine="odf").set_index("format")
+    assert int(counts["files"].sum()) == 120 and int(counts.loc["docx", "person"]) == 24
+
+    page = (tmp_path / "scan.html").read_text()
+    person = sum(r["category"] == "person" for r in records)
+    review = sum(r["category"] == "review" for r in records)
+    assert f"{person - 10} more in scan.csv (scan.ods lists the first files" in page
+    assert f"{review - 10} more in scan.csv (scan.ods lists the first files" in page
+    assert page.count('<td class="path">') == 20
+    assert ranked[0]["path"] in page and ranked[-1]["path"] not in page
+
+
+def test_below_the_caps_every_file_is_in_the_spreadsheet(tmp_path):
+    from reports.scan import write_scan_report
+
+    jsonl = _scan_records(tmp_path, 60)
+    paths = write_scan_report(tmp_path, jsonl, ods_rows=60, html_rows=5)
+    files = pd.read_excel(paths["ods"], sheet_name="Files", engine="odf")
+    assert len(files) == 60 and not files["path"].isna().any()
+    page = (tmp_path / "scan.html").read_text()
+    assert "more in scan.csv and scan.ods." in page and "(scan.ods lists the first files" not in page
