@@ -24,8 +24,8 @@ from core.settings import usable_cpus
 from reports.i18n import Names, names, render
 
 __all__ = ["run_summary", "write_run_report", "write_status_report", "department_status", "sharing_status",
-           "renamed_files", "write_assessment", "Inventory", "mail_volume", "file_format", "reports_dir",
-           "REPORT_LIST_LIMIT", "RENAME_REASONS"]
+           "renamed_files", "write_assessment", "assessment_markdown", "assessment_basis", "decimal", "Inventory",
+           "mail_volume", "file_format", "reports_dir", "REPORT_LIST_LIMIT", "RENAME_REASONS", "IDENTITY_FINDINGS"]
 
 #: Documents per second per LibreOffice worker assumed by the assessment until a run has measured
 #: it (measured here on the developer corpus: 3.4 documents/s per worker).
@@ -589,20 +589,28 @@ def _estimate_basis(estimate: dict, n: Names) -> dict[str, str]:
     second (measured, or a word on how to measure it)."""
     if estimate["measured"]:
         conversion = n("%(rate)s documents/s measured by this department's runs") % {
-            "rate": _decimal(estimate["documents_per_second"], 2, n)}
+            "rate": decimal(estimate["documents_per_second"], 2, n)}
     else:
         conversion = n("%(rate)s documents/s per worker × %(workers)s worker(s) (no run measured yet)") % {
-            "rate": _decimal(estimate["per_worker"], 1, n), "workers": estimate["workers"]}
+            "rate": decimal(estimate["per_worker"], 1, n), "workers": estimate["workers"]}
     if estimate.get("items_per_second"):
         whole = n("%(rate)s items/s (every step, all kinds) measured by this department's runs") % {
-            "rate": _decimal(estimate["items_per_second"], 2, n)}
+            "rate": decimal(estimate["items_per_second"], 2, n)}
     else:
         whole = n("no run of this department measured yet: run a pilot (a few users) for an estimate of the whole")
     return {"conversion": conversion, "whole": whole}
 
 
-def _decimal(value: float, digits: int, n: Names) -> str:
-    """`value` with `digits` decimals as the assessment prints it: English as Python writes it
+def assessment_basis(result: dict, n: Names) -> dict[str, str]:
+    """What the estimates of an assessment (`write_assessment`'s result) rest on, in `n`'s language;
+    an assessment.json written before the rates were kept (no `estimate`): its sentences as recorded."""
+    if result.get("estimate"):
+        return _estimate_basis(result["estimate"], n)
+    return {"conversion": result["estimate_basis"], "whole": result["estimated_seconds_basis"]}
+
+
+def decimal(value: float, digits: int, n: Names) -> str:
+    """`value` with `digits` decimals as the assessment and the commands print it: English as Python writes it
     (what it has always printed), German and French with a decimal comma; never grouped, like
     the counts beside it."""
     if n.language == "en":
@@ -627,17 +635,15 @@ def assessment_markdown(result: dict, language: str | None = None) -> str:
     limit = 500            # who would wait first, so a long department's problems are not buried
     identities = {"count": len(rows), "waiting": len(waiting), "more": max(len(rows) - limit, 0),
                   "rows": (waiting + [r for r in rows if r["verdict"] == "go"])[:limit]} if rows else None
-    estimate = result.get("estimate")
-    basis = _estimate_basis(estimate, n) if estimate else {      # an assessment.json from before: as recorded
-        "conversion": result["estimate_basis"], "whole": result["estimated_seconds_basis"]}
-    return render("assessment.md", n.language, a=result, cell=_cell, identities=identities, basis=basis,
+    return render("assessment.md", n.language, a=result, cell=_cell, identities=identities,
+                  basis=assessment_basis(result, n),
                   formats=sorted(result["by_format"].items(), key=lambda kv: -kv[1]["items"])[:30],
                   flags=list(result["risk_flags"].items())[:20],
                   flag=lambda code: code if n.language == "en" else n.flag(code),
                   check=lambda found: n(found) if found in IDENTITY_FINDINGS else found,
                   verdict=lambda v: n("go") if v == "go" else (
                       n("wait: %(why)s") % {"why": v[6:]} if v.startswith("wait: ") else v),
-                  mib=lambda size, digits: _decimal(size / 2**20, digits, n), duration=_duration)
+                  mib=lambda size, digits: decimal(size / 2**20, digits, n), duration=_duration)
 
 
 def _cell(text: str | None, limit: int | None = None) -> str:

@@ -292,7 +292,8 @@ def test_the_dashboard_names_checks_flags_and_outcomes_as_the_reports_do():
 
 def _required_msgids() -> set[tuple[str | None, str]]:
     """Every text a report can print: the templates' messages, the reports' own texts (n("…"), also
-    in flows/artifacts.py, which adds lines to the run report it publishes),
+    in flows/artifacts.py, which adds lines to the run report it publishes, and in the commands
+    that print a department's summaries),
     the human names of the codes they show, and the export column headers (context "column")."""
     from babel.messages.extract import extract_from_dir
 
@@ -306,7 +307,8 @@ def _required_msgids() -> set[tuple[str | None, str]]:
     for _, _, message, _, context in extract_from_dir(
             str(TEMPLATES_DIR), method_map=[("**.html", "jinja2"), ("**.md", "jinja2")]):
         ids.add((context, message))
-    for folder, files in ((REPORTS, "*.py"), (REPORTS.parent / "flows", "artifacts.py")):
+    for folder, files in ((REPORTS, "*.py"), (REPORTS.parent / "flows", "artifacts.py"),
+                          (REPORTS.parent / "umstieg" / "commands", "department.py")):   # what run/assess print
         for _, _, message, _, context in extract_from_dir(
                 str(folder), method_map=[(files, "python")], keywords={"n": None}):
             ids.add((context, message))
@@ -371,3 +373,35 @@ def test_dashboard_exports_name_outcomes_in_the_language_of_the_page(language, e
     assert frame.iloc[0, 2] == "'=cmd|' /C calc'!A0"                     # still no formula
     sheet = pd.read_excel(io.BytesIO(table_ods(table, tr, language)), engine="odf")
     assert sheet.iloc[0, 0] == frame.iloc[0, 0]
+
+
+@pytest.mark.parametrize("language,assessed,mail,status", [
+    ("de", "Bestandsaufnahme:", "E-Mail: 1 Nachricht(en)", "amt: Elemente nach Benutzer und Status"),
+    ("fr", "Évaluation :", "messagerie : 1 message(s)", "amt : éléments par utilisateur et état"),
+    ("en", "Assessment:", "mail: 1 message(s)", "amt: items by user and state"),
+])
+def test_assess_and_status_print_in_the_departments_language(tmp_path, language, assessed, mail, status):
+    """What `umstieg assess` and `umstieg status` print comes in the department's language, the
+    estimate's basis included; English prints what it always printed."""
+    import yaml
+    (tmp_path / "export" / "anna").mkdir(parents=True)
+    (tmp_path / "export" / "anna" / "eins.eml").write_bytes(
+        b"From: a@amt.test\r\nTo: b@amt.test\r\nSubject: Eins\r\nMessage-ID: <1@amt.test>\r\n\r\nText\r\n")
+    path = tmp_path / "department.yaml"
+    path.write_text(yaml.safe_dump({"name": "amt", "work_dir": str(tmp_path / "work"), "language": language,
+                                    "users": [{"source": "anna", "target": "anna"}],
+                                    "sources": [{"name": "export", "type": "export", "root": str(tmp_path / "export")}],
+                                    "target": {"type": "localdir", "root": str(tmp_path / "f")}}))
+    env = dict(os.environ, UMSTIEG_RUNTIME_DIR=str(runtime_dir(f"cli-assess-{language}")), COLUMNS="250")
+    env.pop("PREFECT_API_URL", None)
+    printed = {}
+    for command in ("assess", "status"):
+        done = subprocess.run([sys.executable, "-m", "umstieg", command, str(path)], capture_output=True, text=True,
+                              env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+        printed[command] = " ".join((done.stdout + done.stderr).split())
+    n = names(language)
+    # the basis of the estimate, after its numbers: "worker(s) (no run measured yet)", "Prozess(e) (noch …)"
+    basis = n("%(rate)s documents/s per worker × %(workers)s worker(s) (no run measured yet)").split("%(workers)s")[1]
+    assert assessed in printed["assess"] and mail in printed["assess"] and basis.strip() in printed["assess"]
+    assert status in printed["status"]

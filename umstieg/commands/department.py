@@ -6,6 +6,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,6 +17,9 @@ from core.messages import clip
 from rich.markup import escape
 
 from umstieg.console import console, print_error
+
+if TYPE_CHECKING:
+    from reports.i18n import Names
 
 __all__ = ["register"]
 
@@ -120,42 +124,58 @@ def _watch_progress(dept, stop: threading.Event) -> None:
         ledger.close()
 
 
-def _print_summary(summary: dict) -> None:
+def _names(dept) -> Names:
+    """The texts of the department's `language` (reports.i18n): what the commands print beside
+    the reports they write, in the same words."""
+    from reports.i18n import names
+    return names(getattr(dept, "language", None))
+
+
+def _state(n: Names, code: str) -> str:
+    """A state's column header: its code in English, as the terminal has always shown it (and as
+    `--json` and the ledger have it), its name in German and French."""
+    return code if n.language == "en" else n.code(code)
+
+
+def _print_summary(summary: dict, n: Names) -> None:
     from core.ledger import State
     states = [s.value for s in State if any(row[s.value] for row in summary["users"])]
-    table = Table(title=f"{summary['department']}: items by user and state")
-    table.add_column("user")
+    table = Table(title=n("%(department)s: items by user and state") % {"department": summary["department"]})
+    table.add_column(n("user"))
     for s in states:
-        table.add_column(s, justify="right")
-    table.add_column("total", justify="right")
+        table.add_column(_state(n, s), justify="right")
+    table.add_column(n("total"), justify="right")
     for row in summary["users"]:
         table.add_row(row["user"], *[str(row[s]) if row[s] else "" for s in states], str(row["total"]))
     console.print(table)
     if summary.get("failures"):
-        failures = Table(title="failures by class")
-        failures.add_column("class")
-        failures.add_column("items", justify="right")
-        failures.add_column("example")
+        # the class column keeps the code in every language: it is what `rerun --error-class` takes
+        failures = Table(title=n("failures by class"))
+        failures.add_column(n("class"))
+        failures.add_column(n("items"), justify="right")
+        failures.add_column(n("example"))
         for reason, f in summary["failures"].items():
             failures.add_row(reason, str(f["count"]), escape(clip(f["example"], 100)))
         console.print(failures)
     if summary.get("failed_batches"):
-        batches = Table(title="failures by batch")
-        batches.add_column("batch", justify="right")
-        batches.add_column("user")
-        batches.add_column("failed", justify="right")
-        batches.add_column("classes")
+        batches = Table(title=n("failures by batch"))
+        batches.add_column(n("batch"), justify="right")
+        batches.add_column(n("user"))
+        batches.add_column(n("failed"), justify="right")
+        batches.add_column(n("classes"))
         for b in summary["failed_batches"]:
             batches.add_row("–" if b["batch"] is None else str(b["batch"]), escape(b["user"]), str(b["failures"]),
-                            ", ".join(f"{c} {n}" for c, n in sorted(b["classes"].items())))
+                            ", ".join(f"{c} {count}" for c, count in sorted(b["classes"].items())))
         console.print(batches)
         more = summary.get("failed_batch_count", 0) - len(summary["failed_batches"])
         if more > 0:
-            console.print(f"… and {more} older batch(es) with failures (--json lists the newest only)")
-        console.print("rerun one batch: umstieg rerun DEPARTMENT.yaml --batch ID", soft_wrap=True)
+            console.print(n("… and %(more)s older batch(es) with failures (--json lists the newest only)")
+                          % {"more": more})
+        console.print(n("rerun one batch: umstieg rerun DEPARTMENT.yaml --batch ID"), soft_wrap=True)
     if renamed := (summary.get("renamed") or {}).get("count"):
-        console.print(f"{renamed} file(s) got a name of their own at the target (NFC or case twins, converted-name "
-                      "clashes): the run report lists each, source name → target name", soft_wrap=True)
+        console.print(n("%(count)s file(s) got a name of their own at the target (NFC or case twins, converted-name "
+                        "clashes): the run report lists each, source name → target name") % {"count": renamed},
+                      soft_wrap=True)
 
 
 def _run_flow(dept, call) -> dict:
@@ -180,34 +200,41 @@ def run(department_file: Path = DeptFile,
     Run it again for the delta pass: only new and changed items move.
     """
     dept = _load(department_file)
+    n = _names(dept)
     summary = _run_flow(dept, lambda: _start("migrate", dept, department_file, users=user or None,
                                              ignore_window=ignore_window))
     if summary.get("dry_run"):                # mail.dry_run: what would move, per folder; nothing moved
-        _print_mail(summary, table=True)
-        console.print(f"Dry run (mail.dry_run): nothing moved. Plan: [bold]{summary['markdown']}[/bold]",
-                      soft_wrap=True)
+        _print_mail(summary, n, table=True)
+        console.print(n("Dry run (mail.dry_run): nothing moved. Plan: %(plan)s")
+                      % {"plan": f"[bold]{escape(summary['markdown'])}[/bold]"}, soft_wrap=True)
         return
-    _print_summary(summary)
-    console.print(f"Report: [bold]{summary['report']}[/bold]; target: [bold]{dept.target.root}[/bold]")
+    _print_summary(summary, n)
+    console.print(n("Report: %(report)s; target: %(target)s") % {
+        "report": f"[bold]{summary['report']}[/bold]", "target": f"[bold]{dept.target.root}[/bold]"})
     failed = summary["totals"].get("failed", 0)
     if failed:
-        console.print(f"[red]{failed} item(s) failed[/red]: fix the cause, then `umstieg rerun {department_file}`")
-    _print_stopped(summary, department_file)
-    _print_left(summary)
+        how_many = n("%(count)s item(s) failed") % {"count": failed}
+        console.print(n("%(failed)s: fix the cause, then `umstieg rerun %(department_file)s`") % {
+            "failed": f"[red]{how_many}[/red]", "department_file": department_file})
+    _print_stopped(summary, department_file, n)
+    _print_left(summary, n)
     if failed or summary.get("stopped_users"):
         raise typer.Exit(1)
 
 
-def _print_left(summary: dict) -> None:
+def _print_left(summary: dict, n: Names) -> None:
     if left := summary.get("left_for_next_run"):
-        console.print(f"[yellow]{left['items']} item(s) wait for the next run[/yellow]: {left['why']}", soft_wrap=True)
+        waiting = n("%(count)s item(s) wait for the next run") % {"count": left["items"]}
+        console.print(f"[yellow]{waiting}[/yellow]: {left['why']}", soft_wrap=True)
 
 
-def _print_stopped(summary: dict, department_file: Path) -> None:
+def _print_stopped(summary: dict, department_file: Path, n: Names) -> None:
     for owner, why in sorted((summary.get("stopped_users") or {}).items()):
-        console.print(f"[yellow]{owner} waits[/yellow]: {escape(why)}", soft_wrap=True)
+        waits = n("%(user)s waits") % {"user": owner}
+        console.print(f"[yellow]{waits}[/yellow]: {escape(why)}", soft_wrap=True)
     if summary.get("stopped_users"):
-        console.print(f"Nothing of theirs is lost: fix the cause, then `umstieg run {department_file}` again")
+        console.print(n("Nothing of theirs is lost: fix the cause, then `umstieg run %(department_file)s` again")
+                      % {"department_file": department_file})
 
 
 def rerun(department_file: Path = DeptFile,
@@ -219,12 +246,13 @@ def rerun(department_file: Path = DeptFile,
 ) -> None:
     """Retry exactly the failed items that match the filters; nothing else runs."""
     dept = _load(department_file)
+    n = _names(dept)
     summary = _run_flow(dept, lambda: _start("rerun", dept, department_file, batch=batch, error_class=error_class,
                                              user=user, ignore_window=ignore_window))
-    console.print(f"{summary['delta'].get('rerun', 0)} failed item(s) retried")
-    _print_summary(summary)
-    _print_stopped(summary, department_file)
-    _print_left(summary)
+    console.print(n("%(count)s failed item(s) retried") % {"count": summary["delta"].get("rerun", 0)})
+    _print_summary(summary, n)
+    _print_stopped(summary, department_file, n)
+    _print_left(summary, n)
     if summary["totals"].get("failed", 0) or summary.get("stopped_users"):
         raise typer.Exit(1)
 
@@ -258,10 +286,12 @@ def status(department_file: Path = DeptFile,
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
-    _print_summary(summary)
+    n = _names(dept)
+    _print_summary(summary, n)
     if summary["last_run"]:
         r = summary["last_run"]
-        console.print(f"last run {r['id']} ({r['flow']}): {r['status']}, started {r['started']}")
+        console.print(n("last run %(id)s (%(flow)s): %(status)s, started %(started)s") % {
+            "id": r["id"], "flow": _state(n, r["flow"]), "status": _state(n, r["status"]), "started": r["started"]})
 
 
 def report(department_file: Path = DeptFile,
@@ -282,37 +312,49 @@ def assess(department_file: Path = DeptFile) -> None:
     """Inventory the department's sources (nothing moves) and estimate the conversion time."""
     dept = _load(department_file)             # a bad department file stops here, with its errors
     result = _start("assess", dept, department_file)
+    n = _names(dept)
+    from reports.migration import assessment_basis, decimal
+    basis = assessment_basis(result, n)
+    label = n("problem:")
     for problem in result["problems"]:
-        console.print(f"[yellow]problem:[/yellow] {problem}")
-    console.print(f"{result['items']} item(s), {result['bytes'] / 2**20:.1f} MiB, "
-                  f"{result['office_documents']} Office document(s); estimated conversion time "
-                  f"{result['estimated_conversion_seconds']:.0f} s ({result['estimate_basis']})", soft_wrap=True)
+        console.print(f"[yellow]{label}[/yellow] {problem}")
+    console.print(n("%(items)s item(s), %(mib)s MiB, %(documents)s Office document(s); estimated conversion time "
+                    "%(seconds)s s (%(basis)s)") % {
+        "items": result["items"], "mib": decimal(result["bytes"] / 2**20, 1, n),
+        "documents": result["office_documents"], "seconds": f"{result['estimated_conversion_seconds']:.0f}",
+        "basis": basis["conversion"]}, soft_wrap=True)
     if result["estimated_seconds"] is not None:
-        console.print(f"estimated duration of the whole migration {result['estimated_seconds']:.0f} s "
-                      f"({result['estimated_seconds_basis']})", soft_wrap=True)
-    _print_mail(result)
-    console.print(f"Assessment: [bold]{result['markdown']}[/bold] (data: {result['report']})", soft_wrap=True)
+        console.print(n("estimated duration of the whole migration %(seconds)s s (%(basis)s)") % {
+            "seconds": f"{result['estimated_seconds']:.0f}", "basis": basis["whole"]}, soft_wrap=True)
+    _print_mail(result, n)
+    console.print(n("Assessment: %(markdown)s (data: %(report)s)") % {
+        "markdown": f"[bold]{result['markdown']}[/bold]", "report": result["report"]}, soft_wrap=True)
 
 
-def _print_mail(result: dict, table: bool = False, limit: int = 200) -> None:
+def _print_mail(result: dict, n: Names, table: bool = False, limit: int = 200) -> None:
     """Mail at the source and what the department's mail options move (per folder with `table`)."""
+    from reports.migration import decimal
     rows = result.get("mail") or []
     if not rows:
         return
-    console.print(f"mail: {result['mail_messages']} message(s), {result['mail_bytes'] / 2**20:.1f} MiB in "
-                  f"{len(rows)} folder(s); selected to move: {result['mail_selected_messages']} message(s), "
-                  f"{result['mail_selected_bytes'] / 2**20:.1f} MiB", soft_wrap=True)
+    def mib(size: int, digits: int) -> str:
+        return decimal(size / 2**20, digits, n)
+    console.print(n("mail: %(messages)s message(s), %(mib)s MiB in %(folders)s folder(s); selected to move: "
+                    "%(selected)s message(s), %(selected_mib)s MiB") % {
+        "messages": result["mail_messages"], "mib": mib(result["mail_bytes"], 1), "folders": len(rows),
+        "selected": result["mail_selected_messages"], "selected_mib": mib(result["mail_selected_bytes"], 1)},
+        soft_wrap=True)
     if not table:
         return
-    out = Table(title="mail per user and folder")
+    out = Table(title=n("mail per user and folder"))
     for name in ("user", "folder", "messages", "MiB", "to move", "MiB to move", "renamed to"):
-        out.add_column(name, justify="right" if "M" in name or name in ("messages", "to move") else "left")
+        out.add_column(n(name), justify="right" if "M" in name or name in ("messages", "to move") else "left")
     for r in rows[:limit]:
-        out.add_row(escape(r["user"]), escape(r["folder"]), str(r["messages"]), f"{(r['bytes'] or 0) / 2**20:.2f}",
-                    str(r["selected_messages"]), f"{r['selected_bytes'] / 2**20:.2f}", escape(r["target_folder"] or ""))
+        out.add_row(escape(r["user"]), escape(r["folder"]), str(r["messages"]), mib(r["bytes"] or 0, 2),
+                    str(r["selected_messages"]), mib(r["selected_bytes"], 2), escape(r["target_folder"] or ""))
     console.print(out)
     if len(rows) > limit:
-        console.print(f"… and {len(rows) - limit} more folders (see the plan)")
+        console.print(n("… and %(more)s more folders (see the plan)") % {"more": len(rows) - limit})
 
 
 
