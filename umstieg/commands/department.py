@@ -93,6 +93,8 @@ def _watch_progress(dept, stop: threading.Event) -> None:
                         TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
     task = None
     run_id = None
+    n = _names(dept)
+    verified, failed = _state(n, "verified"), _state(n, "failed")
     try:
         with progress:
             while True:
@@ -114,7 +116,7 @@ def _watch_progress(dept, stop: threading.Event) -> None:
                         break
                     continue
                 finished = sum(rows.get(s.value, 0) for s in (State.VERIFIED, State.FAILED, State.SKIPPED))
-                detail = f"verified {rows.get('verified', 0)}, failed {rows.get('failed', 0)}"
+                detail = f"{verified} {rows.get('verified', 0)}, {failed} {rows.get('failed', 0)}"
                 if task is None:
                     task = progress.add_task("run", total=total, detail=detail)
                 progress.update(task, completed=min(finished, total), total=total, detail=detail)
