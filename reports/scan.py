@@ -3,7 +3,8 @@
 Streams: the tree is walked lazily, files are inspected on a few threads with a bounded queue, and
 each record is appended to `scan.jsonl` as soon as it is known, so a tree of 100 000 files needs
 no more memory than its summary counters until the end, when the tables (CSV, ODS, HTML) are
-written from the JSON lines.
+written from the JSON lines in one pass, in order on disk (write_scan_report): the CSV has every
+file, the spreadsheet and the page the first of them, those that need someone first.
 """
 
 from __future__ import annotations
