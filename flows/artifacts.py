@@ -11,7 +11,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TypeVar, cast
@@ -62,7 +62,7 @@ class Progress:
     """The share of the run's items whose chunk has ended: one progress artifact for the
     department (100 % at once when there is nothing to do) and one per user."""
 
-    def __init__(self, dept: Department, todo: dict[str, list[int]]) -> None:
+    def __init__(self, dept: Department, todo: dict[str, Sequence[int]]) -> None:
         from prefect.artifacts import create_progress_artifact
         self.totals = {owner: len(ids) for owner, ids in todo.items()}
         self.total = sum(self.totals.values())

@@ -35,7 +35,7 @@ import sqlite3
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import cast
@@ -75,7 +75,7 @@ class Discovery:
     changed: Counter = field(default_factory=Counter)
     unchanged: Counter = field(default_factory=Counter)
     removed: Counter = field(default_factory=Counter)
-    todo: dict[str, list[int]] = field(default_factory=dict)     # owner -> item ids to process
+    todo: dict[str, Sequence[int]] = field(default_factory=dict)     # owner -> item ids to process
 
     def as_dict(self) -> dict:
         return {k: dict(getattr(self, k)) for k in ("new", "changed", "unchanged", "removed")}

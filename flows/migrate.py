@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait as wait_for
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
@@ -174,7 +174,7 @@ class Here:
         """How many chunks to hand the runner at once: as many as its threads take."""
         return _chunks_at_once(dept)
 
-    def progress(self, dept: Department, todo: dict[str, list[int]]):
+    def progress(self, dept: Department, todo: dict[str, Sequence[int]]):
         return _Unshown()
 
     def publish(self, dept: Department, summary: dict, report: Path | None) -> None:
@@ -272,7 +272,7 @@ class _ChunkFeed:
 
     SLICE = 2000
 
-    def __init__(self, dept: Department, ledger: Ledger, todo: dict[str, list[int]]) -> None:
+    def __init__(self, dept: Department, ledger: Ledger, todo: dict[str, Sequence[int]]) -> None:
         self.dept, self.ledger = dept, ledger
         self.size = dept.limits.chunk_size
         self.source_hosts = {cfg.name: host_of(cfg) for cfg in dept.sources}
@@ -297,7 +297,7 @@ class _ChunkFeed:
             return chunk
         return None
 
-    def _of(self, owner: str, ids: list[int]) -> Iterator[Chunk]:
+    def _of(self, owner: str, ids: Sequence[int]) -> Iterator[Chunk]:
         """One user's chunks, in the todo's order (by id): ids read from the ledger a slice at a time
         (each in a session of its own: a run lasts hours), gathered per source until a chunk is full."""
         gathered: dict[str, list[tuple[int, str]]] = {}
@@ -345,7 +345,7 @@ def _chunks_at_once(dept: Department) -> int:
 
 
 def _run_chunks(dept_file: str, dept: Department, ledger: Ledger, run_id: int,
-                todo: dict[str, list[int]], window: Window, via: Here) -> tuple[Counter, dict]:
+                todo: dict[str, Sequence[int]], window: Window, via: Here) -> tuple[Counter, dict]:
     """Hand chunks to the runner as the host limits and the window allow, wait for all, keep the
     progress shown up to date. Returns the counts by final state and what was left undone."""
     feed = _ChunkFeed(dept, ledger, todo)
@@ -429,7 +429,7 @@ def _publish(via: Here, dept: Department, summary: dict, report: Path | None) ->
 
 
 def _execute(dept_file: str, flow_name: str, ignore_window: bool,
-             choose: Callable[[Department, Ledger, int, set[str]], tuple[dict[str, list[int]], dict]],
+             choose: Callable[[Department, Ledger, int, set[str]], tuple[dict[str, Sequence[int]], dict]],
              users: list[str] | None = None, via: Here | None = None) -> dict:
     """The common life of a run: check, select items, process chunks, report, record. `users`
     (source logins) are the users the run takes, all when None: only their accounts are checked.
@@ -523,18 +523,20 @@ def migrate_body(department_file: str, users: list[str] | None = None, ignore_wi
 def rerun_body(department_file: str, batch: int | None = None, error_class: str | None = None,
                user: str | None = None, ignore_window: bool = False, via: Here | None = None) -> dict:
     """Retry exactly the failed items that match every given filter; nothing else runs."""
-    def choose(dept: Department, ledger: Ledger, run_id: int, waiting: set[str]) -> tuple[dict[str, list[int]], dict]:
+    def choose(dept: Department, ledger: Ledger, run_id: int,
+               waiting: set[str]) -> tuple[dict[str, Sequence[int]], dict]:
         # a user who must wait keeps their failures (and reasons) for a rerun that can reach them
         items = [i for i in select_failed(ledger, dept.name, batch=batch, error_class=error_class, owner=user)
                  if i.owner not in waiting]
         # folders that could not be listed are listed again: what they hold now joins the rerun
         relisted = relist_unlisted(dept, ledger, run_id, items)
         reset_for_rerun(ledger, [i.id for i in items], run_id)
-        todo: dict[str, list[int]] = {}
+        by_owner: dict[str, list[int]] = {}
         for item in items:
-            todo.setdefault(item.owner, []).append(item.id)
+            by_owner.setdefault(item.owner, []).append(item.id)
         for owner, ids in relisted.items():
-            todo[owner] = sorted(set(todo.get(owner, [])) | set(ids))
+            by_owner[owner] = sorted(set(by_owner.get(owner, [])) | set(ids))
+        todo: dict[str, Sequence[int]] = dict(by_owner)
         return todo, {"rerun": len(items)}
     return _execute(str(Path(department_file).resolve()), "rerun", ignore_window, choose,
                     [user] if user else None, via)

@@ -11,6 +11,7 @@ deployments' entrypoint); import Prefect only through here.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 # Without a configured server (a Dask department run from one machine), Prefect starts a temporary
@@ -106,7 +107,7 @@ class InPrefect(Here):
         """On Dask the cluster queues the chunks and only the host limits count."""
         return None if dept.cluster is not None else _chunks_at_once(dept)
 
-    def progress(self, dept: Department, todo: dict[str, list[int]]) -> artifacts.Progress:
+    def progress(self, dept: Department, todo: dict[str, Sequence[int]]) -> artifacts.Progress:
         return artifacts.Progress(dept, todo)
 
     def publish(self, dept: Department, summary: dict, report: Path | None) -> None:
