@@ -19,6 +19,7 @@ from converters.formats import FORMATS
 from converters.tree import load_results
 from reports.exports import localised, neutralised
 from reports.i18n import names
+from reports.ods import column_letters
 
 __all__ = ["load_records", "fidelity_table", "deduction_table", "verdicts_by_format", "write_fidelity_report",
            "write_ods", "REPORT_NAMES", "THUMBS_DIR", "VERDICT_ORDER"]
@@ -138,7 +139,7 @@ def write_ods(path: Path, sheets: dict[str, tuple[pd.DataFrame, bool]]) -> None:
                         for header, cells in columns]
         if columns and len(frame):
             quoted = "'" + name.replace("'", "''") + "'"
-            ranges.append(f"{quoted}.A1:{quoted}.{_column_letters(len(columns))}{len(frame) + 1}")
+            ranges.append(f"{quoted}.A1:{quoted}.{column_letters(len(columns))}{len(frame) + 1}")
     _style_ods(path, widths, ranges)
 
 
@@ -181,14 +182,6 @@ def _style_ods(path: Path, widths: dict[str, list[int]], ranges: list[str]) -> N
         for info, payload in items:
             zout.writestr(info, data if info.filename == "content.xml" else payload,
                           compress_type=zipfile.ZIP_STORED if info.filename == "mimetype" else zipfile.ZIP_DEFLATED)
-
-
-def _column_letters(n: int) -> str:
-    letters = ""
-    while n:
-        n, rem = divmod(n - 1, 26)
-        letters = chr(65 + rem) + letters
-    return letters
 
 
 def _atomic(path: Path, write) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OdsSheet", "write_ods_rows", "WIDTH_SAMPLE"]
+__all__ = ["OdsSheet", "write_ods_rows", "WIDTH_SAMPLE", "column_letters"]
 
 #: Rows of a sheet read to size its columns (as reports.batch.write_ods does).
 WIDTH_SAMPLE = 2000
@@ -54,7 +54,8 @@ def _width(header, cells: Iterable) -> int:
     return min(60, max(6, len(str(header)), *[len(str(v)) for v in cells if not _blank(v)]))
 
 
-def _column_letters(n: int) -> str:
+def column_letters(n: int) -> str:
+    """The spreadsheet name of column `n` (1: A, 27: AA)."""
     letters = ""
     while n:
         n, rem = divmod(n - 1, 26)
@@ -140,7 +141,7 @@ def write_ods_rows(path: Path, sheets: Sequence[OdsSheet]) -> None:
                                 _row(xf, [sheet.note])
                         if sheet.header and count:
                             quoted = "'" + sheet.name.replace("'", "''") + "'"
-                            ranges.append(f"{quoted}.A1:{quoted}.{_column_letters(len(sheet.header))}{count + 1}")
+                            ranges.append(f"{quoted}.A1:{quoted}.{column_letters(len(sheet.header))}{count + 1}")
                     if ranges:
                         with xf.element(_q("table", "database-ranges")):
                             for number, address in enumerate(ranges):
