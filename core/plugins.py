@@ -285,7 +285,7 @@ class ComparesWithListing(Protocol):
 @runtime_checkable
 class PublishesTogether(Protocol):
     """A target that makes many files durable together, one flush for a window of files instead
-    of one per file (a local disk: the flush, not the copy, was most of a small file's time).
+    of one per file (a local disk: one flush per small file was a quarter of its time).
     `put_later` writes a file under a temporary name only and returns the reference it will have;
     `publish` makes every file put so far durable, then gives each its real name (durably too),
     and returns {reference: why} for those it could not. Until `publish`, nothing is under a real
