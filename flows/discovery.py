@@ -296,8 +296,7 @@ def reconcile(dept: Department, ledger: Ledger, run_id: int, owner: str, target_
     done = Reconciled()
     spool.fresh(_WORK)
     with ledger.session() as s:
-        mine = (Item.department == dept.name, Item.source == source, Item.owner == owner)
-        _copy_known(s, spool, mine, (dept.name, source, owner))
+        _copy_known(s, spool, dept.name, source, owner)
         done.unchanged = spool.one(f"SELECT COUNT(*) FROM listing l JOIN known k ON k.key = l.key "
                                    f"WHERE l.source = ? AND {_SAME}", source)
         # what must be named: new and moved files; their ODF stems need the folder's other stems
@@ -318,11 +317,12 @@ def reconcile(dept: Department, ledger: Ledger, run_id: int, owner: str, target_
 _KNOWN = ("id", "key", "version", "location", "removed_at_source", "state", "reason", "change", "kind", "target_ref")
 
 
-def _copy_known(s, spool: Spool, mine: tuple, whose: tuple[str, str, str]) -> None:
+def _copy_known(s, spool: Spool, department: str, source: str, owner: str) -> None:
     """The ledger's comparison columns of the user's items at this source, as plain rows, then
     indexed by key (unique in the ledger per department and source)."""
-    if not _copy_known_from_file(s, spool, whose):
+    if not _copy_known_from_file(s, spool, (department, source, owner)):
         # Core rows, not ORM ones: a third of the cost of reading a million rows goes to the ORM
+        mine = (Item.department == department, Item.source == source, Item.owner == owner)
         result = s.connection().execute(select(*(getattr(Item, c) for c in _KNOWN)).where(*mine)
                                         .execution_options(yield_per=SLICE))
         spool.fill("known", (tuple(r) for part in result.partitions() for r in part))
