@@ -365,3 +365,50 @@ def test_a_chunk_that_failed_transiently_runs_again_and_others_do_not(tmp_path, 
             assert last.status == "failed" and "a bug" in last.summary["error"]
     finally:
         led.close()
+
+
+def test_chunks_are_made_as_they_are_handed_out_each_id_once_users_in_turn(tmp_path):
+    """The run's chunks (flows.migrate._ChunkFeed): every id of the todo in exactly one chunk, a
+    chunk reads from one source, the users' chunks come in turn, and nothing is read from the
+    ledger before the first chunk is asked for."""
+    from sqlalchemy import event
+
+    from core.department import load_department
+    from flows.migrate import _ChunkFeed
+    from helpers import make_department
+    home = str(tmp_path / "home")
+    dept_file = make_department(tmp_path, users=("anna", "ben"), docs_per_user=0, limits={"chunk_size": 3},
+                                sources=[{"name": "homes", "type": "folder", "root": home, "target_folder": "Home"},
+                                         {"name": "akten", "type": "folder", "root": home, "target_folder": "Akten"}])
+    dept = load_department(dept_file)
+    ledger = dept.open_ledger()
+    ledger.migrate()
+    todo: dict[str, list[int]] = {"anna": [], "ben": []}
+    source_of: dict[int, str] = {}
+    with ledger.session() as s:
+        for n in range(17):
+            for owner in ("anna", "ben"):
+                if owner == "ben" and n >= 5:
+                    continue
+                source = "akten" if n % 3 == 0 else "homes"
+                item = Item(department=dept.name, source=source, key=f"{owner}/{n}", kind="file", owner=owner,
+                            target_owner=f"t-{owner}", location=f"{n}.txt", target_stem=f"{n}.txt", version="1")
+                s.add(item)
+                s.flush()
+                todo[owner].append(item.id)
+                source_of[item.id] = source
+    statements: list[str] = []
+    event.listen(ledger.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    feed = _ChunkFeed(dept, ledger, todo)
+    assert statements == [] and feed
+    chunks = []
+    while (chunk := feed.next()) is not None:
+        chunks.append(chunk)
+    assert not feed
+    assert sorted(i for c in chunks for i in c.item_ids) == sorted(todo["anna"] + todo["ben"])
+    for c in chunks:
+        assert 1 <= len(c.item_ids) <= 3 and len({source_of[i] for i in c.item_ids}) == 1
+    owners = [c.owner for c in chunks]
+    assert owners[:4] == ["anna", "ben", "anna", "ben"]          # in turn while both have chunks
+    assert [c.number for c in chunks if c.owner == "anna"] == list(range(1, owners.count("anna") + 1))
+    ledger.close()
