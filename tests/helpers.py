@@ -130,13 +130,19 @@ def run_env(**extra: str) -> dict[str, str]:
 
 
 def kill_mid_run(dept_file: Path, verified: int, env: dict[str, str], timeout: float,
-                 poll: float = 0.1) -> list[psutil.Process]:
+                 poll: float = 0.1) -> dict[psutil.Process, str]:
     """Start `umstieg run`, SIGKILL it once `verified` items are verified, and check that it was
-    really cut off mid-run. Returns the processes it had started, as they were just before."""
+    really cut off mid-run. Returns the processes it had started, with their command lines, as
+    they were just before (they may be gone by the time this returns)."""
     proc = subprocess.Popen(UMSTIEG + ["run", str(dept_file)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     wait_until_verified(proc, dept_file, verified, timeout=timeout, poll=poll)
-    started = psutil.Process(proc.pid).children(recursive=True)
+    started = {}
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            started[child] = " ".join(child.cmdline())
+        except psutil.Error:                      # (ended meanwhile)
+            continue
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert any(r["state"] != "verified" for r in ledger_rows(dept_file)), "the run was not cut off mid-run"

@@ -192,10 +192,13 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
     rt = tmp_path / "rt"
     env = run_env(UMSTIEG_RUNTIME_DIR=str(rt))
     started = kill_mid_run(dept_file, 5, env, timeout=180, poll=0.2)
-    assert not [p for p in started if "prefect.server.api.server:create_app" in " ".join(p.cmdline())], \
+    assert not [c for c in started.values() if "prefect.server.api.server:create_app" in c], \
         "a run with no Prefect server configured started one"
-    time.sleep(3)
-    assert processes_using(str(rt)) == []          # its LibreOffice workers ended themselves
+    # its LibreOffice workers end themselves: waited for, not given a fixed time (a busy machine)
+    deadline = time.monotonic() + 120
+    while processes_using(str(rt)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_using(str(rt)) == []
     rows = run_to_the_end(dept_file, tmp_path, env)
     sources = [p for p in (tmp_path / "home").rglob("*") if p.is_file()]
     assert len(rows) == len(sources) and all(r["state"] == "verified" for r in rows)

@@ -36,7 +36,7 @@ def test_sigkill_inside_a_commit_window_then_rerun_loses_and_duplicates_nothing(
     small_files(tmp_path / "home", users, 600)
     env = run_env()
     workers = kill_mid_run(dept_file, 100, env, timeout=300, poll=0.05)
-    _, alive = psutil.wait_procs(workers, timeout=30)
+    _, alive = psutil.wait_procs(list(workers), timeout=120)     # a bound for a hang, not a speed
     assert alive == [], "worker processes went on after their run was killed"
     rows = run_to_the_end(dept_file, tmp_path, env)
     sources = {p.relative_to(tmp_path / "home"): p for p in (tmp_path / "home").rglob("*") if p.is_file()}
